@@ -1,0 +1,1 @@
+//! The reference coordinator and the logic behind the binaries.

@@ -1,0 +1,2 @@
+//! Inference Club client.
+#![warn(missing_docs)]

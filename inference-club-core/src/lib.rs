@@ -1,0 +1,2 @@
+//! Inference Club core.
+#![warn(missing_docs)]

@@ -1,0 +1,2 @@
+//! Inference Club provider.
+#![warn(missing_docs)]

@@ -1,0 +1,40 @@
+//! OpenAI wire types for chat completions, models and errors.
+//!
+//! Reading is tolerant of what real engines send; writing is exact OpenAI format:
+//!
+//! - Every request and response type keeps unknown fields in an `extra` map, so vendor parameters
+//!   (`top_k`, `min_p`, `chat_template_kwargs`, …) pass through untouched.
+//! - A reasoning trace may arrive as `reasoning_content` (DeepSeek) or `reasoning` (vLLM, Ollama, Groq);
+//!   both are read into one field, [`ChunkDelta::reasoning`], which is written as `reasoning_content`.
+//! - `finish_reason: ""` reads as no finish reason; `usage: {}` and `usage: null` read as no usage.
+//! - `<think>…</think>` at the start of `content` is split off by [`ThinkSplitter`].
+//!
+//! [`ChatCompletionAggregator`] folds a stream of chunks into one [`ChatCompletion`].
+
+mod aggregate;
+mod chat;
+mod chunk;
+mod error;
+mod models;
+mod think;
+
+pub use aggregate::ChatCompletionAggregator;
+pub use chat::{
+    ChatCompletion, ChatCompletionRequest, ChatMessage, Choice, ContentPart, FunctionCall,
+    ResponseMessage,
+    FunctionDefinition, MessageContent, ResponseFormat, Role, StopSequences, StreamOptions, Tool,
+    ToolCall, ToolChoice,
+};
+pub use chunk::{
+    ChatCompletionChunk, ChunkChoice, ChunkDelta, FinishReason, FunctionCallDelta, StreamPayload,
+    ToolCallDelta,
+};
+pub use error::{ApiError, ErrorResponse};
+pub use models::{Model, ModelList};
+pub use think::ThinkSplitter;
+
+mod usage;
+pub use usage::{CompletionTokensDetails, PromptTokensDetails, Usage};
+
+/// A JSON object: the unknown fields a type keeps and passes through.
+pub type Extra = serde_json::Map<String, serde_json::Value>;

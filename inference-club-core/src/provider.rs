@@ -1,0 +1,233 @@
+//! The [`Provider`] trait: one interface for everything that can answer a chat request.
+//!
+//! A backend adapter for an engine is a `Provider`; a node's router over several backends is a
+//! `Provider`; the coordinator's handle on a remote node is a `Provider`. Selection, failover and
+//! recording are written once, on this trait.
+
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures_core::Stream;
+use tokio_util::sync::CancellationToken;
+
+use crate::openai::{ChatCompletionChunk, ChatCompletionRequest, Model};
+
+/// The stream of chunks a provider answers with. It ends after the last chunk (the one with a
+/// finish reason, or the usage-only chunk), or with an error. Dropping it cancels the request.
+pub type ChunkStream =
+    Pin<Box<dyn Stream<Item = Result<ChatCompletionChunk, ProviderError>> + Send + 'static>>;
+
+/// Something that answers chat requests: an engine, a router over engines, or a remote node.
+///
+/// A whole (non-streamed) response is the collected stream: use
+/// [`ChatCompletionAggregator`](crate::openai::ChatCompletionAggregator).
+#[async_trait]
+pub trait Provider: Send + Sync {
+    /// The models this provider serves, under the ids to request them by.
+    async fn models(&self) -> Result<Vec<Model>, ProviderError>;
+
+    /// Starts answering `request`. The returned stream yields chunks as the engine produces them.
+    /// `request.model` names the model as the consumer asked for it; the provider maps it to the
+    /// id its engine serves.
+    async fn chat(
+        &self,
+        request: ChatCompletionRequest,
+        context: RequestContext,
+    ) -> Result<ChunkStream, ProviderError>;
+}
+
+/// What a provider knows about the request beyond its body.
+#[derive(Debug, Clone, Default)]
+pub struct RequestContext {
+    /// The record id of the request (what `x-club-request-id` carries).
+    pub request_id: String,
+    /// The consumer's handle, when signed in.
+    pub consumer: Option<String>,
+    /// When the whole request must be done by, if ever.
+    pub deadline: Option<Instant>,
+    /// Cancelled when the consumer goes away; providers stop work and close engine connections.
+    pub cancel: CancellationToken,
+}
+
+impl RequestContext {
+    /// A context for `request_id` with no consumer, no deadline and a fresh cancellation token.
+    pub fn new(request_id: impl Into<String>) -> Self {
+        Self {
+            request_id: request_id.into(),
+            ..Self::default()
+        }
+    }
+
+    /// The same context with the consumer's handle.
+    pub fn with_consumer(mut self, consumer: impl Into<String>) -> Self {
+        self.consumer = Some(consumer.into());
+        self
+    }
+
+    /// The same context with a deadline.
+    pub fn with_deadline(mut self, deadline: Instant) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+}
+
+/// Which wait ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TimeoutPhase {
+    /// Connecting to the engine or node.
+    Connect,
+    /// Waiting for the first chunk (models may reason silently first).
+    FirstToken,
+    /// Waiting between two chunks.
+    Idle,
+    /// The whole request's deadline.
+    Total,
+}
+
+impl std::fmt::Display for TimeoutPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Connect => "connect",
+            Self::FirstToken => "first token",
+            Self::Idle => "idle between chunks",
+            Self::Total => "total",
+        })
+    }
+}
+
+/// Why a provider could not answer.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ProviderError {
+    /// The engine or node could not be reached or failed on its side (refused connection, reset,
+    /// 5xx, 429). Another provider may succeed.
+    #[error("unavailable{}: {message}", status.map(|s| format!(" ({s})")).unwrap_or_default())]
+    Unavailable {
+        /// The HTTP status, when there was one.
+        status: Option<u16>,
+        /// What happened.
+        message: String,
+    },
+    /// Every slot is taken (`max_concurrent` reached).
+    #[error("at capacity: {message}")]
+    Busy {
+        /// What is full.
+        message: String,
+    },
+    /// A wait ran out.
+    #[error("timed out ({phase}) after {after:?}")]
+    Timeout {
+        /// Which wait.
+        phase: TimeoutPhase,
+        /// How long it waited.
+        after: Duration,
+    },
+    /// The engine refused the request itself (a 4xx other than 429): the same request would be
+    /// refused anywhere.
+    #[error("rejected by the engine ({status}): {message}")]
+    Rejected {
+        /// The engine's HTTP status.
+        status: u16,
+        /// The engine's message (its body as text when it was not JSON).
+        message: String,
+        /// The engine's error code, if it gave one.
+        code: Option<String>,
+    },
+    /// No backend serves the requested model.
+    #[error("model not found: {model}")]
+    ModelNotFound {
+        /// The model as requested.
+        model: String,
+    },
+    /// The engine or node sent something that does not follow the protocol.
+    #[error("protocol error: {message}")]
+    Protocol {
+        /// What was wrong.
+        message: String,
+    },
+    /// The request was cancelled (the consumer went away).
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl ProviderError {
+    /// Whether another attempt, on another provider, may succeed — provided no output was sent
+    /// yet (after output has started nothing is retried).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::Unavailable { .. } | Self::Busy { .. } | Self::Timeout { .. } | Self::Protocol { .. }
+        )
+    }
+
+    /// Whether a wait ran out.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Self::Timeout { .. })
+    }
+
+    /// The HTTP status the engine answered with, if any.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Unavailable { status, .. } => *status,
+            Self::Rejected { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// A short machine-readable name of the kind, as used in records and link messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Unavailable { .. } => "unavailable",
+            Self::Busy { .. } => "busy",
+            Self::Timeout { .. } => "timeout",
+            Self::Rejected { .. } => "rejected",
+            Self::ModelNotFound { .. } => "model_not_found",
+            Self::Protocol { .. } => "protocol",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// The error from an engine's HTTP status and message: 429 and 5xx are `Unavailable`
+    /// (retryable), other 4xx are `Rejected`, a 404 naming a model is `ModelNotFound` only when
+    /// the caller knows so (see the backends).
+    pub fn from_status(status: u16, message: impl Into<String>, code: Option<String>) -> Self {
+        let message = message.into();
+        if status == 429 || status >= 500 {
+            Self::Unavailable {
+                status: Some(status),
+                message,
+            }
+        } else {
+            Self::Rejected {
+                status,
+                message,
+                code,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_to_retryable_kinds() {
+        assert!(ProviderError::from_status(429, "slow down", None).is_retryable());
+        assert!(ProviderError::from_status(503, "down", None).is_retryable());
+        let rejected = ProviderError::from_status(400, "bad", Some("x".into()));
+        assert!(!rejected.is_retryable());
+        assert_eq!(rejected.status(), Some(400));
+        assert!(!ProviderError::Cancelled.is_retryable());
+    }
+
+    #[test]
+    fn messages_name_the_phase() {
+        let e = ProviderError::Timeout {
+            phase: TimeoutPhase::FirstToken,
+            after: Duration::from_secs(2),
+        };
+        assert_eq!(e.to_string(), "timed out (first token) after 2s");
+        assert!(e.is_timeout());
+    }
+}

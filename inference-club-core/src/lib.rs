@@ -6,3 +6,4 @@
 pub mod openai;
 pub mod provider;
 pub mod record;
+pub mod routing;

@@ -3,6 +3,7 @@
 //! policy. This crate does no network I/O and needs no async runtime.
 #![warn(missing_docs)]
 
+pub mod link;
 pub mod openai;
 pub mod provider;
 pub mod record;

@@ -1,2 +1,4 @@
 //! Inference Club core.
 #![warn(missing_docs)]
+
+pub mod manifest;

@@ -39,7 +39,9 @@ impl AccessPolicy {
         match self {
             Self::Owner => false,
             Self::Members => true,
-            Self::Logins(logins) => logins.iter().any(|login| login.eq_ignore_ascii_case(consumer)),
+            Self::Logins(logins) => logins
+                .iter()
+                .any(|login| login.eq_ignore_ascii_case(consumer)),
         }
     }
 }
@@ -108,7 +110,10 @@ mod tests {
         assert_eq!(word, AccessPolicy::Owner);
         let list: AccessPolicy = serde_json::from_str(r#"{"logins": ["alice"]}"#).unwrap();
         assert_eq!(list, logins(&["alice"]));
-        assert_eq!(serde_json::to_string(&AccessPolicy::Members).unwrap(), "\"members\"");
+        assert_eq!(
+            serde_json::to_string(&AccessPolicy::Members).unwrap(),
+            "\"members\""
+        );
     }
 
     #[test]

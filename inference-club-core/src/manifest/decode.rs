@@ -38,7 +38,9 @@ impl Decoder {
         };
         ServiceManifest {
             schema_version: schema_version.unwrap_or(0),
-            agent: self.nested(object, "agent", &root, Self::agent).unwrap_or_default(),
+            agent: self
+                .nested(object, "agent", &root, Self::agent)
+                .unwrap_or_default(),
             hosts: self.list(object, "hosts", &root, Self::host),
         }
     }
@@ -111,7 +113,13 @@ impl Decoder {
                 "members" => Some(AccessPolicy::Members),
                 _ => {
                     let got = word.clone();
-                    self.report(path, ProblemKind::NotOneOf { allowed: &["owner", "members", "{logins: [...]}"], got });
+                    self.report(
+                        path,
+                        ProblemKind::NotOneOf {
+                            allowed: &["owner", "members", "{logins: [...]}"],
+                            got,
+                        },
+                    );
                     None
                 }
             },
@@ -119,7 +127,12 @@ impl Decoder {
                 Some(AccessPolicy::Logins(self.strings(inner, "logins", &path)))
             }
             _ => {
-                self.report(path, ProblemKind::WrongType { expected: "owner, members or {logins: [...]}" });
+                self.report(
+                    path,
+                    ProblemKind::WrongType {
+                        expected: "owner, members or {logins: [...]}",
+                    },
+                );
                 None
             }
         }
@@ -170,13 +183,23 @@ impl Decoder {
         for (index, item) in items.iter().enumerate() {
             match scalar_text(item) {
                 Some(text) => strings.push(text),
-                None => self.report(path.index(index), ProblemKind::WrongType { expected: "a string" }),
+                None => self.report(
+                    path.index(index),
+                    ProblemKind::WrongType {
+                        expected: "a string",
+                    },
+                ),
             }
         }
         strings
     }
 
-    fn array<'v>(&mut self, object: &'v Object, key: &str, path: &FieldPath) -> Option<&'v Vec<Value>> {
+    fn array<'v>(
+        &mut self,
+        object: &'v Object,
+        key: &str,
+        path: &FieldPath,
+    ) -> Option<&'v Vec<Value>> {
         match present(object, key)? {
             Value::Array(items) => Some(items),
             _ => {
@@ -190,16 +213,31 @@ impl Decoder {
         let value = present(object, key)?;
         let text = scalar_text(value);
         if text.is_none() {
-            self.report(path.field(key), ProblemKind::WrongType { expected: "a string" });
+            self.report(
+                path.field(key),
+                ProblemKind::WrongType {
+                    expected: "a string",
+                },
+            );
         }
         text
     }
 
-    fn integer<T: WholeNumber>(&mut self, object: &Object, key: &str, path: &FieldPath) -> Option<T> {
+    fn integer<T: WholeNumber>(
+        &mut self,
+        object: &Object,
+        key: &str,
+        path: &FieldPath,
+    ) -> Option<T> {
         let value = present(object, key)?;
         let integer = value.as_u64().and_then(|n| T::try_from(n).ok());
         if integer.is_none() {
-            self.report(path.field(key), ProblemKind::WrongType { expected: T::EXPECTED });
+            self.report(
+                path.field(key),
+                ProblemKind::WrongType {
+                    expected: T::EXPECTED,
+                },
+            );
         }
         integer
     }
@@ -208,7 +246,12 @@ impl Decoder {
         let value = present(object, key)?;
         let number = value.as_f64();
         if number.is_none() {
-            self.report(path.field(key), ProblemKind::WrongType { expected: "a number" });
+            self.report(
+                path.field(key),
+                ProblemKind::WrongType {
+                    expected: "a number",
+                },
+            );
         }
         number
     }
@@ -218,7 +261,13 @@ impl Decoder {
         let got = scalar_text(value).unwrap_or_else(|| value.to_string());
         let choice = C::from_name(&got);
         if choice.is_none() {
-            self.report(path.field(key), ProblemKind::NotOneOf { allowed: C::NAMES, got });
+            self.report(
+                path.field(key),
+                ProblemKind::NotOneOf {
+                    allowed: C::NAMES,
+                    got,
+                },
+            );
         }
         choice
     }
@@ -228,7 +277,12 @@ impl Decoder {
             None => Extra::new(),
             Some(Value::Object(extra)) => extra.clone(),
             Some(_) => {
-                self.report(path.field("extra"), ProblemKind::WrongType { expected: "a mapping" });
+                self.report(
+                    path.field("extra"),
+                    ProblemKind::WrongType {
+                        expected: "a mapping",
+                    },
+                );
                 Extra::new()
             }
         }
@@ -238,7 +292,12 @@ impl Decoder {
         match value {
             Value::Object(object) => Some(object),
             _ => {
-                self.report(path.clone(), ProblemKind::WrongType { expected: "a mapping" });
+                self.report(
+                    path.clone(),
+                    ProblemKind::WrongType {
+                        expected: "a mapping",
+                    },
+                );
                 None
             }
         }
@@ -303,9 +362,15 @@ mod tests {
         let service = &manifest.hosts[0].services[0];
         assert_eq!(service.engine, Some(Engine::Vllm));
         assert_eq!(service.service_type, ServiceType::Stt);
-        assert_eq!(service.access, Some(AccessPolicy::Logins(vec!["bob".into()])));
+        assert_eq!(
+            service.access,
+            Some(AccessPolicy::Logins(vec!["bob".into()]))
+        );
         assert_eq!(manifest.agent.access, Some(AccessPolicy::Owner));
-        assert_eq!(manifest.hosts[0].gpu.as_ref().and_then(|g| g.vram_gb), Some(24.0));
+        assert_eq!(
+            manifest.hosts[0].gpu.as_ref().and_then(|g| g.vram_gb),
+            Some(24.0)
+        );
     }
 
     #[test]
@@ -341,8 +406,14 @@ mod tests {
 
     #[test]
     fn non_mapping_document_is_reported() {
-        assert_eq!(problem_lines(&json!([1, 2])), ["(document): must be a mapping"]);
-        assert_eq!(problem_lines(&Value::Null), ["(document): must be a mapping"]);
+        assert_eq!(
+            problem_lines(&json!([1, 2])),
+            ["(document): must be a mapping"]
+        );
+        assert_eq!(
+            problem_lines(&Value::Null),
+            ["(document): must be a mapping"]
+        );
     }
 
     #[test]

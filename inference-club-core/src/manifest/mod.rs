@@ -63,7 +63,8 @@ pub use problem::{
 pub use redact::{SECRET_KEY_FRAGMENTS, is_secret_key};
 pub use schema::{SCHEMA_PATH, json_schema, json_schema_pretty};
 pub use types::{
-    Agent, Choice, Engine, Extra, Gpu, GpuVendor, Host, Model, Service, ServiceManifest, ServiceType,
+    Agent, Choice, Engine, Extra, Gpu, GpuVendor, Host, Model, Service, ServiceManifest,
+    ServiceType,
 };
 pub use validate::check_url;
 

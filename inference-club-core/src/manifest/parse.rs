@@ -27,16 +27,23 @@ impl ServiceManifest {
     }
 
     /// Reads a manifest in either format and checks every rule. On failure the error carries every
-    /// problem found, type and rule alike, each with its path; defaults are applied on success
+    /// problem found, type and rule alike, each with its path, grouped by host, service and model in
+    /// document order; defaults are applied on success
     /// (see [`ServiceManifest::with_defaults`]).
     pub fn parse_and_validate(text: &str) -> Result<Self, ManifestError> {
         let document = syntax(text, detect_format(text))?;
         let (manifest, mut problems) = decode(&document);
-        let reported: HashSet<_> = problems.iter().map(|problem| problem.path.clone()).collect();
+        let reported: HashSet<_> = problems
+            .iter()
+            .map(|problem| problem.path.clone())
+            .collect();
         if let Err(rule_problems) = manifest.validate() {
-            let fresh = rule_problems.into_iter().filter(|problem| !reported.contains(&problem.path));
+            let fresh = rule_problems
+                .into_iter()
+                .filter(|problem| !reported.contains(&problem.path));
             problems.extend(fresh);
         }
+        problems.sort_by_key(|problem| problem.path.indices());
         ValidationErrors::new(problems).into_result()?;
         Ok(manifest.with_defaults())
     }
@@ -44,7 +51,11 @@ impl ServiceManifest {
 
 /// The format `text` is most likely in: JSON when its first non-blank character is `{`, else YAML.
 pub fn detect_format(text: &str) -> Format {
-    if text.trim_start_matches('\u{feff}').trim_start().starts_with('{') {
+    if text
+        .trim_start_matches('\u{feff}')
+        .trim_start()
+        .starts_with('{')
+    {
         Format::Json
     } else {
         Format::Yaml
@@ -54,7 +65,10 @@ pub fn detect_format(text: &str) -> Format {
 /// Checks the size, then parses `text` as `format` into a generic document.
 fn syntax(text: &str, format: Format) -> Result<Value, ManifestError> {
     if text.len() > MAX_DOCUMENT_BYTES {
-        return Err(ManifestError::TooLarge { size: text.len(), max: MAX_DOCUMENT_BYTES });
+        return Err(ManifestError::TooLarge {
+            size: text.len(),
+            max: MAX_DOCUMENT_BYTES,
+        });
     }
     match format {
         Format::Yaml => serde_saphyr::from_str(text).map_err(yaml_error),
@@ -72,8 +86,16 @@ fn yaml_error(error: serde_saphyr::Error) -> ManifestError {
     let position = error
         .location()
         .filter(|location| location.line() > 0)
-        .map(|location| TextPosition { line: location.line(), column: location.column() });
-    ManifestError::Syntax { format: Format::Yaml, message: first_line(&error.to_string()), position }
+        .map(|location| TextPosition {
+            line: location.line(),
+            column: location.column(),
+        });
+    let message = first_line(&error.to_string());
+    ManifestError::Syntax {
+        format: Format::Yaml,
+        message: strip_yaml_position(&message),
+        position,
+    }
 }
 
 fn json_error(error: serde_json::Error) -> ManifestError {
@@ -82,12 +104,28 @@ fn json_error(error: serde_json::Error) -> ManifestError {
         column: u64::try_from(error.column()).unwrap_or(u64::MAX),
     });
     let message = first_line(&error.to_string());
-    ManifestError::Syntax { format: Format::Json, message: strip_json_position(&message), position }
+    ManifestError::Syntax {
+        format: Format::Json,
+        message: strip_json_position(&message),
+        position,
+    }
 }
 
 /// The first line of a parser message (some parsers append a source snippet).
 fn first_line(message: &str) -> String {
     message.lines().next().unwrap_or_default().trim().to_owned()
+}
+
+/// serde-saphyr starts its messages with "error: line L column C: "; the position is kept separately.
+fn strip_yaml_position(message: &str) -> String {
+    let message = message.strip_prefix("error: ").unwrap_or(message);
+    match message
+        .strip_prefix("line ")
+        .and_then(|rest| rest.split_once(": "))
+    {
+        Some((_, rest)) => rest.to_owned(),
+        None => message.to_owned(),
+    }
 }
 
 /// serde_json ends its messages with " at line L column C"; the position is kept separately.
@@ -111,23 +149,41 @@ mod tests {
 
     #[test]
     fn refuses_oversized_documents_before_parsing() {
-        let text = format!("schema_version: 1\nnotes: \"{}\"\n", "x".repeat(MAX_DOCUMENT_BYTES));
-        assert!(matches!(ServiceManifest::parse(&text), Err(ManifestError::TooLarge { .. })));
+        let text = format!(
+            "schema_version: 1\nnotes: \"{}\"\n",
+            "x".repeat(MAX_DOCUMENT_BYTES)
+        );
+        assert!(matches!(
+            ServiceManifest::parse(&text),
+            Err(ManifestError::TooLarge { .. })
+        ));
     }
 
     #[test]
     fn yaml_syntax_errors_carry_a_position() {
-        let error = ServiceManifest::from_yaml_str("schema_version: 1\nhosts: [\n  - id: a\n").unwrap_err();
-        let ManifestError::Syntax { format: Format::Yaml, position, .. } = error else {
+        let error =
+            ServiceManifest::from_yaml_str("schema_version: 1\nhosts: [\n  - id: a\n").unwrap_err();
+        let ManifestError::Syntax {
+            format: Format::Yaml,
+            position,
+            message,
+        } = error
+        else {
             panic!("expected a syntax error, got {error:?}");
         };
-        assert!(position.is_some());
+        assert_eq!(position, Some(TextPosition { line: 3, column: 3 }));
+        assert_eq!(message, "\"-\" is only valid inside a block");
     }
 
     #[test]
     fn json_syntax_errors_carry_a_position() {
         let error = ServiceManifest::from_json_str("{\n  \"schema_version\": 1,\n}").unwrap_err();
-        let ManifestError::Syntax { format: Format::Json, position, message } = error else {
+        let ManifestError::Syntax {
+            format: Format::Json,
+            position,
+            message,
+        } = error
+        else {
             panic!("expected a syntax error, got {error:?}");
         };
         assert_eq!(position, Some(TextPosition { line: 3, column: 1 }));
@@ -141,8 +197,8 @@ mod tests {
         assert_eq!(
             error.lines(),
             [
-                r#"hosts[0].services[0].engine: must be one of [vllm, lmstudio, ollama, sglang, llamacpp, tgi, other], got "foo""#,
                 "schema_version: must be 1, got 2",
+                r#"hosts[0].services[0].engine: must be one of [vllm, lmstudio, ollama, sglang, llamacpp, tgi, other], got "foo""#,
             ]
         );
     }
@@ -157,6 +213,9 @@ mod tests {
     fn parse_and_validate_applies_defaults() {
         let text = "schema_version: 1\nhosts:\n  - id: a\n    services:\n      - name: s\n        models:\n          - id: m\n";
         let manifest = ServiceManifest::parse_and_validate(text).unwrap();
-        assert_eq!(manifest.hosts[0].services[0].models[0].input_modalities, ["text"]);
+        assert_eq!(
+            manifest.hosts[0].services[0].models[0].input_modalities,
+            ["text"]
+        );
     }
 }

@@ -40,6 +40,18 @@ impl FieldPath {
         &self.0
     }
 
+    /// The list indices along this path (`hosts[2].services[0].url` gives `[2, 0]`): sorting problems by
+    /// them groups each host's, service's and model's problems in document order.
+    pub fn indices(&self) -> Vec<usize> {
+        self.0
+            .iter()
+            .filter_map(|segment| match segment {
+                PathSegment::Index(index) => Some(*index),
+                PathSegment::Field(_) => None,
+            })
+            .collect()
+    }
+
     fn with(&self, segment: PathSegment) -> Self {
         let mut segments = self.0.clone();
         segments.push(segment);
@@ -298,7 +310,11 @@ impl ManifestError {
     /// The error as lines for a person: one per problem (a single line for size and syntax errors).
     pub fn lines(&self) -> Vec<String> {
         match self {
-            Self::Invalid(problems) => problems.problems().iter().map(ToString::to_string).collect(),
+            Self::Invalid(problems) => problems
+                .problems()
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
             Self::TooLarge { .. } | Self::Syntax { .. } => vec![self.to_string()],
         }
     }
@@ -316,7 +332,12 @@ mod tests {
 
     #[test]
     fn paths_display_like_accessors() {
-        let path = FieldPath::root().field("hosts").index(0).field("services").index(1).field("engine");
+        let path = FieldPath::root()
+            .field("hosts")
+            .index(0)
+            .field("services")
+            .index(1)
+            .field("engine");
         assert_eq!(path.to_string(), "hosts[0].services[1].engine");
         assert_eq!(FieldPath::root().to_string(), "(document)");
     }
@@ -325,9 +346,15 @@ mod tests {
     fn not_one_of_lists_the_names() {
         let problem = Problem::new(
             FieldPath::root().field("engine"),
-            ProblemKind::NotOneOf { allowed: &["vllm", "ollama"], got: "foo".into() },
+            ProblemKind::NotOneOf {
+                allowed: &["vllm", "ollama"],
+                got: "foo".into(),
+            },
         );
-        assert_eq!(problem.to_string(), r#"engine: must be one of [vllm, ollama], got "foo""#);
+        assert_eq!(
+            problem.to_string(),
+            r#"engine: must be one of [vllm, ollama], got "foo""#
+        );
     }
 
     #[test]
@@ -337,6 +364,9 @@ mod tests {
             message: "bad".into(),
             position: Some(TextPosition { line: 3, column: 7 }),
         };
-        assert_eq!(error.to_string(), "YAML syntax error at line 3, column 7: bad");
+        assert_eq!(
+            error.to_string(),
+            "YAML syntax error at line 3, column 7: bad"
+        );
     }
 }

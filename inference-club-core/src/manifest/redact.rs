@@ -5,8 +5,16 @@ use serde_json::Value;
 use super::types::{Extra, Service, ServiceManifest};
 
 /// Fragments of an `extra` key that mark its value as secret (matched case-insensitively).
-pub const SECRET_KEY_FRAGMENTS: &[&str] =
-    &["key", "token", "secret", "password", "passwd", "credential", "auth", "cookie"];
+pub const SECRET_KEY_FRAGMENTS: &[&str] = &[
+    "key",
+    "token",
+    "secret",
+    "password",
+    "passwd",
+    "credential",
+    "auth",
+    "cookie",
+];
 
 impl ServiceManifest {
     /// The manifest without secrets, fit to send to the coordinator and to show publicly.
@@ -19,7 +27,11 @@ impl ServiceManifest {
     #[must_use]
     pub fn redacted(&self) -> Self {
         let mut redacted = self.clone();
-        for service in redacted.hosts.iter_mut().flat_map(|host| host.services.iter_mut()) {
+        for service in redacted
+            .hosts
+            .iter_mut()
+            .flat_map(|host| host.services.iter_mut())
+        {
             redact_service(service);
         }
         redacted
@@ -36,7 +48,9 @@ fn redact_service(service: &mut Service) {
 /// Whether an `extra` key names a secret.
 pub fn is_secret_key(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    SECRET_KEY_FRAGMENTS.iter().any(|fragment| key.contains(fragment))
+    SECRET_KEY_FRAGMENTS
+        .iter()
+        .any(|fragment| key.contains(fragment))
 }
 
 fn redact_extra(extra: &mut Extra) {
@@ -54,12 +68,19 @@ fn redact_value(value: &mut Value) {
     }
 }
 
-/// The URL without credentials, query or fragment. Text that does not parse as a URL is dropped to
-/// an empty string rather than passed on unexamined.
+/// The URL without credentials, query or fragment; as written when it has none of them. Text that
+/// does not parse as a URL is dropped to an empty string rather than passed on unexamined.
 fn redact_url(url: &str) -> String {
     let Ok(mut parsed) = url::Url::parse(url) else {
         return String::new();
     };
+    let clean = parsed.username().is_empty()
+        && parsed.password().is_none()
+        && parsed.query().is_none()
+        && parsed.fragment().is_none();
+    if clean {
+        return url.to_owned();
+    }
     // Both fail only for URLs that cannot have credentials, which then have none to remove.
     let _ = parsed.set_username("");
     let _ = parsed.set_password(None);
@@ -77,7 +98,11 @@ mod tests {
     fn manifest_with(service: Service) -> ServiceManifest {
         ServiceManifest {
             schema_version: 1,
-            hosts: vec![Host { id: "h".into(), services: vec![service], ..Host::default() }],
+            hosts: vec![Host {
+                id: "h".into(),
+                services: vec![service],
+                ..Host::default()
+            }],
             ..ServiceManifest::default()
         }
     }
@@ -101,6 +126,14 @@ mod tests {
         assert_eq!(service.api_key, None);
         assert_eq!(service.command, None);
         assert_eq!(service.url.as_deref(), Some("https://gpu.lan:8000/v1"));
+        let plain = manifest_with(Service {
+            url: Some("http://127.0.0.1:11434".into()),
+            ..Service::default()
+        });
+        assert_eq!(
+            plain.redacted().hosts[0].services[0].url.as_deref(),
+            Some("http://127.0.0.1:11434")
+        );
         assert_eq!(
             Value::Object(service.extra.clone()),
             json!({"gpu_memory_utilization": 0.9, "nested": {"keep": "me", "list": [{}]}})

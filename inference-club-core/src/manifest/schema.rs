@@ -24,7 +24,12 @@ mod tests {
     #[test]
     fn enum_values_are_the_allowed_strings() {
         let schema = json_schema_pretty();
-        for name in ["\"audio-enhance\"", "\"llamacpp\"", "\"nvidia\"", "\"members\""] {
+        for name in [
+            "\"audio-enhance\"",
+            "\"llamacpp\"",
+            "\"nvidia\"",
+            "\"members\"",
+        ] {
             assert!(schema.contains(name), "schema lacks {name}");
         }
     }

@@ -246,7 +246,10 @@ pub trait Choice: Sized + Copy + 'static {
 
     /// The value with this exact name, if any.
     fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.iter().copied().find(|value| value.as_str() == name)
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|value| value.as_str() == name)
     }
 }
 
@@ -274,8 +277,9 @@ impl Choice for Engine {
         Self::Tgi,
         Self::Other,
     ];
-    const NAMES: &'static [&'static str] =
-        &["vllm", "lmstudio", "ollama", "sglang", "llamacpp", "tgi", "other"];
+    const NAMES: &'static [&'static str] = &[
+        "vllm", "lmstudio", "ollama", "sglang", "llamacpp", "tgi", "other",
+    ];
 
     fn as_str(self) -> &'static str {
         match self {
@@ -374,7 +378,9 @@ impl Model {
 impl Service {
     /// The models of this service that answer to `requested` (see [`Model::answers_to`]).
     pub fn models_answering<'a>(&'a self, requested: &'a str) -> impl Iterator<Item = &'a Model> {
-        self.models.iter().filter(move |model| model.answers_to(requested))
+        self.models
+            .iter()
+            .filter(move |model| model.answers_to(requested))
     }
 }
 
@@ -388,7 +394,11 @@ impl ServiceManifest {
     /// service type (`llm`: text → text, `stt`: audio → text, `tts`: text → audio, ...).
     #[must_use]
     pub fn with_defaults(mut self) -> Self {
-        for service in self.hosts.iter_mut().flat_map(|host| host.services.iter_mut()) {
+        for service in self
+            .hosts
+            .iter_mut()
+            .flat_map(|host| host.services.iter_mut())
+        {
             let service_type = service.service_type;
             for model in &mut service.models {
                 model.fill_default_modalities(service_type);
@@ -409,7 +419,13 @@ mod tests {
     fn serde_names<T: Choice + Serialize>() -> Vec<String> {
         T::ALL
             .iter()
-            .map(|value| serde_json::to_value(value).unwrap().as_str().unwrap().to_owned())
+            .map(|value| {
+                serde_json::to_value(value)
+                    .unwrap()
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
             .collect()
     }
 
@@ -425,18 +441,33 @@ mod tests {
 
     #[test]
     fn served_id_prefers_id_then_hf() {
-        let both = Model { id: Some("qwen3:8b".into()), hf: Some("Qwen/Qwen3-8B".into()), ..Model::default() };
+        let both = Model {
+            id: Some("qwen3:8b".into()),
+            hf: Some("Qwen/Qwen3-8B".into()),
+            ..Model::default()
+        };
         assert_eq!(both.served_id(), Some("qwen3:8b"));
-        let hf_only = Model { hf: Some("Qwen/Qwen3-8B".into()), ..Model::default() };
+        let hf_only = Model {
+            hf: Some("Qwen/Qwen3-8B".into()),
+            ..Model::default()
+        };
         assert_eq!(hf_only.served_id(), Some("Qwen/Qwen3-8B"));
-        let empty_id = Model { id: Some(String::new()), hf: Some("a/b".into()), ..Model::default() };
+        let empty_id = Model {
+            id: Some(String::new()),
+            hf: Some("a/b".into()),
+            ..Model::default()
+        };
         assert_eq!(empty_id.served_id(), Some("a/b"));
         assert_eq!(Model::default().served_id(), None);
     }
 
     #[test]
     fn answers_to_served_id_or_hf_case_insensitively() {
-        let model = Model { id: Some("qwen3:8b".into()), hf: Some("Qwen/Qwen3-8B".into()), ..Model::default() };
+        let model = Model {
+            id: Some("qwen3:8b".into()),
+            hf: Some("Qwen/Qwen3-8B".into()),
+            ..Model::default()
+        };
         assert!(model.answers_to("QWEN3:8B"));
         assert!(model.answers_to("qwen/qwen3-8b"));
         assert!(!model.answers_to("qwen3"));
@@ -448,7 +479,10 @@ mod tests {
         let service = |service_type| Service {
             name: "s".into(),
             service_type,
-            models: vec![Model { id: Some("m".into()), ..Model::default() }],
+            models: vec![Model {
+                id: Some("m".into()),
+                ..Model::default()
+            }],
             ..Service::default()
         };
         let manifest = ServiceManifest {

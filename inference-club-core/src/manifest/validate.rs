@@ -36,7 +36,10 @@ impl Checker {
         if manifest.schema_version != SUPPORTED_SCHEMA_VERSION {
             let got = manifest.schema_version;
             let supported = SUPPORTED_SCHEMA_VERSION;
-            self.report(root.field("schema_version"), ProblemKind::UnsupportedVersion { supported, got });
+            self.report(
+                root.field("schema_version"),
+                ProblemKind::UnsupportedVersion { supported, got },
+            );
         }
         self.agent(&manifest.agent, &root.field("agent"));
         self.counts(manifest, &root);
@@ -51,11 +54,22 @@ impl Checker {
     fn counts(&mut self, manifest: &ServiceManifest, root: &FieldPath) {
         let hosts = manifest.hosts.len();
         if hosts > MAX_HOSTS {
-            self.report(root.field("hosts"), ProblemKind::TooMany { what: "hosts", count: hosts, max: MAX_HOSTS });
+            self.report(
+                root.field("hosts"),
+                ProblemKind::TooMany {
+                    what: "hosts",
+                    count: hosts,
+                    max: MAX_HOSTS,
+                },
+            );
         }
         let services = manifest.services().count();
         if services > MAX_SERVICES {
-            let kind = ProblemKind::TooMany { what: "services in all hosts", count: services, max: MAX_SERVICES };
+            let kind = ProblemKind::TooMany {
+                what: "services in all hosts",
+                count: services,
+                max: MAX_SERVICES,
+            };
             self.report(root.field("hosts"), kind);
         }
     }
@@ -89,7 +103,12 @@ impl Checker {
             self.range(vram_gb, 0.0, MAX_VRAM_GB, &path.field("vram_gb"));
         }
         if let Some(count) = gpu.count {
-            self.range(f64::from(count), 0.0, f64::from(MAX_GPU_COUNT), &path.field("count"));
+            self.range(
+                f64::from(count),
+                0.0,
+                f64::from(MAX_GPU_COUNT),
+                &path.field("count"),
+            );
         }
     }
 
@@ -106,7 +125,12 @@ impl Checker {
             self.json_texts(key, value, &extra);
         }
         if let Some(max_concurrent) = service.max_concurrent {
-            self.range(f64::from(max_concurrent), 1.0, f64::from(u32::MAX), &path.field("max_concurrent"));
+            self.range(
+                f64::from(max_concurrent),
+                1.0,
+                f64::from(u32::MAX),
+                &path.field("max_concurrent"),
+            );
         }
         self.access(service.access.as_ref(), &path.field("access"));
         let models = path.field("models");
@@ -126,7 +150,12 @@ impl Checker {
         self.texts(&model.output_modalities, &path.field("output_modalities"));
         self.texts(&model.features, &path.field("features"));
         if let Some(context_length) = model.context_length {
-            self.range(f64::from(context_length), 1.0, f64::from(u32::MAX), &path.field("context_length"));
+            self.range(
+                f64::from(context_length),
+                1.0,
+                f64::from(u32::MAX),
+                &path.field("context_length"),
+            );
         }
         self.optional_text(model.quantization.as_deref(), &path.field("quantization"));
     }
@@ -153,22 +182,41 @@ impl Checker {
     }
 
     fn unique_service_names(&mut self, manifest: &ServiceManifest, hosts: &FieldPath) {
-        let names = manifest.hosts.iter().enumerate().flat_map(|(host_index, host)| {
-            host.services.iter().enumerate().map(move |(index, service)| {
-                let path = hosts.index(host_index).field("services").index(index).field("name");
-                (service.name.as_str(), path)
-            })
-        });
+        let names = manifest
+            .hosts
+            .iter()
+            .enumerate()
+            .flat_map(|(host_index, host)| {
+                host.services
+                    .iter()
+                    .enumerate()
+                    .map(move |(index, service)| {
+                        let path = hosts
+                            .index(host_index)
+                            .field("services")
+                            .index(index)
+                            .field("name");
+                        (service.name.as_str(), path)
+                    })
+            });
         self.unique("service name", names);
     }
 
     /// Reports every repeat of a non-empty value, pointing at its first use.
-    fn unique<'a>(&mut self, what: &'static str, values: impl Iterator<Item = (&'a str, FieldPath)>) {
+    fn unique<'a>(
+        &mut self,
+        what: &'static str,
+        values: impl Iterator<Item = (&'a str, FieldPath)>,
+    ) {
         let mut first_seen: HashMap<&str, FieldPath> = HashMap::new();
         for (value, path) in values.filter(|(value, _)| !value.is_empty()) {
             match first_seen.get(value) {
                 Some(first) => {
-                    let kind = ProblemKind::Duplicate { what, value: truncated(value), first: first.clone() };
+                    let kind = ProblemKind::Duplicate {
+                        what,
+                        value: truncated(value),
+                        first: first.clone(),
+                    };
                     self.report(path, kind);
                 }
                 None => {
@@ -203,7 +251,13 @@ impl Checker {
         };
         let len = text.chars().count();
         if len > MAX_STRING_CHARS {
-            self.report(path.clone(), ProblemKind::TooLong { len, max: MAX_STRING_CHARS });
+            self.report(
+                path.clone(),
+                ProblemKind::TooLong {
+                    len,
+                    max: MAX_STRING_CHARS,
+                },
+            );
         }
     }
 
@@ -276,7 +330,10 @@ mod tests {
                 services: vec![Service {
                     name: "ollama".into(),
                     url: Some("http://127.0.0.1:11434".into()),
-                    models: vec![Model { id: Some("qwen3:8b".into()), ..Model::default() }],
+                    models: vec![Model {
+                        id: Some("qwen3:8b".into()),
+                        ..Model::default()
+                    }],
                     ..Service::default()
                 }],
                 ..Host::default()
@@ -303,7 +360,11 @@ mod tests {
         manifest.schema_version = 2;
         manifest.agent.listen_port = Some(0);
         let mut second = manifest.hosts[0].clone();
-        second.gpu = Some(Gpu { vram_gb: Some(-1.0), count: Some(5000), ..Gpu::default() });
+        second.gpu = Some(Gpu {
+            vram_gb: Some(-1.0),
+            count: Some(5000),
+            ..Gpu::default()
+        });
         let service = &mut second.services[0];
         service.url = Some("ftp://example.com".into());
         service.max_concurrent = Some(0);
@@ -334,7 +395,13 @@ mod tests {
         let mut manifest = valid();
         manifest.hosts[0].id = String::new();
         manifest.hosts[0].services[0].name = String::new();
-        assert_eq!(lines(&manifest), ["hosts[0].id: is required", "hosts[0].services[0].name: is required"]);
+        assert_eq!(
+            lines(&manifest),
+            [
+                "hosts[0].id: is required",
+                "hosts[0].services[0].name: is required"
+            ]
+        );
     }
 
     #[test]
@@ -346,14 +413,20 @@ mod tests {
                 let mut host = host.clone();
                 host.id = format!("h{index}");
                 host.services = (0..2)
-                    .map(|s| Service { name: format!("s{index}-{s}"), ..Service::default() })
+                    .map(|s| Service {
+                        name: format!("s{index}-{s}"),
+                        ..Service::default()
+                    })
                     .collect();
                 host
             })
             .collect();
         assert_eq!(
             lines(&manifest),
-            ["hosts: must have at most 50 hosts, got 51", "hosts: must have at most 100 services in all hosts, got 102"]
+            [
+                "hosts: must have at most 50 hosts, got 51",
+                "hosts: must have at most 100 services in all hosts, got 102"
+            ]
         );
     }
 
@@ -361,15 +434,23 @@ mod tests {
     fn urls_must_be_absolute_http() {
         assert!(check_url("https://gpu.lan:8000/v1").is_ok());
         assert!(matches!(check_url("/v1"), Err(UrlProblem::Unparsable(_))));
-        assert!(matches!(check_url("localhost:11434"), Err(UrlProblem::Scheme(_))));
-        assert!(matches!(check_url("file:///tmp/x"), Err(UrlProblem::Scheme(_))));
+        assert!(matches!(
+            check_url("localhost:11434"),
+            Err(UrlProblem::Scheme(_))
+        ));
+        assert!(matches!(
+            check_url("file:///tmp/x"),
+            Err(UrlProblem::Scheme(_))
+        ));
     }
 
     #[test]
     fn long_strings_inside_extra_are_reported() {
         let mut manifest = valid();
         let long = "y".repeat(MAX_STRING_CHARS + 1);
-        manifest.hosts[0].services[0].extra.insert("args".into(), serde_json::json!({"flags": [long]}));
+        manifest.hosts[0].services[0]
+            .extra
+            .insert("args".into(), serde_json::json!({"flags": [long]}));
         assert_eq!(
             lines(&manifest),
             ["hosts[0].services[0].extra.args.flags[0]: must be at most 1024 characters, got 1025"]

@@ -185,3 +185,21 @@ fn checked_in_schema_is_current() {
          cargo run -p inference-club-examples --bin club-provider -- schema > docs/manifest.schema.json"
     );
 }
+
+proptest::proptest! {
+    #[test]
+    fn arbitrary_text_never_panics(text in proptest::prelude::any::<String>()) {
+        let _ = ServiceManifest::parse_and_validate(&text);
+    }
+
+    #[test]
+    fn damaged_samples_never_panic(cut in 0usize..4000, insert in "[\\[\\]{}:,\\- a-z0-9\"'\\n]{0,8}") {
+        let text = read("examples/manifests/every-field.yaml");
+        let mut cut = cut.min(text.len());
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let damaged = format!("{}{insert}{}", &text[..cut], &text[cut..]);
+        let _ = ServiceManifest::parse_and_validate(&damaged);
+    }
+}

@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod link;
+pub mod manifest;
 pub mod openai;
 pub mod provider;
 pub mod record;

@@ -1,2 +1,53 @@
-//! Inference Club provider.
+//! Inference Club's provider side: adapters that put engines behind the
+//! [`Provider`](inference_club_core::provider::Provider) trait, and the `Router` that puts several
+//! of them behind one.
+//!
+//! ```no_run
+//! use futures_util::StreamExt;
+//! use inference_club_core::openai::{ChatCompletionRequest, ChatMessage};
+//! use inference_club_core::provider::{Provider, RequestContext};
+//! use inference_club_provider::backends::OpenAiCompatible;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let engine = OpenAiCompatible::builder("http://127.0.0.1:8000/v1").build()?;
+//! let request = ChatCompletionRequest::new("qwen3", vec![ChatMessage::user("Hello!")]);
+//! let mut chunks = engine.chat(request, RequestContext::new("req-1")).await?;
+//! while let Some(chunk) = chunks.next().await {
+//!     if let Some(text) = chunk?.choices.first().and_then(|c| c.delta.content.clone()) {
+//!         print!("{text}");
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
 #![warn(missing_docs)]
+
+pub mod backends;
+mod http;
+pub mod normalize;
+pub mod quirks;
+pub mod sse;
+pub mod timeouts;
+// pub mod router;
+
+pub use quirks::EngineQuirks;
+
+pub use timeouts::Timeouts;
+
+use inference_club_core::provider::ProviderError;
+
+/// The error for an engine's failure: from its HTTP status when it answered with one (429 and 5xx
+/// retryable, other 4xx a rejection), or unavailable when the error came inside a stream.
+pub(crate) fn error_from_engine(
+    status: Option<u16>,
+    message: String,
+    code: Option<String>,
+) -> ProviderError {
+    match status {
+        Some(status) => ProviderError::from_status(status, message, code),
+        None => ProviderError::Unavailable {
+            status: None,
+            message,
+        },
+    }
+}

@@ -1,0 +1,12 @@
+//! Adapters that put engines behind the [`Provider`](inference_club_core::provider::Provider) trait.
+//!
+//! - [`OpenAiCompatible`]: vLLM, SGLang, llama.cpp server, LM Studio, TGI, Ollama's `/v1`, any
+//!   OpenAI-compatible server.
+//! - [`Ollama`]: Ollama's native API (`/api/chat`, `/api/tags`).
+//! - [`Echo`]: a test engine that repeats the prompt back; not a language model.
+
+mod echo;
+mod openai;
+
+pub use echo::Echo;
+pub use openai::{OpenAiCompatible, OpenAiCompatibleBuilder};

@@ -1,0 +1,200 @@
+//! The adapter for OpenAI-compatible engines.
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use inference_club_core::openai::{ChatCompletionRequest, Model, ModelList, StreamOptions};
+use inference_club_core::provider::{
+    ChunkStream, Provider, ProviderError, RequestContext, TimeoutPhase,
+};
+use url::Url;
+
+use crate::{EngineQuirks, Timeouts, http, normalize, sse};
+
+/// An engine that speaks the OpenAI chat completions API: vLLM, SGLang, llama.cpp server, LM
+/// Studio, TGI, Ollama's `/v1`, or any compatible server.
+///
+/// It always streams from the engine (asking for usage in the stream where the engine supports
+/// it), so time to first token is measured and a whole response is the collected stream. The
+/// request's `model` is sent as it is: it must be the engine's served id (the
+/// `Router`(crate::Router) maps public names to served ids).
+#[derive(Debug, Clone)]
+pub struct OpenAiCompatible {
+    chat_url: Url,
+    models_url: Url,
+    api_key: Option<String>,
+    quirks: EngineQuirks,
+    timeouts: Timeouts,
+    http: reqwest::Client,
+}
+
+/// Builds an [`OpenAiCompatible`] adapter.
+#[derive(Debug, Clone)]
+pub struct OpenAiCompatibleBuilder {
+    base_url: String,
+    api_key: Option<String>,
+    quirks: EngineQuirks,
+    timeouts: Timeouts,
+    http: Option<reqwest::Client>,
+}
+
+impl OpenAiCompatibleBuilder {
+    /// The API key sent as `Authorization: Bearer …`.
+    pub fn api_key(mut self, key: impl Into<String>) -> Self {
+        self.api_key = Some(key.into());
+        self
+    }
+
+    /// The engine's quirks (default: [`EngineQuirks::GENERIC`]).
+    pub fn quirks(mut self, quirks: EngineQuirks) -> Self {
+        self.quirks = quirks;
+        self
+    }
+
+    /// The timeouts (default: [`Timeouts::default`]).
+    pub fn timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.timeouts = timeouts;
+        self
+    }
+
+    /// A caller-supplied HTTP client (its own connect timeout then applies).
+    pub fn http_client(mut self, client: reqwest::Client) -> Self {
+        self.http = Some(client);
+        self
+    }
+
+    /// The adapter; fails when the base URL is not an absolute http(s) URL.
+    pub fn build(self) -> Result<OpenAiCompatible, ProviderError> {
+        let invalid = |why: String| ProviderError::Protocol {
+            message: format!("invalid engine URL {:?}: {why}", self.base_url),
+        };
+        let mut base = Url::parse(&self.base_url).map_err(|e| invalid(e.to_string()))?;
+        if !matches!(base.scheme(), "http" | "https") {
+            return Err(invalid("not http(s)".into()));
+        }
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
+        let join = |path: &str| base.join(path).map_err(|e| invalid(e.to_string()));
+        let http = match self.http {
+            Some(client) => client,
+            None => http::client(self.timeouts.connect)?,
+        };
+        Ok(OpenAiCompatible {
+            chat_url: join("chat/completions")?,
+            models_url: join("models")?,
+            api_key: self.api_key,
+            quirks: self.quirks,
+            timeouts: self.timeouts,
+            http,
+        })
+    }
+}
+
+impl OpenAiCompatible {
+    /// A builder for the engine at `base_url`, the URL that `/chat/completions` and `/models` are
+    /// relative to (usually ending in `/v1`).
+    pub fn builder(base_url: impl Into<String>) -> OpenAiCompatibleBuilder {
+        OpenAiCompatibleBuilder {
+            base_url: base_url.into(),
+            api_key: None,
+            quirks: EngineQuirks::default(),
+            timeouts: Timeouts::default(),
+            http: None,
+        }
+    }
+
+    /// The body sent to the engine: the consumer's request, streamed, with usage asked for and the
+    /// token limit copied where the engine needs it.
+    fn engine_body(&self, mut request: ChatCompletionRequest) -> ChatCompletionRequest {
+        request.stream = Some(true);
+        if self.quirks.stream_usage {
+            request
+                .stream_options
+                .get_or_insert_with(StreamOptions::default)
+                .include_usage = Some(true);
+        } else {
+            request.stream_options = None;
+        }
+        if self.quirks.needs_max_tokens && request.max_tokens.is_none() {
+            request.max_tokens = request.max_completion_tokens;
+        }
+        request
+    }
+
+    fn authorized(&self, builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.api_key {
+            Some(key) => builder.bearer_auth(key),
+            None => builder,
+        }
+    }
+}
+
+#[async_trait]
+impl Provider for OpenAiCompatible {
+    async fn models(&self) -> Result<Vec<Model>, ProviderError> {
+        let request = self.authorized(self.http.get(self.models_url.clone()));
+        let response = tokio::time::timeout(self.timeouts.connect, request.send())
+            .await
+            .map_err(|_| ProviderError::Timeout {
+                phase: TimeoutPhase::Connect,
+                after: self.timeouts.connect,
+            })?
+            .map_err(|e| http::send_error(&e, self.timeouts.connect))?;
+        if !response.status().is_success() {
+            return Err(http::status_error(response, "").await);
+        }
+        let body = tokio::time::timeout(self.timeouts.idle, response.bytes())
+            .await
+            .map_err(|_| ProviderError::Timeout {
+                phase: TimeoutPhase::Idle,
+                after: self.timeouts.idle,
+            })?
+            .map_err(|e| http::send_error(&e, self.timeouts.connect))?;
+        let list: ModelList = serde_json::from_slice(&body).map_err(|e| ProviderError::Protocol {
+            message: format!("engine's model list is not valid: {e}"),
+        })?;
+        Ok(list.data)
+    }
+
+    async fn chat(
+        &self,
+        request: ChatCompletionRequest,
+        context: RequestContext,
+    ) -> Result<ChunkStream, ProviderError> {
+        let model = request.model.clone();
+        let body = serde_json::to_vec(&self.engine_body(request)).map_err(|e| {
+            ProviderError::Protocol {
+                message: format!("cannot encode the request: {e}"),
+            }
+        })?;
+        let send = self
+            .authorized(self.http.post(self.chat_url.clone()))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .body(body)
+            .send();
+        // Some engines send headers only once the first token is ready.
+        let response = tokio::select! {
+            () = context.cancel.cancelled() => return Err(ProviderError::Cancelled),
+            sent = tokio::time::timeout(self.timeouts.first_token, send) => sent,
+        }
+        .map_err(|_| ProviderError::Timeout {
+            phase: TimeoutPhase::FirstToken,
+            after: self.timeouts.first_token,
+        })?
+        .map_err(|e| http::send_error(&e, self.timeouts.connect))?;
+        if !response.status().is_success() {
+            return Err(http::status_error(response, &model).await);
+        }
+        let mut chunks: ChunkStream = Box::pin(sse::chunks(response.bytes_stream()));
+        if self.quirks.think_tags {
+            chunks = normalize::split_think_tags(chunks);
+        }
+        Ok(crate::timeouts::guard(
+            chunks.boxed(),
+            self.timeouts,
+            &context,
+        ))
+    }
+}

@@ -1,0 +1,88 @@
+//! The HTTP plumbing shared by the backends.
+
+use std::time::Duration;
+
+use inference_club_core::openai::ErrorResponse;
+use inference_club_core::provider::{ProviderError, TimeoutPhase};
+
+/// The most of an error body that is read from an engine.
+const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+
+/// An HTTP client for engines: connect timeout, no total timeout (streams may be long).
+pub(crate) fn client(connect: Duration) -> Result<reqwest::Client, ProviderError> {
+    // Only `ring` is compiled in; installing it is idempotent.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .connect_timeout(connect)
+        .tcp_nodelay(true)
+        .build()
+        .map_err(|e| ProviderError::Protocol {
+            message: format!("cannot build an HTTP client: {e}"),
+        })
+}
+
+/// The error for a request that did not get a response.
+pub(crate) fn send_error(error: &reqwest::Error, connect: Duration) -> ProviderError {
+    if error.is_timeout() {
+        ProviderError::Timeout {
+            phase: TimeoutPhase::Connect,
+            after: connect,
+        }
+    } else {
+        ProviderError::Unavailable {
+            status: None,
+            message: format!("cannot reach the engine: {}", error_chain(error)),
+        }
+    }
+}
+
+/// An error with its causes, which reqwest keeps in its source chain.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The error for a non-success response: the engine's message when the body is an OpenAI or
+/// Ollama error object, the body as text otherwise. A 404 whose body is an error object naming
+/// the model is [`ProviderError::ModelNotFound`].
+pub(crate) async fn status_error(response: reqwest::Response, model: &str) -> ProviderError {
+    let status = response.status().as_u16();
+    let body = read_limited(response, MAX_ERROR_BODY_BYTES).await;
+    let text = String::from_utf8_lossy(&body).trim().to_owned();
+    let (message, code) = if let Ok(envelope) = serde_json::from_str::<ErrorResponse>(&text) {
+        (envelope.error.message, envelope.error.code)
+    } else if let Some(message) = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+    {
+        (message, None)
+    } else if text.is_empty() {
+        (format!("HTTP {status}"), None)
+    } else {
+        (text, None)
+    };
+    if status == 404 && message.contains(model) {
+        return ProviderError::ModelNotFound {
+            model: model.to_owned(),
+        };
+    }
+    ProviderError::from_status(status, message, code)
+}
+
+async fn read_limited(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Ok(Some(piece)) = response.chunk().await {
+        let room = limit.saturating_sub(body.len());
+        body.extend_from_slice(&piece[..piece.len().min(room)]);
+        if body.len() >= limit {
+            break;
+        }
+    }
+    body
+}

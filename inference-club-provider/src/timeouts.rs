@@ -1,0 +1,85 @@
+//! The three waits of a request to an engine, and the stream guard that enforces them.
+
+use std::time::Duration;
+
+use async_stream::stream;
+use futures_util::StreamExt;
+use inference_club_core::provider::{ChunkStream, ProviderError, RequestContext, TimeoutPhase};
+
+/// How long to wait for an engine. One total timeout would kill long, healthy streams, so each
+/// phase has its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Connecting to the engine and receiving its response headers.
+    pub connect: Duration,
+    /// From the request to the first output; long, since models may reason silently first.
+    pub first_token: Duration,
+    /// Between two chunks once output has started.
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(10),
+            first_token: Duration::from_secs(300),
+            idle: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Wraps an engine's chunk stream so that it ends with [`ProviderError::Timeout`] when the first
+/// output or the next chunk is late, and with [`ProviderError::Cancelled`] when the context is
+/// cancelled. Ending drops the inner stream, which closes the engine connection.
+///
+/// Chunks without output (such as a role-only first chunk) do not count as the first token.
+pub fn guard(inner: ChunkStream, timeouts: Timeouts, context: &RequestContext) -> ChunkStream {
+    let cancel = context.cancel.clone();
+    let deadline = context.deadline.map(tokio::time::Instant::from_std);
+    Box::pin(stream! {
+        let mut inner = inner;
+        let started = tokio::time::Instant::now();
+        let first_token_by = started + timeouts.first_token;
+        let mut output_started = false;
+        loop {
+            let (phase, mut wait_until) = if output_started {
+                (TimeoutPhase::Idle, tokio::time::Instant::now() + timeouts.idle)
+            } else {
+                (TimeoutPhase::FirstToken, first_token_by)
+            };
+            let mut phase = phase;
+            if let Some(deadline) = deadline.filter(|d| *d < wait_until) {
+                wait_until = deadline;
+                phase = TimeoutPhase::Total;
+            }
+            let next = tokio::select! {
+                biased;
+                () = cancel.cancelled() => {
+                    yield Err(ProviderError::Cancelled);
+                    break;
+                }
+                next = tokio::time::timeout_at(wait_until, inner.next()) => next,
+            };
+            match next {
+                Err(_) => {
+                    let after = match phase {
+                        TimeoutPhase::Idle => timeouts.idle,
+                        _ => started.elapsed(),
+                    };
+                    yield Err(ProviderError::Timeout { phase, after });
+                    break;
+                }
+                Ok(None) => break,
+                Ok(Some(Ok(chunk))) => {
+                    output_started |= chunk.has_output()
+                        || chunk.choices.iter().any(|c| c.finish_reason.is_some());
+                    yield Ok(chunk);
+                }
+                Ok(Some(Err(error))) => {
+                    yield Err(error);
+                    break;
+                }
+            }
+        }
+    })
+}

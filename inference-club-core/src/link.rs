@@ -314,7 +314,11 @@ mod tests {
                 manifest: json!({"schema_version": 1}),
             }),
             NodeMessage::Heartbeat(Heartbeat {
-                load: vec![ServiceLoad { service: "s".into(), in_flight: 2, max_concurrent: Some(4) }],
+                load: vec![ServiceLoad {
+                    service: "s".into(),
+                    in_flight: 2,
+                    max_concurrent: Some(4),
+                }],
             }),
             NodeMessage::Chunk(JobChunk {
                 job: 7,
@@ -331,7 +335,9 @@ mod tests {
                 job: 7,
                 error: JobError::from(&ProviderError::from_status(503, "down", None)),
             }),
-            NodeMessage::Goodbye(Goodbye { reason: "bye".into() }),
+            NodeMessage::Goodbye(Goodbye {
+                reason: "bye".into(),
+            }),
         ];
         for message in node {
             let frame = encode(&message).unwrap();
@@ -344,7 +350,10 @@ mod tests {
                 provider: "box".into(),
                 heartbeat_interval_ms: 10_000,
             }),
-            CoordinatorMessage::Refused(Refused { reason: "bad".into(), errors: vec!["a: b".into()] }),
+            CoordinatorMessage::Refused(Refused {
+                reason: "bad".into(),
+                errors: vec!["a: b".into()],
+            }),
             CoordinatorMessage::Job(Box::new(Job {
                 job: 1,
                 request_id: "r".into(),
@@ -364,8 +373,14 @@ mod tests {
     fn oversized_and_malformed_frames_are_refused() {
         let big = "x".repeat(MAX_MESSAGE_BYTES + 1);
         assert!(matches!(decode_node(&big), Err(LinkError::TooLarge { .. })));
-        assert!(matches!(decode_node("{\"type\":\"nope\"}"), Err(LinkError::Malformed(_))));
-        assert!(matches!(decode_node("not json"), Err(LinkError::Malformed(_))));
+        assert!(matches!(
+            decode_node("{\"type\":\"nope\"}"),
+            Err(LinkError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode_node("not json"),
+            Err(LinkError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -374,14 +389,19 @@ mod tests {
             ProviderError::from_status(503, "down", None),
             ProviderError::from_status(400, "bad", Some("c".into())),
             ProviderError::ModelNotFound { model: "m".into() },
-            ProviderError::Busy { message: "full".into() },
+            ProviderError::Busy {
+                message: "full".into(),
+            },
             ProviderError::Cancelled,
         ] {
             let back = ProviderError::from(JobError::from(&error));
             assert_eq!(back, error);
             assert_eq!(back.is_retryable(), error.is_retryable());
         }
-        let timeout = ProviderError::Timeout { phase: TimeoutPhase::Idle, after: Duration::from_secs(1) };
+        let timeout = ProviderError::Timeout {
+            phase: TimeoutPhase::Idle,
+            after: Duration::from_secs(1),
+        };
         assert!(ProviderError::from(JobError::from(&timeout)).is_timeout());
     }
 }

@@ -156,7 +156,10 @@ impl ProviderError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Self::Unavailable { .. } | Self::Busy { .. } | Self::Timeout { .. } | Self::Protocol { .. }
+            Self::Unavailable { .. }
+                | Self::Busy { .. }
+                | Self::Timeout { .. }
+                | Self::Protocol { .. }
         )
     }
 

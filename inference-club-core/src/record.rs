@@ -478,7 +478,13 @@ mod tests {
 
     fn record() -> InferenceRecord {
         let request = ChatCompletionRequest::new("m", vec![ChatMessage::user("hi")]);
-        InferenceRecord::new(RecordId::new(), Some("ada".into()), request, Visibility::default(), Utc::now())
+        InferenceRecord::new(
+            RecordId::new(),
+            Some("ada".into()),
+            request,
+            Visibility::default(),
+            Utc::now(),
+        )
     }
 
     fn served() -> ServedBy {
@@ -509,7 +515,10 @@ mod tests {
         let done = ChatCompletionAggregator::new().finish();
         assert_eq!(
             r.succeeded(&done, Utc::now()),
-            Err(TransitionError { from: Status::Queued, to: Status::Succeeded })
+            Err(TransitionError {
+                from: Status::Queued,
+                to: Status::Succeeded
+            })
         );
     }
 
@@ -541,6 +550,9 @@ mod tests {
         assert!("secret".parse::<Visibility>().is_err());
         assert_eq!(Visibility::default(), Visibility::Public);
         assert_eq!("failed".parse::<Status>(), Ok(Status::Failed));
-        assert_eq!(serde_json::to_value(Status::Cancelled).unwrap(), "cancelled");
+        assert_eq!(
+            serde_json::to_value(Status::Cancelled).unwrap(),
+            "cancelled"
+        );
     }
 }

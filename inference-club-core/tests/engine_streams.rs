@@ -825,7 +825,6 @@ fn tgi_chat_stream_is_read() {
 
 /// A normalized chunk is written as `chat.completion.chunk` whatever `object` the engine sent.
 #[test]
-#[ignore = "bug: ChatCompletionChunk passes the engine's `object` through, so TGI's \"text_completion\" is written back"]
 fn tgi_chunks_are_written_as_chat_completion_chunks() {
     let run = run(fixture!("tgi_text_completion_object.sse"));
     for chunk in &run.chunks {
@@ -837,7 +836,6 @@ fn tgi_chunks_are_written_as_chat_completion_chunks() {
 /// `name: ""` on argument fragments must not reach our consumers: clients that take `name`
 /// whenever it is present (rig, async-openai users) lose the function name.
 #[test]
-#[ignore = "bug: FunctionCallDelta keeps and re-serializes LM Studio's `name: \"\"` on argument-only fragments"]
 fn no_empty_tool_call_names_are_written() {
     for raw in [
         fixture!("lmstudio_tool_call.sse"),

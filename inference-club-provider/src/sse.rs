@@ -69,7 +69,9 @@ mod tests {
 
     async fn parse(pieces: Vec<&'static [u8]>) -> Vec<Result<ChatCompletionChunk, ProviderError>> {
         let body = futures_util::stream::iter(
-            pieces.into_iter().map(|p| Ok::<_, std::io::Error>(Bytes::from_static(p))),
+            pieces
+                .into_iter()
+                .map(|p| Ok::<_, std::io::Error>(Bytes::from_static(p))),
         );
         chunks(body).collect().await
     }

@@ -70,7 +70,8 @@ impl ChatCompletionAggregator {
             self.created = chunk.created;
         }
         if chunk.system_fingerprint.is_some() {
-            self.system_fingerprint.clone_from(&chunk.system_fingerprint);
+            self.system_fingerprint
+                .clone_from(&chunk.system_fingerprint);
         }
         if chunk.usage.is_some() {
             self.usage.clone_from(&chunk.usage);

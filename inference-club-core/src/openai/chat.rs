@@ -274,10 +274,7 @@ impl ContentPart {
     /// An `image_url` part.
     pub fn image_url(url: impl Into<String>) -> Self {
         let mut extra = Extra::new();
-        extra.insert(
-            "image_url".into(),
-            serde_json::json!({ "url": url.into() }),
-        );
+        extra.insert("image_url".into(), serde_json::json!({ "url": url.into() }));
         Self {
             kind: "image_url".into(),
             text: None,
@@ -376,8 +373,11 @@ pub struct FunctionCall {
 pub struct ChatCompletion {
     /// Completion id.
     pub id: String,
-    /// Always `chat.completion`.
-    #[serde(default = "completion_object")]
+    /// Always `chat.completion` (whatever an engine sent).
+    #[serde(
+        default = "completion_object",
+        deserialize_with = "read_completion_object"
+    )]
     pub object: String,
     /// Unix seconds.
     #[serde(default)]
@@ -403,6 +403,10 @@ pub struct ChatCompletion {
 
 fn completion_object() -> String {
     "chat.completion".into()
+}
+
+fn read_completion_object<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    serde::de::IgnoredAny::deserialize(d).map(|_| completion_object())
 }
 
 impl ChatCompletion {

@@ -11,8 +11,8 @@ pub struct ChatCompletionChunk {
     /// Completion id, the same on every chunk of one completion.
     #[serde(default)]
     pub id: String,
-    /// Always `chat.completion.chunk`.
-    #[serde(default = "chunk_object")]
+    /// Always `chat.completion.chunk` (whatever an engine sent).
+    #[serde(default = "chunk_object", deserialize_with = "read_chunk_object")]
     pub object: String,
     /// Unix seconds.
     #[serde(default)]
@@ -40,6 +40,10 @@ pub struct ChatCompletionChunk {
 
 fn chunk_object() -> String {
     "chat.completion.chunk".into()
+}
+
+fn read_chunk_object<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    serde::de::IgnoredAny::deserialize(d).map(|_| chunk_object())
 }
 
 impl ChatCompletionChunk {
@@ -183,8 +187,12 @@ pub struct ToolCallDelta {
     /// Which call this fragment belongs to.
     #[serde(default)]
     pub index: u32,
-    /// Call id (first fragment).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Call id (first fragment). An empty id is read as absent.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "non_empty_string"
+    )]
     pub id: Option<String>,
     /// Always `function` (first fragment).
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
@@ -197,8 +205,13 @@ pub struct ToolCallDelta {
 /// The function part of a tool-call fragment.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct FunctionCallDelta {
-    /// Function name (first fragment; some engines send `""` on later ones).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Function name (first fragment). Some engines send `""` on later fragments; that is read as
+    /// absent, so it is never written back.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "non_empty_string"
+    )]
     pub name: Option<String>,
     /// A piece of the arguments.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -256,10 +269,15 @@ impl Serialize for FinishReason {
 }
 
 impl<'de> Deserialize<'de> for FinishReason {
+    /// Reads a wire name. The empty string is refused here; fields read it as "not finished".
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        Ok(Self::parse(&s).unwrap_or(Self::Other(String::new())))
+        Self::parse(&s).ok_or_else(|| serde::de::Error::custom("empty finish_reason"))
     }
+}
+
+fn non_empty_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.filter(|s| !s.is_empty()))
 }
 
 /// Reads `finish_reason`, where `null`, `""` and a missing field all mean "not finished".
@@ -326,7 +344,8 @@ mod tests {
 
     #[test]
     fn chunks_are_written_in_openai_format() {
-        let chunk = ChatCompletionChunk::new("chatcmpl-1", "m", 7).with_delta(ChunkDelta::content("hi"));
+        let chunk =
+            ChatCompletionChunk::new("chatcmpl-1", "m", 7).with_delta(ChunkDelta::content("hi"));
         assert_eq!(
             serde_json::to_value(&chunk).unwrap(),
             json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 7, "model": "m",

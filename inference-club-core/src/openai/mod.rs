@@ -21,9 +21,8 @@ mod think;
 pub use aggregate::ChatCompletionAggregator;
 pub use chat::{
     ChatCompletion, ChatCompletionRequest, ChatMessage, Choice, ContentPart, FunctionCall,
-    ResponseMessage,
-    FunctionDefinition, MessageContent, ResponseFormat, Role, StopSequences, StreamOptions, Tool,
-    ToolCall, ToolChoice,
+    FunctionDefinition, MessageContent, ResponseFormat, ResponseMessage, Role, StopSequences,
+    StreamOptions, Tool, ToolCall, ToolChoice,
 };
 pub use chunk::{
     ChatCompletionChunk, ChunkChoice, ChunkDelta, FinishReason, FunctionCallDelta, StreamPayload,

@@ -108,7 +108,11 @@ impl SplitState {
 fn partial_suffix(text: &str, tag: &str) -> usize {
     (1..tag.len())
         .rev()
-        .find(|&k| text.len() >= k && text.is_char_boundary(text.len() - k) && tag.starts_with(&text[text.len() - k..]))
+        .find(|&k| {
+            text.len() >= k
+                && text.is_char_boundary(text.len() - k)
+                && tag.starts_with(&text[text.len() - k..])
+        })
         .unwrap_or(0)
 }
 
@@ -179,9 +183,11 @@ mod tests {
             agg.push(&chunk);
         }
         for (_, reasoning, content) in splitter.flush() {
-            let mut delta = ChunkDelta::default();
-            delta.reasoning = reasoning;
-            delta.content = content;
+            let delta = ChunkDelta {
+                reasoning,
+                content,
+                ..ChunkDelta::default()
+            };
             agg.push(&ChatCompletionChunk::new("c", "m", 0).with_delta(delta));
         }
         let done = agg.finish();
@@ -194,7 +200,10 @@ mod tests {
 
     #[test]
     fn whole_block_in_one_piece() {
-        assert_eq!(run(&["<think>a b</think>\n\nanswer"]), ("a b".into(), "answer".into()));
+        assert_eq!(
+            run(&["<think>a b</think>\n\nanswer"]),
+            ("a b".into(), "answer".into())
+        );
     }
 
     #[test]
@@ -215,14 +224,23 @@ mod tests {
 
     #[test]
     fn content_without_block_is_untouched() {
-        assert_eq!(run(&["<th", "is is not thinking"]), (String::new(), "<this is not thinking".into()));
-        assert_eq!(run(&["Hello ", "<think>x</think>"]), (String::new(), "Hello <think>x</think>".into()));
+        assert_eq!(
+            run(&["<th", "is is not thinking"]),
+            (String::new(), "<this is not thinking".into())
+        );
+        assert_eq!(
+            run(&["Hello ", "<think>x</think>"]),
+            (String::new(), "Hello <think>x</think>".into())
+        );
         assert_eq!(run(&["<"]), (String::new(), "<".into()));
     }
 
     #[test]
     fn unclosed_block_is_all_reasoning() {
-        assert_eq!(run(&["<think>still thinking </thi"]), ("still thinking </thi".into(), String::new()));
+        assert_eq!(
+            run(&["<think>still thinking </thi"]),
+            ("still thinking </thi".into(), String::new())
+        );
     }
 
     #[test]

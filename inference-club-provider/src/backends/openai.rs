@@ -151,9 +151,10 @@ impl Provider for OpenAiCompatible {
                 after: self.timeouts.idle,
             })?
             .map_err(|e| http::send_error(&e, self.timeouts.connect))?;
-        let list: ModelList = serde_json::from_slice(&body).map_err(|e| ProviderError::Protocol {
-            message: format!("engine's model list is not valid: {e}"),
-        })?;
+        let list: ModelList =
+            serde_json::from_slice(&body).map_err(|e| ProviderError::Protocol {
+                message: format!("engine's model list is not valid: {e}"),
+            })?;
         Ok(list.data)
     }
 

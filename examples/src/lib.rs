@@ -1,3 +1,4 @@
 //! The reference coordinator and the logic behind the binaries.
 
 pub mod provider_cli;
+pub mod provider_ops;

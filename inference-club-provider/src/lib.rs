@@ -23,11 +23,13 @@
 #![warn(missing_docs)]
 
 pub mod backends;
+pub mod discover;
 mod http;
 pub mod normalize;
 pub mod quirks;
 pub mod sse;
 pub mod timeouts;
+pub mod node;
 // pub mod router;
 
 pub use quirks::EngineQuirks;

@@ -1,23 +1,74 @@
 //! `club-provider`: the provider node's command line. Argument parsing only; the logic lives in
-//! `inference_club_examples::provider_cli`.
+//! `inference_club_examples::{provider_cli, provider_ops}`.
 
 use std::io;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use inference_club_examples::provider_cli;
+use clap::{Parser, Subcommand, ValueEnum};
+use inference_club_examples::{provider_cli, provider_ops};
 
 /// Run an Inference Club provider node and manage its service manifest.
 #[derive(Debug, Parser)]
 #[command(name = "club-provider", version)]
 struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "CLUB_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Link to the coordinator and serve the models of the manifest until stopped.
+    Run {
+        /// The coordinator's URL.
+        #[arg(long, env = "CLUB_COORDINATOR")]
+        coordinator: String,
+        /// An API key with the `provider` scope.
+        #[arg(long, env = "CLUB_API_KEY", hide_env_values = true)]
+        key: String,
+        /// The service manifest (YAML or JSON).
+        #[arg(long, env = "CLUB_MANIFEST")]
+        manifest: PathBuf,
+        /// Keep a local log of the jobs served (JSON lines, rotated by size).
+        #[arg(long, env = "CLUB_JOB_LOG")]
+        job_log: Option<PathBuf>,
+        /// Also log prompts and answers in the job log.
+        #[arg(long)]
+        log_content: bool,
+    },
+    /// Check the manifest, every service and model, and the key; one ✓/✗ line per check.
+    Doctor {
+        /// The service manifest.
+        #[arg(long, env = "CLUB_MANIFEST")]
+        manifest: PathBuf,
+        /// The coordinator's URL, to check the key against.
+        #[arg(long, env = "CLUB_COORDINATOR", requires = "key")]
+        coordinator: Option<String>,
+        /// The API key to check.
+        #[arg(long, env = "CLUB_API_KEY", hide_env_values = true)]
+        key: Option<String>,
+    },
+    /// Find engines on their default local ports and write a manifest for review.
+    Init {
+        /// Where to write the manifest.
+        #[arg(long, short, default_value = "agent.yaml")]
+        output: PathBuf,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+        /// The host to look on.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+    },
     /// Check a manifest (YAML or JSON) and print every problem with its path.
     Validate {
         /// The manifest file.
@@ -27,13 +78,57 @@ enum Command {
     Schema,
 }
 
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CLUB_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
     let status = match cli.command {
         Command::Validate { file } => {
             provider_cli::validate(&file, &mut io::stdout(), &mut io::stderr())
         }
         Command::Schema => provider_cli::schema(&mut io::stdout().lock()),
+        command => {
+            init_logging(cli.log_format);
+            let Ok(runtime) = runtime() else {
+                eprintln!("error: cannot start the async runtime");
+                return ExitCode::from(provider_cli::EXIT_IO);
+            };
+            runtime.block_on(async move {
+                match command {
+                    Command::Run { coordinator, key, manifest, job_log, log_content } => {
+                        provider_ops::run(provider_ops::RunOptions {
+                            coordinator,
+                            key,
+                            manifest,
+                            job_log,
+                            log_content,
+                        })
+                        .await
+                    }
+                    Command::Doctor { manifest, coordinator, key } => {
+                        let target = coordinator.as_deref().zip(key.as_deref());
+                        provider_ops::doctor(&manifest, target, &mut io::stdout()).await
+                    }
+                    Command::Init { output, force, host } => {
+                        provider_ops::init(&output, force, &host, &mut io::stdout()).await
+                    }
+                    Command::Validate { .. } | Command::Schema => provider_cli::EXIT_OK,
+                }
+            })
+        }
     };
     ExitCode::from(status)
 }

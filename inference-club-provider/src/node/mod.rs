@@ -1,0 +1,310 @@
+//! The provider node: dials the coordinator, publishes the manifest, and serves the jobs routed
+//! to it through its [`Router`](crate::Router).
+//!
+//! The node dials **out** over a WebSocket, so it works behind NAT with no open port. It
+//! reconnects after any failure with capped exponential backoff and jitter; it re-reads its
+//! manifest on request ([`NodeHandle::reload`], wired to SIGHUP by `club-provider`) or when the
+//! file changes, keeping the old one when the new one is invalid; on shutdown it stops taking
+//! jobs, lets running ones finish within a grace period, and says goodbye.
+
+mod backoff;
+mod job;
+pub mod job_log;
+mod services;
+mod session;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use inference_club_core::link::ServiceLoad;
+use inference_club_core::provider::Provider;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+pub use backoff::Backoff;
+pub use job_log::{JobLog, JobLogConfig};
+pub use services::{ManifestProblems, backend_for, load_manifest};
+pub use session::NODE_VERSION;
+
+use crate::Router;
+
+/// How a node reaches its coordinator and behaves on the link.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The coordinator: `http(s)://HOST[:PORT]` or `ws(s)://…`; the link path `/v1/link` is added
+    /// when the URL has no path.
+    pub coordinator: String,
+    /// An API key with the `provider` scope.
+    pub api_key: String,
+    /// Time allowed to connect and to receive `welcome`.
+    pub connect_timeout: Duration,
+    /// Heartbeat interval; `None` uses the coordinator's.
+    pub heartbeat_interval: Option<Duration>,
+    /// Reconnection delays.
+    pub backoff: Backoff,
+    /// On shutdown, how long running jobs may take before they are cancelled.
+    pub shutdown_grace: Duration,
+    /// How often the manifest file is checked for changes; `None` turns watching off.
+    pub watch_interval: Option<Duration>,
+}
+
+impl NodeConfig {
+    /// A configuration with defaults: 10 s connect timeout, 30 s grace, manifest checked every 2 s.
+    pub fn new(coordinator: impl Into<String>, api_key: impl Into<String>) -> Self {
+        Self {
+            coordinator: coordinator.into(),
+            api_key: api_key.into(),
+            connect_timeout: Duration::from_secs(10),
+            heartbeat_interval: None,
+            backoff: Backoff::default(),
+            shutdown_grace: Duration::from_secs(30),
+            watch_interval: Some(Duration::from_secs(2)),
+        }
+    }
+}
+
+/// The link URL for a coordinator URL given by the operator.
+pub fn link_url(coordinator: &str) -> Result<Url, url::ParseError> {
+    let mut url = Url::parse(coordinator)?;
+    let scheme = match url.scheme() {
+        "http" | "ws" => "ws",
+        "https" | "wss" => "wss",
+        _ => return Err(url::ParseError::RelativeUrlWithoutBase),
+    };
+    url.set_scheme(scheme)
+        .map_err(|()| url::ParseError::RelativeUrlWithoutBase)?;
+    if url.path().is_empty() || url.path() == "/" {
+        url.set_path("/v1/link");
+    }
+    Ok(url)
+}
+
+/// What the node offers right now: the router over its services and the redacted manifest it
+/// announces. Replaced as a whole on reload; jobs already running keep the one they started on.
+pub struct Offer {
+    router: Arc<Router>,
+    manifest: serde_json::Value,
+}
+
+impl Offer {
+    /// An offer of `router`, announced with the (already redacted) `manifest`.
+    pub fn new(router: Router, manifest: serde_json::Value) -> Self {
+        Self {
+            router: Arc::new(router),
+            manifest,
+        }
+    }
+
+    fn load(&self) -> Vec<ServiceLoad> {
+        self.router.load()
+    }
+
+    fn provider(&self) -> Arc<dyn Provider> {
+        self.router.clone()
+    }
+}
+
+/// Where the node's offer comes from.
+#[derive(Debug, Clone)]
+pub enum OfferSource {
+    /// A manifest file, re-read on reload.
+    Manifest(PathBuf),
+    /// A fixed offer (for embedding and tests); reload does nothing.
+    Fixed,
+}
+
+/// A running node's controls.
+#[derive(Debug, Clone, Default)]
+pub struct NodeHandle {
+    reload: Arc<Notify>,
+    shutdown: CancellationToken,
+}
+
+impl NodeHandle {
+    /// Re-read the manifest now (what SIGHUP does).
+    pub fn reload(&self) {
+        self.reload.notify_one();
+    }
+
+    /// Stop taking jobs, finish running ones within the grace period, say goodbye, and return.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A provider node.
+pub struct Node {
+    config: NodeConfig,
+    source: OfferSource,
+    offer: Offer,
+    log: JobLog,
+    handle: NodeHandle,
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The manifest is invalid or unreadable.
+    #[error("{0}")]
+    Manifest(#[from] ManifestProblems),
+    /// The coordinator URL is not usable.
+    #[error("invalid coordinator URL {url:?}: {reason}")]
+    CoordinatorUrl {
+        /// The URL given.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl NodeError {
+    /// Whether starting again unchanged could succeed: never, the configuration must be fixed.
+    pub fn is_retryable(&self) -> bool {
+        false
+    }
+}
+
+impl Node {
+    /// A node that serves the manifest at `path`, read and validated now.
+    pub async fn from_manifest(
+        config: NodeConfig,
+        path: impl Into<PathBuf>,
+    ) -> Result<Self, NodeError> {
+        let path = path.into();
+        let offer = load_manifest(&path).await?;
+        Self::with_offer(config, offer, OfferSource::Manifest(path))
+    }
+
+    /// A node that serves a fixed offer (a router built in code).
+    pub fn from_offer(config: NodeConfig, offer: Offer) -> Result<Self, NodeError> {
+        Self::with_offer(config, offer, OfferSource::Fixed)
+    }
+
+    fn with_offer(config: NodeConfig, offer: Offer, source: OfferSource) -> Result<Self, NodeError> {
+        link_url(&config.coordinator).map_err(|e| NodeError::CoordinatorUrl {
+            url: config.coordinator.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(Self {
+            config,
+            source,
+            offer,
+            log: JobLog::disabled(),
+            handle: NodeHandle::default(),
+        })
+    }
+
+    /// Keep the operator's job log.
+    pub fn with_job_log(mut self, log: JobLog) -> Self {
+        self.log = log;
+        self
+    }
+
+    /// The node's controls (reload, shutdown); take it before calling [`Node::run`].
+    pub fn handle(&self) -> NodeHandle {
+        self.handle.clone()
+    }
+
+    /// Runs until shutdown: links to the coordinator, serves jobs, reconnects when the link is
+    /// lost.
+    pub async fn run(self) {
+        let Self {
+            config,
+            source,
+            offer,
+            log,
+            handle,
+        } = self;
+        let (offers_tx, mut offers) = watch::channel(Arc::new(offer));
+        let watcher = tokio::spawn(watch_manifest(
+            source,
+            config.watch_interval,
+            handle.reload.clone(),
+            handle.shutdown.clone(),
+            offers_tx,
+        ));
+        let mut backoff = config.backoff.clone();
+        loop {
+            let end =
+                session::run(&config, &mut offers, &handle.shutdown, &log, || backoff.reset())
+                    .await;
+            match end {
+                session::SessionEnd::Shutdown => break,
+                session::SessionEnd::Lost(why) => {
+                    tracing::warn!("link to the coordinator lost: {why}");
+                }
+                session::SessionEnd::Refused(refused) => {
+                    tracing::error!(reason = %refused.reason, "the coordinator refused this node");
+                    for problem in &refused.errors {
+                        tracing::error!("  {problem}");
+                    }
+                }
+            }
+            // A session that got as far as welcome resets the backoff.
+            let delay = backoff.next_delay();
+            tracing::info!("reconnecting in {delay:?}");
+            tokio::select! {
+                () = handle.shutdown.cancelled() => break,
+                () = tokio::time::sleep(delay) => {}
+                // A fixed manifest deserves an immediate retry.
+                Ok(()) = offers.changed() => {}
+            }
+        }
+        watcher.abort();
+        tracing::info!("node stopped");
+    }
+}
+
+async fn watch_manifest(
+    source: OfferSource,
+    interval: Option<Duration>,
+    reload: Arc<Notify>,
+    shutdown: CancellationToken,
+    offers: watch::Sender<Arc<Offer>>,
+) {
+    let OfferSource::Manifest(path) = source else {
+        return;
+    };
+    let modified = |path: &PathBuf| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let mut last_seen: Option<SystemTime> = modified(&path);
+    loop {
+        let tick = async {
+            match interval {
+                Some(every) => tokio::time::sleep(every).await,
+                None => std::future::pending().await,
+            }
+        };
+        let asked = tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = reload.notified() => true,
+            () = tick => false,
+        };
+        let now = modified(&path);
+        if !asked && now == last_seen {
+            continue;
+        }
+        last_seen = now;
+        match load_manifest(&path).await {
+            Ok(offer) => {
+                tracing::info!(path = %path.display(), "manifest reloaded");
+                offers.send_replace(Arc::new(offer));
+            }
+            Err(problems) => {
+                tracing::error!(path = %path.display(), "new manifest is invalid; keeping the old one");
+                for line in problems.lines() {
+                    tracing::error!("  {line}");
+                }
+            }
+        }
+    }
+}
+
+/// Checks that the coordinator accepts the configured key on its link endpoint: connects, then
+/// closes without announcing anything. For `club-provider doctor`.
+pub async fn check_link(config: &NodeConfig) -> Result<(), String> {
+    let mut ws = session::connect(config).await?;
+    let _ = ws.close(None).await;
+    Ok(())
+}

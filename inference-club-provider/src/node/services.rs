@@ -1,0 +1,100 @@
+//! From a manifest file to what the node offers: a backend per service, a router over them.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use inference_club_core::manifest::{Engine, ManifestError, Service, ServiceManifest};
+use inference_club_core::provider::{Provider, ProviderError};
+
+use super::Offer;
+use crate::backends::{Ollama, OpenAiCompatible};
+use crate::{EngineQuirks, Router};
+
+/// Why a manifest could not be used: unreadable, invalid (every problem with its path), or a
+/// service whose backend could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestProblems {
+    /// The file could not be read.
+    #[error("cannot read {path}: {error}")]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// The manifest is not valid.
+    #[error("{path} is not a valid manifest:\n{}", error.lines().join("\n"))]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Every problem.
+        error: ManifestError,
+    },
+    /// A service's backend could not be built.
+    #[error("service {service:?}: {error}")]
+    Backend {
+        /// The service.
+        service: String,
+        /// Why.
+        error: ProviderError,
+    },
+}
+
+impl ManifestProblems {
+    /// One line per problem.
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            Self::Invalid { error, .. } => error.lines(),
+            other => vec![other.to_string()],
+        }
+    }
+}
+
+/// The backend for one service: Ollama's native API for an Ollama service whose URL does not end
+/// in `/v1`, the OpenAI-compatible adapter (with the engine's quirks) for everything else.
+pub fn backend_for(service: &Service) -> Result<Arc<dyn Provider>, ProviderError> {
+    let url = service.url.as_deref().ok_or_else(|| ProviderError::Protocol {
+        message: format!("service {:?} has no url", service.name),
+    })?;
+    let engine = service.engine.unwrap_or(Engine::Other);
+    let openai_path = url.trim_end_matches('/').ends_with("/v1");
+    if engine == Engine::Ollama && !openai_path {
+        let mut builder = Ollama::builder(url);
+        if let Some(key) = &service.api_key {
+            builder = builder.api_key(key.clone());
+        }
+        return Ok(Arc::new(builder.build()?));
+    }
+    let mut builder = OpenAiCompatible::builder(url).quirks(EngineQuirks::for_engine(engine));
+    if let Some(key) = &service.api_key {
+        builder = builder.api_key(key.clone());
+    }
+    Ok(Arc::new(builder.build()?))
+}
+
+/// Reads and validates the manifest at `path`, builds a backend per service and a router over
+/// them, and asks the engines of services that list no models for their models.
+pub async fn load_manifest(path: &Path) -> Result<Offer, ManifestProblems> {
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|error| ManifestProblems::Unreadable {
+            path: path.to_owned(),
+            error,
+        })?;
+    let manifest =
+        ServiceManifest::parse_and_validate(&text).map_err(|error| ManifestProblems::Invalid {
+            path: path.to_owned(),
+            error,
+        })?;
+    offer_for(&manifest).await
+}
+
+/// The offer for a validated manifest.
+pub async fn offer_for(manifest: &ServiceManifest) -> Result<Offer, ManifestProblems> {
+    let router = Router::from_manifest(manifest, backend_for).map_err(|(service, error)| {
+        ManifestProblems::Backend { service, error }
+    })?;
+    router.discover_models().await;
+    let announced = serde_json::to_value(manifest.redacted()).unwrap_or_default();
+    Ok(Offer::new(router, announced))
+}

@@ -1,0 +1,296 @@
+//! One connection to the coordinator: hello, then jobs, heartbeats and cancels until the link
+//! ends.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use inference_club_core::link::{
+    self, CoordinatorMessage, Goodbye, Heartbeat, Hello, JobError, JobFailed, JobId, NodeMessage,
+    PROTOCOL_VERSION, Refused,
+};
+use inference_club_core::provider::ProviderError;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest};
+use tokio_util::sync::CancellationToken;
+
+use super::job::serve_job;
+use super::job_log::JobLog;
+use super::{NodeConfig, Offer};
+
+/// How a session ended.
+#[derive(Debug)]
+pub(crate) enum SessionEnd {
+    /// Shutdown was asked for and the session said goodbye.
+    Shutdown,
+    /// The link was lost or could not be made; try again after a backoff.
+    Lost(String),
+    /// The coordinator refused the hello.
+    Refused(Refused),
+}
+
+/// The node software and version, as sent in `hello`.
+pub const NODE_VERSION: &str = concat!("inference-club-provider/", env!("CARGO_PKG_VERSION"));
+
+fn hello(offer: &Offer) -> NodeMessage {
+    NodeMessage::Hello(Hello {
+        protocol_version: PROTOCOL_VERSION,
+        node_version: NODE_VERSION.into(),
+        manifest: offer.manifest.clone(),
+    })
+}
+
+type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+pub(crate) async fn connect(config: &NodeConfig) -> Result<WsStream, String> {
+    let url = super::link_url(&config.coordinator).map_err(|e| e.to_string())?;
+    let mut request = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| format!("invalid coordinator URL: {e}"))?;
+    let bearer = format!("Bearer {}", config.api_key)
+        .parse()
+        .map_err(|_| "the API key is not a valid header value".to_owned())?;
+    request.headers_mut().insert("authorization", bearer);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut ws_config = tungstenite::protocol::WebSocketConfig::default();
+    ws_config.max_message_size = Some(link::MAX_MESSAGE_BYTES);
+    ws_config.max_frame_size = Some(link::MAX_MESSAGE_BYTES);
+    let connecting =
+        tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true);
+    match tokio::time::timeout(config.connect_timeout, connecting).await {
+        Err(_) => Err(format!("no answer from {} within {:?}", url, config.connect_timeout)),
+        Ok(Err(tungstenite::Error::Http(response))) => {
+            let status = response.status();
+            let body = response
+                .body()
+                .as_deref()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default()
+                .into_owned();
+            Err(format!("coordinator answered {status}: {body}"))
+        }
+        Ok(Err(e)) => Err(format!("cannot connect to {url}: {e}")),
+        Ok(Ok((ws, _))) => Ok(ws),
+    }
+}
+
+fn text(message: &NodeMessage) -> Result<Message, String> {
+    link::encode(message)
+        .map(|t| Message::Text(t.into()))
+        .map_err(|e| format!("cannot encode a message: {e}"))
+}
+
+/// Runs one session until it ends.
+pub(crate) async fn run(
+    config: &NodeConfig,
+    offers: &mut watch::Receiver<Arc<Offer>>,
+    shutdown: &CancellationToken,
+    log: &JobLog,
+    on_welcome: impl FnOnce(),
+) -> SessionEnd {
+    let ws = tokio::select! {
+        () = shutdown.cancelled() => return SessionEnd::Shutdown,
+        ws = connect(config) => match ws {
+            Ok(ws) => ws,
+            Err(why) => return SessionEnd::Lost(why),
+        },
+    };
+    let (mut sink, mut frames) = ws.split();
+    let offer = offers.borrow_and_update().clone();
+    let sent = match text(&hello(&offer)) {
+        Ok(frame) => sink.send(frame).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e),
+    };
+    if let Err(why) = sent {
+        return SessionEnd::Lost(why);
+    }
+
+    // The answer to hello.
+    let welcome = loop {
+        let frame = tokio::select! {
+            () = shutdown.cancelled() => return SessionEnd::Shutdown,
+            frame = tokio::time::timeout(config.connect_timeout, frames.next()) => frame,
+        };
+        match frame {
+            Err(_) => return SessionEnd::Lost("no welcome from the coordinator".into()),
+            Ok(None) => return SessionEnd::Lost("the coordinator closed the link".into()),
+            Ok(Some(Err(e))) => return SessionEnd::Lost(e.to_string()),
+            Ok(Some(Ok(Message::Text(t)))) => match link::decode_coordinator(&t) {
+                Ok(CoordinatorMessage::Welcome(w)) => break w,
+                Ok(CoordinatorMessage::Refused(r)) => return SessionEnd::Refused(r),
+                Ok(other) => {
+                    return SessionEnd::Lost(format!("expected welcome, got {other:?}"));
+                }
+                Err(e) => return SessionEnd::Lost(format!("bad frame from the coordinator: {e}")),
+            },
+            Ok(Some(Ok(Message::Close(_)))) => {
+                return SessionEnd::Lost("the coordinator closed the link".into());
+            }
+            Ok(Some(Ok(_))) => {}
+        }
+    };
+    on_welcome();
+    tracing::info!(
+        operator = %welcome.operator,
+        provider = %welcome.provider,
+        "linked to the coordinator"
+    );
+    let interval = config
+        .heartbeat_interval
+        .unwrap_or(Duration::from_millis(welcome.heartbeat_interval_ms.max(100)));
+    // The coordinator pings at least once per interval; silence for three means the link is dead.
+    let silence_limit = interval * 3;
+
+    let (out, mut outgoing) = mpsc::channel::<NodeMessage>(256);
+    let mut jobs: HashMap<JobId, CancellationToken> = HashMap::new();
+    let mut running: JoinSet<JobId> = JoinSet::new();
+    let mut heartbeat = tokio::time::interval(interval);
+    let mut draining: Option<tokio::time::Instant> = None;
+    let mut cancelled_all = false;
+
+    let end = loop {
+        let grace_over = async {
+            match draining {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = shutdown.cancelled(), if draining.is_none() => {
+                tracing::info!(jobs = jobs.len(), "shutting down: finishing in-flight jobs");
+                draining = Some(tokio::time::Instant::now() + config.shutdown_grace);
+                if jobs.is_empty() {
+                    break SessionEnd::Shutdown;
+                }
+            }
+            () = grace_over => {
+                if cancelled_all {
+                    break SessionEnd::Shutdown;
+                }
+                tracing::warn!(jobs = jobs.len(), "grace period over: cancelling the rest");
+                for token in jobs.values() {
+                    token.cancel();
+                }
+                // Let the cancelled jobs report before saying goodbye, briefly.
+                cancelled_all = true;
+                draining = Some(tokio::time::Instant::now() + Duration::from_secs(2));
+            }
+            Some(message) = outgoing.recv() => {
+                let frame = match text(&message) {
+                    Ok(frame) => frame,
+                    Err(why) => {
+                        tracing::warn!("{why}");
+                        continue;
+                    }
+                };
+                if let Err(e) = sink.send(frame).await {
+                    break SessionEnd::Lost(e.to_string());
+                }
+            }
+            Some(done) = running.join_next() => {
+                if let Ok(job) = done {
+                    jobs.remove(&job);
+                }
+                if draining.is_some() && jobs.is_empty() {
+                    break SessionEnd::Shutdown;
+                }
+            }
+            _ = heartbeat.tick() => {
+                let load = offers.borrow().load();
+                if let Ok(frame) = text(&NodeMessage::Heartbeat(Heartbeat { load })) {
+                    if let Err(e) = sink.send(frame).await {
+                        break SessionEnd::Lost(e.to_string());
+                    }
+                }
+            }
+            Ok(()) = offers.changed() => {
+                let offer = offers.borrow_and_update().clone();
+                tracing::info!("manifest reloaded: announcing it");
+                if let Ok(frame) = text(&hello(&offer)) {
+                    if let Err(e) = sink.send(frame).await {
+                        break SessionEnd::Lost(e.to_string());
+                    }
+                }
+            }
+            frame = tokio::time::timeout(silence_limit, frames.next()) => {
+                let frame = match frame {
+                    Err(_) => break SessionEnd::Lost(format!("no word from the coordinator for {silence_limit:?}")),
+                    Ok(None) | Ok(Some(Ok(Message::Close(_)))) => {
+                        break SessionEnd::Lost("the coordinator closed the link".into());
+                    }
+                    Ok(Some(Err(e))) => break SessionEnd::Lost(e.to_string()),
+                    Ok(Some(Ok(Message::Text(t)))) => t,
+                    Ok(Some(Ok(_))) => continue,
+                };
+                match link::decode_coordinator(&frame) {
+                    Ok(CoordinatorMessage::Job(job)) => {
+                        let id = job.job;
+                        if draining.is_some() || jobs.contains_key(&id) {
+                            let error = if draining.is_some() {
+                                ProviderError::Busy { message: "the node is shutting down".into() }
+                            } else {
+                                ProviderError::Protocol { message: format!("job {id} is already running") }
+                            };
+                            let refusal = NodeMessage::Error(JobFailed { job: id, error: JobError::from(&error) });
+                            if let Ok(frame) = text(&refusal) {
+                                if let Err(e) = sink.send(frame).await {
+                                    break SessionEnd::Lost(e.to_string());
+                                }
+                            }
+                            continue;
+                        }
+                        let token = CancellationToken::new();
+                        jobs.insert(id, token.clone());
+                        let provider = offers.borrow().provider();
+                        let out = out.clone();
+                        let log = log.clone();
+                        running.spawn(async move {
+                            serve_job(*job, provider, out, token, log).await;
+                            id
+                        });
+                    }
+                    Ok(CoordinatorMessage::Cancel(cancel)) => {
+                        if let Some(token) = jobs.get(&cancel.job) {
+                            token.cancel();
+                        }
+                    }
+                    Ok(CoordinatorMessage::Welcome(_)) => {}
+                    Ok(CoordinatorMessage::Refused(refused)) => {
+                        // A reloaded manifest was refused: the coordinator keeps the old one.
+                        tracing::error!(reason = %refused.reason, "the coordinator refused the reloaded manifest");
+                        for problem in &refused.errors {
+                            tracing::error!("  {problem}");
+                        }
+                    }
+                    Err(e) => tracing::warn!("ignoring a bad frame from the coordinator: {e}"),
+                }
+            }
+        }
+    };
+
+    // Whatever happens, no job outlives its link.
+    for token in jobs.values() {
+        token.cancel();
+    }
+    if matches!(end, SessionEnd::Shutdown) {
+        drop(out);
+        while let Some(message) = outgoing.recv().await {
+            if let Ok(frame) = text(&message) {
+                let _ = sink.feed(frame).await;
+            }
+        }
+        let goodbye = NodeMessage::Goodbye(Goodbye {
+            reason: "shutting down".into(),
+        });
+        if let Ok(frame) = text(&goodbye) {
+            let _ = sink.send(frame).await;
+        }
+        let _ = sink.close().await;
+    }
+    running.abort_all();
+    end
+}

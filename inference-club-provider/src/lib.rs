@@ -1,5 +1,5 @@
 //! Inference Club's provider side: adapters that put engines behind the
-//! [`Provider`](inference_club_core::provider::Provider) trait, and the `Router` that puts several
+//! [`Provider`](inference_club_core::provider::Provider) trait, and the [`Router`] that puts several
 //! of them behind one.
 //!
 //! ```no_run
@@ -26,11 +26,12 @@ pub mod backends;
 mod http;
 pub mod normalize;
 pub mod quirks;
+pub mod router;
 pub mod sse;
 pub mod timeouts;
-// pub mod router;
 
 pub use quirks::EngineQuirks;
+pub use router::Router;
 
 pub use timeouts::Timeouts;
 

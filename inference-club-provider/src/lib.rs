@@ -1,5 +1,5 @@
 //! Inference Club's provider side: adapters that put engines behind the
-//! [`Provider`](inference_club_core::provider::Provider) trait, and the `Router` that puts several
+//! [`Provider`](inference_club_core::provider::Provider) trait, and the [`Router`] that puts several
 //! of them behind one.
 //!
 //! ```no_run
@@ -25,14 +25,20 @@
 pub mod backends;
 pub mod discover;
 mod http;
+pub mod node;
 pub mod normalize;
 pub mod quirks;
+pub mod router;
 pub mod sse;
 pub mod timeouts;
+<<<<<<< HEAD
 pub mod node;
 // pub mod router;
+=======
+>>>>>>> router
 
 pub use quirks::EngineQuirks;
+pub use router::Router;
 
 pub use timeouts::Timeouts;
 

@@ -16,7 +16,7 @@ use crate::{EngineQuirks, Timeouts, http, normalize, sse};
 /// It always streams from the engine (asking for usage in the stream where the engine supports
 /// it), so time to first token is measured and a whole response is the collected stream. The
 /// request's `model` is sent as it is: it must be the engine's served id (the
-/// `Router`(crate::Router) maps public names to served ids).
+/// [`Router`](crate::Router) maps public names to served ids).
 #[derive(Debug, Clone)]
 pub struct OpenAiCompatible {
     chat_url: Url,

@@ -91,10 +91,22 @@ pub async fn load_manifest(path: &Path) -> Result<Offer, ManifestProblems> {
 
 /// The offer for a validated manifest.
 pub async fn offer_for(manifest: &ServiceManifest) -> Result<Offer, ManifestProblems> {
-    let router = Router::from_manifest(manifest, backend_for).map_err(|(service, error)| {
-        ManifestProblems::Backend { service, error }
+    let mut failed_service = String::new();
+    let router = Router::from_manifest(manifest, None, |service| {
+        failed_service.clone_from(&service.name);
+        backend_for(service)
+    })
+    .map_err(|error| ManifestProblems::Backend {
+        service: failed_service.clone(),
+        error,
     })?;
-    router.discover_models().await;
+    for failure in router.discover_models().await {
+        tracing::warn!(
+            service = %failure.service,
+            "cannot list the engine's models: {}; it serves none until the next reload",
+            failure.error
+        );
+    }
     let announced = serde_json::to_value(manifest.redacted()).unwrap_or_default();
     Ok(Offer::new(router, announced))
 }

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace with the real services the tests use:
+#   - a llama.cpp server (llama-cpp-python) on a tiny random-weight model, built and cached on first use;
+#   - a throwaway PostgreSQL cluster on 127.0.0.1.
+# Both are started here and stopped on exit; the tests find them through CLUB_TEST_* variables.
+# Set CLUB_TEST_NO_SERVICES=1 to run without them (the tests that need them say loudly that they skip).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+log() { printf '[test] %s\n' "$*" >&2; }
+
+stop_services() {
+    [[ -x scripts/llamacpp/stop.sh ]] && scripts/llamacpp/stop.sh >/dev/null 2>&1 || true
+    [[ -x scripts/postgres.sh ]] && scripts/postgres.sh stop >/dev/null 2>&1 || true
+}
+
+if [[ -z ${CLUB_TEST_NO_SERVICES:-} ]]; then
+    trap stop_services EXIT
+    if [[ -x scripts/llamacpp/start.sh ]]; then
+        log "starting the llama.cpp server (the first run builds it: a few minutes)"
+        line="$(scripts/llamacpp/start.sh | tail -n 1)"
+        export "${line?}"
+        log "$line"
+    fi
+    if [[ -x scripts/postgres.sh ]]; then
+        log "starting PostgreSQL"
+        line="$(scripts/postgres.sh | tail -n 1)"
+        export "${line?}"
+        log "${line%%://*}://…"
+    fi
+fi
+
+cargo test --workspace --all-targets "$@"
+cargo test --workspace --doc "$@"

@@ -31,15 +31,9 @@ pub mod quirks;
 pub mod router;
 pub mod sse;
 pub mod timeouts;
-<<<<<<< HEAD
-pub mod node;
-// pub mod router;
-=======
->>>>>>> router
 
 pub use quirks::EngineQuirks;
 pub use router::Router;
-
 pub use timeouts::Timeouts;
 
 use inference_club_core::provider::ProviderError;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use inference_club_core::manifest::{Service, ServiceManifest};
 use inference_club_core::openai::{ChatCompletionRequest, ChatMessage};
-use inference_club_core::provider::{Provider, ProviderError, RequestContext};
+use inference_club_core::provider::{ProviderError, RequestContext};
 use inference_club_provider::discover;
 use inference_club_provider::node::{self, JobLog, JobLogConfig, Node, NodeConfig};
 

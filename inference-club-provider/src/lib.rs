@@ -24,6 +24,7 @@
 
 pub mod backends;
 pub mod discover;
+pub mod failover;
 mod http;
 pub mod node;
 pub mod normalize;

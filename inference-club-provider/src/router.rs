@@ -53,8 +53,7 @@
 //! ```
 //! use std::sync::Arc;
 //!
-//! use futures_util::StreamExt;
-//! use inference_club_core::openai::{ChatCompletionRequest, ChatMessage};
+//! //! use inference_club_core::openai::{ChatCompletionRequest, ChatMessage};
 //! use inference_club_core::provider::{Provider, RequestContext};
 //! use inference_club_provider::backends::Echo;
 //! use inference_club_provider::router::{Route, Router};
@@ -106,26 +105,22 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use async_stream::stream;
 use async_trait::async_trait;
-use futures_util::StreamExt;
 use inference_club_core::link::ServiceLoad;
 use inference_club_core::manifest::{
     self, AccessPolicy, Service, ServiceManifest, ServiceType, effective_access,
 };
-use inference_club_core::openai::{ChatCompletionChunk, ChatCompletionRequest, Model};
+use inference_club_core::openai::{ChatCompletionRequest, Model};
 use inference_club_core::provider::{ChunkStream, Provider, ProviderError, RequestContext};
 use inference_club_core::routing::{self, Availability, Candidate, Ewma};
+
+use crate::failover;
 
 /// The time to first token recorded for an attempt that failed before its first output (or
 /// its actual wait, if longer), so that a failing route ranks behind healthy peers of equal
 /// load instead of staying "unmeasured" and being tried first.
 pub const FAILED_ATTEMPT_TTFT: Duration = Duration::from_secs(10);
 
-/// The most chunks without output (role-only or usage-only chunks) read ahead while waiting for
-/// the first output. Failover is only possible before output; beyond this many chunks the
-/// stream is handed over as it is.
-const MAX_CHUNKS_BEFORE_OUTPUT: usize = 16;
 
 /// One service behind the router: a backend, the models it serves, its capacity and who may use
 /// it. Built with [`Route::new`] and the methods below, then given to [`RouterBuilder::route`].
@@ -464,12 +459,12 @@ impl Provider for Router {
             attempt.model = served_id;
             let started = Instant::now();
             let opened = match route.backend.chat(attempt, context.clone()).await {
-                Ok(chunks) => read_until_output(chunks).await,
+                Ok(chunks) => failover::read_until_output(chunks).await,
                 Err(error) => Err(error),
             };
             match opened {
                 Ok(opened) => {
-                    if opened.output_started {
+                    if opened.output_started() {
                         route.record_ttft(started.elapsed());
                     }
                     return Ok(opened.into_stream(slot));
@@ -656,68 +651,6 @@ struct Reservation<'a> {
     route: &'a RouteState,
     served_id: String,
     slot: Slot,
-}
-
-/// An engine's stream read up to its first output.
-struct Opened {
-    /// The chunks read so far; the last one is the first output, if `output_started`.
-    read: Vec<ChatCompletionChunk>,
-    /// The rest of the stream; `None` when it already ended.
-    rest: Option<ChunkStream>,
-    output_started: bool,
-}
-
-impl Opened {
-    /// The stream handed to the caller: the chunks read ahead, then the rest, holding `slot`
-    /// until it ends or is dropped.
-    fn into_stream(self, slot: Slot) -> ChunkStream {
-        let Self { read, rest, .. } = self;
-        Box::pin(stream! {
-            let _slot = slot;
-            for chunk in read {
-                yield Ok(chunk);
-            }
-            if let Some(mut rest) = rest {
-                while let Some(item) = rest.next().await {
-                    yield item;
-                }
-            }
-        })
-    }
-}
-
-/// Reads `chunks` until the first output (content, reasoning, refusal, tool call or a finish
-/// reason), its end, or [`MAX_CHUNKS_BEFORE_OUTPUT`] chunks without output. An error before
-/// any output is returned as `Err`, so the caller may fail over.
-async fn read_until_output(mut chunks: ChunkStream) -> Result<Opened, ProviderError> {
-    let mut read = Vec::new();
-    loop {
-        match chunks.next().await {
-            None => {
-                return Ok(Opened {
-                    read,
-                    rest: None,
-                    output_started: false,
-                });
-            }
-            Some(Err(error)) => return Err(error),
-            Some(Ok(chunk)) => {
-                let output_started = chunk.has_output()
-                    || chunk
-                        .choices
-                        .iter()
-                        .any(|choice| choice.finish_reason.is_some());
-                read.push(chunk);
-                if output_started || read.len() >= MAX_CHUNKS_BEFORE_OUTPUT {
-                    return Ok(Opened {
-                        read,
-                        rest: Some(chunks),
-                        output_started,
-                    });
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]

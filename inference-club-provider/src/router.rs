@@ -658,6 +658,7 @@ mod tests {
     use super::*;
     use crate::backends::Echo;
     use inference_club_core::openai::ChatMessage;
+    use futures_util::StreamExt;
 
     fn echo(models: &[&str]) -> Arc<dyn Provider> {
         Arc::new(Echo::new().models(models.iter().copied()))

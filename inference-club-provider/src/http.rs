@@ -67,7 +67,7 @@ pub(crate) async fn status_error(response: reqwest::Response, model: &str) -> Pr
     } else {
         (text, None)
     };
-    if status == 404 && message.contains(model) {
+    if status == 404 && !model.is_empty() && message.contains(model) {
         return ProviderError::ModelNotFound {
             model: model.to_owned(),
         };

@@ -54,14 +54,19 @@ pub fn guard(inner: ChunkStream, timeouts: Timeouts, context: &RequestContext) -
             }
             let next = tokio::select! {
                 biased;
-                () = cancel.cancelled() => {
-                    yield Err(ProviderError::Cancelled);
-                    break;
-                }
-                next = tokio::time::timeout_at(wait_until, inner.next()) => next,
+                () = cancel.cancelled() => None,
+                next = tokio::time::timeout_at(wait_until, inner.next()) => Some(next),
+            };
+            // On every way out, the inner stream (and with it the engine connection) is dropped
+            // before the last item is yielded: the consumer may hold this stream a while longer.
+            let Some(next) = next else {
+                drop(inner);
+                yield Err(ProviderError::Cancelled);
+                break;
             };
             match next {
                 Err(_) => {
+                    drop(inner);
                     let after = match phase {
                         TimeoutPhase::Idle => timeouts.idle,
                         _ => started.elapsed(),
@@ -76,6 +81,7 @@ pub fn guard(inner: ChunkStream, timeouts: Timeouts, context: &RequestContext) -
                     yield Ok(chunk);
                 }
                 Ok(Some(Err(error))) => {
+                    drop(inner);
                     yield Err(error);
                     break;
                 }

@@ -6,7 +6,9 @@
 //! - [`Echo`]: a test engine that repeats the prompt back; not a language model.
 
 mod echo;
+mod ollama;
 mod openai;
 
 pub use echo::Echo;
+pub use ollama::{Ollama, OllamaBuilder};
 pub use openai::{OpenAiCompatible, OpenAiCompatibleBuilder};

@@ -53,7 +53,8 @@
 //! ```
 //! use std::sync::Arc;
 //!
-//! //! use inference_club_core::openai::{ChatCompletionRequest, ChatMessage};
+//! use futures_util::StreamExt;
+//! use inference_club_core::openai::{ChatCompletionRequest, ChatMessage};
 //! use inference_club_core::provider::{Provider, RequestContext};
 //! use inference_club_provider::backends::Echo;
 //! use inference_club_provider::router::{Route, Router};

@@ -36,18 +36,19 @@ fn hint(error: &ProviderError, service: &Service) -> String {
         ProviderError::Unavailable { status: None, .. } | ProviderError::Timeout { .. } => format!(
             "is the engine running, and listening on {url}? Check the port (defaults: Ollama 11434, LM Studio 1234, vLLM 8000, llama.cpp 8080, SGLang 30000)"
         ),
-        ProviderError::Rejected { status: 401 | 403, .. } => {
-            "the engine refused the credentials: check the service's api_key".into()
-        }
+        ProviderError::Rejected {
+            status: 401 | 403, ..
+        } => "the engine refused the credentials: check the service's api_key".into(),
         ProviderError::Rejected { status: 404, .. } => format!(
             "{url} answered 404: check the base path (OpenAI-compatible engines usually want it to end in /v1; Ollama's native API wants none)"
         ),
         ProviderError::ModelNotFound { .. } => {
-            "the engine does not serve this model: load it, or fix the model id in the manifest".into()
+            "the engine does not serve this model: load it, or fix the model id in the manifest"
+                .into()
         }
-        ProviderError::Unavailable { status: Some(_), .. } => {
-            "the engine reported an internal error: see its log".into()
-        }
+        ProviderError::Unavailable {
+            status: Some(_), ..
+        } => "the engine reported an internal error: see its log".into(),
         _ => "see the error above".into(),
     }
 }
@@ -112,7 +113,10 @@ async fn probe_service(service: &Service, check: &mut Check<'_>) {
     };
     let served = match backend.models().await {
         Ok(models) => {
-            check.pass(format!("service {name}: engine answers at {url} ({} models)", models.len()));
+            check.pass(format!(
+                "service {name}: engine answers at {url} ({} models)",
+                models.len()
+            ));
             models.into_iter().map(|m| m.id).collect::<Vec<_>>()
         }
         Err(e) => {
@@ -138,7 +142,10 @@ async fn probe_service(service: &Service, check: &mut Check<'_>) {
         .await;
         match answer {
             Ok(Ok(_)) => check.pass(format!("service {name}: model {model} answers")),
-            Ok(Err(e)) => check.fail(format!("service {name}: model {model}: {e}"), hint(&e, service)),
+            Ok(Err(e)) => check.fail(
+                format!("service {name}: model {model}: {e}"),
+                hint(&e, service),
+            ),
             Err(_) => check.fail(
                 format!("service {name}: model {model}: no answer within 120 s"),
                 "the model may still be loading; try again",
@@ -151,14 +158,24 @@ async fn probe_service(service: &Service, check: &mut Check<'_>) {
 /// detects GPUs, and writes a manifest to `output` (refusing to overwrite unless `force`).
 pub async fn init(output: &Path, force: bool, host: &str, out: &mut dyn Write) -> u8 {
     if output.exists() && !force {
-        let _ = writeln!(out, "error: {} exists; pass --force to overwrite it", output.display());
+        let _ = writeln!(
+            out,
+            "error: {} exists; pass --force to overwrite it",
+            output.display()
+        );
         return EXIT_IO;
     }
     let found = discover::find_engines(host, Duration::from_millis(800)).await;
     for known in discover::KNOWN_ENGINES {
         match found.iter().find(|f| f.known == *known) {
             Some(f) => {
-                let _ = writeln!(out, "✓ {} at {} ({} models)", known.name, f.url, f.models.len());
+                let _ = writeln!(
+                    out,
+                    "✓ {} at {} ({} models)",
+                    known.name,
+                    f.url,
+                    f.models.len()
+                );
             }
             None => {
                 let _ = writeln!(out, "· no {} on port {}", known.name, known.port);
@@ -166,7 +183,10 @@ pub async fn init(output: &Path, force: bool, host: &str, out: &mut dyn Write) -
         }
     }
     if found.is_empty() {
-        let _ = writeln!(out, "error: no engine found; start one, or write the manifest by hand (see docs/manifest.md)");
+        let _ = writeln!(
+            out,
+            "error: no engine found; start one, or write the manifest by hand (see docs/manifest.md)"
+        );
         return EXIT_INVALID;
     }
     let hostname = std::env::var("HOSTNAME")

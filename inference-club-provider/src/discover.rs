@@ -25,11 +25,36 @@ pub struct KnownEngine {
 
 /// The engines `init` looks for, on their default ports.
 pub const KNOWN_ENGINES: &[KnownEngine] = &[
-    KnownEngine { engine: Engine::Ollama, name: "ollama", port: 11434, base_path: "" },
-    KnownEngine { engine: Engine::Lmstudio, name: "lmstudio", port: 1234, base_path: "/v1" },
-    KnownEngine { engine: Engine::Vllm, name: "vllm", port: 8000, base_path: "/v1" },
-    KnownEngine { engine: Engine::Llamacpp, name: "llamacpp", port: 8080, base_path: "/v1" },
-    KnownEngine { engine: Engine::Sglang, name: "sglang", port: 30000, base_path: "/v1" },
+    KnownEngine {
+        engine: Engine::Ollama,
+        name: "ollama",
+        port: 11434,
+        base_path: "",
+    },
+    KnownEngine {
+        engine: Engine::Lmstudio,
+        name: "lmstudio",
+        port: 1234,
+        base_path: "/v1",
+    },
+    KnownEngine {
+        engine: Engine::Vllm,
+        name: "vllm",
+        port: 8000,
+        base_path: "/v1",
+    },
+    KnownEngine {
+        engine: Engine::Llamacpp,
+        name: "llamacpp",
+        port: 8080,
+        base_path: "/v1",
+    },
+    KnownEngine {
+        engine: Engine::Sglang,
+        name: "sglang",
+        port: 30000,
+        base_path: "/v1",
+    },
 ];
 
 /// An engine found running, with its models.
@@ -62,7 +87,12 @@ async fn probe(host: &str, known: KnownEngine, wait: Duration) -> Option<FoundEn
         idle: wait,
     };
     let models = if known.engine == Engine::Ollama {
-        Ollama::builder(url.clone()).timeouts(timeouts).build().ok()?.models().await
+        Ollama::builder(url.clone())
+            .timeouts(timeouts)
+            .build()
+            .ok()?
+            .models()
+            .await
     } else {
         OpenAiCompatible::builder(url.clone())
             .timeouts(timeouts)
@@ -83,7 +113,10 @@ async fn probe(host: &str, known: KnownEngine, wait: Duration) -> Option<FoundEn
 /// The GPUs `nvidia-smi` reports, if it is installed.
 pub fn detect_gpu() -> Option<Gpu> {
     let output = std::process::Command::new("nvidia-smi")
-        .args(["--query-gpu=name,memory.total", "--format=csv,noheader,nounits"])
+        .args([
+            "--query-gpu=name,memory.total",
+            "--format=csv,noheader,nounits",
+        ])
         .output()
         .ok()
         .filter(|o| o.status.success())?;
@@ -149,8 +182,9 @@ mod tests {
 
     #[test]
     fn reads_nvidia_smi() {
-        let gpu = parse_nvidia_smi("NVIDIA GeForce RTX 4090, 24564\nNVIDIA GeForce RTX 4090, 24564\n")
-            .unwrap();
+        let gpu =
+            parse_nvidia_smi("NVIDIA GeForce RTX 4090, 24564\nNVIDIA GeForce RTX 4090, 24564\n")
+                .unwrap();
         assert_eq!(gpu.model.as_deref(), Some("NVIDIA GeForce RTX 4090"));
         assert_eq!(gpu.count, Some(2));
         assert_eq!(gpu.vram_gb, Some(24.0));

@@ -122,7 +122,6 @@ use crate::failover;
 /// load instead of staying "unmeasured" and being tried first.
 pub const FAILED_ATTEMPT_TTFT: Duration = Duration::from_secs(10);
 
-
 /// One service behind the router: a backend, the models it serves, its capacity and who may use
 /// it. Built with [`Route::new`] and the methods below, then given to [`RouterBuilder::route`].
 pub struct Route {
@@ -658,8 +657,8 @@ struct Reservation<'a> {
 mod tests {
     use super::*;
     use crate::backends::Echo;
-    use inference_club_core::openai::ChatMessage;
     use futures_util::StreamExt;
+    use inference_club_core::openai::ChatMessage;
 
     fn echo(models: &[&str]) -> Arc<dyn Provider> {
         Arc::new(Echo::new().models(models.iter().copied()))

@@ -32,13 +32,20 @@ impl Default for Timeouts {
 /// output or the next chunk is late, and with [`ProviderError::Cancelled`] when the context is
 /// cancelled. Ending drops the inner stream, which closes the engine connection.
 ///
-/// Chunks without output (such as a role-only first chunk) do not count as the first token.
-pub fn guard(inner: ChunkStream, timeouts: Timeouts, context: &RequestContext) -> ChunkStream {
+/// The first-token wait counts from `sent_at`, when the request went to the engine (so waiting
+/// for response headers uses the same budget). Chunks without output (such as a role-only first
+/// chunk) do not count as the first token.
+pub fn guard(
+    inner: ChunkStream,
+    timeouts: Timeouts,
+    context: &RequestContext,
+    sent_at: std::time::Instant,
+) -> ChunkStream {
     let cancel = context.cancel.clone();
     let deadline = context.deadline.map(tokio::time::Instant::from_std);
     Box::pin(stream! {
         let mut inner = inner;
-        let started = tokio::time::Instant::now();
+        let started = tokio::time::Instant::from_std(sent_at);
         let first_token_by = started + timeouts.first_token;
         let mut output_started = false;
         loop {

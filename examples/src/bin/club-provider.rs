@@ -81,7 +81,9 @@ enum Command {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CLUB_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -108,7 +110,13 @@ fn main() -> ExitCode {
             };
             runtime.block_on(async move {
                 match command {
-                    Command::Run { coordinator, key, manifest, job_log, log_content } => {
+                    Command::Run {
+                        coordinator,
+                        key,
+                        manifest,
+                        job_log,
+                        log_content,
+                    } => {
                         provider_ops::run(provider_ops::RunOptions {
                             coordinator,
                             key,
@@ -118,13 +126,19 @@ fn main() -> ExitCode {
                         })
                         .await
                     }
-                    Command::Doctor { manifest, coordinator, key } => {
+                    Command::Doctor {
+                        manifest,
+                        coordinator,
+                        key,
+                    } => {
                         let target = coordinator.as_deref().zip(key.as_deref());
                         provider_ops::doctor(&manifest, target, &mut io::stdout()).await
                     }
-                    Command::Init { output, force, host } => {
-                        provider_ops::init(&output, force, &host, &mut io::stdout()).await
-                    }
+                    Command::Init {
+                        output,
+                        force,
+                        host,
+                    } => provider_ops::init(&output, force, &host, &mut io::stdout()).await,
                     Command::Validate { .. } | Command::Schema => provider_cli::EXIT_OK,
                 }
             })

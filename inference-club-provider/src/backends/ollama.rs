@@ -217,6 +217,7 @@ impl Provider for Ollama {
             .body(body)
             .send();
         // Ollama sends its headers once the model is loaded, which may take a while.
+        let sent_at = std::time::Instant::now();
         let response = tokio::select! {
             () = context.cancel.cancelled() => return Err(ProviderError::Cancelled),
             sent = tokio::time::timeout(self.timeouts.first_token, send) => sent,
@@ -247,6 +248,7 @@ impl Provider for Ollama {
             chunks.boxed(),
             self.timeouts,
             &context,
+            sent_at,
         ))
     }
 }

@@ -176,6 +176,7 @@ impl Provider for OpenAiCompatible {
             .body(body)
             .send();
         // Some engines send headers only once the first token is ready.
+        let sent_at = std::time::Instant::now();
         let response = tokio::select! {
             () = context.cancel.cancelled() => return Err(ProviderError::Cancelled),
             sent = tokio::time::timeout(self.timeouts.first_token, send) => sent,
@@ -196,6 +197,7 @@ impl Provider for OpenAiCompatible {
             chunks.boxed(),
             self.timeouts,
             &context,
+            sent_at,
         ))
     }
 }

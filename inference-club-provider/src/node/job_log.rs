@@ -176,7 +176,10 @@ impl RotatingFile {
             }
             fs::rename(&self.path, numbered(1))?;
         }
-        self.file = OpenOptions::new().create(true).append(true).open(&self.path)?;
+        self.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
         self.size = 0;
         Ok(())
     }
@@ -226,8 +229,7 @@ mod tests {
         assert!(fs::metadata(&path).unwrap().len() <= 400);
         assert_eq!(rotated_files(&path, 5).len(), 2);
         let last = fs::read_to_string(&path).unwrap();
-        let parsed: serde_json::Value =
-            serde_json::from_str(last.lines().last().unwrap()).unwrap();
+        let parsed: serde_json::Value = serde_json::from_str(last.lines().last().unwrap()).unwrap();
         assert_eq!(parsed["request_id"], "r39");
         assert!(parsed.get("answer").is_none());
         fs::remove_dir_all(dir).unwrap();

@@ -182,7 +182,11 @@ impl Node {
         Self::with_offer(config, offer, OfferSource::Fixed)
     }
 
-    fn with_offer(config: NodeConfig, offer: Offer, source: OfferSource) -> Result<Self, NodeError> {
+    fn with_offer(
+        config: NodeConfig,
+        offer: Offer,
+        source: OfferSource,
+    ) -> Result<Self, NodeError> {
         link_url(&config.coordinator).map_err(|e| NodeError::CoordinatorUrl {
             url: config.coordinator.clone(),
             reason: e.to_string(),
@@ -227,9 +231,10 @@ impl Node {
         ));
         let mut backoff = config.backoff.clone();
         loop {
-            let end =
-                session::run(&config, &mut offers, &handle.shutdown, &log, || backoff.reset())
-                    .await;
+            let end = session::run(&config, &mut offers, &handle.shutdown, &log, || {
+                backoff.reset()
+            })
+            .await;
             match end {
                 session::SessionEnd::Shutdown => break,
                 session::SessionEnd::Lost(why) => {

@@ -53,9 +53,12 @@ impl ManifestProblems {
 /// The backend for one service: Ollama's native API for an Ollama service whose URL does not end
 /// in `/v1`, the OpenAI-compatible adapter (with the engine's quirks) for everything else.
 pub fn backend_for(service: &Service) -> Result<Arc<dyn Provider>, ProviderError> {
-    let url = service.url.as_deref().ok_or_else(|| ProviderError::Protocol {
-        message: format!("service {:?} has no url", service.name),
-    })?;
+    let url = service
+        .url
+        .as_deref()
+        .ok_or_else(|| ProviderError::Protocol {
+            message: format!("service {:?} has no url", service.name),
+        })?;
     let engine = service.engine.unwrap_or(Engine::Other);
     let openai_path = url.trim_end_matches('/').ends_with("/v1");
     if engine == Engine::Ollama && !openai_path {
@@ -75,12 +78,13 @@ pub fn backend_for(service: &Service) -> Result<Arc<dyn Provider>, ProviderError
 /// Reads and validates the manifest at `path`, builds a backend per service and a router over
 /// them, and asks the engines of services that list no models for their models.
 pub async fn load_manifest(path: &Path) -> Result<Offer, ManifestProblems> {
-    let text = tokio::fs::read_to_string(path)
-        .await
-        .map_err(|error| ManifestProblems::Unreadable {
-            path: path.to_owned(),
-            error,
-        })?;
+    let text =
+        tokio::fs::read_to_string(path)
+            .await
+            .map_err(|error| ManifestProblems::Unreadable {
+                path: path.to_owned(),
+                error,
+            })?;
     let manifest =
         ServiceManifest::parse_and_validate(&text).map_err(|error| ManifestProblems::Invalid {
             path: path.to_owned(),

@@ -59,10 +59,12 @@ pub(crate) async fn connect(config: &NodeConfig) -> Result<WsStream, String> {
     let mut ws_config = tungstenite::protocol::WebSocketConfig::default();
     ws_config.max_message_size = Some(link::MAX_MESSAGE_BYTES);
     ws_config.max_frame_size = Some(link::MAX_MESSAGE_BYTES);
-    let connecting =
-        tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true);
+    let connecting = tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true);
     match tokio::time::timeout(config.connect_timeout, connecting).await {
-        Err(_) => Err(format!("no answer from {} within {:?}", url, config.connect_timeout)),
+        Err(_) => Err(format!(
+            "no answer from {} within {:?}",
+            url, config.connect_timeout
+        )),
         Ok(Err(tungstenite::Error::Http(response))) => {
             let status = response.status();
             let body = response
@@ -139,9 +141,9 @@ pub(crate) async fn run(
         provider = %welcome.provider,
         "linked to the coordinator"
     );
-    let interval = config
-        .heartbeat_interval
-        .unwrap_or(Duration::from_millis(welcome.heartbeat_interval_ms.max(100)));
+    let interval = config.heartbeat_interval.unwrap_or(Duration::from_millis(
+        welcome.heartbeat_interval_ms.max(100),
+    ));
     // The coordinator pings at least once per interval; silence for three means the link is dead.
     let silence_limit = interval * 3;
 

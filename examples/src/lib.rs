@@ -1,3 +1,4 @@
 //! The reference coordinator and the logic behind the binaries.
 
+pub mod coordinator;
 pub mod provider_cli;

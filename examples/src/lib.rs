@@ -1,4 +1,5 @@
 //! The reference coordinator and the logic behind the binaries.
 
+pub mod coordinator;
 pub mod provider_cli;
 pub mod provider_ops;

@@ -3,3 +3,4 @@
 pub mod coordinator;
 pub mod provider_cli;
 pub mod provider_ops;
+pub mod coordinator_cli;

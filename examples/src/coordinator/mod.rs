@@ -1,6 +1,137 @@
 //! The reference coordinator: the meeting point of consumers and provider nodes.
 //!
-//! - [`store`]: everything the coordinator persists (members, API keys, providers and their
-//!   manifests, request records), on SQLite or PostgreSQL.
+//! - [`api`]: the OpenAI-compatible API; [`club_api`]: the club's own API (records, providers,
+//!   keys, account).
+//! - [`dispatch`]: the one path every request takes to a node.
+//! - [`nodes`]: the live node links (the only in-memory state), each usable as a `Provider`;
+//!   [`link`]: the WebSocket endpoint nodes dial.
+//! - [`store`]: everything the coordinator persists, on SQLite or PostgreSQL.
+//! - [`auth`]: API keys and scopes; [`error`]: errors in the OpenAI envelope;
+//!   [`metrics`]: Prometheus metrics.
 
+pub mod api;
+pub mod auth;
+pub mod club_api;
+pub mod dispatch;
+pub mod error;
+pub mod link;
+pub mod metrics;
+pub mod nodes;
 pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use tokio_util::sync::CancellationToken;
+
+use self::dispatch::DispatchQueues;
+use self::metrics::Metrics;
+use self::nodes::NodeRegistry;
+use self::store::Store;
+
+/// How the coordinator behaves.
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    /// How often nodes heartbeat (and the coordinator pings them); two missed means offline.
+    pub heartbeat_interval: Duration,
+    /// The largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// How long a request may wait for a node with room before 503.
+    pub queue_timeout: Duration,
+    /// How many requests may wait at once before new ones get 503 straight away.
+    pub max_queued: usize,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(10),
+            max_body_bytes: 4 * 1024 * 1024,
+            queue_timeout: Duration::from_secs(30),
+            max_queued: 1024,
+        }
+    }
+}
+
+/// The coordinator: its store, its live nodes and its queues.
+#[derive(Debug)]
+pub struct Coordinator {
+    /// Everything persisted.
+    pub store: Store,
+    /// The linked nodes.
+    pub nodes: NodeRegistry,
+    /// Settings.
+    pub config: CoordinatorConfig,
+    /// Metrics.
+    pub metrics: Metrics,
+    queues: DispatchQueues,
+}
+
+impl Coordinator {
+    /// A coordinator over `store`. Records left in flight by an earlier run become `failed`.
+    pub async fn start(store: Store, config: CoordinatorConfig) -> Result<Arc<Self>, store::StoreError> {
+        let failed = store
+            .fail_in_flight("the coordinator restarted while the request was in flight")
+            .await?;
+        if failed > 0 {
+            tracing::warn!(failed, "records left in flight by the last run are now failed");
+        }
+        Ok(Arc::new(Self {
+            store,
+            nodes: NodeRegistry::default(),
+            config,
+            metrics: Metrics::default(),
+            queues: DispatchQueues::default(),
+        }))
+    }
+
+    /// The HTTP application: every route of the coordinator.
+    pub fn app(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/v1/models", get(api::models))
+            .route("/v1/chat/completions", post(api::chat_completions))
+            .route("/v1/link", get(link::upgrade))
+            .route("/healthz", get(healthz))
+            .route("/metrics", get(metrics_text))
+            .merge(club_api::routes())
+            .fallback(not_found)
+            .with_state(self.clone())
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn metrics_text(State(state): State<Arc<Coordinator>>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}
+
+async fn not_found() -> error::ApiError {
+    error::ApiError::not_found("unknown_route", "no such route")
+}
+
+/// Serves `app` on `listener` until `shutdown` is cancelled. Prints `listening on http://ADDR`
+/// once it accepts connections.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let address: SocketAddr = listener.local_addr()?;
+    println!("listening on http://{address}");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}

@@ -1,0 +1,113 @@
+//! `club-coordinator`: the coordinator's command line. Argument parsing only; the logic lives in
+//! `inference_club_examples::coordinator_cli`.
+
+use std::io;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use inference_club_examples::coordinator::CoordinatorConfig;
+use inference_club_examples::coordinator_cli::{self as cli, DEFAULT_DATABASE, DEFAULT_LISTEN};
+
+/// The Inference Club coordinator: the OpenAI-compatible API, the club API and the node links.
+#[derive(Debug, Parser)]
+#[command(name = "club-coordinator", version)]
+struct Cli {
+    /// The database: a SQLite file (`sqlite:club.db`, the default) or `postgres://…`.
+    #[arg(long, global = true, env = "CLUB_DATABASE_URL", default_value = DEFAULT_DATABASE)]
+    database: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the API and accept node links.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, env = "CLUB_LISTEN", default_value = DEFAULT_LISTEN)]
+        listen: String,
+        /// Node heartbeat interval in seconds.
+        #[arg(long, default_value_t = 10)]
+        heartbeat_secs: u64,
+        /// How long a request may wait for a free node, in seconds.
+        #[arg(long, default_value_t = 30)]
+        queue_timeout_secs: u64,
+    },
+    /// Manage members.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Manage API keys.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+    /// Bring the database schema up to date.
+    Migrate,
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Add a member (no GitHub needed).
+    Add {
+        /// Their handle (a GitHub login).
+        handle: String,
+        /// Their e-mail address.
+        #[arg(long)]
+        email: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCommand {
+    /// Create a key and print it (its only appearance).
+    Create {
+        /// The member it is for.
+        #[arg(long)]
+        user: String,
+        /// Comma-separated scopes: inference, provider, account.
+        #[arg(long, default_value = "inference")]
+        scope: String,
+        /// A name to recognise it by.
+        #[arg(long, default_value = "cli")]
+        name: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CLUB_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .init();
+    let Ok(runtime) = tokio::runtime::Builder::new_multi_thread().enable_all().build() else {
+        eprintln!("error: cannot start the async runtime");
+        return ExitCode::from(cli::EXIT_FAILED);
+    };
+    let database = cli.database;
+    let status = runtime.block_on(async move {
+        let (mut out, mut err) = (io::stdout(), io::stderr());
+        match cli.command {
+            Command::Serve { listen, heartbeat_secs, queue_timeout_secs } => {
+                let config = CoordinatorConfig {
+                    heartbeat_interval: Duration::from_secs(heartbeat_secs.max(1)),
+                    queue_timeout: Duration::from_secs(queue_timeout_secs),
+                    ..CoordinatorConfig::default()
+                };
+                cli::serve_command(&listen, &database, config).await
+            }
+            Command::User { command: UserCommand::Add { handle, email } } => {
+                cli::user_add(&database, &handle, email.as_deref(), &mut out, &mut err).await
+            }
+            Command::Key { command: KeyCommand::Create { user, scope, name } } => {
+                cli::key_create(&database, &user, &scope, &name, &mut out, &mut err).await
+            }
+            Command::Migrate => cli::migrate(&database, &mut out, &mut err).await,
+        }
+    });
+    ExitCode::from(status)
+}

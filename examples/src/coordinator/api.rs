@@ -1,0 +1,398 @@
+//! The OpenAI-compatible API: `GET /v1/models` and `POST /v1/chat/completions`, whole and
+//! streamed. Every inference response names its record (`x-club-request-id`), and the completion
+//! id is derived from it.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use futures_util::StreamExt;
+use inference_club_core::openai::{
+    ApiError as WireError, ChatCompletion, ChatCompletionAggregator, ChatCompletionChunk,
+    ChatCompletionRequest, Model, ModelList,
+};
+use inference_club_core::provider::{ProviderError, RequestContext};
+use inference_club_core::record::{InferenceRecord, RecordId, Status, Visibility};
+use tokio_util::sync::CancellationToken;
+
+use super::Coordinator;
+use super::auth::{self, Caller};
+use super::dispatch;
+use super::error::ApiError;
+use super::metrics::RequestLabels;
+use super::store::Scope;
+
+/// The header that names a response's record.
+pub const REQUEST_ID_HEADER: &str = "x-club-request-id";
+/// The header that sets a request's visibility (as does a `visibility` field in the body).
+pub const VISIBILITY_HEADER: &str = "x-club-visibility";
+
+/// `GET /v1/models`: the models of online nodes that the caller may use.
+pub async fn models(State(state): State<Arc<Coordinator>>, headers: HeaderMap) -> Response {
+    let caller = match auth::caller(&state.store, &headers).await {
+        Ok(caller) => caller,
+        Err(error) => return error.into_response(),
+    };
+    let handle = caller.as_ref().map(|c| c.user.handle.as_str());
+    let mut models: BTreeMap<String, Model> = BTreeMap::new();
+    for node in state.nodes.online() {
+        let offer = node.offer();
+        for model in &offer.models {
+            if !model.access.admits(&node.operator, handle) {
+                continue;
+            }
+            let created = u64::try_from(node.connected_at().timestamp()).unwrap_or(0);
+            let entry = models.entry(model.served_id.clone()).or_insert_with(|| {
+                let mut entry = Model::new(model.served_id.clone(), node.operator.clone());
+                entry.created = created;
+                entry
+            });
+            entry.created = entry.created.min(created);
+        }
+    }
+    axum::Json(ModelList::new(models.into_values().collect())).into_response()
+}
+
+fn with_request_id(mut response: Response, id: RecordId) -> Response {
+    if let Ok(value) = HeaderValue::from_str(&id.to_string()) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    response
+}
+
+/// Reads and checks the body of a chat request.
+fn parse_request(body: &[u8]) -> Result<(ChatCompletionRequest, Option<Visibility>), ApiError> {
+    let mut request: ChatCompletionRequest = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request("invalid_json", format!("the body is not a valid chat request: {e}"))
+    })?;
+    if request.model.trim().is_empty() {
+        return Err(ApiError::bad_request("missing_model", "`model` is required").with_param("model"));
+    }
+    if request.messages.is_empty() {
+        return Err(
+            ApiError::bad_request("empty_messages", "`messages` must not be empty")
+                .with_param("messages"),
+        );
+    }
+    let visibility = match request.extra.remove("visibility") {
+        None => None,
+        Some(serde_json::Value::String(name)) => Some(name.parse::<Visibility>().map_err(|_| {
+            ApiError::bad_request(
+                "invalid_visibility",
+                format!("visibility must be public, unlisted or private, got {name:?}"),
+            )
+            .with_param("visibility")
+        })?),
+        Some(_) => {
+            return Err(ApiError::bad_request("invalid_visibility", "visibility must be a string")
+                .with_param("visibility"));
+        }
+    };
+    Ok((request, visibility))
+}
+
+fn header_visibility(headers: &HeaderMap) -> Result<Option<Visibility>, ApiError> {
+    headers
+        .get(VISIBILITY_HEADER)
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|s| s.parse::<Visibility>().ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_visibility",
+                        "x-club-visibility must be public, unlisted or private",
+                    )
+                })
+        })
+        .transpose()
+}
+
+/// `POST /v1/chat/completions`.
+pub async fn chat_completions(
+    State(state): State<Arc<Coordinator>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let received = Instant::now();
+    let caller = match auth::require(&state.store, &headers, Scope::Inference).await {
+        Ok(caller) => caller,
+        Err(error) => return error.into_response(),
+    };
+    let bytes = match axum::body::to_bytes(body, state.config.max_body_bytes).await {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            return ApiError::too_large(format!(
+                "the body is larger than {} bytes",
+                state.config.max_body_bytes
+            ))
+            .into_response();
+        }
+    };
+    let (request, body_visibility) = match parse_request(&bytes) {
+        Ok(parsed) => parsed,
+        Err(error) => return error.into_response(),
+    };
+    let visibility = match header_visibility(&headers) {
+        Ok(v) => body_visibility.or(v).unwrap_or(caller.user.default_visibility),
+        Err(error) => return error.into_response(),
+    };
+    serve_chat(state, caller, request, visibility, received).await
+}
+
+async fn serve_chat(
+    state: Arc<Coordinator>,
+    caller: Caller,
+    request: ChatCompletionRequest,
+    visibility: Visibility,
+    received: Instant,
+) -> Response {
+    let id = RecordId::new();
+    let mut record = InferenceRecord::new(
+        id,
+        Some(caller.user.handle.clone()),
+        request.clone(),
+        visibility,
+        Utc::now(),
+    );
+    if let Err(error) = state.store.insert_record(&record).await {
+        return ApiError::from(error).into_response();
+    }
+    let cancel = CancellationToken::new();
+    let mut context = RequestContext::new(id.to_string()).with_consumer(caller.user.handle.clone());
+    context.cancel = cancel.clone();
+    let mut engine_request = request.clone();
+    // The node always streams; what the consumer gets is decided here.
+    engine_request.stream = Some(true);
+    let stream = match dispatch::dispatch(&state, &engine_request, &mut record, &context).await {
+        Ok(stream) => stream,
+        Err(error) => {
+            let _ = record.failed(error.error.message.clone(), None, Utc::now());
+            save(&state, &record).await;
+            count(&state, &record, request.is_stream(), received);
+            return with_request_id(error.into_response(), id);
+        }
+    };
+    let keeper = RecordKeeper {
+        state: state.clone(),
+        record: Some(record),
+        aggregate: ChatCompletionAggregator::new(),
+        received,
+        streamed: request.is_stream(),
+        cancel,
+    };
+    if request.is_stream() {
+        stream_response(keeper, stream, request.wants_stream_usage(), id)
+    } else {
+        whole_response(keeper, stream, id).await
+    }
+}
+
+async fn save(state: &Coordinator, record: &InferenceRecord) {
+    if let Err(error) = state.store.save_record(record).await {
+        tracing::error!(id = %record.id, "cannot save a record: {error}");
+    }
+}
+
+fn count(state: &Coordinator, record: &InferenceRecord, streamed: bool, received: Instant) {
+    state
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            status: record.status().as_str().to_owned(),
+            mode: if streamed { "stream" } else { "whole" }.to_owned(),
+        })
+        .inc();
+    state.metrics.latency.observe(received.elapsed().as_secs_f64());
+}
+
+/// Keeps the record while the answer flows: folds chunks into it, and makes it final exactly
+/// once — on success, on failure, or (when dropped early, as when the consumer goes away) as
+/// cancelled.
+struct RecordKeeper {
+    state: Arc<Coordinator>,
+    record: Option<InferenceRecord>,
+    aggregate: ChatCompletionAggregator,
+    received: Instant,
+    streamed: bool,
+    cancel: CancellationToken,
+}
+
+impl RecordKeeper {
+    fn observe(&mut self, chunk: &ChatCompletionChunk) {
+        if let Some(record) = &mut self.record
+            && record.timing.first_token_at.is_none()
+            && inference_club_provider::failover::is_output(chunk)
+        {
+            record.first_token(Utc::now());
+            self.state
+                .metrics
+                .time_to_first_token
+                .observe(self.received.elapsed().as_secs_f64());
+        }
+        self.aggregate.push(chunk);
+    }
+
+    fn completion(&self) -> ChatCompletion {
+        self.aggregate.clone().finish()
+    }
+
+    /// Makes the record final with `outcome` and saves it (durably) before returning.
+    async fn finish(mut self, outcome: Result<(), &ProviderError>) -> Option<InferenceRecord> {
+        let mut record = self.record.take()?;
+        let completion = self.completion();
+        let now = Utc::now();
+        let _ = match outcome {
+            Ok(()) => record.succeeded(&completion, now),
+            Err(ProviderError::Cancelled) => record.cancelled("cancelled", Some(&completion), now),
+            Err(error) => record.failed(error.to_string(), Some(&completion), now),
+        };
+        save(&self.state, &record).await;
+        count(&self.state, &record, self.streamed, self.received);
+        Some(record)
+    }
+}
+
+impl Drop for RecordKeeper {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        let Some(mut record) = self.record.take() else {
+            return;
+        };
+        let completion = self.completion();
+        let _ = record.cancelled(
+            "the consumer went away before the answer was complete",
+            Some(&completion),
+            Utc::now(),
+        );
+        let state = self.state.clone();
+        let streamed = self.streamed;
+        let received = self.received;
+        tokio::spawn(async move {
+            save(&state, &record).await;
+            count(&state, &record, streamed, received);
+        });
+    }
+}
+
+fn sse_event(json: &impl serde::Serialize) -> Bytes {
+    let mut line = b"data: ".to_vec();
+    if serde_json::to_writer(&mut line, json).is_err() {
+        line.clear();
+        line.extend_from_slice(b"data: {}");
+    }
+    line.extend_from_slice(b"\n\n");
+    Bytes::from(line)
+}
+
+/// Rewrites an engine's chunk for the consumer: the record's completion id, and usage only when
+/// asked for.
+fn for_consumer(mut chunk: ChatCompletionChunk, completion_id: &str, wants_usage: bool) -> Option<ChatCompletionChunk> {
+    chunk.id = completion_id.to_owned();
+    if !wants_usage {
+        chunk.usage = None;
+        if chunk.choices.is_empty() {
+            return None;
+        }
+    }
+    Some(chunk)
+}
+
+fn stream_response(
+    mut keeper: RecordKeeper,
+    mut stream: inference_club_core::provider::ChunkStream,
+    wants_usage: bool,
+    id: RecordId,
+) -> Response {
+    let completion_id = id.completion_id();
+    let body = async_stream::stream! {
+        loop {
+            match stream.next().await {
+                Some(Ok(chunk)) => {
+                    keeper.observe(&chunk);
+                    if let Some(chunk) = for_consumer(chunk, &completion_id, wants_usage) {
+                        yield Ok::<Bytes, Infallible>(sse_event(&chunk));
+                    }
+                }
+                Some(Err(error)) => {
+                    let record = keeper.finish(Err(&error)).await;
+                    let api = ApiError::from_provider(&error);
+                    let mut wire: WireError = api.error;
+                    if record.is_some_and(|r| r.status() == Status::Cancelled) {
+                        wire.code = Some("cancelled".into());
+                    }
+                    yield Ok(sse_event(&wire.into_response()));
+                    yield Ok(Bytes::from_static(b"data: [DONE]\n\n"));
+                    return;
+                }
+                None => {
+                    keeper.finish(Ok(())).await;
+                    yield Ok(Bytes::from_static(b"data: [DONE]\n\n"));
+                    return;
+                }
+            }
+        }
+    };
+    let response = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .header("x-accel-buffering", "no")
+        .body(Body::from_stream(body));
+    match response {
+        Ok(response) => with_request_id(response, id),
+        Err(error) => ApiError::internal("building a stream", error).into_response(),
+    }
+}
+
+async fn whole_response(
+    mut keeper: RecordKeeper,
+    mut stream: inference_club_core::provider::ChunkStream,
+    id: RecordId,
+) -> Response {
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(chunk) => keeper.observe(&chunk),
+            Err(error) => {
+                keeper.finish(Err(&error)).await;
+                return with_request_id(ApiError::from_provider(&error).into_response(), id);
+            }
+        }
+    }
+    let mut completion = keeper.completion();
+    completion.id = id.completion_id();
+    keeper.finish(Ok(())).await;
+    with_request_id(axum::Json(completion).into_response(), id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn visibility_field_is_taken_out_of_the_request() {
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"visibility":"private","top_k":3}"#;
+        let (request, visibility) = parse_request(body).unwrap();
+        assert_eq!(visibility, Some(Visibility::Private));
+        assert!(!request.extra.contains_key("visibility"));
+        assert!(request.extra.contains_key("top_k"));
+    }
+
+    #[test]
+    fn bad_requests_say_what_is_wrong() {
+        let e = parse_request(br#"{"model":"m","messages":[]}"#).unwrap_err();
+        assert_eq!(e.error.param.as_deref(), Some("messages"));
+        let e = parse_request(br#"{"model":"","messages":[{"role":"user","content":"x"}]}"#).unwrap_err();
+        assert_eq!(e.error.param.as_deref(), Some("model"));
+        let e = parse_request(br#"{"model":"m","messages":[{"role":"user","content":"x"}],"visibility":"secret"}"#).unwrap_err();
+        assert_eq!(e.error.code.as_deref(), Some("invalid_visibility"));
+        let e = parse_request(b"not json").unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+    }
+}

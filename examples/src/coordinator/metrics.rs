@@ -1,0 +1,85 @@
+//! Prometheus metrics (`GET /metrics`).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// The labels of a finished request.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// `succeeded`, `failed` or `cancelled`.
+    pub status: String,
+    /// `stream` or `whole`.
+    pub mode: String,
+}
+
+/// The coordinator's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Inference requests finished, by status and mode.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Seconds from acceptance to the first output.
+    pub time_to_first_token: Histogram,
+    /// Seconds from acceptance to the end.
+    pub latency: Histogram,
+    /// Attempts that failed before output and were retried on another node.
+    pub failovers: Counter,
+    /// Requests that found every node full and waited.
+    pub queued: Counter,
+    /// Nodes linked now.
+    pub nodes_online: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("club");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let time_to_first_token = Histogram::new(exponential_buckets(0.005, 2.0, 14));
+        let latency = Histogram::new(exponential_buckets(0.005, 2.0, 16));
+        let failovers = Counter::default();
+        let queued = Counter::default();
+        let nodes_online = Gauge::default();
+        registry.register("requests", "Inference requests finished", requests.clone());
+        registry.register(
+            "time_to_first_token_seconds",
+            "Seconds from acceptance to the first output",
+            time_to_first_token.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Seconds from acceptance to the end",
+            latency.clone(),
+        );
+        registry.register(
+            "failovers",
+            "Attempts that failed before output and were retried elsewhere",
+            failovers.clone(),
+        );
+        registry.register("queued", "Requests that waited for capacity", queued.clone());
+        registry.register("nodes_online", "Nodes linked now", nodes_online.clone());
+        Self {
+            registry,
+            requests,
+            time_to_first_token,
+            latency,
+            failovers,
+            queued,
+            nodes_online,
+        }
+    }
+}
+
+impl Metrics {
+    /// The metrics in Prometheus' text format.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
+            text.clear();
+        }
+        text
+    }
+}

@@ -1,0 +1,471 @@
+//! The live nodes: one entry per linked provider, each usable as a
+//! [`Provider`](inference_club_core::provider::Provider) that sends jobs over its link.
+//!
+//! This is the coordinator's only in-memory state besides queues: it is rebuilt as nodes
+//! reconnect.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use async_stream::stream;
+use async_trait::async_trait;
+use inference_club_core::link::{Cancel, CoordinatorMessage, Job, JobError, JobId, ServiceLoad};
+use inference_club_core::manifest::{AccessPolicy, ServiceManifest, ServiceType, effective_access};
+use inference_club_core::openai::{ChatCompletionChunk, ChatCompletionRequest, Model};
+use inference_club_core::provider::{ChunkStream, Provider, ProviderError, RequestContext};
+use inference_club_core::routing::Ewma;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::store::UserId;
+
+/// How many events of one job may wait for a slow consumer before the job is cancelled (so that
+/// one slow consumer never holds up the link).
+pub const JOB_BUFFER: usize = 1024;
+
+/// Identifies a provider: its operator and its `agent.name`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NodeKey {
+    /// The operator's user id.
+    pub operator_id: UserId,
+    /// The provider name.
+    pub provider: String,
+}
+
+/// What the link tells a job's consumer.
+#[derive(Debug)]
+pub(crate) enum JobEvent {
+    Chunk(ChatCompletionChunk),
+    Done,
+    Failed(JobError),
+}
+
+/// A model as a node serves it: the served id and the service it runs on, with the names it
+/// answers to and who may use it.
+#[derive(Debug, Clone)]
+pub struct NodeModel {
+    /// The id the node's engine serves it under.
+    pub served_id: String,
+    /// Its Hugging Face id, if declared.
+    pub hf: Option<String>,
+    /// The service it runs on.
+    pub service: String,
+    /// Who may use it.
+    pub access: AccessPolicy,
+}
+
+impl NodeModel {
+    /// Whether a consumer's model name means this model (served id or `hf`, case-insensitively).
+    pub fn answers_to(&self, requested: &str) -> bool {
+        self.served_id.eq_ignore_ascii_case(requested)
+            || self.hf.as_deref().is_some_and(|hf| hf.eq_ignore_ascii_case(requested))
+    }
+}
+
+/// What a node offers: its manifest, the models in it and its capacity. Replaced whole when the
+/// node announces a new manifest.
+#[derive(Debug)]
+pub struct NodeOffer {
+    /// Its validated, redacted manifest.
+    pub manifest: ServiceManifest,
+    /// The models it serves.
+    pub models: Vec<NodeModel>,
+    /// Its total capacity (the sum of its services' `max_concurrent`, when every service has one).
+    pub capacity: Option<u32>,
+}
+
+impl NodeOffer {
+    /// The offer of a validated manifest.
+    pub fn new(manifest: ServiceManifest) -> Self {
+        let (models, capacity) = models_of(&manifest);
+        Self {
+            manifest,
+            models,
+            capacity,
+        }
+    }
+
+    /// The model `requested` names, if served here.
+    pub fn find_model(&self, requested: &str) -> Option<&NodeModel> {
+        self.models.iter().find(|m| m.answers_to(requested))
+    }
+}
+
+/// One linked node.
+pub struct LiveNode {
+    /// Who runs it.
+    pub key: NodeKey,
+    /// The operator's handle.
+    pub operator: String,
+    offer: RwLock<Arc<NodeOffer>>,
+    outgoing: mpsc::Sender<CoordinatorMessage>,
+    jobs: Mutex<HashMap<JobId, mpsc::Sender<JobEvent>>>,
+    next_job: AtomicU64,
+    in_flight: Arc<AtomicU32>,
+    ttft: Mutex<Ewma>,
+    last_heard: Mutex<Instant>,
+    load: Mutex<Vec<ServiceLoad>>,
+    closed: CancellationToken,
+    connected_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl std::fmt::Debug for LiveNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveNode")
+            .field("operator", &self.operator)
+            .field("provider", &self.key.provider)
+            .field("in_flight", &self.in_flight())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LiveNode {
+    /// A node linked now, that receives its messages through `outgoing`.
+    pub(crate) fn new(
+        key: NodeKey,
+        operator: String,
+        manifest: ServiceManifest,
+        outgoing: mpsc::Sender<CoordinatorMessage>,
+    ) -> Self {
+        Self {
+            key,
+            operator,
+            offer: RwLock::new(Arc::new(NodeOffer::new(manifest))),
+            outgoing,
+            jobs: Mutex::new(HashMap::new()),
+            next_job: AtomicU64::new(1),
+            in_flight: Arc::new(AtomicU32::new(0)),
+            ttft: Mutex::new(Ewma::default()),
+            last_heard: Mutex::new(Instant::now()),
+            load: Mutex::new(Vec::new()),
+            closed: CancellationToken::new(),
+            connected_at: chrono::Utc::now(),
+        }
+    }
+
+    /// Counts one more job on this node until the slot is dropped. The dispatcher takes slots
+    /// while it holds its selection lock, so two requests never take the last one.
+    pub fn reserve(&self) -> NodeSlot {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        NodeSlot(self.in_flight.clone())
+    }
+
+    /// Jobs running on it now.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Its recent time to first token.
+    pub fn recent_ttft(&self) -> Option<Duration> {
+        self.ttft.lock().unwrap_or_else(PoisonError::into_inner).value()
+    }
+
+    /// Records a time to first token.
+    pub fn record_ttft(&self, sample: Duration) {
+        self.ttft
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .update(sample);
+    }
+
+    /// When it linked.
+    pub fn connected_at(&self) -> chrono::DateTime<chrono::Utc> {
+        self.connected_at
+    }
+
+    /// The load it last reported.
+    pub fn reported_load(&self) -> Vec<ServiceLoad> {
+        self.load.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    pub(crate) fn heard_from(&self) {
+        *self.last_heard.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+    }
+
+    pub(crate) fn set_load(&self, load: Vec<ServiceLoad>) {
+        *self.load.lock().unwrap_or_else(PoisonError::into_inner) = load;
+    }
+
+    /// How long since it last sent anything.
+    pub fn silent_for(&self) -> Duration {
+        self.last_heard
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .elapsed()
+    }
+
+    /// Whether its link is gone.
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
+    /// Marks the link gone: every running job ends with an error.
+    pub(crate) fn close(&self) {
+        self.closed.cancel();
+        self.jobs.lock().unwrap_or_else(PoisonError::into_inner).clear();
+    }
+
+    /// Hands an event from the link to its job. A job whose consumer cannot keep up is cancelled.
+    pub(crate) fn deliver(&self, job: JobId, event: JobEvent) {
+        let finished = matches!(event, JobEvent::Done | JobEvent::Failed(_));
+        let mut jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(sender) = jobs.get(&job) else {
+            return;
+        };
+        match sender.try_send(event) {
+            Ok(()) if finished => {
+                jobs.remove(&job);
+            }
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                jobs.remove(&job);
+                let _ = self.outgoing.try_send(CoordinatorMessage::Cancel(Cancel { job }));
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                jobs.remove(&job);
+            }
+        }
+    }
+
+    /// Queues a message for the node without waiting; false when the queue is full or gone.
+    pub(crate) fn try_send(&self, message: CoordinatorMessage) -> bool {
+        self.outgoing.try_send(message).is_ok()
+    }
+
+    /// What it offers now.
+    pub fn offer(&self) -> Arc<NodeOffer> {
+        self.offer
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces what it offers (a new manifest was announced).
+    pub(crate) fn set_offer(&self, manifest: ServiceManifest) {
+        *self.offer.write().unwrap_or_else(PoisonError::into_inner) =
+            Arc::new(NodeOffer::new(manifest));
+    }
+}
+
+/// The models of a manifest's `llm` services, and the node's total capacity.
+fn models_of(manifest: &ServiceManifest) -> (Vec<NodeModel>, Option<u32>) {
+    let mut models = Vec::new();
+    let mut capacity = Some(0u32);
+    for service in manifest
+        .services()
+        .filter(|s| s.service_type == ServiceType::Llm)
+    {
+        capacity = capacity.zip(service.max_concurrent).map(|(a, b)| a.saturating_add(b));
+        let access = effective_access(&manifest.agent, service).clone();
+        for model in &service.models {
+            if let Some(served_id) = model.served_id() {
+                models.push(NodeModel {
+                    served_id: served_id.to_owned(),
+                    hf: model.hf.clone(),
+                    service: service.name.clone(),
+                    access: access.clone(),
+                });
+            }
+        }
+    }
+    (models, capacity.filter(|c| *c > 0))
+}
+
+/// A job slot on a node: counted in its `in_flight` until dropped.
+#[derive(Debug)]
+pub struct NodeSlot(Arc<AtomicU32>);
+
+impl Drop for NodeSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Sends `cancel` for a job when dropped before the job ended.
+struct CancelOnDrop {
+    node: Arc<LiveNode>,
+    job: JobId,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        let removed = self
+            .node
+            .jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.job)
+            .is_some();
+        if self.armed && removed && !self.node.is_closed() {
+            let _ = self
+                .node
+                .outgoing
+                .try_send(CoordinatorMessage::Cancel(Cancel { job: self.job }));
+        }
+    }
+}
+
+/// A node as a [`Provider`]: each chat is a job over its link. (Capacity is counted by the
+/// caller with [`LiveNode::reserve`].)
+#[derive(Debug, Clone)]
+pub struct RemoteNode(pub Arc<LiveNode>);
+
+#[async_trait]
+impl Provider for RemoteNode {
+    async fn models(&self) -> Result<Vec<Model>, ProviderError> {
+        Ok(self
+            .0
+            .offer()
+            .models
+            .iter()
+            .map(|m| Model::new(m.served_id.clone(), self.0.operator.clone()))
+            .collect())
+    }
+
+    /// Sends the job; `request.model` is passed as the consumer named it (the node's router
+    /// maps it to its engine's id).
+    async fn chat(
+        &self,
+        request: ChatCompletionRequest,
+        context: RequestContext,
+    ) -> Result<ChunkStream, ProviderError> {
+        let node = self.0.clone();
+        if node.is_closed() {
+            return Err(ProviderError::Unavailable {
+                status: None,
+                message: format!("node {} is offline", node.key.provider),
+            });
+        }
+        let job = node.next_job.fetch_add(1, Ordering::Relaxed);
+        let (events_tx, mut events) = mpsc::channel(JOB_BUFFER);
+        node.jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(job, events_tx);
+        let mut guard = CancelOnDrop {
+            node: node.clone(),
+            job,
+            armed: true,
+        };
+        let deadline_ms = context.deadline.map(|d| {
+            u64::try_from(d.saturating_duration_since(Instant::now()).as_millis())
+                .unwrap_or(u64::MAX)
+        });
+        let message = CoordinatorMessage::Job(Box::new(Job {
+            job,
+            request_id: context.request_id.clone(),
+            consumer: context.consumer.clone(),
+            deadline_ms,
+            request,
+        }));
+        if node.outgoing.send(message).await.is_err() {
+            guard.armed = false;
+            return Err(ProviderError::Unavailable {
+                status: None,
+                message: format!("node {} went offline", node.key.provider),
+            });
+        }
+        let closed = node.closed.clone();
+        let cancel = context.cancel.clone();
+        Ok(Box::pin(stream! {
+            let mut guard = guard;
+            loop {
+                let event = tokio::select! {
+                    () = cancel.cancelled() => {
+                        yield Err(ProviderError::Cancelled);
+                        break;
+                    }
+                    () = closed.cancelled() => None,
+                    event = events.recv() => event,
+                };
+                match event {
+                    Some(JobEvent::Chunk(chunk)) => yield Ok(chunk),
+                    Some(JobEvent::Done) => {
+                        guard.armed = false;
+                        break;
+                    }
+                    Some(JobEvent::Failed(error)) => {
+                        guard.armed = false;
+                        yield Err(ProviderError::from(error));
+                        break;
+                    }
+                    None => {
+                        guard.armed = false;
+                        yield Err(ProviderError::Unavailable {
+                            status: None,
+                            message: "the node's link closed during the job".into(),
+                        });
+                        break;
+                    }
+                }
+            }
+        }))
+    }
+}
+
+/// Every linked node, by identity. A second link with the same identity replaces the first.
+#[derive(Debug, Default)]
+pub struct NodeRegistry {
+    nodes: RwLock<HashMap<NodeKey, Arc<LiveNode>>>,
+    changed: tokio::sync::Notify,
+}
+
+impl NodeRegistry {
+    /// Adds a node, closing any earlier link with the same identity.
+    pub(crate) fn insert(&self, node: Arc<LiveNode>) {
+        let previous = self
+            .nodes
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(node.key.clone(), node);
+        if let Some(previous) = previous {
+            previous.close();
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Removes `node` if it is still the registered link for its identity.
+    pub(crate) fn remove(&self, node: &Arc<LiveNode>) {
+        node.close();
+        let mut nodes = self.nodes.write().unwrap_or_else(PoisonError::into_inner);
+        if nodes.get(&node.key).is_some_and(|n| Arc::ptr_eq(n, node)) {
+            nodes.remove(&node.key);
+        }
+        drop(nodes);
+        self.changed.notify_waiters();
+    }
+
+    /// Every online node.
+    pub fn online(&self) -> Vec<Arc<LiveNode>> {
+        self.nodes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .filter(|n| !n.is_closed())
+            .cloned()
+            .collect()
+    }
+
+    /// The node with this identity, if online.
+    pub fn get(&self, key: &NodeKey) -> Option<Arc<LiveNode>> {
+        self.nodes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .filter(|n| !n.is_closed())
+            .cloned()
+    }
+
+    /// Wakes those waiting for capacity or for nodes.
+    pub fn notify_changed(&self) {
+        self.changed.notify_waiters();
+    }
+
+    /// Resolves when a node links, leaves, or a job ends.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+}

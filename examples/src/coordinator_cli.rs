@@ -1,0 +1,172 @@
+//! The logic behind `club-coordinator`'s subcommands; the binary only parses arguments.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::coordinator::store::{Scopes, Store};
+use crate::coordinator::{Coordinator, CoordinatorConfig, serve};
+
+/// The default database: a SQLite file in the working directory.
+pub const DEFAULT_DATABASE: &str = "sqlite:club.db";
+
+/// The default listening address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// Exit status: done.
+pub const EXIT_OK: u8 = 0;
+/// Exit status: bad input (unknown user, bad scopes, …).
+pub const EXIT_INVALID: u8 = 1;
+/// Exit status: the database or the network failed.
+pub const EXIT_FAILED: u8 = 2;
+
+/// A database URL given as a path is a SQLite file.
+pub fn database_url(database: &str) -> String {
+    if database.contains("://") || database.starts_with("sqlite:") {
+        database.to_owned()
+    } else {
+        format!("sqlite:{}", PathBuf::from(database).display())
+    }
+}
+
+async fn open(database: &str, err: &mut dyn Write) -> Option<Store> {
+    match Store::connect(&database_url(database)).await {
+        Ok(store) => Some(store),
+        Err(error) => {
+            let _ = writeln!(err, "error: cannot open the database {database}: {error}");
+            None
+        }
+    }
+}
+
+/// `club-coordinator serve`: runs until SIGINT/SIGTERM.
+pub async fn serve_command(listen: &str, database: &str, config: CoordinatorConfig) -> u8 {
+    let mut err = std::io::stderr();
+    let Some(store) = open(database, &mut err).await else {
+        return EXIT_FAILED;
+    };
+    let coordinator = match Coordinator::start(store, config).await {
+        Ok(c) => c,
+        Err(error) => {
+            let _ = writeln!(err, "error: cannot start: {error}");
+            return EXIT_FAILED;
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(error) => {
+            let _ = writeln!(err, "error: cannot listen on {listen}: {error}");
+            return EXIT_FAILED;
+        }
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    match serve(listener, coordinator.app(), shutdown).await {
+        Ok(()) => EXIT_OK,
+        Err(error) => {
+            let _ = writeln!(err, "error: {error}");
+            EXIT_FAILED
+        }
+    }
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let (Ok(mut term), Ok(mut int)) =
+            (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+        {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    shutdown.cancel();
+}
+
+/// `club-coordinator user add HANDLE`.
+pub async fn user_add(database: &str, handle: &str, email: Option<&str>, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    let Some(store) = open(database, err).await else {
+        return EXIT_FAILED;
+    };
+    match store.create_user(handle, email).await {
+        Ok(user) => {
+            let _ = writeln!(out, "created user {} ({})", user.handle, user.id);
+            EXIT_OK
+        }
+        Err(error) => {
+            let _ = writeln!(err, "error: {error}");
+            if error.is_retryable() { EXIT_FAILED } else { EXIT_INVALID }
+        }
+    }
+}
+
+/// `club-coordinator key create --user HANDLE --scope …`: prints the new key on stdout, its only
+/// appearance.
+pub async fn key_create(
+    database: &str,
+    handle: &str,
+    scopes: &str,
+    name: &str,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
+    let scopes: Scopes = match scopes.parse() {
+        Ok(s) => s,
+        Err(error) => {
+            let _ = writeln!(err, "error: {error}");
+            return EXIT_INVALID;
+        }
+    };
+    let Some(store) = open(database, err).await else {
+        return EXIT_FAILED;
+    };
+    let user = match store.user_by_handle(handle).await {
+        Ok(Some(user)) => user,
+        Ok(None) => {
+            let _ = writeln!(err, "error: no user {handle:?}; add one with `club-coordinator user add {handle}`");
+            return EXIT_INVALID;
+        }
+        Err(error) => {
+            let _ = writeln!(err, "error: {error}");
+            return EXIT_FAILED;
+        }
+    };
+    match store.create_key(user.id, name, scopes).await {
+        Ok((_, secret)) => {
+            let _ = writeln!(out, "{secret}");
+            EXIT_OK
+        }
+        Err(error) => {
+            let _ = writeln!(err, "error: {error}");
+            EXIT_FAILED
+        }
+    }
+}
+
+/// `club-coordinator migrate`.
+pub async fn migrate(database: &str, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    match Store::connect_without_migrating(&database_url(database)).await {
+        Ok(store) => match store.migrate().await {
+            Ok(()) => {
+                let _ = writeln!(out, "the database is up to date");
+                EXIT_OK
+            }
+            Err(error) => {
+                let _ = writeln!(err, "error: {error}");
+                EXIT_FAILED
+            }
+        },
+        Err(error) => {
+            let _ = writeln!(err, "error: cannot open the database {database}: {error}");
+            EXIT_FAILED
+        }
+    }
+}

@@ -93,11 +93,11 @@ fn pick(
 
 fn unplaceable(availability: Availability, model: &str, last: Option<ProviderError>) -> ApiError {
     match availability {
-        Availability::NotServed | Availability::Offline => ApiError::from_provider(
-            &ProviderError::ModelNotFound {
+        Availability::NotServed | Availability::Offline => {
+            ApiError::from_provider(&ProviderError::ModelNotFound {
                 model: model.to_owned(),
-            },
-        ),
+            })
+        }
         Availability::NotAdmitted => ApiError::forbidden(
             "access_denied",
             format!("no node serving `{model}` admits you (their operators restrict access)"),
@@ -137,21 +137,20 @@ pub async fn dispatch(
         if context.cancel.is_cancelled() {
             return Err(ApiError::from_provider(&ProviderError::Cancelled));
         }
-        let (node, slot, service) =
-            match pick(state, &model, consumer.as_deref(), &tried, &nodes) {
-                Pick::Node(node, slot, service) => (node, slot, service),
-                Pick::Fail(availability) => return Err(unplaceable(availability, &model, last_error)),
-                Pick::Wait => {
-                    if !queued {
-                        queued = true;
-                        state.metrics.queued.inc();
-                    }
-                    wait_for_room(state, &model, consumer.as_deref(), deadline).await?;
-                    nodes = state.nodes.online();
-                    tried.clear();
-                    continue;
+        let (node, slot, service) = match pick(state, &model, consumer.as_deref(), &tried, &nodes) {
+            Pick::Node(node, slot, service) => (node, slot, service),
+            Pick::Fail(availability) => return Err(unplaceable(availability, &model, last_error)),
+            Pick::Wait => {
+                if !queued {
+                    queued = true;
+                    state.metrics.queued.inc();
                 }
-            };
+                wait_for_room(state, &model, consumer.as_deref(), deadline).await?;
+                nodes = state.nodes.online();
+                tried.clear();
+                continue;
+            }
+        };
         let served_by = ServedBy {
             operator: node.operator.clone(),
             provider: node.key.provider.clone(),
@@ -160,7 +159,10 @@ pub async fn dispatch(
         // A record that is final cannot be dispatched again; that cannot happen here.
         let _ = record.dispatched(served_by, Utc::now());
         let started = Instant::now();
-        let opened = match RemoteNode(node.clone()).chat(request.clone(), context.clone()).await {
+        let opened = match RemoteNode(node.clone())
+            .chat(request.clone(), context.clone())
+            .await
+        {
             Ok(chunks) => failover::read_until_output(chunks).await,
             Err(error) => Err(error),
         };

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace with the real services the tests use:
 #   - a llama.cpp server (llama-cpp-python) on a tiny random-weight model, built and cached on first use;
-#   - a throwaway PostgreSQL cluster on 127.0.0.1.
+#   - a throwaway PostgreSQL cluster on 127.0.0.1;
+#   - a Python venv with the official OpenAI SDK, for the SDK compatibility test.
 # Both are started here and stopped on exit; the tests find them through CLUB_TEST_* variables.
 # Set CLUB_TEST_NO_SERVICES=1 to run without them (the tests that need them say loudly that they skip).
 set -euo pipefail
@@ -23,6 +24,9 @@ if [[ -z ${CLUB_TEST_NO_SERVICES:-} ]]; then
         export "${line?}"
         log "$line"
     fi
+    log "preparing the OpenAI Python SDK venv"
+    line="$(scripts/python-sdk.sh | tail -n 1)"
+    export "${line?}"
     if [[ -x scripts/postgres.sh ]]; then
         log "starting PostgreSQL"
         line="$(scripts/postgres.sh | tail -n 1)"

@@ -179,8 +179,13 @@ async fn serve_chat(
     let mut context = RequestContext::new(id.to_string()).with_consumer(caller.user.handle.clone());
     context.cancel = cancel.clone();
     let mut engine_request = request.clone();
-    // The node always streams; what the consumer gets is decided here.
+    // The node always streams, with usage (usage is always recorded); what the consumer gets
+    // is decided here.
     engine_request.stream = Some(true);
+    engine_request
+        .stream_options
+        .get_or_insert_with(Default::default)
+        .include_usage = Some(true);
     let stream = match dispatch::dispatch(&state, &engine_request, &mut record, &context).await {
         Ok(stream) => stream,
         Err(error) => {

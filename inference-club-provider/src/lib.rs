@@ -54,3 +54,7 @@ pub(crate) fn error_from_engine(
         },
     }
 }
+
+/// How to write a backend: the guide in `docs/backends.md`, whose examples are compiled as tests.
+#[doc = include_str!("../../docs/backends.md")]
+pub mod guide {}

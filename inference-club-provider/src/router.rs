@@ -122,6 +122,10 @@ use crate::failover;
 /// load instead of staying "unmeasured" and being tried first.
 pub const FAILED_ATTEMPT_TTFT: Duration = Duration::from_secs(10);
 
+/// How long a route whose engine could not be reached is passed over (while another route can
+/// serve the model; when none can, it is tried anyway).
+pub const UNREACHABLE_COOLDOWN: Duration = Duration::from_secs(2);
+
 /// One service behind the router: a backend, the models it serves, its capacity and who may use
 /// it. Built with [`Route::new`] and the methods below, then given to [`RouterBuilder::route`].
 pub struct Route {
@@ -362,7 +366,7 @@ impl Router {
             .iter()
             .map(|route| route.served_id_for(requested))
             .collect();
-        let candidates: Vec<Candidate<usize>> = self
+        let mut candidates: Vec<Candidate<usize>> = self
             .routes
             .iter()
             .zip(&served_ids)
@@ -370,12 +374,22 @@ impl Router {
             .map(|(index, (route, served_id))| Candidate {
                 serves_model: served_id.is_some(),
                 admits_consumer: self.admits(route, consumer),
+                online: !route.is_down(),
                 in_flight: route.in_flight.get(),
                 max_concurrent: route.max_concurrent,
                 recent_ttft: route.recent_ttft(),
                 ..Candidate::new(index)
             })
             .collect();
+        // Resting routes are passed over only while another could serve; else all are tried.
+        let usable = |c: &Candidate<usize>| {
+            c.serves_model && c.admits_consumer && c.online && !excluded.contains(&c.key)
+        };
+        if !candidates.iter().any(usable) {
+            for candidate in &mut candidates {
+                candidate.online = true;
+            }
+        }
         let turn = self.turns.fetch_add(1, Ordering::Relaxed);
         let ranking = routing::rank(&candidates, excluded, turn);
 
@@ -475,6 +489,7 @@ impl Provider for Router {
                         "failed before its first output; trying the next service"
                     );
                     route.record_ttft(started.elapsed().max(FAILED_ATTEMPT_TTFT));
+                    route.note_failure(&error);
                     tried.push(index);
                     last_error = Some(error);
                 }
@@ -537,6 +552,8 @@ struct RouteState {
     access: Option<AccessPolicy>,
     in_flight: Arc<InFlight>,
     ttft: Mutex<Ewma>,
+    /// Set when the engine could not be reached: the route is passed over until then.
+    down_until: Mutex<Option<Instant>>,
 }
 
 impl RouteState {
@@ -556,6 +573,36 @@ impl RouteState {
             access: route.access,
             in_flight: Arc::default(),
             ttft: Mutex::new(Ewma::default()),
+            down_until: Mutex::new(None),
+        }
+    }
+
+    /// Whether the route is resting after its engine could not be reached.
+    fn is_down(&self) -> bool {
+        self.down_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Notes an attempt's failure: an engine that cannot be reached (refused, reset, connect
+    /// timeout) is passed over for [`UNREACHABLE_COOLDOWN`], so that requests do not each pay for
+    /// a dead engine.
+    fn note_failure(&self, error: &ProviderError) {
+        let unreachable = matches!(
+            error,
+            ProviderError::Unavailable { status: None, .. }
+                | ProviderError::Timeout {
+                    phase: inference_club_core::provider::TimeoutPhase::Connect,
+                    ..
+                }
+        );
+        if unreachable {
+            *self
+                .down_until
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) =
+                Some(Instant::now() + UNREACHABLE_COOLDOWN);
         }
     }
 
@@ -680,6 +727,64 @@ mod tests {
             }
         }
         (model, text)
+    }
+
+    /// A backend whose engine cannot be reached; counts the attempts.
+    struct Unreachable(std::sync::atomic::AtomicU32);
+
+    #[async_trait]
+    impl Provider for Unreachable {
+        async fn models(&self) -> Result<Vec<Model>, ProviderError> {
+            Ok(Vec::new())
+        }
+
+        async fn chat(
+            &self,
+            _request: ChatCompletionRequest,
+            _context: RequestContext,
+        ) -> Result<ChunkStream, ProviderError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Err(ProviderError::Unavailable {
+                status: None,
+                message: "connection refused".into(),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_engine_rests_while_another_serves() {
+        let dead = Arc::new(Unreachable(std::sync::atomic::AtomicU32::new(0)));
+        let router = Router::builder()
+            .route(Route::new("dead", dead.clone()).model("m"))
+            .route(Route::new("live", echo(&["m"])).model("m"))
+            .build();
+        for _ in 0..20 {
+            let (_, text) = answer(
+                router
+                    .chat(ask("m"), RequestContext::new("r"))
+                    .await
+                    .unwrap(),
+            )
+            .await;
+            assert_eq!(text, "echo: hi");
+        }
+        assert!(
+            dead.0.load(Ordering::SeqCst) <= 1,
+            "the dead engine was tried again"
+        );
+
+        // Alone, a resting route is still tried (and its error reported).
+        let alone = Arc::new(Unreachable(std::sync::atomic::AtomicU32::new(0)));
+        let router = Router::builder()
+            .route(Route::new("dead", alone.clone()).model("m"))
+            .build();
+        for _ in 0..2 {
+            assert!(matches!(
+                router.chat(ask("m"), RequestContext::new("r")).await,
+                Err(ProviderError::Unavailable { .. })
+            ));
+        }
+        assert_eq!(alone.0.load(Ordering::SeqCst), 2);
     }
 
     const MANIFEST: &str = "

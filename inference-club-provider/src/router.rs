@@ -34,10 +34,10 @@
 //! The chunks keep the model id the engine served them under.
 //!
 //! A route that failed stays a candidate: it is ranked by load like the others (a failure
-//! only counts as a slow [time to first token](FAILED_ATTEMPT_TTFT), which matters between
-//! routes of equal load). While an engine is down, requests ranked onto it first pay one failed
-//! attempt before failing over: quick for a refused connection, up to the backend's connect
-//! timeout for a host that does not answer.
+//! counts as a slow [time to first token](FAILED_ATTEMPT_TTFT), which matters between routes of
+//! equal load). A route whose engine could not be reached at all (refused, reset, connect
+//! timeout) rests for [`UNREACHABLE_COOLDOWN`] while another route can serve the model, so that
+//! requests do not each pay a failed attempt on a dead engine; alone, it is tried anyway.
 //!
 //! # Services that list no models
 //!

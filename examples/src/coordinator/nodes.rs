@@ -1,5 +1,5 @@
 //! The live nodes: one entry per linked provider, each usable as a
-//! [`Provider`](inference_club_core::provider::Provider) that sends jobs over its link.
+//! [`Provider`] that sends jobs over its link.
 //!
 //! This is the coordinator's only in-memory state besides queues: it is rebuilt as nodes
 //! reconnect.

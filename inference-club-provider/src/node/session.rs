@@ -144,13 +144,17 @@ pub(crate) async fn run(
     let interval = config.heartbeat_interval.unwrap_or(Duration::from_millis(
         welcome.heartbeat_interval_ms.max(100),
     ));
-    // The coordinator pings at least once per interval; silence for three means the link is dead.
+    // Every heartbeat goes with a WebSocket ping, which a live coordinator answers with a pong
+    // even when it has nothing else to say: three intervals without any frame from it mean the
+    // link is dead (a half-open TCP connection, a coordinator that hangs).
     let silence_limit = interval * 3;
+    let mut heard_at = tokio::time::Instant::now();
 
     let (out, mut outgoing) = mpsc::channel::<NodeMessage>(256);
     let mut jobs: HashMap<JobId, CancellationToken> = HashMap::new();
     let mut running: JoinSet<JobId> = JoinSet::new();
     let mut heartbeat = tokio::time::interval(interval);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut draining: Option<tokio::time::Instant> = None;
     let mut cancelled_all = false;
 
@@ -204,10 +208,16 @@ pub(crate) async fn run(
             _ = heartbeat.tick() => {
                 let load = offers.borrow().load();
                 if let Ok(frame) = text(&NodeMessage::Heartbeat(Heartbeat { load })) {
-                    if let Err(e) = sink.send(frame).await {
+                    if let Err(e) = sink.feed(frame).await {
                         break SessionEnd::Lost(e.to_string());
                     }
                 }
+                if let Err(e) = sink.send(Message::Ping(Vec::new().into())).await {
+                    break SessionEnd::Lost(e.to_string());
+                }
+            }
+            () = tokio::time::sleep_until(heard_at + silence_limit) => {
+                break SessionEnd::Lost(format!("no word from the coordinator for {silence_limit:?}"));
             }
             Ok(()) = offers.changed() => {
                 let offer = offers.borrow_and_update().clone();
@@ -218,15 +228,16 @@ pub(crate) async fn run(
                     }
                 }
             }
-            frame = tokio::time::timeout(silence_limit, frames.next()) => {
+            frame = frames.next() => {
+                heard_at = tokio::time::Instant::now();
                 let frame = match frame {
-                    Err(_) => break SessionEnd::Lost(format!("no word from the coordinator for {silence_limit:?}")),
-                    Ok(None) | Ok(Some(Ok(Message::Close(_)))) => {
+                    None | Some(Ok(Message::Close(_))) => {
                         break SessionEnd::Lost("the coordinator closed the link".into());
                     }
-                    Ok(Some(Err(e))) => break SessionEnd::Lost(e.to_string()),
-                    Ok(Some(Ok(Message::Text(t)))) => t,
-                    Ok(Some(Ok(_))) => continue,
+                    Some(Err(e)) => break SessionEnd::Lost(e.to_string()),
+                    Some(Ok(Message::Text(t))) => t,
+                    // Pings are answered by the WebSocket layer; pongs only prove the link lives.
+                    Some(Ok(_)) => continue,
                 };
                 match link::decode_coordinator(&frame) {
                     Ok(CoordinatorMessage::Job(job)) => {

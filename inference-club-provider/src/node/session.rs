@@ -285,10 +285,13 @@ pub(crate) async fn run(
         }
     };
 
-    // Whatever happens, no job outlives its link.
+    // Whatever happens, no job outlives its link. A job that ignored its cancellation is
+    // aborted, so that every sender of `outgoing` is gone before it is drained below.
     for token in jobs.values() {
         token.cancel();
     }
+    running.abort_all();
+    while running.join_next().await.is_some() {}
     if matches!(end, SessionEnd::Shutdown) {
         drop(out);
         while let Some(message) = outgoing.recv().await {
@@ -304,6 +307,5 @@ pub(crate) async fn run(
         }
         let _ = sink.close().await;
     }
-    running.abort_all();
     end
 }

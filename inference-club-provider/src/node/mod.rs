@@ -1,5 +1,5 @@
 //! The provider node: dials the coordinator, publishes the manifest, and serves the jobs routed
-//! to it through its [`Router`](crate::Router).
+//! to it through its [`Router`].
 //!
 //! The node dials **out** over a WebSocket, so it works behind NAT with no open port. It
 //! reconnects after any failure with capped exponential backoff and jitter; it re-reads its

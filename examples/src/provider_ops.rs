@@ -129,8 +129,13 @@ async fn probe_service(service: &Service, check: &mut Check<'_>) {
         .iter()
         .filter_map(|m| m.served_id().map(str::to_owned))
         .collect();
-    let models = if listed.is_empty() { served } else { listed };
+    let models = if listed.is_empty() {
+        served.clone()
+    } else {
+        listed
+    };
     for model in models {
+        let unlisted = !served.contains(&model);
         let mut request =
             ChatCompletionRequest::new(model.clone(), vec![ChatMessage::user("Say hi.")]);
         request.max_tokens = Some(1);
@@ -142,6 +147,15 @@ async fn probe_service(service: &Service, check: &mut Check<'_>) {
         .await;
         match answer {
             Ok(Ok(_)) => check.pass(format!("service {name}: model {model} answers")),
+            // The engine answered its model list at this URL, so a failure for a model it does
+            // not list is about the model, whatever the engine's error says.
+            Ok(Err(e)) if unlisted => check.fail(
+                format!("service {name}: model {model}: {e}"),
+                format!(
+                    "the engine does not serve this model (it lists: {}): load it, or fix the model id in the manifest",
+                    served.join(", ")
+                ),
+            ),
             Ok(Err(e)) => check.fail(
                 format!("service {name}: model {model}: {e}"),
                 hint(&e, service),

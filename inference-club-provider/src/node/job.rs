@@ -39,8 +39,18 @@ pub(crate) async fn serve_job(
     let mut first_token_ms = None;
     let mut aggregate = ChatCompletionAggregator::new();
     let outcome: Result<(), ProviderError> = async {
-        let mut stream = provider.chat(job.request, context).await?;
-        while let Some(item) = stream.next().await {
+        // Cancellation wins over an engine that is slow to answer or silent between chunks:
+        // returning drops the engine request (and its stream) at once.
+        let mut stream = tokio::select! {
+            () = cancel.cancelled() => return Err(ProviderError::Cancelled),
+            opened = provider.chat(job.request, context) => opened?,
+        };
+        loop {
+            let item = tokio::select! {
+                () = cancel.cancelled() => return Err(ProviderError::Cancelled),
+                item = stream.next() => item,
+            };
+            let Some(item) = item else { break };
             let chunk = item?;
             if first_token_ms.is_none() && chunk.has_output() {
                 first_token_ms = Some(millis(started.elapsed()));

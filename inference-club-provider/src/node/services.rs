@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use inference_club_core::manifest::{Engine, ManifestError, Service, ServiceManifest};
+use inference_club_core::manifest::{
+    Engine, ManifestError, Model, Service, ServiceManifest, ServiceType,
+};
 use inference_club_core::provider::{Provider, ProviderError};
 
 use super::Offer;
@@ -75,8 +77,8 @@ pub fn backend_for(service: &Service) -> Result<Arc<dyn Provider>, ProviderError
     Ok(Arc::new(builder.build()?))
 }
 
-/// Reads and validates the manifest at `path`, builds a backend per service and a router over
-/// them, and asks the engines of services that list no models for their models.
+/// Reads and validates the manifest at `path`, asks the engines of services that list no models
+/// for their models, and builds a backend per service and a router over them.
 pub async fn load_manifest(path: &Path) -> Result<Offer, ManifestProblems> {
     let text =
         tokio::fs::read_to_string(path)
@@ -93,10 +95,41 @@ pub async fn load_manifest(path: &Path) -> Result<Offer, ManifestProblems> {
     offer_for(&manifest).await
 }
 
-/// The offer for a validated manifest.
+/// The offer for a validated manifest. The engine of each `llm` service that lists no models is
+/// asked for its model list first, and the models it names are both served and announced: the
+/// coordinator routes by the announced manifest, so a model it is not told about never arrives.
 pub async fn offer_for(manifest: &ServiceManifest) -> Result<Offer, ManifestProblems> {
+    let mut filled = manifest.clone();
+    let asks = filled
+        .hosts
+        .iter_mut()
+        .flat_map(|host| host.services.iter_mut())
+        .filter(|service| service.service_type == ServiceType::Llm && service.models.is_empty())
+        .map(|service| async move {
+            let listed = match backend_for(service) {
+                Ok(backend) => backend.models().await,
+                Err(error) => Err(error),
+            };
+            match listed {
+                Ok(models) => {
+                    service.models = models
+                        .into_iter()
+                        .map(|model| Model {
+                            id: Some(model.id),
+                            ..Model::default()
+                        })
+                        .collect();
+                }
+                Err(error) => tracing::warn!(
+                    service = %service.name,
+                    "cannot list the engine's models: {error}; it serves none until the next reload"
+                ),
+            }
+        });
+    futures_util::future::join_all(asks).await;
+
     let mut failed_service = String::new();
-    let router = Router::from_manifest(manifest, None, |service| {
+    let router = Router::from_manifest(&filled, None, |service| {
         failed_service.clone_from(&service.name);
         backend_for(service)
     })
@@ -104,13 +137,6 @@ pub async fn offer_for(manifest: &ServiceManifest) -> Result<Offer, ManifestProb
         service: failed_service.clone(),
         error,
     })?;
-    for failure in router.discover_models().await {
-        tracing::warn!(
-            service = %failure.service,
-            "cannot list the engine's models: {}; it serves none until the next reload",
-            failure.error
-        );
-    }
-    let announced = serde_json::to_value(manifest.redacted()).unwrap_or_default();
+    let announced = serde_json::to_value(filled.redacted()).unwrap_or_default();
     Ok(Offer::new(router, announced))
 }

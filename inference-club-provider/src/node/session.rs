@@ -144,13 +144,17 @@ pub(crate) async fn run(
     let interval = config.heartbeat_interval.unwrap_or(Duration::from_millis(
         welcome.heartbeat_interval_ms.max(100),
     ));
-    // The coordinator pings at least once per interval; silence for three means the link is dead.
+    // Every heartbeat goes with a WebSocket ping, which a live coordinator answers with a pong
+    // even when it has nothing else to say: three intervals without any frame from it mean the
+    // link is dead (a half-open TCP connection, a coordinator that hangs).
     let silence_limit = interval * 3;
+    let mut heard_at = tokio::time::Instant::now();
 
     let (out, mut outgoing) = mpsc::channel::<NodeMessage>(256);
     let mut jobs: HashMap<JobId, CancellationToken> = HashMap::new();
     let mut running: JoinSet<JobId> = JoinSet::new();
     let mut heartbeat = tokio::time::interval(interval);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut draining: Option<tokio::time::Instant> = None;
     let mut cancelled_all = false;
 
@@ -203,30 +207,37 @@ pub(crate) async fn run(
             }
             _ = heartbeat.tick() => {
                 let load = offers.borrow().load();
-                if let Ok(frame) = text(&NodeMessage::Heartbeat(Heartbeat { load })) {
-                    if let Err(e) = sink.send(frame).await {
-                        break SessionEnd::Lost(e.to_string());
-                    }
+                if let Ok(frame) = text(&NodeMessage::Heartbeat(Heartbeat { load }))
+                    && let Err(e) = sink.feed(frame).await
+                {
+                    break SessionEnd::Lost(e.to_string());
                 }
+                if let Err(e) = sink.send(Message::Ping(Vec::new().into())).await {
+                    break SessionEnd::Lost(e.to_string());
+                }
+            }
+            () = tokio::time::sleep_until(heard_at + silence_limit) => {
+                break SessionEnd::Lost(format!("no word from the coordinator for {silence_limit:?}"));
             }
             Ok(()) = offers.changed() => {
                 let offer = offers.borrow_and_update().clone();
                 tracing::info!("manifest reloaded: announcing it");
-                if let Ok(frame) = text(&hello(&offer)) {
-                    if let Err(e) = sink.send(frame).await {
-                        break SessionEnd::Lost(e.to_string());
-                    }
+                if let Ok(frame) = text(&hello(&offer))
+                    && let Err(e) = sink.send(frame).await
+                {
+                    break SessionEnd::Lost(e.to_string());
                 }
             }
-            frame = tokio::time::timeout(silence_limit, frames.next()) => {
+            frame = frames.next() => {
+                heard_at = tokio::time::Instant::now();
                 let frame = match frame {
-                    Err(_) => break SessionEnd::Lost(format!("no word from the coordinator for {silence_limit:?}")),
-                    Ok(None) | Ok(Some(Ok(Message::Close(_)))) => {
+                    None | Some(Ok(Message::Close(_))) => {
                         break SessionEnd::Lost("the coordinator closed the link".into());
                     }
-                    Ok(Some(Err(e))) => break SessionEnd::Lost(e.to_string()),
-                    Ok(Some(Ok(Message::Text(t)))) => t,
-                    Ok(Some(Ok(_))) => continue,
+                    Some(Err(e)) => break SessionEnd::Lost(e.to_string()),
+                    Some(Ok(Message::Text(t))) => t,
+                    // Pings are answered by the WebSocket layer; pongs only prove the link lives.
+                    Some(Ok(_)) => continue,
                 };
                 match link::decode_coordinator(&frame) {
                     Ok(CoordinatorMessage::Job(job)) => {
@@ -238,10 +249,10 @@ pub(crate) async fn run(
                                 ProviderError::Protocol { message: format!("job {id} is already running") }
                             };
                             let refusal = NodeMessage::Error(JobFailed { job: id, error: JobError::from(&error) });
-                            if let Ok(frame) = text(&refusal) {
-                                if let Err(e) = sink.send(frame).await {
-                                    break SessionEnd::Lost(e.to_string());
-                                }
+                            if let Ok(frame) = text(&refusal)
+                                && let Err(e) = sink.send(frame).await
+                            {
+                                break SessionEnd::Lost(e.to_string());
                             }
                             continue;
                         }
@@ -274,10 +285,13 @@ pub(crate) async fn run(
         }
     };
 
-    // Whatever happens, no job outlives its link.
+    // Whatever happens, no job outlives its link. A job that ignored its cancellation is
+    // aborted, so that every sender of `outgoing` is gone before it is drained below.
     for token in jobs.values() {
         token.cancel();
     }
+    running.abort_all();
+    while running.join_next().await.is_some() {}
     if matches!(end, SessionEnd::Shutdown) {
         drop(out);
         while let Some(message) = outgoing.recv().await {
@@ -293,6 +307,5 @@ pub(crate) async fn run(
         }
         let _ = sink.close().await;
     }
-    running.abort_all();
     end
 }

@@ -33,29 +33,22 @@ pub const REQUEST_ID_HEADER: &str = "x-club-request-id";
 /// The header that sets a request's visibility (as does a `visibility` field in the body).
 pub const VISIBILITY_HEADER: &str = "x-club-visibility";
 
-/// `GET /v1/models`: the models of online nodes that the caller may use.
+/// `GET /v1/models`: the models of online nodes that the caller may use, merged across nodes,
+/// with their capabilities (see [`club_api::catalog`](super::club_api::catalog)). Without a key
+/// the list is empty (no access policy admits anonymous consumers); a key without the
+/// `inference` scope gets 403.
 pub async fn models(State(state): State<Arc<Coordinator>>, headers: HeaderMap) -> Response {
     let caller = match auth::caller(&state.store, &headers).await {
-        Ok(caller) => caller,
+        Ok(Some(caller)) => match caller.require(Scope::Inference) {
+            Ok(caller) => Some(caller),
+            Err(error) => return error.into_response(),
+        },
+        Ok(None) => None,
         Err(error) => return error.into_response(),
     };
     let handle = caller.as_ref().map(|c| c.user.handle.as_str());
-    let mut models: BTreeMap<String, Model> = BTreeMap::new();
-    for node in state.nodes.online() {
-        let offer = node.offer();
-        for model in &offer.models {
-            if !model.access.admits(&node.operator, handle) {
-                continue;
-            }
-            let created = u64::try_from(node.connected_at().timestamp()).unwrap_or(0);
-            let entry = models.entry(model.served_id.clone()).or_insert_with(|| {
-                let mut entry = Model::new(model.served_id.clone(), node.operator.clone());
-                entry.created = created;
-                entry
-            });
-            entry.created = entry.created.min(created);
-        }
-    }
+    let models: BTreeMap<String, Model> =
+        super::club_api::catalog::models_for(&state.nodes.online(), handle);
     axum::Json(ModelList::new(models.into_values().collect())).into_response()
 }
 

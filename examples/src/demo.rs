@@ -204,7 +204,7 @@ pub async fn run(options: DemoOptions, out: &mut (dyn Write + Send)) -> Result<(
             }
             if let Some(content) = &choice.delta.content {
                 if in_reasoning {
-                    let _ = write!(out, "\x1b[0m\n");
+                    let _ = writeln!(out, "\x1b[0m");
                     in_reasoning = false;
                 }
                 let _ = write!(out, "{content}");

@@ -154,7 +154,7 @@ async fn serve_chat(
     received: Instant,
 ) -> Response {
     let id = RecordId::new();
-    let mut record = InferenceRecord::new(
+    let record = InferenceRecord::new(
         id,
         Some(caller.user.handle.clone()),
         request.clone(),
@@ -170,22 +170,26 @@ async fn serve_chat(
     let mut engine_request = request.clone();
     // The node always streams; what the consumer gets is decided here.
     engine_request.stream = Some(true);
-    let stream = match dispatch::dispatch(&state, &engine_request, &mut record, &context).await {
-        Ok(stream) => stream,
-        Err(error) => {
-            let _ = record.failed(error.error.message.clone(), None, Utc::now());
-            save(&state, &record).await;
-            count(&state, &record, request.is_stream(), received);
-            return with_request_id(error.into_response(), id);
-        }
-    };
-    let keeper = RecordKeeper {
+    // The keeper holds the record from here on: if the consumer goes away while the request
+    // waits in the queue or for its first output, dropping it makes the record cancelled.
+    let mut keeper = RecordKeeper {
         state: state.clone(),
         record: Some(record),
         aggregate: ChatCompletionAggregator::new(),
         received,
         streamed: request.is_stream(),
         cancel,
+    };
+    let dispatched = match keeper.record.as_mut() {
+        Some(record) => dispatch::dispatch(&state, &engine_request, record, &context).await,
+        None => Err(ApiError::internal("dispatch", "the record is gone")),
+    };
+    let stream = match dispatched {
+        Ok(stream) => stream,
+        Err(error) => {
+            keeper.fail(error.error.message.clone()).await;
+            return with_request_id(error.into_response(), id);
+        }
     };
     if request.is_stream() {
         stream_response(keeper, stream, request.wants_stream_usage(), id)
@@ -237,6 +241,17 @@ impl RecordKeeper {
                 .observe(self.received.elapsed().as_secs_f64());
         }
         self.aggregate.push(chunk);
+    }
+
+    /// Makes the record `failed` before any output (no node could take the request) and saves
+    /// it before returning.
+    async fn fail(mut self, reason: String) {
+        let Some(mut record) = self.record.take() else {
+            return;
+        };
+        let _ = record.failed(reason, None, Utc::now());
+        save(&self.state, &record).await;
+        count(&self.state, &record, self.streamed, self.received);
     }
 
     fn completion(&self) -> ChatCompletion {

@@ -185,7 +185,14 @@ async fn serve_chat(
         None => Err(ApiError::internal("dispatch", "the record is gone")),
     };
     let stream = match dispatched {
-        Ok(stream) => stream,
+        Ok(stream) => {
+            // Saved as running, with the node serving it and the attempts so far: what a crash
+            // of the coordinator leaves behind (to become failed at the next start).
+            if let Some(record) = &keeper.record {
+                save(&state, record).await;
+            }
+            stream
+        }
         Err(error) => {
             keeper.fail(error.error.message.clone()).await;
             return with_request_id(error.into_response(), id);

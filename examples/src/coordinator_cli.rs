@@ -75,9 +75,10 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        if let (Ok(mut term), Ok(mut int)) =
-            (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-        {
+        if let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
             tokio::select! {
                 _ = term.recv() => {}
                 _ = int.recv() => {}
@@ -92,7 +93,13 @@ async fn stop_on_signal(shutdown: CancellationToken) {
 }
 
 /// `club-coordinator user add HANDLE`.
-pub async fn user_add(database: &str, handle: &str, email: Option<&str>, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+pub async fn user_add(
+    database: &str,
+    handle: &str,
+    email: Option<&str>,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
     let Some(store) = open(database, err).await else {
         return EXIT_FAILED;
     };
@@ -103,7 +110,11 @@ pub async fn user_add(database: &str, handle: &str, email: Option<&str>, out: &m
         }
         Err(error) => {
             let _ = writeln!(err, "error: {error}");
-            if error.is_retryable() { EXIT_FAILED } else { EXIT_INVALID }
+            if error.is_retryable() {
+                EXIT_FAILED
+            } else {
+                EXIT_INVALID
+            }
         }
     }
 }
@@ -131,7 +142,10 @@ pub async fn key_create(
     let user = match store.user_by_handle(handle).await {
         Ok(Some(user)) => user,
         Ok(None) => {
-            let _ = writeln!(err, "error: no user {handle:?}; add one with `club-coordinator user add {handle}`");
+            let _ = writeln!(
+                err,
+                "error: no user {handle:?}; add one with `club-coordinator user add {handle}`"
+            );
             return EXIT_INVALID;
         }
         Err(error) => {

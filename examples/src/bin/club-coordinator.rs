@@ -84,7 +84,10 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(io::stderr)
         .init();
-    let Ok(runtime) = tokio::runtime::Builder::new_multi_thread().enable_all().build() else {
+    let Ok(runtime) = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    else {
         eprintln!("error: cannot start the async runtime");
         return ExitCode::from(cli::EXIT_FAILED);
     };
@@ -92,7 +95,11 @@ fn main() -> ExitCode {
     let status = runtime.block_on(async move {
         let (mut out, mut err) = (io::stdout(), io::stderr());
         match cli.command {
-            Command::Serve { listen, heartbeat_secs, queue_timeout_secs } => {
+            Command::Serve {
+                listen,
+                heartbeat_secs,
+                queue_timeout_secs,
+            } => {
                 let config = CoordinatorConfig {
                     heartbeat_interval: Duration::from_secs(heartbeat_secs.max(1)),
                     queue_timeout: Duration::from_secs(queue_timeout_secs),
@@ -100,12 +107,12 @@ fn main() -> ExitCode {
                 };
                 cli::serve_command(&listen, &database, config).await
             }
-            Command::User { command: UserCommand::Add { handle, email } } => {
-                cli::user_add(&database, &handle, email.as_deref(), &mut out, &mut err).await
-            }
-            Command::Key { command: KeyCommand::Create { user, scope, name } } => {
-                cli::key_create(&database, &user, &scope, &name, &mut out, &mut err).await
-            }
+            Command::User {
+                command: UserCommand::Add { handle, email },
+            } => cli::user_add(&database, &handle, email.as_deref(), &mut out, &mut err).await,
+            Command::Key {
+                command: KeyCommand::Create { user, scope, name },
+            } => cli::key_create(&database, &user, &scope, &name, &mut out, &mut err).await,
             Command::Migrate => cli::migrate(&database, &mut out, &mut err).await,
         }
     });

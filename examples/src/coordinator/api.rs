@@ -69,10 +69,15 @@ fn with_request_id(mut response: Response, id: RecordId) -> Response {
 /// Reads and checks the body of a chat request.
 fn parse_request(body: &[u8]) -> Result<(ChatCompletionRequest, Option<Visibility>), ApiError> {
     let mut request: ChatCompletionRequest = serde_json::from_slice(body).map_err(|e| {
-        ApiError::bad_request("invalid_json", format!("the body is not a valid chat request: {e}"))
+        ApiError::bad_request(
+            "invalid_json",
+            format!("the body is not a valid chat request: {e}"),
+        )
     })?;
     if request.model.trim().is_empty() {
-        return Err(ApiError::bad_request("missing_model", "`model` is required").with_param("model"));
+        return Err(
+            ApiError::bad_request("missing_model", "`model` is required").with_param("model"),
+        );
     }
     if request.messages.is_empty() {
         return Err(
@@ -82,16 +87,20 @@ fn parse_request(body: &[u8]) -> Result<(ChatCompletionRequest, Option<Visibilit
     }
     let visibility = match request.extra.remove("visibility") {
         None => None,
-        Some(serde_json::Value::String(name)) => Some(name.parse::<Visibility>().map_err(|_| {
-            ApiError::bad_request(
-                "invalid_visibility",
-                format!("visibility must be public, unlisted or private, got {name:?}"),
-            )
-            .with_param("visibility")
-        })?),
+        Some(serde_json::Value::String(name)) => {
+            Some(name.parse::<Visibility>().map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_visibility",
+                    format!("visibility must be public, unlisted or private, got {name:?}"),
+                )
+                .with_param("visibility")
+            })?)
+        }
         Some(_) => {
-            return Err(ApiError::bad_request("invalid_visibility", "visibility must be a string")
-                .with_param("visibility"));
+            return Err(
+                ApiError::bad_request("invalid_visibility", "visibility must be a string")
+                    .with_param("visibility"),
+            );
         }
     };
     Ok((request, visibility))
@@ -140,7 +149,9 @@ pub async fn chat_completions(
         Err(error) => return error.into_response(),
     };
     let visibility = match header_visibility(&headers) {
-        Ok(v) => body_visibility.or(v).unwrap_or(caller.user.default_visibility),
+        Ok(v) => body_visibility
+            .or(v)
+            .unwrap_or(caller.user.default_visibility),
         Err(error) => return error.into_response(),
     };
     serve_chat(state, caller, request, visibility, received).await
@@ -220,7 +231,10 @@ fn count(state: &Coordinator, record: &InferenceRecord, streamed: bool, received
             mode: if streamed { "stream" } else { "whole" }.to_owned(),
         })
         .inc();
-    state.metrics.latency.observe(received.elapsed().as_secs_f64());
+    state
+        .metrics
+        .latency
+        .observe(received.elapsed().as_secs_f64());
 }
 
 /// Keeps the record while the answer flows: folds chunks into it, and makes it final exactly
@@ -315,7 +329,11 @@ fn sse_event(json: &impl serde::Serialize) -> Bytes {
 
 /// Rewrites an engine's chunk for the consumer: the record's completion id, and usage only when
 /// asked for.
-fn for_consumer(mut chunk: ChatCompletionChunk, completion_id: &str, wants_usage: bool) -> Option<ChatCompletionChunk> {
+fn for_consumer(
+    mut chunk: ChatCompletionChunk,
+    completion_id: &str,
+    wants_usage: bool,
+) -> Option<ChatCompletionChunk> {
     chunk.id = completion_id.to_owned();
     if !wants_usage {
         chunk.usage = None;
@@ -410,9 +428,13 @@ mod tests {
     fn bad_requests_say_what_is_wrong() {
         let e = parse_request(br#"{"model":"m","messages":[]}"#).unwrap_err();
         assert_eq!(e.error.param.as_deref(), Some("messages"));
-        let e = parse_request(br#"{"model":"","messages":[{"role":"user","content":"x"}]}"#).unwrap_err();
+        let e = parse_request(br#"{"model":"","messages":[{"role":"user","content":"x"}]}"#)
+            .unwrap_err();
         assert_eq!(e.error.param.as_deref(), Some("model"));
-        let e = parse_request(br#"{"model":"m","messages":[{"role":"user","content":"x"}],"visibility":"secret"}"#).unwrap_err();
+        let e = parse_request(
+            br#"{"model":"m","messages":[{"role":"user","content":"x"}],"visibility":"secret"}"#,
+        )
+        .unwrap_err();
         assert_eq!(e.error.code.as_deref(), Some("invalid_visibility"));
         let e = parse_request(b"not json").unwrap_err();
         assert_eq!(e.status, StatusCode::BAD_REQUEST);

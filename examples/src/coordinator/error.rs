@@ -30,7 +30,12 @@ impl ApiError {
 
     /// 400: the request is malformed.
     pub fn bad_request(code: &str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", code, message)
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            code,
+            message,
+        )
     }
 
     /// 401: no or an unknown key.
@@ -50,7 +55,12 @@ impl ApiError {
 
     /// 404: no such thing (or not one the caller may see).
     pub fn not_found(code: &str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "invalid_request_error", code, message)
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            code,
+            message,
+        )
     }
 
     /// 413: the body is too large.

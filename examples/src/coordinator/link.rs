@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
@@ -78,7 +78,10 @@ async fn send(socket: &mut WebSocket, message: &CoordinatorMessage) -> bool {
 }
 
 async fn read_hello(socket: &mut WebSocket) -> Option<Hello> {
-    let frame = tokio::time::timeout(HELLO_TIMEOUT, socket.next()).await.ok()??.ok()?;
+    let frame = tokio::time::timeout(HELLO_TIMEOUT, socket.next())
+        .await
+        .ok()??
+        .ok()?;
     match frame {
         Message::Text(text) => match link::decode_node(&text) {
             Ok(NodeMessage::Hello(hello)) => Some(hello),
@@ -114,12 +117,12 @@ async fn serve(state: Arc<Coordinator>, caller: Caller, mut socket: WebSocket) {
     {
         Ok(revision) => revision.provider_id,
         Err(error) => {
-        let refused = CoordinatorMessage::Refused(Refused {
-            reason: format!("cannot record the provider: {error}"),
-            errors: Vec::new(),
-        });
-        send(&mut socket, &refused).await;
-        return;
+            let refused = CoordinatorMessage::Refused(Refused {
+                reason: format!("cannot record the provider: {error}"),
+                errors: Vec::new(),
+            });
+            send(&mut socket, &refused).await;
+            return;
         }
     };
 
@@ -208,23 +211,35 @@ async fn serve(state: Arc<Coordinator>, caller: Caller, mut socket: WebSocket) {
             Ok(NodeMessage::Hello(again)) => match accept_manifest(&again) {
                 Ok(manifest) if provider_name(&manifest) == name => {
                     let json = serde_json::to_value(&manifest).unwrap_or_default();
-                    if let Err(error) = state.store.upsert_provider(caller.user.id, &name, &json).await {
+                    if let Err(error) = state
+                        .store
+                        .upsert_provider(caller.user.id, &name, &json)
+                        .await
+                    {
                         tracing::warn!("cannot record a manifest revision: {error}");
                     }
                     node.set_offer(manifest);
                     state.nodes.notify_changed();
-                    let _ = node_send(&node, CoordinatorMessage::Welcome(Welcome {
-                        protocol_version: PROTOCOL_VERSION.min(again.protocol_version),
-                        operator: caller.user.handle.clone(),
-                        provider: name.clone(),
-                        heartbeat_interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
-                    }));
+                    let _ = node_send(
+                        &node,
+                        CoordinatorMessage::Welcome(Welcome {
+                            protocol_version: PROTOCOL_VERSION.min(again.protocol_version),
+                            operator: caller.user.handle.clone(),
+                            provider: name.clone(),
+                            heartbeat_interval_ms: u64::try_from(interval.as_millis())
+                                .unwrap_or(u64::MAX),
+                        }),
+                    );
                 }
                 Ok(_) => {
-                    let _ = node_send(&node, CoordinatorMessage::Refused(Refused {
-                        reason: "a linked node cannot change its agent.name; reconnect instead".into(),
-                        errors: Vec::new(),
-                    }));
+                    let _ = node_send(
+                        &node,
+                        CoordinatorMessage::Refused(Refused {
+                            reason: "a linked node cannot change its agent.name; reconnect instead"
+                                .into(),
+                            errors: Vec::new(),
+                        }),
+                    );
                 }
                 Err(refused) => {
                     let _ = node_send(&node, CoordinatorMessage::Refused(refused));

@@ -59,7 +59,11 @@ impl Default for Metrics {
             "Attempts that failed before output and were retried elsewhere",
             failovers.clone(),
         );
-        registry.register("queued", "Requests that waited for capacity", queued.clone());
+        registry.register(
+            "queued",
+            "Requests that waited for capacity",
+            queued.clone(),
+        );
         registry.register("nodes_online", "Nodes linked now", nodes_online.clone());
         Self {
             registry,

@@ -74,12 +74,18 @@ pub struct Coordinator {
 
 impl Coordinator {
     /// A coordinator over `store`. Records left in flight by an earlier run become `failed`.
-    pub async fn start(store: Store, config: CoordinatorConfig) -> Result<Arc<Self>, store::StoreError> {
+    pub async fn start(
+        store: Store,
+        config: CoordinatorConfig,
+    ) -> Result<Arc<Self>, store::StoreError> {
         let failed = store
             .fail_in_flight("the coordinator restarted while the request was in flight")
             .await?;
         if failed > 0 {
-            tracing::warn!(failed, "records left in flight by the last run are now failed");
+            tracing::warn!(
+                failed,
+                "records left in flight by the last run are now failed"
+            );
         }
         Ok(Arc::new(Self {
             store,

@@ -60,7 +60,10 @@ impl NodeModel {
     /// Whether a consumer's model name means this model (served id or `hf`, case-insensitively).
     pub fn answers_to(&self, requested: &str) -> bool {
         self.served_id.eq_ignore_ascii_case(requested)
-            || self.hf.as_deref().is_some_and(|hf| hf.eq_ignore_ascii_case(requested))
+            || self
+                .hf
+                .as_deref()
+                .is_some_and(|hf| hf.eq_ignore_ascii_case(requested))
     }
 }
 
@@ -159,7 +162,10 @@ impl LiveNode {
 
     /// Its recent time to first token.
     pub fn recent_ttft(&self) -> Option<Duration> {
-        self.ttft.lock().unwrap_or_else(PoisonError::into_inner).value()
+        self.ttft
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .value()
     }
 
     /// Records a time to first token.
@@ -177,11 +183,17 @@ impl LiveNode {
 
     /// The load it last reported.
     pub fn reported_load(&self) -> Vec<ServiceLoad> {
-        self.load.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.load
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub(crate) fn heard_from(&self) {
-        *self.last_heard.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        *self
+            .last_heard
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Instant::now();
     }
 
     pub(crate) fn set_load(&self, load: Vec<ServiceLoad>) {
@@ -204,7 +216,10 @@ impl LiveNode {
     /// Marks the link gone: every running job ends with an error.
     pub(crate) fn close(&self) {
         self.closed.cancel();
-        self.jobs.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        self.jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
     }
 
     /// Hands an event from the link to its job. A job whose consumer cannot keep up is cancelled.
@@ -221,7 +236,9 @@ impl LiveNode {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 jobs.remove(&job);
-                let _ = self.outgoing.try_send(CoordinatorMessage::Cancel(Cancel { job }));
+                let _ = self
+                    .outgoing
+                    .try_send(CoordinatorMessage::Cancel(Cancel { job }));
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 jobs.remove(&job);
@@ -257,7 +274,9 @@ fn models_of(manifest: &ServiceManifest) -> (Vec<NodeModel>, Option<u32>) {
         .services()
         .filter(|s| s.service_type == ServiceType::Llm)
     {
-        capacity = capacity.zip(service.max_concurrent).map(|(a, b)| a.saturating_add(b));
+        capacity = capacity
+            .zip(service.max_concurrent)
+            .map(|(a, b)| a.saturating_add(b));
         let access = effective_access(&manifest.agent, service).clone();
         for model in &service.models {
             if let Some(served_id) = model.served_id() {

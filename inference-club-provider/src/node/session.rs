@@ -203,19 +203,19 @@ pub(crate) async fn run(
             }
             _ = heartbeat.tick() => {
                 let load = offers.borrow().load();
-                if let Ok(frame) = text(&NodeMessage::Heartbeat(Heartbeat { load })) {
-                    if let Err(e) = sink.send(frame).await {
-                        break SessionEnd::Lost(e.to_string());
-                    }
+                if let Ok(frame) = text(&NodeMessage::Heartbeat(Heartbeat { load }))
+                    && let Err(e) = sink.send(frame).await
+                {
+                    break SessionEnd::Lost(e.to_string());
                 }
             }
             Ok(()) = offers.changed() => {
                 let offer = offers.borrow_and_update().clone();
                 tracing::info!("manifest reloaded: announcing it");
-                if let Ok(frame) = text(&hello(&offer)) {
-                    if let Err(e) = sink.send(frame).await {
-                        break SessionEnd::Lost(e.to_string());
-                    }
+                if let Ok(frame) = text(&hello(&offer))
+                    && let Err(e) = sink.send(frame).await
+                {
+                    break SessionEnd::Lost(e.to_string());
                 }
             }
             frame = tokio::time::timeout(silence_limit, frames.next()) => {
@@ -238,10 +238,10 @@ pub(crate) async fn run(
                                 ProviderError::Protocol { message: format!("job {id} is already running") }
                             };
                             let refusal = NodeMessage::Error(JobFailed { job: id, error: JobError::from(&error) });
-                            if let Ok(frame) = text(&refusal) {
-                                if let Err(e) = sink.send(frame).await {
-                                    break SessionEnd::Lost(e.to_string());
-                                }
+                            if let Ok(frame) = text(&refusal)
+                                && let Err(e) = sink.send(frame).await
+                            {
+                                break SessionEnd::Lost(e.to_string());
                             }
                             continue;
                         }

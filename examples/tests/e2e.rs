@@ -931,3 +931,33 @@ async fn a_hello_with_an_invalid_manifest_is_refused_with_every_problem() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_right_after_a_cancelled_one_gets_the_freed_slot() {
+    bounded(async {
+        let pieces: Vec<String> = (0..100).map(|n| format!("w{n} ")).collect();
+        let pieces: Vec<&str> = pieces.iter().map(String::as_str).collect();
+        let engine =
+            FakeEngine::start("slow", Script::answer(&pieces, Duration::from_millis(50))).await;
+        let mut club = Club::start(&["--queue-timeout-secs", "5"]).await;
+        club.add_node("node-a", &[ServiceSpec::fake(&engine).max_concurrent(1)])
+            .await;
+        for round in 0..3 {
+            engine.set_script(Script::answer(&pieces, Duration::from_millis(50)));
+            let response = club.post_chat(&chat_body(true), Some(&club.key), &[]).await;
+            let mut events = SseReader::new(response);
+            let mut seen = Vec::new();
+            while streamed_content(&seen) != "w0 w1 " {
+                seen.push(events.next().await.expect("the stream ended early"));
+            }
+            drop(events);
+            // The consumer tries again at once: the node's only slot is being freed.
+            engine.set_script(Script::default());
+            let (status, id, body) = club.chat_whole(&chat_body(false)).await;
+            assert_eq!(status, 200, "round {round}: {body}");
+            let record = club.final_record(id.unwrap(), Duration::from_secs(5)).await;
+            assert_eq!(record.status(), Status::Succeeded);
+        }
+    })
+    .await;
+}

@@ -961,3 +961,33 @@ async fn a_request_right_after_a_cancelled_one_gets_the_freed_slot() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_node_is_offline_after_two_missed_heartbeats() {
+    bounded(async {
+        let a = FakeEngine::start("a", Script::default()).await;
+        let b = FakeEngine::start("b", Script::default()).await;
+        let mut club = Club::start(&[]).await;
+        club.add_node("node-a", &[ServiceSpec::fake(&a)]).await;
+        club.add_node("node-b", &[ServiceSpec::fake(&b)]).await;
+
+        // Frozen, its link stays open but silent (heartbeats every second here).
+        club.node("node-a").proc.signal("STOP");
+        let frozen = Instant::now();
+        for _ in 0..4 {
+            let (status, id, body) = club.chat_whole(&chat_body(false)).await;
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(body["choices"][0]["message"]["content"], ANSWER);
+            let record = club.final_record(id.unwrap(), Duration::from_secs(5)).await;
+            assert_eq!(record.status(), Status::Succeeded);
+            assert_eq!(record.served_by.unwrap().provider, "node-b");
+        }
+        club.coordinator
+            .wait_for_line("node missed two heartbeats", Duration::from_secs(5))
+            .await;
+        assert!(frozen.elapsed() < Duration::from_secs(5));
+        assert_eq!(a.received(), 0);
+        club.node("node-a").proc.signal("CONT");
+    })
+    .await;
+}

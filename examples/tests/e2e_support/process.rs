@@ -91,6 +91,17 @@ impl Proc {
         }
     }
 
+    /// Sends `signal` (a name such as `STOP` or `CONT`) with `kill(1)`.
+    pub fn signal(&self, signal: &str) {
+        let Some(child) = &self.child else { return };
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
     /// SIGKILL, and reap.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

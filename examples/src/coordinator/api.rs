@@ -158,7 +158,7 @@ async fn serve_chat(
     received: Instant,
 ) -> Response {
     let id = RecordId::new();
-    let mut record = InferenceRecord::new(
+    let record = InferenceRecord::new(
         id,
         Some(caller.user.handle.clone()),
         request.clone(),
@@ -179,22 +179,33 @@ async fn serve_chat(
         .stream_options
         .get_or_insert_with(Default::default)
         .include_usage = Some(true);
-    let stream = match dispatch::dispatch(&state, &engine_request, &mut record, &context).await {
-        Ok(stream) => stream,
-        Err(error) => {
-            let _ = record.failed(error.error.message.clone(), None, Utc::now());
-            save(&state, &record).await;
-            count(&state, &record, request.is_stream(), received);
-            return with_request_id(error.into_response(), id);
-        }
-    };
-    let keeper = RecordKeeper {
+    // The keeper holds the record from here on: if the consumer goes away while the request
+    // waits in the queue or for its first output, dropping it makes the record cancelled.
+    let mut keeper = RecordKeeper {
         state: state.clone(),
         record: Some(record),
         aggregate: ChatCompletionAggregator::new(),
         received,
         streamed: request.is_stream(),
         cancel,
+    };
+    let dispatched = match keeper.record.as_mut() {
+        Some(record) => dispatch::dispatch(&state, &engine_request, record, &context).await,
+        None => Err(ApiError::internal("dispatch", "the record is gone")),
+    };
+    let stream = match dispatched {
+        Ok(stream) => {
+            // Saved as running, with the node serving it and the attempts so far: what a crash
+            // of the coordinator leaves behind (to become failed at the next start).
+            if let Some(record) = &keeper.record {
+                save(&state, record).await;
+            }
+            stream
+        }
+        Err(error) => {
+            keeper.fail(error.error.message.clone()).await;
+            return with_request_id(error.into_response(), id);
+        }
     };
     if request.is_stream() {
         stream_response(keeper, stream, request.wants_stream_usage(), id)
@@ -249,6 +260,17 @@ impl RecordKeeper {
                 .observe(self.received.elapsed().as_secs_f64());
         }
         self.aggregate.push(chunk);
+    }
+
+    /// Makes the record `failed` before any output (no node could take the request) and saves
+    /// it before returning.
+    async fn fail(mut self, reason: String) {
+        let Some(mut record) = self.record.take() else {
+            return;
+        };
+        let _ = record.failed(reason, None, Utc::now());
+        save(&self.state, &record).await;
+        count(&self.state, &record, self.streamed, self.received);
     }
 
     fn completion(&self) -> ChatCompletion {

@@ -22,9 +22,33 @@ use super::nodes::{LiveNode, NodeSlot, RemoteNode};
 #[derive(Debug, Default)]
 pub struct DispatchQueues {
     select: Mutex<()>,
-    turnstiles: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    turnstiles: Mutex<HashMap<String, Arc<Turnstile>>>,
     waiting: AtomicUsize,
     tiebreak: AtomicUsize,
+}
+
+/// The line of requests waiting for one model: whoever holds the lock is at its head.
+#[derive(Debug, Default)]
+struct Turnstile {
+    lock: tokio::sync::Mutex<()>,
+    waiting: AtomicUsize,
+}
+
+/// Counts one waiter on a counter until dropped (also when the waiting request is dropped
+/// because its consumer went away).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn enter(counter: &'a AtomicUsize) -> (Self, usize) {
+        let before = counter.fetch_add(1, Ordering::AcqRel);
+        (Self(counter), before)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// The outcome of ranking the online nodes for one request.
@@ -35,7 +59,7 @@ enum Pick {
 }
 
 impl DispatchQueues {
-    fn turnstile(&self, model: &str) -> Arc<tokio::sync::Mutex<()>> {
+    fn turnstile(&self, model: &str) -> Arc<Turnstile> {
         self.turnstiles
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -43,18 +67,23 @@ impl DispatchQueues {
             .or_default()
             .clone()
     }
+
+    /// Whether requests for `model` are waiting: a newcomer then queues behind them.
+    fn has_waiters(&self, model: &str) -> bool {
+        self.turnstiles
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&model.to_ascii_lowercase())
+            .is_some_and(|t| t.waiting.load(Ordering::Acquire) > 0)
+    }
 }
 
-/// Ranks the online nodes for `model` and `consumer`, and reserves a slot on the best one.
-fn pick(
-    state: &Coordinator,
-    model: &str,
-    consumer: Option<&str>,
-    tried: &[usize],
-    nodes: &[Arc<LiveNode>],
-) -> Pick {
+/// Ranks the online nodes for `model` and `consumer`, leaving out those `tried` already, and
+/// reserves a slot on the best one.
+fn pick(state: &Coordinator, model: &str, consumer: Option<&str>, tried: &[Arc<LiveNode>]) -> Pick {
     let queues = &state.queues;
     let _selecting = queues.select.lock().unwrap_or_else(PoisonError::into_inner);
+    let nodes = state.nodes.online();
     let candidates: Vec<Candidate<usize>> = nodes
         .iter()
         .enumerate()
@@ -72,8 +101,14 @@ fn pick(
             }
         })
         .collect();
+    let tried: Vec<usize> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, node)| tried.iter().any(|t| Arc::ptr_eq(t, node)))
+        .map(|(index, _)| index)
+        .collect();
     let tiebreak = queues.tiebreak.fetch_add(1, Ordering::Relaxed) as u64;
-    let ranking = routing::rank(&candidates, tried, tiebreak);
+    let ranking = routing::rank(&candidates, &tried, tiebreak);
     match (ranking.availability(), ranking.first()) {
         (Availability::HasRoom, Some(&index)) => match nodes.get(index) {
             Some(node) => {
@@ -128,28 +163,33 @@ pub async fn dispatch(
     let model = request.model.clone();
     let consumer = record.consumer.clone();
     let deadline = Instant::now() + state.config.queue_timeout;
-    let mut tried: Vec<usize> = Vec::new();
+    let mut tried: Vec<Arc<LiveNode>> = Vec::new();
     let mut last_error: Option<ProviderError> = None;
-    // The node list is fixed for the request: failover indexes into it.
-    let mut nodes = state.nodes.online();
     let mut queued = false;
     loop {
         if context.cancel.is_cancelled() {
             return Err(ApiError::from_provider(&ProviderError::Cancelled));
         }
-        let (node, slot, service) = match pick(state, &model, consumer.as_deref(), &tried, &nodes) {
-            Pick::Node(node, slot, service) => (node, slot, service),
-            Pick::Fail(availability) => return Err(unplaceable(availability, &model, last_error)),
+        // Nobody overtakes the requests already waiting for this model.
+        let picked = if state.queues.has_waiters(&model) {
+            Pick::Wait
+        } else {
+            pick(state, &model, consumer.as_deref(), &tried)
+        };
+        let picked = match picked {
             Pick::Wait => {
                 if !queued {
                     queued = true;
                     state.metrics.queued.inc();
                 }
-                wait_for_room(state, &model, consumer.as_deref(), deadline).await?;
-                nodes = state.nodes.online();
-                tried.clear();
-                continue;
+                wait_for_slot(state, &model, consumer.as_deref(), &tried, deadline).await?
             }
+            other => other,
+        };
+        let (node, slot, service) = match picked {
+            Pick::Node(node, slot, service) => (node, slot, service),
+            Pick::Fail(availability) => return Err(unplaceable(availability, &model, last_error)),
+            Pick::Wait => return Err(unplaceable(Availability::AllFull, &model, last_error)),
         };
         let served_by = ServedBy {
             operator: node.operator.clone(),
@@ -178,9 +218,7 @@ pub async fn dispatch(
                 state.metrics.failovers.inc();
                 record.attempt_failed(error.kind(), error.to_string());
                 node.record_ttft(started.elapsed().max(Duration::from_secs(10)));
-                if let Some(index) = nodes.iter().position(|n| Arc::ptr_eq(n, &node)) {
-                    tried.push(index);
-                }
+                tried.push(node.clone());
                 last_error = Some(error);
             }
             Err(error) => {
@@ -191,14 +229,17 @@ pub async fn dispatch(
     }
 }
 
-/// Waits, in order of arrival per model, until a node serving `model` has room; 503 with
-/// `Retry-After` when the queue is full or the wait runs out.
-async fn wait_for_room(
+/// Waits, in order of arrival per model, until a node serving `model` has room, and reserves
+/// the slot before the next in line may look (so nobody overtakes). Returns a `Pick::Node`, or
+/// `Pick::Fail` when no node could serve the request any more; 503 with `Retry-After` when the
+/// queue is full or the wait runs out. A request dropped while waiting leaves the line.
+async fn wait_for_slot(
     state: &Coordinator,
     model: &str,
     consumer: Option<&str>,
+    tried: &[Arc<LiveNode>],
     deadline: Instant,
-) -> Result<(), ApiError> {
+) -> Result<Pick, ApiError> {
     let queues = &state.queues;
     let busy = || {
         ApiError::overloaded(
@@ -206,53 +247,26 @@ async fn wait_for_room(
             2,
         )
     };
-    if queues.waiting.fetch_add(1, Ordering::AcqRel) >= state.config.max_queued {
-        queues.waiting.fetch_sub(1, Ordering::AcqRel);
+    let (_counted, before) = Waiting::enter(&queues.waiting);
+    if before >= state.config.max_queued {
         return Err(busy());
     }
-    let result = async {
-        let turnstile = queues.turnstile(model);
-        let deadline = tokio::time::Instant::from_std(deadline);
-        let _turn = tokio::time::timeout_at(deadline, turnstile.lock())
-            .await
-            .map_err(|_| busy())?;
-        loop {
-            let nodes = state.nodes.online();
-            let has_room = {
-                let candidates: Vec<Candidate<usize>> = nodes
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(index, node)| {
-                        let offer = node.offer();
-                        let found = offer.find_model(model)?;
-                        Some(Candidate {
-                            key: index,
-                            serves_model: true,
-                            admits_consumer: found.access.admits(&node.operator, consumer),
-                            online: !node.is_closed(),
-                            in_flight: node.in_flight(),
-                            max_concurrent: offer.capacity,
-                            recent_ttft: None,
-                        })
-                    })
-                    .collect();
-                !matches!(
-                    routing::rank(&candidates, &[], 0).availability(),
-                    Availability::AllFull
-                )
-            };
-            if has_room {
-                return Ok(());
-            }
-            let tick = tokio::time::sleep(Duration::from_millis(20));
-            tokio::select! {
-                () = state.nodes.changed() => {}
-                () = tick => {}
-                () = tokio::time::sleep_until(deadline) => return Err(busy()),
-            }
+    let turnstile = queues.turnstile(model);
+    let (_in_line, _) = Waiting::enter(&turnstile.waiting);
+    let deadline = tokio::time::Instant::from_std(deadline);
+    let _turn = tokio::time::timeout_at(deadline, turnstile.lock.lock())
+        .await
+        .map_err(|_| busy())?;
+    loop {
+        match pick(state, model, consumer, tried) {
+            Pick::Wait => {}
+            decided => return Ok(decided),
+        }
+        let tick = tokio::time::sleep(Duration::from_millis(20));
+        tokio::select! {
+            () = state.nodes.changed() => {}
+            () = tick => {}
+            () = tokio::time::sleep_until(deadline) => return Err(busy()),
         }
     }
-    .await;
-    queues.waiting.fetch_sub(1, Ordering::AcqRel);
-    result
 }

@@ -144,10 +144,13 @@ async fn serve(state: Arc<Coordinator>, caller: Caller, mut socket: WebSocket) {
         provider: name.clone(),
         heartbeat_interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
     });
+    // Routable before the node hears `welcome`: a node that says it is linked is. Jobs sent
+    // meanwhile wait in `outgoing`, which the writer drains after the welcome.
+    state.nodes.insert(node.clone());
     if !send(&mut socket, &welcome).await {
+        state.nodes.remove(&node);
         return;
     }
-    state.nodes.insert(node.clone());
     state.metrics.nodes_online.inc();
     tracing::info!(operator = %caller.user.handle, provider = %name, "node linked");
 

@@ -392,7 +392,10 @@ impl Provider for RemoteNode {
         Ok(Box::pin(stream! {
             let mut guard = guard;
             loop {
+                // Biased: events already delivered are read before the link's closing is
+                // noticed (closing drops the job's sender, so `recv` ends after them).
                 let event = tokio::select! {
+                    biased;
                     () = cancel.cancelled() => {
                         yield Err(ProviderError::Cancelled);
                         break;

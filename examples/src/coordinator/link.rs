@@ -172,7 +172,7 @@ async fn serve(state: Arc<Coordinator>, caller: Caller, mut socket: WebSocket) {
                     None => break,
                 },
                 _ = ping.tick() => Message::Ping(Vec::new().into()),
-                () = async { while !writer_node.is_closed() { tokio::time::sleep(Duration::from_millis(200)).await } } => break,
+                () = writer_node.closed() => break,
             };
             if sink.send(message).await.is_err() {
                 break;

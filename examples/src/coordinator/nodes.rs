@@ -213,6 +213,11 @@ impl LiveNode {
         self.closed.is_cancelled()
     }
 
+    /// Resolves when its link is gone (closed, or replaced by a newer link).
+    pub async fn closed(&self) {
+        self.closed.cancelled().await;
+    }
+
     /// Marks the link gone: every running job ends with an error.
     pub(crate) fn close(&self) {
         self.closed.cancel();

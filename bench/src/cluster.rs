@@ -1,0 +1,283 @@
+//! The processes under test: the fake engine, a coordinator recording on SQLite and a provider
+//! node, each a child process of the bench.
+//!
+//! The children are this binary re-run with a hidden subcommand (`serve-engine`,
+//! `serve-coordinator`, `serve-provider`) that calls exactly what `club-coordinator serve` and
+//! `club-provider run` call after parsing their arguments
+//! (`coordinator_cli::serve_command`, `provider_ops::run`), on the same kind of multi-threaded
+//! runtime. So the load generator does not share a runtime (or a process) with what it
+//! measures, and no other binary has to be built first.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use inference_club_examples::coordinator::store::{Scope, Scopes, Store};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::BoxError;
+use crate::engine::MODELS;
+
+/// A running child and the address it listens on (if it listens).
+pub struct Process {
+    name: &'static str,
+    child: Child,
+    /// `http://HOST:PORT`, for those that listen.
+    pub url: String,
+}
+
+impl Process {
+    /// Starts `args` as a child of this binary, its stderr in `log`; when `listens`, waits for
+    /// its `listening on http://ADDR` line.
+    async fn start(
+        name: &'static str,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        log: &Path,
+        listens: bool,
+    ) -> Result<Self, BoxError> {
+        let exe = std::env::current_exe()?;
+        let log_file = std::fs::File::create(log)?;
+        let mut command = Command::new(exe);
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .kill_on_drop(true);
+        for (key, value) in envs {
+            command.env(key, value);
+        }
+        let mut child = command.spawn()?;
+        let mut url = String::new();
+        if listens {
+            let stdout = child
+                .stdout
+                .take()
+                .ok_or_else(|| format!("{name}: no stdout"))?;
+            let mut lines = BufReader::new(stdout).lines();
+            let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+                .await
+                .map_err(|_| format!("{name} did not start within 30 s; see {}", log.display()))??
+                .ok_or_else(|| format!("{name} exited before listening; see {}", log.display()))?;
+            url = line
+                .strip_prefix("listening on ")
+                .ok_or_else(|| format!("{name} said {line:?}"))?
+                .trim()
+                .to_owned();
+            // Keep draining stdout so the child never blocks on a full pipe.
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        }
+        Ok(Self { name, child, url })
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Stops the child and waits for it.
+    pub async fn stop(mut self) {
+        if let Err(error) = self.child.start_kill() {
+            eprintln!("cannot stop the {}: {error}", self.name);
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+    }
+}
+
+/// The engine, coordinator and node, and the consumer's key.
+pub struct Cluster {
+    /// The fake engine.
+    pub engine: Process,
+    /// The coordinator (SQLite).
+    pub coordinator: Process,
+    /// The provider node.
+    pub node: Process,
+    /// An inference key for the coordinator.
+    pub key: String,
+    dir: PathBuf,
+}
+
+impl Cluster {
+    /// Starts the engine, a coordinator over a fresh SQLite database in a temporary directory,
+    /// and a node serving the engine's models through `OpenAiCompatible`; returns once the
+    /// coordinator lists the node's models.
+    pub async fn start(coordinator_nodelay: bool) -> Result<Self, BoxError> {
+        let dir = std::env::temp_dir().join(format!("club-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let database = format!("sqlite:{}", dir.join("club.db").display());
+        let key = {
+            let store = Store::connect(&database).await?;
+            let user = store.create_user("bench", None).await?;
+            let scopes = Scopes::only(Scope::Inference).with(Scope::Provider);
+            let (_, key) = store.create_key(user.id, "bench", scopes).await?;
+            key
+        };
+        let engine = Process::start(
+            "engine",
+            &["serve-engine", "--listen", "127.0.0.1:0"],
+            &[],
+            &dir.join("engine.log"),
+            true,
+        )
+        .await?;
+        let mut args = vec![
+            "serve-coordinator",
+            "--listen",
+            "127.0.0.1:0",
+            "--database",
+            &database,
+        ];
+        if coordinator_nodelay {
+            args.push("--nodelay");
+        }
+        let coordinator = Process::start(
+            "coordinator",
+            &args,
+            &[],
+            &dir.join("coordinator.log"),
+            true,
+        )
+        .await?;
+        let manifest = serde_json::json!({
+            "schema_version": 1,
+            "agent": {"name": "bench-node"},
+            "hosts": [{"id": "h", "services": [{
+                "name": "fake-engine",
+                "type": "llm",
+                "engine": "vllm",
+                "url": format!("{}/v1", engine.url),
+                "models": MODELS.iter().map(|id| serde_json::json!({"id": id})).collect::<Vec<_>>(),
+            }]}]
+        });
+        let manifest_path = dir.join("manifest.json");
+        std::fs::write(&manifest_path, manifest.to_string())?;
+        let manifest_arg = manifest_path.display().to_string();
+        let node = Process::start(
+            "node",
+            &[
+                "serve-provider",
+                "--coordinator",
+                &coordinator.url,
+                "--manifest",
+                &manifest_arg,
+            ],
+            &[("CLUB_API_KEY", &key)],
+            &dir.join("node.log"),
+            false,
+        )
+        .await?;
+        let cluster = Self {
+            engine,
+            coordinator,
+            node,
+            key,
+            dir,
+        };
+        cluster.wait_for_models().await?;
+        Ok(cluster)
+    }
+
+    async fn wait_for_models(&self) -> Result<(), BoxError> {
+        let client = reqwest::Client::builder().no_proxy().build()?;
+        let url = format!("{}/v1/models", self.coordinator.url);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(response) = client.get(&url).bearer_auth(&self.key).send().await
+                && let Ok(text) = response.text().await
+                && MODELS.iter().all(|m| text.contains(m))
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(format!(
+            "the node's models did not appear at the coordinator within 30 s; see the logs in {}",
+            self.dir.display()
+        )
+        .into())
+    }
+
+    /// CPU clock ticks (user + system) used so far by the engine, coordinator and node.
+    pub fn cpu_ticks(&self) -> [u64; 3] {
+        [&self.engine, &self.coordinator, &self.node].map(|p| p.pid().map_or(0, ticks_of))
+    }
+
+    /// Stops every child and removes the temporary directory.
+    pub async fn stop(self) {
+        self.node.stop().await;
+        self.coordinator.stop().await;
+        self.engine.stop().await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `club-coordinator serve` with one change, for the `--coordinator-nodelay` experiment:
+/// `TCP_NODELAY` on every accepted socket (consumers' and nodes' links). Runs until killed.
+pub async fn serve_coordinator_nodelay(
+    listen: &str,
+    database: &str,
+    config: inference_club_examples::coordinator::CoordinatorConfig,
+) -> u8 {
+    use axum::serve::ListenerExt;
+    use inference_club_examples::coordinator::Coordinator;
+    let store = match Store::connect(database).await {
+        Ok(store) => store,
+        Err(error) => {
+            eprintln!("error: cannot open the database: {error}");
+            return 2;
+        }
+    };
+    let coordinator = match Coordinator::start(store, config).await {
+        Ok(coordinator) => coordinator,
+        Err(error) => {
+            eprintln!("error: cannot start: {error}");
+            return 2;
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!("error: cannot listen on {listen}: {error}");
+            return 2;
+        }
+    };
+    match listener.local_addr() {
+        Ok(address) => println!("listening on http://{address}"),
+        Err(error) => {
+            eprintln!("error: {error}");
+            return 2;
+        }
+    }
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    match axum::serve(listener, coordinator.app()).await {
+        Ok(()) => 0,
+        Err(error) => {
+            eprintln!("error: {error}");
+            2
+        }
+    }
+}
+
+/// utime + stime of process `pid`, in clock ticks (0 when unreadable).
+fn ticks_of(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state); utime and stime are fields 14 and 15.
+    let get = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    get(11) + get(12)
+}

@@ -103,7 +103,7 @@ impl Cluster {
     /// Starts the engine, a coordinator over a fresh SQLite database in a temporary directory,
     /// and a node serving the engine's models through `OpenAiCompatible`; returns once the
     /// coordinator lists the node's models.
-    pub async fn start(coordinator_nodelay: bool) -> Result<Self, BoxError> {
+    pub async fn start() -> Result<Self, BoxError> {
         let dir = std::env::temp_dir().join(format!("club-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let database = format!("sqlite:{}", dir.join("club.db").display());
@@ -122,16 +122,13 @@ impl Cluster {
             true,
         )
         .await?;
-        let mut args = vec![
+        let args = [
             "serve-coordinator",
             "--listen",
             "127.0.0.1:0",
             "--database",
             &database,
         ];
-        if coordinator_nodelay {
-            args.push("--nodelay");
-        }
         let coordinator = Process::start(
             "coordinator",
             &args,
@@ -210,55 +207,6 @@ impl Cluster {
         self.coordinator.stop().await;
         self.engine.stop().await;
         let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// `club-coordinator serve` with one change, for the `--coordinator-nodelay` experiment:
-/// `TCP_NODELAY` on every accepted socket (consumers' and nodes' links). Runs until killed.
-pub async fn serve_coordinator_nodelay(
-    listen: &str,
-    database: &str,
-    config: inference_club_examples::coordinator::CoordinatorConfig,
-) -> u8 {
-    use axum::serve::ListenerExt;
-    use inference_club_examples::coordinator::Coordinator;
-    let store = match Store::connect(database).await {
-        Ok(store) => store,
-        Err(error) => {
-            eprintln!("error: cannot open the database: {error}");
-            return 2;
-        }
-    };
-    let coordinator = match Coordinator::start(store, config).await {
-        Ok(coordinator) => coordinator,
-        Err(error) => {
-            eprintln!("error: cannot start: {error}");
-            return 2;
-        }
-    };
-    let listener = match tokio::net::TcpListener::bind(listen).await {
-        Ok(listener) => listener,
-        Err(error) => {
-            eprintln!("error: cannot listen on {listen}: {error}");
-            return 2;
-        }
-    };
-    match listener.local_addr() {
-        Ok(address) => println!("listening on http://{address}"),
-        Err(error) => {
-            eprintln!("error: {error}");
-            return 2;
-        }
-    }
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    match axum::serve(listener, coordinator.app()).await {
-        Ok(()) => 0,
-        Err(error) => {
-            eprintln!("error: {error}");
-            2
-        }
     }
 }
 

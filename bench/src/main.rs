@@ -37,10 +37,6 @@ struct Cli {
     /// Seconds of warm-up per path and setting (not counted).
     #[arg(long, global = true, default_value_t = 1.5)]
     warmup: f64,
-    /// Experiment: run the coordinator with `TCP_NODELAY` on its accepted sockets (the shipped
-    /// `serve` does not set it), to measure what that change would gain.
-    #[arg(long, global = true)]
-    coordinator_nodelay: bool,
     /// Concurrent consumers for the paced-stream scenario (comma-separated).
     #[arg(long, global = true, value_delimiter = ',', default_value = "100,1000")]
     paced_consumers: Vec<usize>,
@@ -73,8 +69,6 @@ enum Command {
         listen: String,
         #[arg(long)]
         database: String,
-        #[arg(long)]
-        nodelay: bool,
     },
     /// (internal) What `club-provider run` runs.
     #[command(hide = true)]
@@ -105,7 +99,6 @@ fn main() -> ExitCode {
         seconds,
         warmup,
         paced_consumers,
-        coordinator_nodelay,
         command,
     } = cli;
     match command {
@@ -124,22 +117,12 @@ fn main() -> ExitCode {
                 }
             }
         }),
-        Command::ServeCoordinator {
-            listen,
-            database,
-            nodelay,
-        } => {
+        Command::ServeCoordinator { listen, database } => {
             init_logging();
             let config = inference_club_examples::coordinator::CoordinatorConfig::default();
-            let status = if nodelay {
-                runtime.block_on(cluster::serve_coordinator_nodelay(
-                    &listen, &database, config,
-                ))
-            } else {
-                runtime.block_on(inference_club_examples::coordinator_cli::serve_command(
-                    &listen, &database, config,
-                ))
-            };
+            let status = runtime.block_on(inference_club_examples::coordinator_cli::serve_command(
+                &listen, &database, config,
+            ));
             ExitCode::from(status)
         }
         Command::ServeProvider {
@@ -159,8 +142,7 @@ fn main() -> ExitCode {
         }
         command => {
             let smoke = matches!(command, Command::Smoke);
-            let mut settings = Settings::for_command(&command, seconds, warmup, paced_consumers);
-            settings.coordinator_nodelay = coordinator_nodelay;
+            let settings = Settings::for_command(&command, seconds, warmup, paced_consumers);
             match runtime.block_on(bench(settings, json)) {
                 Ok(report) if smoke && !report.all_correct() => {
                     eprintln!("smoke: FAILED (some answers were wrong or missing)");
@@ -196,7 +178,6 @@ struct Settings {
     seconds: f64,
     warmup: f64,
     strict: bool,
-    coordinator_nodelay: bool,
 }
 
 impl Settings {
@@ -211,7 +192,6 @@ impl Settings {
                     seconds: 0.35,
                     warmup: 0.1,
                     strict: true,
-                    coordinator_nodelay: false,
                 };
             }
             Command::Whole => ("whole", vec![16, 64], vec![], vec![]),
@@ -227,7 +207,6 @@ impl Settings {
             seconds: seconds.max(0.05),
             warmup: warmup.max(0.0),
             strict: false,
-            coordinator_nodelay: false,
         }
     }
 }
@@ -338,10 +317,7 @@ async fn bench(settings: Settings, json: Option<PathBuf>) -> Result<Report, BoxE
         "machine: {} × {} CPUs ({}); everything (load generator, engine, coordinator, node) shares them",
         machine.cpu_model, machine.cpus, machine.os
     );
-    let cluster = Cluster::start(settings.coordinator_nodelay).await?;
-    if settings.coordinator_nodelay {
-        eprintln!("EXPERIMENT: the coordinator sets TCP_NODELAY on accepted sockets");
-    }
+    let cluster = Cluster::start().await?;
     eprintln!(
         "engine {} (pid {}), coordinator {} (pid {}), node pid {}",
         cluster.engine.url,
@@ -465,11 +441,6 @@ fn print_report(report: &Report) {
     println!();
     println!("machine: {} × {} CPUs ({})", m.cpu_model, m.cpus, m.os);
     println!("club path: {}", report.club_path);
-    if report.settings.coordinator_nodelay {
-        println!(
-            "EXPERIMENT: coordinator with TCP_NODELAY on accepted sockets (not the shipped code)"
-        );
-    }
     println!(
         "{} s measured per row after {} s warm-up",
         report.settings.seconds, report.settings.warmup

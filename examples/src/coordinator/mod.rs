@@ -135,8 +135,13 @@ pub async fn serve(
     app: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
     let address: SocketAddr = listener.local_addr()?;
     println!("listening on http://{address}");
+    // Chunks and link frames are small and must leave at once, not wait for a delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

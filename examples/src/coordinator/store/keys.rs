@@ -296,10 +296,17 @@ impl Store {
 
     /// The member and key a secret belongs to, if it is a live key: `None` for anything else
     /// (malformed, unknown, wrong, revoked). Marks the key used (at most once a minute).
+    ///
+    /// A key found is remembered for [`KEY_CACHE_TTL`](super::KEY_CACHE_TTL) (forgotten at once
+    /// when this store revokes a key of the member, changes their settings or deletes them).
     pub async fn authenticate(&self, secret: &str) -> Result<Option<(User, ApiKey)>, StoreError> {
         let Some(prefix) = display_prefix(secret) else {
             return Ok(None);
         };
+        let presented = hash_secret(secret);
+        if let Some(found) = self.inner.keys.get(&presented) {
+            return Ok(Some(found));
+        }
         let rows = sqlx::query(&format!(
             "SELECT {KEY_COLUMNS}, k.secret_hash, k.revoked_at,
                     u.handle, u.email, u.created_at AS user_created_at, u.default_visibility,
@@ -310,7 +317,6 @@ impl Store {
         .bind(prefix)
         .fetch_all(&self.inner.pool)
         .await?;
-        let presented = hash_secret(secret);
         let mut found = None;
         for row in &rows {
             let stored: String = get(row, "secret_hash")?;
@@ -355,6 +361,7 @@ impl Store {
             .await?;
             key.last_used_at = Some(now);
         }
+        self.inner.keys.remember(presented, &user, &key);
         Ok(Some((user, key)))
     }
 
@@ -382,8 +389,10 @@ impl Store {
         .bind(key_id.to_string())
         .bind(user_id.to_string())
         .execute(&self.inner.pool)
-        .await?;
-        Ok(revoked.rows_affected() > 0)
+        .await;
+        // Forgotten after the write, so no lookup in between can remember the key as live.
+        self.inner.keys.forget_user(user_id);
+        Ok(revoked?.rows_affected() > 0)
     }
 }
 

@@ -46,6 +46,7 @@
 
 mod error;
 mod ids;
+mod key_cache;
 mod keys;
 mod providers;
 mod records;
@@ -60,6 +61,7 @@ use tokio::sync::mpsc;
 
 pub use error::{Entity, StoreError};
 pub use ids::{KeyId, ProviderId, UserId};
+pub use key_cache::KEY_CACHE_TTL;
 pub use keys::{ApiKey, SECRET_PREFIX, Scope, ScopeParseError, Scopes};
 pub use providers::{MAX_MANIFEST_BYTES, Provider, ProviderRevision, canonical_json};
 pub use records::{Cursor, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page, RecordQuery, StoredRecord};
@@ -79,6 +81,7 @@ struct Inner {
     pool: AnyPool,
     backend: Backend,
     writes: mpsc::Sender<writer::Job>,
+    keys: key_cache::KeyCache,
 }
 
 impl std::fmt::Debug for Store {
@@ -112,6 +115,7 @@ impl Store {
                 pool,
                 backend,
                 writes,
+                keys: key_cache::KeyCache::default(),
             }),
         })
     }

@@ -18,7 +18,7 @@ use super::StoreError;
 /// How each SQLite connection is set up: wait up to 10 s for a lock, write-ahead log (readers
 /// never block the writer), every commit synced, foreign keys enforced.
 const SQLITE_PRAGMAS: &str = "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
-                              PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;";
+                              PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;";
 
 /// The database behind a store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -126,6 +126,7 @@ impl Store {
         user_id: UserId,
         default_visibility: Visibility,
     ) -> Result<User, StoreError> {
+        self.inner.keys.forget_user(user_id);
         sqlx::query("UPDATE users SET default_visibility = $1 WHERE id = $2")
             .bind(default_visibility.as_str())
             .bind(user_id.to_string())
@@ -142,6 +143,7 @@ impl Store {
         user_id: UserId,
         at: DateTime<Utc>,
     ) -> Result<User, StoreError> {
+        self.inner.keys.forget_user(user_id);
         sqlx::query(
             "UPDATE users SET terms_accepted_at = $1 WHERE id = $2 AND terms_accepted_at IS NULL",
         )
@@ -161,6 +163,7 @@ impl Store {
     ///
     /// Returns whether there was such a member.
     pub async fn delete_user(&self, user_id: UserId) -> Result<bool, StoreError> {
+        self.inner.keys.forget_user(user_id);
         let id = user_id.to_string();
         let mut tx = self
             .inner

@@ -197,8 +197,11 @@ async fn serve_chat(
         Ok(stream) => {
             // Saved as running, with the node serving it and the attempts so far: what a crash
             // of the coordinator leaves behind (to become failed at the next start).
-            if let Some(record) = &keeper.record {
-                save(&state, record).await;
+            // Queued, not awaited: the first chunk does not wait for this commit.
+            if let Some(record) = &keeper.record
+                && let Err(error) = state.store.save_record_soon(record).await
+            {
+                tracing::error!(id = %record.id, "cannot save a record: {error}");
             }
             stream
         }

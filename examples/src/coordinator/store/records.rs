@@ -376,6 +376,15 @@ impl Store {
         self.write(super::writer::Write::Save(row)).await
     }
 
+    /// Queues a save like [`Store::save_record`], behind every write queued before it, without
+    /// waiting for it to be committed (for progress, such as `running`, that must not delay the
+    /// answer; a later save still supersedes it, and a save that would move a record back is
+    /// refused as ever).
+    pub async fn save_record_soon(&self, record: &InferenceRecord) -> Result<(), StoreError> {
+        let row = RecordRow::new(record)?;
+        self.write_soon(super::writer::Write::Save(row)).await
+    }
+
     /// A record and the ids the read rules need ([`StoredRecord::readable_by`]).
     pub async fn record(&self, id: RecordId) -> Result<Option<StoredRecord>, StoreError> {
         let row = sqlx::query(

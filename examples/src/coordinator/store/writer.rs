@@ -130,4 +130,23 @@ impl Store {
             .map_err(|_| StoreError::Closed)?;
         outcome.await.map_err(|_| StoreError::Closed)?
     }
+
+    /// Queues `write` behind every write queued before it, without waiting for its commit. What
+    /// becomes of it is logged, not returned.
+    pub(crate) async fn write_soon(&self, write: Write) -> Result<(), StoreError> {
+        let (ack, outcome) = oneshot::channel();
+        self.inner
+            .writes
+            .send(Job { write, ack })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        tokio::spawn(async move {
+            match outcome.await {
+                Ok(Err(StoreError::StatusRegression { .. })) | Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::warn!("a queued record write failed: {error}"),
+                Err(_) => tracing::warn!("a queued record write was dropped: the store closed"),
+            }
+        });
+        Ok(())
+    }
 }

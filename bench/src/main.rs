@@ -87,10 +87,7 @@ fn main() -> ExitCode {
     // reqwest is built without a default TLS provider; the bench only speaks plain HTTP on
     // loopback, but the client still needs one installed.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let Ok(runtime) = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    else {
+    let Ok(runtime) = inference_club_examples::cli_support::runtime() else {
         eprintln!("error: cannot start the async runtime");
         return ExitCode::from(2);
     };
@@ -160,12 +157,7 @@ fn main() -> ExitCode {
 
 /// The children log as the real binaries do: `CLUB_LOG`, else `info`, to stderr.
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CLUB_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    inference_club_examples::cli_support::init_logging("info", false);
 }
 
 /// What to run.

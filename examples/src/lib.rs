@@ -16,6 +16,7 @@
 //! # }
 //! ```
 
+pub mod cli_support;
 pub mod coordinator;
 pub mod coordinator_cli;
 pub mod demo;

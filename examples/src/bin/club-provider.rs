@@ -79,24 +79,12 @@ enum Command {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CLUB_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(io::stderr);
-    match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    inference_club_examples::cli_support::init_logging("info", matches!(format, LogFormat::Json));
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = || {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-    };
+    let runtime = inference_club_examples::cli_support::runtime;
     let status = match cli.command {
         Command::Validate { file } => {
             provider_cli::validate(&file, &mut io::stdout(), &mut io::stderr())

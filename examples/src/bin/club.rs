@@ -36,16 +36,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CLUB_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(io::stderr)
-        .init();
-    let Ok(runtime) = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    else {
+    inference_club_examples::cli_support::init_logging("warn", false);
+    let Ok(runtime) = inference_club_examples::cli_support::runtime() else {
         eprintln!("error: cannot start the async runtime");
         return ExitCode::from(2);
     };

@@ -122,24 +122,28 @@ async fn one_transaction(
 impl Store {
     /// Hands a write to the writer and waits for its outcome.
     pub(crate) async fn write(&self, write: Write) -> Result<(), StoreError> {
+        let outcome = self.enqueue(write).await?;
+        outcome.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Puts `write` on the writer's queue; the receiver gets its outcome after its commit.
+    async fn enqueue(
+        &self,
+        write: Write,
+    ) -> Result<oneshot::Receiver<Result<(), StoreError>>, StoreError> {
         let (ack, outcome) = oneshot::channel();
         self.inner
             .writes
             .send(Job { write, ack })
             .await
             .map_err(|_| StoreError::Closed)?;
-        outcome.await.map_err(|_| StoreError::Closed)?
+        Ok(outcome)
     }
 
     /// Queues `write` behind every write queued before it, without waiting for its commit. What
     /// becomes of it is logged, not returned.
     pub(crate) async fn write_soon(&self, write: Write) -> Result<(), StoreError> {
-        let (ack, outcome) = oneshot::channel();
-        self.inner
-            .writes
-            .send(Job { write, ack })
-            .await
-            .map_err(|_| StoreError::Closed)?;
+        let outcome = self.enqueue(write).await?;
         tokio::spawn(async move {
             match outcome.await {
                 Ok(Err(StoreError::StatusRegression { .. })) | Ok(Ok(())) => {}

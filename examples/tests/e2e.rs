@@ -690,6 +690,14 @@ async fn a_restarted_coordinator_fails_what_was_in_flight_and_nodes_come_back() 
         while streamed_content(&seen) != "Hello" {
             seen.push(events.next().await.expect("the stream ended early"));
         }
+        // The running state is saved without delaying the first chunk; wait until it is durable,
+        // so that the crash below comes after it (a crash within those few milliseconds leaves
+        // a failed record that does not name the node).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while club.record(in_flight).await.status() != Status::Running {
+            assert!(Instant::now() < deadline, "the running state was never saved");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let linked_before: Vec<usize> = club
             .nodes
             .iter()
@@ -988,6 +996,112 @@ async fn a_frozen_node_is_offline_after_two_missed_heartbeats() {
         assert!(frozen.elapsed() < Duration::from_secs(5));
         assert_eq!(a.received(), 0);
         club.node("node-a").proc.signal("CONT");
+    })
+    .await;
+}
+
+/// Who may read, change and delete a record, through the club API of a real coordinator process:
+/// `ada` asks privately on `bob`'s node; `eve` is a stranger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_visibility_and_deletion_follow_the_rules_for_every_viewer() {
+    bounded(async {
+        let engine = FakeEngine::start("a", Script::default()).await;
+        let mut club = Club::start(&[]).await;
+        let bob = club.add_member("bob", "provider,inference").await;
+        let eve = club.add_member("eve", "inference,account").await;
+        let index = club.spawn_node_with_key("bobs-node", &[ServiceSpec::fake(&engine)], &bob);
+        club.nodes[index]
+            .proc
+            .wait_for_line("linked to the coordinator", Duration::from_secs(20))
+            .await;
+        club.wait_for_model(&ServiceSpec::fake(&engine).model).await;
+
+        let mut body = chat_body(false);
+        body["visibility"] = json!("private");
+        let (status, id, _) = club.chat_whole(&body).await;
+        assert_eq!(status, 200);
+        let id = id.unwrap();
+        club.final_record(id, Duration::from_secs(5)).await;
+
+        let url = format!("{}/api/v1/requests/{id}", club.url);
+        let get = |key: Option<String>| {
+            let mut request = club.http.get(&url);
+            if let Some(key) = key {
+                request = request.bearer_auth(key);
+            }
+            async move { request.send().await.unwrap().status().as_u16() }
+        };
+        assert_eq!(get(Some(club.key.clone())).await, 200, "the owner reads it");
+        assert_eq!(
+            get(Some(bob.clone())).await,
+            200,
+            "the serving operator reads it"
+        );
+        assert_eq!(get(Some(eve.clone())).await, 404, "a stranger does not");
+        assert_eq!(get(None).await, 404, "nor does anyone signed out");
+        let feed: Value = club
+            .http
+            .get(format!("{}/api/v1/requests/public", club.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(
+            !feed.to_string().contains(&id.to_string()),
+            "private records stay off the feed"
+        );
+
+        // Only the owner changes visibility or deletes; others change nothing.
+        let patch = |key: String, visibility: &str| {
+            club.http
+                .patch(&url)
+                .bearer_auth(key)
+                .json(&json!({"visibility": visibility}))
+                .send()
+        };
+        assert_eq!(
+            patch(eve.clone(), "public")
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+            404
+        );
+        assert_eq!(get(None).await, 404);
+        assert_eq!(
+            patch(club.key.clone(), "unlisted")
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+            200
+        );
+        assert_eq!(get(None).await, 200, "unlisted: anyone with the id");
+        assert_eq!(get(Some(eve.clone())).await, 200);
+
+        let delete = |key: String| club.http.delete(&url).bearer_auth(key).send();
+        assert_eq!(delete(eve.clone()).await.unwrap().status().as_u16(), 404);
+        assert_eq!(
+            delete(bob.clone()).await.unwrap().status().as_u16(),
+            404,
+            "the serving operator reads it but cannot delete it"
+        );
+        assert!(
+            club.store().record(id).await.unwrap().is_some(),
+            "nothing was deleted yet"
+        );
+        assert_eq!(
+            delete(club.key.clone()).await.unwrap().status().as_u16(),
+            204
+        );
+        assert_eq!(get(Some(club.key.clone())).await, 404, "gone for the owner");
+        assert_eq!(get(Some(bob.clone())).await, 404, "gone for the operator");
+        assert!(
+            club.store().record(id).await.unwrap().is_none(),
+            "gone from the database"
+        );
     })
     .await;
 }

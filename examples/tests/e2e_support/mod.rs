@@ -229,6 +229,18 @@ impl Club {
         }
     }
 
+    /// Adds a member and returns a key of theirs with these scopes.
+    pub async fn add_member(&self, handle: &str, scopes: &str) -> String {
+        admin(&self.database, &["user", "add", handle]).await;
+        admin(
+            &self.database,
+            &["key", "create", "--user", handle, "--scope", scopes],
+        )
+        .await
+        .trim()
+        .to_owned()
+    }
+
     /// A key for `ada` with only these scopes.
     pub async fn key_with_scopes(&self, scopes: &str) -> String {
         admin(

@@ -489,6 +489,11 @@ async fn a_full_node_queues_requests_then_answers_503_with_retry_after() {
                 1,
                 "the second request reached the engine while the first held the slot"
             );
+            assert_eq!(
+                club.metric("club_queue_depth").await,
+                1.0,
+                "/metrics shows the waiter"
+            );
             engine.release(2);
             let mut rest = Vec::new();
             while let Some(event) = first_events.next().await {

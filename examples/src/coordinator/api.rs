@@ -228,6 +228,16 @@ fn count(state: &Coordinator, record: &InferenceRecord, streamed: bool, received
         .metrics
         .requests
         .get_or_create(&RequestLabels {
+            model: record
+                .model_served
+                .clone()
+                .or_else(|| {
+                    record
+                        .served_by
+                        .as_ref()
+                        .map(|_| record.model_requested.to_ascii_lowercase())
+                })
+                .unwrap_or_else(|| "none".into()),
             status: record.status().as_str().to_owned(),
             mode: if streamed { "stream" } else { "whole" }.to_owned(),
         })

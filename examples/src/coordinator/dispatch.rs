@@ -59,6 +59,11 @@ enum Pick {
 }
 
 impl DispatchQueues {
+    /// Requests waiting for a node with room now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+
     fn turnstile(&self, model: &str) -> Arc<Turnstile> {
         self.turnstiles
             .lock()

@@ -10,6 +10,9 @@ use prometheus_client::registry::Registry;
 /// The labels of a finished request.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
+    /// The model served (as the node's engine names it), or `none` when no node served it. The
+    /// model as requested is not used: it comes from consumers and would be unbounded.
+    pub model: String,
     /// `succeeded`, `failed` or `cancelled`.
     pub status: String,
     /// `stream` or `whole`.
@@ -32,6 +35,8 @@ pub struct Metrics {
     pub queued: Counter,
     /// Nodes linked now.
     pub nodes_online: Gauge,
+    /// Requests waiting for a node with room now.
+    pub queue_depth: Gauge,
 }
 
 impl Default for Metrics {
@@ -43,6 +48,7 @@ impl Default for Metrics {
         let failovers = Counter::default();
         let queued = Counter::default();
         let nodes_online = Gauge::default();
+        let queue_depth = Gauge::default();
         registry.register("requests", "Inference requests finished", requests.clone());
         registry.register(
             "time_to_first_token_seconds",
@@ -65,6 +71,11 @@ impl Default for Metrics {
             queued.clone(),
         );
         registry.register("nodes_online", "Nodes linked now", nodes_online.clone());
+        registry.register(
+            "queue_depth",
+            "Requests waiting for a node with room",
+            queue_depth.clone(),
+        );
         Self {
             registry,
             requests,
@@ -73,6 +84,7 @@ impl Default for Metrics {
             failovers,
             queued,
             nodes_online,
+            queue_depth,
         }
     }
 }

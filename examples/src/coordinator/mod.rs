@@ -115,6 +115,10 @@ async fn healthz() -> &'static str {
 }
 
 async fn metrics_text(State(state): State<Arc<Coordinator>>) -> impl IntoResponse {
+    state
+        .metrics
+        .queue_depth
+        .set(i64::try_from(state.queues.waiting()).unwrap_or(i64::MAX));
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -223,29 +223,23 @@ async fn serve(state: Arc<Coordinator>, caller: Caller, mut socket: WebSocket) {
                     }
                     node.set_offer(manifest);
                     state.nodes.notify_changed();
-                    let _ = node_send(
-                        &node,
-                        CoordinatorMessage::Welcome(Welcome {
-                            protocol_version: PROTOCOL_VERSION.min(again.protocol_version),
-                            operator: caller.user.handle.clone(),
-                            provider: name.clone(),
-                            heartbeat_interval_ms: u64::try_from(interval.as_millis())
-                                .unwrap_or(u64::MAX),
-                        }),
-                    );
+                    let _ = node.try_send(CoordinatorMessage::Welcome(Welcome {
+                        protocol_version: PROTOCOL_VERSION.min(again.protocol_version),
+                        operator: caller.user.handle.clone(),
+                        provider: name.clone(),
+                        heartbeat_interval_ms: u64::try_from(interval.as_millis())
+                            .unwrap_or(u64::MAX),
+                    }));
                 }
                 Ok(_) => {
-                    let _ = node_send(
-                        &node,
-                        CoordinatorMessage::Refused(Refused {
-                            reason: "a linked node cannot change its agent.name; reconnect instead"
-                                .into(),
-                            errors: Vec::new(),
-                        }),
-                    );
+                    let _ = node.try_send(CoordinatorMessage::Refused(Refused {
+                        reason: "a linked node cannot change its agent.name; reconnect instead"
+                            .into(),
+                        errors: Vec::new(),
+                    }));
                 }
                 Err(refused) => {
-                    let _ = node_send(&node, CoordinatorMessage::Refused(refused));
+                    let _ = node.try_send(CoordinatorMessage::Refused(refused));
                 }
             },
             Ok(NodeMessage::Goodbye(goodbye)) => {
@@ -266,8 +260,4 @@ async fn serve(state: Arc<Coordinator>, caller: Caller, mut socket: WebSocket) {
         tracing::warn!("cannot record when the node was last seen: {error}");
     }
     tracing::info!(provider = %name, "node offline");
-}
-
-fn node_send(node: &LiveNode, message: CoordinatorMessage) -> bool {
-    node.try_send(message)
 }

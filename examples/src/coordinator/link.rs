@@ -59,6 +59,21 @@ fn accept_manifest(hello: &Hello) -> Result<ServiceManifest, Refused> {
         })
 }
 
+/// `welcome` for an accepted hello: the version both speak, who the node is, how often to beat.
+fn welcome(
+    hello: &Hello,
+    operator: &str,
+    provider: &str,
+    interval: Duration,
+) -> CoordinatorMessage {
+    CoordinatorMessage::Welcome(Welcome {
+        protocol_version: PROTOCOL_VERSION.min(hello.protocol_version),
+        operator: operator.to_owned(),
+        provider: provider.to_owned(),
+        heartbeat_interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
+    })
+}
+
 /// The provider name of a manifest: `agent.name`, else `agent.hostname`, else `default`.
 pub fn provider_name(manifest: &ServiceManifest) -> String {
     manifest
@@ -138,12 +153,7 @@ async fn serve(state: Arc<Coordinator>, caller: Caller, mut socket: WebSocket) {
         outgoing,
     ));
     let interval = state.config.heartbeat_interval;
-    let welcome = CoordinatorMessage::Welcome(Welcome {
-        protocol_version: PROTOCOL_VERSION.min(hello.protocol_version),
-        operator: caller.user.handle.clone(),
-        provider: name.clone(),
-        heartbeat_interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
-    });
+    let welcome = welcome(&hello, &caller.user.handle, &name, interval);
     // Routable before the node hears `welcome`: a node that says it is linked is. Jobs sent
     // meanwhile wait in `outgoing`, which the writer drains after the welcome.
     state.nodes.insert(node.clone());
@@ -223,13 +233,7 @@ async fn serve(state: Arc<Coordinator>, caller: Caller, mut socket: WebSocket) {
                     }
                     node.set_offer(manifest);
                     state.nodes.notify_changed();
-                    let _ = node.try_send(CoordinatorMessage::Welcome(Welcome {
-                        protocol_version: PROTOCOL_VERSION.min(again.protocol_version),
-                        operator: caller.user.handle.clone(),
-                        provider: name.clone(),
-                        heartbeat_interval_ms: u64::try_from(interval.as_millis())
-                            .unwrap_or(u64::MAX),
-                    }));
+                    let _ = node.try_send(welcome(&again, &caller.user.handle, &name, interval));
                 }
                 Ok(_) => {
                     let _ = node.try_send(CoordinatorMessage::Refused(Refused {

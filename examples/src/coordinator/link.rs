@@ -153,11 +153,11 @@ async fn serve(state: Arc<Coordinator>, caller: Caller, mut socket: WebSocket) {
         outgoing,
     ));
     let interval = state.config.heartbeat_interval;
-    let welcome = welcome(&hello, &caller.user.handle, &name, interval);
+    let greeting = welcome(&hello, &caller.user.handle, &name, interval);
     // Routable before the node hears `welcome`: a node that says it is linked is. Jobs sent
     // meanwhile wait in `outgoing`, which the writer drains after the welcome.
     state.nodes.insert(node.clone());
-    if !send(&mut socket, &welcome).await {
+    if !send(&mut socket, &greeting).await {
         state.nodes.remove(&node);
         return;
     }

@@ -21,6 +21,53 @@ pub(crate) fn client(connect: Duration) -> Result<reqwest::Client, ProviderError
         })
 }
 
+/// The URLs of an engine's endpoints, `paths` relative to `base_url` (an absolute http(s) URL,
+/// with or without a trailing slash).
+pub(crate) fn endpoint_urls<const N: usize>(
+    base_url: &str,
+    paths: [&str; N],
+) -> Result<[url::Url; N], ProviderError> {
+    let invalid = |why: String| ProviderError::Protocol {
+        message: format!("invalid engine URL {base_url:?}: {why}"),
+    };
+    let mut base = url::Url::parse(base_url).map_err(|e| invalid(e.to_string()))?;
+    if !matches!(base.scheme(), "http" | "https") {
+        return Err(invalid("not http(s)".into()));
+    }
+    if !base.path().ends_with('/') {
+        let path = format!("{}/", base.path());
+        base.set_path(&path);
+    }
+    let mut urls = Vec::with_capacity(N);
+    for path in paths {
+        urls.push(base.join(path).map_err(|e| invalid(e.to_string()))?);
+    }
+    urls.try_into()
+        .map_err(|_| invalid("wrong number of endpoints".into()))
+}
+
+/// The caller's client, or a new one with the connect timeout.
+pub(crate) fn client_or_new(
+    given: Option<reqwest::Client>,
+    connect: Duration,
+) -> Result<reqwest::Client, ProviderError> {
+    match given {
+        Some(client) => Ok(client),
+        None => client(connect),
+    }
+}
+
+/// The request with `Authorization: Bearer KEY` when there is a key.
+pub(crate) fn authorized(
+    builder: reqwest::RequestBuilder,
+    api_key: Option<&str>,
+) -> reqwest::RequestBuilder {
+    match api_key {
+        Some(key) => builder.bearer_auth(key),
+        None => builder,
+    }
+}
+
 /// The error for a request that did not get a response.
 pub(crate) fn send_error(error: &reqwest::Error, connect: Duration) -> ProviderError {
     if error.is_timeout() {
@@ -85,4 +132,29 @@ async fn read_limited(mut response: reqwest::Response, limit: usize) -> Vec<u8> 
         }
     }
     body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_urls_keep_the_base_path() {
+        let [chat, models] =
+            endpoint_urls("http://127.0.0.1:8000/v1", ["chat/completions", "models"]).unwrap();
+        assert_eq!(chat.as_str(), "http://127.0.0.1:8000/v1/chat/completions");
+        assert_eq!(models.as_str(), "http://127.0.0.1:8000/v1/models");
+        let [tags] = endpoint_urls("http://127.0.0.1:11434/", ["api/tags"]).unwrap();
+        assert_eq!(tags.as_str(), "http://127.0.0.1:11434/api/tags");
+    }
+
+    #[test]
+    fn endpoint_urls_refuse_what_is_not_http() {
+        for bad in ["ftp://host/v1", "not a url", "/v1"] {
+            assert!(matches!(
+                endpoint_urls(bad, ["models"]),
+                Err(ProviderError::Protocol { .. })
+            ));
+        }
+    }
 }

@@ -106,28 +106,13 @@ impl OllamaBuilder {
 
     /// The adapter; fails when the base URL is not an absolute http(s) URL.
     pub fn build(self) -> Result<Ollama, ProviderError> {
-        let invalid = |why: String| ProviderError::Protocol {
-            message: format!("invalid engine URL {:?}: {why}", self.base_url),
-        };
-        let mut base = Url::parse(&self.base_url).map_err(|e| invalid(e.to_string()))?;
-        if !matches!(base.scheme(), "http" | "https") {
-            return Err(invalid("not http(s)".into()));
-        }
-        if !base.path().ends_with('/') {
-            let path = format!("{}/", base.path());
-            base.set_path(&path);
-        }
-        let join = |path: &str| base.join(path).map_err(|e| invalid(e.to_string()));
-        let http = match self.http {
-            Some(client) => client,
-            None => http::client(self.timeouts.connect)?,
-        };
+        let [chat_url, tags_url] = http::endpoint_urls(&self.base_url, ["api/chat", "api/tags"])?;
         Ok(Ollama {
-            chat_url: join("api/chat")?,
-            tags_url: join("api/tags")?,
+            chat_url,
+            tags_url,
             api_key: self.api_key,
             timeouts: self.timeouts,
-            http,
+            http: http::client_or_new(self.http, self.timeouts.connect)?,
         })
     }
 }
@@ -148,10 +133,7 @@ impl Ollama {
     }
 
     fn authorized(&self, builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        match &self.api_key {
-            Some(key) => builder.bearer_auth(key),
-            None => builder,
-        }
+        http::authorized(builder, self.api_key.as_deref())
     }
 }
 

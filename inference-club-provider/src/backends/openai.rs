@@ -64,29 +64,15 @@ impl OpenAiCompatibleBuilder {
 
     /// The adapter; fails when the base URL is not an absolute http(s) URL.
     pub fn build(self) -> Result<OpenAiCompatible, ProviderError> {
-        let invalid = |why: String| ProviderError::Protocol {
-            message: format!("invalid engine URL {:?}: {why}", self.base_url),
-        };
-        let mut base = Url::parse(&self.base_url).map_err(|e| invalid(e.to_string()))?;
-        if !matches!(base.scheme(), "http" | "https") {
-            return Err(invalid("not http(s)".into()));
-        }
-        if !base.path().ends_with('/') {
-            let path = format!("{}/", base.path());
-            base.set_path(&path);
-        }
-        let join = |path: &str| base.join(path).map_err(|e| invalid(e.to_string()));
-        let http = match self.http {
-            Some(client) => client,
-            None => http::client(self.timeouts.connect)?,
-        };
+        let [chat_url, models_url] =
+            http::endpoint_urls(&self.base_url, ["chat/completions", "models"])?;
         Ok(OpenAiCompatible {
-            chat_url: join("chat/completions")?,
-            models_url: join("models")?,
+            chat_url,
+            models_url,
             api_key: self.api_key,
             quirks: self.quirks,
             timeouts: self.timeouts,
-            http,
+            http: http::client_or_new(self.http, self.timeouts.connect)?,
         })
     }
 }
@@ -123,10 +109,7 @@ impl OpenAiCompatible {
     }
 
     fn authorized(&self, builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        match &self.api_key {
-            Some(key) => builder.bearer_auth(key),
-            None => builder,
-        }
+        http::authorized(builder, self.api_key.as_deref())
     }
 }
 

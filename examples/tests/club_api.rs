@@ -14,7 +14,7 @@ use inference_club_core::openai::{
     Usage,
 };
 use inference_club_core::record::{InferenceRecord, RecordId, ServedBy, Visibility};
-use inference_club_examples::coordinator::store::{Scopes, Store, User};
+use inference_club_examples::coordinator::store::{RecordQuery, Scopes, Store, User};
 use inference_club_examples::coordinator::{Coordinator, CoordinatorConfig};
 use inference_club_provider::backends::Echo;
 use inference_club_provider::node::{Backoff, Node, NodeConfig, NodeHandle, Offer};
@@ -1095,4 +1095,57 @@ async fn models_show_capabilities_and_respect_access() {
     let (_, list) = club.get("/v1/models", Some(&ada)).await;
     assert_eq!(list["data"][0]["nodes"], 1);
     assert_eq!(list["data"][0]["owned_by"], "carol");
+}
+
+/// Bad chat requests get a clear error in the OpenAI envelope and change nothing: no record is
+/// made for a body that is too large, not JSON, or not a chat request.
+#[tokio::test]
+async fn bad_chat_requests_are_refused_and_record_nothing() {
+    let club = Club::start().await;
+    let (user, ada) = club.member("ada", "inference").await;
+    let post = |body: Vec<u8>| {
+        club.http
+            .post(format!("{}/v1/chat/completions", club.url))
+            .bearer_auth(&ada)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let huge = json!({
+        "model": "m",
+        "messages": [{"role": "user", "content": "x".repeat(5 * 1024 * 1024)}]
+    });
+    let cases: Vec<(Vec<u8>, StatusCode, &str)> = vec![
+        (huge.to_string().into_bytes(), StatusCode::PAYLOAD_TOO_LARGE, "request_too_large"),
+        (b"{not json".to_vec(), StatusCode::BAD_REQUEST, "invalid_json"),
+        (br#"{"model": 7, "messages": []}"#.to_vec(), StatusCode::BAD_REQUEST, "invalid_json"),
+        (br#"{"model": "m", "messages": []}"#.to_vec(), StatusCode::BAD_REQUEST, "empty_messages"),
+        (
+            br#"{"model": "", "messages": [{"role": "user", "content": "hi"}]}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "missing_model",
+        ),
+        (
+            br#"{"model": "m", "messages": [{"role": "user", "content": "hi"}], "visibility": "secret"}"#
+                .to_vec(),
+            StatusCode::BAD_REQUEST,
+            "invalid_visibility",
+        ),
+    ];
+    for (body, status, code) in cases {
+        let response = post(body).await.unwrap();
+        assert_eq!(response.status(), status, "{code}");
+        assert!(
+            response.headers().get("x-club-request-id").is_none(),
+            "{code}"
+        );
+        let body: Value = response.json().await.unwrap();
+        assert_envelope(&body, code);
+    }
+    let mine = club
+        .store
+        .list_records(&RecordQuery::made_by(user.id))
+        .await
+        .unwrap();
+    assert!(mine.items.is_empty(), "a refused request left a record");
 }

@@ -286,14 +286,19 @@ impl RecordKeeper {
         count(&self.state, &record, self.streamed, self.received);
     }
 
-    fn completion(&self) -> ChatCompletion {
-        self.aggregate.clone().finish()
+    /// The answer assembled so far, taking it out of the keeper (no copy).
+    fn take_completion(&mut self) -> ChatCompletion {
+        std::mem::take(&mut self.aggregate).finish()
     }
 
-    /// Makes the record final with `outcome` and saves it (durably) before returning.
-    async fn finish(mut self, outcome: Result<(), &ProviderError>) -> Option<InferenceRecord> {
+    /// Makes the record final with `outcome` and saves it (durably) before returning; gives
+    /// back the record and the assembled answer.
+    async fn finish(
+        mut self,
+        outcome: Result<(), &ProviderError>,
+    ) -> Option<(InferenceRecord, ChatCompletion)> {
         let mut record = self.record.take()?;
-        let completion = self.completion();
+        let completion = self.take_completion();
         let now = Utc::now();
         let _ = match outcome {
             Ok(()) => record.succeeded(&completion, now),
@@ -302,7 +307,7 @@ impl RecordKeeper {
         };
         save(&self.state, &record).await;
         count(&self.state, &record, self.streamed, self.received);
-        Some(record)
+        Some((record, completion))
     }
 }
 
@@ -312,7 +317,7 @@ impl Drop for RecordKeeper {
         let Some(mut record) = self.record.take() else {
             return;
         };
-        let completion = self.completion();
+        let completion = self.take_completion();
         let _ = record.cancelled(
             "the consumer went away before the answer was complete",
             Some(&completion),
@@ -375,7 +380,7 @@ fn stream_response(
                     let record = keeper.finish(Err(&error)).await;
                     let api = ApiError::from_provider(&error);
                     let mut wire: WireError = api.error;
-                    if record.is_some_and(|r| r.status() == Status::Cancelled) {
+                    if record.is_some_and(|(r, _)| r.status() == Status::Cancelled) {
                         wire.code = Some("cancelled".into());
                     }
                     yield Ok(sse_event(&wire.into_response()));
@@ -416,9 +421,13 @@ async fn whole_response(
             }
         }
     }
-    let mut completion = keeper.completion();
+    let Some((_, mut completion)) = keeper.finish(Ok(())).await else {
+        return with_request_id(
+            ApiError::internal("answer", "the record was already final").into_response(),
+            id,
+        );
+    };
     completion.id = id.completion_id();
-    keeper.finish(Ok(())).await;
     with_request_id(axum::Json(completion).into_response(), id)
 }
 

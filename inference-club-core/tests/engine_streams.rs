@@ -116,7 +116,10 @@ struct Run {
 }
 
 fn run(raw: &str) -> Run {
-    let mut splitter = ThinkSplitter::new();
+    run_with(raw, ThinkSplitter::new())
+}
+
+fn run_with(raw: &str, mut splitter: ThinkSplitter) -> Run {
     let mut aggregator = ChatCompletionAggregator::new();
     let mut chunks: Vec<ChatCompletionChunk> = Vec::new();
     let mut errors = Vec::new();
@@ -666,11 +669,17 @@ fn think_tags_split_across_chunks() {
 
 /// DeepSeek-R1 with its updated chat template puts `<think>\n` in the prompt, so the output
 /// starts inside the block and only `</think>` appears (llama.cpp `--reasoning-format none`, or
-/// vLLM without a reasoning parser). The trace should still be split off.
+/// vLLM without a reasoning parser). With `ThinkSplitter::starting_inside` the trace is split
+/// off; with the default splitter it stays in the content (an answer is never guessed to be
+/// reasoning).
 #[test]
-#[ignore = "gap: ThinkSplitter only splits a block that opens with <think>; a bare </think> (R1's current template) leaves the whole trace in content"]
 fn think_without_open_tag() {
-    let run = run(fixture!("think_without_open_tag.sse"));
+    let plain = run(fixture!("think_without_open_tag.sse"));
+    assert!(plain.completion.choices[0].message.reasoning.is_none());
+    let run = run_with(
+        fixture!("think_without_open_tag.sse"),
+        ThinkSplitter::starting_inside(),
+    );
     assert_expected(
         &run,
         &Expected {

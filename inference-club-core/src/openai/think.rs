@@ -26,12 +26,16 @@ const CLOSE: &str = "</think>";
 #[derive(Debug, Default, Clone)]
 pub struct ThinkSplitter {
     choices: HashMap<u32, SplitState>,
+    starts_inside: bool,
 }
 
 #[derive(Debug, Clone)]
 enum SplitState {
     /// No content seen yet but white space or a part of `<think>`, held back.
     Start(String),
+    /// As `Start`, for models whose chat template opens the block in the prompt: content is
+    /// reasoning until `</think>`, whether or not the output repeats `<think>`.
+    StartInside(String),
     /// Inside the block; holds back what may be the start of `</think>`.
     Thinking(String),
     /// Right after `</think>`: leading white space is dropped.
@@ -70,6 +74,17 @@ impl SplitState {
                     *self = Self::Content;
                 }
             }
+            Self::StartInside(held) => {
+                held.push_str(piece);
+                let trimmed = held.trim_start();
+                if trimmed.is_empty() || (OPEN.starts_with(trimmed) && trimmed != OPEN) {
+                    // Still undecided.
+                } else {
+                    let rest = trimmed.strip_prefix(OPEN).unwrap_or(held).to_owned();
+                    *self = Self::Thinking(String::new());
+                    self.push(&rest, out);
+                }
+            }
             Self::Thinking(held) => {
                 held.push_str(piece);
                 if let Some(end) = held.find(CLOSE) {
@@ -98,7 +113,7 @@ impl SplitState {
     fn flush(&mut self, out: &mut Split) {
         match std::mem::replace(self, Self::Content) {
             Self::Start(held) => out.content.push_str(&held),
-            Self::Thinking(held) => out.reasoning.push_str(&held),
+            Self::StartInside(held) | Self::Thinking(held) => out.reasoning.push_str(&held),
             Self::AfterThink | Self::Content => {}
         }
     }
@@ -126,6 +141,17 @@ impl ThinkSplitter {
         Self::default()
     }
 
+    /// A splitter for models whose chat template opens the `<think>` block in the prompt (as
+    /// DeepSeek-R1's current template does): the output starts inside the block, so content is
+    /// reasoning until `</think>`. Only for such models: an answer without `</think>` would all
+    /// be taken for reasoning.
+    pub fn starting_inside() -> Self {
+        Self {
+            starts_inside: true,
+            ..Self::default()
+        }
+    }
+
     /// Rewrites the content of each choice of `chunk`: reasoning inside the block goes to
     /// `reasoning`, the rest stays in `content`; text that may be a split tag is held back until
     /// the next chunk (or [`ThinkSplitter::flush`]).
@@ -135,9 +161,16 @@ impl ThinkSplitter {
                 continue;
             };
             let mut out = Split::default();
+            let starts_inside = self.starts_inside;
             self.choices
                 .entry(choice.index)
-                .or_default()
+                .or_insert_with(|| {
+                    if starts_inside {
+                        SplitState::StartInside(String::new())
+                    } else {
+                        SplitState::default()
+                    }
+                })
                 .push(&piece, &mut out);
             let delta = &mut choice.delta;
             if !out.reasoning.is_empty() {
@@ -240,6 +273,48 @@ mod tests {
         assert_eq!(
             run(&["<think>still thinking </thi"]),
             ("still thinking </thi".into(), String::new())
+        );
+    }
+
+    fn run_inside(pieces: &[&str]) -> (String, String) {
+        let mut splitter = ThinkSplitter::starting_inside();
+        let mut agg = ChatCompletionAggregator::new();
+        for piece in pieces {
+            let mut chunk =
+                ChatCompletionChunk::new("c", "m", 0).with_delta(ChunkDelta::content(*piece));
+            splitter.apply(&mut chunk);
+            agg.push(&chunk);
+        }
+        for (_, reasoning, content) in splitter.flush() {
+            agg.push(
+                &ChatCompletionChunk::new("c", "m", 0).with_delta(ChunkDelta {
+                    reasoning,
+                    content,
+                    ..ChunkDelta::default()
+                }),
+            );
+        }
+        let message = agg.finish().choices[0].message.clone();
+        (
+            message.reasoning.unwrap_or_default(),
+            message.content.unwrap_or_default(),
+        )
+    }
+
+    #[test]
+    fn starting_inside_splits_at_the_bare_closing_tag() {
+        let expected = ("sum is 4".to_owned(), "4.".to_owned());
+        assert_eq!(run_inside(&["sum is 4</th", "ink>\n\n4."]), expected);
+        // The output may still repeat the opening tag, split or whole.
+        assert_eq!(run_inside(&["<thi", "nk>sum is 4</think>4."]), expected);
+        assert_eq!(
+            run_inside(&["<think>", "sum is 4", "</think>", "4."]),
+            expected
+        );
+        // Never closed: all of it is reasoning (the mode is only for such models).
+        assert_eq!(
+            run_inside(&["still thinking"]),
+            ("still thinking".into(), String::new())
         );
     }
 

@@ -23,45 +23,8 @@ async fn official_openai_python_sdk_passes() {
         );
         return;
     };
-    let dir = std::env::temp_dir().join(format!("club-sdk-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let store = Store::connect(&format!("sqlite:{}", dir.join("club.db").display()))
-        .await
-        .unwrap();
-    let user = store.create_user("sdk-tester", None).await.unwrap();
-    let scopes = Scopes::only(Scope::Inference).with(Scope::Provider);
-    let (_, key) = store.create_key(user.id, "sdk", scopes).await.unwrap();
-    let coordinator = Coordinator::start(store, CoordinatorConfig::default())
-        .await
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let shutdown = CancellationToken::new();
-    tokio::spawn(serve(listener, coordinator.app(), shutdown.clone()));
-
-    let router = Router::builder()
-        .route(Route::new("echo", Arc::new(Echo::new().with_reasoning(true))).model("echo"))
-        .build();
-    let manifest = serde_json::json!({
-        "schema_version": 1,
-        "agent": {"name": "sdk-node"},
-        "hosts": [{"id": "h", "services": [{"name": "echo", "url": "http://127.0.0.1:9/v1", "models": [{"id": "echo"}]}]}]
-    });
-    let node = Node::from_offer(
-        NodeConfig::new(url.clone(), key.clone()),
-        Offer::new(router, manifest),
-    )
-    .unwrap();
-    let handle = node.handle();
-    tokio::spawn(node.run());
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while coordinator.nodes.online().is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the node did not link"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let club = EchoClub::start("sdk").await;
+    let (url, key) = (club.url.clone(), club.key.clone());
 
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -74,8 +37,7 @@ async fn official_openai_python_sdk_passes() {
         .output()
         .await
         .unwrap();
-    handle.shutdown();
-    shutdown.cancel();
+    drop(club);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -83,5 +45,152 @@ async fn official_openai_python_sdk_passes() {
         "pytest failed:\n{stdout}\n{stderr}"
     );
     assert!(stdout.contains("passed"), "{stdout}");
-    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A coordinator in this process with one node serving the Echo test engine (model `echo`, with
+/// a reasoning trace), and a member key with the inference and provider scopes.
+struct EchoClub {
+    url: String,
+    key: String,
+    dir: std::path::PathBuf,
+    node: inference_club_provider::node::NodeHandle,
+    shutdown: CancellationToken,
+}
+
+impl EchoClub {
+    async fn start(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "club-{name}-{}-{}",
+            std::process::id(),
+            uuid::Uuid::now_v7().simple()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Store::connect(&format!("sqlite:{}", dir.join("club.db").display()))
+            .await
+            .unwrap();
+        let user = store.create_user("sdk-tester", None).await.unwrap();
+        let scopes = Scopes::only(Scope::Inference).with(Scope::Provider);
+        let (_, key) = store.create_key(user.id, "sdk", scopes).await.unwrap();
+        let coordinator = Coordinator::start(store, CoordinatorConfig::default())
+            .await
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let shutdown = CancellationToken::new();
+        tokio::spawn(serve(listener, coordinator.app(), shutdown.clone()));
+
+        let router = Router::builder()
+            .route(Route::new("echo", Arc::new(Echo::new().with_reasoning(true))).model("echo"))
+            .build();
+        let manifest = serde_json::json!({
+            "schema_version": 1,
+            "agent": {"name": "sdk-node"},
+            "hosts": [{"id": "h", "services": [{"name": "echo", "url": "http://127.0.0.1:9/v1", "models": [{"id": "echo"}]}]}]
+        });
+        let node = Node::from_offer(
+            NodeConfig::new(url.clone(), key.clone()),
+            Offer::new(router, manifest),
+        )
+        .unwrap();
+        let handle = node.handle();
+        tokio::spawn(node.run());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while coordinator.nodes.online().is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the node did not link"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Self {
+            url,
+            key,
+            dir,
+            node: handle,
+            shutdown,
+        }
+    }
+}
+
+impl Drop for EchoClub {
+    fn drop(&mut self) {
+        self.node.shutdown();
+        self.shutdown.cancel();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The Rust client SDK against the same coordinator: models, whole and streamed chat with the
+/// record id, and its typed errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_client_sdk_chats_and_reports_typed_errors() {
+    use futures_util::StreamExt;
+    use inference_club_client::{ChatRequest, Client};
+
+    let club = EchoClub::start("client").await;
+    let client = Client::builder(format!("{}/v1", club.url))
+        .api_key(club.key.clone())
+        .build()
+        .unwrap();
+    let models = client.models().await.unwrap();
+    assert!(models.iter().any(|m| m.id == "echo"));
+
+    let whole = client
+        .chat(ChatRequest::new("echo").user("hello there"))
+        .await
+        .unwrap();
+    assert_eq!(
+        whole.completion.text().as_deref(),
+        Some("echo: hello there")
+    );
+    let id = whole.record_id.unwrap();
+    assert_eq!(
+        whole.completion.id,
+        format!("chatcmpl-{}", id.replace('-', ""))
+    );
+
+    let mut stream = client
+        .chat_stream(ChatRequest::new("echo").user("stream this"))
+        .await
+        .unwrap();
+    assert!(stream.record_id().is_some());
+    let mut text = String::new();
+    let mut usage = None;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap();
+        usage = usage.or(chunk.usage.clone());
+        for choice in &chunk.choices {
+            text.push_str(choice.delta.content.as_deref().unwrap_or_default());
+        }
+    }
+    assert_eq!(text, "echo: stream this");
+    assert_eq!(
+        usage.unwrap().prompt_tokens,
+        2,
+        "usage comes at the end of the stream"
+    );
+
+    let missing = client
+        .chat(ChatRequest::new("no-such-model").user("hi"))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.status(), Some(404));
+    assert_eq!(missing.code(), Some("model_not_found"));
+    assert!(!missing.is_retryable());
+
+    let stranger = Client::builder(club.url.clone())
+        .api_key("icl_not_a_real_key")
+        .build()
+        .unwrap();
+    let denied = stranger
+        .chat(ChatRequest::new("echo").user("hi"))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.status(), Some(401));
+    assert!(!denied.is_retryable());
+
+    let nowhere = Client::builder("http://127.0.0.1:9").build().unwrap();
+    let refused = nowhere.models().await.unwrap_err();
+    assert!(refused.is_retryable(), "{refused}");
+    assert_eq!(refused.status(), None);
 }

@@ -248,15 +248,22 @@ async fn hello_carries_the_versions_and_the_redacted_manifest() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rejected_key_is_retried_not_fatal() {
+async fn a_rejected_key_is_retried_slowly_not_fatal() {
     bounded(async {
         let mut coordinator = FakeCoordinator::start().await;
         let mut config = config(&coordinator.url);
         config.api_key = "icl_wrong".into();
+        // Jittered delays from 1 ms would come back at once; a rejected key waits the longest.
+        let max = Duration::from_millis(300);
+        config.backoff = Backoff::new(Duration::from_millis(1), max);
         let node = Running::start(Node::from_offer(config, offer(vec![echo("echo", 0)])).unwrap());
         let attempts = coordinator.wait_for_attempts(3, WAIT).await;
         assert!(attempts.len() >= 3, "the node gave up: {attempts:?}");
         assert!(attempts.iter().all(|a| a.refused_with == Some(401)));
+        for pair in attempts.windows(2) {
+            let gap = pair[1].at - pair[0].at;
+            assert!(gap >= max, "retried after {gap:?}, sooner than {max:?}");
+        }
         assert!(coordinator.next_link_within(Duration::ZERO).await.is_none());
         assert!(!node.task.is_finished());
     })

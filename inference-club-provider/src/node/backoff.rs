@@ -28,6 +28,11 @@ impl Backoff {
         self.initial.saturating_mul(factor).min(self.max)
     }
 
+    /// The longest delay.
+    pub fn max(&self) -> Duration {
+        self.max
+    }
+
     /// The next delay, and one step further up.
     pub fn next_delay(&mut self) -> Duration {
         let ceiling = self.ceiling();

@@ -235,20 +235,29 @@ impl Node {
                 backoff.reset()
             })
             .await;
-            match end {
+            // A session that got as far as welcome resets the backoff; a refused key waits the
+            // longest delay, since only the operator can fix it.
+            let delay = match end {
                 session::SessionEnd::Shutdown => break,
                 session::SessionEnd::Lost(why) => {
                     tracing::warn!("link to the coordinator lost: {why}");
+                    backoff.next_delay()
                 }
                 session::SessionEnd::Refused(refused) => {
                     tracing::error!(reason = %refused.reason, "the coordinator refused this node");
                     for problem in &refused.errors {
                         tracing::error!("  {problem}");
                     }
+                    backoff.next_delay()
                 }
-            }
-            // A session that got as far as welcome resets the backoff.
-            let delay = backoff.next_delay();
+                session::SessionEnd::KeyRejected(why) => {
+                    tracing::error!(
+                        "the coordinator does not accept this node's key ({why}); use a key with \
+                         the provider scope of a current member"
+                    );
+                    backoff.max()
+                }
+            };
             tracing::info!("reconnecting in {delay:?}");
             tokio::select! {
                 () = handle.shutdown.cancelled() => break,
@@ -309,7 +318,7 @@ async fn watch_manifest(
 /// Checks that the coordinator accepts the configured key on its link endpoint: connects, then
 /// closes without announcing anything. For `club-provider doctor`.
 pub async fn check_link(config: &NodeConfig) -> Result<(), String> {
-    let mut ws = session::connect(config).await?;
+    let mut ws = session::connect(config).await.map_err(|e| e.to_string())?;
     let _ = ws.close(None).await;
     Ok(())
 }

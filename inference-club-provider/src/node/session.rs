@@ -29,6 +29,25 @@ pub(crate) enum SessionEnd {
     Lost(String),
     /// The coordinator refused the hello.
     Refused(Refused),
+    /// The coordinator refused the node's key (401 or 403): retrying soon cannot help.
+    KeyRejected(String),
+}
+
+/// Why a link could not be made.
+#[derive(Debug)]
+pub(crate) enum ConnectError {
+    /// The coordinator refused the key (401 or 403), with what it said.
+    KeyRejected(String),
+    /// Anything else: the network, a timeout, another status.
+    Failed(String),
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::KeyRejected(why) | Self::Failed(why) => f.write_str(why),
+        }
+    }
 }
 
 /// The node software and version, as sent in `hello`.
@@ -45,15 +64,16 @@ fn hello(offer: &Offer) -> NodeMessage {
 type WsStream =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-pub(crate) async fn connect(config: &NodeConfig) -> Result<WsStream, String> {
-    let url = super::link_url(&config.coordinator).map_err(|e| e.to_string())?;
+pub(crate) async fn connect(config: &NodeConfig) -> Result<WsStream, ConnectError> {
+    let url =
+        super::link_url(&config.coordinator).map_err(|e| ConnectError::Failed(e.to_string()))?;
     let mut request = url
         .as_str()
         .into_client_request()
-        .map_err(|e| format!("invalid coordinator URL: {e}"))?;
+        .map_err(|e| ConnectError::Failed(format!("invalid coordinator URL: {e}")))?;
     let bearer = format!("Bearer {}", config.api_key)
         .parse()
-        .map_err(|_| "the API key is not a valid header value".to_owned())?;
+        .map_err(|_| ConnectError::Failed("the API key is not a valid header value".to_owned()))?;
     request.headers_mut().insert("authorization", bearer);
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut ws_config = tungstenite::protocol::WebSocketConfig::default();
@@ -61,10 +81,10 @@ pub(crate) async fn connect(config: &NodeConfig) -> Result<WsStream, String> {
     ws_config.max_frame_size = Some(link::MAX_MESSAGE_BYTES);
     let connecting = tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true);
     match tokio::time::timeout(config.connect_timeout, connecting).await {
-        Err(_) => Err(format!(
+        Err(_) => Err(ConnectError::Failed(format!(
             "no answer from {} within {:?}",
             url, config.connect_timeout
-        )),
+        ))),
         Ok(Err(tungstenite::Error::Http(response))) => {
             let status = response.status();
             let body = response
@@ -73,9 +93,16 @@ pub(crate) async fn connect(config: &NodeConfig) -> Result<WsStream, String> {
                 .map(String::from_utf8_lossy)
                 .unwrap_or_default()
                 .into_owned();
-            Err(format!("coordinator answered {status}: {body}"))
+            let why = format!("coordinator answered {status}: {body}");
+            if status == 401 || status == 403 {
+                Err(ConnectError::KeyRejected(why))
+            } else {
+                Err(ConnectError::Failed(why))
+            }
         }
-        Ok(Err(e)) => Err(format!("cannot connect to {url}: {e}")),
+        Ok(Err(e)) => Err(ConnectError::Failed(format!(
+            "cannot connect to {url}: {e}"
+        ))),
         Ok(Ok((ws, _))) => Ok(ws),
     }
 }
@@ -98,7 +125,8 @@ pub(crate) async fn run(
         () = shutdown.cancelled() => return SessionEnd::Shutdown,
         ws = connect(config) => match ws {
             Ok(ws) => ws,
-            Err(why) => return SessionEnd::Lost(why),
+            Err(ConnectError::KeyRejected(why)) => return SessionEnd::KeyRejected(why),
+            Err(ConnectError::Failed(why)) => return SessionEnd::Lost(why),
         },
     };
     let (mut sink, mut frames) = ws.split();

@@ -171,6 +171,7 @@ on_both!(
     manifest_revisions_only_on_change,
     delete_user_removes_everything_theirs_and_nothing_else,
     concurrent_batched_writes_all_land,
+    writes_queued_together_end_in_the_latest_state,
     migrating_again_changes_nothing,
 );
 
@@ -981,6 +982,48 @@ async fn concurrent_batched_writes_all_land(db: &TestDb) {
         db.store.backend(),
         total * 3
     );
+}
+
+/// A request's insert, running save and final save queued back to back (as the coordinator
+/// does for a fast request) may share one commit; whatever the batching, every write gets its
+/// true answer, the record ends in its latest state, and a save that moves it back is still
+/// refused.
+async fn writes_queued_together_end_in_the_latest_state(db: &TestDb) {
+    let store = &db.store;
+    let ada = store.create_user("ada", None).await.unwrap();
+    let bob = store.create_user("bob", None).await.unwrap();
+    for _ in 0..20 {
+        let queued = record(&ada, "m", Visibility::Public);
+        let mut running = queued.clone();
+        running
+            .dispatched(served_by(&bob, "box"), Utc::now())
+            .unwrap();
+        let mut done = running.clone();
+        succeed(&mut done, "the answer");
+
+        let inserted = store.insert_record_soon(&queued).await.unwrap();
+        store.save_record_soon(&running).await.unwrap();
+        let (finished, stale) = tokio::join!(store.save_record(&done), store.save_record(&running));
+        finished.unwrap();
+        inserted.committed().await.unwrap();
+        assert!(
+            matches!(
+                stale,
+                Err(StoreError::StatusRegression {
+                    stored: Status::Succeeded,
+                    attempted: Status::Running,
+                    ..
+                })
+            ),
+            "{stale:?}"
+        );
+        assert_eq!(store.record(done.id).await.unwrap().unwrap().record, done);
+    }
+    // A queued insert of a consumer who is not a member is refused when awaited.
+    let mut stranger = record(&ada, "m", Visibility::Public);
+    stranger.consumer = Some("nobody".into());
+    let pending = store.insert_record_soon(&stranger).await.unwrap();
+    assert!(pending.committed().await.unwrap_err().is_not_found());
 }
 
 async fn migrating_again_changes_nothing(db: &TestDb) {

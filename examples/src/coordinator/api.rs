@@ -165,9 +165,12 @@ async fn serve_chat(
         visibility,
         Utc::now(),
     );
-    if let Err(error) = state.store.insert_record(&record).await {
-        return ApiError::from(error).into_response();
-    }
+    // The insert is committed while the request is dispatched; it is awaited before anything
+    // of the answer leaves, so no consumer sees a request id without its record.
+    let inserted = match state.store.insert_record_soon(&record).await {
+        Ok(pending) => pending,
+        Err(error) => return ApiError::from(error).into_response(),
+    };
     let cancel = CancellationToken::new();
     let mut context = RequestContext::new(id.to_string()).with_consumer(caller.user.handle.clone());
     context.cancel = cancel.clone();
@@ -193,6 +196,11 @@ async fn serve_chat(
         Some(record) => dispatch::dispatch(&state, &engine_request, record, &context).await,
         None => Err(ApiError::internal("dispatch", "the record is gone")),
     };
+    if let Err(error) = inserted.committed().await {
+        // No record, so nothing to save: the keeper only cancels the job it started.
+        keeper.record = None;
+        return ApiError::from(error).into_response();
+    }
     let stream = match dispatched {
         Ok(stream) => {
             // Saved as running, with the node serving it and the attempts so far: what a crash

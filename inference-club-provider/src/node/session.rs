@@ -50,6 +50,10 @@ impl std::fmt::Display for ConnectError {
     }
 }
 
+/// The most frames written to the link before it is flushed: bursts of chunks share a write,
+/// and a long burst still leaves room for the other branches of the session loop.
+const MAX_FRAMES_PER_WRITE: usize = 64;
+
 /// The node software and version, as sent in `hello`.
 pub const NODE_VERSION: &str = concat!("inference-club-provider/", env!("CARGO_PKG_VERSION"));
 
@@ -214,14 +218,25 @@ pub(crate) async fn run(
                 draining = Some(tokio::time::Instant::now() + Duration::from_secs(2));
             }
             Some(message) = outgoing.recv() => {
-                let frame = match text(&message) {
-                    Ok(frame) => frame,
-                    Err(why) => {
-                        tracing::warn!("{why}");
-                        continue;
+                // Whatever else is ready goes out with it: one write for a burst of chunks.
+                let mut batch = 0;
+                let mut next = Some(message);
+                let mut sent = Ok(());
+                while let Some(message) = next.take() {
+                    match text(&message) {
+                        Ok(frame) => sent = sink.feed(frame).await,
+                        Err(why) => tracing::warn!("{why}"),
                     }
-                };
-                if let Err(e) = sink.send(frame).await {
+                    batch += 1;
+                    if sent.is_err() || batch == MAX_FRAMES_PER_WRITE {
+                        break;
+                    }
+                    next = outgoing.try_recv().ok();
+                }
+                if let Err(e) = match sent {
+                    Ok(()) => sink.flush().await,
+                    Err(e) => Err(e),
+                } {
                     break SessionEnd::Lost(e.to_string());
                 }
             }

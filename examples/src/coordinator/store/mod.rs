@@ -68,6 +68,7 @@ pub use records::{Cursor, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page, RecordQuery, S
 pub use sql::Backend;
 pub use users::User;
 pub use writer::MAX_BATCH;
+pub use writer::PendingWrite;
 
 /// The coordinator's store. Cheap to clone: clones share one pool and one record writer.
 ///

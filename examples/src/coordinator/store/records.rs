@@ -231,6 +231,18 @@ impl RecordRow {
     }
 }
 
+impl RecordRow {
+    /// The record's id.
+    pub(crate) fn id(&self) -> RecordId {
+        self.id
+    }
+
+    /// How far along the record is (see [`stage`]).
+    pub(crate) fn stage(&self) -> u8 {
+        stage(self.status)
+    }
+}
+
 /// How far along a status is: queued, then running, then final.
 fn stage(status: Status) -> u8 {
     match status {
@@ -360,6 +372,17 @@ impl Store {
     pub async fn insert_record(&self, record: &InferenceRecord) -> Result<(), StoreError> {
         let row = RecordRow::new(record)?;
         self.write(super::writer::Write::Insert(row)).await
+    }
+
+    /// Queues the insert of [`Store::insert_record`] and returns at once; the insert is durable
+    /// when [`PendingWrite::committed`] says so. Writes queued after it (saves of the same
+    /// record) are applied after it.
+    pub async fn insert_record_soon(
+        &self,
+        record: &InferenceRecord,
+    ) -> Result<super::writer::PendingWrite, StoreError> {
+        let row = RecordRow::new(record)?;
+        self.write_pending(super::writer::Write::Insert(row)).await
     }
 
     /// Saves everything about a record that may change (status, serving provider, response,

@@ -5,9 +5,16 @@
 //! regression, an existing id) is that write's answer and does not affect the others of its
 //! batch; if the batch itself fails, each write is retried alone so that one bad write cannot
 //! sink the rest.
+//!
+//! Writes of one batch to the same record fold into one statement: a save that does not move
+//! the record back supersedes the write queued before it (an insert stays an insert, carrying
+//! the newer row), and every caller of the folded writes gets that statement's outcome. A
+//! request accepted, started and finished between two commits costs one statement, not three.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
+use inference_club_core::record::RecordId;
 use sqlx::AnyPool;
 use tokio::sync::{mpsc, oneshot};
 
@@ -31,11 +38,100 @@ pub(crate) enum Write {
     Save(RecordRow),
 }
 
+impl Write {
+    fn row(&self) -> &RecordRow {
+        match self {
+            Self::Insert(row) | Self::Save(row) => row,
+        }
+    }
+
+    /// The same kind of write, of a newer row.
+    fn replace_row(&mut self, newer: RecordRow) {
+        match self {
+            Self::Insert(row) | Self::Save(row) => *row = newer,
+        }
+    }
+}
+
+type Ack = oneshot::Sender<Result<(), StoreError>>;
+
 /// A write and where its outcome goes.
 #[derive(Debug)]
 pub(crate) struct Job {
     write: Write,
-    ack: oneshot::Sender<Result<(), StoreError>>,
+    ack: Ack,
+}
+
+/// One statement to run: a write, and everyone waiting for it (several when writes folded).
+#[derive(Debug)]
+struct Folded {
+    write: Write,
+    acks: Vec<Ack>,
+}
+
+impl Folded {
+    /// Sends `outcome` to everyone waiting for this statement.
+    fn answer(self, outcome: Result<(), StoreError>) {
+        let mut acks = self.acks.into_iter();
+        let first = acks.next();
+        for ack in acks {
+            let _ = ack.send(replicate(&outcome));
+        }
+        if let Some(first) = first {
+            let _ = first.send(outcome);
+        }
+    }
+}
+
+/// Folds the writes of a batch to the same record, keeping their order otherwise.
+fn fold(jobs: Vec<Job>) -> Vec<Folded> {
+    let mut folded: Vec<Folded> = Vec::with_capacity(jobs.len());
+    let mut last_of: HashMap<RecordId, usize> = HashMap::with_capacity(jobs.len());
+    for Job { write, ack } in jobs {
+        let id = write.row().id();
+        let earlier = match &write {
+            Write::Save(row) => last_of.get(&id).copied().filter(|&at| {
+                folded
+                    .get(at)
+                    .is_some_and(|e| row.stage() >= e.write.row().stage())
+            }),
+            Write::Insert(_) => None,
+        };
+        match (earlier.and_then(|at| folded.get_mut(at)), write) {
+            (Some(earlier), Write::Save(row)) => {
+                earlier.write.replace_row(row);
+                earlier.acks.push(ack);
+            }
+            (_, write) => {
+                last_of.insert(id, folded.len());
+                folded.push(Folded {
+                    write,
+                    acks: vec![ack],
+                });
+            }
+        }
+    }
+    folded
+}
+
+/// The same outcome for another caller of a folded write. Only outcomes reach here (errors that
+/// end a transaction are answered one by one, unfolded).
+fn replicate(outcome: &Result<(), StoreError>) -> Result<(), StoreError> {
+    match outcome {
+        Ok(()) => Ok(()),
+        Err(StoreError::NotFound(entity)) => Err(StoreError::NotFound(*entity)),
+        Err(StoreError::RecordExists(id)) => Err(StoreError::RecordExists(*id)),
+        Err(StoreError::StatusRegression {
+            id,
+            stored,
+            attempted,
+        }) => Err(StoreError::StatusRegression {
+            id: *id,
+            stored: *stored,
+            attempted: *attempted,
+        }),
+        Err(other) => Err(StoreError::invalid("record", other.to_string())),
+    }
 }
 
 /// Starts the writer; it ends when every sender is dropped.
@@ -53,27 +149,28 @@ async fn run(pool: AnyPool, backend: Backend, mut receiver: mpsc::Receiver<Job>)
 }
 
 async fn commit(pool: &AnyPool, backend: Backend, jobs: Vec<Job>) {
-    tracing::trace!(writes = jobs.len(), "committing a record batch");
-    let writes: Vec<&Write> = jobs.iter().map(|job| &job.write).collect();
+    let statements = fold(jobs);
+    tracing::trace!(statements = statements.len(), "committing a record batch");
+    let writes: Vec<&Write> = statements.iter().map(|folded| &folded.write).collect();
     match with_retries(pool, backend, &writes).await {
         Ok(outcomes) => {
-            for (job, outcome) in jobs.into_iter().zip(outcomes) {
-                let _ = job.ack.send(outcome);
+            for (folded, outcome) in statements.into_iter().zip(outcomes) {
+                folded.answer(outcome);
             }
         }
-        Err(error) if jobs.len() == 1 => {
-            if let Some(job) = jobs.into_iter().next() {
-                let _ = job.ack.send(Err(error));
+        Err(error) if statements.len() == 1 => {
+            if let Some(folded) = statements.into_iter().next() {
+                folded.answer(Err(error));
             }
         }
         Err(error) => {
-            tracing::warn!(%error, writes = jobs.len(), "record batch failed; writing one by one");
-            for job in jobs {
-                let outcome = match with_retries(pool, backend, &[&job.write]).await {
+            tracing::warn!(%error, statements = statements.len(), "record batch failed; writing one by one");
+            for folded in statements {
+                let outcome = match with_retries(pool, backend, &[&folded.write]).await {
                     Ok(mut outcomes) => outcomes.pop().unwrap_or(Err(StoreError::Closed)),
                     Err(error) => Err(error),
                 };
-                let _ = job.ack.send(outcome);
+                folded.answer(outcome);
             }
         }
     }
@@ -119,6 +216,17 @@ async fn one_transaction(
     Ok(outcomes)
 }
 
+/// A queued write whose outcome has not been asked for yet.
+#[derive(Debug)]
+pub struct PendingWrite(oneshot::Receiver<Result<(), StoreError>>);
+
+impl PendingWrite {
+    /// Waits until the write is committed (or refused).
+    pub async fn committed(self) -> Result<(), StoreError> {
+        self.0.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
 impl Store {
     /// Hands a write to the writer and waits for its outcome.
     pub(crate) async fn write(&self, write: Write) -> Result<(), StoreError> {
@@ -138,6 +246,11 @@ impl Store {
             .await
             .map_err(|_| StoreError::Closed)?;
         Ok(outcome)
+    }
+
+    /// Queues `write` and returns what tells when it is committed.
+    pub(crate) async fn write_pending(&self, write: Write) -> Result<PendingWrite, StoreError> {
+        Ok(PendingWrite(self.enqueue(write).await?))
     }
 
     /// Queues `write` behind every write queued before it, without waiting for its commit. What

@@ -1,34 +1,31 @@
 //! Streamed chat completion chunks.
 
+use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
-use super::{ApiError, ErrorResponse, Extra, Role, Usage};
+use super::{ApiError, ErrorResponse, Extra, FieldName, Role, Usage};
 
 /// One chunk of a streamed completion (`object: "chat.completion.chunk"`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Chunks are read on the hot path of every stream, so they are read field by field straight
+/// from the JSON (no intermediate `Value`, no buffering of the whole object); a missing field
+/// takes its default, `object` is always written as `chat.completion.chunk`, and unknown fields
+/// land in `extra`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ChatCompletionChunk {
     /// Completion id, the same on every chunk of one completion.
-    #[serde(default)]
     pub id: String,
     /// Always `chat.completion.chunk` (whatever an engine sent).
-    #[serde(default = "chunk_object", deserialize_with = "read_chunk_object")]
     pub object: String,
     /// Unix seconds.
-    #[serde(default)]
     pub created: u64,
     /// The model that answers.
-    #[serde(default)]
     pub model: String,
     /// The choices; empty on a usage-only chunk.
-    #[serde(default)]
     pub choices: Vec<ChunkChoice>,
     /// Token counts: on the last chunk when the consumer asked for them.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "super::usage::deserialize_optional_usage"
-    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
     /// Backend fingerprint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -42,8 +39,66 @@ fn chunk_object() -> String {
     "chat.completion.chunk".into()
 }
 
-fn read_chunk_object<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    serde::de::IgnoredAny::deserialize(d).map(|_| chunk_object())
+/// A chunk as read, with what [`StreamPayload::parse`] needs beyond it.
+struct ChunkFields {
+    chunk: ChatCompletionChunk,
+    /// Whether a `choices` field was present.
+    saw_choices: bool,
+}
+
+impl<'de> Deserialize<'de> for ChunkFields {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> Visitor<'de> for Fields {
+            type Value = ChunkFields;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a chat completion chunk object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ChunkFields, A::Error> {
+                let mut chunk = ChatCompletionChunk::new(String::new(), String::new(), 0);
+                let mut saw_choices = false;
+                while let Some(key) = map.next_key::<FieldName<'de>>()? {
+                    match &*key.0 {
+                        "id" => chunk.id = map.next_value()?,
+                        "object" => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                        "created" => chunk.created = map.next_value()?,
+                        "model" => chunk.model = map.next_value()?,
+                        "choices" => {
+                            chunk.choices = map.next_value()?;
+                            saw_choices = true;
+                        }
+                        "usage" => chunk.usage = map.next_value::<OptionalUsage>()?.0,
+                        "system_fingerprint" => chunk.system_fingerprint = map.next_value()?,
+                        _ => {
+                            let value: Value = map.next_value()?;
+                            chunk.extra.insert(key.0.into_owned(), value);
+                        }
+                    }
+                }
+                Ok(ChunkFields { chunk, saw_choices })
+            }
+        }
+        d.deserialize_map(Fields)
+    }
+}
+
+impl<'de> Deserialize<'de> for ChatCompletionChunk {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        ChunkFields::deserialize(d).map(|fields| fields.chunk)
+    }
+}
+
+/// `usage` as chunks read it: `null` and `{}` are no usage.
+struct OptionalUsage(Option<Usage>);
+
+impl<'de> Deserialize<'de> for OptionalUsage {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        super::usage::deserialize_optional_usage(d).map(Self)
+    }
 }
 
 impl ChatCompletionChunk {
@@ -99,8 +154,7 @@ pub struct ChunkChoice {
 ///
 /// The reasoning trace is read from `reasoning_content` or `reasoning` and written as
 /// `reasoning_content`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(from = "ChunkDeltaWire")]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ChunkDelta {
     /// The role, on the first chunk.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -149,34 +203,40 @@ impl ChunkDelta {
     }
 }
 
-#[derive(Deserialize)]
-struct ChunkDeltaWire {
-    #[serde(default)]
-    role: Option<Role>,
-    #[serde(default)]
-    content: Option<String>,
-    #[serde(default)]
-    reasoning_content: Option<String>,
-    #[serde(default)]
-    reasoning: Option<String>,
-    #[serde(default)]
-    refusal: Option<String>,
-    #[serde(default)]
-    tool_calls: Option<Vec<ToolCallDelta>>,
-    #[serde(flatten)]
-    extra: Extra,
-}
+impl<'de> Deserialize<'de> for ChunkDelta {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> Visitor<'de> for Fields {
+            type Value = ChunkDelta;
 
-impl From<ChunkDeltaWire> for ChunkDelta {
-    fn from(w: ChunkDeltaWire) -> Self {
-        Self {
-            role: w.role,
-            content: w.content,
-            reasoning: w.reasoning_content.or(w.reasoning),
-            refusal: w.refusal,
-            tool_calls: w.tool_calls.filter(|calls| !calls.is_empty()),
-            extra: w.extra,
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a chunk delta object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ChunkDelta, A::Error> {
+                let mut delta = ChunkDelta::default();
+                let mut reasoning = None;
+                while let Some(key) = map.next_key::<FieldName<'de>>()? {
+                    match &*key.0 {
+                        "role" => delta.role = map.next_value()?,
+                        "content" => delta.content = map.next_value()?,
+                        "reasoning_content" => delta.reasoning = map.next_value()?,
+                        "reasoning" => reasoning = map.next_value()?,
+                        "refusal" => delta.refusal = map.next_value()?,
+                        "tool_calls" => delta.tool_calls = map.next_value()?,
+                        _ => {
+                            let value: Value = map.next_value()?;
+                            delta.extra.insert(key.0.into_owned(), value);
+                        }
+                    }
+                }
+                // Either name holds the trace; `reasoning_content` wins when both are sent.
+                delta.reasoning = delta.reasoning.or(reasoning);
+                delta.tool_calls = delta.tool_calls.filter(|calls| !calls.is_empty());
+                Ok(delta)
+            }
         }
+        d.deserialize_map(Fields)
     }
 }
 
@@ -306,12 +366,20 @@ impl StreamPayload {
         if data == "[DONE]" {
             return Ok(Self::Done);
         }
-        let value: Value = serde_json::from_str(data)?;
-        if value.get("error").is_some_and(|e| !e.is_null()) && value.get("choices").is_none() {
-            let envelope: ErrorResponse = serde_json::from_value(value)?;
+        let ChunkFields {
+            mut chunk,
+            saw_choices,
+        } = serde_json::from_str(data)?;
+        // `{"error": {...}}` without choices is an error sent inside the stream.
+        if !saw_choices
+            && chunk.extra.get("error").is_some_and(|e| !e.is_null())
+            && let Some(error) = chunk.extra.remove("error")
+        {
+            let envelope: ErrorResponse =
+                serde_json::from_value(serde_json::json!({ "error": error }))?;
             return Ok(Self::Error(envelope.error));
         }
-        serde_json::from_value(value).map(|c| Self::Chunk(Box::new(c)))
+        Ok(Self::Chunk(Box::new(chunk)))
     }
 }
 
@@ -329,6 +397,30 @@ mod tests {
             serde_json::from_value(json!({"index": 0, "delta": {}, "finish_reason": "stop"}))
                 .unwrap();
         assert_eq!(c.finish_reason, Some(FinishReason::Stop));
+    }
+
+    #[test]
+    fn chunks_are_read_field_by_field_with_unknown_fields_kept() {
+        let text = r#"{"id":"c1","object":"whatever","created":5,"model":"m","vendor":{"x":[1]},
+            "choices":[{"index":0,"delta":{"con\u0074ent":"hi","role":"assistant","top":1},
+            "finish_reason":null}],"usage":{},"error":null}"#;
+        let StreamPayload::Chunk(chunk) = StreamPayload::parse(text).unwrap() else {
+            panic!("not a chunk")
+        };
+        assert_eq!(chunk.object, "chat.completion.chunk");
+        assert_eq!((chunk.id.as_str(), chunk.created), ("c1", 5));
+        assert_eq!(chunk.usage, None);
+        assert_eq!(chunk.extra["vendor"], json!({"x": [1]}));
+        assert_eq!(chunk.extra["error"], Value::Null);
+        let delta = &chunk.choices[0].delta;
+        assert_eq!(delta.content.as_deref(), Some("hi"));
+        assert_eq!(delta.role, Some(Role::Assistant));
+        assert_eq!(delta.extra["top"], json!(1));
+        // Missing fields take their defaults; a field of the wrong type is an error.
+        let bare: ChatCompletionChunk = serde_json::from_str("{}").unwrap();
+        assert_eq!(bare, ChatCompletionChunk::new("", "", 0));
+        assert!(serde_json::from_str::<ChatCompletionChunk>(r#"{"created":"x"}"#).is_err());
+        assert!(serde_json::from_str::<ChatCompletionChunk>("[]").is_err());
     }
 
     #[test]

@@ -37,3 +37,33 @@ pub use usage::{CompletionTokensDetails, PromptTokensDetails, Usage};
 
 /// A JSON object: the unknown fields a type keeps and passes through.
 pub type Extra = serde_json::Map<String, serde_json::Value>;
+
+/// An object's key as read: borrowed from the input when it can be (no allocation for the
+/// known fields of hot types), owned when the input escapes it.
+pub(crate) struct FieldName<'de>(pub(crate) std::borrow::Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for FieldName<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Name;
+        impl<'de> serde::de::Visitor<'de> for Name {
+            type Value = FieldName<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a field name")
+            }
+
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(FieldName(std::borrow::Cow::Borrowed(v)))
+            }
+
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(FieldName(std::borrow::Cow::Owned(v.to_owned())))
+            }
+
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(FieldName(std::borrow::Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(Name)
+    }
+}

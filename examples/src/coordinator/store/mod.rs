@@ -50,6 +50,7 @@ mod key_cache;
 mod keys;
 mod providers;
 mod records;
+mod sessions;
 mod sql;
 mod users;
 mod writer;
@@ -65,8 +66,10 @@ pub use key_cache::KEY_CACHE_TTL;
 pub use keys::{ApiKey, SECRET_PREFIX, Scope, ScopeParseError, Scopes};
 pub use providers::{MAX_MANIFEST_BYTES, Provider, ProviderRevision, canonical_json};
 pub use records::{Cursor, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page, RecordQuery, StoredRecord};
+pub(crate) use sessions::same_secret;
+pub use sessions::{FlowKind, SESSION_LIFETIME, Session, SignInFlow, hash_token, random_token};
 pub use sql::Backend;
-pub use users::User;
+pub use users::{GitHubIdentity, User};
 pub use writer::MAX_BATCH;
 
 /// The coordinator's store. Cheap to clone: clones share one pool and one record writer.

@@ -69,6 +69,7 @@ pub use records::{Cursor, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page, RecordQuery, S
 pub(crate) use sessions::same_secret;
 pub use sessions::{FlowKind, SESSION_LIFETIME, Session, SignInFlow, hash_token, random_token};
 pub use sql::Backend;
+pub(crate) use sql::now;
 pub use users::{GitHubIdentity, User};
 pub use writer::MAX_BATCH;
 

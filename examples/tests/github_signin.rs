@@ -1060,7 +1060,57 @@ async fn deletion_leaves_no_session_or_flow(store: &Store, raw: &AnyPool) {
         )
         .await
         .unwrap();
-    store.create_session(other.id).await.unwrap();
+    let (_, token) = store.create_session(other.id).await.unwrap();
+    let (found, session) = store.session(&token).await.unwrap().unwrap();
+    assert_eq!((found.id, session.user_id), (other.id, other.id));
+    let renamed = store
+        .update_github_identity(
+            other.id,
+            &GitHubIdentity {
+                id: 78,
+                login: "stayer2".into(),
+                email: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(renamed.handle, "stayer2");
+    let taken = store
+        .update_github_identity(
+            other.id,
+            &GitHubIdentity {
+                id: 78,
+                login: "LEAVER".into(),
+                email: None,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(taken.is_conflict(), "{taken}");
+    let device = inference_club_examples::coordinator::store::random_token().unwrap();
+    store
+        .start_flow(
+            &device,
+            &SignInFlow::new(FlowKind::Device, std::time::Duration::from_secs(600)),
+        )
+        .await
+        .unwrap();
+    assert!(store.flow_polled(&device, Utc::now(), 5).await.unwrap());
+    assert!(!store.flow_polled(&device, Utc::now(), 5).await.unwrap());
+    assert!(
+        store
+            .take_flow(&device, FlowKind::Device)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store
+            .take_flow(&device, FlowKind::Device)
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     assert!(store.delete_user(user.id).await.unwrap());
     for (table, expected) in [("sessions", 1), ("sign_in_flows", 0), ("users", 1)] {

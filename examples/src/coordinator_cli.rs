@@ -249,3 +249,44 @@ pub async fn migrate(database: &str, out: &mut dyn Write, err: &mut dyn Write) -
         }
     }
 }
+
+#[cfg(test)]
+mod sign_in_options {
+    use super::*;
+
+    #[test]
+    fn a_client_id_turns_sign_in_on() {
+        let config = SignInOptions::default()
+            .apply(CoordinatorConfig::default())
+            .unwrap();
+        assert!(config.github.is_none() && config.public_url.is_none());
+
+        let config = SignInOptions {
+            github_client_id: Some("id".into()),
+            github_client_secret: Some("secret".into()),
+            github_url: Some("http://127.0.0.1:9".into()),
+            github_api_url: Some("http://127.0.0.1:9/api".into()),
+            public_url: Some("https://club.example".into()),
+        }
+        .apply(CoordinatorConfig::default())
+        .unwrap();
+        let github = config.github.unwrap();
+        assert_eq!(
+            github.token_url.as_str(),
+            "http://127.0.0.1:9/login/oauth/access_token"
+        );
+        assert_eq!(github.api_url.as_str(), "http://127.0.0.1:9/api");
+        assert_eq!(config.public_url.unwrap().as_str(), "https://club.example/");
+
+        let no_secret = SignInOptions {
+            github_client_id: Some("id".into()),
+            ..SignInOptions::default()
+        };
+        assert!(no_secret.apply(CoordinatorConfig::default()).is_err());
+        let bad_url = SignInOptions {
+            public_url: Some("ftp://x".into()),
+            ..SignInOptions::default()
+        };
+        assert!(bad_url.apply(CoordinatorConfig::default()).is_err());
+    }
+}

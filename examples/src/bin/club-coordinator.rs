@@ -59,10 +59,10 @@ struct SignInArgs {
     /// The GitHub OAuth app's client secret.
     #[arg(long, env = "CLUB_GITHUB_CLIENT_SECRET", hide_env_values = true)]
     github_client_secret: Option<String>,
-    /// GitHub's base URL for the login/oauth endpoints (default https://github.com).
+    /// GitHub's base URL for the login/oauth endpoints (default: github.com).
     #[arg(long, env = "CLUB_GITHUB_URL")]
     github_url: Option<String>,
-    /// GitHub's REST API base URL (default https://api.github.com).
+    /// GitHub's REST API base URL (default: api.github.com).
     #[arg(long, env = "CLUB_GITHUB_API_URL")]
     github_api_url: Option<String>,
     /// The coordinator's public base URL (for the OAuth callback; https makes cookies Secure).

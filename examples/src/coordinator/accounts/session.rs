@@ -3,7 +3,7 @@
 //!
 //! The cookie is HttpOnly, SameSite=Lax, Path=/, `Secure` when the coordinator's public URL is
 //! https, and lasts [`SESSION_LIFETIME`]. A session authenticates like a key with every scope
-//! ([`auth::caller`](crate::coordinator::auth::caller)); a state-changing request (POST, PATCH,
+//! ([`auth::caller`]); a state-changing request (POST, PATCH,
 //! PUT, DELETE) authenticated by the cookie must carry `x-csrf-token` equal to the session's
 //! CSRF token, else 403 `csrf_failed` ([`csrf_guard`]). Requests with a bearer key need no CSRF
 //! token: a browser never adds that header on its own.

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::coordinator::accounts::GitHubConfig;
 use crate::coordinator::store::{Scopes, Store};
 use crate::coordinator::{Coordinator, CoordinatorConfig, serve};
 
@@ -37,6 +38,70 @@ async fn open(database: &str, err: &mut dyn Write) -> Option<Store> {
             let _ = writeln!(err, "error: cannot open the database {database}: {error}");
             None
         }
+    }
+}
+
+/// `club-coordinator serve`'s GitHub sign-in flags (each with an environment fallback:
+/// `CLUB_GITHUB_CLIENT_ID`, `CLUB_GITHUB_CLIENT_SECRET`, `CLUB_GITHUB_URL`,
+/// `CLUB_GITHUB_API_URL`, `CLUB_PUBLIC_URL`).
+#[derive(Debug, Clone, Default)]
+pub struct SignInOptions {
+    /// The OAuth app's client id; without it sign-in is off.
+    pub github_client_id: Option<String>,
+    /// The OAuth app's client secret.
+    pub github_client_secret: Option<String>,
+    /// The base of GitHub's `login/...` endpoints.
+    pub github_url: Option<String>,
+    /// GitHub's REST API base.
+    pub github_api_url: Option<String>,
+    /// The coordinator's public base URL.
+    pub public_url: Option<String>,
+}
+
+fn parse_url(flag: &str, text: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(text.trim()).map_err(|e| format!("{flag} {text:?}: {e}"))?;
+    if matches!(url.scheme(), "http" | "https") {
+        Ok(url)
+    } else {
+        Err(format!(
+            "{flag} {text:?}: expected an http:// or https:// URL"
+        ))
+    }
+}
+
+impl SignInOptions {
+    /// `config` with these options: GitHub sign-in on when a client id is given (a secret is
+    /// then required), `public_url` set when given. Bad URLs are refused with a message.
+    pub fn apply(self, mut config: CoordinatorConfig) -> Result<CoordinatorConfig, String> {
+        if let Some(public_url) = self.public_url.as_deref().filter(|u| !u.trim().is_empty()) {
+            config.public_url = Some(parse_url("--public-url", public_url)?);
+        }
+        let Some(client_id) = self
+            .github_client_id
+            .map(|id| id.trim().to_owned())
+            .filter(|id| !id.is_empty())
+        else {
+            return Ok(config);
+        };
+        let Some(secret) = self.github_client_secret.filter(|s| !s.trim().is_empty()) else {
+            return Err(
+                "--github-client-id needs --github-client-secret (or CLUB_GITHUB_CLIENT_SECRET)"
+                    .to_owned(),
+            );
+        };
+        let mut github = GitHubConfig::new(client_id, secret.trim());
+        if let Some(base) = self.github_url.as_deref().filter(|u| !u.trim().is_empty()) {
+            github = github.with_github_url(&parse_url("--github-url", base)?);
+        }
+        if let Some(api) = self
+            .github_api_url
+            .as_deref()
+            .filter(|u| !u.trim().is_empty())
+        {
+            github = github.with_api_url(parse_url("--github-api-url", api)?);
+        }
+        config.github = Some(github);
+        Ok(config)
     }
 }
 
@@ -182,5 +247,46 @@ pub async fn migrate(database: &str, out: &mut dyn Write, err: &mut dyn Write) -
             let _ = writeln!(err, "error: cannot open the database {database}: {error}");
             EXIT_FAILED
         }
+    }
+}
+
+#[cfg(test)]
+mod sign_in_options {
+    use super::*;
+
+    #[test]
+    fn a_client_id_turns_sign_in_on() {
+        let config = SignInOptions::default()
+            .apply(CoordinatorConfig::default())
+            .unwrap();
+        assert!(config.github.is_none() && config.public_url.is_none());
+
+        let config = SignInOptions {
+            github_client_id: Some("id".into()),
+            github_client_secret: Some("secret".into()),
+            github_url: Some("http://127.0.0.1:9".into()),
+            github_api_url: Some("http://127.0.0.1:9/api".into()),
+            public_url: Some("https://club.example".into()),
+        }
+        .apply(CoordinatorConfig::default())
+        .unwrap();
+        let github = config.github.unwrap();
+        assert_eq!(
+            github.token_url.as_str(),
+            "http://127.0.0.1:9/login/oauth/access_token"
+        );
+        assert_eq!(github.api_url.as_str(), "http://127.0.0.1:9/api");
+        assert_eq!(config.public_url.unwrap().as_str(), "https://club.example/");
+
+        let no_secret = SignInOptions {
+            github_client_id: Some("id".into()),
+            ..SignInOptions::default()
+        };
+        assert!(no_secret.apply(CoordinatorConfig::default()).is_err());
+        let bad_url = SignInOptions {
+            public_url: Some("ftp://x".into()),
+            ..SignInOptions::default()
+        };
+        assert!(bad_url.apply(CoordinatorConfig::default()).is_err());
     }
 }

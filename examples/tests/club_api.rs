@@ -882,6 +882,9 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/keys"),
     ("post", "/api/v1/keys"),
     ("delete", "/api/v1/keys/{id}"),
+    ("get", "/api/v1/session"),
+    ("post", "/api/v1/auth/device"),
+    ("post", "/api/v1/auth/device/token"),
     ("get", "/openapi.json"),
 ];
 

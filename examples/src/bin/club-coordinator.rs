@@ -33,6 +33,8 @@ enum Command {
         /// How long a request may wait for a free node, in seconds.
         #[arg(long, default_value_t = 30)]
         queue_timeout_secs: u64,
+        #[command(flatten)]
+        sign_in: SignInArgs,
     },
     /// Manage members.
     User {
@@ -46,6 +48,26 @@ enum Command {
     },
     /// Bring the database schema up to date.
     Migrate,
+}
+
+/// GitHub sign-in; without a client id, sign-in is off.
+#[derive(Debug, clap::Args)]
+struct SignInArgs {
+    /// The GitHub OAuth app's client id (enables sign-in).
+    #[arg(long, env = "CLUB_GITHUB_CLIENT_ID")]
+    github_client_id: Option<String>,
+    /// The GitHub OAuth app's client secret.
+    #[arg(long, env = "CLUB_GITHUB_CLIENT_SECRET", hide_env_values = true)]
+    github_client_secret: Option<String>,
+    /// GitHub's base URL for the login/oauth endpoints (default: github.com).
+    #[arg(long, env = "CLUB_GITHUB_URL")]
+    github_url: Option<String>,
+    /// GitHub's REST API base URL (default: api.github.com).
+    #[arg(long, env = "CLUB_GITHUB_API_URL")]
+    github_api_url: Option<String>,
+    /// The coordinator's public base URL (for the OAuth callback; https makes cookies Secure).
+    #[arg(long, env = "CLUB_PUBLIC_URL")]
+    public_url: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -91,13 +113,27 @@ fn main() -> ExitCode {
                 listen,
                 heartbeat_secs,
                 queue_timeout_secs,
+                sign_in,
             } => {
+                let sign_in = cli::SignInOptions {
+                    github_client_id: sign_in.github_client_id,
+                    github_client_secret: sign_in.github_client_secret,
+                    github_url: sign_in.github_url,
+                    github_api_url: sign_in.github_api_url,
+                    public_url: sign_in.public_url,
+                };
                 let config = CoordinatorConfig {
                     heartbeat_interval: Duration::from_secs(heartbeat_secs.max(1)),
                     queue_timeout: Duration::from_secs(queue_timeout_secs),
                     ..CoordinatorConfig::default()
                 };
-                cli::serve_command(&listen, &database, config).await
+                match sign_in.apply(config) {
+                    Ok(config) => cli::serve_command(&listen, &database, config).await,
+                    Err(message) => {
+                        eprintln!("error: {message}");
+                        cli::EXIT_INVALID
+                    }
+                }
             }
             Command::User {
                 command: UserCommand::Add { handle, email },

@@ -1,17 +1,41 @@
-//! Who is calling: API keys from `Authorization: Bearer`, and their scopes.
+//! Who is calling: API keys from `Authorization: Bearer`, or a browser session's cookie
+//! (`club_session`, which holds every scope), and their scopes.
+//!
+//! A bearer key wins over a cookie. State-changing requests authenticated by the cookie are
+//! CSRF-checked before they reach a handler ([`csrf_guard`](super::accounts::session::csrf_guard)).
 
 use axum::http::HeaderMap;
 
+use super::accounts::session::{SESSION_COOKIE, cookie};
 use super::error::ApiError;
-use super::store::{ApiKey, Scope, Store, User};
+use super::store::{ApiKey, Scope, Scopes, Session, Store, User};
 
-/// A caller authenticated by an API key.
+/// A caller authenticated by an API key or a browser session.
 #[derive(Debug, Clone)]
 pub struct Caller {
     /// The member.
     pub user: User,
-    /// The key they used.
+    /// The key they used; for a browser session, a key standing for it ([`session_key`]).
     pub key: ApiKey,
+}
+
+/// The name of the key standing for a browser session.
+pub const SESSION_KEY_NAME: &str = "browser session";
+/// The prefix of the key standing for a browser session (no real key has it).
+pub const SESSION_KEY_PREFIX: &str = "session";
+
+/// The key a browser session acts as: every scope, the session's id as its id, named
+/// [`SESSION_KEY_NAME`] with prefix [`SESSION_KEY_PREFIX`].
+pub fn session_key(session: &Session) -> ApiKey {
+    ApiKey {
+        id: session.id.into(),
+        user_id: session.user_id,
+        name: SESSION_KEY_NAME.to_owned(),
+        prefix: SESSION_KEY_PREFIX.to_owned(),
+        scopes: Scopes::ALL,
+        created_at: session.created_at,
+        last_used_at: Some(session.last_seen_at),
+    }
 }
 
 impl Caller {
@@ -44,10 +68,17 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// The caller, if the request carries a key: `Ok(None)` without one, 401 for an unknown or
-/// revoked key.
+/// The caller, if the request carries a key or a live session cookie: `Ok(None)` without
+/// either (an unknown or ended session cookie counts as none), 401 for an unknown or revoked
+/// key.
 pub async fn caller(store: &Store, headers: &HeaderMap) -> Result<Option<Caller>, ApiError> {
     let Some(secret) = bearer(headers) else {
+        if let Some(token) = cookie(headers, SESSION_COOKIE)
+            && let Some((user, session)) = store.session(token).await?
+        {
+            let key = session_key(&session);
+            return Ok(Some(Caller { user, key }));
+        }
         return Ok(None);
     };
     match store.authenticate(secret).await? {

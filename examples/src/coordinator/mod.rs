@@ -6,9 +6,11 @@
 //! - [`nodes`]: the live node links (the only in-memory state), each usable as a `Provider`;
 //!   [`link`]: the WebSocket endpoint nodes dial.
 //! - [`store`]: everything the coordinator persists, on SQLite or PostgreSQL.
-//! - [`auth`]: API keys and scopes; [`error`]: errors in the OpenAI envelope;
+//! - [`accounts`]: GitHub sign-in (web and device flows) and browser sessions.
+//! - [`auth`]: API keys, session cookies and scopes; [`error`]: errors in the OpenAI envelope;
 //!   [`metrics`]: Prometheus metrics.
 
+pub mod accounts;
 pub mod api;
 pub mod auth;
 pub mod club_api;
@@ -45,6 +47,13 @@ pub struct CoordinatorConfig {
     pub queue_timeout: Duration,
     /// How many requests may wait at once before new ones get 503 straight away.
     pub max_queued: usize,
+    /// GitHub sign-in: the OAuth app and GitHub's endpoints. `None`: sign-in routes answer 404
+    /// `sign_in_unavailable` (admin commands still create members and keys).
+    pub github: Option<accounts::GitHubConfig>,
+    /// The coordinator's externally visible base URL (e.g. `https://club.example`): the OAuth
+    /// callback is `{public_url}/auth/github/callback`, and cookies are `Secure` when it is
+    /// https.
+    pub public_url: Option<url::Url>,
 }
 
 impl Default for CoordinatorConfig {
@@ -54,6 +63,8 @@ impl Default for CoordinatorConfig {
             max_body_bytes: 4 * 1024 * 1024,
             queue_timeout: Duration::from_secs(30),
             max_queued: 1024,
+            github: None,
+            public_url: None,
         }
     }
 }
@@ -70,6 +81,7 @@ pub struct Coordinator {
     /// Metrics.
     pub metrics: Metrics,
     queues: DispatchQueues,
+    github: Option<accounts::GitHub>,
 }
 
 impl Coordinator {
@@ -87,7 +99,18 @@ impl Coordinator {
                 "records left in flight by the last run are now failed"
             );
         }
+        let github = match &config.github {
+            Some(github) => Some(
+                accounts::GitHub::new(
+                    github.clone(),
+                    config.public_url.as_ref().map(accounts::callback_url),
+                )
+                .map_err(|e| store::StoreError::invalid("GitHub configuration", e.to_string()))?,
+            ),
+            None => None,
+        };
         Ok(Arc::new(Self {
+            github,
             store,
             nodes: NodeRegistry::default(),
             config,
@@ -105,7 +128,12 @@ impl Coordinator {
             .route("/healthz", get(healthz))
             .route("/metrics", get(metrics_text))
             .merge(club_api::routes())
+            .merge(accounts::routes())
             .fallback(not_found)
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                accounts::session::csrf_guard,
+            ))
             .with_state(self.clone())
     }
 }

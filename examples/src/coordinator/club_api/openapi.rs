@@ -14,7 +14,9 @@ fn error_responses(codes: &[&str]) -> Value {
             "401" => "No key, or an unknown or revoked key",
             "403" => "The key lacks the scope this needs",
             "404" => "No such thing, or not one the caller may see",
+            "409" => "The handle is held by another account",
             "413" => "The body is too large",
+            "502" => "GitHub could not be reached",
             _ => "Error",
         };
         responses.insert(
@@ -134,13 +136,31 @@ pub fn document() -> Value {
                 "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string", "format": "uuid"}}],
                 "responses": with(json!({"204": {"description": "Revoked"}}), error_responses(&["400", "401", "403", "404"]))
             }},
+            "/api/v1/session": {"get": {
+                "operationId": "getSession", "summary": "The browser's session: its member and the CSRF token state-changing requests made with the cookie must send as `x-csrf-token`",
+                "security": [{"session": []}],
+                "responses": with(json!({"200": ok("The session", "Session")}), error_responses(&["401"]))
+            }},
+            "/api/v1/auth/device": {"post": {
+                "operationId": "startDeviceSignIn", "summary": "Start a GitHub device sign-in (what `club login` does): a code for the member to enter at GitHub, and a device_token to poll with",
+                "security": [{}],
+                "responses": with(json!({"200": ok("The codes", "DeviceAuthorization")}), error_responses(&["404", "502"]))
+            }},
+            "/api/v1/auth/device/token": {"post": {
+                "operationId": "pollDeviceSignIn", "summary": "Poll a device sign-in once; when approved, a new API key (scopes inference and account), shown once. 400 codes: authorization_pending, slow_down, expired_token, access_denied, invalid_device_token; 403 terms_required: poll again with accept_terms true",
+                "security": [{}], "requestBody": json_body("DeviceTokenRequest"),
+                "responses": with(json!({"200": ok("The key", "DeviceToken")}), error_responses(&["400", "403", "404", "409", "413", "502"]))
+            }},
             "/openapi.json": {"get": {
                 "operationId": "openapi", "summary": "This document", "security": anyone,
                 "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {}}}}
             }}
         },
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "An API key (`icl_…`); scopes: inference, provider, account"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "An API key (`icl_…`); scopes: inference, provider, account"},
+                "session": {"type": "apiKey", "in": "cookie", "name": "club_session", "description": "A browser session (after GitHub sign-in at /auth/github): every scope; POST, PATCH, PUT and DELETE also need header `x-csrf-token`"}
+            },
             "schemas": schemas()
         }
     })
@@ -229,6 +249,26 @@ fn schemas() -> Value {
         "NewKey": {"type": "object", "required": ["name", "scopes"], "additionalProperties": false, "properties": {
             "name": {"type": "string", "minLength": 1, "maxLength": 100},
             "scopes": {"type": "array", "minItems": 1, "maxItems": 3, "items": {"type": "string", "enum": ["inference", "provider", "account"]}}}},
+        "Session": {"type": "object", "required": ["object", "handle", "csrf_token", "expires_at"], "properties": {
+            "object": {"const": "club.session"}, "handle": {"type": "string"},
+            "csrf_token": {"type": "string", "description": "Send as `x-csrf-token` with state-changing requests made with the cookie"},
+            "expires_at": {"type": "string", "format": "date-time"}}},
+        "DeviceAuthorization": {"type": "object", "required": ["object", "device_token", "user_code", "verification_uri", "expires_in", "interval"], "properties": {
+            "object": {"const": "club.device_authorization"},
+            "device_token": {"type": "string", "description": "Opaque; send it to /api/v1/auth/device/token"},
+            "user_code": {"type": "string", "description": "What the member enters at verification_uri"},
+            "verification_uri": {"type": "string", "format": "uri"},
+            "expires_in": {"type": "integer", "description": "Seconds"},
+            "interval": {"type": "integer", "description": "Seconds between polls"}}},
+        "DeviceTokenRequest": {"type": "object", "required": ["device_token"], "additionalProperties": false, "properties": {
+            "device_token": {"type": "string"},
+            "accept_terms": {"type": "boolean", "default": false, "description": "true: I am 18 or older and accept the terms (needed once, to create the account)"},
+            "key_name": {"type": "string", "maxLength": 100, "description": "Name of the new key (default `club login`)"}}},
+        "DeviceToken": {"type": "object", "required": ["object", "key", "key_id", "handle", "scopes"], "properties": {
+            "object": {"const": "club.device_token"},
+            "key": {"type": "string", "description": "The new API key: shown in this answer only"},
+            "key_id": {"type": "string", "format": "uuid"}, "handle": {"type": "string"},
+            "scopes": {"type": "string", "description": "Comma list: `inference,account`"}}},
         "CreatedKey": {"allOf": [{"$ref": "#/components/schemas/Key"}, {"type": "object", "required": ["secret"],
             "properties": {"secret": {"type": "string", "description": "Shown in this answer only"}}}]}
     })

@@ -310,7 +310,7 @@ impl Store {
         let rows = sqlx::query(&format!(
             "SELECT {KEY_COLUMNS}, k.secret_hash, k.revoked_at,
                     u.handle, u.email, u.created_at AS user_created_at, u.default_visibility,
-                    u.terms_accepted_at
+                    u.terms_accepted_at, u.age_confirmed_at, u.github_id
              FROM api_keys k JOIN users u ON u.id = k.user_id
              WHERE k.prefix = $1"
         ))
@@ -340,6 +340,8 @@ impl Store {
                 "terms_accepted_at",
                 get(row, "terms_accepted_at")?,
             )?,
+            age_confirmed_at: from_micros_opt("age_confirmed_at", get(row, "age_confirmed_at")?)?,
+            github_id: get(row, "github_id")?,
         };
         let now = now();
         let stale = key.last_used_at.is_none_or(|at| {

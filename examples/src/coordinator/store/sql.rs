@@ -114,11 +114,18 @@ pub(crate) async fn open_pool(backend: Backend, url: &str) -> Result<AnyPool, St
 #[derive(Debug)]
 struct Embedded;
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "store",
-    include_str!("../../../migrations/0001_store.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "store",
+        include_str!("../../../migrations/0001_store.sql"),
+    ),
+    (
+        2,
+        "sign in",
+        include_str!("../../../migrations/0002_sign_in.sql"),
+    ),
+];
 
 impl<'s> MigrationSource<'s> for Embedded {
     fn resolve(

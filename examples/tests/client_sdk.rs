@@ -117,7 +117,7 @@ async fn every_method_against_a_real_coordinator() {
         .chat_stream(ChatRequest::new("echo").user("collect me"))
         .await
         .unwrap()
-        .collect()
+        .collect_completion()
         .await
         .unwrap();
     assert_eq!(collected.text().as_deref(), Some("echo: collect me"));

@@ -27,7 +27,7 @@ type ChunkStream = Pin<Box<dyn Stream<Item = Result<ChatCompletionChunk, Error>>
 /// has ended, [`usage`](Self::usage) and [`finish_reason`](Self::finish_reason) hold what it
 /// reported; [`record_id`](Self::record_id) names its record from the start. For typed events
 /// (`Content`, `Reasoning`, `ToolCall`, … `Done`) use [`events`](Self::events); to wait for the
-/// whole answer use [`collect`](Self::collect).
+/// whole answer use [`collect_completion`](Self::collect_completion).
 pub struct ChatStream {
     record_id: Option<String>,
     inner: ChunkStream,
@@ -77,7 +77,7 @@ impl ChatStream {
     }
 
     /// Waits for the whole answer and assembles it into one completion.
-    pub async fn collect(mut self) -> Result<ChatResponse, Error> {
+    pub async fn collect_completion(mut self) -> Result<ChatResponse, Error> {
         let mut aggregate = ChatCompletionAggregator::new();
         while let Some(chunk) = self.next().await {
             aggregate.push(&chunk?);

@@ -270,7 +270,7 @@ async fn chat(target: &Target, ui: Ui, args: ChatArgs) -> Outcome {
         .map_err(|e| e.to_string())?;
     let stream = client.chat_stream(request).await?;
     if ui.json {
-        let whole = stream.collect().await?;
+        let whole = stream.collect_completion().await?;
         return ui
             .print_json(&serde_json::json!({
                 "record_id": whole.record_id,

@@ -17,6 +17,7 @@
 //! ```
 
 pub mod cli_support;
+pub mod club_cli;
 pub mod coordinator;
 pub mod coordinator_cli;
 pub mod demo;

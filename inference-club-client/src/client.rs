@@ -1,59 +1,133 @@
-//! The client and its builder.
+//! The client, its builder, and the OpenAI-compatible calls.
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use eventsource_stream::Eventsource;
-use futures_util::{Stream, StreamExt};
-use inference_club_core::openai::{
-    ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ErrorResponse, Model, ModelList,
-    StreamPayload,
-};
+use inference_club_core::openai::{ChatCompletion, ChatCompletionRequest, ErrorResponse};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::time::Instant;
 use url::Url;
 
-use crate::{ChatRequest, Error};
+use crate::error::TimeoutPhase;
+use crate::stream::{ChatStream, StreamTimeouts};
+use crate::types::ModelInfo;
+use crate::{ChatRequest, Error, RetryPolicy};
 
 /// The header that names a response's record.
-const REQUEST_ID_HEADER: &str = "x-club-request-id";
+pub const REQUEST_ID_HEADER: &str = "x-club-request-id";
 
-/// Builds a [`Client`].
+/// The coordinator a client talks to when none is configured (`club-coordinator serve`'s
+/// default).
+pub const DEFAULT_URL: &str = "http://127.0.0.1:8080";
+
+/// The largest whole (non-streamed) response body read, by default: 32 MiB.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
+
+/// Builds a [`Client`]: [`Client::builder`] or [`ClientBuilder::from_env`].
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
     base_url: String,
     api_key: Option<String>,
     connect_timeout: Duration,
+    first_token_timeout: Option<Duration>,
+    idle_timeout: Option<Duration>,
     request_timeout: Option<Duration>,
+    retry: RetryPolicy,
     user_agent: String,
+    max_response_bytes: usize,
     http: Option<reqwest::Client>,
 }
 
 impl ClientBuilder {
-    /// The API key (sent as `Authorization: Bearer …`).
+    fn new(base_url: String) -> Self {
+        Self {
+            base_url,
+            api_key: None,
+            connect_timeout: Duration::from_secs(10),
+            first_token_timeout: None,
+            idle_timeout: None,
+            request_timeout: None,
+            retry: RetryPolicy::default(),
+            user_agent: concat!("inference-club-client/", env!("CARGO_PKG_VERSION")).into(),
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            http: None,
+        }
+    }
+
+    /// A builder configured from the environment: `CLUB_URL` (default `http://127.0.0.1:8080`)
+    /// and `CLUB_API_KEY` (none when unset or empty).
+    pub fn from_env() -> Self {
+        let url = std::env::var("CLUB_URL")
+            .ok()
+            .filter(|u| !u.trim().is_empty())
+            .unwrap_or_else(|| DEFAULT_URL.into());
+        let mut builder = Self::new(url);
+        builder.api_key = std::env::var("CLUB_API_KEY")
+            .ok()
+            .filter(|k| !k.trim().is_empty());
+        builder
+    }
+
+    /// The coordinator's URL (with or without the `/v1` suffix).
+    pub fn base_url(mut self, url: impl Into<String>) -> Self {
+        self.base_url = url.into();
+        self
+    }
+
+    /// The API key, sent as `Authorization: Bearer …`.
     pub fn api_key(mut self, key: impl Into<String>) -> Self {
         self.api_key = Some(key.into());
         self
     }
 
-    /// Time allowed to connect (default 10 s).
+    /// Time allowed to connect (default 10 s). Not applied to a caller-supplied HTTP client.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
     }
 
-    /// A limit on whole (non-streamed) requests; none by default.
+    /// Time allowed from sending a streamed request to its first output — content, reasoning or
+    /// a tool call, so a model that reasons counts as answering. None by default.
+    pub fn first_token_timeout(mut self, timeout: Duration) -> Self {
+        self.first_token_timeout = Some(timeout);
+        self
+    }
+
+    /// Time allowed between two chunks of a stream once it has produced output. None by
+    /// default.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = Some(timeout);
+        self
+    }
+
+    /// Time allowed for a whole request, each attempt, streamed answers to their end included.
+    /// None by default.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = Some(timeout);
         self
     }
 
-    /// The `User-Agent` header.
+    /// How failures before any output are retried (default: [`RetryPolicy::default`], 3
+    /// attempts; [`RetryPolicy::never`] to turn retries off).
+    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// The `User-Agent` header. Not applied to a caller-supplied HTTP client.
     pub fn user_agent(mut self, agent: impl Into<String>) -> Self {
         self.user_agent = agent.into();
         self
     }
 
-    /// A caller-supplied HTTP client (its own timeouts then apply).
+    /// The largest whole response body read (default 32 MiB); a larger one is an error.
+    pub fn max_response_bytes(mut self, bytes: usize) -> Self {
+        self.max_response_bytes = bytes;
+        self
+    }
+
+    /// A caller-supplied HTTP client: its connection pool, proxy, TLS and connect timeout
+    /// apply. It should not retry on its own: the client's retry policy is the one layer.
     pub fn http_client(mut self, client: reqwest::Client) -> Self {
         self.http = Some(client);
         self
@@ -61,10 +135,13 @@ impl ClientBuilder {
 
     /// The client; fails when the base URL is not an absolute http(s) URL.
     pub fn build(self) -> Result<Client, Error> {
-        let mut base = Url::parse(&self.base_url)
+        let mut base = Url::parse(self.base_url.trim())
             .map_err(|e| Error::Config(format!("invalid base URL {:?}: {e}", self.base_url)))?;
-        if !matches!(base.scheme(), "http" | "https") {
-            return Err(Error::Config(format!("{:?} is not http(s)", self.base_url)));
+        if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
+            return Err(Error::Config(format!(
+                "{:?} is not an http(s) URL",
+                self.base_url
+            )));
         }
         // `…/v1` (as OpenAI SDKs are configured) and the bare coordinator URL both work.
         let path = base
@@ -73,6 +150,15 @@ impl ClientBuilder {
             .trim_end_matches("/v1")
             .to_owned();
         base.set_path(&format!("{path}/"));
+        base.set_query(None);
+        base.set_fragment(None);
+        if let Some(key) = &self.api_key
+            && reqwest::header::HeaderValue::from_str(&format!("Bearer {key}")).is_err()
+        {
+            return Err(Error::Config(
+                "the API key holds characters not allowed in a header".into(),
+            ));
+        }
         let http = match self.http {
             Some(http) => http,
             None => {
@@ -87,18 +173,29 @@ impl ClientBuilder {
         Ok(Client {
             base,
             api_key: self.api_key,
+            first_token_timeout: self.first_token_timeout,
+            idle_timeout: self.idle_timeout,
             request_timeout: self.request_timeout,
+            retry: self.retry,
+            max_response_bytes: self.max_response_bytes,
             http,
         })
     }
 }
 
-/// A client of one coordinator.
+/// A client of one coordinator: its OpenAI-compatible API (chat, models) and the club API
+/// (records, the public feed, providers, keys, the account, sign-in).
+///
+/// Cheap to clone; clones share connections.
 #[derive(Debug, Clone)]
 pub struct Client {
     base: Url,
     api_key: Option<String>,
+    first_token_timeout: Option<Duration>,
+    idle_timeout: Option<Duration>,
     request_timeout: Option<Duration>,
+    retry: RetryPolicy,
+    max_response_bytes: usize,
     http: reqwest::Client,
 }
 
@@ -111,79 +208,119 @@ pub struct ChatResponse {
     pub record_id: Option<String>,
 }
 
-/// A streamed chat answer: chunks as they arrive. An error sent inside the stream is an error of
-/// the stream ([`Error::InStream`]), never a silent end.
-pub struct ChatStream {
-    record_id: Option<String>,
-    inner: Pin<Box<dyn Stream<Item = Result<ChatCompletionChunk, Error>> + Send>>,
-}
+impl ChatResponse {
+    /// The answer text of the first choice.
+    pub fn text(&self) -> Option<String> {
+        self.completion.text()
+    }
 
-impl ChatStream {
-    /// The record's id (`x-club-request-id`).
-    pub fn record_id(&self) -> Option<String> {
-        self.record_id.clone()
+    /// The reasoning trace of the first choice.
+    pub fn reasoning(&self) -> Option<&str> {
+        self.completion
+            .choices
+            .first()
+            .and_then(|c| c.message.reasoning.as_deref())
     }
 }
 
-impl std::fmt::Debug for ChatStream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChatStream")
-            .field("record_id", &self.record_id)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Stream for ChatStream {
-    type Item = Result<ChatCompletionChunk, Error>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.inner.as_mut().poll_next(cx)
-    }
+/// Whether a request may be sent again after a failure whose effect is unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Idempotence {
+    /// Sending it twice does no harm (reads, deletes, settings; chat, whose retries OpenAI
+    /// clients also make).
+    Retryable,
+    /// Retried only when the server said it did nothing (429, 503).
+    OnlyIfRefused,
 }
 
 impl Client {
     /// A builder for the coordinator at `base_url` (with or without the `/v1` suffix).
     pub fn builder(base_url: impl Into<String>) -> ClientBuilder {
-        ClientBuilder {
-            base_url: base_url.into(),
-            api_key: None,
-            connect_timeout: Duration::from_secs(10),
-            request_timeout: None,
-            user_agent: concat!("inference-club-client/", env!("CARGO_PKG_VERSION")).into(),
-            http: None,
-        }
+        ClientBuilder::new(base_url.into())
     }
 
     /// A client configured from `CLUB_URL` (default `http://127.0.0.1:8080`) and `CLUB_API_KEY`.
     pub fn from_env() -> Result<Self, Error> {
-        let url = std::env::var("CLUB_URL").unwrap_or_else(|_| "http://127.0.0.1:8080".into());
-        let mut builder = Self::builder(url);
-        if let Ok(key) = std::env::var("CLUB_API_KEY") {
-            builder = builder.api_key(key);
-        }
-        builder.build()
+        ClientBuilder::from_env().build()
     }
 
-    fn url(&self, path: &str) -> Result<Url, Error> {
-        self.base
-            .join(path)
-            .map_err(|e| Error::Config(format!("bad path {path:?}: {e}")))
+    /// The coordinator's base URL (ending in `/`).
+    pub fn base_url(&self) -> &Url {
+        &self.base
     }
 
-    fn request(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-    ) -> Result<reqwest::RequestBuilder, Error> {
-        let builder = self.http.request(method, self.url(path)?);
-        Ok(match &self.api_key {
+    /// Whether the client sends an API key.
+    pub fn has_api_key(&self) -> bool {
+        self.api_key.is_some()
+    }
+
+    /// The URL of `segments` under the base URL, each segment percent-encoded.
+    pub(crate) fn url(&self, segments: &[&str]) -> Result<Url, Error> {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .map_err(|()| Error::Config("the base URL cannot take a path".into()))?
+            .pop_if_empty()
+            .extend(segments);
+        Ok(url)
+    }
+
+    fn request(&self, method: reqwest::Method, url: Url) -> reqwest::RequestBuilder {
+        let builder = self.http.request(method, url);
+        match &self.api_key {
             Some(key) => builder.bearer_auth(key),
             None => builder,
-        })
+        }
     }
 
-    async fn send(&self, builder: reqwest::RequestBuilder) -> Result<reqwest::Response, Error> {
-        let response = builder.send().await.map_err(Error::from_reqwest)?;
+    /// Sends one request, retried by the policy; every error status becomes [`Error::Api`].
+    /// `deadline` bounds the wait for the response headers of each attempt.
+    pub(crate) async fn send<F>(
+        &self,
+        idempotence: Idempotence,
+        mut build: F,
+        deadline: impl Fn() -> Option<(Instant, TimeoutPhase, Duration)>,
+    ) -> Result<reqwest::Response, Error>
+    where
+        F: FnMut() -> Result<reqwest::RequestBuilder, Error>,
+    {
+        let mut attempt = 1;
+        loop {
+            let builder = build()?;
+            let sent = match deadline() {
+                Some((at, phase, after)) => {
+                    match tokio::time::timeout_at(at, self.send_once(builder)).await {
+                        Ok(result) => result,
+                        Err(_) => Err(Error::Timeout { phase, after }),
+                    }
+                }
+                None => self.send_once(builder).await,
+            };
+            let error = match sent {
+                Ok(response) => return Ok(response),
+                Err(error) => error,
+            };
+            let allowed = match idempotence {
+                Idempotence::Retryable => true,
+                Idempotence::OnlyIfRefused => matches!(error.status(), Some(429 | 503)),
+            };
+            match self.retry.delay(attempt, &error).filter(|_| allowed) {
+                Some(wait) => {
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                None => return Err(error),
+            }
+        }
+    }
+
+    async fn send_once(
+        &self,
+        builder: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, Error> {
+        let response = builder
+            .send()
+            .await
+            .map_err(|e| Error::from_reqwest(e, self.request_timeout))?;
         if response.status().is_success() {
             return Ok(response);
         }
@@ -192,15 +329,27 @@ impl Client {
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
-        let body = response.bytes().await.map_err(Error::from_reqwest)?;
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(|s| Duration::from_secs_f64(s.min(86_400.0)));
+        let body = read_limited(response, 64 * 1024, self.request_timeout)
+            .await
+            .unwrap_or_default();
         let error = match serde_json::from_slice::<ErrorResponse>(&body) {
             Ok(envelope) => envelope.error,
-            Err(_) => inference_club_core::openai::ApiError::new(
-                "http_error",
-                String::from_utf8_lossy(&body).into_owned(),
-                None,
-            ),
+            Err(_) => {
+                let text = String::from_utf8_lossy(&body);
+                let text = text.trim();
+                inference_club_core::openai::ApiError::new(
+                    "http_error",
+                    if text.is_empty() {
+                        format!("the coordinator answered HTTP {status}")
+                    } else {
+                        text.chars().take(500).collect()
+                    },
+                    None,
+                )
+            }
         };
         Err(Error::Api {
             status,
@@ -209,38 +358,122 @@ impl Client {
         })
     }
 
-    /// The models the caller may use.
-    pub async fn models(&self) -> Result<Vec<Model>, Error> {
+    /// Reads a whole JSON answer.
+    pub(crate) async fn json<T: DeserializeOwned>(
+        &self,
+        response: reqwest::Response,
+    ) -> Result<T, Error> {
+        let body = read_limited(response, self.max_response_bytes, self.request_timeout).await?;
+        serde_json::from_slice(&body).map_err(|e| Error::Decode(e.to_string()))
+    }
+
+    fn whole_deadline(&self) -> impl Fn() -> Option<(Instant, TimeoutPhase, Duration)> + use<> {
+        let limit = self.request_timeout;
+        move || limit.map(|l| (Instant::now() + l, TimeoutPhase::Request, l))
+    }
+
+    /// A club API call with an optional JSON body; `None` for an empty answer (204).
+    pub(crate) async fn call<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        segments: &[&str],
+        query: &[(&str, String)],
+        body: Option<&(impl Serialize + Sync)>,
+        idempotence: Idempotence,
+    ) -> Result<Option<T>, Error> {
+        let mut url = self.url(segments)?;
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
         let response = self
-            .send(self.request(reqwest::Method::GET, "v1/models")?)
+            .send(
+                idempotence,
+                || {
+                    let mut builder = self.request(method.clone(), url.clone());
+                    if let Some(body) = body {
+                        builder = builder.json(body);
+                    }
+                    if let Some(limit) = self.request_timeout {
+                        builder = builder.timeout(limit);
+                    }
+                    Ok(builder)
+                },
+                self.whole_deadline(),
+            )
             .await?;
-        let body = response.bytes().await.map_err(Error::from_reqwest)?;
-        let list: ModelList =
-            serde_json::from_slice(&body).map_err(|e| Error::Decode(e.to_string()))?;
+        if response.status() == reqwest::StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        self.json(response).await.map(Some)
+    }
+
+    /// A club API call that must answer a JSON body.
+    pub(crate) async fn call_json<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        segments: &[&str],
+        query: &[(&str, String)],
+        body: Option<&(impl Serialize + Sync)>,
+        idempotence: Idempotence,
+    ) -> Result<T, Error> {
+        self.call(method, segments, query, body, idempotence)
+            .await?
+            .ok_or_else(|| Error::Decode("an empty answer where a JSON body was expected".into()))
+    }
+
+    /// The models the caller may use, with their capabilities (`GET /v1/models`). Anonymous
+    /// callers get an empty list.
+    pub async fn models(&self) -> Result<Vec<ModelInfo>, Error> {
+        #[derive(serde::Deserialize)]
+        struct List {
+            data: Vec<ModelInfo>,
+        }
+        let list: List = self
+            .call_json(
+                reqwest::Method::GET,
+                &["v1", "models"],
+                &[],
+                None::<&()>,
+                Idempotence::Retryable,
+            )
+            .await?;
         Ok(list.data)
     }
 
-    /// A whole chat answer.
+    /// A whole chat answer and its record id. Retried (per the policy) while it fails before
+    /// the answer arrives; the whole-request timeout applies to each attempt.
     pub async fn chat(&self, request: impl Into<ChatRequest>) -> Result<ChatResponse, Error> {
         let mut request: ChatCompletionRequest = request.into().into();
         request.stream = Some(false);
-        let mut builder = self
-            .request(reqwest::Method::POST, "v1/chat/completions")?
-            .json(&request);
-        if let Some(timeout) = self.request_timeout {
-            builder = builder.timeout(timeout);
-        }
-        let response = self.send(builder).await?;
+        let url = self.url(&["v1", "chat", "completions"])?;
+        let response = self
+            .send(
+                Idempotence::Retryable,
+                || {
+                    let mut builder = self
+                        .request(reqwest::Method::POST, url.clone())
+                        .json(&request);
+                    if let Some(limit) = self.request_timeout {
+                        builder = builder.timeout(limit);
+                    }
+                    Ok(builder)
+                },
+                self.whole_deadline(),
+            )
+            .await?;
         let record_id = record_id(&response);
-        let body = response.bytes().await.map_err(Error::from_reqwest)?;
-        let completion = serde_json::from_slice(&body).map_err(|e| Error::Decode(e.to_string()))?;
+        let completion = self.json(response).await?;
         Ok(ChatResponse {
             completion,
             record_id,
         })
     }
 
-    /// A streamed chat answer: chunks as they arrive; usage at the end.
+    /// A streamed chat answer: chunks as they arrive, usage at the end (the client asks for it).
+    ///
+    /// Failures before the coordinator accepted the request (connection refused, 429, 503, a
+    /// first-token timeout before the answer started, …) are retried per the policy; once the
+    /// stream has started nothing is retried, and an error is an error of the stream.
     pub async fn chat_stream(&self, request: impl Into<ChatRequest>) -> Result<ChatStream, Error> {
         let mut request: ChatCompletionRequest = request.into().into();
         request.stream = Some(true);
@@ -248,31 +481,46 @@ impl Client {
             .stream_options
             .get_or_insert_with(Default::default)
             .include_usage = Some(true);
-        let builder = self
-            .request(reqwest::Method::POST, "v1/chat/completions")?
-            .json(&request);
-        let response = self.send(builder).await?;
-        let record_id = record_id(&response);
-        let events = Box::pin(response.bytes_stream().eventsource());
-        let inner = sse_chunks(events);
-        Ok(ChatStream {
-            record_id,
-            inner: Box::pin(inner),
-        })
-    }
-
-    /// One record, as the club API shows it.
-    pub async fn record(&self, id: &str) -> Result<serde_json::Value, Error> {
+        let url = self.url(&["v1", "chat", "completions"])?;
+        let started = std::sync::Mutex::new(Instant::now());
+        let timeouts_at = |started: Instant| StreamTimeouts {
+            started,
+            first_token: self.first_token_timeout,
+            idle: self.idle_timeout,
+            request: self.request_timeout,
+        };
         let response = self
-            .send(self.request(reqwest::Method::GET, &format!("api/v1/requests/{id}"))?)
+            .send(
+                Idempotence::Retryable,
+                || {
+                    if let Ok(mut at) = started.lock() {
+                        *at = Instant::now();
+                    }
+                    Ok(self
+                        .request(reqwest::Method::POST, url.clone())
+                        .header(reqwest::header::ACCEPT, "text/event-stream")
+                        .json(&request))
+                },
+                || {
+                    let at = started
+                        .lock()
+                        .map(|at| *at)
+                        .unwrap_or_else(|_| Instant::now());
+                    timeouts_at(at).header_deadline()
+                },
+            )
             .await?;
-        response
-            .json()
-            .await
-            .map_err(|e| Error::Decode(e.to_string()))
+        let record_id = record_id(&response);
+        let at = started
+            .lock()
+            .map(|at| *at)
+            .unwrap_or_else(|_| Instant::now());
+        let chunks = crate::stream::chunks(response.bytes_stream(), timeouts_at(at));
+        Ok(ChatStream::new(record_id, chunks))
     }
 }
 
+/// The record id a response names.
 fn record_id(response: &reqwest::Response) -> Option<String> {
     response
         .headers()
@@ -281,24 +529,29 @@ fn record_id(response: &reqwest::Response) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Turns SSE events into chunks: `[DONE]` ends, an error object is an error of the stream,
-/// anything malformed is a decode error.
-fn sse_chunks<S, E>(events: S) -> impl Stream<Item = Result<ChatCompletionChunk, Error>> + Send
-where
-    S: Stream<Item = Result<eventsource_stream::Event, E>> + Send + Unpin,
-    E: std::fmt::Display + Send,
-{
-    futures_util::stream::unfold(Some(events), |state| async move {
-        let mut events = state?;
-        match events.next().await {
-            None => None,
-            Some(Err(e)) => Some((Err(Error::Transport(e.to_string())), None)),
-            Some(Ok(event)) => match StreamPayload::parse(&event.data) {
-                Ok(StreamPayload::Done) => None,
-                Ok(StreamPayload::Chunk(chunk)) => Some((Ok(*chunk), Some(events))),
-                Ok(StreamPayload::Error(error)) => Some((Err(Error::InStream(error)), None)),
-                Err(e) => Some((Err(Error::Decode(e.to_string())), None)),
-            },
+/// Reads a body of at most `limit` bytes.
+async fn read_limited(
+    mut response: reqwest::Response,
+    limit: usize,
+    timeout: Option<Duration>,
+) -> Result<Vec<u8>, Error> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(Error::Decode(format!(
+            "the answer is larger than {limit} bytes"
+        )));
+    }
+    let mut body = Vec::new();
+    while let Some(piece) = response
+        .chunk()
+        .await
+        .map_err(|e| Error::from_reqwest(e, timeout))?
+    {
+        if body.len() + piece.len() > limit {
+            return Err(Error::Decode(format!(
+                "the answer is larger than {limit} bytes"
+            )));
         }
-    })
+        body.extend_from_slice(&piece);
+    }
+    Ok(body)
 }

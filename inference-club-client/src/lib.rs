@@ -1,30 +1,84 @@
-//! Inference Club's consumer SDK: talk to a coordinator's OpenAI-compatible API and the club's
-//! own API from Rust.
+//! Inference Club's consumer SDK: the coordinator's OpenAI-compatible API and the club's own
+//! API, from Rust.
 //!
 //! ```no_run
 //! use futures_util::StreamExt;
-//! use inference_club_client::{ChatRequest, Client};
+//! use inference_club_client::{ChatEvent, ChatRequest, Client, RecordFilter, Visibility};
 //!
 //! # async fn run() -> Result<(), inference_club_client::Error> {
-//! let client = Client::builder("http://127.0.0.1:8080").api_key("icl_…").build()?;
-//! let mut stream = client
-//!     .chat_stream(ChatRequest::new("llama3.2").system("Be brief.").user("Hello!"))
-//!     .await?;
-//! while let Some(chunk) = stream.next().await {
-//!     if let Some(text) = chunk?.choices.first().and_then(|c| c.delta.content.clone()) {
-//!         print!("{text}");
+//! // Or `Client::from_env()`, which reads `CLUB_URL` and `CLUB_API_KEY`.
+//! let client = Client::builder("http://127.0.0.1:8080")
+//!     .api_key("icl_…")
+//!     .first_token_timeout(std::time::Duration::from_secs(60))
+//!     .build()?;
+//!
+//! // Stream an answer as it arrives; the request is recorded, here as unlisted.
+//! let request = ChatRequest::new("llama3.2")
+//!     .system("Be brief.")
+//!     .user("Hello!")
+//!     .visibility(Visibility::Unlisted);
+//! let mut events = client.chat_stream(request).await?.events();
+//! let mut record = None;
+//! while let Some(event) = events.next().await {
+//!     match event? {
+//!         ChatEvent::Reasoning(text) => eprint!("{text}"),
+//!         ChatEvent::Content(text) => print!("{text}"),
+//!         ChatEvent::Done { record_id, usage } => {
+//!             println!("\n({} tokens)", usage.map_or(0, |u| u.total_tokens));
+//!             record = record_id;
+//!         }
+//!         _ => {}
 //!     }
 //! }
-//! println!("\nrecord: {}", stream.record_id().unwrap_or_default());
+//!
+//! // Every request is recorded: read it back, list my history, or delete it.
+//! if let Some(id) = record {
+//!     let stored = client.record(&id).await?;
+//!     println!("{} took {:?} ms", stored.model_requested, stored.timing.latency_ms);
+//!     client.delete_record(&id).await?;
+//! }
+//! let mut mine = client.my_requests(RecordFilter::new().limit(20));
+//! while let Some(record) = mine.next().await {
+//!     let record = record?;
+//!     println!("{} {:?} {}", record.id, record.status, record.prompt().unwrap_or_default());
+//! }
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Errors and retries
+//!
+//! Every call returns [`Error`], which keeps the server's message and code and answers
+//! [`is_retryable`](Error::is_retryable), [`is_timeout`](Error::is_timeout),
+//! [`status`](Error::status) and [`retry_after`](Error::retry_after). Failures before any output
+//! are retried by the [`RetryPolicy`] (exponential backoff with jitter, honouring `Retry-After`);
+//! a stream that has started is never retried, and an error the coordinator sends inside it ends
+//! the stream as [`Error::InStream`].
 #![warn(missing_docs)]
 
 mod client;
+mod club;
 mod error;
 mod request;
+mod retry;
+mod stream;
+mod types;
 
-pub use client::{ChatResponse, ChatStream, Client, ClientBuilder};
-pub use error::Error;
+pub use client::{
+    ChatResponse, Client, ClientBuilder, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_URL, REQUEST_ID_HEADER,
+};
+pub use club::Paginated;
+pub use error::{Error, TimeoutPhase};
+pub use inference_club_core::openai::{
+    ChatCompletion, ChatCompletionChunk, ChatMessage, FinishReason, ToolCallDelta, Usage,
+};
+pub use inference_club_core::record::{Status, Visibility};
 pub use request::ChatRequest;
+pub use retry::RetryPolicy;
+pub use stream::{ChatEvent, ChatEvents, ChatStream};
+pub use types::{
+    Account, AccountDeletion, AccountSettings, ApiKey, AttemptError, CreatedKey,
+    DeviceAuthorization, DeviceToken, ModelInfo, Page, ProviderCounts, ProviderModel,
+    ProviderProfile, ProviderRef, ProviderSettings, Record, RecordAttempt, RecordFilter,
+    RecordResponse, RecordTiming, RecordUsage, RoutingPreference,
+};

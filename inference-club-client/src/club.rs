@@ -1,0 +1,393 @@
+//! The club API: records, the public feed, providers, keys, the account, and device sign-in.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::Stream;
+use inference_club_core::record::Visibility;
+use reqwest::Method;
+use serde::de::DeserializeOwned;
+
+use crate::client::Idempotence;
+use crate::types::{
+    Account, AccountDeletion, AccountSettings, ApiKey, CreatedKey, DeviceAuthorization,
+    DeviceToken, Page, ProviderProfile, ProviderSettings, Record, RecordFilter,
+};
+use crate::{Client, Error};
+
+/// Every item of a paginated listing, fetching the next page when the last one is used up.
+/// Items arrive newest first; an error ends the stream.
+pub struct Paginated<T> {
+    inner: Pin<Box<dyn Stream<Item = Result<T, Error>> + Send>>,
+}
+
+impl<T> std::fmt::Debug for Paginated<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Paginated").finish_non_exhaustive()
+    }
+}
+
+impl<T> Stream for Paginated<T> {
+    type Item = Result<T, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
+struct PageState<T> {
+    client: Client,
+    segments: Vec<String>,
+    filter: RecordFilter,
+    buffer: VecDeque<T>,
+    /// `None` once the last page was fetched.
+    next: Option<Option<String>>,
+}
+
+impl<T: DeserializeOwned + Send + 'static> Paginated<T> {
+    fn new(client: &Client, segments: &[&str], filter: RecordFilter) -> Self {
+        let first = filter.cursor.clone();
+        let state = PageState {
+            client: client.clone(),
+            segments: segments.iter().map(|s| (*s).to_owned()).collect(),
+            filter,
+            buffer: VecDeque::new(),
+            next: Some(first),
+        };
+        let inner = futures_util::stream::unfold(Some(state), |state| async move {
+            let mut state = state?;
+            loop {
+                if let Some(item) = state.buffer.pop_front() {
+                    return Some((Ok(item), Some(state)));
+                }
+                let cursor = state.next.take()?;
+                let mut filter = state.filter.clone();
+                filter.cursor = cursor;
+                let segments: Vec<&str> = state.segments.iter().map(String::as_str).collect();
+                match state.client.page::<T>(&segments, &filter).await {
+                    Ok(page) => {
+                        state.buffer.extend(page.data);
+                        state.next = match page.next_cursor {
+                            Some(cursor) if page.has_more => Some(Some(cursor)),
+                            _ => None,
+                        };
+                    }
+                    Err(error) => return Some((Err(error), None)),
+                }
+            }
+        });
+        Self {
+            inner: Box::pin(inner),
+        }
+    }
+}
+
+fn visibility_body(visibility: Visibility) -> serde_json::Value {
+    serde_json::json!({ "visibility": visibility.as_str() })
+}
+
+impl Client {
+    async fn page<T: DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        filter: &RecordFilter,
+    ) -> Result<Page<T>, Error> {
+        self.call_json(
+            Method::GET,
+            segments,
+            &filter.query(),
+            None::<&()>,
+            Idempotence::Retryable,
+        )
+        .await
+    }
+
+    /// One page of my requests, any visibility, newest first (`GET /api/v1/requests`).
+    pub async fn my_requests_page(&self, filter: &RecordFilter) -> Result<Page<Record>, Error> {
+        self.page(&["api", "v1", "requests"], filter).await
+    }
+
+    /// All my requests matching `filter`, newest first, page after page.
+    pub fn my_requests(&self, filter: RecordFilter) -> Paginated<Record> {
+        Paginated::new(self, &["api", "v1", "requests"], filter)
+    }
+
+    /// One page of the public feed (`GET /api/v1/requests/public`); needs no key.
+    pub async fn public_feed_page(&self, filter: &RecordFilter) -> Result<Page<Record>, Error> {
+        self.page(&["api", "v1", "requests", "public"], filter)
+            .await
+    }
+
+    /// The public feed matching `filter`, newest first, page after page. The feed takes no
+    /// visibility filter.
+    pub fn public_feed(&self, filter: RecordFilter) -> Paginated<Record> {
+        Paginated::new(self, &["api", "v1", "requests", "public"], filter)
+    }
+
+    /// One record, by its id or completion id (`GET /api/v1/requests/{id}`).
+    pub async fn record(&self, id: &str) -> Result<Record, Error> {
+        self.call_json(
+            Method::GET,
+            &["api", "v1", "requests", id],
+            &[],
+            None::<&()>,
+            Idempotence::Retryable,
+        )
+        .await
+    }
+
+    /// Changes who may read one of my requests; answers the record as it now is.
+    pub async fn set_visibility(&self, id: &str, visibility: Visibility) -> Result<Record, Error> {
+        self.call_json(
+            Method::PATCH,
+            &["api", "v1", "requests", id],
+            &[],
+            Some(&visibility_body(visibility)),
+            Idempotence::Retryable,
+        )
+        .await
+    }
+
+    /// Deletes one of my requests for good (`DELETE /api/v1/requests/{id}`).
+    pub async fn delete_record(&self, id: &str) -> Result<(), Error> {
+        self.call::<serde_json::Value>(
+            Method::DELETE,
+            &["api", "v1", "requests", id],
+            &[],
+            None::<&()>,
+            Idempotence::Retryable,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Every provider's public profile (`GET /api/v1/providers`).
+    pub async fn providers(&self) -> Result<Vec<ProviderProfile>, Error> {
+        #[derive(serde::Deserialize)]
+        struct List {
+            data: Vec<ProviderProfile>,
+        }
+        let list: List = self
+            .call_json(
+                Method::GET,
+                &["api", "v1", "providers"],
+                &[],
+                None::<&()>,
+                Idempotence::Retryable,
+            )
+            .await?;
+        Ok(list.data)
+    }
+
+    /// One provider's profile, with its request count.
+    pub async fn provider(&self, operator: &str, name: &str) -> Result<ProviderProfile, Error> {
+        self.call_json(
+            Method::GET,
+            &["api", "v1", "providers", operator, name],
+            &[],
+            None::<&()>,
+            Idempotence::Retryable,
+        )
+        .await
+    }
+
+    /// One page of what my provider's nodes served, any visibility
+    /// (`GET /api/v1/providers/{operator}/{name}/requests`; its operator only).
+    pub async fn provider_requests_page(
+        &self,
+        operator: &str,
+        name: &str,
+        filter: &RecordFilter,
+    ) -> Result<Page<Record>, Error> {
+        self.page(
+            &["api", "v1", "providers", operator, name, "requests"],
+            filter,
+        )
+        .await
+    }
+
+    /// Everything my provider's nodes served, newest first, page after page.
+    pub fn provider_requests(
+        &self,
+        operator: &str,
+        name: &str,
+        filter: RecordFilter,
+    ) -> Paginated<Record> {
+        Paginated::new(
+            self,
+            &["api", "v1", "providers", operator, name, "requests"],
+            filter,
+        )
+    }
+
+    /// Changes my provider's settings (`PATCH /api/v1/providers/{operator}/{name}`, where the
+    /// coordinator supports it): only the fields set are sent; answers the profile.
+    pub async fn update_provider(
+        &self,
+        operator: &str,
+        name: &str,
+        settings: &ProviderSettings,
+    ) -> Result<ProviderProfile, Error> {
+        self.call_json(
+            Method::PATCH,
+            &["api", "v1", "providers", operator, name],
+            &[],
+            Some(settings),
+            Idempotence::Retryable,
+        )
+        .await
+    }
+
+    /// My live keys (prefix only, never the secret).
+    pub async fn keys(&self) -> Result<Vec<ApiKey>, Error> {
+        #[derive(serde::Deserialize)]
+        struct List {
+            data: Vec<ApiKey>,
+        }
+        let list: List = self
+            .call_json(
+                Method::GET,
+                &["api", "v1", "keys"],
+                &[],
+                None::<&()>,
+                Idempotence::Retryable,
+            )
+            .await?;
+        Ok(list.data)
+    }
+
+    /// Creates a key named `name` with `scopes` (`inference`, `provider`, `account`); its
+    /// secret is in the answer and nowhere else, ever.
+    pub async fn create_key(&self, name: &str, scopes: &[&str]) -> Result<CreatedKey, Error> {
+        self.call_json(
+            Method::POST,
+            &["api", "v1", "keys"],
+            &[],
+            Some(&serde_json::json!({ "name": name, "scopes": scopes })),
+            Idempotence::OnlyIfRefused,
+        )
+        .await
+    }
+
+    /// Revokes one of my keys at once.
+    pub async fn revoke_key(&self, id: &str) -> Result<(), Error> {
+        self.call::<serde_json::Value>(
+            Method::DELETE,
+            &["api", "v1", "keys", id],
+            &[],
+            None::<&()>,
+            Idempotence::Retryable,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// My account (`GET /api/v1/me`).
+    pub async fn account(&self) -> Result<Account, Error> {
+        self.call_json(
+            Method::GET,
+            &["api", "v1", "me"],
+            &[],
+            None::<&()>,
+            Idempotence::Retryable,
+        )
+        .await
+    }
+
+    /// Changes my settings (only the fields set are sent); answers the account.
+    pub async fn update_account(&self, settings: &AccountSettings) -> Result<Account, Error> {
+        self.call_json(
+            Method::PATCH,
+            &["api", "v1", "me"],
+            &[],
+            Some(settings),
+            Idempotence::Retryable,
+        )
+        .await
+    }
+
+    /// Deletes my account and everything of mine the club holds; the answer says what it could
+    /// not reach.
+    pub async fn delete_account(&self) -> Result<AccountDeletion, Error> {
+        self.call_json(
+            Method::DELETE,
+            &["api", "v1", "me"],
+            &[],
+            None::<&()>,
+            Idempotence::Retryable,
+        )
+        .await
+    }
+
+    /// Starts a device sign-in (`POST /api/v1/auth/device`, no key needed): show the person
+    /// the answer's `user_code` and `verification_uri`, then call
+    /// [`wait_for_device_token`](Self::wait_for_device_token).
+    pub async fn start_device_login(&self) -> Result<DeviceAuthorization, Error> {
+        self.call_json(
+            Method::POST,
+            &["api", "v1", "auth", "device"],
+            &[],
+            None::<&()>,
+            Idempotence::OnlyIfRefused,
+        )
+        .await
+    }
+
+    /// Polls `POST /api/v1/auth/device/token` every `interval` seconds (5 more after a
+    /// `slow_down`) until the person signed in, and answers the new key.
+    ///
+    /// Any other answer is returned as an error, with the server's code: `expired_token`,
+    /// `access_denied`, or `terms_required` (403: the member has no account yet — ask them, and
+    /// call again with `accept_terms: true`). The wait also ends with `expired_token` once
+    /// `expires_in` has passed.
+    pub async fn wait_for_device_token(
+        &self,
+        authorization: &DeviceAuthorization,
+        accept_terms: bool,
+        key_name: Option<&str>,
+    ) -> Result<DeviceToken, Error> {
+        let mut interval = Duration::from_secs(authorization.interval.clamp(1, 60));
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_secs(authorization.expires_in.min(86_400));
+        let mut body = serde_json::json!({
+            "device_token": authorization.device_token,
+            "accept_terms": accept_terms,
+        });
+        if let Some(name) = key_name {
+            body["key_name"] = name.into();
+        }
+        loop {
+            let polled: Result<DeviceToken, Error> = self
+                .call_json(
+                    Method::POST,
+                    &["api", "v1", "auth", "device", "token"],
+                    &[],
+                    Some(&body),
+                    Idempotence::OnlyIfRefused,
+                )
+                .await;
+            match polled {
+                Ok(token) => return Ok(token),
+                Err(error) => match error.code() {
+                    Some("authorization_pending") => {}
+                    Some("slow_down") => interval += Duration::from_secs(5),
+                    _ => return Err(error),
+                },
+            }
+            if tokio::time::Instant::now() + interval > deadline {
+                return Err(Error::Api {
+                    status: 400,
+                    error: inference_club_core::openai::ApiError::new(
+                        "invalid_request_error",
+                        "the sign-in expired before it was completed; start again",
+                        Some("expired_token"),
+                    ),
+                    retry_after: None,
+                });
+            }
+            tokio::time::sleep(interval).await;
+        }
+    }
+}

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use inference_club_examples::coordinator::CoordinatorConfig;
+use inference_club_examples::coordinator::limits::Limits;
 use inference_club_examples::coordinator_cli::{self as cli, DEFAULT_DATABASE, DEFAULT_LISTEN};
 
 /// The Inference Club coordinator: the OpenAI-compatible API, the club API and the node links.
@@ -33,6 +34,9 @@ enum Command {
         /// How long a request may wait for a free node, in seconds.
         #[arg(long, default_value_t = 30)]
         queue_timeout_secs: u64,
+        /// Rate, concurrency and size limits.
+        #[command(flatten)]
+        limits: Limits,
     },
     /// Manage members.
     User {
@@ -91,10 +95,12 @@ fn main() -> ExitCode {
                 listen,
                 heartbeat_secs,
                 queue_timeout_secs,
+                limits,
             } => {
                 let config = CoordinatorConfig {
                     heartbeat_interval: Duration::from_secs(heartbeat_secs.max(1)),
                     queue_timeout: Duration::from_secs(queue_timeout_secs),
+                    limits,
                     ..CoordinatorConfig::default()
                 };
                 cli::serve_command(&listen, &database, config).await

@@ -307,10 +307,11 @@ impl Store {
         if let Some(found) = self.inner.keys.get(&presented) {
             return Ok(Some(found));
         }
+        let epoch = self.inner.keys.epoch();
         let rows = sqlx::query(&format!(
             "SELECT {KEY_COLUMNS}, k.secret_hash, k.revoked_at,
                     u.handle, u.email, u.created_at AS user_created_at, u.default_visibility,
-                    u.terms_accepted_at
+                    u.terms_accepted_at, u.routing_preference
              FROM api_keys k JOIN users u ON u.id = k.user_id
              WHERE k.prefix = $1"
         ))
@@ -340,6 +341,7 @@ impl Store {
                 "terms_accepted_at",
                 get(row, "terms_accepted_at")?,
             )?,
+            routing_preference: get_parsed(row, "routing_preference")?,
         };
         let now = now();
         let stale = key.last_used_at.is_none_or(|at| {
@@ -361,7 +363,7 @@ impl Store {
             .await?;
             key.last_used_at = Some(now);
         }
-        self.inner.keys.remember(presented, &user, &key);
+        self.inner.keys.remember(presented, &user, &key, epoch);
         Ok(Some((user, key)))
     }
 

@@ -111,11 +111,18 @@ pub(crate) async fn open_pool(backend: Backend, url: &str) -> Result<AnyPool, St
 #[derive(Debug)]
 struct Embedded;
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "store",
-    include_str!("../../../migrations/0001_store.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "store",
+        include_str!("../../../migrations/0001_store.sql"),
+    ),
+    (
+        3,
+        "policies",
+        include_str!("../../../migrations/0003_policies.sql"),
+    ),
+];
 
 impl<'s> MigrationSource<'s> for Embedded {
     fn resolve(

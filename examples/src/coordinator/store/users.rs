@@ -8,7 +8,7 @@ use sqlx::any::AnyRow;
 
 use super::error::Entity;
 use super::sql::{from_micros, from_micros_opt, get, get_parsed, get_uuid, micros, now};
-use super::{Store, StoreError, UserId};
+use super::{RoutingPreference, Store, StoreError, UserId};
 
 /// Longest e-mail address kept.
 const MAX_EMAIL_LEN: usize = 320;
@@ -28,9 +28,12 @@ pub struct User {
     pub default_visibility: Visibility,
     /// When the member accepted the terms, if they have.
     pub terms_accepted_at: Option<DateTime<Utc>>,
+    /// Where their requests may go.
+    pub routing_preference: RoutingPreference,
 }
 
-const USER_COLUMNS: &str = "id, handle, email, created_at, default_visibility, terms_accepted_at";
+const USER_COLUMNS: &str =
+    "id, handle, email, created_at, default_visibility, terms_accepted_at, routing_preference";
 
 fn user_from_row(row: &AnyRow) -> Result<User, StoreError> {
     Ok(User {
@@ -40,6 +43,7 @@ fn user_from_row(row: &AnyRow) -> Result<User, StoreError> {
         created_at: from_micros("created_at", get(row, "created_at")?)?,
         default_visibility: get_parsed(row, "default_visibility")?,
         terms_accepted_at: from_micros_opt("terms_accepted_at", get(row, "terms_accepted_at")?)?,
+        routing_preference: get_parsed(row, "routing_preference")?,
     })
 }
 
@@ -77,6 +81,7 @@ impl Store {
             created_at: now(),
             default_visibility: Visibility::default(),
             terms_accepted_at: None,
+            routing_preference: RoutingPreference::default(),
         };
         let inserted = sqlx::query(
             "INSERT INTO users (id, handle, handle_key, email, created_at, default_visibility)
@@ -159,7 +164,9 @@ impl Store {
     /// Deletes a member and everything of theirs, for good (a hard delete, in one transaction):
     /// the account, its API keys, the requests they made (whatever their visibility), and their
     /// providers with every manifest revision. Records of requests that others made and that
-    /// their nodes served stay (they are the consumers'), no longer linked to the account.
+    /// their nodes served stay (they are the consumers'), with no trace of the member left: the
+    /// serving operator and provider, in the columns and inside the stored record (also in its
+    /// attempts), are emptied.
     ///
     /// Returns whether there was such a member.
     pub async fn delete_user(&self, user_id: UserId) -> Result<bool, StoreError> {
@@ -174,10 +181,15 @@ impl Store {
             .bind(&id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("UPDATE records SET operator_id = NULL WHERE operator_id = $1")
+        let handle: Option<String> = sqlx::query("SELECT handle FROM users WHERE id = $1")
             .bind(&id)
-            .execute(&mut *tx)
-            .await?;
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|row| get(&row, "handle"))
+            .transpose()?;
+        if let Some(handle) = handle {
+            super::records::forget_operator_in(&mut tx, &id, &handle).await?;
+        }
         sqlx::query(
             "DELETE FROM provider_revisions
              WHERE provider_id IN (SELECT id FROM providers WHERE operator_id = $1)",
@@ -198,6 +210,8 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        // Again after the commit: a lookup that raced the deletion remembers nothing.
+        self.inner.keys.forget_user(user_id);
         Ok(deleted.rows_affected() > 0)
     }
 }

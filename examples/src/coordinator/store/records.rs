@@ -264,7 +264,7 @@ pub(crate) async fn forget_operator_in(
     // Handles are letters, digits and hyphens: nothing LIKE reads as a wildcard.
     let mention = format!("%\"operator\":\"{handle}\"%");
     let rows = sqlx::query(
-        "SELECT id, body FROM records
+        "SELECT id, operator_id, body FROM records
          WHERE operator_id = $1 OR operator = $2 OR body LIKE $3",
     )
     .bind(user_id)
@@ -277,6 +277,13 @@ pub(crate) async fn forget_operator_in(
         let mut record: InferenceRecord = serde_json::from_str(&get::<String>(row, "body")?)
             .map_err(|error| StoreError::corrupt("body", error))?;
         forget_operator(&mut record, handle);
+        // Served by them under an earlier handle (before a rename): that one goes too.
+        let operator_id: Option<String> = get(row, "operator_id")?;
+        if operator_id.as_deref() == Some(user_id)
+            && let Some(earlier) = record.served_by.as_ref().map(|s| s.operator.clone())
+        {
+            forget_operator(&mut record, &earlier);
+        }
         let body = serde_json::to_string(&record)
             .map_err(|error| StoreError::invalid("record", error.to_string()))?;
         // Served by someone else (the member was only tried): only the body changes.

@@ -200,7 +200,7 @@ impl Club {
         let json = if text.is_empty() {
             Value::Null
         } else {
-            serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text))
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
         (status, headers, json)
     }

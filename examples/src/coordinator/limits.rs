@@ -180,14 +180,14 @@ impl RateState {
 #[derive(Debug, Clone)]
 pub struct Throttled {
     /// The error answered.
-    pub error: ApiError,
+    pub error: Box<ApiError>,
     /// The rate state, for a rate limit.
     pub rate: Option<RateState>,
 }
 
 impl IntoResponse for Throttled {
     fn into_response(self) -> Response {
-        let mut response = self.error.into_response();
+        let mut response = (*self.error).into_response();
         if let Some(rate) = self.rate {
             rate.apply(response.headers_mut());
         }
@@ -197,7 +197,7 @@ impl IntoResponse for Throttled {
 
 impl From<Throttled> for ApiError {
     fn from(throttled: Throttled) -> Self {
-        throttled.error
+        *throttled.error
     }
 }
 
@@ -242,7 +242,7 @@ impl KeyedRate {
 
     fn prune(&self) {
         let checks = self.checks.fetch_add(1, Ordering::Relaxed);
-        if checks % PRUNE_EVERY == 0 || self.governor.len() > PRUNE_ABOVE {
+        if checks.is_multiple_of(PRUNE_EVERY) || self.governor.len() > PRUNE_ABOVE {
             self.governor.retain_recent();
             self.governor.shrink_to_fit();
         }
@@ -280,7 +280,7 @@ impl KeyedRate {
                 );
                 error.retry_after = Some(retry_after);
                 Err(Throttled {
-                    error,
+                    error: Box::new(error),
                     rate: Some(rate),
                 })
             }
@@ -373,7 +373,10 @@ impl Limiter {
                 ),
             );
             error.retry_after = Some(1);
-            return Err(Throttled { error, rate: None });
+            return Err(Throttled {
+                error: Box::new(error),
+                rate: None,
+            });
         }
         *count += 1;
         Ok(InFlightSlot {

@@ -116,7 +116,11 @@ fn main() -> ExitCode {
         }),
         Command::ServeCoordinator { listen, database } => {
             init_logging();
-            let config = inference_club_examples::coordinator::CoordinatorConfig::default();
+            // The benchmark measures the coordinator, not its per-key limits.
+            let config = inference_club_examples::coordinator::CoordinatorConfig {
+                limits: inference_club_examples::coordinator::limits::Limits::without_rate_limits(),
+                ..Default::default()
+            };
             let status = runtime.block_on(inference_club_examples::coordinator_cli::serve_command(
                 &listen, &database, config,
             ));

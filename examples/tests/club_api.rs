@@ -875,6 +875,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("delete", "/api/v1/requests/{id}"),
     ("get", "/api/v1/providers"),
     ("get", "/api/v1/providers/{operator}/{name}"),
+    ("patch", "/api/v1/providers/{operator}/{name}"),
     ("get", "/api/v1/providers/{operator}/{name}/requests"),
     ("get", "/api/v1/me"),
     ("patch", "/api/v1/me"),

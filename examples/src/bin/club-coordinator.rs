@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use inference_club_examples::coordinator::CoordinatorConfig;
+use inference_club_examples::coordinator::limits::Limits;
 use inference_club_examples::coordinator_cli::{self as cli, DEFAULT_DATABASE, DEFAULT_LISTEN};
 
 /// The Inference Club coordinator: the OpenAI-compatible API, the club API and the node links.
@@ -35,6 +36,9 @@ enum Command {
         queue_timeout_secs: u64,
         #[command(flatten)]
         sign_in: SignInArgs,
+        /// Rate, concurrency and size limits.
+        #[command(flatten)]
+        limits: Limits,
     },
     /// Manage members.
     User {
@@ -114,6 +118,7 @@ fn main() -> ExitCode {
                 heartbeat_secs,
                 queue_timeout_secs,
                 sign_in,
+                limits,
             } => {
                 let sign_in = cli::SignInOptions {
                     github_client_id: sign_in.github_client_id,
@@ -125,6 +130,7 @@ fn main() -> ExitCode {
                 let config = CoordinatorConfig {
                     heartbeat_interval: Duration::from_secs(heartbeat_secs.max(1)),
                     queue_timeout: Duration::from_secs(queue_timeout_secs),
+                    limits,
                     ..CoordinatorConfig::default()
                 };
                 match sign_in.apply(config) {

@@ -25,8 +25,9 @@ use super::Coordinator;
 use super::auth::{self, Caller};
 use super::dispatch;
 use super::error::ApiError;
+use super::limits::{self, InFlightSlot};
 use super::metrics::RequestLabels;
-use super::store::Scope;
+use super::store::{RoutingPreference, Scope};
 
 /// The header that names a response's record.
 pub const REQUEST_ID_HEADER: &str = "x-club-request-id";
@@ -36,7 +37,8 @@ pub const VISIBILITY_HEADER: &str = "x-club-visibility";
 /// `GET /v1/models`: the models of online nodes that the caller may use, merged across nodes,
 /// with their capabilities (see [`club_api::catalog`](super::club_api::catalog)). Without a key
 /// the list is empty (no access policy admits anonymous consumers); a key without the
-/// `inference` scope gets 403.
+/// `inference` scope gets 403. A member whose routing preference is `only_own` sees only what
+/// their own nodes serve. Counted against the key's request rate.
 pub async fn models(State(state): State<Arc<Coordinator>>, headers: HeaderMap) -> Response {
     let caller = match auth::caller(&state.store, &headers).await {
         Ok(Some(caller)) => match caller.require(Scope::Inference) {
@@ -46,10 +48,25 @@ pub async fn models(State(state): State<Arc<Coordinator>>, headers: HeaderMap) -
         Ok(None) => None,
         Err(error) => return error.into_response(),
     };
+    let rate = match &caller {
+        Some(caller) => match state.limits.inference(&caller.key.id.to_string()) {
+            Ok(rate) => Some(rate),
+            Err(throttled) => return throttled.into_response(),
+        },
+        None => None,
+    };
     let handle = caller.as_ref().map(|c| c.user.handle.as_str());
-    let models: BTreeMap<String, Model> =
-        super::club_api::catalog::models_for(&state.nodes.online(), handle);
-    axum::Json(ModelList::new(models.into_values().collect())).into_response()
+    let mut nodes = state.nodes.online();
+    if let Some(caller) = &caller
+        && caller.user.routing_preference == RoutingPreference::OnlyOwn
+    {
+        nodes.retain(|node| node.key.operator_id == caller.user.id);
+    }
+    let models: BTreeMap<String, Model> = super::club_api::catalog::models_for(&nodes, handle);
+    limits::with_rate(
+        axum::Json(ModelList::new(models.into_values().collect())).into_response(),
+        rate,
+    )
 }
 
 fn with_request_id(mut response: Response, id: RecordId) -> Response {
@@ -117,6 +134,10 @@ fn header_visibility(headers: &HeaderMap) -> Result<Option<Visibility>, ApiError
 }
 
 /// `POST /v1/chat/completions`.
+///
+/// The limits come first, before anything is recorded or routed (see [`limits`]): the key's
+/// request rate (429 with `Retry-After` and `X-RateLimit-*`), the member's requests in flight
+/// (429), the body size (413), then the messages, their characters and `max_tokens` (400).
 pub async fn chat_completions(
     State(state): State<Arc<Coordinator>>,
     headers: HeaderMap,
@@ -127,12 +148,31 @@ pub async fn chat_completions(
         Ok(caller) => caller,
         Err(error) => return error.into_response(),
     };
-    let bytes = match axum::body::to_bytes(body, state.config.max_body_bytes).await {
+    let rate = match state.limits.inference(&caller.key.id.to_string()) {
+        Ok(rate) => rate,
+        Err(throttled) => return throttled.into_response(),
+    };
+    let response = limited_chat(state, caller, headers, body, received).await;
+    limits::with_rate(response, Some(rate))
+}
+
+async fn limited_chat(
+    state: Arc<Coordinator>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Body,
+    received: Instant,
+) -> Response {
+    let slot = match state.limits.enter(caller.user.id) {
+        Ok(slot) => slot,
+        Err(throttled) => return throttled.into_response(),
+    };
+    let max_body = state.limits.limits().max_body_bytes;
+    let bytes = match axum::body::to_bytes(body, max_body).await {
         Ok(bytes) => bytes,
         Err(_) => {
             return ApiError::too_large(format!(
-                "the body is larger than {} bytes",
-                state.config.max_body_bytes
+                "the body is larger than {max_body} bytes (max_body_bytes)"
             ))
             .into_response();
         }
@@ -141,13 +181,16 @@ pub async fn chat_completions(
         Ok(parsed) => parsed,
         Err(error) => return error.into_response(),
     };
+    if let Err(error) = state.limits.check_request(&request) {
+        return error.into_response();
+    }
     let visibility = match header_visibility(&headers) {
         Ok(v) => body_visibility
             .or(v)
             .unwrap_or(caller.user.default_visibility),
         Err(error) => return error.into_response(),
     };
-    serve_chat(state, caller, request, visibility, received).await
+    serve_chat(state, caller, request, visibility, received, slot).await
 }
 
 async fn serve_chat(
@@ -156,6 +199,7 @@ async fn serve_chat(
     request: ChatCompletionRequest,
     visibility: Visibility,
     received: Instant,
+    slot: InFlightSlot,
 ) -> Response {
     let id = RecordId::new();
     let record = InferenceRecord::new(
@@ -191,9 +235,13 @@ async fn serve_chat(
         received,
         streamed: request.is_stream(),
         cancel,
+        _slot: slot,
     };
+    let preference = caller.user.routing_preference;
     let dispatched = match keeper.record.as_mut() {
-        Some(record) => dispatch::dispatch(&state, &engine_request, record, &context).await,
+        Some(record) => {
+            dispatch::dispatch(&state, &engine_request, record, &context, preference).await
+        }
         None => Err(ApiError::internal("dispatch", "the record is gone")),
     };
     if let Err(error) = inserted.committed().await {
@@ -206,10 +254,11 @@ async fn serve_chat(
             // Saved as running, with the node serving it and the attempts so far: what a crash
             // of the coordinator leaves behind (to become failed at the next start).
             // Queued, not awaited: the first chunk does not wait for this commit.
-            if let Some(record) = &keeper.record
-                && let Err(error) = state.store.save_record_soon(record).await
-            {
-                tracing::error!(id = %record.id, "cannot save a record: {error}");
+            if let Some(record) = keeper.record.as_mut() {
+                state.nodes.forget_departed(record);
+                if let Err(error) = state.store.save_record_soon(record).await {
+                    tracing::error!(id = %record.id, "cannot save a record: {error}");
+                }
             }
             stream
         }
@@ -225,7 +274,10 @@ async fn serve_chat(
     }
 }
 
-async fn save(state: &Coordinator, record: &InferenceRecord) {
+/// Saves a final record: durable when this returns. Operators who deleted their account while
+/// it was in flight are forgotten in it first.
+async fn save(state: &Coordinator, record: &mut InferenceRecord) {
+    state.nodes.forget_departed(record);
     if let Err(error) = state.store.save_record(record).await {
         tracing::error!(id = %record.id, "cannot save a record: {error}");
     }
@@ -266,6 +318,8 @@ struct RecordKeeper {
     received: Instant,
     streamed: bool,
     cancel: CancellationToken,
+    /// The member's in-flight slot, held until the answer is complete.
+    _slot: InFlightSlot,
 }
 
 impl RecordKeeper {
@@ -290,7 +344,7 @@ impl RecordKeeper {
             return;
         };
         let _ = record.failed(reason, None, Utc::now());
-        save(&self.state, &record).await;
+        save(&self.state, &mut record).await;
         count(&self.state, &record, self.streamed, self.received);
     }
 
@@ -313,7 +367,7 @@ impl RecordKeeper {
             Err(ProviderError::Cancelled) => record.cancelled("cancelled", Some(&completion), now),
             Err(error) => record.failed(error.to_string(), Some(&completion), now),
         };
-        save(&self.state, &record).await;
+        save(&self.state, &mut record).await;
         count(&self.state, &record, self.streamed, self.received);
         Some((record, completion))
     }
@@ -335,7 +389,7 @@ impl Drop for RecordKeeper {
         let streamed = self.streamed;
         let received = self.received;
         tokio::spawn(async move {
-            save(&state, &record).await;
+            save(&state, &mut record).await;
             count(&state, &record, streamed, received);
         });
     }

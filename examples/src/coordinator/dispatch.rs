@@ -17,6 +17,7 @@ use inference_club_provider::failover;
 use super::Coordinator;
 use super::error::ApiError;
 use super::nodes::{LiveNode, NodeSlot, RemoteNode};
+use super::store::RoutingPreference;
 
 /// Waiting requests and the lock that makes selection and reservation one step.
 #[derive(Debug, Default)]
@@ -83,18 +84,57 @@ impl DispatchQueues {
     }
 }
 
+/// Whether `node` is run by `consumer`.
+fn is_own(node: &LiveNode, consumer: Option<&str>) -> bool {
+    consumer.is_some_and(|c| node.operator.eq_ignore_ascii_case(c))
+}
+
 /// Ranks the online nodes for `model` and `consumer`, leaving out those `tried` already, and
-/// reserves a slot on the best one.
-fn pick(state: &Coordinator, model: &str, consumer: Option<&str>, tried: &[Arc<LiveNode>]) -> Pick {
+/// reserves a slot on the best one. The consumer's routing preference decides which nodes
+/// count: `only_own` their own nodes only; `prefer_own` their own nodes when one has room,
+/// else every node; `any` every node. A node whose operator turned the kill switch on serves
+/// nothing.
+fn pick(
+    state: &Coordinator,
+    model: &str,
+    consumer: Option<&str>,
+    preference: RoutingPreference,
+    tried: &[Arc<LiveNode>],
+) -> Pick {
     let queues = &state.queues;
     let _selecting = queues.select.lock().unwrap_or_else(PoisonError::into_inner);
     let nodes = state.nodes.online();
+    match preference {
+        RoutingPreference::Any => rank_and_reserve(state, &nodes, model, consumer, false, tried),
+        RoutingPreference::OnlyOwn => rank_and_reserve(state, &nodes, model, consumer, true, tried),
+        RoutingPreference::PreferOwn => {
+            match rank_and_reserve(state, &nodes, model, consumer, true, tried) {
+                picked @ Pick::Node(..) => picked,
+                _ => rank_and_reserve(state, &nodes, model, consumer, false, tried),
+            }
+        }
+    }
+}
+
+/// Ranks `nodes` (only the consumer's own when `own_only`) and reserves a slot on the best.
+/// The caller holds the selection lock.
+fn rank_and_reserve(
+    state: &Coordinator,
+    nodes: &[Arc<LiveNode>],
+    model: &str,
+    consumer: Option<&str>,
+    own_only: bool,
+    tried: &[Arc<LiveNode>],
+) -> Pick {
+    let queues = &state.queues;
     let candidates: Vec<Candidate<usize>> = nodes
         .iter()
         .enumerate()
         .map(|(index, node)| {
             let offer = node.offer();
-            let found = offer.find_model(model);
+            let found = offer
+                .find_model(model)
+                .filter(|_| offer.accepting() && (!own_only || is_own(node, consumer)));
             Candidate {
                 key: index,
                 serves_model: found.is_some(),
@@ -131,8 +171,25 @@ fn pick(state: &Coordinator, model: &str, consumer: Option<&str>, tried: &[Arc<L
     }
 }
 
-fn unplaceable(availability: Availability, model: &str, last: Option<ProviderError>) -> ApiError {
+fn unplaceable(
+    availability: Availability,
+    model: &str,
+    preference: RoutingPreference,
+    last: Option<ProviderError>,
+) -> ApiError {
     match availability {
+        Availability::NotServed | Availability::Offline
+            if preference == RoutingPreference::OnlyOwn =>
+        {
+            ApiError::not_found(
+                "model_not_found",
+                format!(
+                    "None of your online nodes serves `{model}`, and your routing preference is \
+                     only_own; change it with PATCH /api/v1/me {{\"routing_preference\": \"any\"}}."
+                ),
+            )
+            .with_param("model")
+        }
         Availability::NotServed | Availability::Offline => {
             ApiError::from_provider(&ProviderError::ModelNotFound {
                 model: model.to_owned(),
@@ -164,6 +221,7 @@ pub async fn dispatch(
     request: &ChatCompletionRequest,
     record: &mut InferenceRecord,
     context: &RequestContext,
+    preference: RoutingPreference,
 ) -> Result<ChunkStream, ApiError> {
     let model = request.model.clone();
     let consumer = record.consumer.clone();
@@ -179,7 +237,7 @@ pub async fn dispatch(
         let picked = if state.queues.has_waiters(&model) {
             Pick::Wait
         } else {
-            pick(state, &model, consumer.as_deref(), &tried)
+            pick(state, &model, consumer.as_deref(), preference, &tried)
         };
         let picked = match picked {
             Pick::Wait => {
@@ -187,14 +245,31 @@ pub async fn dispatch(
                     queued = true;
                     state.metrics.queued.inc();
                 }
-                wait_for_slot(state, &model, consumer.as_deref(), &tried, deadline).await?
+                wait_for_slot(
+                    state,
+                    &model,
+                    consumer.as_deref(),
+                    preference,
+                    &tried,
+                    deadline,
+                )
+                .await?
             }
             other => other,
         };
         let (node, slot, service) = match picked {
             Pick::Node(node, slot, service) => (node, slot, service),
-            Pick::Fail(availability) => return Err(unplaceable(availability, &model, last_error)),
-            Pick::Wait => return Err(unplaceable(Availability::AllFull, &model, last_error)),
+            Pick::Fail(availability) => {
+                return Err(unplaceable(availability, &model, preference, last_error));
+            }
+            Pick::Wait => {
+                return Err(unplaceable(
+                    Availability::AllFull,
+                    &model,
+                    preference,
+                    last_error,
+                ));
+            }
         };
         let served_by = ServedBy {
             operator: node.operator.clone(),
@@ -242,6 +317,7 @@ async fn wait_for_slot(
     state: &Coordinator,
     model: &str,
     consumer: Option<&str>,
+    preference: RoutingPreference,
     tried: &[Arc<LiveNode>],
     deadline: Instant,
 ) -> Result<Pick, ApiError> {
@@ -263,7 +339,7 @@ async fn wait_for_slot(
         .await
         .map_err(|_| busy())?;
     loop {
-        match pick(state, model, consumer, tried) {
+        match pick(state, model, consumer, preference, tried) {
             Pick::Wait => {}
             decided => return Ok(decided),
         }

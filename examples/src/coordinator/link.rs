@@ -38,9 +38,16 @@ pub async fn upgrade(
         .on_upgrade(move |socket| serve(state, caller, socket))
 }
 
-/// Checks a hello's manifest with core's validator and redacts it again (the coordinator
-/// trusts no node to have done so): every problem is listed.
-fn accept_manifest(hello: &Hello) -> Result<ServiceManifest, Refused> {
+/// Checks a hello's manifest: its size against the coordinator's limit, then with core's
+/// validator, and redacts it again (the coordinator trusts no node to have done so): every
+/// problem is listed.
+fn accept_manifest(state: &Coordinator, hello: &Hello) -> Result<ServiceManifest, Refused> {
+    if let Err(reason) = state.limits.check_manifest(&hello.manifest) {
+        return Err(Refused {
+            reason,
+            errors: Vec::new(),
+        });
+    }
     if hello.protocol_version < 1 {
         return Err(Refused {
             reason: format!(
@@ -115,7 +122,7 @@ async fn serve(state: Arc<Coordinator>, caller: Caller, mut socket: WebSocket) {
         send(&mut socket, &refused).await;
         return;
     };
-    let manifest = match accept_manifest(&hello) {
+    let manifest = match accept_manifest(&state, &hello) {
         Ok(manifest) => manifest,
         Err(refused) => {
             tracing::info!(operator = %caller.user.handle, reason = %refused.reason, "refused a node");
@@ -141,6 +148,18 @@ async fn serve(state: Arc<Coordinator>, caller: Caller, mut socket: WebSocket) {
         }
     };
 
+    // The operator's overrides and kill switch are in force from the first moment.
+    let policy = match state.store.provider_policy(provider_id).await {
+        Ok(policy) => policy,
+        Err(error) => {
+            let refused = CoordinatorMessage::Refused(Refused {
+                reason: format!("cannot read the provider's policy: {error}"),
+                errors: Vec::new(),
+            });
+            send(&mut socket, &refused).await;
+            return;
+        }
+    };
     let (outgoing, mut to_node) = mpsc::channel::<CoordinatorMessage>(1024);
     let key = NodeKey {
         operator_id: caller.user.id,
@@ -150,6 +169,7 @@ async fn serve(state: Arc<Coordinator>, caller: Caller, mut socket: WebSocket) {
         key,
         caller.user.handle.clone(),
         manifest,
+        policy,
         outgoing,
     ));
     let interval = state.config.heartbeat_interval;
@@ -157,6 +177,10 @@ async fn serve(state: Arc<Coordinator>, caller: Caller, mut socket: WebSocket) {
     // Routable before the node hears `welcome`: a node that says it is linked is. Jobs sent
     // meanwhile wait in `outgoing`, which the writer drains after the welcome.
     state.nodes.insert(node.clone());
+    // A policy changed between the read above and the insert reached no live node: read again.
+    if let Ok(policy) = state.store.provider_policy(provider_id).await {
+        node.set_policy(policy);
+    }
     if !send(&mut socket, &greeting).await {
         state.nodes.remove(&node);
         return;
@@ -221,7 +245,7 @@ async fn serve(state: Arc<Coordinator>, caller: Caller, mut socket: WebSocket) {
                 node.deliver(failed.job, JobEvent::Failed(failed.error));
                 state.nodes.notify_changed();
             }
-            Ok(NodeMessage::Hello(again)) => match accept_manifest(&again) {
+            Ok(NodeMessage::Hello(again)) => match accept_manifest(&state, &again) {
                 Ok(manifest) if provider_name(&manifest) == name => {
                     let json = serde_json::to_value(&manifest).unwrap_or_default();
                     if let Err(error) = state

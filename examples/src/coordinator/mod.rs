@@ -8,7 +8,7 @@
 //! - [`store`]: everything the coordinator persists, on SQLite or PostgreSQL.
 //! - [`accounts`]: GitHub sign-in (web and device flows) and browser sessions.
 //! - [`auth`]: API keys, session cookies and scopes; [`error`]: errors in the OpenAI envelope;
-//!   [`metrics`]: Prometheus metrics.
+//!   [`metrics`]: Prometheus metrics; [`limits`]: rate, concurrency and size limits.
 
 pub mod accounts;
 pub mod api;
@@ -16,6 +16,7 @@ pub mod auth;
 pub mod club_api;
 pub mod dispatch;
 pub mod error;
+pub mod limits;
 pub mod link;
 pub mod metrics;
 pub mod nodes;
@@ -41,8 +42,6 @@ use self::store::Store;
 pub struct CoordinatorConfig {
     /// How often nodes heartbeat (and the coordinator pings them); two missed means offline.
     pub heartbeat_interval: Duration,
-    /// The largest request body accepted, in bytes.
-    pub max_body_bytes: usize,
     /// How long a request may wait for a node with room before 503.
     pub queue_timeout: Duration,
     /// How many requests may wait at once before new ones get 503 straight away.
@@ -54,17 +53,19 @@ pub struct CoordinatorConfig {
     /// callback is `{public_url}/auth/github/callback`, and cookies are `Secure` when it is
     /// https.
     pub public_url: Option<url::Url>,
+    /// Rate, concurrency and size limits (the chat body limit among them).
+    pub limits: limits::Limits,
 }
 
 impl Default for CoordinatorConfig {
     fn default() -> Self {
         Self {
             heartbeat_interval: Duration::from_secs(10),
-            max_body_bytes: 4 * 1024 * 1024,
             queue_timeout: Duration::from_secs(30),
             max_queued: 1024,
             github: None,
             public_url: None,
+            limits: limits::Limits::default(),
         }
     }
 }
@@ -80,6 +81,8 @@ pub struct Coordinator {
     pub config: CoordinatorConfig,
     /// Metrics.
     pub metrics: Metrics,
+    /// The limits in force and their running state.
+    pub limits: limits::Limiter,
     queues: DispatchQueues,
     github: Option<accounts::GitHub>,
 }
@@ -113,6 +116,7 @@ impl Coordinator {
             github,
             store,
             nodes: NodeRegistry::default(),
+            limits: limits::Limiter::new(config.limits.clone()),
             config,
             metrics: Metrics::default(),
             queues: DispatchQueues::default(),
@@ -133,6 +137,11 @@ impl Coordinator {
             .layer(axum::middleware::from_fn_with_state(
                 self.clone(),
                 accounts::session::csrf_guard,
+            ))
+            // Sign-in routes are limited per client address, whichever route serves them.
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                limits::sign_in_layer,
             ))
             .with_state(self.clone())
     }
@@ -161,7 +170,8 @@ async fn not_found() -> error::ApiError {
 }
 
 /// Serves `app` on `listener` until `shutdown` is cancelled. Prints `listening on http://ADDR`
-/// once it accepts connections.
+/// once it accepts connections. Each request carries its client's address
+/// (`ConnectInfo<SocketAddr>`), which the per-address limits use.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
@@ -174,7 +184,10 @@ pub async fn serve(
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await
 }

@@ -12,14 +12,16 @@ use std::time::{Duration, Instant};
 use async_stream::stream;
 use async_trait::async_trait;
 use inference_club_core::link::{Cancel, CoordinatorMessage, Job, JobError, JobId, ServiceLoad};
-use inference_club_core::manifest::{AccessPolicy, ServiceManifest, ServiceType, effective_access};
+use inference_club_core::manifest::{
+    AccessPolicy, Service, ServiceManifest, ServiceType, effective_access,
+};
 use inference_club_core::openai::{ChatCompletionChunk, ChatCompletionRequest, Model};
 use inference_club_core::provider::{ChunkStream, Provider, ProviderError, RequestContext};
 use inference_club_core::routing::Ewma;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::store::UserId;
+use super::store::{ProviderPolicy, UserId};
 
 /// How many events of one job may wait for a slow consumer before the job is cancelled (so that
 /// one slow consumer never holds up the link).
@@ -67,8 +69,9 @@ impl NodeModel {
     }
 }
 
-/// What a node offers: its manifest, the models in it and its capacity. Replaced whole when the
-/// node announces a new manifest.
+/// What a node offers: its manifest, the models in it and its capacity, under the policy its
+/// operator set through the API. Replaced whole when the node announces a new manifest or the
+/// operator changes the policy.
 #[derive(Debug)]
 pub struct NodeOffer {
     /// Its validated, redacted manifest.
@@ -77,17 +80,30 @@ pub struct NodeOffer {
     pub models: Vec<NodeModel>,
     /// Its total capacity (the sum of its services' `max_concurrent`, when every service has one).
     pub capacity: Option<u32>,
+    /// What its operator set through the API: access overrides and the kill switch.
+    pub policy: ProviderPolicy,
 }
 
 impl NodeOffer {
-    /// The offer of a validated manifest.
-    pub fn new(manifest: ServiceManifest) -> Self {
-        let (models, capacity) = models_of(&manifest);
+    /// The offer of a validated manifest under `policy`.
+    pub fn new(manifest: ServiceManifest, policy: ProviderPolicy) -> Self {
+        let (models, capacity) = models_of(&manifest, &policy);
         Self {
             manifest,
             models,
             capacity,
+            policy,
         }
+    }
+
+    /// Whether it takes requests (the operator's kill switch is off).
+    pub fn accepting(&self) -> bool {
+        self.policy.accepting
+    }
+
+    /// Who may use `service` of its manifest: see [`access_for`].
+    pub fn access_for<'a>(&'a self, service: &'a Service) -> &'a AccessPolicy {
+        access_for(&self.policy, &self.manifest, service)
     }
 
     /// The model `requested` names, if served here.
@@ -130,12 +146,13 @@ impl LiveNode {
         key: NodeKey,
         operator: String,
         manifest: ServiceManifest,
+        policy: ProviderPolicy,
         outgoing: mpsc::Sender<CoordinatorMessage>,
     ) -> Self {
         Self {
             key,
             operator,
-            offer: RwLock::new(Arc::new(NodeOffer::new(manifest))),
+            offer: RwLock::new(Arc::new(NodeOffer::new(manifest, policy))),
             outgoing,
             jobs: Mutex::new(HashMap::new()),
             next_job: AtomicU64::new(1),
@@ -264,15 +281,38 @@ impl LiveNode {
             .clone()
     }
 
-    /// Replaces what it offers (a new manifest was announced).
+    /// Replaces what it offers (a new manifest was announced), under the same policy.
     pub(crate) fn set_offer(&self, manifest: ServiceManifest) {
-        *self.offer.write().unwrap_or_else(PoisonError::into_inner) =
-            Arc::new(NodeOffer::new(manifest));
+        let mut offer = self.offer.write().unwrap_or_else(PoisonError::into_inner);
+        let policy = offer.policy.clone();
+        *offer = Arc::new(NodeOffer::new(manifest, policy));
+    }
+
+    /// Puts `policy` in force at once (the operator changed it).
+    pub fn set_policy(&self, policy: ProviderPolicy) {
+        let mut offer = self.offer.write().unwrap_or_else(PoisonError::into_inner);
+        let manifest = offer.manifest.clone();
+        *offer = Arc::new(NodeOffer::new(manifest, policy));
     }
 }
 
+/// Who may use `service` of `manifest` under `policy`: the operator's override for the service,
+/// else their node-wide override, else the manifest's policy (the service's, the agent's, or
+/// `members`).
+pub fn access_for<'a>(
+    policy: &'a ProviderPolicy,
+    manifest: &'a ServiceManifest,
+    service: &'a Service,
+) -> &'a AccessPolicy {
+    policy
+        .services
+        .get(&service.name)
+        .or(policy.access.as_ref())
+        .unwrap_or_else(|| effective_access(&manifest.agent, service))
+}
+
 /// The models of a manifest's `llm` services, and the node's total capacity.
-fn models_of(manifest: &ServiceManifest) -> (Vec<NodeModel>, Option<u32>) {
+fn models_of(manifest: &ServiceManifest, policy: &ProviderPolicy) -> (Vec<NodeModel>, Option<u32>) {
     let mut models = Vec::new();
     let mut capacity = Some(0u32);
     for service in manifest
@@ -282,7 +322,7 @@ fn models_of(manifest: &ServiceManifest) -> (Vec<NodeModel>, Option<u32>) {
         capacity = capacity
             .zip(service.max_concurrent)
             .map(|(a, b)| a.saturating_add(b));
-        let access = effective_access(&manifest.agent, service).clone();
+        let access = access_for(policy, manifest, service).clone();
         for model in &service.models {
             if let Some(served_id) = model.served_id() {
                 models.push(NodeModel {
@@ -438,7 +478,15 @@ impl Provider for RemoteNode {
 pub struct NodeRegistry {
     nodes: RwLock<HashMap<NodeKey, Arc<LiveNode>>>,
     changed: tokio::sync::Notify,
+    /// Operators who deleted their account lately (lower-case handle, when): records still in
+    /// flight on their nodes forget them before they are saved. Memory only, pruned.
+    departed: Mutex<HashMap<String, Instant>>,
 }
+
+/// How long the registry remembers an operator who left, for records still in flight.
+const DEPARTED_MEMORY: Duration = Duration::from_secs(3600);
+/// The most departed operators remembered at once.
+const MAX_DEPARTED: usize = 10_000;
 
 impl NodeRegistry {
     /// Adds a node, closing any earlier link with the same identity.
@@ -463,6 +511,54 @@ impl NodeRegistry {
         }
         drop(nodes);
         self.changed.notify_waiters();
+    }
+
+    /// Closes every link of the operator `operator_id` (whose handle is `handle`) at once: their
+    /// running jobs end with an error, and records still in flight forget them when saved
+    /// ([`NodeRegistry::forget_departed`]). Returns how many links were closed.
+    pub fn close_operator(&self, operator_id: UserId, handle: &str) -> usize {
+        {
+            let mut departed = self.departed.lock().unwrap_or_else(PoisonError::into_inner);
+            departed.retain(|_, at| at.elapsed() < DEPARTED_MEMORY);
+            if departed.len() >= MAX_DEPARTED {
+                departed.clear();
+            }
+            departed.insert(handle.to_ascii_lowercase(), Instant::now());
+        }
+        let closed: Vec<Arc<LiveNode>> = {
+            let mut nodes = self.nodes.write().unwrap_or_else(PoisonError::into_inner);
+            let keys: Vec<NodeKey> = nodes
+                .keys()
+                .filter(|key| key.operator_id == operator_id)
+                .cloned()
+                .collect();
+            keys.iter().filter_map(|key| nodes.remove(key)).collect()
+        };
+        for node in &closed {
+            node.close();
+        }
+        self.changed.notify_waiters();
+        closed.len()
+    }
+
+    /// Removes from `record` every operator who deleted their account lately (see
+    /// [`NodeRegistry::close_operator`]).
+    pub fn forget_departed(&self, record: &mut inference_club_core::record::InferenceRecord) {
+        let departed = self.departed.lock().unwrap_or_else(PoisonError::into_inner);
+        if departed.is_empty() {
+            return;
+        }
+        let mentioned: Vec<String> = record
+            .served_by
+            .iter()
+            .chain(record.attempts.iter().map(|a| &a.served_by))
+            .map(|s| s.operator.to_ascii_lowercase())
+            .filter(|handle| departed.contains_key(handle))
+            .collect();
+        drop(departed);
+        for handle in mentioned {
+            super::store::forget_operator(record, &handle);
+        }
     }
 
     /// Every online node.

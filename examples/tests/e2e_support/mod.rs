@@ -164,6 +164,9 @@ fn coordinator_command(database: &str, listen: &str, serve_args: &[String]) -> C
         .arg(listen)
         .arg("--heartbeat-secs")
         .arg("1")
+        // The per-member limits do not bind here unless a test's flags set them.
+        .env("CLUB_REQUESTS_PER_MINUTE", "100000")
+        .env("CLUB_MAX_CONCURRENT_PER_MEMBER", "1000")
         .args(serve_args);
     command
 }

@@ -16,7 +16,7 @@ use super::{bad_path, json_body};
 use crate::coordinator::Coordinator;
 use crate::coordinator::auth::{self, Caller};
 use crate::coordinator::error::ApiError;
-use crate::coordinator::store::{ApiKey, KeyId, Scope, Scopes, User};
+use crate::coordinator::store::{ApiKey, KeyId, RoutingPreference, Scope, Scopes, User};
 
 /// The most live keys a member may hold.
 pub const MAX_KEYS_PER_MEMBER: usize = 50;
@@ -40,6 +40,8 @@ pub struct MeView {
     pub default_visibility: Visibility,
     /// When they accepted the terms.
     pub terms_accepted_at: Option<DateTime<Utc>>,
+    /// Where their requests may go: `any`, `prefer_own` or `only_own`.
+    pub routing_preference: RoutingPreference,
 }
 
 impl From<User> for MeView {
@@ -52,6 +54,7 @@ impl From<User> for MeView {
             created_at: user.created_at,
             default_visibility: user.default_visibility,
             terms_accepted_at: user.terms_accepted_at,
+            routing_preference: user.routing_preference,
         }
     }
 }
@@ -117,9 +120,12 @@ pub async fn me(
 #[serde(deny_unknown_fields)]
 struct Settings {
     default_visibility: Option<String>,
+    routing_preference: Option<String>,
 }
 
-/// `PATCH /api/v1/me` with `{"default_visibility": "public" | "unlisted" | "private"}`.
+/// `PATCH /api/v1/me` with `{"default_visibility": "public" | "unlisted" | "private",
+/// "routing_preference": "any" | "prefer_own" | "only_own"}` (either or both). Every value is
+/// checked before anything changes.
 pub async fn update_me(
     State(state): State<Arc<Coordinator>>,
     headers: HeaderMap,
@@ -127,17 +133,37 @@ pub async fn update_me(
 ) -> Result<Response, ApiError> {
     let caller = account(&state, &headers).await?;
     let settings: Settings = json_body(body).await?;
-    let Some(visibility) = settings.default_visibility else {
+    if settings.default_visibility.is_none() && settings.routing_preference.is_none() {
         return Err(ApiError::bad_request(
             "nothing_to_change",
-            "send the settings to change: {\"default_visibility\": \"public\" | \"unlisted\" | \"private\"}",
+            "send the settings to change: {\"default_visibility\": \"public\" | \"unlisted\" | \"private\", \"routing_preference\": \"any\" | \"prefer_own\" | \"only_own\"}",
         ));
-    };
-    let visibility = super::parse_visibility(&visibility)?;
-    let user = state
-        .store
-        .update_settings(caller.user.id, visibility)
-        .await?;
+    }
+    let visibility = settings
+        .default_visibility
+        .as_deref()
+        .map(super::parse_visibility)
+        .transpose()?;
+    let preference = settings
+        .routing_preference
+        .as_deref()
+        .map(|text| {
+            text.parse::<RoutingPreference>().map_err(|error| {
+                ApiError::bad_request("invalid_routing_preference", error.to_string())
+                    .with_param("routing_preference")
+            })
+        })
+        .transpose()?;
+    let mut user = caller.user;
+    if let Some(visibility) = visibility {
+        user = state.store.update_settings(user.id, visibility).await?;
+    }
+    if let Some(preference) = preference {
+        user = state
+            .store
+            .set_routing_preference(user.id, preference)
+            .await?;
+    }
     Ok(axum::Json(MeView::from(user)).into_response())
 }
 
@@ -165,14 +191,11 @@ pub async fn delete_me(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let caller = account(&state, &headers).await?;
+    // Links first, so that no new job reaches their nodes while the account goes.
+    let disconnected = state
+        .nodes
+        .close_operator(caller.user.id, &caller.user.handle);
     state.store.delete_user(caller.user.id).await?;
-    let mut disconnected = 0;
-    for node in state.nodes.online() {
-        if node.key.operator_id == caller.user.id {
-            state.nodes.remove(&node);
-            disconnected += 1;
-        }
-    }
     Ok(axum::Json(AccountDeleted {
         object: "club.account_deleted",
         handle: caller.user.handle,
@@ -182,11 +205,13 @@ pub async fn delete_me(
             "api keys",
             "requests you made (every visibility)",
             "providers and their manifest history",
+            "your handle on requests your nodes served for others",
         ],
         nodes_disconnected: disconnected,
         not_reached: "copies that operators of the nodes that served your requests kept on \
-                      their own machines, and copies others made of public content before \
-                      deletion; requests others made that your nodes served stay theirs",
+                      their own machines (such as their nodes' and engines' job logs), and \
+                      copies others made of public content before deletion; requests others \
+                      made that your nodes served stay theirs (without your handle)",
     })
     .into_response())
 }
@@ -250,6 +275,10 @@ pub async fn create_key(
     body: Body,
 ) -> Result<Response, ApiError> {
     let caller = account(&state, &headers).await?;
+    let rate = match state.limits.key_creation(caller.user.id) {
+        Ok(rate) => rate,
+        Err(throttled) => return Ok(throttled.into_response()),
+    };
     let new: NewKey = json_body(body).await?;
     let (name, scopes) = parse_new_key(new)?;
     if state.store.list_keys(caller.user.id).await?.len() >= MAX_KEYS_PER_MEMBER {
@@ -273,6 +302,7 @@ pub async fn create_key(
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    rate.apply(response.headers_mut());
     Ok(response)
 }
 

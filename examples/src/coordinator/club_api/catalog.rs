@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use inference_club_core::manifest::{ServiceType, effective_access};
+use inference_club_core::manifest::ServiceType;
 use inference_club_core::openai::Model;
 use serde_json::Value;
 
@@ -92,8 +92,10 @@ impl Entry {
 /// capabilities `context_length`, `input_modalities`, `output_modalities`, `features`, `nodes`
 /// (and `hf`, `name` where declared).
 ///
-/// Only `llm` services count (the ones chat completions reach), and only those whose access
-/// policy admits `consumer`: anonymous callers are admitted by no policy, so they see none.
+/// Only `llm` services count (the ones chat completions reach), only on nodes that accept
+/// requests (the operator's kill switch is off), and only those whose access policy (with the
+/// operator's overrides) admits `consumer`: anonymous callers are admitted by no policy, so
+/// they see none.
 pub fn models_for(nodes: &[Arc<LiveNode>], consumer: Option<&str>) -> BTreeMap<String, Model> {
     let mut nodes: Vec<&Arc<LiveNode>> = nodes.iter().collect();
     nodes.sort_by(|a, b| {
@@ -103,13 +105,16 @@ pub fn models_for(nodes: &[Arc<LiveNode>], consumer: Option<&str>) -> BTreeMap<S
     let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
     for (index, node) in nodes.iter().enumerate() {
         let offer = node.offer();
+        if !offer.accepting() {
+            continue;
+        }
         let manifest = &offer.manifest;
         let created = u64::try_from(node.connected_at().timestamp()).unwrap_or(0);
         for service in manifest
             .services()
             .filter(|s| s.service_type == ServiceType::Llm)
         {
-            if !effective_access(&manifest.agent, service).admits(&node.operator, consumer) {
+            if !offer.access_for(service).admits(&node.operator, consumer) {
                 continue;
             }
             let (default_in, default_out) = service.service_type.default_modalities();

@@ -10,8 +10,8 @@
 //!   by the operator whose node served it; to anyone else it does not exist (404, the same
 //!   answer as for an unknown id). Only the owner changes visibility or deletes (a hard delete).
 //!   A key with only the `provider` scope reads no record (403).
-//! - **Providers** ([`providers`]): public profiles for anyone; what a provider served, for its
-//!   operator only.
+//! - **Providers** ([`providers`]): public profiles for anyone; what a provider served, and its
+//!   access overrides and kill switch (`PATCH`), for its operator only.
 //! - **Account** ([`account`]): `/api/v1/me` and `/api/v1/keys` need the `account` scope.
 //!
 //! Every outside input has a limit: bodies ([`MAX_JSON_BODY_BYTES`]), page sizes
@@ -72,7 +72,9 @@ pub fn routes() -> Router<Arc<Coordinator>> {
         )
         .route(
             "/api/v1/providers/{operator}/{name}",
-            get(providers::profile_route).fallback(method_not_allowed),
+            get(providers::profile_route)
+                .patch(providers::update_policy)
+                .fallback(method_not_allowed),
         )
         .route(
             "/api/v1/providers/{operator}/{name}/requests",

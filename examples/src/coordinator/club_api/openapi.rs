@@ -17,6 +17,7 @@ fn error_responses(codes: &[&str]) -> Value {
             "409" => "The handle is held by another account",
             "413" => "The body is too large",
             "502" => "GitHub could not be reached",
+            "429" => "A rate limit was reached: see `Retry-After` and `X-RateLimit-*`",
             _ => "Error",
         };
         responses.insert(
@@ -104,11 +105,19 @@ pub fn document() -> Value {
                 "security": anyone,
                 "responses": with(json!({"200": ok("The profiles", "ProviderList")}), error_responses(&["401"]))
             }},
-            "/api/v1/providers/{operator}/{name}": {"get": {
-                "operationId": "getProvider", "summary": "One provider's public profile, with the requests it served counted",
-                "security": anyone, "parameters": provider_params.clone(),
-                "responses": with(json!({"200": ok("The profile", "Provider")}), error_responses(&["400", "401", "404"]))
-            }},
+            "/api/v1/providers/{operator}/{name}": {
+                "parameters": provider_params.clone(),
+                "get": {
+                    "operationId": "getProvider", "summary": "One provider's public profile, with the requests it served counted",
+                    "security": anyone,
+                    "responses": with(json!({"200": ok("The profile", "Provider")}), error_responses(&["400", "401", "404"]))
+                },
+                "patch": {
+                    "operationId": "updateProviderPolicy", "summary": "Set access overrides and the kill switch (its operator only); in force at once and on the node's next links",
+                    "security": account_key, "requestBody": json_body("PolicyChange"),
+                    "responses": with(json!({"200": ok("The updated profile", "Provider")}), error_responses(&["400", "401", "403", "404", "413"]))
+                }
+            },
             "/api/v1/providers/{operator}/{name}/requests": {"get": {
                 "operationId": "listServedRequests", "summary": "What that provider served, any visibility (its operator only)",
                 "security": records_key,
@@ -129,7 +138,7 @@ pub fn document() -> Value {
                         "responses": with(json!({"200": ok("The keys", "KeyList")}), error_responses(&["401", "403"]))},
                 "post": {"operationId": "createKey", "summary": "Create a key; its secret is in this answer only", "security": account_key,
                          "requestBody": json_body("NewKey"),
-                         "responses": with(json!({"201": ok("The key and its secret", "CreatedKey")}), error_responses(&["400", "401", "403", "413"]))}
+                         "responses": with(json!({"201": ok("The key and its secret", "CreatedKey")}), error_responses(&["400", "401", "403", "413", "429"]))}
             },
             "/api/v1/keys/{id}": {"delete": {
                 "operationId": "revokeKey", "summary": "Revoke one of my keys, at once", "security": account_key,
@@ -171,6 +180,13 @@ fn schemas() -> Value {
     let nullable_time = json!({"type": ["string", "null"], "format": "date-time"});
     let nullable_int = json!({"type": ["integer", "null"]});
     let strings = json!({"type": "array", "items": {"type": "string"}});
+    let access = json!({"description": "Who may use it: `owner`, `members`, or `{\"logins\": [...]}` (the owner always may)",
+        "oneOf": [{"type": "string", "enum": ["owner", "members"]},
+                  {"type": "object", "required": ["logins"], "additionalProperties": false,
+                   "properties": {"logins": {"type": "array", "minItems": 1, "maxItems": 1000, "items": {"type": "string", "maxLength": 39}}}}]});
+    let nullable_access = json!({"oneOf": [access.clone(), {"type": "null"}]});
+    let routing = json!({"type": "string", "enum": ["any", "prefer_own", "only_own"],
+        "description": "Where my requests may go: any node that admits me; my own nodes first when one has room; only my own nodes"});
     let provider_ref = json!({"type": "object", "required": ["operator", "name", "service"], "properties": {
         "operator": {"type": "string"}, "name": {"type": "string"}, "service": nullable_string}});
     json!({
@@ -214,7 +230,17 @@ fn schemas() -> Value {
             "has_more": {"type": "boolean"}, "next_cursor": nullable_string}},
         "VisibilityChange": {"type": "object", "required": ["visibility"], "additionalProperties": false,
             "properties": {"visibility": {"$ref": "#/components/schemas/Visibility"}}},
-        "Provider": {"type": "object", "required": ["object", "operator", "name", "online", "manifest", "models", "counts"], "properties": {
+        "PolicyChange": {"type": "object", "additionalProperties": false, "minProperties": 1,
+            "description": "Each field is optional: absent changes nothing, null removes an override. A service's override wins over the node-wide one, which wins over the manifest.",
+            "properties": {
+                "accepting": {"type": "boolean", "description": "false: the kill switch; nothing is routed to the node"},
+                "access": nullable_access.clone(),
+                "services": {"type": "object", "maxProperties": 100, "additionalProperties": nullable_access}}},
+        "Provider": {"type": "object", "required": ["object", "operator", "name", "online", "manifest", "models", "counts", "accepting", "access_overrides"], "properties": {
+            "accepting": {"type": "boolean", "description": "false while the operator's kill switch is on"},
+            "access_overrides": {"type": "object", "properties": {
+                "access": {"oneOf": [access.clone(), {"type": "null"}]},
+                "services": {"type": "object", "additionalProperties": access}}},
             "object": {"const": "club.provider"}, "operator": {"type": "string"}, "name": {"type": "string"},
             "online": {"type": "boolean"}, "connected_at": nullable_time,
             "first_seen": {"type": "string", "format": "date-time"}, "last_seen": {"type": "string", "format": "date-time"},
@@ -233,9 +259,10 @@ fn schemas() -> Value {
         "Member": {"type": "object", "properties": {
             "object": {"const": "club.member"}, "id": {"type": "string", "format": "uuid"}, "handle": {"type": "string"},
             "email": nullable_string, "created_at": {"type": "string", "format": "date-time"},
-            "default_visibility": {"$ref": "#/components/schemas/Visibility"}, "terms_accepted_at": nullable_time}},
-        "Settings": {"type": "object", "additionalProperties": false,
-            "properties": {"default_visibility": {"$ref": "#/components/schemas/Visibility"}}},
+            "default_visibility": {"$ref": "#/components/schemas/Visibility"}, "terms_accepted_at": nullable_time,
+            "routing_preference": routing.clone()}},
+        "Settings": {"type": "object", "additionalProperties": false, "minProperties": 1,
+            "properties": {"default_visibility": {"$ref": "#/components/schemas/Visibility"}, "routing_preference": routing}},
         "AccountDeleted": {"type": "object", "properties": {
             "object": {"const": "club.account_deleted"}, "handle": {"type": "string"}, "deleted": {"type": "boolean"},
             "removed": strings, "nodes_disconnected": {"type": "integer"}, "not_reached": {"type": "string"}}},

@@ -3,21 +3,27 @@
 
 use std::sync::Arc;
 
+use std::collections::BTreeMap;
+
+use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use inference_club_core::manifest::{ServiceManifest, is_github_login};
-use serde::Serialize;
+use inference_club_core::manifest::{AccessPolicy, ServiceManifest, is_github_login};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::records::page;
-use super::{ListPage, ListParams, MAX_FILTER_CHARS, bad_path, bad_query, record_member};
+use super::{
+    ListPage, ListParams, MAX_FILTER_CHARS, bad_path, bad_query, json_body, record_member,
+};
 use crate::coordinator::Coordinator;
+use crate::coordinator::auth;
 use crate::coordinator::error::ApiError;
 use crate::coordinator::nodes::{LiveNode, NodeKey};
-use crate::coordinator::store::{Provider, RecordQuery};
+use crate::coordinator::store::{Provider, ProviderPolicy, RecordQuery, Scope};
 
 /// A profile counts the requests a provider served up to this many; beyond, it says "at
 /// least" (`requests_served_exact: false`).
@@ -49,6 +55,20 @@ pub struct ProviderProfile {
     pub models: Vec<ProviderModel>,
     /// Counts.
     pub counts: ProviderCounts,
+    /// False while its operator's kill switch is on (nothing is routed to it).
+    pub accepting: bool,
+    /// The access policies its operator set through the API, over the manifest's.
+    pub access_overrides: AccessOverrides,
+}
+
+/// The access policies an operator set through the API: for a service, its own override wins,
+/// else the node-wide one, else the manifest's policy.
+#[derive(Debug, Clone, Serialize)]
+pub struct AccessOverrides {
+    /// The node-wide override (`owner`, `members` or `{"logins": [...]}`), if any.
+    pub access: Option<AccessPolicy>,
+    /// Per-service overrides, by service name.
+    pub services: BTreeMap<String, AccessPolicy>,
 }
 
 /// A model a provider declares, with its capabilities.
@@ -151,8 +171,15 @@ fn profile(state: &Coordinator, provider: Provider) -> ProviderProfile {
             .max(provider.last_seen),
         None => provider.last_seen,
     };
+    let accepting = provider.policy.accepting;
+    let access_overrides = AccessOverrides {
+        access: provider.policy.access.clone(),
+        services: provider.policy.services.clone(),
+    };
     ProviderProfile {
         object: "club.provider",
+        accepting,
+        access_overrides,
         operator: provider.operator,
         name: provider.name,
         online: node.is_some(),
@@ -267,4 +294,122 @@ pub async fn served_requests(
         true,
     )?;
     Ok(axum::Json::<ListPage<_>>(page(&state, &query).await?).into_response())
+}
+
+/// The most logins an access policy set through the API may name.
+pub const MAX_POLICY_LOGINS: usize = 1000;
+
+/// The body of `PATCH /api/v1/providers/{operator}/{name}`: each field is optional; a field
+/// that is absent changes nothing, `null` removes an override.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyChange {
+    accepting: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
+    access: Option<Option<AccessPolicy>>,
+    services: Option<BTreeMap<String, Option<AccessPolicy>>>,
+}
+
+/// A field that is present, even as `null`.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
+fn check_policy(policy: &AccessPolicy, param: &str) -> Result<(), ApiError> {
+    if let AccessPolicy::Logins(logins) = policy {
+        let bad = logins.iter().find(|login| !is_github_login(login));
+        if logins.is_empty() || logins.len() > MAX_POLICY_LOGINS || bad.is_some() {
+            let message = match bad {
+                Some(login) => format!("{login:?} is not a GitHub login"),
+                None => format!("logins must list 1 to {MAX_POLICY_LOGINS} GitHub logins"),
+            };
+            return Err(ApiError::bad_request("invalid_access", message).with_param(param));
+        }
+    }
+    Ok(())
+}
+
+/// `PATCH /api/v1/providers/{operator}/{name}` with `{"accepting": bool, "access": <policy> |
+/// null, "services": {"<service>": <policy> | null}}`: the operator's access overrides and kill
+/// switch, stored, in force at once on the live node and on its next links. Its operator only
+/// (a key with the `account` scope, or a session); answers with the updated profile.
+pub async fn update_policy(
+    State(state): State<Arc<Coordinator>>,
+    headers: HeaderMap,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let caller = auth::require(&state.store, &headers, Scope::Account).await?;
+    let Path((operator, name)) = path.map_err(bad_path)?;
+    if !caller.user.handle.eq_ignore_ascii_case(&operator) {
+        return Err(ApiError::forbidden(
+            "not_operator",
+            "only a provider's operator may change its access or stop it accepting requests",
+        ));
+    }
+    let change: PolicyChange = json_body(body).await?;
+    if change.accepting.is_none() && change.access.is_none() && change.services.is_none() {
+        return Err(ApiError::bad_request(
+            "nothing_to_change",
+            "send what to change: {\"accepting\": bool, \"access\": <policy> | null, \
+             \"services\": {\"<service>\": <policy> | null}}",
+        ));
+    }
+    let provider = find(&state, &operator, &name).await?;
+    let key = NodeKey {
+        operator_id: provider.operator_id,
+        provider: provider.name.clone(),
+    };
+    let live = state.nodes.get(&key);
+    let manifest = match &live {
+        Some(node) => Some(node.offer().manifest.clone()),
+        None => serde_json::from_value::<ServiceManifest>(provider.manifest.clone()).ok(),
+    };
+    let mut policy: ProviderPolicy = provider.policy.clone();
+    if let Some(accepting) = change.accepting {
+        policy.accepting = accepting;
+    }
+    if let Some(access) = change.access {
+        if let Some(access) = &access {
+            check_policy(access, "access")?;
+        }
+        policy.access = access;
+    }
+    if let Some(services) = change.services {
+        for (service, access) in services {
+            let param = format!("services.{service}");
+            let known = manifest
+                .as_ref()
+                .is_some_and(|m| m.services().any(|s| s.name == service));
+            if !known {
+                return Err(ApiError::bad_request(
+                    "unknown_service",
+                    format!("the provider's manifest has no service named {service:?}"),
+                )
+                .with_param(&param));
+            }
+            match access {
+                Some(access) => {
+                    check_policy(&access, &param)?;
+                    policy.services.insert(service, access);
+                }
+                None => {
+                    policy.services.remove(&service);
+                }
+            }
+        }
+    }
+    state
+        .store
+        .set_provider_policy(provider.id, &policy)
+        .await?;
+    if let Some(node) = state.nodes.get(&key) {
+        node.set_policy(policy);
+        state.nodes.notify_changed();
+    }
+    Ok(axum::Json(profile_of(&state, &operator, &name).await?).into_response())
 }

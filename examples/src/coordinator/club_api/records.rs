@@ -156,7 +156,11 @@ impl From<InferenceRecord> for RecordView {
             consumer: record.consumer.clone(),
             model_requested: record.model_requested.clone(),
             model_served: record.model_served.clone(),
-            provider: record.served_by.as_ref().map(ProviderRef::from),
+            provider: record
+                .served_by
+                .as_ref()
+                .filter(|s| !s.operator.is_empty())
+                .map(ProviderRef::from),
             status: record.status(),
             visibility: record.visibility,
             timing: TimingView {

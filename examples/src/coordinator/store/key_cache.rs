@@ -6,6 +6,7 @@
 //! database sees such a change within the TTL.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,9 @@ const MAX_ENTRIES: usize = 10_000;
 #[derive(Debug, Default)]
 pub(crate) struct KeyCache {
     entries: Mutex<HashMap<String, (User, ApiKey, Instant)>>,
+    /// Counts forgettings: a lookup that began before one (and so may have read a key since
+    /// revoked) does not remember what it read.
+    epoch: AtomicU64,
 }
 
 impl KeyCache {
@@ -30,8 +34,18 @@ impl KeyCache {
         (at.elapsed() < KEY_CACHE_TTL).then(|| (user.clone(), key.clone()))
     }
 
-    pub(crate) fn remember(&self, secret_hash: String, user: &User, key: &ApiKey) {
+    /// Where the forgettings stand: pass it to [`KeyCache::remember`] after the lookup.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Remembers a key read by a lookup that began at `epoch`, unless a member was forgotten
+    /// since (the key may be revoked by now).
+    pub(crate) fn remember(&self, secret_hash: String, user: &User, key: &ApiKey, epoch: u64) {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.epoch.load(Ordering::Acquire) != epoch {
+            return;
+        }
         if entries.len() >= MAX_ENTRIES {
             entries.clear();
         }
@@ -40,9 +54,8 @@ impl KeyCache {
 
     /// Forgets every key of a member.
     pub(crate) fn forget_user(&self, user_id: UserId) {
-        self.entries
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|_, (user, _, _)| user.id != user_id);
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        entries.retain(|_, (user, _, _)| user.id != user_id);
     }
 }

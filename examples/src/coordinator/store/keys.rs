@@ -307,10 +307,11 @@ impl Store {
         if let Some(found) = self.inner.keys.get(&presented) {
             return Ok(Some(found));
         }
+        let epoch = self.inner.keys.epoch();
         let rows = sqlx::query(&format!(
             "SELECT {KEY_COLUMNS}, k.secret_hash, k.revoked_at,
                     u.handle, u.email, u.created_at AS user_created_at, u.default_visibility,
-                    u.terms_accepted_at, u.age_confirmed_at, u.github_id
+                    u.terms_accepted_at, u.age_confirmed_at, u.github_id, u.routing_preference
              FROM api_keys k JOIN users u ON u.id = k.user_id
              WHERE k.prefix = $1"
         ))
@@ -342,6 +343,7 @@ impl Store {
             )?,
             age_confirmed_at: from_micros_opt("age_confirmed_at", get(row, "age_confirmed_at")?)?,
             github_id: get(row, "github_id")?,
+            routing_preference: get_parsed(row, "routing_preference")?,
         };
         let now = now();
         let stale = key.last_used_at.is_none_or(|at| {
@@ -363,7 +365,7 @@ impl Store {
             .await?;
             key.last_used_at = Some(now);
         }
-        self.inner.keys.remember(presented, &user, &key);
+        self.inner.keys.remember(presented, &user, &key, epoch);
         Ok(Some((user, key)))
     }
 

@@ -48,6 +48,7 @@ mod error;
 mod ids;
 mod key_cache;
 mod keys;
+mod policies;
 mod providers;
 mod records;
 mod sessions;
@@ -64,8 +65,11 @@ pub use error::{Entity, StoreError};
 pub use ids::{KeyId, ProviderId, UserId};
 pub use key_cache::KEY_CACHE_TTL;
 pub use keys::{ApiKey, SECRET_PREFIX, Scope, ScopeParseError, Scopes};
+pub use policies::{ProviderPolicy, RoutingPreference, UnknownPreference};
 pub use providers::{MAX_MANIFEST_BYTES, Provider, ProviderRevision, canonical_json};
-pub use records::{Cursor, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page, RecordQuery, StoredRecord};
+pub use records::{
+    Cursor, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page, RecordQuery, StoredRecord, forget_operator,
+};
 pub(crate) use sessions::same_secret;
 pub use sessions::{FlowKind, SESSION_LIFETIME, Session, SignInFlow, hash_token, random_token};
 pub use sql::Backend;

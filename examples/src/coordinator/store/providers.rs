@@ -10,6 +10,7 @@ use serde_json::Value;
 use sqlx::any::AnyRow;
 
 use super::error::Entity;
+use super::policies::{ProviderPolicy, policy_from_row};
 use super::sql::{from_micros, get, get_uuid, micros, now};
 use super::users::handle_key;
 use super::{ProviderId, Store, StoreError, UserId};
@@ -38,6 +39,8 @@ pub struct Provider {
     pub first_seen: DateTime<Utc>,
     /// When it was last seen (published or touched).
     pub last_seen: DateTime<Utc>,
+    /// What its operator set through the API (access overrides, the kill switch).
+    pub policy: ProviderPolicy,
 }
 
 /// One revision of a provider's manifest.
@@ -82,7 +85,8 @@ fn parse_manifest(text: &str) -> Result<Value, StoreError> {
 }
 
 const PROVIDER_COLUMNS: &str = "p.id, p.operator_id, u.handle, p.name, p.manifest, p.revision, \
-                                p.first_seen, p.last_seen";
+                                p.first_seen, p.last_seen, p.accepting, p.access_override, \
+                                p.service_access";
 
 fn provider_from_row(row: &AnyRow) -> Result<Provider, StoreError> {
     Ok(Provider {
@@ -94,6 +98,7 @@ fn provider_from_row(row: &AnyRow) -> Result<Provider, StoreError> {
         revision: get(row, "revision")?,
         first_seen: from_micros("first_seen", get(row, "first_seen")?)?,
         last_seen: from_micros("last_seen", get(row, "last_seen")?)?,
+        policy: policy_from_row(row)?,
     })
 }
 

@@ -220,8 +220,8 @@ impl RecordRow {
         Ok(Self {
             id: record.id,
             consumer: record.consumer.clone(),
-            operator: record.served_by.as_ref().map(|s| s.operator.clone()),
-            provider: record.served_by.as_ref().map(|s| s.provider.clone()),
+            operator: served_by(record).map(|s| s.operator.clone()),
+            provider: served_by(record).map(|s| s.provider.clone()),
             model_requested: record.model_requested.clone(),
             status: record.status(),
             visibility: record.visibility,
@@ -241,6 +241,77 @@ impl RecordRow {
     pub(crate) fn stage(&self) -> u8 {
         stage(self.status)
     }
+}
+
+/// Who served a record, unless that was forgotten (a deleted operator: [`forget_operator`]).
+fn served_by(record: &InferenceRecord) -> Option<&inference_club_core::record::ServedBy> {
+    record.served_by.as_ref().filter(|s| !s.operator.is_empty())
+}
+
+/// Removes every mention of the operator `handle` (compared case-insensitively) from a record:
+/// the provider that served it and those it tried keep an empty operator and provider name.
+/// Returns whether anything changed.
+pub fn forget_operator(record: &mut InferenceRecord, handle: &str) -> bool {
+    let mut changed = false;
+    let served = record.served_by.iter_mut();
+    let tried = record.attempts.iter_mut().map(|a| &mut a.served_by);
+    for served_by in served.chain(tried) {
+        if !served_by.operator.is_empty() && served_by.operator.eq_ignore_ascii_case(handle) {
+            served_by.operator.clear();
+            served_by.provider.clear();
+            served_by.service = None;
+            changed = true;
+        }
+    }
+    changed
+}
+
+/// Within a member's deletion: forgets the operator `user_id` / `handle` in every record that
+/// names them (as the serving operator, or among the attempts).
+pub(crate) async fn forget_operator_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    user_id: &str,
+    handle: &str,
+) -> Result<(), StoreError> {
+    // Handles are letters, digits and hyphens: nothing LIKE reads as a wildcard.
+    let mention = format!("%\"operator\":\"{handle}\"%");
+    let rows = sqlx::query(
+        "SELECT id, operator_id, body FROM records
+         WHERE operator_id = $1 OR operator = $2 OR body LIKE $3",
+    )
+    .bind(user_id)
+    .bind(handle)
+    .bind(&mention)
+    .fetch_all(&mut **tx)
+    .await?;
+    for row in &rows {
+        let id: String = get(row, "id")?;
+        let mut record: InferenceRecord = serde_json::from_str(&get::<String>(row, "body")?)
+            .map_err(|error| StoreError::corrupt("body", error))?;
+        forget_operator(&mut record, handle);
+        // Served by them under an earlier handle (before a rename): that one goes too.
+        let operator_id: Option<String> = get(row, "operator_id")?;
+        if operator_id.as_deref() == Some(user_id)
+            && let Some(earlier) = record.served_by.as_ref().map(|s| s.operator.clone())
+        {
+            forget_operator(&mut record, &earlier);
+        }
+        let body = serde_json::to_string(&record)
+            .map_err(|error| StoreError::invalid("record", error.to_string()))?;
+        // Served by someone else (the member was only tried): only the body changes.
+        let statement = if served_by(&record).is_some() {
+            "UPDATE records SET body = $1 WHERE id = $2"
+        } else {
+            "UPDATE records SET operator_id = NULL, operator = NULL, provider = NULL, body = $1
+             WHERE id = $2"
+        };
+        sqlx::query(statement)
+            .bind(body)
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
 }
 
 /// How far along a status is: queued, then running, then final.

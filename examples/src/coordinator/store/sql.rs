@@ -125,6 +125,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "sign in",
         include_str!("../../../migrations/0002_sign_in.sql"),
     ),
+    (
+        3,
+        "policies",
+        include_str!("../../../migrations/0003_policies.sql"),
+    ),
 ];
 
 impl<'s> MigrationSource<'s> for Embedded {

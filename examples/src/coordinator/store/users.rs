@@ -8,7 +8,7 @@ use sqlx::any::AnyRow;
 
 use super::error::Entity;
 use super::sql::{from_micros, from_micros_opt, get, get_parsed, get_uuid, micros, now};
-use super::{Store, StoreError, UserId};
+use super::{RoutingPreference, Store, StoreError, UserId};
 
 /// Longest e-mail address kept.
 const MAX_EMAIL_LEN: usize = 320;
@@ -33,6 +33,8 @@ pub struct User {
     /// Their GitHub account's numeric id, once they signed in with GitHub (`None` for members
     /// an admin added who have not signed in yet).
     pub github_id: Option<i64>,
+    /// Where their requests may go.
+    pub routing_preference: RoutingPreference,
 }
 
 /// Who GitHub says a member is: what sign-in keeps of a GitHub account, and nothing more.
@@ -47,7 +49,7 @@ pub struct GitHubIdentity {
 }
 
 const USER_COLUMNS: &str = "id, handle, email, created_at, default_visibility, terms_accepted_at, \
-                            age_confirmed_at, github_id";
+                            age_confirmed_at, github_id, routing_preference";
 
 pub(crate) fn user_from_row(row: &AnyRow) -> Result<User, StoreError> {
     Ok(User {
@@ -59,6 +61,7 @@ pub(crate) fn user_from_row(row: &AnyRow) -> Result<User, StoreError> {
         terms_accepted_at: from_micros_opt("terms_accepted_at", get(row, "terms_accepted_at")?)?,
         age_confirmed_at: from_micros_opt("age_confirmed_at", get(row, "age_confirmed_at")?)?,
         github_id: get(row, "github_id")?,
+        routing_preference: get_parsed(row, "routing_preference")?,
     })
 }
 
@@ -109,6 +112,7 @@ impl Store {
             terms_accepted_at: None,
             age_confirmed_at: None,
             github_id: None,
+            routing_preference: RoutingPreference::default(),
         };
         let inserted = sqlx::query(
             "INSERT INTO users (id, handle, handle_key, email, created_at, default_visibility)
@@ -192,7 +196,9 @@ impl Store {
     /// the account, its API keys and browser sessions, sign-in flows parked for their GitHub
     /// account, the requests they made (whatever their visibility), and their
     /// providers with every manifest revision. Records of requests that others made and that
-    /// their nodes served stay (they are the consumers'), no longer linked to the account.
+    /// their nodes served stay (they are the consumers'), with no trace of the member left: the
+    /// serving operator and provider, in the columns and inside the stored record (also in its
+    /// attempts), are emptied.
     ///
     /// Returns whether there was such a member.
     pub async fn delete_user(&self, user_id: UserId) -> Result<bool, StoreError> {
@@ -207,10 +213,15 @@ impl Store {
             .bind(&id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("UPDATE records SET operator_id = NULL WHERE operator_id = $1")
+        let handle: Option<String> = sqlx::query("SELECT handle FROM users WHERE id = $1")
             .bind(&id)
-            .execute(&mut *tx)
-            .await?;
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|row| get(&row, "handle"))
+            .transpose()?;
+        if let Some(handle) = handle {
+            super::records::forget_operator_in(&mut tx, &id, &handle).await?;
+        }
         sqlx::query(
             "DELETE FROM provider_revisions
              WHERE provider_id IN (SELECT id FROM providers WHERE operator_id = $1)",
@@ -242,6 +253,8 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        // Again after the commit: a lookup that raced the deletion remembers nothing.
+        self.inner.keys.forget_user(user_id);
         Ok(deleted.rows_affected() > 0)
     }
 

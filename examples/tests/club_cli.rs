@@ -2,6 +2,7 @@
 //! 127.0.0.1 (in this process), with its own config directory.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod fake_github;
 mod sdk_support;
 
 use std::path::{Path, PathBuf};
@@ -412,10 +413,101 @@ async fn login_saves_the_key_and_later_commands_use_it() {
     let unavailable = run_club(&config, &["--url", &test_club.url, "login"], "").await;
     assert!(!unavailable.ok);
     assert!(
-        unavailable.stderr.contains("does not offer sign-in"),
+        unavailable.stderr.contains("sign-in is not available"),
         "{}",
         unavailable.stderr
     );
 
     let _ = std::fs::remove_dir_all(config);
+}
+
+/// `club login` end to end: the CLI, a coordinator with GitHub sign-in, and a fake GitHub on
+/// 127.0.0.1. A newcomer approves the code at GitHub, confirms the terms at the prompt, and
+/// the key the coordinator creates is saved and used by the next command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_through_github_creates_the_account_and_saves_its_key() {
+    use inference_club_examples::coordinator::CoordinatorConfig;
+    use inference_club_examples::coordinator::accounts::GitHubConfig;
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let github = fake_github::FakeGitHub::start().await;
+    github.add_user(4242, "grace", Some("grace@example.org"));
+    let base = url::Url::parse(&github.url).unwrap();
+    let config = CoordinatorConfig {
+        github: Some(
+            GitHubConfig::new(fake_github::CLIENT_ID, fake_github::CLIENT_SECRET)
+                .with_github_url(&base)
+                .with_api_url(base.clone()),
+        ),
+        ..CoordinatorConfig::default()
+    };
+    let club =
+        TestClub::start_with_config("cli-github", vec![("echo", Arc::new(Echo::new()))], config)
+            .await;
+    let dir = club.dir.join("grace-config");
+
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_club"))
+        .args(["--url", &club.url, "login"])
+        .env_remove("CLUB_URL")
+        .env_remove("CLUB_API_KEY")
+        .env("CLUB_CONFIG_DIR", &dir)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(b"y\n").await.unwrap();
+    drop(input);
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = String::new();
+    let code = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Some(line) = stderr.next_line().await.unwrap() {
+            seen.push_str(&line);
+            seen.push('\n');
+            if let Some((_, code)) = line.split_once("enter the code ") {
+                return code.trim().to_owned();
+            }
+        }
+        panic!("club login showed no code: {seen}")
+    })
+    .await
+    .expect("a code within 30 s");
+    github.approve(&code, 4242);
+    let rest = tokio::spawn(async move {
+        let mut all = String::new();
+        while let Ok(Some(line)) = stderr.next_line().await {
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let output = tokio::time::timeout(std::time::Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("club login finished within 60 s")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = rest.await.unwrap();
+    assert!(output.status.success(), "{stdout}\n{seen}{stderr}");
+    assert!(stdout.contains("Signed in as grace"), "{stdout}");
+    assert!(
+        stderr.contains("no club account yet"),
+        "the terms were asked for: {stderr}"
+    );
+
+    // The account exists with the confirmation kept, and only what GitHub said.
+    let grace = club.store.user_by_handle("grace").await.unwrap().unwrap();
+    assert_eq!(grace.github_id, Some(4242));
+    assert_eq!(grace.email.as_deref(), Some("grace@example.org"));
+    assert!(grace.terms_accepted_at.is_some() && grace.age_confirmed_at.is_some());
+
+    // The saved key works: a chat, then the request in grace's own list.
+    let chat = run_club(&dir, &["chat", "-m", "echo", "from the cli"], "").await;
+    assert!(chat.ok, "{}", chat.stderr);
+    assert_eq!(chat.stdout, "echo: from the cli\n");
+    let list = run_club(&dir, &["requests", "list", "--json"], "").await;
+    assert!(list.ok, "{}", list.stderr);
+    assert_eq!(list.json()["data"][0]["consumer"], "grace");
 }

@@ -778,7 +778,7 @@ async fn the_device_flow_gives_a_working_key_once() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["object"], "club.device_token");
     assert_eq!(body["handle"], "erin");
-    assert_eq!(body["scopes"], "inference,account");
+    assert_eq!(body["scopes"], serde_json::json!(["inference", "account"]));
     let key = body["key"].as_str().unwrap();
     assert!(key.starts_with("icl_"));
 

@@ -37,6 +37,15 @@ pub struct TestClub {
 impl TestClub {
     /// A club whose node serves each `(model, engine)`.
     pub async fn start(name: &str, engines: Vec<(&str, Arc<dyn Provider>)>) -> Self {
+        Self::start_with_config(name, engines, CoordinatorConfig::default()).await
+    }
+
+    /// A club whose coordinator runs with `config` and whose node serves each `(model, engine)`.
+    pub async fn start_with_config(
+        name: &str,
+        engines: Vec<(&str, Arc<dyn Provider>)>,
+        config: CoordinatorConfig,
+    ) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = std::env::temp_dir().join(format!(
             "club-{name}-{}-{}",
@@ -52,9 +61,7 @@ impl TestClub {
             .with(Scope::Provider)
             .with(Scope::Account);
         let (_, key) = store.create_key(user.id, "all", scopes).await.unwrap();
-        let coordinator = Coordinator::start(store.clone(), CoordinatorConfig::default())
-            .await
-            .unwrap();
+        let coordinator = Coordinator::start(store.clone(), config).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = CancellationToken::new();

@@ -62,8 +62,8 @@ pub struct DeviceToken {
     pub key_id: String,
     /// The member's handle.
     pub handle: String,
-    /// The key's scopes, as a comma list: `inference,account`.
-    pub scopes: String,
+    /// The key's scopes: `["inference", "account"]` (a list, as `/api/v1/keys` shows them).
+    pub scopes: Scopes,
 }
 
 /// `POST /api/v1/auth/device`: starts a device flow at GitHub.
@@ -267,6 +267,6 @@ async fn finish(
         key: secret_key,
         key_id: key.id.to_string(),
         handle: user.handle,
-        scopes: scopes.to_string(),
+        scopes,
     }))
 }

@@ -295,7 +295,7 @@ fn schemas() -> Value {
             "object": {"const": "club.device_token"},
             "key": {"type": "string", "description": "The new API key: shown in this answer only"},
             "key_id": {"type": "string", "format": "uuid"}, "handle": {"type": "string"},
-            "scopes": {"type": "string", "description": "Comma list: `inference,account`"}}},
+            "scopes": {"type": "array", "items": {"type": "string", "enum": ["inference", "provider", "account"]}}}},
         "CreatedKey": {"allOf": [{"$ref": "#/components/schemas/Key"}, {"type": "object", "required": ["secret"],
             "properties": {"secret": {"type": "string", "description": "Shown in this answer only"}}}]}
     })

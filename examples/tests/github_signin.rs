@@ -373,7 +373,9 @@ async fn a_new_member_confirms_age_and_terms_and_gets_a_session() {
             "default_visibility",
             "terms_accepted_at",
             "github_id",
-            "age_confirmed_at"
+            "age_confirmed_at",
+            // The member's own setting, not collected: `any` until they change it.
+            "routing_preference"
         ]
     );
     raw.close().await;

@@ -1382,7 +1382,16 @@ async fn over_limit_requests_are_refused_and_nothing_is_recorded_or_routed() {
         tokio::spawn(request)
     };
     let job = slow.wait_job(1).await;
-    let with_one = club.record_count().await;
+    // The in-flight request's record is committed while it is dispatched: wait for it.
+    let with_one = records + 4;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while club.record_count().await < with_one {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no record for the request in flight"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     let (status, headers, body) = club
         .call_full(
             Method::POST,

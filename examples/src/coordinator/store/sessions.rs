@@ -223,7 +223,7 @@ impl Store {
             "SELECT s.id AS session_id, s.csrf_token, s.created_at AS session_created_at,
                     s.last_seen_at, s.expires_at,
                     u.id, u.handle, u.email, u.created_at, u.default_visibility,
-                    u.terms_accepted_at, u.age_confirmed_at, u.github_id
+                    u.terms_accepted_at, u.age_confirmed_at, u.github_id, u.routing_preference
              FROM sessions s JOIN users u ON u.id = s.user_id
              WHERE s.token_hash = $1",
         )

@@ -14,7 +14,8 @@ use inference_club_core::openai::{
 };
 use inference_club_core::record::{InferenceRecord, RecordId, ServedBy, Status, Visibility};
 use inference_club_examples::coordinator::store::{
-    Backend, MAX_PAGE_SIZE, RecordQuery, Scope, ScopeParseError, Scopes, Store, StoreError, User,
+    Backend, MAX_PAGE_SIZE, PROGRESS_DELAY, RecordQuery, Scope, ScopeParseError, Scopes, Store,
+    StoreError, User,
 };
 use serde_json::json;
 use sqlx::{AnyPool, Row};
@@ -172,6 +173,7 @@ on_both!(
     delete_user_removes_everything_theirs_and_nothing_else,
     concurrent_batched_writes_all_land,
     writes_queued_together_end_in_the_latest_state,
+    progress_is_written_late_or_not_at_all,
     migrating_again_changes_nothing,
 );
 
@@ -1024,6 +1026,50 @@ async fn writes_queued_together_end_in_the_latest_state(db: &TestDb) {
     stranger.consumer = Some("nobody".into());
     let pending = store.insert_record_soon(&stranger).await.unwrap();
     assert!(pending.committed().await.unwrap_err().is_not_found());
+}
+
+/// A progress save (`running`) is written after the delay when the request is still going, and
+/// never when the request ends first.
+async fn progress_is_written_late_or_not_at_all(db: &TestDb) {
+    let store = &db.store;
+    let ada = store.create_user("ada", None).await.unwrap();
+    let bob = store.create_user("bob", None).await.unwrap();
+
+    // A long request: its progress shows after the delay.
+    let queued = record(&ada, "m", Visibility::Public);
+    store.insert_record(&queued).await.unwrap();
+    let mut running = queued.clone();
+    running
+        .dispatched(served_by(&bob, "box"), Utc::now())
+        .unwrap();
+    store.save_progress(&running).await.unwrap();
+    assert_eq!(stored_status(db, queued.id).await, Status::Queued);
+    let deadline = std::time::Instant::now() + PROGRESS_DELAY * 20;
+    while stored_status(db, queued.id).await != Status::Running {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "progress never written"
+        );
+        tokio::time::sleep(PROGRESS_DELAY / 5).await;
+    }
+    assert_eq!(
+        store.record(queued.id).await.unwrap().unwrap().record,
+        running
+    );
+
+    // A short one: the final save supersedes the held progress, which is never written after.
+    let quick = record(&ada, "m", Visibility::Public);
+    store.insert_record(&quick).await.unwrap();
+    let mut quick_running = quick.clone();
+    quick_running
+        .dispatched(served_by(&bob, "box"), Utc::now())
+        .unwrap();
+    store.save_progress(&quick_running).await.unwrap();
+    let mut done = quick_running.clone();
+    succeed(&mut done, "fast");
+    store.save_record(&done).await.unwrap();
+    tokio::time::sleep(PROGRESS_DELAY * 2).await;
+    assert_eq!(store.record(quick.id).await.unwrap().unwrap().record, done);
 }
 
 async fn migrating_again_changes_nothing(db: &TestDb) {

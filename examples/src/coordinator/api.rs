@@ -252,11 +252,11 @@ async fn serve_chat(
     let stream = match dispatched {
         Ok(stream) => {
             // Saved as running, with the node serving it and the attempts so far: what a crash
-            // of the coordinator leaves behind (to become failed at the next start).
-            // Queued, not awaited: the first chunk does not wait for this commit.
+            // of the coordinator leaves behind (to become failed at the next start). A progress
+            // save: not awaited, and not written at all if the request ends first.
             if let Some(record) = keeper.record.as_mut() {
                 state.nodes.forget_departed(record);
-                if let Err(error) = state.store.save_record_soon(record).await {
+                if let Err(error) = state.store.save_progress(record).await {
                     tracing::error!(id = %record.id, "cannot save a record: {error}");
                 }
             }

@@ -76,7 +76,7 @@ pub use sql::Backend;
 pub(crate) use sql::now;
 pub use users::{GitHubIdentity, User};
 pub use writer::MAX_BATCH;
-pub use writer::PendingWrite;
+pub use writer::{PROGRESS_DELAY, PendingWrite};
 
 /// The coordinator's store. Cheap to clone: clones share one pool and one record writer.
 ///

@@ -479,6 +479,16 @@ impl Store {
         self.write_soon(super::writer::Write::Save(row)).await
     }
 
+    /// Queues a progress save (such as `running`, with the node serving the request): written
+    /// [`PROGRESS_DELAY`](super::PROGRESS_DELAY) from now unless a later save of the record
+    /// comes first, so a request that ends sooner costs no write for its progress. A crash of
+    /// the coordinator in that time leaves the record as it was accepted; the next start makes it
+    /// `failed` all the same.
+    pub async fn save_progress(&self, record: &InferenceRecord) -> Result<(), StoreError> {
+        let row = RecordRow::new(record)?;
+        self.write_progress(super::writer::Write::Save(row)).await
+    }
+
     /// A record and the ids the read rules need ([`StoredRecord::readable_by`]).
     pub async fn record(&self, id: RecordId) -> Result<Option<StoredRecord>, StoreError> {
         let row = sqlx::query(

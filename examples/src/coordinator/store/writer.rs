@@ -53,13 +53,36 @@ impl Write {
     }
 }
 
-type Ack = oneshot::Sender<Result<(), StoreError>>;
+/// Where a write's outcome goes.
+#[derive(Debug)]
+enum Ack {
+    /// To a caller waiting for it.
+    Wait(oneshot::Sender<Result<(), StoreError>>),
+    /// Nobody waits: a failure is logged (a save refused because the record moved on is not a
+    /// failure).
+    Log,
+}
+
+impl Ack {
+    fn send(self, outcome: Result<(), StoreError>) {
+        match (self, outcome) {
+            (Self::Wait(sender), outcome) => {
+                let _ = sender.send(outcome);
+            }
+            (Self::Log, Ok(()) | Err(StoreError::StatusRegression { .. })) => {}
+            (Self::Log, Err(error)) => tracing::warn!("a queued record write failed: {error}"),
+        }
+    }
+}
 
 /// A write and where its outcome goes.
 #[derive(Debug)]
 pub(crate) struct Job {
     write: Write,
     ack: Ack,
+    /// A progress save: held back for [`PROGRESS_DELAY`], and dropped if a later save of the
+    /// same record comes first.
+    progress: bool,
 }
 
 /// One statement to run: a write, and everyone waiting for it (several when writes folded).
@@ -75,10 +98,10 @@ impl Folded {
         let mut acks = self.acks.into_iter();
         let first = acks.next();
         for ack in acks {
-            let _ = ack.send(replicate(&outcome));
+            ack.send(replicate(&outcome));
         }
         if let Some(first) = first {
-            let _ = first.send(outcome);
+            first.send(outcome);
         }
     }
 }
@@ -87,7 +110,7 @@ impl Folded {
 fn fold(jobs: Vec<Job>) -> Vec<Folded> {
     let mut folded: Vec<Folded> = Vec::with_capacity(jobs.len());
     let mut last_of: HashMap<RecordId, usize> = HashMap::with_capacity(jobs.len());
-    for Job { write, ack } in jobs {
+    for Job { write, ack, .. } in jobs {
         let id = write.row().id();
         let earlier = match &write {
             Write::Save(row) => last_of.get(&id).copied().filter(|&at| {
@@ -142,9 +165,123 @@ pub(crate) fn spawn(pool: AnyPool, backend: Backend) -> mpsc::Sender<Job> {
 }
 
 async fn run(pool: AnyPool, backend: Backend, mut receiver: mpsc::Receiver<Job>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        commit(&pool, backend, std::mem::take(&mut batch)).await;
+    let mut incoming = Vec::with_capacity(MAX_BATCH);
+    let mut progress = Progress::default();
+    loop {
+        let due = progress.next_due();
+        let open = tokio::select! {
+            received = receiver.recv_many(&mut incoming, MAX_BATCH) => received > 0,
+            () = sleep_until_due(due) => true,
+        };
+        let mut batch = Vec::with_capacity(incoming.len());
+        for job in incoming.drain(..) {
+            if job.progress {
+                batch.extend(progress.hold(job));
+            } else {
+                if let Some(held) = progress.superseded_by(&job) {
+                    batch.push(held);
+                }
+                batch.push(job);
+            }
+        }
+        if open {
+            batch.extend(progress.take_due(tokio::time::Instant::now()));
+        } else {
+            batch.extend(progress.take_all());
+        }
+        if !batch.is_empty() {
+            commit(&pool, backend, batch).await;
+        }
+        if !open {
+            break;
+        }
+    }
+}
+
+async fn sleep_until_due(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How long a progress save waits: a request that ends sooner never writes its progress.
+pub const PROGRESS_DELAY: Duration = Duration::from_millis(250);
+/// The most progress saves held at once; beyond, the oldest is written at once.
+const MAX_HELD: usize = 65_536;
+
+/// Progress saves held back, by record, in the order they are due.
+#[derive(Debug, Default)]
+struct Progress {
+    held: HashMap<RecordId, (tokio::time::Instant, Job)>,
+    order: std::collections::VecDeque<(tokio::time::Instant, RecordId)>,
+}
+
+impl Progress {
+    /// Holds `job` until [`PROGRESS_DELAY`] from now; it replaces a held save of the same record.
+    /// Returns the oldest held save when too many are held, to be written at once.
+    fn hold(&mut self, job: Job) -> Option<Job> {
+        let id = job.write.row().id();
+        let due = tokio::time::Instant::now() + PROGRESS_DELAY;
+        if let Some((_, replaced)) = self.held.insert(id, (due, job)) {
+            replaced.ack.send(Ok(()));
+        }
+        self.order.push_back((due, id));
+        if self.held.len() <= MAX_HELD {
+            return None;
+        }
+        self.next_due()?;
+        let (_, oldest) = self.order.pop_front()?;
+        self.held.remove(&oldest).map(|(_, job)| job)
+    }
+
+    /// A held save that `job` (a save or insert of the same record) does not supersede, to be
+    /// written before it; a superseded one is dropped, its caller told it is done.
+    fn superseded_by(&mut self, job: &Job) -> Option<Job> {
+        let row = job.write.row();
+        let (_, held) = self.held.remove(&row.id())?;
+        if matches!(job.write, Write::Save(_)) && row.stage() >= held.write.row().stage() {
+            held.ack.send(Ok(()));
+            None
+        } else {
+            Some(held)
+        }
+    }
+
+    /// When the next held save is due.
+    fn next_due(&mut self) -> Option<tokio::time::Instant> {
+        while let Some((due, id)) = self.order.front() {
+            match self.held.get(id) {
+                Some((at, _)) if at == due => return Some(*due),
+                // Written or replaced since: forget its place.
+                _ => {
+                    self.order.pop_front();
+                }
+            }
+        }
+        None
+    }
+
+    /// The held saves due by `now`.
+    fn take_due(&mut self, now: tokio::time::Instant) -> Vec<Job> {
+        let mut due = Vec::new();
+        while let Some(at) = self.next_due() {
+            if at > now {
+                break;
+            }
+            if let Some((_, id)) = self.order.pop_front()
+                && let Some((_, job)) = self.held.remove(&id)
+            {
+                due.push(job);
+            }
+        }
+        due
+    }
+
+    /// Every held save (the writer is closing).
+    fn take_all(&mut self) -> Vec<Job> {
+        self.order.clear();
+        self.held.drain().map(|(_, (_, job))| job).collect()
     }
 }
 
@@ -240,12 +377,21 @@ impl Store {
         write: Write,
     ) -> Result<oneshot::Receiver<Result<(), StoreError>>, StoreError> {
         let (ack, outcome) = oneshot::channel();
+        self.send_job(Job {
+            write,
+            ack: Ack::Wait(ack),
+            progress: false,
+        })
+        .await?;
+        Ok(outcome)
+    }
+
+    async fn send_job(&self, job: Job) -> Result<(), StoreError> {
         self.inner
             .writes
-            .send(Job { write, ack })
+            .send(job)
             .await
-            .map_err(|_| StoreError::Closed)?;
-        Ok(outcome)
+            .map_err(|_| StoreError::Closed)
     }
 
     /// Queues `write` and returns what tells when it is committed.
@@ -256,14 +402,22 @@ impl Store {
     /// Queues `write` behind every write queued before it, without waiting for its commit. What
     /// becomes of it is logged, not returned.
     pub(crate) async fn write_soon(&self, write: Write) -> Result<(), StoreError> {
-        let outcome = self.enqueue(write).await?;
-        tokio::spawn(async move {
-            match outcome.await {
-                Ok(Err(StoreError::StatusRegression { .. })) | Ok(Ok(())) => {}
-                Ok(Err(error)) => tracing::warn!("a queued record write failed: {error}"),
-                Err(_) => tracing::warn!("a queued record write was dropped: the store closed"),
-            }
-        });
-        Ok(())
+        self.send_job(Job {
+            write,
+            ack: Ack::Log,
+            progress: false,
+        })
+        .await
+    }
+
+    /// Queues a progress save: written after [`PROGRESS_DELAY`] unless a later save of the same
+    /// record supersedes it first. What becomes of it is logged, not returned.
+    pub(crate) async fn write_progress(&self, write: Write) -> Result<(), StoreError> {
+        self.send_job(Job {
+            write,
+            ack: Ack::Log,
+            progress: true,
+        })
+        .await
     }
 }

@@ -678,7 +678,7 @@ async fn run_peers(settings: &Settings, cluster: &Cluster) -> (Vec<Row>, Vec<pee
             pids: [cluster.engine.pid(), None, None, running.pid()],
         };
         for (scenario, model, stream) in plan {
-            let row = match target(&running.url, None, model, stream) {
+            let row = match target(&running.url, running.key.as_deref(), model, stream) {
                 Ok(target) => {
                     measure(scenario, label, c, &target, timing, false, watched).await
                 }
@@ -1010,7 +1010,7 @@ fn verdicts(report: &Report) -> Vec<Verdict> {
             }),
             None => out.push(Verdict {
                 target: format!(
-                    "whole c=16: requests/s at least vllm-router's one hop (not installed: its ratio to direct in the issue, {VLLM_ROUTER_RATIO:.2})"
+                    "whole c=16: requests/s at least vllm-router's one hop (not measured here: its ratio to direct in the issue, {VLLM_ROUTER_RATIO:.2})"
                 ),
                 measured: format!(
                     "{:.0}/s = {ratio:.3} of direct ({:.0}/s)",
@@ -1032,7 +1032,7 @@ fn verdicts(report: &Report) -> Vec<Verdict> {
             }),
             None => out.push(Verdict {
                 target: format!(
-                    "whole c=16: at least 100× LiteLLM (not installed: ratio ≥ {:.3}, from the issue)",
+                    "whole c=16: at least 100× LiteLLM (not measured here: ratio ≥ {:.3}, from the issue)",
                     100.0 * LITELLM_RATIO
                 ),
                 measured: format!("{:.0}× LiteLLM's ratio", ratio / LITELLM_RATIO),

@@ -181,6 +181,8 @@ pub struct Running {
     kind: Kind,
     /// `http://127.0.0.1:PORT`.
     pub url: String,
+    /// The bearer key it wants (LiteLLM refuses to start without a master key).
+    pub key: Option<String>,
 }
 
 impl Running {
@@ -235,7 +237,7 @@ http {{
     )
 }
 
-fn litellm_config(engine: &str) -> String {
+fn litellm_config(engine: &str, master_key: &str) -> String {
     let mut config = String::from("model_list:\n");
     for model in [WHOLE_MODEL, STREAM_MODEL] {
         config.push_str(&format!(
@@ -243,6 +245,7 @@ fn litellm_config(engine: &str) -> String {
         ));
     }
     config.push_str("litellm_settings:\n  telemetry: false\n");
+    config.push_str(&format!("general_settings:\n  master_key: {master_key}\n"));
     config
 }
 
@@ -256,6 +259,7 @@ pub async fn start(peer: &Found, engine: &str, dir: &Path) -> Result<Running, Bo
     std::fs::create_dir_all(&dir)?;
     let log = dir.join("peer.log");
     let port_arg = port.to_string();
+    let mut key = None;
     let process = match kind {
         Kind::Nginx => {
             let config = dir.join("nginx.conf");
@@ -284,7 +288,9 @@ pub async fn start(peer: &Found, engine: &str, dir: &Path) -> Result<Running, Bo
         }
         Kind::Litellm => {
             let config = dir.join("litellm.yaml");
-            std::fs::write(&config, litellm_config(engine))?;
+            let master_key = format!("sk-club-bench-{}-{port}", std::process::id());
+            std::fs::write(&config, litellm_config(engine, &master_key))?;
+            key = Some(master_key);
             let config = config.display().to_string();
             let args = [
                 "--config",
@@ -305,8 +311,13 @@ pub async fn start(peer: &Found, engine: &str, dir: &Path) -> Result<Running, Bo
             Process::spawn("litellm", &peer.program, &args, &envs, &log, false).await?
         }
     };
-    let running = Running { process, kind, url };
-    if let Err(error) = wait_ready(&running.url, kind.startup()).await {
+    let running = Running {
+        process,
+        kind,
+        url,
+        key,
+    };
+    if let Err(error) = wait_ready(&running.url, running.key.as_deref(), kind.startup()).await {
         running.stop().await;
         return Err(format!("{}: {error}; see {}", kind.program(), log.display()).into());
     }
@@ -314,7 +325,7 @@ pub async fn start(peer: &Found, engine: &str, dir: &Path) -> Result<Running, Bo
 }
 
 /// Waits until `url` answers a chat request for the whole-response model.
-async fn wait_ready(url: &str, within: Duration) -> Result<(), BoxError> {
+async fn wait_ready(url: &str, key: Option<&str>, within: Duration) -> Result<(), BoxError> {
     let client = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(5))
@@ -326,12 +337,14 @@ async fn wait_ready(url: &str, within: Duration) -> Result<(), BoxError> {
     });
     let mut last = String::from("no answer");
     while Instant::now() < deadline {
-        match client
+        let mut request = client
             .post(format!("{url}/v1/chat/completions"))
-            .json(&body)
-            .send()
-            .await
-        {
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_string());
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        match request.send().await {
             Ok(response) if response.status().is_success() => return Ok(()),
             Ok(response) => last = format!("status {}", response.status()),
             Err(error) => last = error.to_string(),
@@ -351,7 +364,8 @@ mod tests {
         assert!(nginx.contains("server 127.0.0.1:9000;"));
         assert!(nginx.contains("listen 127.0.0.1:8080;"));
         assert!(nginx.contains("proxy_buffering off;"));
-        let litellm = litellm_config("http://127.0.0.1:9000");
+        let litellm = litellm_config("http://127.0.0.1:9000", "sk-x");
+        assert!(litellm.contains("master_key: sk-x"));
         assert!(litellm.contains("api_base: http://127.0.0.1:9000/v1"));
         assert!(litellm.contains("model: openai/bench-c100"));
     }

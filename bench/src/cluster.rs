@@ -265,6 +265,24 @@ pub fn tree_ticks(pid: u32) -> u64 {
     total
 }
 
+/// utime + stime of every process whose command name is `name` (the PostgreSQL server's
+/// processes: other clients of the same server count too), in clock ticks.
+pub fn ticks_named(name: &str) -> u64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let wanted = format!("({name})");
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|stat| stat.split_whitespace().nth(1) == Some(wanted.as_str()))
+        })
+        .map(ticks_of)
+        .sum()
+}
+
 /// The parent process id of `pid`.
 fn parent_of(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

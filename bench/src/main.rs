@@ -507,10 +507,12 @@ fn target(base_url: &str, key: Option<&str>, model: &str, stream: bool) -> Resul
     })
 }
 
-/// The processes whose CPU a row reports: engine, coordinator, node, peer.
+/// The processes whose CPU a row reports: engine, coordinator, node, peer; with `postgres`, the
+/// PostgreSQL server's processes stand in the peer's place.
 #[derive(Debug, Clone, Copy, Default)]
 struct Watched {
     pids: [Option<u32>; 4],
+    postgres: bool,
 }
 
 impl Watched {
@@ -522,6 +524,7 @@ impl Watched {
                 cluster.node.pid(),
                 None,
             ],
+            postgres: false,
         }
     }
 
@@ -531,7 +534,11 @@ impl Watched {
             engine.map_or(0, cluster::ticks_of),
             coordinator.map_or(0, cluster::ticks_of),
             node.map_or(0, cluster::ticks_of),
-            peer.map_or(0, cluster::tree_ticks),
+            if self.postgres {
+                cluster::ticks_named("postgres")
+            } else {
+                peer.map_or(0, cluster::tree_ticks)
+            },
         ]
     }
 }
@@ -676,6 +683,7 @@ async fn run_peers(settings: &Settings, cluster: &Cluster) -> (Vec<Row>, Vec<pee
         };
         let watched = Watched {
             pids: [cluster.engine.pid(), None, None, running.pid()],
+            postgres: false,
         };
         for (scenario, model, stream) in plan {
             let row = match target(&running.url, running.key.as_deref(), model, stream) {
@@ -703,7 +711,7 @@ async fn run_postgres(settings: &Settings, server: Option<&str>) -> Vec<Row> {
     };
     let Some(server) = server else {
         return skip_all(
-            "skipped: no PostgreSQL URL (--postgres URL or CLUB_BENCH_DATABASE_URL; scripts/postgres.sh starts one)"
+            "no PostgreSQL URL (--postgres URL or CLUB_BENCH_DATABASE_URL; scripts/postgres.sh starts one)"
                 .into(),
         );
     };
@@ -714,7 +722,10 @@ async fn run_postgres(settings: &Settings, server: Option<&str>) -> Vec<Row> {
     eprintln!("5 postgres: database {}", database.name());
     let rows = match Cluster::start("postgres", Some(&database.url)).await {
         Ok(cluster) => {
-            let watched = Watched::cluster(&cluster);
+            let watched = Watched {
+                postgres: true,
+                ..Watched::cluster(&cluster)
+            };
             let mut rows = Vec::new();
             for (scenario, model, stream) in plan {
                 let row = match target(&cluster.coordinator.url, Some(&cluster.key), model, stream)
@@ -740,10 +751,15 @@ fn cpu_cell(row: &Row) -> String {
     let c = &row.cpu;
     if row.path == "direct" {
         format!("{:.0} / – / –", c.engine_us)
-    } else if row.path == CLUB || row.path == CLUB_PG {
+    } else if row.path == CLUB {
         format!(
             "{:.0} / {:.0} / {:.0}",
             c.engine_us, c.coordinator_us, c.node_us
+        )
+    } else if row.path == CLUB_PG {
+        format!(
+            "{:.0} / {:.0} / {:.0} (PostgreSQL {:.0})",
+            c.engine_us, c.coordinator_us, c.node_us, c.peer_us
         )
     } else {
         format!("{:.0} / peer {:.0}", c.engine_us, c.peer_us)
@@ -767,7 +783,7 @@ fn skipped_line(row: &Row, columns: usize) -> Option<String> {
     let why = row.skipped.as_ref()?;
     let dashes = vec!["–"; columns.saturating_sub(3)].join(" | ");
     Some(format!(
-        "| {} | {} | **{}** | {} |",
+        "| {} | {} | **skipped: {}** | {} |",
         row.path, row.concurrency, why, dashes
     ))
 }

@@ -255,7 +255,11 @@ pub fn tree_ticks(pid: u32) -> u64 {
         return total;
     };
     for entry in entries.flatten() {
-        let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         if parent_of(child) == Some(pid) {

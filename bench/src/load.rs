@@ -353,10 +353,14 @@ mod tests {
     #[test]
     fn content_is_found_however_serialised() {
         assert!(has_text_content(br#"{"delta":{"content":"w0 "}}"#));
-        assert!(has_text_content(br#"{"delta": {"role": "assistant", "content": "w1 "}}"#));
+        assert!(has_text_content(
+            br#"{"delta": {"role": "assistant", "content": "w1 "}}"#
+        ));
         assert!(!has_text_content(br#"{"delta":{"content":""}}"#));
         assert!(!has_text_content(br#"{"delta":{"content":null}}"#));
         assert!(!has_text_content(br#"{"delta":{},"finish_reason":"stop"}"#));
-        assert!(has_text_content(br#"{"x":"content","delta":{"content":"a"}}"#));
+        assert!(has_text_content(
+            br#"{"x":"content","delta":{"content":"a"}}"#
+        ));
     }
 }

@@ -495,7 +495,12 @@ async fn bench(
     Ok(report)
 }
 
-fn target(base_url: &str, key: Option<&str>, model: &str, stream: bool) -> Result<Target, BoxError> {
+fn target(
+    base_url: &str,
+    key: Option<&str>,
+    model: &str,
+    stream: bool,
+) -> Result<Target, BoxError> {
     let shape = Shape::parse(model).ok_or("unknown model")?;
     Ok(Target {
         base_url: base_url.to_owned(),
@@ -617,12 +622,7 @@ async fn run_scenarios(settings: &Settings, cluster: &Cluster) -> Result<Vec<Row
         for path in ["direct", CLUB] {
             let target = match path {
                 "direct" => target(&cluster.engine.url, None, model, stream)?,
-                _ => target(
-                    &cluster.coordinator.url,
-                    Some(&cluster.key),
-                    model,
-                    stream,
-                )?,
+                _ => target(&cluster.coordinator.url, Some(&cluster.key), model, stream)?,
             };
             let timing = (settings.seconds, settings.warmup);
             rows.push(
@@ -671,7 +671,12 @@ async fn run_peers(settings: &Settings, cluster: &Cluster) -> (Vec<Row>, Vec<pee
             Ok(running) => running,
             Err(error) => {
                 for (scenario, _, _) in plan {
-                    rows.push(skipped(scenario, label, c, format!("did not start: {error}")));
+                    rows.push(skipped(
+                        scenario,
+                        label,
+                        c,
+                        format!("did not start: {error}"),
+                    ));
                 }
                 continue;
             }
@@ -687,9 +692,7 @@ async fn run_peers(settings: &Settings, cluster: &Cluster) -> (Vec<Row>, Vec<pee
         };
         for (scenario, model, stream) in plan {
             let row = match target(&running.url, running.key.as_deref(), model, stream) {
-                Ok(target) => {
-                    measure(scenario, label, c, &target, timing, false, watched).await
-                }
+                Ok(target) => measure(scenario, label, c, &target, timing, false, watched).await,
                 Err(error) => Err(error),
             };
             rows.push(row.unwrap_or_else(|e| skipped(scenario, label, c, e.to_string())));
@@ -963,21 +966,24 @@ fn print_links(l: &swarm::LinksOutcome) {
         l.linked_first,
         seconds_cell(l.first_link_s)
     );
-    println!("| coordinator RSS before any link | {} |", mib(l.rss_before_kib));
+    println!(
+        "| coordinator RSS before any link | {} |",
+        mib(l.rss_before_kib)
+    );
     println!(
         "| coordinator RSS with {} idle links | {} |",
         l.linked_first,
         mib(l.rss_linked_kib)
     );
-    println!(
-        "| per link | {:.1} KiB |",
-        l.bytes_per_link as f64 / 1024.0
-    );
+    println!("| per link | {:.1} KiB |", l.bytes_per_link as f64 / 1024.0);
     println!(
         "| coordinator CPU while idle ({:.0} s) | {:.1} % of one core |",
         l.idle_window_s, l.idle_cpu_percent
     );
-    println!("| the nodes' process RSS (all links, for scale) | {} |", mib(l.swarm_rss_kib));
+    println!(
+        "| the nodes' process RSS (all links, for scale) | {} |",
+        mib(l.swarm_rss_kib)
+    );
     println!(
         "| restart (SIGKILL → listening again) | {} |",
         seconds_cell(l.restart_listening_s)

@@ -61,9 +61,12 @@ impl BenchDatabase {
     pub async fn drop_database(self) {
         let dropped = async {
             let admin = AnyPool::connect(&self.server_url).await?;
-            let result = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
-                .execute(&admin)
-                .await;
+            let result = sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .execute(&admin)
+            .await;
             admin.close().await;
             result.map(|_| ())
         }

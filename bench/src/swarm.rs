@@ -237,7 +237,8 @@ async fn measure(outcome: &mut LinksOutcome, dir: &Path) -> Result<(), BoxError>
         ]
     };
     let args = coordinator_args("127.0.0.1:0");
-    let coordinator = Process::start_self("coordinator", &args, &[], &coordinator_log, true).await?;
+    let coordinator =
+        Process::start_self("coordinator", &args, &[], &coordinator_log, true).await?;
     let url = coordinator.url.clone();
     let listen = url.trim_start_matches("http://").to_owned();
     let client = reqwest::Client::builder().no_proxy().build()?;
@@ -286,8 +287,11 @@ async fn measure(outcome: &mut LinksOutcome, dir: &Path) -> Result<(), BoxError>
     outcome.rss_linked_kib = rss_kib(coordinator.pid());
     outcome.swarm_rss_kib = rss_kib(swarm.pid());
     let linked = outcome.linked_first.max(1) as u64;
-    outcome.bytes_per_link =
-        outcome.rss_linked_kib.saturating_sub(outcome.rss_before_kib) * 1024 / linked;
+    outcome.bytes_per_link = outcome
+        .rss_linked_kib
+        .saturating_sub(outcome.rss_before_kib)
+        * 1024
+        / linked;
     eprint!("4 links   idle CPU over {IDLE_WINDOW:?} … ");
     let before = coordinator.pid().map_or(0, ticks_of);
     let idle_started = Instant::now();

@@ -8,6 +8,7 @@
 //! runtime. So the load generator does not share a runtime (or a process) with what it
 //! measures, and no other binary has to be built first.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -28,22 +29,38 @@ pub struct Process {
 }
 
 impl Process {
-    /// Starts `args` as a child of this binary, its stderr in `log`; when `listens`, waits for
-    /// its `listening on http://ADDR` line.
-    async fn start(
+    /// Starts this binary with `args` (a hidden subcommand) as a child; see [`Process::spawn`].
+    pub async fn start_self<S: AsRef<OsStr>>(
         name: &'static str,
-        args: &[&str],
+        args: &[S],
         envs: &[(&str, &str)],
         log: &Path,
         listens: bool,
     ) -> Result<Self, BoxError> {
         let exe = std::env::current_exe()?;
+        Self::spawn(name, &exe, args, envs, log, listens).await
+    }
+
+    /// Starts `program` with `args` as a child, its stderr in `log`; when `listens`, waits for
+    /// its `listening on http://ADDR` line on stdout (otherwise stdout goes to `log` too).
+    pub async fn spawn<S: AsRef<OsStr>>(
+        name: &'static str,
+        program: &Path,
+        args: &[S],
+        envs: &[(&str, &str)],
+        log: &Path,
+        listens: bool,
+    ) -> Result<Self, BoxError> {
         let log_file = std::fs::File::create(log)?;
-        let mut command = Command::new(exe);
+        let mut command = Command::new(program);
         command
             .args(args)
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(if listens {
+                Stdio::piped()
+            } else {
+                Stdio::from(log_file.try_clone()?)
+            })
             .stderr(log_file)
             .kill_on_drop(true);
         for (key, value) in envs {
@@ -77,7 +94,27 @@ impl Process {
         self.child.id()
     }
 
-    /// Stops the child and waits for it.
+    /// Asks the child to stop (SIGTERM, through `kill`), waits up to `grace` for it, then stops
+    /// it as [`Process::stop`] does. For children that must clean up their own children (nginx).
+    pub async fn terminate(mut self, grace: Duration) {
+        if let Some(pid) = self.child.id() {
+            let asked = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .await;
+            if asked.is_ok_and(|s| s.success())
+                && tokio::time::timeout(grace, self.child.wait()).await.is_ok()
+            {
+                return;
+            }
+        }
+        self.stop().await;
+    }
+
+    /// Stops the child (SIGKILL) and waits for it.
     pub async fn stop(mut self) {
         if let Err(error) = self.child.start_kill() {
             eprintln!("cannot stop the {}: {error}", self.name);
@@ -100,21 +137,26 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts the engine, a coordinator over a fresh SQLite database in a temporary directory,
-    /// and a node serving the engine's models through `OpenAiCompatible`; returns once the
-    /// coordinator lists the node's models.
-    pub async fn start() -> Result<Self, BoxError> {
-        let dir = std::env::temp_dir().join(format!("club-bench-{}", std::process::id()));
+    /// Starts the engine, a coordinator over `database` (a fresh SQLite database in a temporary
+    /// directory when `None`), and a node serving the engine's models through
+    /// `OpenAiCompatible`; returns once the coordinator lists the node's models. `label` names
+    /// the temporary directory (the children's logs).
+    pub async fn start(label: &str, database: Option<&str>) -> Result<Self, BoxError> {
+        let dir = std::env::temp_dir().join(format!("club-bench-{}-{label}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
-        let database = format!("sqlite:{}", dir.join("club.db").display());
+        let database = match database {
+            Some(url) => url.to_owned(),
+            None => format!("sqlite:{}", dir.join("club.db").display()),
+        };
         let key = {
             let store = Store::connect(&database).await?;
             let user = store.create_user("bench", None).await?;
             let scopes = Scopes::only(Scope::Inference).with(Scope::Provider);
             let (_, key) = store.create_key(user.id, "bench", scopes).await?;
+            store.close().await;
             key
         };
-        let engine = Process::start(
+        let engine = Process::start_self(
             "engine",
             &["serve-engine", "--listen", "127.0.0.1:0"],
             &[],
@@ -129,7 +171,7 @@ impl Cluster {
             "--database",
             &database,
         ];
-        let coordinator = Process::start(
+        let coordinator = Process::start_self(
             "coordinator",
             &args,
             &[],
@@ -151,7 +193,7 @@ impl Cluster {
         let manifest_path = dir.join("manifest.json");
         std::fs::write(&manifest_path, manifest.to_string())?;
         let manifest_arg = manifest_path.display().to_string();
-        let node = Process::start(
+        let node = Process::start_self(
             "node",
             &[
                 "serve-provider",
@@ -196,11 +238,6 @@ impl Cluster {
         .into())
     }
 
-    /// CPU clock ticks (user + system) used so far by the engine, coordinator and node.
-    pub fn cpu_ticks(&self) -> [u64; 3] {
-        [&self.engine, &self.coordinator, &self.node].map(|p| p.pid().map_or(0, ticks_of))
-    }
-
     /// Stops every child and removes the temporary directory.
     pub async fn stop(self) {
         self.node.stop().await;
@@ -210,8 +247,55 @@ impl Cluster {
     }
 }
 
+/// utime + stime of process `pid` and of its direct children (nginx's workers, a Python
+/// server's workers), in clock ticks.
+pub fn tree_ticks(pid: u32) -> u64 {
+    let mut total = ticks_of(pid);
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return total;
+    };
+    for entry in entries.flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if parent_of(child) == Some(pid) {
+            total += ticks_of(child);
+        }
+    }
+    total
+}
+
+/// utime + stime of every process whose command name is `name` (the PostgreSQL server's
+/// processes: other clients of the same server count too), in clock ticks.
+pub fn ticks_named(name: &str) -> u64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let wanted = format!("({name})");
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|stat| stat.split_whitespace().nth(1) == Some(wanted.as_str()))
+        })
+        .map(ticks_of)
+        .sum()
+}
+
+/// The parent process id of `pid`.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// utime + stime of process `pid`, in clock ticks (0 when unreadable).
-fn ticks_of(pid: u32) -> u64 {
+pub fn ticks_of(pid: u32) -> u64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0;
     };

@@ -56,9 +56,10 @@ impl Shape {
     }
 }
 
-/// The engine's routes.
+/// The engine's routes (`/health` answers 200, as vLLM's does: routers check it).
 pub fn app() -> Router {
     Router::new()
+        .route("/health", get(|| async { StatusCode::OK }))
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat))
 }

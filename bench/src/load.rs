@@ -55,7 +55,7 @@ struct Samples {
 }
 
 /// The outcome of one run.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Outcome {
     /// Requests completed correctly.
     pub ok: u64,
@@ -236,7 +236,7 @@ async fn one(
                 content.push_str(&text);
                 has
             } else {
-                find(data, b"\"content\":\"").is_some()
+                has_text_content(data)
             };
             if data.starts_with(b"{\"error\"") || find(data, b"\"error\":{").is_some() {
                 return Err(format!(
@@ -274,6 +274,28 @@ async fn one(
     samples.gaps_us.extend(gaps);
     samples.chunks += chunks as u64;
     Ok(())
+}
+
+/// Whether a chunk's JSON has a non-empty string `"content"`, without parsing it: the peers
+/// serialise differently (spaces after the colon, `"content": ""` or `null` in role-only and
+/// final chunks).
+fn has_text_content(data: &[u8]) -> bool {
+    let key = b"\"content\"";
+    let mut rest = data;
+    while let Some(at) = find(rest, key) {
+        rest = &rest[at + key.len()..];
+        let value = rest.trim_ascii_start();
+        let Some(value) = value.strip_prefix(b":") else {
+            continue;
+        };
+        let value = value.trim_ascii_start();
+        if let Some(text) = value.strip_prefix(b"\"")
+            && !text.starts_with(b"\"")
+        {
+            return true;
+        }
+    }
+    false
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -322,4 +344,23 @@ fn check_whole(bytes: &[u8], target: &Target, strict: bool) -> Result<(), String
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_is_found_however_serialised() {
+        assert!(has_text_content(br#"{"delta":{"content":"w0 "}}"#));
+        assert!(has_text_content(
+            br#"{"delta": {"role": "assistant", "content": "w1 "}}"#
+        ));
+        assert!(!has_text_content(br#"{"delta":{"content":""}}"#));
+        assert!(!has_text_content(br#"{"delta":{"content":null}}"#));
+        assert!(!has_text_content(br#"{"delta":{},"finish_reason":"stop"}"#));
+        assert!(has_text_content(
+            br#"{"x":"content","delta":{"content":"a"}}"#
+        ));
+    }
 }

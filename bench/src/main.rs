@@ -2,13 +2,16 @@
 //! against the direct path (consumer → engine), in the same run, on the same fake engine.
 //!
 //! `club-bench all` runs every scenario; `smoke` runs each path briefly and checks every answer;
-//! `whole`, `stream` and `paced` run one scenario. Each prints a table and, with `--json FILE`,
-//! writes the results as JSON. See `docs/benchmarks.md`.
+//! `whole`, `stream`, `paced`, `links`, `postgres` and `peers` run one scenario. Each prints a
+//! table and, with `--json FILE`, writes the results as JSON. See `docs/benchmarks.md`.
 
 mod cluster;
 mod engine;
 mod load;
+mod peers;
+mod pg;
 mod stats;
+mod swarm;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -40,6 +43,21 @@ struct Cli {
     /// Concurrent consumers for the paced-stream scenario (comma-separated).
     #[arg(long, global = true, value_delimiter = ',', default_value = "100,1000")]
     paced_consumers: Vec<usize>,
+    /// Idle node links for scenario 4 (lowered, and said so, when the open-file limit is lower).
+    #[arg(long, global = true, default_value_t = 10_000)]
+    links: usize,
+    /// A PostgreSQL server URL for scenario 5 (a fresh database is created on it per run and
+    /// dropped after); without it, scenario 5 is skipped.
+    #[arg(
+        long,
+        global = true,
+        env = "CLUB_BENCH_DATABASE_URL",
+        hide_env_values = true
+    )]
+    postgres: Option<String>,
+    /// Seconds of measurement per row for LiteLLM (slow: a short run keeps `all` bounded).
+    #[arg(long, global = true, default_value_t = 3.0)]
+    litellm_seconds: f64,
     #[command(subcommand)]
     command: Command,
 }
@@ -56,6 +74,12 @@ enum Command {
     Stream,
     /// Scenario 3: paced streams (a chunk every 5 ms) at many concurrent consumers.
     Paced,
+    /// Scenario 4: idle node links (coordinator memory and CPU, reconnection after a restart).
+    Links,
+    /// Scenario 5: scenarios 1 and 2 (c=16) recorded on SQLite and on PostgreSQL.
+    Postgres,
+    /// The peers (nginx, vllm-router, LiteLLM) in front of the same engine, scenarios 1 and 2.
+    Peers,
     /// (internal) Serve the fake engine.
     #[command(hide = true)]
     ServeEngine {
@@ -80,6 +104,16 @@ enum Command {
         #[arg(long)]
         manifest: PathBuf,
     },
+    /// (internal) Scenario 4's nodes: N provider nodes on Echo engines in one process.
+    #[command(hide = true)]
+    ServeSwarm {
+        #[arg(long)]
+        coordinator: String,
+        #[arg(long, env = "CLUB_API_KEY", hide_env_values = true)]
+        key: String,
+        #[arg(long)]
+        count: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -96,6 +130,9 @@ fn main() -> ExitCode {
         seconds,
         warmup,
         paced_consumers,
+        links,
+        postgres,
+        litellm_seconds,
         command,
     } = cli;
     match command {
@@ -116,6 +153,8 @@ fn main() -> ExitCode {
         }),
         Command::ServeCoordinator { listen, database } => {
             init_logging();
+            // Scenario 4 links 10,000 nodes: one socket each.
+            swarm::raise_open_file_limit();
             // The benchmark measures the coordinator, not its per-key limits.
             let config = inference_club_examples::coordinator::CoordinatorConfig {
                 limits: inference_club_examples::coordinator::limits::Limits::without_rate_limits(),
@@ -141,10 +180,28 @@ fn main() -> ExitCode {
             };
             ExitCode::from(runtime.block_on(inference_club_examples::provider_ops::run(options)))
         }
+        Command::ServeSwarm {
+            coordinator,
+            key,
+            count,
+        } => {
+            init_logging();
+            match runtime.block_on(swarm::serve(coordinator, key, count)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         command => {
             let smoke = matches!(command, Command::Smoke);
-            let settings = Settings::for_command(&command, seconds, warmup, paced_consumers);
-            match runtime.block_on(bench(settings, json)) {
+            let mut settings = Settings::for_command(&command, seconds, warmup, paced_consumers);
+            settings.litellm_seconds = litellm_seconds.max(0.05);
+            if settings.links.is_some() {
+                settings.links = Some(links);
+            }
+            match runtime.block_on(bench(settings, postgres, json)) {
                 Ok(report) if smoke && !report.all_correct() => {
                     eprintln!("smoke: FAILED (some answers were wrong or missing)");
                     ExitCode::from(1)
@@ -174,35 +231,71 @@ struct Settings {
     seconds: f64,
     warmup: f64,
     strict: bool,
+    /// Scenario 5 (PostgreSQL) is part of this command.
+    postgres: bool,
+    /// The peers are part of this command.
+    peers: bool,
+    /// Scenario 4's link count, when it is part of this command.
+    links: Option<usize>,
+    /// Seconds per LiteLLM row.
+    litellm_seconds: f64,
 }
 
 impl Settings {
     fn for_command(command: &Command, seconds: f64, warmup: f64, paced: Vec<usize>) -> Self {
-        let (name, whole, stream, paced) = match command {
-            Command::Smoke => {
-                return Self {
-                    command: "smoke",
-                    whole_concurrency: vec![4],
-                    stream_concurrency: vec![4],
-                    paced_consumers: vec![8],
-                    seconds: 0.35,
-                    warmup: 0.1,
-                    strict: true,
-                };
-            }
-            Command::Whole => ("whole", vec![16, 64], vec![], vec![]),
-            Command::Stream => ("stream", vec![], vec![16], vec![]),
-            Command::Paced => ("paced", vec![], vec![], paced),
-            _ => ("all", vec![16, 64], vec![16], paced),
-        };
-        Self {
-            command: name,
-            whole_concurrency: whole,
-            stream_concurrency: stream,
+        let base = Self {
+            command: "all",
+            whole_concurrency: vec![16, 64],
+            stream_concurrency: vec![16],
             paced_consumers: paced,
             seconds: seconds.max(0.05),
             warmup: warmup.max(0.0),
             strict: false,
+            postgres: true,
+            peers: true,
+            links: Some(10_000),
+            litellm_seconds: 3.0,
+        };
+        let only = |name, whole: Vec<usize>, stream: Vec<usize>| Self {
+            command: name,
+            whole_concurrency: whole,
+            stream_concurrency: stream,
+            paced_consumers: vec![],
+            postgres: false,
+            peers: false,
+            links: None,
+            ..base.clone()
+        };
+        match command {
+            Command::Smoke => Self {
+                command: "smoke",
+                whole_concurrency: vec![4],
+                stream_concurrency: vec![4],
+                paced_consumers: vec![8],
+                seconds: 0.35,
+                warmup: 0.1,
+                strict: true,
+                ..only("smoke", vec![], vec![])
+            },
+            Command::Whole => only("whole", vec![16, 64], vec![]),
+            Command::Stream => only("stream", vec![], vec![16]),
+            Command::Paced => Self {
+                paced_consumers: base.paced_consumers.clone(),
+                ..only("paced", vec![], vec![])
+            },
+            Command::Links => Self {
+                links: Some(10_000),
+                ..only("links", vec![], vec![])
+            },
+            Command::Postgres => Self {
+                postgres: true,
+                ..only("postgres", vec![16], vec![16])
+            },
+            Command::Peers => Self {
+                peers: true,
+                ..only("peers", vec![16], vec![16])
+            },
+            _ => base,
         }
     }
 }
@@ -213,6 +306,8 @@ struct Row {
     scenario: &'static str,
     path: &'static str,
     concurrency: usize,
+    /// Why the row was not measured (a peer not installed, no PostgreSQL URL, a failure).
+    skipped: Option<String>,
     #[serde(flatten)]
     outcome: Outcome,
     cpu: CpuPerRequest,
@@ -225,10 +320,12 @@ struct CpuPerRequest {
     engine_us: f64,
     coordinator_us: f64,
     node_us: f64,
+    /// The peer's process and its children (peer rows).
+    peer_us: f64,
 }
 
 impl CpuPerRequest {
-    fn between(before: [u64; 3], after: [u64; 3], requests: u64) -> Self {
+    fn between(before: [u64; 4], after: [u64; 4], requests: u64) -> Self {
         // Clock ticks are 10 ms on Linux (USER_HZ = 100).
         let per = |i: usize| {
             let ticks = after[i].saturating_sub(before[i]) as f64;
@@ -238,6 +335,7 @@ impl CpuPerRequest {
             engine_us: per(0),
             coordinator_us: per(1),
             node_us: per(2),
+            peer_us: per(3),
         }
     }
 }
@@ -285,14 +383,18 @@ struct Report {
     settings: Settings,
     club_path: &'static str,
     rows: Vec<Row>,
+    /// Scenario 4, when run.
+    links: Option<swarm::LinksOutcome>,
+    /// The peers found (name and version).
+    peers: Vec<peers::Found>,
     targets: Vec<Verdict>,
 }
 
 impl Report {
     fn all_correct(&self) -> bool {
-        !self.rows.is_empty()
-            && self
-                .rows
+        let measured: Vec<&Row> = self.rows.iter().filter(|r| r.skipped.is_none()).collect();
+        !measured.is_empty()
+            && measured
                 .iter()
                 .all(|r| r.outcome.errors == 0 && r.outcome.ok > 0)
     }
@@ -300,36 +402,92 @@ impl Report {
     fn find(&self, scenario: &str, path: &str, concurrency: usize) -> Option<&Outcome> {
         self.rows
             .iter()
-            .find(|r| r.scenario == scenario && r.path == path && r.concurrency == concurrency)
+            .find(|r| {
+                r.scenario == scenario
+                    && r.path == path
+                    && r.concurrency == concurrency
+                    && r.skipped.is_none()
+            })
             .map(|r| &r.outcome)
     }
 }
 
 const CLUB_PATH: &str = "club: consumer → coordinator (SQLite recording) → WebSocket → node (Router → OpenAiCompatible) → engine; engine, coordinator and node are separate child processes";
 
-async fn bench(settings: Settings, json: Option<PathBuf>) -> Result<Report, BoxError> {
+/// Scenario 1's rows.
+const WHOLE: &str = "1 whole";
+/// Scenario 2's rows.
+const STREAM: &str = "2 stream";
+/// Scenario 3's rows.
+const PACED: &str = "3 paced";
+/// The club's path recording on SQLite.
+const CLUB: &str = "club";
+/// The club's path recording on PostgreSQL (scenario 5).
+const CLUB_PG: &str = "club, PostgreSQL";
+/// Scenario 5's rows run at this concurrency.
+const PEER_CONCURRENCY: usize = 16;
+
+async fn bench(
+    settings: Settings,
+    postgres: Option<String>,
+    json: Option<PathBuf>,
+) -> Result<Report, BoxError> {
     let machine = Machine::here();
     eprintln!(
-        "machine: {} × {} CPUs ({}); everything (load generator, engine, coordinator, node) shares them",
+        "machine: {} × {} CPUs ({}); everything (load generator, engine, coordinator, node, peers) shares them",
         machine.cpu_model, machine.cpus, machine.os
     );
-    let cluster = Cluster::start().await?;
-    eprintln!(
-        "engine {} (pid {}), coordinator {} (pid {}), node pid {}",
-        cluster.engine.url,
-        cluster.engine.pid().unwrap_or(0),
-        cluster.coordinator.url,
-        cluster.coordinator.pid().unwrap_or(0),
-        cluster.node.pid().unwrap_or(0),
-    );
-    let rows = run_scenarios(&settings, &cluster).await;
-    cluster.stop().await;
-    let rows = rows?;
+    let mut rows = Vec::new();
+    let mut found_peers = Vec::new();
+    let runs_cluster = !(settings.whole_concurrency.is_empty()
+        && settings.stream_concurrency.is_empty()
+        && settings.paced_consumers.is_empty());
+    if runs_cluster {
+        let cluster = Cluster::start("sqlite", None).await?;
+        eprintln!(
+            "engine {} (pid {}), coordinator {} (pid {}), node pid {}",
+            cluster.engine.url,
+            cluster.engine.pid().unwrap_or(0),
+            cluster.coordinator.url,
+            cluster.coordinator.pid().unwrap_or(0),
+            cluster.node.pid().unwrap_or(0),
+        );
+        let measured = run_scenarios(&settings, &cluster).await;
+        let measured = match measured {
+            Ok(mut measured) if settings.peers => {
+                let (peer_rows, found) = run_peers(&settings, &cluster).await;
+                measured.extend(peer_rows);
+                found_peers = found;
+                Ok(measured)
+            }
+            other => other,
+        };
+        cluster.stop().await;
+        rows.extend(measured?);
+    }
+    if settings.postgres {
+        rows.extend(run_postgres(&settings, postgres.as_deref()).await);
+    }
+    let links = match settings.links {
+        Some(n) => {
+            let dir = std::env::temp_dir().join(format!("club-bench-{}-links", std::process::id()));
+            let outcome = swarm::run(n, &dir).await;
+            if outcome.error.is_none() {
+                let _ = std::fs::remove_dir_all(&dir);
+            } else {
+                eprintln!("4 links: the logs are in {}", dir.display());
+            }
+            Some(outcome)
+        }
+        None => None,
+    };
     let mut report = Report {
         machine,
         settings,
         club_path: CLUB_PATH,
         rows,
+        links,
+        peers: found_peers,
         targets: Vec::new(),
     };
     report.targets = verdicts(&report);
@@ -341,15 +499,16 @@ async fn bench(settings: Settings, json: Option<PathBuf>) -> Result<Report, BoxE
     Ok(report)
 }
 
-fn target(cluster: &Cluster, path: &str, model: &str, stream: bool) -> Result<Target, BoxError> {
+fn target(
+    base_url: &str,
+    key: Option<&str>,
+    model: &str,
+    stream: bool,
+) -> Result<Target, BoxError> {
     let shape = Shape::parse(model).ok_or("unknown model")?;
-    let (base_url, key) = match path {
-        "direct" => (cluster.engine.url.clone(), None),
-        _ => (cluster.coordinator.url.clone(), Some(cluster.key.clone())),
-    };
     Ok(Target {
-        base_url,
-        key,
+        base_url: base_url.to_owned(),
+        key: key.map(str::to_owned),
         model: model.to_owned(),
         stream,
         expected_chunks: shape.chunks,
@@ -357,66 +516,260 @@ fn target(cluster: &Cluster, path: &str, model: &str, stream: bool) -> Result<Ta
     })
 }
 
+/// The processes whose CPU a row reports: engine, coordinator, node, peer; with `postgres`, the
+/// PostgreSQL server's processes stand in the peer's place.
+#[derive(Debug, Clone, Copy, Default)]
+struct Watched {
+    pids: [Option<u32>; 4],
+    postgres: bool,
+}
+
+impl Watched {
+    fn cluster(cluster: &Cluster) -> Self {
+        Self {
+            pids: [
+                cluster.engine.pid(),
+                cluster.coordinator.pid(),
+                cluster.node.pid(),
+                None,
+            ],
+            postgres: false,
+        }
+    }
+
+    fn ticks(&self) -> [u64; 4] {
+        let [engine, coordinator, node, peer] = self.pids;
+        [
+            engine.map_or(0, cluster::ticks_of),
+            coordinator.map_or(0, cluster::ticks_of),
+            node.map_or(0, cluster::ticks_of),
+            if self.postgres {
+                cluster::ticks_named("postgres")
+            } else {
+                peer.map_or(0, cluster::tree_ticks)
+            },
+        ]
+    }
+}
+
+/// One row: a warm-up, then `seconds` measured.
+async fn measure(
+    scenario: &'static str,
+    path: &'static str,
+    concurrency: usize,
+    target: &Target,
+    (seconds, warmup): (f64, f64),
+    strict: bool,
+    watched: Watched,
+) -> Result<Row, BoxError> {
+    let client = load::client(concurrency)?;
+    let mut load = Load {
+        concurrency,
+        duration: Duration::from_secs_f64(warmup),
+        max_requests: u64::MAX,
+        strict,
+    };
+    if warmup > 0.0 {
+        let _ = load::run(&client, target, load).await;
+    }
+    load.duration = Duration::from_secs_f64(seconds);
+    eprint!("{scenario:<9} {path:<24} c={concurrency:<5} … ");
+    let _ = std::io::stderr().flush();
+    let before = watched.ticks();
+    let outcome = load::run(&client, target, load).await;
+    let after = watched.ticks();
+    let cpu = CpuPerRequest::between(before, after, outcome.ok);
+    eprintln!(
+        "{} ok, {} errors, {:.0} req/s",
+        outcome.ok, outcome.errors, outcome.requests_per_s
+    );
+    if let Some(error) = &outcome.first_error {
+        eprintln!("  first error: {error}");
+    }
+    Ok(Row {
+        scenario,
+        path,
+        concurrency,
+        skipped: None,
+        outcome,
+        cpu,
+    })
+}
+
+/// A row that was not measured, and why.
+fn skipped(scenario: &'static str, path: &'static str, concurrency: usize, why: String) -> Row {
+    eprintln!("{scenario:<9} {path:<24} c={concurrency:<5} … SKIPPED: {why}");
+    Row {
+        scenario,
+        path,
+        concurrency,
+        skipped: Some(why),
+        outcome: Outcome::default(),
+        cpu: CpuPerRequest::default(),
+    }
+}
+
 async fn run_scenarios(settings: &Settings, cluster: &Cluster) -> Result<Vec<Row>, BoxError> {
     let mut plan: Vec<(&'static str, usize, &'static str, bool)> = Vec::new();
     for &c in &settings.whole_concurrency {
-        plan.push(("1 whole", c, WHOLE_MODEL, false));
+        plan.push((WHOLE, c, WHOLE_MODEL, false));
     }
     for &c in &settings.stream_concurrency {
-        plan.push(("2 stream", c, STREAM_MODEL, true));
+        plan.push((STREAM, c, STREAM_MODEL, true));
     }
     for &c in &settings.paced_consumers {
-        plan.push(("3 paced", c, PACED_MODEL, true));
+        plan.push((PACED, c, PACED_MODEL, true));
     }
+    let watched = Watched::cluster(cluster);
     let mut rows = Vec::new();
     for (scenario, concurrency, model, stream) in plan {
-        let client = load::client(concurrency)?;
-        for path in ["direct", "club"] {
-            let target = target(cluster, path, model, stream)?;
-            let mut load = Load {
-                concurrency,
-                duration: Duration::from_secs_f64(settings.warmup),
-                max_requests: u64::MAX,
-                strict: settings.strict,
+        for path in ["direct", CLUB] {
+            let target = match path {
+                "direct" => target(&cluster.engine.url, None, model, stream)?,
+                _ => target(&cluster.coordinator.url, Some(&cluster.key), model, stream)?,
             };
-            if settings.warmup > 0.0 {
-                let _ = load::run(&client, &target, load).await;
-            }
-            load.duration = Duration::from_secs_f64(settings.seconds);
-            eprint!("{scenario:<9} {path:<7} c={concurrency:<5} … ");
-            let _ = std::io::stderr().flush();
-            let before = cluster.cpu_ticks();
-            let outcome = load::run(&client, &target, load).await;
-            let after = cluster.cpu_ticks();
-            let cpu = CpuPerRequest::between(before, after, outcome.ok);
-            eprintln!(
-                "{} ok, {} errors, {:.0} req/s",
-                outcome.ok, outcome.errors, outcome.requests_per_s
+            let timing = (settings.seconds, settings.warmup);
+            rows.push(
+                measure(
+                    scenario,
+                    path,
+                    concurrency,
+                    &target,
+                    timing,
+                    settings.strict,
+                    watched,
+                )
+                .await?,
             );
-            if let Some(error) = &outcome.first_error {
-                eprintln!("  first error: {error}");
-            }
-            rows.push(Row {
-                scenario,
-                path,
-                concurrency,
-                outcome,
-                cpu,
-            });
         }
     }
     Ok(rows)
+}
+
+/// The peers, each in front of the cluster's engine: scenario 1 and 2 at c=16.
+async fn run_peers(settings: &Settings, cluster: &Cluster) -> (Vec<Row>, Vec<peers::Found>) {
+    let mut rows = Vec::new();
+    let mut found_all = Vec::new();
+    let dir = std::env::temp_dir().join(format!("club-bench-{}-peers", std::process::id()));
+    let plan = [(WHOLE, WHOLE_MODEL, false), (STREAM, STREAM_MODEL, true)];
+    let c = PEER_CONCURRENCY;
+    for kind in peers::Kind::ALL {
+        let label = kind.label();
+        let Some(found) = peers::find(kind).await else {
+            for (scenario, _, _) in plan {
+                rows.push(skipped(
+                    scenario,
+                    label,
+                    c,
+                    "not installed (run bench/peers.sh)".into(),
+                ));
+            }
+            continue;
+        };
+        found_all.push(found.clone());
+        eprintln!(
+            "peer: {label} {} starting",
+            found.version.as_deref().unwrap_or("(version unknown)")
+        );
+        let running = match peers::start(&found, &cluster.engine.url, &dir).await {
+            Ok(running) => running,
+            Err(error) => {
+                for (scenario, _, _) in plan {
+                    rows.push(skipped(
+                        scenario,
+                        label,
+                        c,
+                        format!("did not start: {error}"),
+                    ));
+                }
+                continue;
+            }
+        };
+        let timing = if kind == peers::Kind::Litellm {
+            (settings.litellm_seconds, settings.warmup.min(1.0))
+        } else {
+            (settings.seconds, settings.warmup)
+        };
+        let watched = Watched {
+            pids: [cluster.engine.pid(), None, None, running.pid()],
+            postgres: false,
+        };
+        for (scenario, model, stream) in plan {
+            let row = match target(&running.url, running.key.as_deref(), model, stream) {
+                Ok(target) => measure(scenario, label, c, &target, timing, false, watched).await,
+                Err(error) => Err(error),
+            };
+            rows.push(row.unwrap_or_else(|e| skipped(scenario, label, c, e.to_string())));
+        }
+        running.stop().await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    (rows, found_all)
+}
+
+/// Scenario 5: the club's path recording on PostgreSQL, scenarios 1 and 2 at c=16.
+async fn run_postgres(settings: &Settings, server: Option<&str>) -> Vec<Row> {
+    let c = PEER_CONCURRENCY;
+    let plan = [(WHOLE, WHOLE_MODEL, false), (STREAM, STREAM_MODEL, true)];
+    let skip_all = |why: String| -> Vec<Row> {
+        plan.iter()
+            .map(|(scenario, _, _)| skipped(scenario, CLUB_PG, c, why.clone()))
+            .collect()
+    };
+    let Some(server) = server else {
+        return skip_all(
+            "no PostgreSQL URL (--postgres URL or CLUB_BENCH_DATABASE_URL; scripts/postgres.sh starts one)"
+                .into(),
+        );
+    };
+    let database = match pg::BenchDatabase::create(server).await {
+        Ok(database) => database,
+        Err(error) => return skip_all(format!("cannot create the bench database: {error}")),
+    };
+    eprintln!("5 postgres: database {}", database.name());
+    let rows = match Cluster::start("postgres", Some(&database.url)).await {
+        Ok(cluster) => {
+            let watched = Watched {
+                postgres: true,
+                ..Watched::cluster(&cluster)
+            };
+            let mut rows = Vec::new();
+            for (scenario, model, stream) in plan {
+                let row = match target(&cluster.coordinator.url, Some(&cluster.key), model, stream)
+                {
+                    Ok(target) => {
+                        let timing = (settings.seconds, settings.warmup);
+                        measure(scenario, CLUB_PG, c, &target, timing, false, watched).await
+                    }
+                    Err(error) => Err(error),
+                };
+                rows.push(row.unwrap_or_else(|e| skipped(scenario, CLUB_PG, c, e.to_string())));
+            }
+            cluster.stop().await;
+            rows
+        }
+        Err(error) => skip_all(format!("the cluster did not start: {error}")),
+    };
+    database.drop_database().await;
+    rows
 }
 
 fn cpu_cell(row: &Row) -> String {
     let c = &row.cpu;
     if row.path == "direct" {
         format!("{:.0} / – / –", c.engine_us)
-    } else {
+    } else if row.path == CLUB {
         format!(
             "{:.0} / {:.0} / {:.0}",
             c.engine_us, c.coordinator_us, c.node_us
         )
+    } else if row.path == CLUB_PG {
+        format!(
+            "{:.0} / {:.0} / {:.0} (PostgreSQL {:.0})",
+            c.engine_us, c.coordinator_us, c.node_us, c.peer_us
+        )
+    } else {
+        format!("{:.0} / peer {:.0}", c.engine_us, c.peer_us)
     }
 }
 
@@ -432,34 +785,59 @@ fn diff(a: u64, b: u64) -> i64 {
     i64::try_from(a).unwrap_or(i64::MAX) - i64::try_from(b).unwrap_or(i64::MAX)
 }
 
+/// A table row for a row that was not measured: its reason, then dashes.
+fn skipped_line(row: &Row, columns: usize) -> Option<String> {
+    let why = row.skipped.as_ref()?;
+    let dashes = vec!["–"; columns.saturating_sub(3)].join(" | ");
+    Some(format!(
+        "| {} | {} | **skipped: {}** | {} |",
+        row.path, row.concurrency, why, dashes
+    ))
+}
+
 fn print_report(report: &Report) {
     let m = &report.machine;
     println!();
     println!("machine: {} × {} CPUs ({})", m.cpu_model, m.cpus, m.os);
     println!("club path: {}", report.club_path);
     println!(
-        "{} s measured per row after {} s warm-up",
-        report.settings.seconds, report.settings.warmup
+        "{} s measured per row after {} s warm-up (LiteLLM: {} s)",
+        report.settings.seconds, report.settings.warmup, report.settings.litellm_seconds
     );
-    let whole: Vec<&Row> = report
-        .rows
-        .iter()
-        .filter(|r| r.scenario == "1 whole")
-        .collect();
+    if !report.peers.is_empty() {
+        let list: Vec<String> = report
+            .peers
+            .iter()
+            .map(|p| format!("{} {}", p.name, p.version.as_deref().unwrap_or("?")))
+            .collect();
+        println!("peers: {}", list.join(", "));
+    }
+    let rows_of = |scenario: &str| -> Vec<&Row> {
+        report
+            .rows
+            .iter()
+            .filter(|r| r.scenario == scenario)
+            .collect()
+    };
+    let whole = rows_of(WHOLE);
     if !whole.is_empty() {
         println!();
-        println!("## 1. whole responses (16-token answers)");
+        println!("## 1. whole responses (16-token answers); scenario 5 and the peers at c=16");
         println!(
-            "| path | c | requests | errors | requests/s | p50 ms | p99 ms | ratio to direct | added p50 ms | CPU µs/request engine / coordinator / node |"
+            "| path | c | requests | errors | requests/s | p50 ms | p99 ms | ratio to direct | added p50 ms | CPU µs/request engine / coordinator / node (or peer) |"
         );
         println!("|---|---|---|---|---|---|---|---|---|---|");
         for row in whole {
+            if let Some(line) = skipped_line(row, 10) {
+                println!("{line}");
+                continue;
+            }
             let o = &row.outcome;
             let direct = report.find(row.scenario, "direct", row.concurrency);
             let ratio = direct.map_or(0.0, |d| o.requests_per_s / d.requests_per_s.max(1e-9));
             let added = direct.map_or(0, |d| diff(o.latency.p50_us, d.latency.p50_us));
             println!(
-                "| {} | {} | {} | {} | {:.0} | {} | {} | {:.2} | {} | {} |",
+                "| {} | {} | {} | {} | {:.0} | {} | {} | {:.3} | {} | {} |",
                 row.path,
                 row.concurrency,
                 o.ok,
@@ -473,19 +851,19 @@ fn print_report(report: &Report) {
             );
         }
     }
-    let streams: Vec<&Row> = report
-        .rows
-        .iter()
-        .filter(|r| r.scenario == "2 stream")
-        .collect();
+    let streams = rows_of(STREAM);
     if !streams.is_empty() {
         println!();
-        println!("## 2. streams of 100 chunks");
+        println!("## 2. streams of 100 chunks; scenario 5 and the peers at c=16");
         println!(
-            "| path | c | streams | errors | streams/s | chunks/s | first chunk p50 ms | p99 ms | added p50 / p99 ms | chunks/s ratio | CPU µs/stream engine / coordinator / node |"
+            "| path | c | streams | errors | streams/s | chunks/s | first chunk p50 ms | p99 ms | added p50 / p99 ms | chunks/s ratio | CPU µs/stream engine / coordinator / node (or peer) |"
         );
         println!("|---|---|---|---|---|---|---|---|---|---|---|");
         for row in streams {
+            if let Some(line) = skipped_line(row, 11) {
+                println!("{line}");
+                continue;
+            }
             let o = &row.outcome;
             let direct = report.find(row.scenario, "direct", row.concurrency);
             let ratio = direct.map_or(0.0, |d| o.chunks_per_s / d.chunks_per_s.max(1e-9));
@@ -496,7 +874,7 @@ fn print_report(report: &Report) {
                 )
             });
             println!(
-                "| {} | {} | {} | {} | {:.0} | {:.0} | {} | {} | {} / {} | {:.2} | {} |",
+                "| {} | {} | {} | {} | {:.0} | {:.0} | {} | {} | {} / {} | {:.3} | {} |",
                 row.path,
                 row.concurrency,
                 o.ok,
@@ -512,11 +890,7 @@ fn print_report(report: &Report) {
             );
         }
     }
-    let paced: Vec<&Row> = report
-        .rows
-        .iter()
-        .filter(|r| r.scenario == "3 paced")
-        .collect();
+    let paced = rows_of(PACED);
     if !paced.is_empty() {
         println!();
         println!("## 3. paced streams (100 chunks, one every 5 ms)");
@@ -551,6 +925,9 @@ fn print_report(report: &Report) {
             );
         }
     }
+    if let Some(links) = &report.links {
+        print_links(links);
+    }
     if !report.targets.is_empty() {
         println!();
         println!("## targets (issue 8)");
@@ -568,6 +945,66 @@ fn print_report(report: &Report) {
     println!();
 }
 
+fn seconds_cell(s: Option<f64>) -> String {
+    s.map_or_else(|| "not reached".to_owned(), |s| format!("{s:.1} s"))
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+fn print_links(l: &swarm::LinksOutcome) {
+    println!();
+    println!("## 4. idle node links (coordinator on SQLite, heartbeat every 10 s)");
+    if let Some(why) = &l.lowered {
+        println!("**N {why}**");
+    }
+    if let Some(error) = &l.error {
+        println!("**error: {error}**");
+    }
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!("| links (asked) | {} ({}) |", l.links, l.asked);
+    println!(
+        "| linked at first / time for all | {} / {} |",
+        l.linked_first,
+        seconds_cell(l.first_link_s)
+    );
+    println!(
+        "| coordinator RSS before any link | {} |",
+        mib(l.rss_before_kib)
+    );
+    println!(
+        "| coordinator RSS with {} idle links | {} |",
+        l.linked_first,
+        mib(l.rss_linked_kib)
+    );
+    println!("| per link | {:.1} KiB |", l.bytes_per_link as f64 / 1024.0);
+    println!(
+        "| coordinator CPU while idle ({:.0} s) | {:.1} % of one core |",
+        l.idle_window_s, l.idle_cpu_percent
+    );
+    println!(
+        "| the nodes' process RSS (all links, for scale) | {} |",
+        mib(l.swarm_rss_kib)
+    );
+    println!(
+        "| restart (SIGKILL → listening again) | {} |",
+        seconds_cell(l.restart_listening_s)
+    );
+    println!(
+        "| reconnected after the SIGKILL: 50 % / 99 % / all | {} / {} / {} |",
+        seconds_cell(l.reconnect_p50_s),
+        seconds_cell(l.reconnect_p99_s),
+        seconds_cell(l.reconnect_all_s)
+    );
+    println!("| linked again at the end | {} |", l.relinked);
+    println!(
+        "| coordinator RSS after the reconnection | {} |",
+        mib(l.rss_relinked_kib)
+    );
+}
+
 /// Scenario 3's engine pace, µs.
 const PACE_US: u64 = 5_000;
 
@@ -582,28 +1019,52 @@ fn verdicts(report: &Report) -> Vec<Verdict> {
         return out;
     }
     if let (Some(d), Some(c)) = (
-        report.find("1 whole", "direct", 16),
-        report.find("1 whole", "club", 16),
+        report.find(WHOLE, "direct", 16),
+        report.find(WHOLE, CLUB, 16),
     ) {
         let ratio = c.requests_per_s / d.requests_per_s.max(1e-9);
-        out.push(Verdict {
-            target: format!(
-                "whole c=16: requests/s at least vllm-router's one hop (its ratio to direct in the issue: {VLLM_ROUTER_RATIO:.2})"
-            ),
-            measured: format!(
-                "{:.0}/s = {ratio:.2} of direct ({:.0}/s)",
-                c.requests_per_s, d.requests_per_s
-            ),
-            met: ratio >= VLLM_ROUTER_RATIO,
-        });
-        out.push(Verdict {
-            target: format!(
-                "whole c=16: at least 100× LiteLLM (ratio ≥ {:.3})",
-                100.0 * LITELLM_RATIO
-            ),
-            measured: format!("{:.0}× LiteLLM's ratio", ratio / LITELLM_RATIO),
-            met: ratio >= 100.0 * LITELLM_RATIO,
-        });
+        match report.find(WHOLE, peers::Kind::VllmRouter.label(), 16) {
+            Some(v) => out.push(Verdict {
+                target: "whole c=16: requests/s at least vllm-router's one hop (measured in this run)".into(),
+                measured: format!(
+                    "club {:.0}/s vs vllm-router {:.0}/s = {:.2}×",
+                    c.requests_per_s,
+                    v.requests_per_s,
+                    c.requests_per_s / v.requests_per_s.max(1e-9)
+                ),
+                met: c.requests_per_s >= v.requests_per_s,
+            }),
+            None => out.push(Verdict {
+                target: format!(
+                    "whole c=16: requests/s at least vllm-router's one hop (not measured here: its ratio to direct in the issue, {VLLM_ROUTER_RATIO:.2})"
+                ),
+                measured: format!(
+                    "{:.0}/s = {ratio:.3} of direct ({:.0}/s)",
+                    c.requests_per_s, d.requests_per_s
+                ),
+                met: ratio >= VLLM_ROUTER_RATIO,
+            }),
+        }
+        match report.find(WHOLE, peers::Kind::Litellm.label(), 16) {
+            Some(l) => out.push(Verdict {
+                target: "whole c=16: at least 100× LiteLLM's requests/s (measured in this run)".into(),
+                measured: format!(
+                    "club {:.0}/s vs LiteLLM {:.1}/s = {:.0}×",
+                    c.requests_per_s,
+                    l.requests_per_s,
+                    c.requests_per_s / l.requests_per_s.max(1e-9)
+                ),
+                met: c.requests_per_s >= 100.0 * l.requests_per_s,
+            }),
+            None => out.push(Verdict {
+                target: format!(
+                    "whole c=16: at least 100× LiteLLM (not measured here: ratio ≥ {:.3}, from the issue)",
+                    100.0 * LITELLM_RATIO
+                ),
+                measured: format!("{:.0}× LiteLLM's ratio", ratio / LITELLM_RATIO),
+                met: ratio >= 100.0 * LITELLM_RATIO,
+            }),
+        }
         let added = diff(c.latency.p50_us, d.latency.p50_us);
         out.push(Verdict {
             target: "whole c=16: added p50 latency < 0.5 ms".into(),
@@ -612,8 +1073,8 @@ fn verdicts(report: &Report) -> Vec<Verdict> {
         });
     }
     if let (Some(d), Some(c)) = (
-        report.find("2 stream", "direct", 16),
-        report.find("2 stream", "club", 16),
+        report.find(STREAM, "direct", 16),
+        report.find(STREAM, CLUB, 16),
     ) {
         let a50 = diff(c.ttfc.p50_us, d.ttfc.p50_us);
         let a99 = diff(c.ttfc.p99_us, d.ttfc.p99_us);
@@ -642,7 +1103,7 @@ fn verdicts(report: &Report) -> Vec<Verdict> {
     for row in report
         .rows
         .iter()
-        .filter(|r| r.scenario == "3 paced" && r.path == "club")
+        .filter(|r| r.scenario == PACED && r.path == CLUB)
     {
         let jitter = diff(row.outcome.gap.p99_us, PACE_US);
         out.push(Verdict {
@@ -652,6 +1113,34 @@ fn verdicts(report: &Report) -> Vec<Verdict> {
             ),
             measured: format!("p99 gap − pace = {} ms", signed_ms(jitter)),
             met: jitter <= 5_000 && row.outcome.errors == 0,
+        });
+    }
+    if let Some(l) = &report.links
+        && l.error.is_none()
+    {
+        let mb = l.rss_linked_kib as f64 * 1024.0 / 1e6;
+        out.push(Verdict {
+            target: "10,000 idle node links in under 300 MB of coordinator memory".into(),
+            measured: format!(
+                "{mb:.0} MB (RSS) with {} links{}",
+                l.linked_first,
+                if l.linked_first < 10_000 {
+                    " (fewer than 10,000: see scenario 4)"
+                } else {
+                    ""
+                }
+            ),
+            met: mb < 300.0 && l.linked_first >= 10_000,
+        });
+        out.push(Verdict {
+            target: "all links back within 30 s of a coordinator restart".into(),
+            measured: format!(
+                "{} of {} back; all after {}",
+                l.relinked,
+                l.links,
+                seconds_cell(l.reconnect_all_s)
+            ),
+            met: l.reconnect_all_s.is_some_and(|s| s < 30.0) && l.links >= 10_000,
         });
     }
     out

@@ -29,6 +29,11 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// (images included), so this is larger than the coordinator's usual body limit needs.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
+/// The read and write buffers each side keeps per link, in bytes. Most links are idle most of
+/// the time, so they are small (a coordinator holds thousands); a larger message grows the read
+/// buffer while it is read.
+pub const BUFFER_BYTES: usize = 4 * 1024;
+
 /// The interval at which nodes heartbeat unless the coordinator says otherwise.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 

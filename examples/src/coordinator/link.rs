@@ -35,6 +35,8 @@ pub async fn upgrade(
     };
     ws.max_message_size(link::MAX_MESSAGE_BYTES)
         .max_frame_size(link::MAX_MESSAGE_BYTES)
+        .read_buffer_size(link::BUFFER_BYTES)
+        .write_buffer_size(link::BUFFER_BYTES)
         .on_upgrade(move |socket| serve(state, caller, socket))
 }
 

@@ -83,6 +83,8 @@ pub(crate) async fn connect(config: &NodeConfig) -> Result<WsStream, ConnectErro
     let mut ws_config = tungstenite::protocol::WebSocketConfig::default();
     ws_config.max_message_size = Some(link::MAX_MESSAGE_BYTES);
     ws_config.max_frame_size = Some(link::MAX_MESSAGE_BYTES);
+    ws_config.read_buffer_size = link::BUFFER_BYTES;
+    ws_config.write_buffer_size = link::BUFFER_BYTES;
     let connecting = tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true);
     match tokio::time::timeout(config.connect_timeout, connecting).await {
         Err(_) => Err(ConnectError::Failed(format!(

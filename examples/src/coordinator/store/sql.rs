@@ -17,11 +17,9 @@ use super::StoreError;
 
 /// How each SQLite connection is set up: wait up to 10 s for a lock, write-ahead log (readers
 /// never block the writer; commits durable against a crash of the process, synced at
-/// checkpoints), foreign keys enforced, and the file read through a memory map of up to
-/// 256 MiB rather than a `pread` per page.
+/// checkpoints), foreign keys enforced.
 const SQLITE_PRAGMAS: &str = "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
-                              PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
-                              PRAGMA mmap_size = 268435456;";
+                              PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;";
 
 /// The database behind a store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -136,7 +136,7 @@ impl Coordinator {
             .route("/metrics", get(metrics_text))
             .merge(club_api::routes())
             .merge(accounts::routes())
-            .merge(web::routes(self.clone()))
+            .merge(web::routes())
             .fallback(web::fallback)
             .layer(axum::middleware::from_fn_with_state(
                 self.clone(),

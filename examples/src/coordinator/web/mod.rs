@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -59,7 +59,7 @@ pub fn checks_own_csrf(method: &Method, path: &str) -> bool {
 }
 
 /// The web's routes (merged into the coordinator's application).
-pub fn routes(state: Arc<Coordinator>) -> Router<Arc<Coordinator>> {
+pub fn routes() -> Router<Arc<Coordinator>> {
     Router::new()
         .route("/", get(public::feed))
         .route("/r/{id}", get(public::request_page))
@@ -94,11 +94,11 @@ pub fn routes(state: Arc<Coordinator>) -> Router<Arc<Coordinator>> {
         .route("/static/club.js", get(assets::script))
         .route("/static/icon.svg", get(assets::icon))
         .route("/favicon.ico", get(assets::icon))
-        .layer(axum::middleware::from_fn_with_state(state, timed))
+        .layer(axum::middleware::from_fn(timed))
 }
 
 /// Middleware: `Server-Timing: app;dur=<ms>`, the server's time on the page.
-async fn timed(State(_): State<Arc<Coordinator>>, request: Request, next: Next) -> Response {
+async fn timed(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let mut response = next.run(request).await;
     let ms = started.elapsed().as_secs_f64() * 1000.0;

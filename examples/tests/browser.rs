@@ -213,6 +213,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_uses_the_club_in_a_browser() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let Some(mut driver) = Driver::start().await else {
         return;
     };

@@ -39,7 +39,7 @@ fn record(i: usize, consumer: &str, at: chrono::DateTime<chrono::Utc>) -> Value 
         1 => "unlisted",
         _ => "public",
     };
-    let model = if i % 3 == 0 { "qwen3-8b" } else { "echo" };
+    let model = if i.is_multiple_of(3) { "qwen3-8b" } else { "echo" };
     let prompt = format!(
         "Question {i}: explain, in a few paragraphs, how a coordinator routes requests to nodes \
          that members run on their own hardware, and what it records."
@@ -48,7 +48,7 @@ fn record(i: usize, consumer: &str, at: chrono::DateTime<chrono::Utc>) -> Value 
                   a node that serves the model and has room. "
         .repeat(8);
     let ms = |n: i64| at + chrono::Duration::milliseconds(n);
-    let failed = i % 25 == 0;
+    let failed = i.is_multiple_of(25);
     json!({
         "id": uuid::Uuid::now_v7().to_string(),
         "consumer": consumer,
@@ -122,7 +122,7 @@ pub async fn measure(records: usize, rounds: usize) -> Result<Vec<PageTiming>, B
     let mut inserts = futures_util::stream::iter(0..records)
         .map(|i| {
             let store = store.clone();
-            let consumer = if i % 2 == 0 { "ada" } else { "grace" };
+            let consumer = if i.is_multiple_of(2) { "ada" } else { "grace" };
             let value = record(i, consumer, start + chrono::Duration::seconds(i as i64));
             async move {
                 let record = serde_json::from_value(value)?;

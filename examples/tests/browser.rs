@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use browser_support::{Browser, Driver};
+use browser_support::Driver;
 use fake_github::{CLIENT_ID, CLIENT_SECRET, FakeGitHub};
 use inference_club_core::manifest::{
     Agent, Gpu, GpuVendor, Host, Model as ManifestModel, Service, ServiceManifest,

@@ -479,3 +479,218 @@ async fn a_member_uses_the_club_in_a_browser() {
     anon.close().await;
     driver.stop().await;
 }
+
+/// A page as a plain HTTP client sees it: status, content type, body.
+async fn page(url: &str, session: Option<&str>) -> (u16, String, String) {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let mut request = http.get(url);
+    if let Some(token) = session {
+        request = request.header("cookie", format!("club_session={token}"));
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let kind = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, kind, response.text().await.unwrap())
+}
+
+/// Posts a form with the session cookie.
+async fn post_form(url: &str, session: &str, fields: &[(&str, &str)]) -> (u16, String) {
+    let response = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(url)
+        .header("cookie", format!("club_session={session}"))
+        .form(fields)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
+/// Without a browser: the pages show only what the API would, unknown pages are HTML 404s
+/// (the API keeps its JSON), every page has its headers, and a form without the session's CSRF
+/// token, or from someone else, changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_show_only_what_the_api_would_and_forms_need_the_csrf_token() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let club = Club::start().await;
+    let grace = club.store.user_by_handle("grace").await.unwrap().unwrap();
+    let (_, key) = club
+        .store
+        .create_key(grace.id, "laptop", Scopes::only(Scope::Inference))
+        .await
+        .unwrap();
+    let public = club.chat(&key, "a public question").await;
+    let unlisted = club.chat(&key, "an unlisted question").await;
+    let private = club.chat(&key, "a private question").await;
+    for (id, visibility) in [
+        (unlisted, Visibility::Unlisted),
+        (private, Visibility::Private),
+    ] {
+        assert!(
+            club.store
+                .set_visibility(id, grace.id, visibility)
+                .await
+                .unwrap()
+        );
+    }
+    let (grace_session, grace_token) = club.store.create_session(grace.id).await.unwrap();
+    let stranger = club.store.create_user("mallory", None).await.unwrap();
+    let (stranger_session, stranger_token) = club.store.create_session(stranger.id).await.unwrap();
+
+    // The feed and the profile: public only, for anyone (even the owner).
+    for session in [None, Some(grace_token.as_str())] {
+        for path in ["/", "/u/grace", "/models/echo"] {
+            let (status, kind, html) = page(&club.at(path), session).await;
+            assert_eq!(status, 200, "{path}");
+            assert!(kind.starts_with("text/html"), "{kind}");
+            assert!(html.contains("a public question"), "{path}");
+            assert!(!html.contains("an unlisted question"), "{path}");
+            assert!(!html.contains("a private question"), "{path}");
+            assert!(
+                html.contains("Requests are public by default"),
+                "the banner"
+            );
+        }
+    }
+    // A request's page: public and unlisted for anyone; private for its owner only.
+    for (id, anyone) in [(public, true), (unlisted, true), (private, false)] {
+        let url = club.at(&format!("/r/{id}"));
+        for session in [None, Some(stranger_token.as_str())] {
+            let (status, kind, html) = page(&url, session).await;
+            assert_eq!(status, if anyone { 200 } else { 404 }, "{id}");
+            assert!(kind.starts_with("text/html"));
+            if !anyone {
+                assert!(!html.contains("a private question"));
+            }
+        }
+        let (status, _, _) = page(&url, Some(&grace_token)).await;
+        assert_eq!(status, 200);
+    }
+    let (status, _, html) = page(&club.at("/r/not-an-id"), None).await;
+    assert_eq!(status, 404);
+    assert!(html.contains("Not found"));
+
+    // Unknown pages are HTML; unknown API routes keep the JSON envelope.
+    let (status, kind, _) = page(&club.at("/no/such/page"), None).await;
+    assert_eq!((status, kind.starts_with("text/html")), (404, true));
+    let (status, kind, body) = page(&club.at("/api/v1/no-such-route"), None).await;
+    assert_eq!(status, 404);
+    assert!(kind.starts_with("application/json"));
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["error"]["code"], "unknown_route");
+
+    // Headers: a strict CSP (own assets only), Server-Timing; personal pages are not cached.
+    let response = reqwest::get(club.at("/")).await.unwrap();
+    let csp = response.headers()["content-security-policy"]
+        .to_str()
+        .unwrap();
+    assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'"));
+    assert!(
+        response.headers()["server-timing"]
+            .to_str()
+            .unwrap()
+            .starts_with("app;dur=")
+    );
+    let css = reqwest::get(club.at("/static/club.css")).await.unwrap();
+    assert_eq!(css.headers()["content-type"], "text/css; charset=utf-8");
+    let http = reqwest::Client::new();
+    let dashboard = http
+        .get(club.at("/dashboard"))
+        .header("cookie", format!("club_session={grace_token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(dashboard.status(), 200);
+    assert_eq!(dashboard.headers()["cache-control"], "no-store");
+    let (status, _, html) = page(&club.at("/dashboard"), None).await;
+    assert_eq!(status, 401);
+    assert!(html.contains("/auth/github?next=%2Fdashboard"));
+
+    // Forms: without the CSRF token, with another session's, or from a stranger: nothing
+    // changes.
+    let delete = club.at(&format!("/dashboard/requests/{public}/delete"));
+    let (status, _) = post_form(&delete, &grace_token, &[]).await;
+    assert_eq!(status, 403, "no token");
+    let (status, _) = post_form(
+        &delete,
+        &grace_token,
+        &[("csrf_token", &stranger_session.csrf_token)],
+    )
+    .await;
+    assert_eq!(status, 403, "another session's token");
+    let (status, _) = post_form(
+        &delete,
+        &stranger_token,
+        &[("csrf_token", &stranger_session.csrf_token)],
+    )
+    .await;
+    assert_eq!(status, 404, "not theirs");
+    let visibility = club.at(&format!("/dashboard/requests/{public}/visibility"));
+    let (status, _) = post_form(
+        &visibility,
+        &stranger_token,
+        &[
+            ("csrf_token", stranger_session.csrf_token.as_str()),
+            ("visibility", "private"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 404, "not theirs");
+    assert_eq!(club.visibility(public).await, Some(Visibility::Public));
+    let (status, _) = post_form(
+        &visibility,
+        &grace_token,
+        &[
+            ("csrf_token", grace_session.csrf_token.as_str()),
+            ("visibility", "secret"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 400, "not a visibility");
+    assert_eq!(club.visibility(public).await, Some(Visibility::Public));
+    // A form larger than the limit is refused.
+    let big = "x".repeat(8 * 1024);
+    let (status, _) = post_form(
+        &club.at("/dashboard/keys"),
+        &grace_token,
+        &[
+            ("csrf_token", grace_session.csrf_token.as_str()),
+            ("name", &big),
+        ],
+    )
+    .await;
+    assert_eq!(status, 413);
+    let keys = club.store.list_keys(grace.id).await.unwrap();
+    assert_eq!(keys.len(), 2, "the node's key and the laptop's, no new one");
+    // The owner, with the token, deletes.
+    let (status, _) = post_form(
+        &delete,
+        &grace_token,
+        &[("csrf_token", &grace_session.csrf_token)],
+    )
+    .await;
+    assert_eq!(status, 303);
+    assert!(club.store.record(public).await.unwrap().is_none());
+    // Account deletion needs the handle typed.
+    let (status, _) = post_form(
+        &club.at("/dashboard/account/delete"),
+        &grace_token,
+        &[
+            ("csrf_token", grace_session.csrf_token.as_str()),
+            ("confirm", "someone"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(club.store.user_by_handle("grace").await.unwrap().is_some());
+}

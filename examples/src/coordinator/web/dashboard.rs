@@ -218,7 +218,7 @@ pub async fn requests(
                                 td.num { (layout::tokens(record)) }
                                 td.num { (layout::millis(record.timing.latency_ms())) }
                                 td { (visibility_form(&record.id.to_string(), record.visibility, Some(&viewer), &base)) }
-                                td { a.danger href={ "/dashboard/requests/" (record.id) "/delete" } { "Delete…" } }
+                                td { a.danger href={ "/dashboard/requests/" (record.id) "/delete" } aria-label={ "Delete the request of " (layout::time_text(record.timing.received_at)) } { "Delete…" } }
                             }
                         }
                     }

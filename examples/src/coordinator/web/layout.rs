@@ -132,9 +132,14 @@ pub(crate) fn error_page(error: &WebError) -> Markup {
 pub(crate) fn time(at: DateTime<Utc>) -> Markup {
     html! {
         time datetime=(at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)) {
-            (at.format("%Y-%m-%d %H:%M:%S UTC"))
+            (time_text(at))
         }
     }
+}
+
+/// A time as `2026-05-29 14:03:07 UTC`, as text.
+pub(crate) fn time_text(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
 /// Milliseconds as `850 ms` or `2.4 s`; `—` when unknown.

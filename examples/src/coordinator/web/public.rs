@@ -96,8 +96,14 @@ pub async fn feed(
     RawQuery(query): RawQuery,
 ) -> Result<Response, WebError> {
     let viewer = viewer(&state, &headers).await?;
-    let params = list_params(query.as_deref())?;
     let model = query_value(query.as_deref(), "model");
+    let cursor = query_value(query.as_deref(), "cursor");
+    // Only the feed's own parameters: anything else a link adds is ignored.
+    let known = with_query(
+        "",
+        &[("model", model.as_deref()), ("cursor", cursor.as_deref())],
+    );
+    let params = list_params(known.strip_prefix('?'))?;
     let record_query = params
         .apply(RecordQuery::public_feed(), false)
         .map_err(WebError::from)?;
@@ -323,10 +329,8 @@ pub async fn profile_page(
     let Some(member) = state.store.user_by_handle(handle).await? else {
         return Err(WebError::not_found("member"));
     };
-    let mut params = ListParams::default();
-    if let Some(cursor) = query_value(query, "cursor") {
-        params = list_params(Some(&with_query("", &[("cursor", Some(&cursor))])[1..]))?;
-    }
+    let cursor = query_value(query, "cursor");
+    let params = list_params(with_query("", &[("cursor", cursor.as_deref())]).strip_prefix('?'))?;
     let record_query = params
         .apply(
             RecordQuery::made_by(member.id).with_visibility(Visibility::Public),

@@ -1,5 +1,5 @@
 //! The HTML of sign-in, kept in one place: the new member's confirmation form, in the web's
-//! frame ([`web`](crate::coordinator::web)).
+//! frame ([`crate::coordinator::web`]).
 
 use axum::http::StatusCode;
 use axum::response::Response;

@@ -217,7 +217,7 @@ pub async fn requests(
                                 td { (layout::status(record.status())) }
                                 td.num { (layout::tokens(record)) }
                                 td.num { (layout::millis(record.timing.latency_ms())) }
-                                td { (visibility_form(&record.id.to_string(), record.visibility, Some(&viewer), &base)) }
+                                td { (visibility_form(&record.id.to_string(), record.visibility, Some(&viewer), &base, true)) }
                                 td { a.danger href={ "/dashboard/requests/" (record.id) "/delete" } aria-label={ "Delete the request of " (layout::time_text(record.timing.received_at)) } { "Delete…" } }
                             }
                         }

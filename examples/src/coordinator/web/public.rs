@@ -198,7 +198,7 @@ fn request_body(stored: &StoredRecord, viewer: Option<&Viewer>, path: &str) -> M
         @if owner {
             section.owner aria-labelledby="yours" {
                 h2 #yours { "Yours" }
-                (visibility_form(&record.id.to_string(), record.visibility, viewer, path))
+                (visibility_form(&record.id.to_string(), record.visibility, viewer, path, false))
                 p { a.danger href={ "/dashboard/requests/" (record.id) "/delete" } { "Delete this request…" } }
             }
         }
@@ -297,6 +297,7 @@ pub(crate) fn visibility_form(
     current: Visibility,
     viewer: Option<&Viewer>,
     back: &str,
+    hide_label: bool,
 ) -> Markup {
     let field = format!("vis-{id}");
     html! {
@@ -304,7 +305,7 @@ pub(crate) fn visibility_form(
             form.inline method="post" action={ "/dashboard/requests/" (id) "/visibility" } {
                 input type="hidden" name="csrf_token" value=(viewer.csrf_token);
                 input type="hidden" name="back" value=(back);
-                label for=(field) { "Visibility" }
+                label for=(field) class=[hide_label.then_some("visually-hidden")] { "Visibility" }
                 select #(field) name="visibility" {
                     @for v in [Visibility::Public, Visibility::Unlisted, Visibility::Private] {
                         option value=(v.as_str()) selected[v == current] { (v.as_str()) }

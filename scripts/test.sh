@@ -27,6 +27,10 @@ if [[ -z ${CLUB_TEST_NO_SERVICES:-} ]]; then
     log "preparing the OpenAI Python SDK venv"
     line="$(scripts/python-sdk.sh | tail -n 1)"
     export "${line?}"
+    if [[ -x scripts/browser.sh ]]; then
+        log "locating Chromium and chromedriver for the browser tests"
+        while IFS= read -r line; do export "${line?}"; done < <(scripts/browser.sh | tail -n 2)
+    fi
     if [[ -x scripts/postgres.sh ]]; then
         log "starting PostgreSQL"
         line="$(scripts/postgres.sh | tail -n 1)"

@@ -9,6 +9,8 @@
 //! - [`accounts`]: GitHub sign-in (web and device flows) and browser sessions.
 //! - [`auth`]: API keys, session cookies and scopes; [`error`]: errors in the OpenAI envelope;
 //!   [`metrics`]: Prometheus metrics; [`limits`]: rate, concurrency and size limits.
+//! - [`web`]: the club on the web (server-rendered pages: feed, requests, profiles, providers,
+//!   models, dashboard, playground, terms).
 
 pub mod accounts;
 pub mod api;
@@ -21,6 +23,7 @@ pub mod link;
 pub mod metrics;
 pub mod nodes;
 pub mod store;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -133,7 +136,8 @@ impl Coordinator {
             .route("/metrics", get(metrics_text))
             .merge(club_api::routes())
             .merge(accounts::routes())
-            .fallback(not_found)
+            .merge(web::routes())
+            .fallback(web::fallback)
             .layer(axum::middleware::from_fn_with_state(
                 self.clone(),
                 accounts::session::csrf_guard,
@@ -163,10 +167,6 @@ async fn metrics_text(State(state): State<Arc<Coordinator>>) -> impl IntoRespons
         )],
         state.metrics.render(),
     )
-}
-
-async fn not_found() -> error::ApiError {
-    error::ApiError::not_found("unknown_route", "no such route")
 }
 
 /// Serves `app` on `listener` until `shutdown` is cancelled. Prints `listening on http://ADDR`

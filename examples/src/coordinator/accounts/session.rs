@@ -136,7 +136,8 @@ fn changes_state(method: &Method) -> bool {
 
 /// Middleware: a state-changing request authenticated by the session cookie (no bearer key)
 /// must carry `x-csrf-token` equal to the session's token; 403 `csrf_failed` otherwise, and
-/// the handler does not run. `/auth/*` routes check their own (a form field or the header).
+/// the handler does not run. `/auth/*` routes check their own (a form field or the header), as
+/// do the web pages' HTML forms ([`web::checks_own_csrf`](crate::coordinator::web::checks_own_csrf)).
 pub async fn csrf_guard(
     State(state): State<Arc<Coordinator>>,
     request: Request,
@@ -144,6 +145,7 @@ pub async fn csrf_guard(
 ) -> Response {
     let guarded = changes_state(request.method())
         && !request.uri().path().starts_with("/auth/")
+        && !crate::coordinator::web::checks_own_csrf(request.method(), request.uri().path())
         && auth::bearer(request.headers()).is_none()
         && cookie(request.headers(), SESSION_COOKIE).is_some();
     if guarded {

@@ -133,20 +133,34 @@ pub async fn update_me(
 ) -> Result<Response, ApiError> {
     let caller = account(&state, &headers).await?;
     let settings: Settings = json_body(body).await?;
-    if settings.default_visibility.is_none() && settings.routing_preference.is_none() {
+    let user = change_settings(
+        &state,
+        caller.user,
+        settings.default_visibility.as_deref(),
+        settings.routing_preference.as_deref(),
+    )
+    .await?;
+    Ok(axum::Json(MeView::from(user)).into_response())
+}
+
+/// Changes a member's settings (the rules of `PATCH /api/v1/me`, shared with the dashboard):
+/// every value is checked before anything changes; at least one must be given.
+pub(crate) async fn change_settings(
+    state: &Coordinator,
+    user: User,
+    default_visibility: Option<&str>,
+    routing_preference: Option<&str>,
+) -> Result<User, ApiError> {
+    if default_visibility.is_none() && routing_preference.is_none() {
         return Err(ApiError::bad_request(
             "nothing_to_change",
             "send the settings to change: {\"default_visibility\": \"public\" | \"unlisted\" | \"private\", \"routing_preference\": \"any\" | \"prefer_own\" | \"only_own\"}",
         ));
     }
-    let visibility = settings
-        .default_visibility
-        .as_deref()
+    let visibility = default_visibility
         .map(super::parse_visibility)
         .transpose()?;
-    let preference = settings
-        .routing_preference
-        .as_deref()
+    let preference = routing_preference
         .map(|text| {
             text.parse::<RoutingPreference>().map_err(|error| {
                 ApiError::bad_request("invalid_routing_preference", error.to_string())
@@ -154,7 +168,7 @@ pub async fn update_me(
             })
         })
         .transpose()?;
-    let mut user = caller.user;
+    let mut user = user;
     if let Some(visibility) = visibility {
         user = state.store.update_settings(user.id, visibility).await?;
     }
@@ -164,7 +178,7 @@ pub async fn update_me(
             .set_routing_preference(user.id, preference)
             .await?;
     }
-    Ok(axum::Json(MeView::from(user)).into_response())
+    Ok(user)
 }
 
 /// What `DELETE /api/v1/me` answers.
@@ -191,14 +205,21 @@ pub async fn delete_me(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let caller = account(&state, &headers).await?;
+    Ok(axum::Json(delete_account(&state, caller.user).await?).into_response())
+}
+
+/// Deletes a member's account and everything of theirs (the rules of `DELETE /api/v1/me`,
+/// shared with the dashboard).
+pub(crate) async fn delete_account(
+    state: &Coordinator,
+    user: User,
+) -> Result<AccountDeleted, ApiError> {
     // Links first, so that no new job reaches their nodes while the account goes.
-    let disconnected = state
-        .nodes
-        .close_operator(caller.user.id, &caller.user.handle);
-    state.store.delete_user(caller.user.id).await?;
-    Ok(axum::Json(AccountDeleted {
+    let disconnected = state.nodes.close_operator(user.id, &user.handle);
+    state.store.delete_user(user.id).await?;
+    Ok(AccountDeleted {
         object: "club.account_deleted",
-        handle: caller.user.handle,
+        handle: user.handle,
         deleted: true,
         removed: vec![
             "account",
@@ -213,7 +234,6 @@ pub async fn delete_me(
                       copies others made of public content before deletion; requests others \
                       made that your nodes served stay theirs (without your handle)",
     })
-    .into_response())
 }
 
 /// `GET /api/v1/keys`: the member's live keys, newest first (prefix only).
@@ -280,30 +300,36 @@ pub async fn create_key(
         Err(throttled) => return Ok(throttled.into_response()),
     };
     let new: NewKey = json_body(body).await?;
-    let (name, scopes) = parse_new_key(new)?;
-    if state.store.list_keys(caller.user.id).await?.len() >= MAX_KEYS_PER_MEMBER {
-        return Err(ApiError::bad_request(
-            "too_many_keys",
-            format!("a member may hold at most {MAX_KEYS_PER_MEMBER} keys; revoke one first"),
-        ));
-    }
-    let (key, secret) = state
-        .store
-        .create_key(caller.user.id, &name, scopes)
-        .await?;
-    let mut response = (
-        StatusCode::CREATED,
-        axum::Json(CreatedKey {
-            key: KeyView::from(key),
-            secret,
-        }),
-    )
-        .into_response();
+    let created = create_key_for(&state, &caller.user, new.name, new.scopes).await?;
+    let mut response = (StatusCode::CREATED, axum::Json(created)).into_response();
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     rate.apply(response.headers_mut());
     Ok(response)
+}
+
+/// Creates a key for `user` (the rules of `POST /api/v1/keys`, shared with the dashboard; the
+/// caller checks the creation rate first): the name and scopes are checked, and a member holds
+/// at most [`MAX_KEYS_PER_MEMBER`].
+pub(crate) async fn create_key_for(
+    state: &Coordinator,
+    user: &User,
+    name: String,
+    scopes: Vec<String>,
+) -> Result<CreatedKey, ApiError> {
+    let (name, scopes) = parse_new_key(NewKey { name, scopes })?;
+    if state.store.list_keys(user.id).await?.len() >= MAX_KEYS_PER_MEMBER {
+        return Err(ApiError::bad_request(
+            "too_many_keys",
+            format!("a member may hold at most {MAX_KEYS_PER_MEMBER} keys; revoke one first"),
+        ));
+    }
+    let (key, secret) = state.store.create_key(user.id, &name, scopes).await?;
+    Ok(CreatedKey {
+        key: KeyView::from(key),
+        secret,
+    })
 }
 
 /// `DELETE /api/v1/keys/{id}`: revokes one of the member's keys at once; 204 (404 for a key

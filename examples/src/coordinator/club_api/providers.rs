@@ -150,7 +150,7 @@ fn models_of(manifest: &ServiceManifest) -> Vec<ProviderModel> {
 }
 
 /// The profile of a stored provider, with its live state from the registry.
-fn profile(state: &Coordinator, provider: Provider) -> ProviderProfile {
+pub(crate) fn profile(state: &Coordinator, provider: Provider) -> ProviderProfile {
     let node: Option<Arc<LiveNode>> = state.nodes.get(&NodeKey {
         operator_id: provider.operator_id,
         provider: provider.name.clone(),

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Chromium and chromedriver for the browser tests (examples/tests/browser.rs), from Debian's
+# packages `chromium` and `chromium-driver`: never a downloaded browser.
+#
+#   scripts/browser.sh     find them (installing them first if missing, as root or with sudo);
+#                          the last line on stdout is CLUB_TEST_CHROMEDRIVER=/path/to/chromedriver,
+#                          the line before it CLUB_TEST_CHROMIUM=/path/to/chromium
+#
+#   eval "$(scripts/browser.sh | tail -n 2 | sed 's/^/export /')" && \
+#       cargo test -p inference-club-examples --test browser
+set -euo pipefail
+
+log() { printf 'browser.sh: %s\n' "$*" >&2; }
+
+find_chromium() {
+    local name
+    for name in chromium chromium-browser; do
+        if command -v "$name" >/dev/null 2>&1; then
+            command -v "$name"
+            return 0
+        fi
+    done
+    return 1
+}
+
+find_driver() {
+    if command -v chromedriver >/dev/null 2>&1; then
+        command -v chromedriver
+    elif [[ -x /usr/lib/chromium/chromedriver ]]; then
+        printf '%s\n' /usr/lib/chromium/chromedriver
+    else
+        return 1
+    fi
+}
+
+if ! find_chromium >/dev/null || ! find_driver >/dev/null; then
+    if [[ "$(id -u)" -eq 0 ]]; then
+        sudo=()
+    elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+        sudo=(sudo -n)
+    else
+        log "chromium and chromium-driver are not installed; run as root or install the Debian packages chromium chromium-driver"
+        exit 1
+    fi
+    log "installing chromium and chromium-driver"
+    export DEBIAN_FRONTEND=noninteractive
+    "${sudo[@]}" apt-get update >&2
+    # Ubuntu names the driver's package chromium-chromedriver (and ships chromium as a snap).
+    if ! "${sudo[@]}" apt-get install -y --no-install-recommends chromium chromium-driver >&2; then
+        "${sudo[@]}" apt-get install -y --no-install-recommends chromium-browser chromium-chromedriver >&2
+    fi
+fi
+
+chromium="$(find_chromium)" || { log "chromium not found after installing it"; exit 1; }
+driver="$(find_driver)" || { log "chromedriver not found after installing it"; exit 1; }
+log "$("$chromium" --version 2>/dev/null || echo chromium) / $("$driver" --version 2>/dev/null | head -n 1)"
+echo "CLUB_TEST_CHROMIUM=$chromium"
+echo "CLUB_TEST_CHROMEDRIVER=$driver"

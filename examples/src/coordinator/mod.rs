@@ -9,6 +9,7 @@
 //! - [`accounts`]: GitHub sign-in (web and device flows) and browser sessions.
 //! - [`auth`]: API keys, session cookies and scopes; [`error`]: errors in the OpenAI envelope;
 //!   [`metrics`]: Prometheus metrics; [`limits`]: rate, concurrency and size limits.
+//! - [`server`]: the HTTP server, with header and body read timeouts ([`serve`], [`serve_with`]).
 
 pub mod accounts;
 pub mod api;
@@ -20,9 +21,9 @@ pub mod limits;
 pub mod link;
 pub mod metrics;
 pub mod nodes;
+pub mod server;
 pub mod store;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use self::dispatch::DispatchQueues;
 use self::metrics::Metrics;
 use self::nodes::NodeRegistry;
+pub use self::server::{ServeSettings, serve_with};
 use self::store::Store;
 
 /// How the coordinator behaves.
@@ -169,25 +171,14 @@ async fn not_found() -> error::ApiError {
     error::ApiError::not_found("unknown_route", "no such route")
 }
 
-/// Serves `app` on `listener` until `shutdown` is cancelled. Prints `listening on http://ADDR`
-/// once it accepts connections. Each request carries its client's address
+/// Serves `app` on `listener` until `shutdown` is cancelled, with the default
+/// [`ServeSettings`] (header and body read timeouts, a header size limit). Prints `listening on
+/// http://ADDR` once it accepts connections. Each request carries its client's address
 /// (`ConnectInfo<SocketAddr>`), which the per-address limits use.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    let address: SocketAddr = listener.local_addr()?;
-    println!("listening on http://{address}");
-    // Chunks and link frames are small and must leave at once, not wait for a delayed ACK.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await
+    serve_with(listener, app, shutdown, ServeSettings::default()).await
 }

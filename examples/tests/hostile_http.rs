@@ -886,7 +886,11 @@ async fn slow_clients_are_timed_out_and_others_are_served() {
             .await
             .unwrap();
         assert_eq!(answer.status, 200);
-        assert!(served.elapsed() < Duration::from_millis(500));
+        assert!(
+            served.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            served.elapsed()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 

@@ -25,6 +25,8 @@
 pub mod backends;
 pub mod discover;
 pub mod failover;
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 pub mod node;
 pub mod normalize;

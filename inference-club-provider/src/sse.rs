@@ -1,8 +1,13 @@
 //! Reading an OpenAI-style server-sent event stream into chunks.
+//!
+//! The event stream is decoded here rather than by a general-purpose crate: the decoder must be
+//! linear in the bytes received however they are split into reads, and bounded in memory,
+//! whatever an engine sends (fuzzing found `eventsource-stream` quadratic on an event that
+//! arrives in many small reads: 74 s of CPU for a 60 KB event read a byte at a time, and it
+//! buffers a line without end with no limit).
 
 use async_stream::stream;
 use bytes::Bytes;
-use eventsource_stream::Eventsource;
 use futures_util::{Stream, StreamExt};
 use inference_club_core::openai::{ChatCompletionChunk, StreamPayload};
 use inference_club_core::provider::ProviderError;
@@ -10,20 +15,24 @@ use inference_club_core::provider::ProviderError;
 /// Largest single event accepted from an engine, in bytes.
 pub const MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
 
-/// Parses the bytes of an SSE body into chunks. Comments and keep-alives are skipped, CRLF and
-/// events or characters split across reads are handled (by `eventsource-stream`); `[DONE]` ends
+/// Parses the bytes of an SSE body into chunks. Comments and keep-alives are skipped, CRLF, CR
+/// and LF line ends and events or characters split across reads are handled; `[DONE]` ends
 /// the stream; an error object inside the stream (`data: {"error": …}` or `event: error`) ends it
-/// with that error; a malformed event ends it with a protocol error.
+/// with that error; a malformed event (or one larger than [`MAX_EVENT_BYTES`]) ends it with a
+/// protocol error. An event not ended by a blank line when the body ends is dropped, as the
+/// SSE standard says.
 pub fn chunks<S, E>(body: S) -> impl Stream<Item = Result<ChatCompletionChunk, ProviderError>>
 where
     S: Stream<Item = Result<Bytes, E>> + Send + 'static,
     E: std::fmt::Display + Send + 'static,
 {
     stream! {
-        let mut events = std::pin::pin!(body.eventsource());
-        while let Some(event) = events.next().await {
-            let event = match event {
-                Ok(event) => event,
+        let mut body = std::pin::pin!(body);
+        let mut decoder = EventDecoder::default();
+        let mut events = Vec::new();
+        while let Some(piece) = body.next().await {
+            let piece = match piece {
+                Ok(piece) => piece,
                 Err(e) => {
                     yield Err(ProviderError::Unavailable {
                         status: None,
@@ -32,34 +41,169 @@ where
                     return;
                 }
             };
-            if event.data.len() > MAX_EVENT_BYTES {
-                yield Err(ProviderError::Protocol {
-                    message: format!("engine sent an event of {} bytes", event.data.len()),
-                });
+            let decoded = decoder.push(&piece, &mut events);
+            for event in events.drain(..) {
+                if event.data.trim().is_empty() {
+                    continue;
+                }
+                match StreamPayload::parse(&event.data) {
+                    Ok(StreamPayload::Done) => return,
+                    Ok(StreamPayload::Chunk(chunk)) => yield Ok(*chunk),
+                    Ok(StreamPayload::Error(error)) => {
+                        yield Err(crate::error_from_engine(None, error.message, error.code));
+                        return;
+                    }
+                    Err(e) if event.event == "error" => {
+                        yield Err(crate::error_from_engine(None, format!("{}: {e}", event.data), None));
+                        return;
+                    }
+                    Err(e) => {
+                        yield Err(ProviderError::Protocol {
+                            message: format!("engine sent a malformed event: {e}"),
+                        });
+                        return;
+                    }
+                }
+            }
+            if let Err(error) = decoded {
+                yield Err(error);
                 return;
             }
-            if event.data.trim().is_empty() {
-                continue;
+        }
+    }
+}
+
+/// One dispatched event: its type (`message` unless an `event:` line said otherwise) and its
+/// `data:` lines joined with `\n`.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Event {
+    event: String,
+    data: String,
+}
+
+/// The SSE decoder: bytes in, events out, following the HTML standard's rules (lines end in
+/// CRLF, LF or CR; a leading BOM is skipped; `:` starts a comment; one space after a field's
+/// colon is dropped; `id`, `retry` and unknown fields are ignored; an event without data is not
+/// dispatched). Each byte is looked at once, and at most [`MAX_EVENT_BYTES`] are held.
+#[derive(Debug, Default)]
+struct EventDecoder {
+    /// The current line, not yet ended.
+    line: Vec<u8>,
+    /// The last line ended with CR: a LF right after it belongs to the same line end.
+    after_cr: bool,
+    /// Whether the start of the stream (and a BOM there) is behind.
+    started: bool,
+    /// The first bytes, held until there are enough to tell a BOM.
+    start: Vec<u8>,
+    /// The event being built.
+    event: Event,
+    /// Whether it has a `data:` line.
+    has_data: bool,
+}
+
+impl EventDecoder {
+    /// Decodes `bytes`, appending every event they complete to `out`.
+    fn push(&mut self, bytes: &[u8], out: &mut Vec<Event>) -> Result<(), ProviderError> {
+        const BOM: &[u8] = b"\xEF\xBB\xBF";
+        if self.started {
+            return self.feed(bytes, out);
+        }
+        // The first bytes are held until it is clear whether the stream starts with a BOM (no
+        // event fits in fewer bytes than a BOM, so none is lost by waiting).
+        self.start.extend_from_slice(bytes);
+        if self.start.len() < BOM.len() {
+            return Ok(());
+        }
+        self.started = true;
+        let start = std::mem::take(&mut self.start);
+        self.feed(start.strip_prefix(BOM).unwrap_or(&start), out)
+    }
+
+    fn feed(&mut self, mut bytes: &[u8], out: &mut Vec<Event>) -> Result<(), ProviderError> {
+        while !bytes.is_empty() {
+            if self.after_cr {
+                self.after_cr = false;
+                if bytes[0] == b'\n' {
+                    bytes = &bytes[1..];
+                    continue;
+                }
             }
-            match StreamPayload::parse(&event.data) {
-                Ok(StreamPayload::Done) => return,
-                Ok(StreamPayload::Chunk(chunk)) => yield Ok(*chunk),
-                Ok(StreamPayload::Error(error)) => {
-                    yield Err(crate::error_from_engine(None, error.message, error.code));
-                    return;
+            match bytes.iter().position(|b| *b == b'\n' || *b == b'\r') {
+                Some(end) => {
+                    self.extend_line(&bytes[..end])?;
+                    self.after_cr = bytes[end] == b'\r';
+                    bytes = &bytes[end + 1..];
+                    let line = std::mem::take(&mut self.line);
+                    if let Some(event) = self.line_ended(&line)? {
+                        out.push(event);
+                    }
+                    // Keep the line's allocation for the next one.
+                    self.line = line;
+                    self.line.clear();
                 }
-                Err(e) if event.event == "error" => {
-                    yield Err(crate::error_from_engine(None, format!("{}: {e}", event.data), None));
-                    return;
-                }
-                Err(e) => {
-                    yield Err(ProviderError::Protocol {
-                        message: format!("engine sent a malformed event: {e}"),
-                    });
-                    return;
+                None => {
+                    self.extend_line(bytes)?;
+                    bytes = &[];
                 }
             }
         }
+        Ok(())
+    }
+
+    fn extend_line(&mut self, bytes: &[u8]) -> Result<(), ProviderError> {
+        if self.line.len() + bytes.len() > MAX_EVENT_BYTES {
+            return Err(too_large());
+        }
+        self.line.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    /// Takes in one whole line; the event it completes, if any.
+    fn line_ended(&mut self, line: &[u8]) -> Result<Option<Event>, ProviderError> {
+        if line.is_empty() {
+            let event = std::mem::take(&mut self.event);
+            let had_data = std::mem::take(&mut self.has_data);
+            if !had_data {
+                return Ok(None);
+            }
+            let mut event = event;
+            if event.data.ends_with('\n') {
+                event.data.pop();
+            }
+            if event.event.is_empty() {
+                event.event = "message".into();
+            }
+            return Ok(Some(event));
+        }
+        if line[0] == b':' {
+            return Ok(None);
+        }
+        let line = std::str::from_utf8(line).map_err(|e| ProviderError::Protocol {
+            message: format!("engine sent an event that is not UTF-8: {e}"),
+        })?;
+        let (field, value) = match line.split_once(':') {
+            Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
+            None => (line, ""),
+        };
+        match field {
+            "data" => {
+                if self.event.data.len() + value.len() + 1 > MAX_EVENT_BYTES {
+                    return Err(too_large());
+                }
+                self.event.data.push_str(value);
+                self.event.data.push('\n');
+                self.has_data = true;
+            }
+            "event" => value.clone_into(&mut self.event.event),
+            _ => {}
+        }
+        Ok(None)
+    }
+}
+
+fn too_large() -> ProviderError {
+    ProviderError::Protocol {
+        message: format!("engine sent an event larger than {MAX_EVENT_BYTES} bytes"),
     }
 }
 

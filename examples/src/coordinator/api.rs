@@ -76,8 +76,12 @@ fn with_request_id(mut response: Response, id: RecordId) -> Response {
     response
 }
 
-/// Reads and checks the body of a chat request.
-fn parse_request(body: &[u8]) -> Result<(ChatCompletionRequest, Option<Visibility>), ApiError> {
+/// Reads the body of a chat request as `POST /v1/chat/completions` does: the request, and the
+/// visibility its `visibility` field asks for (taken out of the request). A body that is not a
+/// chat request, names no model or has no messages is a 400 saying so. The size limits come
+/// after this ([`Limiter::check_request`](super::limits::Limiter::check_request)). Public for the
+/// fuzz target `chat_request`.
+pub fn parse_request(body: &[u8]) -> Result<(ChatCompletionRequest, Option<Visibility>), ApiError> {
     let mut request: ChatCompletionRequest = serde_json::from_slice(body).map_err(|e| {
         ApiError::bad_request(
             "invalid_json",
@@ -95,6 +99,7 @@ fn parse_request(body: &[u8]) -> Result<(ChatCompletionRequest, Option<Visibilit
                 .with_param("messages"),
         );
     }
+    check_ranges(&request)?;
     let visibility = match request.extra.remove("visibility") {
         None => None,
         Some(serde_json::Value::String(name)) => {
@@ -114,6 +119,62 @@ fn parse_request(body: &[u8]) -> Result<(ChatCompletionRequest, Option<Visibilit
         }
     };
     Ok((request, visibility))
+}
+
+/// The ranges the OpenAI API documents for the sampling parameters: a value outside is a 400
+/// naming the parameter (an engine would refuse it, or worse, accept it silently).
+fn check_ranges(request: &ChatCompletionRequest) -> Result<(), ApiError> {
+    let ranges = [
+        ("temperature", request.temperature, 0.0, 2.0),
+        ("top_p", request.top_p, 0.0, 1.0),
+        ("presence_penalty", request.presence_penalty, -2.0, 2.0),
+        ("frequency_penalty", request.frequency_penalty, -2.0, 2.0),
+    ];
+    for (param, value, low, high) in ranges {
+        if let Some(value) = value
+            && !(low..=high).contains(&value)
+        {
+            return Err(ApiError::bad_request(
+                "invalid_value",
+                format!("`{param}` must be between {low} and {high}, got {value}"),
+            )
+            .with_param(param));
+        }
+    }
+    if request.n == Some(0) {
+        return Err(
+            ApiError::bad_request("invalid_value", "`n` must be at least 1, got 0").with_param("n"),
+        );
+    }
+    Ok(())
+}
+
+/// A chat body must be JSON: a `Content-Type` other than `application/json` (or a `+json`
+/// type) is a 415. A request without one is read as JSON.
+fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let essence = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    if essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "invalid_request_error",
+        "unsupported_media_type",
+        format!(
+            "the body must be JSON, sent with `Content-Type: application/json`; got {:?}",
+            String::from_utf8_lossy(value.as_bytes())
+        ),
+    ))
 }
 
 fn header_visibility(headers: &HeaderMap) -> Result<Option<Visibility>, ApiError> {
@@ -137,7 +198,9 @@ fn header_visibility(headers: &HeaderMap) -> Result<Option<Visibility>, ApiError
 ///
 /// The limits come first, before anything is recorded or routed (see [`limits`]): the key's
 /// request rate (429 with `Retry-After` and `X-RateLimit-*`), the member's requests in flight
-/// (429), the body size (413), then the messages, their characters and `max_tokens` (400).
+/// (429), the content type (415 unless JSON), the body size (413), the body itself (400: not a
+/// chat request, or a sampling parameter out of its documented range), then the messages, their
+/// characters and `max_tokens` (400).
 pub async fn chat_completions(
     State(state): State<Arc<Coordinator>>,
     headers: HeaderMap,
@@ -167,15 +230,23 @@ async fn limited_chat(
         Ok(slot) => slot,
         Err(throttled) => return throttled.into_response(),
     };
+    if let Err(error) = check_content_type(&headers) {
+        return error.into_response();
+    }
     let max_body = state.limits.limits().max_body_bytes;
-    let bytes = match axum::body::to_bytes(body, max_body).await {
-        Ok(bytes) => bytes,
-        Err(_) => {
-            return ApiError::too_large(format!(
-                "the body is larger than {max_body} bytes (max_body_bytes)"
-            ))
-            .into_response();
-        }
+    let too_large = || {
+        ApiError::too_large(format!(
+            "the body is larger than {max_body} bytes (max_body_bytes)"
+        ))
+        .into_response()
+    };
+    // A declared length over the limit is refused at once, without waiting for the body.
+    let declared = axum::body::HttpBody::size_hint(&body).lower();
+    if usize::try_from(declared).map_or(true, |declared| declared > max_body) {
+        return too_large();
+    }
+    let Ok(bytes) = axum::body::to_bytes(body, max_body).await else {
+        return too_large();
     };
     let (request, body_visibility) = match parse_request(&bytes) {
         Ok(parsed) => parsed,

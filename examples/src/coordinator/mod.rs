@@ -11,6 +11,7 @@
 //!   [`metrics`]: Prometheus metrics; [`limits`]: rate, concurrency and size limits.
 //! - [`web`]: the club on the web (server-rendered pages: feed, requests, profiles, providers,
 //!   models, dashboard, playground, terms).
+//! - [`server`]: the HTTP server, with header and body read timeouts ([`serve`], [`serve_with`]).
 
 pub mod accounts;
 pub mod api;
@@ -22,10 +23,10 @@ pub mod limits;
 pub mod link;
 pub mod metrics;
 pub mod nodes;
+pub mod server;
 pub mod store;
 pub mod web;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use self::dispatch::DispatchQueues;
 use self::metrics::Metrics;
 use self::nodes::NodeRegistry;
+pub use self::server::{ServeSettings, serve_with};
 use self::store::Store;
 
 /// How the coordinator behaves.
@@ -169,25 +171,14 @@ async fn metrics_text(State(state): State<Arc<Coordinator>>) -> impl IntoRespons
     )
 }
 
-/// Serves `app` on `listener` until `shutdown` is cancelled. Prints `listening on http://ADDR`
-/// once it accepts connections. Each request carries its client's address
+/// Serves `app` on `listener` until `shutdown` is cancelled, with the default
+/// [`ServeSettings`] (header and body read timeouts, a header size limit). Prints `listening on
+/// http://ADDR` once it accepts connections. Each request carries its client's address
 /// (`ConnectInfo<SocketAddr>`), which the per-address limits use.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    let address: SocketAddr = listener.local_addr()?;
-    println!("listening on http://{address}");
-    // Chunks and link frames are small and must leave at once, not wait for a delayed ACK.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await
+    serve_with(listener, app, shutdown, ServeSettings::default()).await
 }

@@ -10,5 +10,6 @@ mod ollama;
 mod openai;
 
 pub use echo::Echo;
+pub(crate) use ollama::chunks as ollama_chunks;
 pub use ollama::{Ollama, OllamaBuilder};
 pub use openai::{OpenAiCompatible, OpenAiCompatibleBuilder};

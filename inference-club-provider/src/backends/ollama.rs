@@ -597,7 +597,7 @@ impl ChunkMaker {
 /// [`Ollama::MAX_LINE_BYTES`] or one that is not JSON ends the stream with a protocol error; an
 /// `{"error": …}` line ends it with [`ProviderError::Unavailable`], and so does a body that ends
 /// before the line with `done: true`.
-fn chunks<S, E>(
+pub(crate) fn chunks<S, E>(
     body: S,
     id: String,
     model: String,

@@ -153,12 +153,12 @@ pub fn document() -> Value {
             "/api/v1/auth/device": {"post": {
                 "operationId": "startDeviceSignIn", "summary": "Start a GitHub device sign-in (what `club login` does): a code for the member to enter at GitHub, and a device_token to poll with",
                 "security": [{}],
-                "responses": with(json!({"200": ok("The codes", "DeviceAuthorization")}), error_responses(&["404", "502"]))
+                "responses": with(json!({"200": ok("The codes", "DeviceAuthorization")}), error_responses(&["404", "429", "502"]))
             }},
             "/api/v1/auth/device/token": {"post": {
                 "operationId": "pollDeviceSignIn", "summary": "Poll a device sign-in once; when approved, a new API key (scopes inference and account), shown once. 400 codes: authorization_pending, slow_down, expired_token, access_denied, invalid_device_token; 403 terms_required: poll again with accept_terms true",
                 "security": [{}], "requestBody": json_body("DeviceTokenRequest"),
-                "responses": with(json!({"200": ok("The key", "DeviceToken")}), error_responses(&["400", "403", "404", "409", "413", "502"]))
+                "responses": with(json!({"200": ok("The key", "DeviceToken")}), error_responses(&["400", "403", "404", "409", "413", "429", "502"]))
             }},
             "/openapi.json": {"get": {
                 "operationId": "openapi", "summary": "This document", "security": anyone,

@@ -1,7 +1,7 @@
 //! Support for the end-to-end tests: a club of real processes (the built `club-coordinator`
 //! and `club-provider` binaries) on a temporary SQLite file, fake engines inside the test, and
 //! a consumer that speaks HTTP and SSE.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod engine;
 pub mod process;

@@ -308,8 +308,10 @@ async fn a_node_whose_network_stalls_is_failed_over_then_comes_back_on_its_own()
         assert_eq!(status, 200);
         assert_eq!(streamed_content(&events), ANSWER, "{events:?}");
         assert!(events.iter().all(|e| error_of(e).is_none()), "{events:?}");
+        // The coordinator cannot tell a silent node from a slow one before two heartbeats
+        // are missed (2.5 s after the last frame, which came up to a second before the stall).
         assert!(
-            waited >= Duration::from_secs(2),
+            waited >= Duration::from_millis(1400),
             "failed over after {waited:?}, before two heartbeats were missed"
         );
         let record = club.final_record(id.unwrap(), Duration::from_secs(5)).await;
@@ -761,9 +763,9 @@ async fn a_full_disk_refuses_new_requests_with_503_and_records_catch_up_when_spa
         assert_eq!(status, 200);
 
         // The same database, capped a little above its size now (SQLite's max_page_count: the
-        // file can grow by ~64 KiB more, then writes fail as on a full disk).
+        // file can grow by 256 KiB more, then writes fail as on a full disk).
         let file = club.dir.join("club.db");
-        let cap = sqlite_pages(&file).await + 16;
+        let cap = sqlite_pages(&file).await + 64;
         let capped = format!("sqlite:{}?max_page_count={cap}", file.display());
         club.restart_coordinator_on(&capped).await;
         wait_until("node-a links again", Duration::from_secs(15), || {
@@ -798,11 +800,16 @@ async fn a_full_disk_refuses_new_requests_with_503_and_records_catch_up_when_spa
             if status == 200 {
                 served.push(request_id(&response).unwrap());
                 json_of(response).await;
-                assert!(served.len() < 40, "the disk never filled");
+                assert!(served.len() < 100, "the disk never filled");
                 continue;
             }
             break response;
         };
+        assert!(
+            served.len() >= 3,
+            "only {} requests fitted before the disk was full",
+            served.len()
+        );
         assert_eq!(refused.status().as_u16(), 503);
         assert!(refused.headers().get("retry-after").is_some());
         assert!(request_id(&refused).is_none(), "no record, so no record id");

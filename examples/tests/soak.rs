@@ -391,6 +391,14 @@ async fn soak_with_churning_nodes_and_leaving_consumers() {
             *reasons.entry(short).or_default() += 1;
         }
     }
+    // A failure before any output would have been retried on another node: with one always
+    // linked, every failure should come after output started (a node killed mid-answer).
+    let failed_before_output = records
+        .iter()
+        .filter(|r| r.status() == inference_club_core::record::Status::Failed)
+        .filter(|r| r.response.content.as_deref().unwrap_or_default().is_empty())
+        .count();
+    let retried = records.iter().filter(|r| r.attempts.len() > 1).count();
     let mut statuses: BTreeMap<String, usize> = BTreeMap::new();
     for record in &records {
         if record
@@ -423,11 +431,18 @@ async fn soak_with_churning_nodes_and_leaving_consumers() {
     loud(&format!(
         "soak: failures and cancellations by reason {reasons:#?}"
     ));
+    loud(&format!(
+        "soak: {retried} requests failed over to another node; {failed_before_output} failed before any output"
+    ));
     loud(&format!("soak: baseline {baseline:?}"));
     loud(&format!("soak: peak     {peak:?}"));
     loud(&format!("soak: after    {after:?}"));
 
     assert!(missing.is_empty(), "requests without a record: {missing:?}");
+    assert_eq!(
+        failed_before_output, 0,
+        "requests failed before any output although another node was linked"
+    );
     assert!(
         invented.is_empty(),
         "records of requests never sent: {invented:?}"

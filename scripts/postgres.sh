@@ -4,6 +4,8 @@
 #   scripts/postgres.sh         install if missing, start (or reuse) the server, create the test
 #                               database; the last line on stdout is CLUB_TEST_DATABASE_URL=...
 #   scripts/postgres.sh stop    stop the server and remove its files
+#   scripts/postgres.sh restart restart the running server (same port, data and password; for the
+#                               fault tests), then print CLUB_TEST_DATABASE_URL=... as start does
 #
 # Run it again and it reuses the running server. The cluster lives in $CLUB_PG_DIR (default: a
 # folder under /tmp); it is for tests only (fsync off). As root, the server runs as the
@@ -66,8 +68,19 @@ if [[ "${1:-start}" == "stop" ]]; then
     rm -rf "$dir"
     exit 0
 fi
+if [[ "${1:-start}" == "restart" ]]; then
+    if ! running; then
+        log "not running: nothing to restart"
+        exit 1
+    fi
+    # pg_ctl restart starts the server again with the options it was started with.
+    as_owner "$bin/pg_ctl" -D "$data" -l "$dir/server.log" -m fast -w -t 60 restart >&2
+    log "restarted"
+    echo "CLUB_TEST_DATABASE_URL=postgres://$superuser:$(cat "$dir/password")@127.0.0.1:$(cat "$dir/port")/$database"
+    exit 0
+fi
 if [[ "${1:-start}" != "start" ]]; then
-    log "usage: $0 [start|stop]"
+    log "usage: $0 [start|stop|restart]"
     exit 2
 fi
 

@@ -177,6 +177,7 @@ fn main() -> ExitCode {
                 manifest,
                 job_log: None,
                 log_content: false,
+                engine_timeouts: Default::default(),
             };
             ExitCode::from(runtime.block_on(inference_club_examples::provider_ops::run(options)))
         }

@@ -245,11 +245,14 @@ pub struct RunOptions {
     pub job_log: Option<std::path::PathBuf>,
     /// Log request and answer text in the job log.
     pub log_content: bool,
+    /// How long the node waits for its engines (connect, first token, between chunks).
+    pub engine_timeouts: inference_club_provider::Timeouts,
 }
 
 /// `club-provider run`: runs the node until SIGINT or SIGTERM; SIGHUP reloads the manifest.
 pub async fn run(options: RunOptions) -> u8 {
-    let config = NodeConfig::new(options.coordinator, options.key);
+    let mut config = NodeConfig::new(options.coordinator, options.key);
+    config.engine_timeouts = options.engine_timeouts;
     let node = match Node::from_manifest(config, &options.manifest).await {
         Ok(node) => node,
         Err(e) => {

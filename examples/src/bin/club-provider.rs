@@ -4,6 +4,7 @@
 use std::io;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use inference_club_examples::{provider_cli, provider_ops};
@@ -44,6 +45,15 @@ enum Command {
         /// Also log prompts and answers in the job log.
         #[arg(long)]
         log_content: bool,
+        /// Seconds to wait for an engine to accept a request and answer with headers.
+        #[arg(long, env = "CLUB_ENGINE_CONNECT_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        engine_connect_timeout_secs: u64,
+        /// Seconds to wait for an engine's first output (long: models may reason silently first).
+        #[arg(long, env = "CLUB_FIRST_TOKEN_TIMEOUT_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86400))]
+        first_token_timeout_secs: u64,
+        /// Seconds an engine may stay silent between two chunks once output has started.
+        #[arg(long, env = "CLUB_IDLE_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
+        idle_timeout_secs: u64,
     },
     /// Check the manifest, every service and model, and the key; one ✓/✗ line per check.
     Doctor {
@@ -104,6 +114,9 @@ fn main() -> ExitCode {
                         manifest,
                         job_log,
                         log_content,
+                        engine_connect_timeout_secs,
+                        first_token_timeout_secs,
+                        idle_timeout_secs,
                     } => {
                         provider_ops::run(provider_ops::RunOptions {
                             coordinator,
@@ -111,6 +124,11 @@ fn main() -> ExitCode {
                             manifest,
                             job_log,
                             log_content,
+                            engine_timeouts: inference_club_provider::Timeouts {
+                                connect: Duration::from_secs(engine_connect_timeout_secs),
+                                first_token: Duration::from_secs(first_token_timeout_secs),
+                                idle: Duration::from_secs(idle_timeout_secs),
+                            },
                         })
                         .await
                     }

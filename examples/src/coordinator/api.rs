@@ -345,12 +345,17 @@ async fn serve_chat(
     }
 }
 
-/// Saves a final record: durable when this returns. Operators who deleted their account while
-/// it was in flight are forgotten in it first.
+/// Saves a final record: durable when this returns, or, when the database refuses for a reason
+/// that may pass (full, restarting), tried again in the background until it lands. Operators
+/// who deleted their account while it was in flight are forgotten in it first.
 async fn save(state: &Coordinator, record: &mut InferenceRecord) {
     state.nodes.forget_departed(record);
-    if let Err(error) = state.store.save_record(record).await {
-        tracing::error!(id = %record.id, "cannot save a record: {error}");
+    match state.store.save_record_or_retry(record).await {
+        Ok(()) => {}
+        Err(error) if error.is_retryable() => {
+            tracing::warn!(id = %record.id, "cannot save a record now, trying again: {error}");
+        }
+        Err(error) => tracing::error!(id = %record.id, "cannot save a record: {error}"),
     }
 }
 

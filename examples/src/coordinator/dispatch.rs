@@ -177,6 +177,15 @@ fn unplaceable(
     preference: RoutingPreference,
     last: Option<ProviderError>,
 ) -> ApiError {
+    // Every node that served the model was tried, failed and is gone now: the model exists and
+    // its nodes failed — say what went wrong (502), not that nobody serves it (404).
+    if matches!(
+        availability,
+        Availability::NotServed | Availability::Offline
+    ) && let Some(error) = &last
+    {
+        return ApiError::from_provider(error);
+    }
     match availability {
         Availability::NotServed | Availability::Offline
             if preference == RoutingPreference::OnlyOwn =>

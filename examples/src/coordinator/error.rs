@@ -175,7 +175,7 @@ impl From<StoreError> for ApiError {
                     StatusCode::SERVICE_UNAVAILABLE,
                     "server_error",
                     "store_unavailable",
-                    "the store is busy; try again",
+                    "the store cannot take this write now (busy, full or restarting); try again shortly",
                 )
             }
         } else {

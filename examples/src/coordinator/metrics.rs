@@ -37,6 +37,10 @@ pub struct Metrics {
     pub nodes_online: Gauge,
     /// Requests waiting for a node with room now.
     pub queue_depth: Gauge,
+    /// Final record saves the database refused for a passing reason, being tried again now.
+    pub deferred_saves: Gauge,
+    /// Tasks alive in the coordinator's async runtime now (a leak shows as steady growth).
+    pub runtime_tasks: Gauge,
 }
 
 impl Default for Metrics {
@@ -49,6 +53,8 @@ impl Default for Metrics {
         let queued = Counter::default();
         let nodes_online = Gauge::default();
         let queue_depth = Gauge::default();
+        let deferred_saves = Gauge::default();
+        let runtime_tasks = Gauge::default();
         registry.register("requests", "Inference requests finished", requests.clone());
         registry.register(
             "time_to_first_token_seconds",
@@ -76,6 +82,16 @@ impl Default for Metrics {
             "Requests waiting for a node with room",
             queue_depth.clone(),
         );
+        registry.register(
+            "record_saves_deferred",
+            "Final record saves being tried again after the database refused them",
+            deferred_saves.clone(),
+        );
+        registry.register(
+            "runtime_tasks",
+            "Tasks alive in the async runtime",
+            runtime_tasks.clone(),
+        );
         Self {
             registry,
             requests,
@@ -85,6 +101,8 @@ impl Default for Metrics {
             queued,
             nodes_online,
             queue_depth,
+            deferred_saves,
+            runtime_tasks,
         }
     }
 }

@@ -162,6 +162,17 @@ async fn metrics_text(State(state): State<Arc<Coordinator>>) -> impl IntoRespons
         .metrics
         .queue_depth
         .set(i64::try_from(state.queues.waiting()).unwrap_or(i64::MAX));
+    state
+        .metrics
+        .deferred_saves
+        .set(i64::try_from(state.store.deferred_saves()).unwrap_or(i64::MAX));
+    let tasks = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    state
+        .metrics
+        .runtime_tasks
+        .set(i64::try_from(tasks).unwrap_or(i64::MAX));
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -38,6 +38,10 @@ pub enum Fault {
     HoldBeforeFirstChunk,
     /// Sends this many pieces, then waits until released before sending the rest.
     HoldAfter(usize),
+    /// Answers with this HTTP status and an OpenAI error envelope, no stream.
+    Status(u16),
+    /// Sends this many pieces, then an event that is not JSON, then ends the body.
+    GarbageAfter(usize),
 }
 
 impl Script {
@@ -199,6 +203,15 @@ async fn chat(State(seen): State<Arc<Seen>>, body: Bytes) -> Response {
     let model = request["model"].as_str().unwrap_or("unknown").to_owned();
     let wants_usage = request["stream_options"]["include_usage"] == json!(true);
     let id = format!("chatcmpl-{}", seen.name);
+    if let Fault::Status(status) = script.fault {
+        seen.completed.fetch_add(1, Ordering::SeqCst);
+        let status = StatusCode::from_u16(status).unwrap();
+        let error = json!({"error": {
+            "message": format!("{} fell over", seen.name),
+            "type": "server_error", "param": null, "code": null,
+        }});
+        return (status, axum::Json(error)).into_response();
+    }
     let seen = seen.clone();
     let body = async_stream::stream! {
         let mut watch = DropWatch { seen: seen.clone(), finished: false };
@@ -213,6 +226,11 @@ async fn chat(State(seen): State<Arc<Seen>>, body: Bytes) -> Response {
         for (n, piece) in script.pieces.iter().enumerate() {
             if script.fault == Fault::HoldAfter(n) {
                 seen.gate.acquire().await.unwrap().forget();
+            }
+            if script.fault == Fault::GarbageAfter(n) {
+                yield Ok(Bytes::from_static(b"data: <html><body>502 Bad Gateway</body></html>\n\n"));
+                watch.finished = true;
+                return;
             }
             tokio::time::sleep(script.pace).await;
             yield Ok(sse(&chunk(&id, &model, json!({"content": piece}), None)));

@@ -1,7 +1,7 @@
 //! Support for the end-to-end tests: a club of real processes (the built `club-coordinator`
 //! and `club-provider` binaries) on a temporary SQLite file, fake engines inside the test, and
 //! a consumer that speaks HTTP and SSE.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod engine;
 pub mod process;
@@ -174,6 +174,11 @@ fn coordinator_command(database: &str, listen: &str, serve_args: &[String]) -> C
 impl Club {
     /// A coordinator on 127.0.0.1:0 with `serve_args` added to `serve`.
     pub async fn start(serve_args: &[&str]) -> Self {
+        Self::start_on(None, serve_args).await
+    }
+
+    /// The same on the database `database` (`None`: a new SQLite file in the club's directory).
+    pub async fn start_on(database: Option<&str>, serve_args: &[&str]) -> Self {
         // reqwest is built without a default TLS provider; plain HTTP still needs one installed.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = std::env::temp_dir().join(format!(
@@ -182,7 +187,10 @@ impl Club {
             uuid::Uuid::now_v7().simple()
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        let database = format!("sqlite:{}", dir.join("club.db").display());
+        let database = match database {
+            Some(database) => database.to_owned(),
+            None => format!("sqlite:{}", dir.join("club.db").display()),
+        };
         admin(&database, &["user", "add", "ada"]).await;
         let key = admin(
             &database,
@@ -264,10 +272,17 @@ impl Club {
 
     /// Starts the coordinator again on the same address and database (after a kill).
     pub async fn restart_coordinator(&mut self) {
+        let database = self.database.clone();
+        self.restart_coordinator_on(&database).await;
+    }
+
+    /// Starts the coordinator again on the same address, with the database URL `database` (the
+    /// same database, reached another way: e.g. with a SQLite size cap).
+    pub async fn restart_coordinator_on(&mut self, database: &str) {
         self.coordinator.kill();
         self.coordinator = Proc::spawn(
             "coordinator (restarted)",
-            coordinator_command(&self.database, &self.address, &self.serve_args),
+            coordinator_command(database, &self.address, &self.serve_args),
         );
         self.coordinator
             .wait_for_line("listening on http://", STARTUP)
@@ -282,17 +297,33 @@ impl Club {
         services: &[ServiceSpec],
         key: &str,
     ) -> usize {
+        let url = self.url.clone();
+        self.spawn_node_with(name, services, key, &url, &[])
+    }
+
+    /// Starts a node named `name` that dials `coordinator_url` (e.g. through a proxy) with
+    /// `key`, with `extra_args` added to `club-provider run`, and returns its index in `nodes`.
+    /// Does not wait for it to link.
+    pub fn spawn_node_with(
+        &mut self,
+        name: &str,
+        services: &[ServiceSpec],
+        key: &str,
+        coordinator_url: &str,
+        extra_args: &[&str],
+    ) -> usize {
         let manifest = self.dir.join(format!("{name}.yaml"));
         std::fs::write(&manifest, manifest_yaml(name, services)).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_club-provider"));
         command
             .arg("run")
             .arg("--coordinator")
-            .arg(&self.url)
+            .arg(coordinator_url)
             .arg("--key")
             .arg(key)
             .arg("--manifest")
-            .arg(&manifest);
+            .arg(&manifest)
+            .args(extra_args);
         self.nodes.push(NodeProc {
             name: name.to_owned(),
             proc: Proc::spawn(&format!("node {name}"), command),

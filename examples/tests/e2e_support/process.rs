@@ -83,6 +83,11 @@ impl Proc {
         self.line_with(needle).unwrap()
     }
 
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether it is still running.
     pub fn is_running(&mut self) -> bool {
         match &mut self.child {

@@ -25,10 +25,13 @@ use url::Url;
 
 pub use backoff::Backoff;
 pub use job_log::{JobLog, JobLogConfig};
-pub use services::{ManifestProblems, backend_for, load_manifest};
+pub use services::{
+    ManifestProblems, backend_for, backend_with_timeouts, load_manifest,
+    load_manifest_with_timeouts,
+};
 pub use session::NODE_VERSION;
 
-use crate::Router;
+use crate::{Router, Timeouts};
 
 /// How a node reaches its coordinator and behaves on the link.
 #[derive(Debug, Clone)]
@@ -48,6 +51,9 @@ pub struct NodeConfig {
     pub shutdown_grace: Duration,
     /// How often the manifest file is checked for changes; `None` turns watching off.
     pub watch_interval: Option<Duration>,
+    /// How long the backends built from the manifest wait for their engines (connect, first
+    /// token, between chunks).
+    pub engine_timeouts: Timeouts,
 }
 
 impl NodeConfig {
@@ -61,6 +67,7 @@ impl NodeConfig {
             backoff: Backoff::default(),
             shutdown_grace: Duration::from_secs(30),
             watch_interval: Some(Duration::from_secs(2)),
+            engine_timeouts: Timeouts::default(),
         }
     }
 }
@@ -173,7 +180,7 @@ impl Node {
         path: impl Into<PathBuf>,
     ) -> Result<Self, NodeError> {
         let path = path.into();
-        let offer = load_manifest(&path).await?;
+        let offer = load_manifest_with_timeouts(&path, config.engine_timeouts).await?;
         Self::with_offer(config, offer, OfferSource::Manifest(path))
     }
 
@@ -225,6 +232,7 @@ impl Node {
         let watcher = tokio::spawn(watch_manifest(
             source,
             config.watch_interval,
+            config.engine_timeouts,
             handle.reload.clone(),
             handle.shutdown.clone(),
             offers_tx,
@@ -274,6 +282,7 @@ impl Node {
 async fn watch_manifest(
     source: OfferSource,
     interval: Option<Duration>,
+    timeouts: Timeouts,
     reload: Arc<Notify>,
     shutdown: CancellationToken,
     offers: watch::Sender<Arc<Offer>>,
@@ -300,7 +309,7 @@ async fn watch_manifest(
             continue;
         }
         last_seen = now;
-        match load_manifest(&path).await {
+        match load_manifest_with_timeouts(&path, timeouts).await {
             Ok(offer) => {
                 tracing::info!(path = %path.display(), "manifest reloaded");
                 offers.send_replace(Arc::new(offer));

@@ -10,7 +10,7 @@ use inference_club_core::provider::{Provider, ProviderError};
 
 use super::Offer;
 use crate::backends::{Ollama, OpenAiCompatible};
-use crate::{EngineQuirks, Router};
+use crate::{EngineQuirks, Router, Timeouts};
 
 /// Why a manifest could not be used: unreadable, invalid (every problem with its path), or a
 /// service whose backend could not be built.
@@ -53,8 +53,17 @@ impl ManifestProblems {
 }
 
 /// The backend for one service: Ollama's native API for an Ollama service whose URL does not end
-/// in `/v1`, the OpenAI-compatible adapter (with the engine's quirks) for everything else.
+/// in `/v1`, the OpenAI-compatible adapter (with the engine's quirks) for everything else. It
+/// waits for its engine as [`Timeouts::default`] says.
 pub fn backend_for(service: &Service) -> Result<Arc<dyn Provider>, ProviderError> {
+    backend_with_timeouts(service, Timeouts::default())
+}
+
+/// [`backend_for`], waiting for the engine as `timeouts` says.
+pub fn backend_with_timeouts(
+    service: &Service,
+    timeouts: Timeouts,
+) -> Result<Arc<dyn Provider>, ProviderError> {
     let url = service
         .url
         .as_deref()
@@ -64,13 +73,15 @@ pub fn backend_for(service: &Service) -> Result<Arc<dyn Provider>, ProviderError
     let engine = service.engine.unwrap_or(Engine::Other);
     let openai_path = url.trim_end_matches('/').ends_with("/v1");
     if engine == Engine::Ollama && !openai_path {
-        let mut builder = Ollama::builder(url);
+        let mut builder = Ollama::builder(url).timeouts(timeouts);
         if let Some(key) = &service.api_key {
             builder = builder.api_key(key.clone());
         }
         return Ok(Arc::new(builder.build()?));
     }
-    let mut builder = OpenAiCompatible::builder(url).quirks(EngineQuirks::for_engine(engine));
+    let mut builder = OpenAiCompatible::builder(url)
+        .quirks(EngineQuirks::for_engine(engine))
+        .timeouts(timeouts);
     if let Some(key) = &service.api_key {
         builder = builder.api_key(key.clone());
     }
@@ -78,8 +89,17 @@ pub fn backend_for(service: &Service) -> Result<Arc<dyn Provider>, ProviderError
 }
 
 /// Reads and validates the manifest at `path`, asks the engines of services that list no models
-/// for their models, and builds a backend per service and a router over them.
+/// for their models, and builds a backend per service and a router over them (with the default
+/// [`Timeouts`]).
 pub async fn load_manifest(path: &Path) -> Result<Offer, ManifestProblems> {
+    load_manifest_with_timeouts(path, Timeouts::default()).await
+}
+
+/// [`load_manifest`], with backends that wait for their engines as `timeouts` says.
+pub async fn load_manifest_with_timeouts(
+    path: &Path,
+    timeouts: Timeouts,
+) -> Result<Offer, ManifestProblems> {
     let text =
         tokio::fs::read_to_string(path)
             .await
@@ -92,13 +112,16 @@ pub async fn load_manifest(path: &Path) -> Result<Offer, ManifestProblems> {
             path: path.to_owned(),
             error,
         })?;
-    offer_for(&manifest).await
+    offer_for(&manifest, timeouts).await
 }
 
 /// The offer for a validated manifest. The engine of each `llm` service that lists no models is
 /// asked for its model list first, and the models it names are both served and announced: the
 /// coordinator routes by the announced manifest, so a model it is not told about never arrives.
-pub async fn offer_for(manifest: &ServiceManifest) -> Result<Offer, ManifestProblems> {
+pub async fn offer_for(
+    manifest: &ServiceManifest,
+    timeouts: Timeouts,
+) -> Result<Offer, ManifestProblems> {
     let mut filled = manifest.clone();
     let asks = filled
         .hosts
@@ -106,7 +129,7 @@ pub async fn offer_for(manifest: &ServiceManifest) -> Result<Offer, ManifestProb
         .flat_map(|host| host.services.iter_mut())
         .filter(|service| service.service_type == ServiceType::Llm && service.models.is_empty())
         .map(|service| async move {
-            let listed = match backend_for(service) {
+            let listed = match backend_with_timeouts(service, timeouts) {
                 Ok(backend) => backend.models().await,
                 Err(error) => Err(error),
             };
@@ -131,7 +154,7 @@ pub async fn offer_for(manifest: &ServiceManifest) -> Result<Offer, ManifestProb
     let mut failed_service = String::new();
     let router = Router::from_manifest(&filled, None, |service| {
         failed_service.clone_from(&service.name);
-        backend_for(service)
+        backend_with_timeouts(service, timeouts)
     })
     .map_err(|error| ManifestProblems::Backend {
         service: failed_service.clone(),

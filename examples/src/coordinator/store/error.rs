@@ -91,8 +91,9 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether trying again later may succeed: the database was busy or locked, a connection
-    /// failed, the pool timed out, or a transaction lost a serialization race.
+    /// Whether trying again later may succeed: the database was busy or locked, its disk was
+    /// full, a connection failed, the pool timed out, or a transaction lost a serialization
+    /// race.
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Database(error) => is_retryable_sqlx(error),
@@ -162,10 +163,11 @@ fn is_retryable_sqlx(error: &sqlx::Error) -> bool {
     }
 }
 
-/// SQLite (extended) result codes worth retrying: busy and locked.
+/// SQLite (extended) result codes worth retrying: busy, locked, and a full disk (space may be
+/// freed).
 fn retryable_sqlite_code(code: u32) -> bool {
     // The primary code is the low byte of the extended one.
-    matches!(code & 0xff, 5 | 6) // SQLITE_BUSY, SQLITE_LOCKED
+    matches!(code & 0xff, 5 | 6 | 13) // SQLITE_BUSY, SQLITE_LOCKED, SQLITE_FULL
 }
 
 /// PostgreSQL SQLSTATEs worth retrying: serialization failure, deadlock, lock not available,
@@ -186,6 +188,7 @@ mod tests {
         assert!(retryable_sqlite_code(5));
         assert!(retryable_sqlite_code(517)); // SQLITE_BUSY_SNAPSHOT
         assert!(retryable_sqlite_code(6));
+        assert!(retryable_sqlite_code(13)); // SQLITE_FULL
         assert!(!retryable_sqlite_code(19)); // SQLITE_CONSTRAINT
         assert!(!retryable_sqlite_code(2067)); // SQLITE_CONSTRAINT_UNIQUE
         assert!(retryable_sqlstate("40001"));

@@ -44,6 +44,7 @@
 
 #![warn(missing_docs)]
 
+mod deferred;
 mod error;
 mod ids;
 mod key_cache;
@@ -61,6 +62,7 @@ use std::sync::Arc;
 use sqlx::AnyPool;
 use tokio::sync::mpsc;
 
+pub use deferred::{DEFERRED_FOR, MAX_DEFERRED_SAVES};
 pub use error::{Entity, StoreError};
 pub use ids::{KeyId, ProviderId, UserId};
 pub use key_cache::KEY_CACHE_TTL;
@@ -91,6 +93,8 @@ struct Inner {
     backend: Backend,
     writes: mpsc::Sender<writer::Job>,
     keys: key_cache::KeyCache,
+    /// Final saves being tried again in the background.
+    deferred: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Store {
@@ -106,7 +110,8 @@ impl Store {
     ///
     /// `postgres://` or `postgresql://` URLs reach PostgreSQL; `sqlite:PATH`, `sqlite://PATH`
     /// and plain paths open a SQLite file, created if missing (WAL journal, a busy timeout, and
-    /// foreign keys on).
+    /// foreign keys on). A SQLite URL may cap the file's size with `max_page_count=N` (pages of
+    /// 4 KiB): writes beyond it fail as on a full disk, and the store keeps serving reads.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let store = Self::connect_without_migrating(url).await?;
         store.migrate().await?;
@@ -125,6 +130,7 @@ impl Store {
                 backend,
                 writes,
                 keys: key_cache::KeyCache::default(),
+                deferred: std::sync::atomic::AtomicUsize::new(0),
             }),
         })
     }

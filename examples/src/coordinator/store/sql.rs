@@ -87,9 +87,46 @@ fn encode_path(path: &str) -> String {
     out
 }
 
+/// Takes the store's own `max_page_count=N` parameter out of a resolved SQLite URL: a cap on the
+/// database file's size in pages (`PRAGMA max_page_count`, set on every connection), so that an
+/// operator can bound the file, and tests can fill the "disk" without root.
+fn take_max_page_count(url: &str) -> Result<(String, Option<u32>), StoreError> {
+    let Some((path, params)) = url.split_once('?') else {
+        return Ok((url.to_owned(), None));
+    };
+    let mut max_pages = None;
+    let mut kept = Vec::new();
+    for param in params.split('&').filter(|p| !p.is_empty()) {
+        match param.strip_prefix("max_page_count=") {
+            Some(value) => {
+                let pages = value
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| {
+                        StoreError::invalid(
+                            "database URL",
+                            format!(
+                                "max_page_count must be a positive number of pages, got {value:?}"
+                            ),
+                        )
+                    })?;
+                max_pages = Some(pages);
+            }
+            None => kept.push(param),
+        }
+    }
+    Ok((format!("{path}?{}", kept.join("&")), max_pages))
+}
+
 /// Opens a pool on `url` (already resolved) and sets up each connection.
 pub(crate) async fn open_pool(backend: Backend, url: &str) -> Result<AnyPool, StoreError> {
     sqlx::any::install_default_drivers();
+    let (url, max_pages) = match backend {
+        Backend::Sqlite => take_max_page_count(url)?,
+        Backend::Postgres => (url.to_owned(), None),
+    };
+    let url = url.as_str();
     let options = AnyPoolOptions::new()
         .max_connections(match backend {
             Backend::Sqlite => 8,
@@ -97,9 +134,13 @@ pub(crate) async fn open_pool(backend: Backend, url: &str) -> Result<AnyPool, St
         })
         .acquire_timeout(Duration::from_secs(30));
     let options = match backend {
-        Backend::Sqlite => options.after_connect(|conn, _meta| {
+        Backend::Sqlite => options.after_connect(move |conn, _meta| {
             Box::pin(async move {
                 sqlx::Executor::execute(&mut *conn, SQLITE_PRAGMAS).await?;
+                if let Some(pages) = max_pages {
+                    let cap = format!("PRAGMA max_page_count = {pages};");
+                    sqlx::Executor::execute(&mut *conn, cap.as_str()).await?;
+                }
                 Ok(())
             })
         }),
@@ -239,6 +280,15 @@ mod tests {
         let (_, u) = resolve_url("sqlite:x.db?mode=ro").unwrap();
         assert_eq!(u, "sqlite:x.db?mode=ro");
         assert!(resolve_url("mysql://x").unwrap_err().is_invalid());
+        let (u, pages) = take_max_page_count("sqlite:x.db?max_page_count=64&mode=rwc").unwrap();
+        assert_eq!((u.as_str(), pages), ("sqlite:x.db?mode=rwc", Some(64)));
+        let (u, pages) = take_max_page_count("sqlite:x.db?mode=rwc").unwrap();
+        assert_eq!((u.as_str(), pages), ("sqlite:x.db?mode=rwc", None));
+        assert!(
+            take_max_page_count("sqlite:x.db?max_page_count=lots")
+                .unwrap_err()
+                .is_invalid()
+        );
         assert!(resolve_url("").is_err());
     }
 }

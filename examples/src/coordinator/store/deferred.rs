@@ -1,0 +1,72 @@
+//! Final record saves that the database refused for a passing reason (a full disk, a restarting
+//! server, a pool that timed out) are tried again in the background until they land, so that a
+//! record still tells the truth once the database is back. Bounded: at most
+//! [`MAX_DEFERRED_SAVES`] wait at once, each for at most [`DEFERRED_FOR`].
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use inference_club_core::record::InferenceRecord;
+
+use super::{Store, StoreError};
+
+/// The most saves waiting to be tried again at once; beyond it a failed save is only logged
+/// (and the record, left in flight, becomes `failed` at the coordinator's next start).
+pub const MAX_DEFERRED_SAVES: usize = 4096;
+/// How long a deferred save keeps trying.
+pub const DEFERRED_FOR: Duration = Duration::from_secs(3600);
+/// The first pause before trying again; it doubles up to [`MAX_PAUSE`].
+const FIRST_PAUSE: Duration = Duration::from_millis(100);
+const MAX_PAUSE: Duration = Duration::from_secs(5);
+
+impl Store {
+    /// Saves `record` like [`Store::save_record`]; when the database refuses for a reason that
+    /// may pass ([`StoreError::is_retryable`]), keeps trying in the background (see
+    /// [`MAX_DEFERRED_SAVES`]) and returns that first error. Other errors are returned as they
+    /// are, and nothing is retried.
+    pub async fn save_record_or_retry(&self, record: &InferenceRecord) -> Result<(), StoreError> {
+        match self.save_record(record).await {
+            Err(error) if error.is_retryable() => {
+                self.retry_save(record.clone());
+                Err(error)
+            }
+            other => other,
+        }
+    }
+
+    /// Saves waiting to be tried again now.
+    pub fn deferred_saves(&self) -> usize {
+        self.inner.deferred.load(Ordering::Acquire)
+    }
+
+    fn retry_save(&self, record: InferenceRecord) {
+        let deferred = &self.inner.deferred;
+        if deferred.fetch_add(1, Ordering::AcqRel) >= MAX_DEFERRED_SAVES {
+            deferred.fetch_sub(1, Ordering::AcqRel);
+            tracing::error!(id = %record.id, "too many record saves waiting: this one is dropped");
+            return;
+        }
+        let store = self.clone();
+        tokio::spawn(async move {
+            let give_up = Instant::now() + DEFERRED_FOR;
+            let mut pause = FIRST_PAUSE;
+            loop {
+                tokio::time::sleep(pause).await;
+                match store.save_record(&record).await {
+                    Ok(()) => {
+                        tracing::info!(id = %record.id, "a deferred record save landed");
+                        break;
+                    }
+                    Err(error) if error.is_retryable() && Instant::now() < give_up => {
+                        pause = (pause * 2).min(MAX_PAUSE);
+                    }
+                    Err(error) => {
+                        tracing::error!(id = %record.id, "a deferred record save failed: {error}");
+                        break;
+                    }
+                }
+            }
+            store.inner.deferred.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+}

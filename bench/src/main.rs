@@ -8,6 +8,7 @@
 mod cluster;
 mod engine;
 mod load;
+mod pages;
 mod peers;
 mod pg;
 mod stats;
@@ -80,6 +81,8 @@ enum Command {
     Postgres,
     /// The peers (nginx, vllm-router, LiteLLM) in front of the same engine, scenarios 1 and 2.
     Peers,
+    /// The web pages' server-side render time with 10,000 records in the store.
+    Pages,
     /// (internal) Serve the fake engine.
     #[command(hide = true)]
     ServeEngine {
@@ -181,6 +184,13 @@ fn main() -> ExitCode {
             };
             ExitCode::from(runtime.block_on(inference_club_examples::provider_ops::run(options)))
         }
+        Command::Pages => match runtime.block_on(pages::measure(10_000, 50)) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::from(1)
+            }
+        },
         Command::ServeSwarm {
             coordinator,
             key,

@@ -6,7 +6,9 @@
 //! request; sign in with GitHub; accept the terms; chat in the playground and see the answer
 //! stream; find the request in the dashboard; make it private and see it vanish from the feed
 //! in a second, anonymous browser; delete it; create a key and revoke it; delete the account.
-//! Each page is screenshotted into `docs/screenshots/` (linked from `docs/web.md`).
+//! Each page is screenshotted: into `docs/screenshots/` (linked from `docs/web.md`) when
+//! `CLUB_UPDATE_SCREENSHOTS=1`, otherwise into a temporary directory, so that a test run leaves
+//! the checkout as it was.
 //!
 //! Skips loudly without chromedriver (`scripts/browser.sh` installs it; CI does).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -43,8 +45,13 @@ struct Club {
 }
 
 fn screenshots() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshots");
+    let dir = if std::env::var_os("CLUB_UPDATE_SCREENSHOTS").is_some_and(|v| v == "1") {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshots")
+    } else {
+        std::env::temp_dir().join(format!("club-screenshots-{}", std::process::id()))
+    };
     std::fs::create_dir_all(&dir).unwrap();
+    eprintln!("screenshots go to {}", dir.display());
     dir
 }
 

@@ -39,7 +39,11 @@ fn record(i: usize, consumer: &str, at: chrono::DateTime<chrono::Utc>) -> Value 
         1 => "unlisted",
         _ => "public",
     };
-    let model = if i.is_multiple_of(3) { "qwen3-8b" } else { "echo" };
+    let model = if i.is_multiple_of(3) {
+        "qwen3-8b"
+    } else {
+        "echo"
+    };
     let prompt = format!(
         "Question {i}: explain, in a few paragraphs, how a coordinator routes requests to nodes \
          that members run on their own hardware, and what it records."
@@ -180,7 +184,10 @@ pub async fn measure(records: usize, rounds: usize) -> Result<Vec<PageTiming>, B
         ("/playground".into(), true),
         ("/dashboard".into(), true),
         ("/dashboard/requests".into(), true),
-        ("/dashboard/requests?visibility=private&status=succeeded".into(), true),
+        (
+            "/dashboard/requests?visibility=private&status=succeeded".into(),
+            true,
+        ),
         ("/dashboard/keys".into(), true),
         ("/dashboard/nodes".into(), true),
         ("/dashboard/settings".into(), true),

@@ -10,8 +10,8 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use e2e_support::{
-    Club, FakeEngine, Fault, MODEL, Script, ServiceSpec, SseReader, chat_body, json_of, loud,
-    request_id, streamed_content, wait_until,
+    ANSWER, Club, FakeEngine, Fault, MODEL, Script, ServiceSpec, SseReader, chat_body, error_of,
+    json_of, loud, request_id, streamed_content, wait_until,
 };
 use inference_club_core::record::{Status, UsageSource, Visibility};
 use inference_club_examples::coordinator::store::RecordQuery;
@@ -20,21 +20,9 @@ use serde_json::{Value, json};
 /// Every test is bounded.
 const TEST_LIMIT: Duration = Duration::from_secs(40);
 
-/// Runs `test`, failing it after [`TEST_LIMIT`]. (The panic happens while the test's future
-/// is still alive, so its club prints the processes' output as it is dropped.)
+/// Runs `test`, failing it after [`TEST_LIMIT`].
 async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
-    let test = std::pin::pin!(test);
-    tokio::select! {
-        () = test => {}
-        () = tokio::time::sleep(TEST_LIMIT) => panic!("the test took longer than {TEST_LIMIT:?}"),
-    }
-}
-
-const ANSWER: &str = "Hello, world!";
-
-fn error_of(event: &str) -> Option<Value> {
-    let value: Value = serde_json::from_str(event).ok()?;
-    value.get("error").cloned()
+    e2e_support::bounded_by(TEST_LIMIT, test).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

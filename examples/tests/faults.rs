@@ -17,8 +17,8 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use e2e_support::{
-    Club, FakeEngine, Fault, MODEL, STARTUP, Script, ServiceSpec, SseReader, chat_body, json_of,
-    loud, request_id, streamed_content, wait_until,
+    ANSWER, Club, FakeEngine, Fault, MODEL, STARTUP, Script, ServiceSpec, SseReader, chat_body,
+    error_of, json_of, loud, request_id, streamed_content, wait_until,
 };
 use faults_support::{PgDatabase, StallProxy, postgres_url};
 use inference_club_core::record::{InferenceRecord, RecordId, Status};
@@ -28,22 +28,9 @@ use serde_json::{Value, json};
 /// Every test is bounded.
 const TEST_LIMIT: Duration = Duration::from_secs(60);
 
-/// Runs `test`, failing it after [`TEST_LIMIT`] (while the club is alive, so that the
-/// processes' output is printed).
+/// Runs `test`, failing it after [`TEST_LIMIT`].
 async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
-    let test = std::pin::pin!(test);
-    tokio::select! {
-        () = test => {}
-        () = tokio::time::sleep(TEST_LIMIT) => panic!("the test took longer than {TEST_LIMIT:?}"),
-    }
-}
-
-const ANSWER: &str = "Hello, world!";
-
-/// The error object of an SSE payload, if it is one.
-fn error_of(event: &str) -> Option<Value> {
-    let value: Value = serde_json::from_str(event).ok()?;
-    value.get("error").cloned()
+    e2e_support::bounded_by(TEST_LIMIT, test).await;
 }
 
 /// Asserts that `body` is the OpenAI error envelope with `code`, and returns its message.

@@ -39,6 +39,25 @@ pub async fn wait_until(what: &str, within: Duration, mut condition: impl FnMut(
     }
 }
 
+/// The answer the scripted engines give by default in the end-to-end and fault suites.
+pub const ANSWER: &str = "Hello, world!";
+
+/// Runs `test`, failing it after `limit`. (The panic happens while the test's future is still
+/// alive, so its club prints the processes' output as it is dropped.)
+pub async fn bounded_by<F: std::future::Future<Output = ()>>(limit: Duration, test: F) {
+    let test = std::pin::pin!(test);
+    tokio::select! {
+        () = test => {}
+        () = tokio::time::sleep(limit) => panic!("the test took longer than {limit:?}"),
+    }
+}
+
+/// The error object of an SSE payload, if it is one.
+pub fn error_of(event: &str) -> Option<Value> {
+    let value: Value = serde_json::from_str(event).ok()?;
+    value.get("error").cloned()
+}
+
 /// Writes a line straight to the process's stderr (the test harness captures `eprintln!`).
 pub fn loud(line: &str) {
     use std::io::Write as _;

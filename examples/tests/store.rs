@@ -1004,7 +1004,7 @@ async fn writes_queued_together_end_in_the_latest_state(db: &TestDb) {
         succeed(&mut done, "the answer");
 
         let inserted = store.insert_record_soon(&queued).await.unwrap();
-        store.save_record_soon(&running).await.unwrap();
+        store.save_progress(&running).await.unwrap();
         let (finished, stale) = tokio::join!(store.save_record(&done), store.save_record(&running));
         finished.unwrap();
         inserted.committed().await.unwrap();

@@ -470,15 +470,6 @@ impl Store {
         self.write(super::writer::Write::Save(row)).await
     }
 
-    /// Queues a save like [`Store::save_record`], behind every write queued before it, without
-    /// waiting for it to be committed (for progress, such as `running`, that must not delay the
-    /// answer; a later save still supersedes it, and a save that would move a record back is
-    /// refused as ever).
-    pub async fn save_record_soon(&self, record: &InferenceRecord) -> Result<(), StoreError> {
-        let row = RecordRow::new(record)?;
-        self.write_soon(super::writer::Write::Save(row)).await
-    }
-
     /// Queues a progress save (such as `running`, with the node serving the request): written
     /// [`PROGRESS_DELAY`](super::PROGRESS_DELAY) from now unless a later save of the record
     /// comes first, so a request that ends sooner costs no write for its progress. A crash of

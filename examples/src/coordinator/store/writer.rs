@@ -399,17 +399,6 @@ impl Store {
         Ok(PendingWrite(self.enqueue(write).await?))
     }
 
-    /// Queues `write` behind every write queued before it, without waiting for its commit. What
-    /// becomes of it is logged, not returned.
-    pub(crate) async fn write_soon(&self, write: Write) -> Result<(), StoreError> {
-        self.send_job(Job {
-            write,
-            ack: Ack::Log,
-            progress: false,
-        })
-        .await
-    }
-
     /// Queues a progress save: written after [`PROGRESS_DELAY`] unless a later save of the same
     /// record supersedes it first. What becomes of it is logged, not returned.
     pub(crate) async fn write_progress(&self, write: Write) -> Result<(), StoreError> {

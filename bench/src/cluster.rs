@@ -148,14 +148,7 @@ impl Cluster {
             Some(url) => url.to_owned(),
             None => format!("sqlite:{}", dir.join("club.db").display()),
         };
-        let key = {
-            let store = Store::connect(&database).await?;
-            let user = store.create_user("bench", None).await?;
-            let scopes = Scopes::only(Scope::Inference).with(Scope::Provider);
-            let (_, key) = store.create_key(user.id, "bench", scopes).await?;
-            store.close().await;
-            key
-        };
+        let key = bench_key(&database).await?;
         let engine = Process::start_self(
             "engine",
             &["serve-engine", "--listen", "127.0.0.1:0"],
@@ -179,20 +172,7 @@ impl Cluster {
             true,
         )
         .await?;
-        let manifest = serde_json::json!({
-            "schema_version": 1,
-            "agent": {"name": "bench-node"},
-            "hosts": [{"id": "h", "services": [{
-                "name": "fake-engine",
-                "type": "llm",
-                "engine": "vllm",
-                "url": format!("{}/v1", engine.url),
-                "models": MODELS.iter().map(|id| serde_json::json!({"id": id})).collect::<Vec<_>>(),
-            }]}]
-        });
-        let manifest_path = dir.join("manifest.json");
-        std::fs::write(&manifest_path, manifest.to_string())?;
-        let manifest_arg = manifest_path.display().to_string();
+        let manifest_arg = write_manifest(&dir, &engine.url)?.display().to_string();
         let node = Process::start_self(
             "node",
             &[
@@ -219,23 +199,7 @@ impl Cluster {
     }
 
     async fn wait_for_models(&self) -> Result<(), BoxError> {
-        let client = reqwest::Client::builder().no_proxy().build()?;
-        let url = format!("{}/v1/models", self.coordinator.url);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(response) = client.get(&url).bearer_auth(&self.key).send().await
-                && let Ok(text) = response.text().await
-                && MODELS.iter().all(|m| text.contains(m))
-            {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Err(format!(
-            "the node's models did not appear at the coordinator within 30 s; see the logs in {}",
-            self.dir.display()
-        )
-        .into())
+        wait_for_models(&self.coordinator.url, &self.key, &self.dir).await
     }
 
     /// Stops every child and removes the temporary directory.
@@ -245,6 +209,58 @@ impl Cluster {
         self.engine.stop().await;
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Creates the user `bench` in `database` (migrating it first) and returns a new key of theirs
+/// with the inference and provider scopes.
+pub async fn bench_key(database: &str) -> Result<String, BoxError> {
+    let store = Store::connect(database).await?;
+    let user = store.create_user("bench", None).await?;
+    let scopes = Scopes::only(Scope::Inference).with(Scope::Provider);
+    let (_, key) = store.create_key(user.id, "bench", scopes).await?;
+    store.close().await;
+    Ok(key)
+}
+
+/// Writes `dir/manifest.json`: one node with one service, the fake engine at `engine_url`
+/// (`http://HOST:PORT`), serving every bench model; returns its path.
+pub fn write_manifest(dir: &Path, engine_url: &str) -> Result<PathBuf, BoxError> {
+    let manifest = serde_json::json!({
+        "schema_version": 1,
+        "agent": {"name": "bench-node"},
+        "hosts": [{"id": "h", "services": [{
+            "name": "fake-engine",
+            "type": "llm",
+            "engine": "vllm",
+            "url": format!("{engine_url}/v1"),
+            "models": MODELS.iter().map(|id| serde_json::json!({"id": id})).collect::<Vec<_>>(),
+        }]}]
+    });
+    let manifest_path = dir.join("manifest.json");
+    std::fs::write(&manifest_path, manifest.to_string())?;
+    Ok(manifest_path)
+}
+
+/// Waits (up to 30 s) until the coordinator at `coordinator_url` lists every bench model;
+/// `dir` (the children's logs) is named in the error.
+pub async fn wait_for_models(coordinator_url: &str, key: &str, dir: &Path) -> Result<(), BoxError> {
+    let client = reqwest::Client::builder().no_proxy().build()?;
+    let url = format!("{coordinator_url}/v1/models");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(response) = client.get(&url).bearer_auth(key).send().await
+            && let Ok(text) = response.text().await
+            && MODELS.iter().all(|m| text.contains(m))
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(format!(
+        "the node's models did not appear at the coordinator {coordinator_url} within 30 s; see the logs in {}",
+        dir.display()
+    )
+    .into())
 }
 
 /// utime + stime of process `pid` and of its direct children (nginx's workers, a Python

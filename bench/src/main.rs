@@ -2,8 +2,8 @@
 //! against the direct path (consumer → engine), in the same run, on the same fake engine.
 //!
 //! `club-bench all` runs every scenario; `smoke` runs each path briefly and checks every answer;
-//! `whole`, `stream`, `paced`, `links`, `postgres` and `peers` run one scenario. Each prints a
-//! table and, with `--json FILE`, writes the results as JSON. See `docs/benchmarks.md`.
+//! `whole`, `stream`, `paced`, `links`, `postgres`, `peers` and `replicas` run one scenario. Each
+//! prints a table and, with `--json FILE`, writes the results as JSON. See `docs/benchmarks.md`.
 
 mod cluster;
 mod engine;
@@ -11,6 +11,7 @@ mod load;
 mod pages;
 mod peers;
 mod pg;
+mod replicas;
 mod stats;
 mod swarm;
 
@@ -83,6 +84,9 @@ enum Command {
     Peers,
     /// The web pages' server-side render time with 10,000 records in the store.
     Pages,
+    /// Scenario 6: two coordinator replicas on PostgreSQL and NATS, scenarios 1 and 2 (c=16)
+    /// through the in-process hop and the cross-replica hop (needs `--postgres` and nats-server).
+    Replicas,
     /// (internal) Serve the fake engine.
     #[command(hide = true)]
     ServeEngine {
@@ -96,6 +100,12 @@ enum Command {
         listen: String,
         #[arg(long)]
         database: String,
+        /// Run as a replica of a cluster on this NATS server (scenario 6).
+        #[arg(long)]
+        nats: Option<String>,
+        /// The replica's name in the cluster.
+        #[arg(long)]
+        replica_id: Option<String>,
     },
     /// (internal) What `club-provider run` runs.
     #[command(hide = true)]
@@ -154,13 +164,24 @@ fn main() -> ExitCode {
                 }
             }
         }),
-        Command::ServeCoordinator { listen, database } => {
+        Command::ServeCoordinator {
+            listen,
+            database,
+            nats,
+            replica_id,
+        } => {
             init_logging();
             // Scenario 4 links 10,000 nodes: one socket each.
             swarm::raise_open_file_limit();
             // The benchmark measures the coordinator, not its per-key limits.
             let config = inference_club_examples::coordinator::CoordinatorConfig {
                 limits: inference_club_examples::coordinator::limits::Limits::without_rate_limits(),
+                cluster: nats.map(|url| {
+                    let mut cluster =
+                        inference_club_examples::coordinator::cluster::ClusterConfig::new(url);
+                    cluster.replica_id = replica_id;
+                    cluster
+                }),
                 ..Default::default()
             };
             let status = runtime.block_on(inference_club_examples::coordinator_cli::serve_command(
@@ -250,6 +271,8 @@ struct Settings {
     links: Option<usize>,
     /// Seconds per LiteLLM row.
     litellm_seconds: f64,
+    /// Scenario 6 (replicas on PostgreSQL and NATS) is part of this command.
+    replicas: bool,
 }
 
 impl Settings {
@@ -266,6 +289,7 @@ impl Settings {
             peers: true,
             links: Some(10_000),
             litellm_seconds: 3.0,
+            replicas: true,
         };
         let only = |name, whole: Vec<usize>, stream: Vec<usize>| Self {
             command: name,
@@ -275,6 +299,7 @@ impl Settings {
             postgres: false,
             peers: false,
             links: None,
+            replicas: false,
             ..base.clone()
         };
         match command {
@@ -305,6 +330,10 @@ impl Settings {
             Command::Peers => Self {
                 peers: true,
                 ..only("peers", vec![16], vec![16])
+            },
+            Command::Replicas => Self {
+                replicas: true,
+                ..only("replicas", vec![], vec![])
             },
             _ => base,
         }
@@ -398,6 +427,8 @@ struct Report {
     links: Option<swarm::LinksOutcome>,
     /// The peers found (name and version).
     peers: Vec<peers::Found>,
+    /// Scenario 6, when run.
+    replicas: Option<replicas::ReplicasOutcome>,
     targets: Vec<Verdict>,
 }
 
@@ -492,6 +523,11 @@ async fn bench(
         }
         None => None,
     };
+    let replicas = if settings.replicas {
+        Some(replicas::run(settings.seconds, settings.warmup, postgres.as_deref()).await)
+    } else {
+        None
+    };
     let mut report = Report {
         machine,
         settings,
@@ -499,6 +535,7 @@ async fn bench(
         rows,
         links,
         peers: found_peers,
+        replicas,
         targets: Vec::new(),
     };
     report.targets = verdicts(&report);
@@ -938,6 +975,9 @@ fn print_report(report: &Report) {
     }
     if let Some(links) = &report.links {
         print_links(links);
+    }
+    if let Some(replicas) = &report.replicas {
+        replicas::print(replicas);
     }
     if !report.targets.is_empty() {
         println!();

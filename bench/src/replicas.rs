@@ -29,8 +29,14 @@ pub const DIRECT: &str = "direct";
 pub const IN_PROCESS: &str = "in-process hop (consumer on B, link on B)";
 /// Consumers on the other replica.
 pub const CROSS: &str = "cross-replica hop (consumer on A, link on B)";
-/// The scenario's rows run at this concurrency.
-pub const CONCURRENCY: usize = 16;
+/// The scenario's rows: scenario, model, streamed, concurrency. At c=1 the latencies are the
+/// hops' own (no queueing for CPU); at c=16 the throughput and CPU per request.
+const PLAN: [(&str, &str, bool, usize); 4] = [
+    (WHOLE, WHOLE_MODEL, false, 1),
+    (WHOLE, WHOLE_MODEL, false, 16),
+    (STREAM, STREAM_MODEL, true, 1),
+    (STREAM, STREAM_MODEL, true, 16),
+];
 
 /// CPU time per correct request of each process, µs (user + system, from `/proc/PID/stat`).
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
@@ -132,13 +138,13 @@ pub struct ReplicasOutcome {
 impl ReplicasOutcome {
     fn skipped_all(why: &str) -> Self {
         eprintln!("6 replicas: SKIPPED: {why}");
-        let rows = [WHOLE, STREAM]
+        let rows = PLAN
             .into_iter()
-            .flat_map(|scenario| {
+            .flat_map(|(scenario, _, _, concurrency)| {
                 [DIRECT, IN_PROCESS, CROSS].map(|path| HopRow {
                     scenario,
                     path,
-                    concurrency: CONCURRENCY,
+                    concurrency,
                     skipped: Some(why.to_owned()),
                     outcome: Outcome::default(),
                     cpu: ReplicaCpu::default(),
@@ -152,10 +158,13 @@ impl ReplicasOutcome {
         }
     }
 
-    fn find(&self, scenario: &str, path: &str) -> Option<&HopRow> {
-        self.rows
-            .iter()
-            .find(|r| r.scenario == scenario && r.path == path && r.skipped.is_none())
+    fn find(&self, scenario: &str, path: &str, concurrency: usize) -> Option<&HopRow> {
+        self.rows.iter().find(|r| {
+            r.scenario == scenario
+                && r.path == path
+                && r.concurrency == concurrency
+                && r.skipped.is_none()
+        })
     }
 
     /// Every measured row answered correctly (and at least one row was measured).
@@ -465,18 +474,22 @@ async fn measure_all(
     let idle_msgs_per_s =
         Some(after.in_msgs.saturating_sub(before.in_msgs) as f64 / idle_window.as_secs_f64());
     let mut rows = Vec::new();
-    let plan = [(WHOLE, WHOLE_MODEL, false), (STREAM, STREAM_MODEL, true)];
-    for (scenario, model, stream) in plan {
+    for (scenario, model, stream, concurrency) in PLAN {
         for (path, url, key) in [
             (DIRECT, &replicas.engine.url, None),
             (IN_PROCESS, &replicas.b.url, Some(replicas.key.as_str())),
             (CROSS, &replicas.a.url, Some(replicas.key.as_str())),
         ] {
+            let spec = Spec {
+                scenario,
+                path,
+                concurrency,
+            };
             let row = match crate::target(url, key, model, stream) {
-                Ok(target) => measure(replicas, client, scenario, path, &target, seconds, warmup)
+                Ok(target) => measure(replicas, client, spec, &target, (seconds, warmup))
                     .await
-                    .unwrap_or_else(|e| skipped(scenario, path, e.to_string())),
-                Err(error) => skipped(scenario, path, error.to_string()),
+                    .unwrap_or_else(|e| skipped(spec, e.to_string())),
+                Err(error) => skipped(spec, error.to_string()),
             };
             rows.push(row);
         }
@@ -488,12 +501,25 @@ async fn measure_all(
     }
 }
 
-fn skipped(scenario: &'static str, path: &'static str, why: String) -> HopRow {
-    eprintln!("{scenario:<9} {path:<44} … SKIPPED: {why}");
+/// Which row.
+#[derive(Debug, Clone, Copy)]
+struct Spec {
+    scenario: &'static str,
+    path: &'static str,
+    concurrency: usize,
+}
+
+fn skipped(spec: Spec, why: String) -> HopRow {
+    let Spec {
+        scenario,
+        path,
+        concurrency,
+    } = spec;
+    eprintln!("{scenario:<9} {path:<44} c={concurrency:<3} … SKIPPED: {why}");
     HopRow {
         scenario,
         path,
-        concurrency: CONCURRENCY,
+        concurrency,
         skipped: Some(why),
         outcome: Outcome::default(),
         cpu: ReplicaCpu::default(),
@@ -506,15 +532,18 @@ fn skipped(scenario: &'static str, path: &'static str, why: String) -> HopRow {
 async fn measure(
     replicas: &Replicas,
     varz_client: &reqwest::Client,
-    scenario: &'static str,
-    path: &'static str,
+    spec: Spec,
     target: &Target,
-    seconds: f64,
-    warmup: f64,
+    (seconds, warmup): (f64, f64),
 ) -> Result<HopRow, BoxError> {
-    let client = load::client(CONCURRENCY)?;
+    let Spec {
+        scenario,
+        path,
+        concurrency,
+    } = spec;
+    let client = load::client(concurrency)?;
     let mut load = Load {
-        concurrency: CONCURRENCY,
+        concurrency,
         duration: Duration::from_secs_f64(warmup),
         max_requests: u64::MAX,
         strict: false,
@@ -523,7 +552,7 @@ async fn measure(
         let _ = load::run(&client, target, load).await;
     }
     load.duration = Duration::from_secs_f64(seconds);
-    eprint!("{scenario:<9} {path:<44} c={CONCURRENCY:<3} … ");
+    eprint!("{scenario:<9} {path:<44} c={concurrency:<3} … ");
     let _ = std::io::stderr().flush();
     let varz_before = replicas.nats.varz(varz_client).await;
     let before = replicas.ticks();
@@ -546,7 +575,7 @@ async fn measure(
     Ok(HopRow {
         scenario,
         path,
-        concurrency: CONCURRENCY,
+        concurrency,
         skipped: None,
         cpu: cpu_between(before, after, outcome.ok),
         outcome,
@@ -594,7 +623,7 @@ fn ratio(a: f64, b: f64) -> String {
 pub fn print(outcome: &ReplicasOutcome) {
     println!();
     println!(
-        "## 6. replicas: two coordinators (A, B) on one PostgreSQL and one nats-server{}, the node linked to B, c={CONCURRENCY}",
+        "## 6. replicas: two coordinators (A, B) on one PostgreSQL and one nats-server{}, the node linked to B",
         outcome
             .nats_version
             .as_deref()
@@ -615,13 +644,13 @@ pub fn print(outcome: &ReplicasOutcome) {
         "| path | c | requests | errors | requests/s | p50 ms | p99 ms | added p50 ms (vs direct) | CPU µs/request engine / A / B / node / nats-server / PostgreSQL | NATS msgs/request published / delivered | NATS bytes/request |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
-    let direct = outcome.find(WHOLE, DIRECT);
     for row in whole {
         if let Some(line) = skipped_line(row, 11) {
             println!("{line}");
             continue;
         }
         let o = &row.outcome;
+        let direct = outcome.find(WHOLE, DIRECT, row.concurrency);
         let added = direct.map_or(0, |d| diff(o.latency.p50_us, d.outcome.latency.p50_us));
         println!(
             "| {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {:.2} / {:.2} | {:.0} |",
@@ -650,13 +679,13 @@ pub fn print(outcome: &ReplicasOutcome) {
         "| path | c | streams | errors | streams/s | chunks/s | first chunk p50 ms | p99 ms | added p50 / p99 ms (vs direct) | CPU µs/stream engine / A / B / node / nats-server / PostgreSQL | NATS msgs/stream published / delivered | NATS msgs per content chunk (published) |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
-    let direct = outcome.find(STREAM, DIRECT);
     for row in streams {
         if let Some(line) = skipped_line(row, 12) {
             println!("{line}");
             continue;
         }
         let o = &row.outcome;
+        let direct = outcome.find(STREAM, DIRECT, row.concurrency);
         let (a50, a99) = direct.map_or((0, 0), |d| {
             (
                 diff(o.ttfc.p50_us, d.outcome.ttfc.p50_us),
@@ -684,124 +713,177 @@ pub fn print(outcome: &ReplicasOutcome) {
     print_ratios(outcome);
 }
 
+/// A measure of a row, for the comparison table.
+type Measure = fn(&HopRow) -> f64;
+
+fn ms_of(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+/// The comparison table's lines: scenario, concurrency, name, measure, unit, decimals.
+const COMPARED: [(&str, usize, &str, Measure, &str, usize); 18] = [
+    (
+        WHOLE,
+        1,
+        "latency p50",
+        |r| ms_of(r.outcome.latency.p50_us),
+        " ms",
+        3,
+    ),
+    (
+        WHOLE,
+        1,
+        "latency p99",
+        |r| ms_of(r.outcome.latency.p99_us),
+        " ms",
+        3,
+    ),
+    (WHOLE, 16, "requests/s", |r| r.outcome.requests_per_s, "", 0),
+    (
+        WHOLE,
+        16,
+        "latency p50",
+        |r| ms_of(r.outcome.latency.p50_us),
+        " ms",
+        3,
+    ),
+    (
+        WHOLE,
+        16,
+        "latency p99",
+        |r| ms_of(r.outcome.latency.p99_us),
+        " ms",
+        3,
+    ),
+    (
+        WHOLE,
+        16,
+        "CPU µs/request, A + B + nats-server",
+        |r| coordinators_us(&r.cpu),
+        "",
+        0,
+    ),
+    (
+        WHOLE,
+        16,
+        "CPU µs/request, every process",
+        |r| total_us(&r.cpu),
+        "",
+        0,
+    ),
+    (
+        WHOLE,
+        16,
+        "NATS messages published per request",
+        |r| r.nats.in_per_request,
+        "",
+        2,
+    ),
+    (
+        STREAM,
+        1,
+        "first chunk p50",
+        |r| ms_of(r.outcome.ttfc.p50_us),
+        " ms",
+        3,
+    ),
+    (
+        STREAM,
+        1,
+        "first chunk p99",
+        |r| ms_of(r.outcome.ttfc.p99_us),
+        " ms",
+        3,
+    ),
+    (
+        STREAM,
+        1,
+        "whole stream p50",
+        |r| ms_of(r.outcome.latency.p50_us),
+        " ms",
+        3,
+    ),
+    (STREAM, 16, "chunks/s", |r| r.outcome.chunks_per_s, "", 0),
+    (
+        STREAM,
+        16,
+        "first chunk p50",
+        |r| ms_of(r.outcome.ttfc.p50_us),
+        " ms",
+        3,
+    ),
+    (
+        STREAM,
+        16,
+        "first chunk p99",
+        |r| ms_of(r.outcome.ttfc.p99_us),
+        " ms",
+        3,
+    ),
+    (
+        STREAM,
+        16,
+        "whole stream p50",
+        |r| ms_of(r.outcome.latency.p50_us),
+        " ms",
+        3,
+    ),
+    (
+        STREAM,
+        16,
+        "CPU µs/stream, A + B + nats-server",
+        |r| coordinators_us(&r.cpu),
+        "",
+        0,
+    ),
+    (
+        STREAM,
+        16,
+        "CPU µs/stream, every process",
+        |r| total_us(&r.cpu),
+        "",
+        0,
+    ),
+    (
+        STREAM,
+        16,
+        "NATS messages published per content chunk",
+        |r| r.nats.in_per_chunk,
+        "",
+        3,
+    ),
+];
+
 /// The cross-replica hop against the in-process one, measure by measure.
 fn print_ratios(outcome: &ReplicasOutcome) {
-    let (Some(wi), Some(wc), Some(si), Some(sc)) = (
-        outcome.find(WHOLE, IN_PROCESS),
-        outcome.find(WHOLE, CROSS),
-        outcome.find(STREAM, IN_PROCESS),
-        outcome.find(STREAM, CROSS),
-    ) else {
+    let mut lines = Vec::new();
+    for (scenario, c, name, measure, unit, decimals) in COMPARED {
+        let (Some(i), Some(x)) = (
+            outcome.find(scenario, IN_PROCESS, c),
+            outcome.find(scenario, CROSS, c),
+        ) else {
+            continue;
+        };
+        let (a, b) = (measure(i), measure(x));
+        let label = scenario.split_once(' ').map_or(scenario, |(_, l)| l);
+        lines.push(format!(
+            "| {label} c={c}: {name} | {a:.decimals$}{unit} | {b:.decimals$}{unit} | {} | {:+.decimals$}{unit} |",
+            ratio(b, a),
+            b - a,
+        ));
+    }
+    if lines.is_empty() {
         return;
-    };
+    }
     println!();
     println!("### 6.3 the cross-replica hop against the in-process one");
     println!(
         "| measure | in-process (B) | cross-replica (A → B) | cross / in-process | cross − in-process |"
     );
     println!("|---|---|---|---|---|");
-    let line = |name: &str, a: f64, b: f64, unit: &str, decimals: usize| {
-        println!(
-            "| {name} | {a:.decimals$}{unit} | {b:.decimals$}{unit} | {} | {:+.decimals$}{unit} |",
-            ratio(b, a),
-            b - a,
-        );
-    };
-    let msf = |us: u64| us as f64 / 1000.0;
-    let (i, c) = (&wi.outcome, &wc.outcome);
-    line(
-        "whole: requests/s",
-        i.requests_per_s,
-        c.requests_per_s,
-        "",
-        0,
-    );
-    line(
-        "whole: latency p50",
-        msf(i.latency.p50_us),
-        msf(c.latency.p50_us),
-        " ms",
-        3,
-    );
-    line(
-        "whole: latency p99",
-        msf(i.latency.p99_us),
-        msf(c.latency.p99_us),
-        " ms",
-        3,
-    );
-    line(
-        "whole: CPU µs/request, A + B + nats-server",
-        coordinators_us(&wi.cpu),
-        coordinators_us(&wc.cpu),
-        "",
-        0,
-    );
-    line(
-        "whole: CPU µs/request, every process",
-        total_us(&wi.cpu),
-        total_us(&wc.cpu),
-        "",
-        0,
-    );
-    line(
-        "whole: NATS messages published per request",
-        wi.nats.in_per_request,
-        wc.nats.in_per_request,
-        "",
-        2,
-    );
-    let (i, c) = (&si.outcome, &sc.outcome);
-    line(
-        "streams: streams/s",
-        i.requests_per_s,
-        c.requests_per_s,
-        "",
-        0,
-    );
-    line("streams: chunks/s", i.chunks_per_s, c.chunks_per_s, "", 0);
-    line(
-        "streams: first chunk p50",
-        msf(i.ttfc.p50_us),
-        msf(c.ttfc.p50_us),
-        " ms",
-        3,
-    );
-    line(
-        "streams: first chunk p99",
-        msf(i.ttfc.p99_us),
-        msf(c.ttfc.p99_us),
-        " ms",
-        3,
-    );
-    line(
-        "streams: whole stream p50",
-        msf(i.latency.p50_us),
-        msf(c.latency.p50_us),
-        " ms",
-        3,
-    );
-    line(
-        "streams: CPU µs/stream, A + B + nats-server",
-        coordinators_us(&si.cpu),
-        coordinators_us(&sc.cpu),
-        "",
-        0,
-    );
-    line(
-        "streams: CPU µs/stream, every process",
-        total_us(&si.cpu),
-        total_us(&sc.cpu),
-        "",
-        0,
-    );
-    line(
-        "streams: NATS messages published per content chunk",
-        si.nats.in_per_chunk,
-        sc.nats.in_per_chunk,
-        "",
-        3,
-    );
+    for line in lines {
+        println!("{line}");
+    }
     let per_message = |row: &HopRow| {
         if row.nats.in_per_request > 0.0 {
             row.cpu.nats_us / row.nats.in_per_request
@@ -809,13 +891,19 @@ fn print_ratios(outcome: &ReplicasOutcome) {
             0.0
         }
     };
-    println!();
-    println!(
-        "nats-server CPU per message published (and delivered once) on the cross-replica hop: {:.1} µs (whole), {:.1} µs (streams); bytes published per stream: {:.0}",
-        per_message(wc),
-        per_message(sc),
-        sc.nats.bytes_per_request,
-    );
+    if let (Some(w), Some(st)) = (
+        outcome.find(WHOLE, CROSS, 16),
+        outcome.find(STREAM, CROSS, 16),
+    ) {
+        println!();
+        println!(
+            "nats-server CPU per message published (and delivered once) on the cross-replica hop, c=16: {:.1} µs (whole), {:.1} µs (streams); bytes published per whole request {:.0}, per stream {:.0}",
+            per_message(w),
+            per_message(st),
+            w.nats.bytes_per_request,
+            st.nats.bytes_per_request,
+        );
+    }
 }
 
 fn total_us(c: &ReplicaCpu) -> f64 {
@@ -859,7 +947,7 @@ mod tests {
     #[test]
     fn skipped_rows_say_why() {
         let outcome = ReplicasOutcome::skipped_all("no nats-server");
-        assert_eq!(outcome.rows.len(), 6);
+        assert_eq!(outcome.rows.len(), 12);
         assert!(
             outcome
                 .rows

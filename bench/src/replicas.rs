@@ -630,6 +630,16 @@ pub fn print(outcome: &ReplicasOutcome) {
             .map(|v| format!(" {v}"))
             .unwrap_or_default()
     );
+    let measured = outcome.rows.iter().any(|r| r.skipped.is_none());
+    if !measured {
+        let why = outcome
+            .rows
+            .iter()
+            .find_map(|r| r.skipped.as_deref())
+            .unwrap_or("nothing to run");
+        println!("**skipped: {why}**");
+        return;
+    }
     if let Some(idle) = outcome.idle_msgs_per_s {
         println!("NATS messages published per second with the cluster idle: {idle:.1}");
     }

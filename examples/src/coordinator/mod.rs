@@ -267,7 +267,17 @@ impl Coordinator {
     /// Notes the models served now (the cluster does, every beat), for [`Coordinator::may_relink`].
     pub fn note_models_online(&self) {
         let now = std::time::Instant::now();
-        let nodes = self.online_nodes();
+        let mut nodes = self.online_nodes();
+        // A draining replica's nodes are about to link elsewhere: their models stay "seen".
+        if let Some(cluster) = &self.cluster {
+            nodes.extend(
+                cluster
+                    .directory
+                    .all_nodes()
+                    .into_iter()
+                    .map(OnlineNode::Peer),
+            );
+        }
         let mut seen = self
             .models_seen
             .lock()

@@ -230,6 +230,17 @@ impl Directory {
             .collect()
     }
 
+    /// Every node of the other replicas, those of draining replicas too (they are about to
+    /// link elsewhere).
+    pub fn all_nodes(&self) -> Vec<Arc<PeerNode>> {
+        self.replicas
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .flat_map(|r| r.nodes.values().cloned())
+            .collect()
+    }
+
     /// The node with this identity, on whichever other replica.
     pub fn get(&self, key: &NodeKey) -> Option<Arc<PeerNode>> {
         self.replicas

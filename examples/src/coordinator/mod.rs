@@ -379,6 +379,21 @@ async fn metrics_text(State(state): State<Arc<Coordinator>>) -> impl IntoRespons
         .metrics
         .deferred_saves
         .set(i64::try_from(state.store.deferred_saves()).unwrap_or(i64::MAX));
+    if let Some(cluster) = &state.cluster {
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        state
+            .metrics
+            .cluster_replicas
+            .set(gauge(cluster.directory.replicas()));
+        state
+            .metrics
+            .cluster_peer_nodes
+            .set(gauge(cluster.directory.nodes().len()));
+        state
+            .metrics
+            .cluster_relayed_jobs
+            .set(gauge(cluster.remote_jobs()));
+    }
     let tasks = tokio::runtime::Handle::current()
         .metrics()
         .num_alive_tasks();

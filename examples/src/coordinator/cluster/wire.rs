@@ -229,10 +229,10 @@ pub struct RelayEvent {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum RelayKind {
-    /// A chunk of the answer.
-    Chunk {
-        /// The chunk.
-        chunk: ChatCompletionChunk,
+    /// Chunks of the answer, in order (those ready at the same moment travel together).
+    Chunks {
+        /// The chunks.
+        chunks: Vec<ChatCompletionChunk>,
     },
     /// The job ended well.
     Done,

@@ -352,7 +352,7 @@ impl BeatState {
     /// The next beat: all nodes every [`wire::FULL_BEAT_EVERY`]th time, else those whose load
     /// changed. Split into messages of at most `limit` bytes.
     fn next(&mut self, full: Beat, limit: usize) -> Vec<Vec<u8>> {
-        let everything = self.beats % wire::FULL_BEAT_EVERY == 0;
+        let everything = self.beats.is_multiple_of(wire::FULL_BEAT_EVERY);
         self.beats += 1;
         let mut beat = full;
         let current: HashMap<_, _> = beat

@@ -12,6 +12,9 @@
 //! - [`web`]: the club on the web (server-rendered pages: feed, requests, profiles, providers,
 //!   models, dashboard, playground, terms).
 //! - [`server`]: the HTTP server, with header and body read timeouts ([`serve`], [`serve_with`]).
+//! - [`cluster`]: several replicas as one club, on PostgreSQL and NATS (off unless
+//!   [`CoordinatorConfig::cluster`] is set): nodes linked to other replicas are routable here
+//!   ([`nodes::OnlineNode`]), their jobs relayed by the replica holding the link.
 
 pub mod accounts;
 pub mod api;

@@ -350,7 +350,8 @@ impl Directory {
             .or_insert_with(Replica::new);
         replica.heard = Instant::now();
         replica.draining = beat.draining;
-        let mut matches = beat.nodes.len() == replica.nodes.len();
+        let mut matches = usize::try_from(beat.total).is_ok_and(|t| t == replica.nodes.len())
+            && (beat.changes_only || beat.nodes.len() == replica.nodes.len());
         for load in beat.nodes {
             let key = NodeKey {
                 operator_id: load.operator_id,
@@ -444,6 +445,8 @@ mod tests {
         Beat {
             replica: replica.into(),
             draining,
+            total: u32::try_from(nodes.len()).unwrap(),
+            changes_only: false,
             nodes: nodes
                 .iter()
                 .map(|(operator_id, provider, in_flight)| NodeLoad {

@@ -1,5 +1,5 @@
 //! Jobs across replicas: the requester's side ([`PeerNode::chat`]: send the job to the node's
-//! subject, read its events from an inbox) and the link holder's side ([`serve_node`]: take
+//! subject, read its events from an inbox) and the link holder's side (`serve_node`: take
 //! jobs for a linked node, run them over its link, publish their events in order).
 
 use std::sync::Arc;

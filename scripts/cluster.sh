@@ -34,19 +34,20 @@ alive() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# The first port from $1 that nothing listens on and that this script has not handed out.
-taken=" "
+# Sets `port` to the first port from $1 that nothing listens on and that this script has not
+# handed out yet.
+taken=" ${CLUB_CLUSTER_PORT:-} "
 free_port() {
-    local port
-    for port in $(seq "$1" $(($1 + 200))); do
-        if [[ "$taken" != *" $port "* ]] && ! port_open "$port"; then
-            taken="$taken$port "
-            printf '%s\n' "$port"
+    local candidate
+    for candidate in $(seq "$1" $(($1 + 200))); do
+        if [[ "$taken" != *" $candidate "* ]] && ! port_open "$candidate"; then
+            taken="$taken$candidate "
+            port="$candidate"
             return 0
         fi
     done
     log "no free port from $1"
-    return 1
+    exit 1
 }
 
 # Waits up to $2 seconds until $1 (a command) succeeds.
@@ -97,7 +98,7 @@ apt_install() {
 launch() {
     local name="$1"
     shift
-    setsid "$@" </dev/null >"$dir/$name.log" 2>&1 &
+    NO_COLOR=1 setsid "$@" </dev/null >"$dir/$name.log" 2>&1 &
     echo $! >"$dir/$name.pid"
 }
 
@@ -219,8 +220,9 @@ start() {
         --scope inference,provider,account --name cluster >"$dir/key"
     chmod 600 "$dir/key"
 
-    local nats_port
-    nats_port="$(free_port 4222)"
+    local port nats_port
+    free_port 4222
+    nats_port="$port"
     log "starting nats-server on 127.0.0.1:$nats_port"
     launch nats "$nats" -a 127.0.0.1 -p "$nats_port"
     echo "nats://127.0.0.1:$nats_port" >"$dir/nats.address"
@@ -229,9 +231,9 @@ start() {
         exit 1
     fi
 
-    local upstreams="" port i
+    local upstreams="" i
     for i in $(seq 1 "$replicas"); do
-        port="$(free_port 8081)"
+        free_port 8081
         log "starting replica-$i on 127.0.0.1:$port"
         launch "replica-$i" "$bin/club-coordinator" --database "$url" serve \
             --listen "127.0.0.1:$port" --nats "nats://127.0.0.1:$nats_port" \
@@ -248,7 +250,11 @@ start() {
         fi
     done
 
-    local listen="${CLUB_CLUSTER_PORT:-$(free_port 8080)}"
+    local listen="${CLUB_CLUSTER_PORT:-}"
+    if [[ -z "$listen" ]]; then
+        free_port 8080
+        listen="$port"
+    fi
     mkdir -p "$dir/nginx"
     UPSTREAMS="$upstreams" PREFIX="$dir/nginx" LISTEN="127.0.0.1:$listen" awk '
         { gsub(/@PREFIX@/, ENVIRON["PREFIX"]); gsub(/@LISTEN@/, ENVIRON["LISTEN"]);

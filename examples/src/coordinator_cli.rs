@@ -126,8 +126,35 @@ pub async fn serve_command(listen: &str, database: &str, config: CoordinatorConf
         }
     };
     let shutdown = CancellationToken::new();
-    tokio::spawn(stop_on_signal(shutdown.clone()));
-    match serve(listener, coordinator.app(), shutdown).await {
+    let drain = coordinator.config.drain;
+    let stopping = coordinator.clone();
+    let stop = shutdown.clone();
+    let signalled_at = std::sync::Arc::new(std::sync::OnceLock::new());
+    let signal_time = signalled_at.clone();
+    tokio::spawn(async move {
+        signalled().await;
+        let _ = signal_time.set(std::time::Instant::now());
+        // No new links or jobs for the nodes here, then no new connections.
+        stopping.begin_drain().await;
+        stop.cancel();
+    });
+    let served = serve(listener, coordinator.app(), shutdown.clone());
+    tokio::pin!(served);
+    // After the signal, requests in flight get `drain` to finish.
+    let result = tokio::select! {
+        result = &mut served => result,
+        () = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(drain).await;
+        } => Ok(()),
+    };
+    let since_signal = signalled_at
+        .get()
+        .map_or(std::time::Duration::ZERO, std::time::Instant::elapsed);
+    coordinator
+        .finish_drain(drain.saturating_sub(since_signal))
+        .await;
+    match result {
         Ok(()) => EXIT_OK,
         Err(error) => {
             let _ = writeln!(err, "error: {error}");
@@ -136,7 +163,8 @@ pub async fn serve_command(listen: &str, database: &str, config: CoordinatorConf
     }
 }
 
-async fn stop_on_signal(shutdown: CancellationToken) {
+/// Resolves on SIGINT or SIGTERM (Ctrl-C elsewhere).
+async fn signalled() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -154,7 +182,6 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
-    shutdown.cancel();
 }
 
 /// `club-coordinator user add HANDLE`.

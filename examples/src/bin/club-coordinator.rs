@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use inference_club_examples::coordinator::CoordinatorConfig;
+use inference_club_examples::coordinator::cluster::ClusterConfig;
 use inference_club_examples::coordinator::limits::Limits;
 use inference_club_examples::coordinator_cli::{self as cli, DEFAULT_DATABASE, DEFAULT_LISTEN};
 
@@ -34,11 +35,16 @@ enum Command {
         /// How long a request may wait for a free node, in seconds.
         #[arg(long, default_value_t = 30)]
         queue_timeout_secs: u64,
+        /// How long a stopping coordinator (SIGTERM) lets requests in flight finish, in seconds.
+        #[arg(long, env = "CLUB_DRAIN_SECS", default_value_t = 30)]
+        drain_secs: u64,
         #[command(flatten)]
         sign_in: SignInArgs,
         /// Rate, concurrency and size limits.
         #[command(flatten)]
         limits: Limits,
+        #[command(flatten)]
+        cluster: ClusterArgs,
     },
     /// Manage members.
     User {
@@ -52,6 +58,18 @@ enum Command {
     },
     /// Bring the database schema up to date.
     Migrate,
+}
+
+/// Running as one replica of a cluster (several coordinators on one PostgreSQL database).
+#[derive(Debug, clap::Args)]
+struct ClusterArgs {
+    /// The NATS server the replicas share (`nats://HOST:4222`); without it the coordinator runs
+    /// alone. Needs a PostgreSQL database.
+    #[arg(long, env = "CLUB_NATS_URL")]
+    nats: Option<String>,
+    /// This replica's id (letters, digits, `-`, `_`); default: a random one.
+    #[arg(long, env = "CLUB_REPLICA_ID", requires = "nats")]
+    replica_id: Option<String>,
 }
 
 /// GitHub sign-in; without a client id, sign-in is off.
@@ -117,8 +135,10 @@ fn main() -> ExitCode {
                 listen,
                 heartbeat_secs,
                 queue_timeout_secs,
+                drain_secs,
                 sign_in,
                 limits,
+                cluster,
             } => {
                 let sign_in = cli::SignInOptions {
                     github_client_id: sign_in.github_client_id,
@@ -131,6 +151,11 @@ fn main() -> ExitCode {
                     heartbeat_interval: Duration::from_secs(heartbeat_secs.max(1)),
                     queue_timeout: Duration::from_secs(queue_timeout_secs),
                     limits,
+                    cluster: cluster.nats.map(|nats_url| ClusterConfig {
+                        replica_id: cluster.replica_id,
+                        ..ClusterConfig::new(nats_url)
+                    }),
+                    drain: Duration::from_secs(drain_secs),
                     ..CoordinatorConfig::default()
                 };
                 match sign_in.apply(config) {

@@ -56,11 +56,11 @@ pub async fn models(State(state): State<Arc<Coordinator>>, headers: HeaderMap) -
         None => None,
     };
     let handle = caller.as_ref().map(|c| c.user.handle.as_str());
-    let mut nodes = state.nodes.online();
+    let mut nodes = state.online_nodes();
     if let Some(caller) = &caller
         && caller.user.routing_preference == RoutingPreference::OnlyOwn
     {
-        nodes.retain(|node| node.key.operator_id == caller.user.id);
+        nodes.retain(|node| node.key().operator_id == caller.user.id);
     }
     let models: BTreeMap<String, Model> = super::club_api::catalog::models_for(&nodes, handle);
     limits::with_rate(

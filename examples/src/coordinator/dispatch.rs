@@ -9,20 +9,22 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use inference_club_core::openai::ChatCompletionRequest;
-use inference_club_core::provider::{ChunkStream, Provider, ProviderError, RequestContext};
+use inference_club_core::provider::{ChunkStream, ProviderError, RequestContext};
 use inference_club_core::record::{InferenceRecord, ServedBy};
 use inference_club_core::routing::{self, Availability, Candidate};
 use inference_club_provider::failover;
 
 use super::Coordinator;
 use super::error::ApiError;
-use super::nodes::{LiveNode, NodeSlot, RemoteNode};
+use super::nodes::{NodeKey, NodeSlot, OnlineNode};
 use super::store::RoutingPreference;
 
 /// Waiting requests and the lock that makes selection and reservation one step.
 #[derive(Debug, Default)]
 pub struct DispatchQueues {
-    select: Mutex<()>,
+    /// Held while a node is chosen and its slot taken (shared with the cluster, which takes
+    /// slots for other replicas' jobs).
+    pub(crate) select: Arc<Mutex<()>>,
     turnstiles: Mutex<HashMap<String, Arc<Turnstile>>>,
     waiting: AtomicUsize,
     tiebreak: AtomicUsize,
@@ -54,7 +56,7 @@ impl Drop for Waiting<'_> {
 
 /// The outcome of ranking the online nodes for one request.
 enum Pick {
-    Node(Arc<LiveNode>, NodeSlot, String),
+    Node(OnlineNode, NodeSlot, String),
     Wait,
     Fail(Availability),
 }
@@ -85,8 +87,8 @@ impl DispatchQueues {
 }
 
 /// Whether `node` is run by `consumer`.
-fn is_own(node: &LiveNode, consumer: Option<&str>) -> bool {
-    consumer.is_some_and(|c| node.operator.eq_ignore_ascii_case(c))
+fn is_own(node: &OnlineNode, consumer: Option<&str>) -> bool {
+    consumer.is_some_and(|c| node.operator().eq_ignore_ascii_case(c))
 }
 
 /// Ranks the online nodes for `model` and `consumer`, leaving out those `tried` already, and
@@ -99,12 +101,12 @@ fn pick(
     model: &str,
     consumer: Option<&str>,
     preference: RoutingPreference,
-    tried: &[Arc<LiveNode>],
+    tried: &[NodeKey],
 ) -> Pick {
     let queues = &state.queues;
     let _selecting = queues.select.lock().unwrap_or_else(PoisonError::into_inner);
-    let nodes = state.nodes.online();
-    match preference {
+    let nodes = state.online_nodes();
+    let picked = match preference {
         RoutingPreference::Any => rank_and_reserve(state, &nodes, model, consumer, false, tried),
         RoutingPreference::OnlyOwn => rank_and_reserve(state, &nodes, model, consumer, true, tried),
         RoutingPreference::PreferOwn => {
@@ -113,6 +115,15 @@ fn pick(
                 _ => rank_and_reserve(state, &nodes, model, consumer, false, tried),
             }
         }
+    };
+    match picked {
+        // In a cluster, a node that just left one replica is relinking to another: wait for it.
+        Pick::Fail(Availability::NotServed | Availability::Offline)
+            if tried.is_empty() && state.may_relink(model) =>
+        {
+            Pick::Wait
+        }
+        picked => picked,
     }
 }
 
@@ -120,11 +131,11 @@ fn pick(
 /// The caller holds the selection lock.
 fn rank_and_reserve(
     state: &Coordinator,
-    nodes: &[Arc<LiveNode>],
+    nodes: &[OnlineNode],
     model: &str,
     consumer: Option<&str>,
     own_only: bool,
-    tried: &[Arc<LiveNode>],
+    tried: &[NodeKey],
 ) -> Pick {
     let queues = &state.queues;
     let candidates: Vec<Candidate<usize>> = nodes
@@ -138,7 +149,7 @@ fn rank_and_reserve(
             Candidate {
                 key: index,
                 serves_model: found.is_some(),
-                admits_consumer: found.is_some_and(|m| m.access.admits(&node.operator, consumer)),
+                admits_consumer: found.is_some_and(|m| m.access.admits(node.operator(), consumer)),
                 online: !node.is_closed(),
                 in_flight: node.in_flight(),
                 max_concurrent: offer.capacity,
@@ -149,7 +160,7 @@ fn rank_and_reserve(
     let tried: Vec<usize> = nodes
         .iter()
         .enumerate()
-        .filter(|(_, node)| tried.iter().any(|t| Arc::ptr_eq(t, node)))
+        .filter(|(_, node)| tried.contains(node.key()))
         .map(|(index, _)| index)
         .collect();
     let tiebreak = queues.tiebreak.fetch_add(1, Ordering::Relaxed) as u64;
@@ -235,7 +246,7 @@ pub async fn dispatch(
     let model = request.model.clone();
     let consumer = record.consumer.clone();
     let deadline = Instant::now() + state.config.queue_timeout;
-    let mut tried: Vec<Arc<LiveNode>> = Vec::new();
+    let mut tried: Vec<NodeKey> = Vec::new();
     let mut last_error: Option<ProviderError> = None;
     let mut queued = false;
     loop {
@@ -281,15 +292,15 @@ pub async fn dispatch(
             }
         };
         let served_by = ServedBy {
-            operator: node.operator.clone(),
-            provider: node.key.provider.clone(),
+            operator: node.operator().to_owned(),
+            provider: node.key().provider.clone(),
             service: Some(service).filter(|s| !s.is_empty()),
         };
         // A record that is final cannot be dispatched again; that cannot happen here.
         let _ = record.dispatched(served_by, Utc::now());
         let started = Instant::now();
-        let opened = match RemoteNode(node.clone())
-            .chat(request.clone(), context.clone())
+        let opened = match node
+            .chat(state.cluster(), request.clone(), context.clone())
             .await
         {
             Ok(chunks) => failover::read_until_output(chunks).await,
@@ -302,12 +313,18 @@ pub async fn dispatch(
                 }
                 return Ok(opened.into_stream(slot));
             }
+            // The replica holding a peer's link refused the job for lack of room (another
+            // replica took the slot) or because it is shutting down: nothing ran; choose again.
+            Err(ProviderError::Busy { .. }) if node.is_peer() && !context.cancel.is_cancelled() => {
+                drop(slot);
+                tokio::task::yield_now().await;
+            }
             Err(error) if error.is_retryable() => {
-                tracing::info!(provider = %node.key.provider, %error, "failing over");
+                tracing::info!(provider = %node.key().provider, %error, "failing over");
                 state.metrics.failovers.inc();
                 record.attempt_failed(error.kind(), error.to_string());
                 node.record_ttft(started.elapsed().max(Duration::from_secs(10)));
-                tried.push(node.clone());
+                tried.push(node.key().clone());
                 last_error = Some(error);
             }
             Err(error) => {
@@ -327,7 +344,7 @@ async fn wait_for_slot(
     model: &str,
     consumer: Option<&str>,
     preference: RoutingPreference,
-    tried: &[Arc<LiveNode>],
+    tried: &[NodeKey],
     deadline: Instant,
 ) -> Result<Pick, ApiError> {
     let queues = &state.queues;

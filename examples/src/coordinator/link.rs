@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 
 use super::Coordinator;
 use super::auth::{self, Caller};
+use super::error::ApiError;
 use super::nodes::{JobEvent, LiveNode, NodeKey};
 use super::store::Scope;
 
@@ -29,6 +30,13 @@ pub async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
+    if state.is_draining() {
+        return ApiError::overloaded(
+            "this coordinator is shutting down; link to another (the node retries by itself)",
+            1,
+        )
+        .into_response();
+    }
     let caller = match auth::require(&state.store, &headers, Scope::Provider).await {
         Ok(caller) => caller,
         Err(error) => return error.into_response(),
@@ -188,6 +196,9 @@ async fn serve(state: Arc<Coordinator>, caller: Caller, mut socket: WebSocket) {
         return;
     }
     state.metrics.nodes_online.inc();
+    if let Some(cluster) = state.cluster() {
+        cluster.node_linked(&node);
+    }
     tracing::info!(operator = %caller.user.handle, provider = %name, "node linked");
 
     let (mut sink, mut frames) = socket.split();
@@ -259,6 +270,9 @@ async fn serve(state: Arc<Coordinator>, caller: Caller, mut socket: WebSocket) {
                     }
                     node.set_offer(manifest);
                     state.nodes.notify_changed();
+                    if let Some(cluster) = state.cluster() {
+                        cluster.announce(&node);
+                    }
                     let _ = node.try_send(welcome(&again, &caller.user.handle, &name, interval));
                 }
                 Ok(_) => {
@@ -281,6 +295,11 @@ async fn serve(state: Arc<Coordinator>, caller: Caller, mut socket: WebSocket) {
     }
     state.nodes.remove(&node);
     state.metrics.nodes_online.dec();
+    if let Some(cluster) = state.cluster()
+        && state.nodes.get(&node.key).is_none()
+    {
+        cluster.node_unlinked(&node);
+    }
     writer.abort();
     if let Err(error) = state
         .store

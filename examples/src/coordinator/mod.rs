@@ -17,6 +17,7 @@ pub mod accounts;
 pub mod api;
 pub mod auth;
 pub mod club_api;
+pub mod cluster;
 pub mod dispatch;
 pub mod error;
 pub mod limits;
@@ -38,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::dispatch::DispatchQueues;
 use self::metrics::Metrics;
-use self::nodes::NodeRegistry;
+use self::nodes::{NodeKey, NodeRegistry, OnlineNode};
 pub use self::server::{ServeSettings, serve_with};
 use self::store::Store;
 
@@ -60,6 +61,10 @@ pub struct CoordinatorConfig {
     pub public_url: Option<url::Url>,
     /// Rate, concurrency and size limits (the chat body limit among them).
     pub limits: limits::Limits,
+    /// Run as one replica of a cluster (PostgreSQL + NATS); `None`: a single coordinator.
+    pub cluster: Option<cluster::ClusterConfig>,
+    /// How long a stopping coordinator lets requests in flight finish.
+    pub drain: Duration,
 }
 
 impl Default for CoordinatorConfig {
@@ -71,6 +76,8 @@ impl Default for CoordinatorConfig {
             github: None,
             public_url: None,
             limits: limits::Limits::default(),
+            cluster: None,
+            drain: Duration::from_secs(30),
         }
     }
 }
@@ -90,17 +97,67 @@ pub struct Coordinator {
     pub limits: limits::Limiter,
     queues: DispatchQueues,
     github: Option<accounts::GitHub>,
+    cluster: Option<Arc<cluster::Cluster>>,
+    draining: std::sync::atomic::AtomicBool,
+    /// In a cluster: when each model (lower-case) was last seen on a node ([`RELINK_GRACE`]).
+    models_seen: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+}
+
+/// In a cluster, how long after a model's last node went offline a request for it waits for
+/// the node to link again (to another replica) instead of failing at once.
+pub const RELINK_GRACE: Duration = Duration::from_secs(10);
+
+/// Why a coordinator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// The cluster could not be joined.
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
+    /// The configuration is not usable.
+    #[error("{0}")]
+    Config(String),
 }
 
 impl Coordinator {
-    /// A coordinator over `store`. Records left in flight by an earlier run become `failed`.
-    pub async fn start(
-        store: Store,
-        config: CoordinatorConfig,
-    ) -> Result<Arc<Self>, store::StoreError> {
-        let failed = store
-            .fail_in_flight("the coordinator restarted while the request was in flight")
-            .await?;
+    /// A coordinator over `store`. Records left in flight by an earlier run become `failed`
+    /// (in a cluster: those of no live replica). With `config.cluster`, joins the cluster
+    /// (which needs PostgreSQL) and starts its background work.
+    pub async fn start(store: Store, config: CoordinatorConfig) -> Result<Arc<Self>, StartError> {
+        let queues = DispatchQueues::default();
+        let cluster = match &config.cluster {
+            Some(cluster_config) => {
+                if store.backend() != store::Backend::Postgres {
+                    return Err(StartError::Config(
+                        "a cluster of replicas needs a PostgreSQL database (--database postgres://…)"
+                            .into(),
+                    ));
+                }
+                let cluster =
+                    cluster::Cluster::connect(cluster_config, queues.select.clone()).await?;
+                store.set_replica(&cluster.replica);
+                store.renew_replica(&cluster.replica).await?;
+                Some(cluster)
+            }
+            None => None,
+        };
+        let failed = match &cluster {
+            Some(_) => {
+                store
+                    .fail_in_flight_of(
+                        store::InFlight::Orphaned,
+                        "the coordinator replica handling it stopped while it was in flight",
+                    )
+                    .await?
+            }
+            None => {
+                store
+                    .fail_in_flight("the coordinator restarted while the request was in flight")
+                    .await?
+            }
+        };
         if failed > 0 {
             tracing::warn!(
                 failed,
@@ -113,19 +170,165 @@ impl Coordinator {
                     github.clone(),
                     config.public_url.as_ref().map(accounts::callback_url),
                 )
-                .map_err(|e| store::StoreError::invalid("GitHub configuration", e.to_string()))?,
+                .map_err(|e| StartError::Config(format!("GitHub configuration: {e}")))?,
             ),
             None => None,
         };
-        Ok(Arc::new(Self {
+        let coordinator = Arc::new(Self {
             github,
             store,
             nodes: NodeRegistry::default(),
             limits: limits::Limiter::new(config.limits.clone()),
             config,
             metrics: Metrics::default(),
-            queues: DispatchQueues::default(),
-        }))
+            queues,
+            cluster,
+            draining: std::sync::atomic::AtomicBool::new(false),
+            models_seen: std::sync::Mutex::default(),
+        });
+        if let Some(cluster) = &coordinator.cluster {
+            cluster.start(&coordinator).await?;
+            tracing::info!(replica = %cluster.replica, "joined the cluster");
+        }
+        Ok(coordinator)
+    }
+
+    /// This replica's part in a cluster, if it runs as one.
+    pub fn cluster(&self) -> Option<&Arc<cluster::Cluster>> {
+        self.cluster.as_ref()
+    }
+
+    /// Every node routing may choose: those linked here, and (in a cluster) those linked to
+    /// the other replicas.
+    pub fn online_nodes(&self) -> Vec<OnlineNode> {
+        let mut nodes: Vec<OnlineNode> = self
+            .nodes
+            .online()
+            .into_iter()
+            .map(OnlineNode::Local)
+            .collect();
+        if let Some(cluster) = &self.cluster {
+            let here: std::collections::HashSet<NodeKey> =
+                nodes.iter().map(|n| n.key().clone()).collect();
+            nodes.extend(
+                cluster
+                    .directory
+                    .nodes()
+                    .into_iter()
+                    .filter(|n| !here.contains(&n.key))
+                    .map(OnlineNode::Peer),
+            );
+        }
+        nodes
+    }
+
+    /// The node with this identity, wherever it is linked.
+    pub fn find_node(&self, key: &NodeKey) -> Option<OnlineNode> {
+        if let Some(node) = self.nodes.get(key) {
+            return Some(OnlineNode::Local(node));
+        }
+        self.cluster
+            .as_ref()?
+            .directory
+            .get(key)
+            .filter(|n| !n.is_gone())
+            .map(OnlineNode::Peer)
+    }
+
+    /// Puts an operator's new policy for a node in force, wherever the node is linked.
+    pub fn set_node_policy(&self, key: &NodeKey, policy: store::ProviderPolicy) {
+        if let Some(node) = self.nodes.get(key) {
+            node.set_policy(policy.clone());
+            self.nodes.notify_changed();
+            if let Some(cluster) = &self.cluster {
+                cluster.announce(&node);
+            }
+        } else if let Some(cluster) = &self.cluster {
+            cluster.broadcast(&cluster::wire::Control::PolicyChanged {
+                operator_id: key.operator_id,
+                provider: key.provider.clone(),
+                policy,
+            });
+        }
+    }
+
+    /// Closes every link of an operator who deleted their account, on every replica (see
+    /// [`NodeRegistry::close_operator`]). Returns how many links were closed here.
+    pub fn close_operator(&self, operator_id: store::UserId, handle: &str) -> usize {
+        if let Some(cluster) = &self.cluster {
+            cluster.broadcast(&cluster::wire::Control::CloseOperator {
+                operator_id,
+                handle: handle.to_owned(),
+            });
+        }
+        self.nodes.close_operator(operator_id, handle)
+    }
+
+    /// Notes the models served now (the cluster does, every beat), for [`Coordinator::may_relink`].
+    pub fn note_models_online(&self) {
+        let now = std::time::Instant::now();
+        let nodes = self.online_nodes();
+        let mut seen = self
+            .models_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        seen.retain(|_, at| at.elapsed() < RELINK_GRACE);
+        for node in &nodes {
+            for model in &node.offer().models {
+                seen.insert(model.served_id.to_ascii_lowercase(), now);
+                if let Some(hf) = &model.hf {
+                    seen.insert(hf.to_ascii_lowercase(), now);
+                }
+            }
+        }
+    }
+
+    /// Whether a node served `model` within [`RELINK_GRACE`] (in a cluster only): it may be
+    /// linking again to another replica.
+    pub fn may_relink(&self, model: &str) -> bool {
+        self.cluster.is_some()
+            && self
+                .models_seen
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(&model.to_ascii_lowercase())
+                .is_some_and(|at| at.elapsed() < RELINK_GRACE)
+    }
+
+    /// Whether this coordinator is shutting down (it takes no new node links).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The first half of a graceful stop: no new links, and (in a cluster) the other replicas
+    /// route nothing new to the nodes linked here. Call before the HTTP server stops accepting.
+    pub async fn begin_drain(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Release);
+        if let Some(cluster) = &self.cluster {
+            cluster.begin_drain(self).await;
+        }
+    }
+
+    /// The second half: waits up to `within` for the jobs running on the nodes linked here to
+    /// end, closes the links (the nodes link again elsewhere), and (in a cluster) leaves it:
+    /// records still in flight here become `failed`, the lease is given up.
+    pub async fn finish_drain(&self, within: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.nodes.online().iter().any(|n| n.in_flight() > 0)
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::select! {
+                () = self.nodes.changed() => {}
+                () = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+            }
+        }
+        for node in self.nodes.online() {
+            self.nodes.remove(&node);
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.leave(self).await;
+        }
     }
 
     /// The HTTP application: every route of the coordinator.

@@ -21,6 +21,7 @@ use inference_club_core::routing::Ewma;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::cluster::{Cluster, PeerNode};
 use super::store::{ProviderPolicy, UserId};
 
 /// How many events of one job may wait for a slow consumer before the job is cancelled (so that
@@ -168,8 +169,7 @@ impl LiveNode {
     /// Counts one more job on this node until the slot is dropped. The dispatcher takes slots
     /// while it holds its selection lock, so two requests never take the last one.
     pub fn reserve(&self) -> NodeSlot {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        NodeSlot(self.in_flight.clone())
+        NodeSlot::take(&self.in_flight)
     }
 
     /// Jobs running on it now.
@@ -340,6 +340,14 @@ fn models_of(manifest: &ServiceManifest, policy: &ProviderPolicy) -> (Vec<NodeMo
 /// A job slot on a node: counted in its `in_flight` until dropped.
 #[derive(Debug)]
 pub struct NodeSlot(Arc<AtomicU32>);
+
+impl NodeSlot {
+    /// Counts one more on `counter` until the slot is dropped.
+    pub(crate) fn take(counter: &Arc<AtomicU32>) -> Self {
+        counter.fetch_add(1, Ordering::AcqRel);
+        Self(counter.clone())
+    }
+}
 
 impl Drop for NodeSlot {
     fn drop(&mut self) {
@@ -590,5 +598,128 @@ impl NodeRegistry {
     /// Resolves when a node links, leaves, or a job ends.
     pub async fn changed(&self) {
         self.changed.notified().await;
+    }
+}
+
+/// A node routing may choose: linked to this coordinator, or (in a cluster) to another
+/// replica. Jobs reach the first over its link ([`RemoteNode`]) and the second through the
+/// replica holding its link ([`PeerNode::chat`]): the two hand-offs behind one interface.
+#[derive(Debug, Clone)]
+pub enum OnlineNode {
+    /// Linked here.
+    Local(Arc<LiveNode>),
+    /// Linked to another replica.
+    Peer(Arc<PeerNode>),
+}
+
+impl OnlineNode {
+    /// Its identity.
+    pub fn key(&self) -> &NodeKey {
+        match self {
+            Self::Local(node) => &node.key,
+            Self::Peer(node) => &node.key,
+        }
+    }
+
+    /// Its operator's handle.
+    pub fn operator(&self) -> &str {
+        match self {
+            Self::Local(node) => &node.operator,
+            Self::Peer(node) => &node.operator,
+        }
+    }
+
+    /// What it offers now.
+    pub fn offer(&self) -> Arc<NodeOffer> {
+        match self {
+            Self::Local(node) => node.offer(),
+            Self::Peer(node) => node.offer(),
+        }
+    }
+
+    /// Jobs running on it, as far as this coordinator knows.
+    pub fn in_flight(&self) -> u32 {
+        match self {
+            Self::Local(node) => node.in_flight(),
+            Self::Peer(node) => node.in_flight(),
+        }
+    }
+
+    /// Counts one more job on it until the slot is dropped.
+    pub fn reserve(&self) -> NodeSlot {
+        match self {
+            Self::Local(node) => node.reserve(),
+            Self::Peer(node) => node.reserve(),
+        }
+    }
+
+    /// Its recent time to first token.
+    pub fn recent_ttft(&self) -> Option<Duration> {
+        match self {
+            Self::Local(node) => node.recent_ttft(),
+            Self::Peer(node) => node.recent_ttft(),
+        }
+    }
+
+    /// Records a time to first token.
+    pub fn record_ttft(&self, sample: Duration) {
+        match self {
+            Self::Local(node) => node.record_ttft(sample),
+            Self::Peer(node) => node.record_ttft(sample),
+        }
+    }
+
+    /// Whether it went offline.
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Self::Local(node) => node.is_closed(),
+            Self::Peer(node) => node.is_gone(),
+        }
+    }
+
+    /// When it linked.
+    pub fn connected_at(&self) -> chrono::DateTime<chrono::Utc> {
+        match self {
+            Self::Local(node) => node.connected_at(),
+            Self::Peer(node) => node.connected_at(),
+        }
+    }
+
+    /// The load it last reported.
+    pub fn reported_load(&self) -> Vec<ServiceLoad> {
+        match self {
+            Self::Local(node) => node.reported_load(),
+            Self::Peer(node) => node.reported_load(),
+        }
+    }
+
+    /// How long since it (or, for a peer, its replica) was last heard from.
+    pub fn silent_for(&self) -> Duration {
+        match self {
+            Self::Local(node) => node.silent_for(),
+            Self::Peer(node) => node.silent_for(),
+        }
+    }
+
+    /// Whether it is linked to another replica.
+    pub fn is_peer(&self) -> bool {
+        matches!(self, Self::Peer(_))
+    }
+
+    /// Sends it a job.
+    pub async fn chat(
+        &self,
+        cluster: Option<&Arc<Cluster>>,
+        request: ChatCompletionRequest,
+        context: RequestContext,
+    ) -> Result<ChunkStream, ProviderError> {
+        match (self, cluster) {
+            (Self::Local(node), _) => RemoteNode(node.clone()).chat(request, context).await,
+            (Self::Peer(node), Some(cluster)) => node.chat(cluster, request, context).await,
+            (Self::Peer(node), None) => Err(ProviderError::Unavailable {
+                status: None,
+                message: format!("node {} is linked to another replica", node.key.provider),
+            }),
+        }
     }
 }

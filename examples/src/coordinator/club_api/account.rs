@@ -215,7 +215,7 @@ pub(crate) async fn delete_account(
     user: User,
 ) -> Result<AccountDeleted, ApiError> {
     // Links first, so that no new job reaches their nodes while the account goes.
-    let disconnected = state.nodes.close_operator(user.id, &user.handle);
+    let disconnected = state.close_operator(user.id, &user.handle);
     state.store.delete_user(user.id).await?;
     Ok(AccountDeleted {
         object: "club.account_deleted",

@@ -7,13 +7,12 @@
 //! all share. `nodes` counts the online nodes that serve it to this consumer.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
 use inference_club_core::manifest::ServiceType;
 use inference_club_core::openai::Model;
 use serde_json::Value;
 
-use crate::coordinator::nodes::LiveNode;
+use crate::coordinator::nodes::OnlineNode;
 
 /// `owned_by` of a model that members of the club serve together (more than one operator).
 pub const SHARED_OWNER: &str = "inference-club";
@@ -96,11 +95,11 @@ impl Entry {
 /// requests (the operator's kill switch is off), and only those whose access policy (with the
 /// operator's overrides) admits `consumer`: anonymous callers are admitted by no policy, so
 /// they see none.
-pub fn models_for(nodes: &[Arc<LiveNode>], consumer: Option<&str>) -> BTreeMap<String, Model> {
-    let mut nodes: Vec<&Arc<LiveNode>> = nodes.iter().collect();
+pub fn models_for(nodes: &[OnlineNode], consumer: Option<&str>) -> BTreeMap<String, Model> {
+    let mut nodes: Vec<&OnlineNode> = nodes.iter().collect();
     nodes.sort_by(|a, b| {
-        (a.operator.to_ascii_lowercase(), &a.key.provider)
-            .cmp(&(b.operator.to_ascii_lowercase(), &b.key.provider))
+        (a.operator().to_ascii_lowercase(), &a.key().provider)
+            .cmp(&(b.operator().to_ascii_lowercase(), &b.key().provider))
     });
     let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
     for (index, node) in nodes.iter().enumerate() {
@@ -114,7 +113,7 @@ pub fn models_for(nodes: &[Arc<LiveNode>], consumer: Option<&str>) -> BTreeMap<S
             .services()
             .filter(|s| s.service_type == ServiceType::Llm)
         {
-            if !offer.access_for(service).admits(&node.operator, consumer) {
+            if !offer.access_for(service).admits(node.operator(), consumer) {
                 continue;
             }
             let (default_in, default_out) = service.service_type.default_modalities();
@@ -146,7 +145,7 @@ pub fn models_for(nodes: &[Arc<LiveNode>], consumer: Option<&str>) -> BTreeMap<S
                 }
                 entry.nodes.insert(index);
                 entry.offerings.push(Offering {
-                    operator: node.operator.clone(),
+                    operator: node.operator().to_owned(),
                     created,
                     context_length: model.context_length,
                     input: set(&model.input_modalities, default_in),

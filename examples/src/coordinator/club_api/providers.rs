@@ -22,7 +22,7 @@ use super::{
 use crate::coordinator::Coordinator;
 use crate::coordinator::auth;
 use crate::coordinator::error::ApiError;
-use crate::coordinator::nodes::{LiveNode, NodeKey};
+use crate::coordinator::nodes::{NodeKey, OnlineNode};
 use crate::coordinator::store::{Provider, ProviderPolicy, RecordQuery, Scope};
 
 /// A profile counts the requests a provider served up to this many; beyond, it says "at
@@ -151,7 +151,7 @@ fn models_of(manifest: &ServiceManifest) -> Vec<ProviderModel> {
 
 /// The profile of a stored provider, with its live state from the registry.
 pub(crate) fn profile(state: &Coordinator, provider: Provider) -> ProviderProfile {
-    let node: Option<Arc<LiveNode>> = state.nodes.get(&NodeKey {
+    let node: Option<OnlineNode> = state.find_node(&NodeKey {
         operator_id: provider.operator_id,
         provider: provider.name.clone(),
     });
@@ -364,7 +364,7 @@ pub async fn update_policy(
         operator_id: provider.operator_id,
         provider: provider.name.clone(),
     };
-    let live = state.nodes.get(&key);
+    let live = state.find_node(&key);
     let manifest = match &live {
         Some(node) => Some(node.offer().manifest.clone()),
         None => serde_json::from_value::<ServiceManifest>(provider.manifest.clone()).ok(),
@@ -407,9 +407,6 @@ pub async fn update_policy(
         .store
         .set_provider_policy(provider.id, &policy)
         .await?;
-    if let Some(node) = state.nodes.get(&key) {
-        node.set_policy(policy);
-        state.nodes.notify_changed();
-    }
+    state.set_node_policy(&key, policy);
     Ok(axum::Json(profile_of(&state, &operator, &name).await?).into_response())
 }

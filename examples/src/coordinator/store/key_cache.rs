@@ -2,8 +2,10 @@
 //! query for its key.
 //!
 //! Entries live [`KEY_CACHE_TTL`]. This store forgets a member's entries the moment it revokes
-//! one of their keys, changes their settings or deletes them; another coordinator on the same
-//! database sees such a change within the TTL.
+//! one of their keys, changes their settings or deletes them, and says so to whoever listens
+//! ([`KeyCache::subscribe`]: the cluster passes it on to the other replicas, which forget the
+//! member too). A coordinator on the same database that does not listen sees such a change
+//! within the TTL.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,12 +20,24 @@ pub const KEY_CACHE_TTL: Duration = Duration::from_secs(30);
 /// The most keys remembered at once (the memory is emptied when full).
 const MAX_ENTRIES: usize = 10_000;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct KeyCache {
     entries: Mutex<HashMap<String, (User, ApiKey, Instant)>>,
     /// Counts forgettings: a lookup that began before one (and so may have read a key since
     /// revoked) does not remember what it read.
     epoch: AtomicU64,
+    /// Members forgotten here, for listeners.
+    forgotten: tokio::sync::broadcast::Sender<UserId>,
+}
+
+impl Default for KeyCache {
+    fn default() -> Self {
+        Self {
+            entries: Mutex::default(),
+            epoch: AtomicU64::new(0),
+            forgotten: tokio::sync::broadcast::channel(1024).0,
+        }
+    }
 }
 
 impl KeyCache {
@@ -52,8 +66,19 @@ impl KeyCache {
         entries.insert(secret_hash, (user.clone(), key.clone(), Instant::now()));
     }
 
-    /// Forgets every key of a member.
+    /// Forgets every key of a member, and tells the listeners.
     pub(crate) fn forget_user(&self, user_id: UserId) {
+        self.forget_quietly(user_id);
+        let _ = self.forgotten.send(user_id);
+    }
+
+    /// The members forgotten from now on.
+    pub(crate) fn subscribe(&self) -> tokio::sync::broadcast::Receiver<UserId> {
+        self.forgotten.subscribe()
+    }
+
+    /// Forgets every key of a member without telling the listeners (another replica told us).
+    pub(crate) fn forget_quietly(&self, user_id: UserId) {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         self.epoch.fetch_add(1, Ordering::AcqRel);
         entries.retain(|_, (user, _, _)| user.id != user_id);

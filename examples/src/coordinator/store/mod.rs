@@ -52,6 +52,7 @@ mod keys;
 mod policies;
 mod providers;
 mod records;
+mod replicas;
 mod sessions;
 mod sql;
 mod users;
@@ -70,7 +71,8 @@ pub use keys::{ApiKey, SECRET_PREFIX, Scope, ScopeParseError, Scopes};
 pub use policies::{ProviderPolicy, RoutingPreference, UnknownPreference};
 pub use providers::{MAX_MANIFEST_BYTES, Provider, ProviderRevision, canonical_json};
 pub use records::{
-    Cursor, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page, RecordQuery, StoredRecord, forget_operator,
+    Cursor, DEFAULT_PAGE_SIZE, InFlight, MAX_PAGE_SIZE, Page, RecordQuery, StoredRecord,
+    forget_operator,
 };
 pub(crate) use sessions::same_secret;
 pub use sessions::{FlowKind, SESSION_LIFETIME, Session, SignInFlow, hash_token, random_token};
@@ -95,6 +97,8 @@ struct Inner {
     keys: key_cache::KeyCache,
     /// Final saves being tried again in the background.
     deferred: std::sync::atomic::AtomicUsize,
+    /// The cluster replica whose records this store inserts ([`Store::set_replica`]).
+    replica: std::sync::OnceLock<String>,
 }
 
 impl std::fmt::Debug for Store {
@@ -131,6 +135,7 @@ impl Store {
                 writes,
                 keys: key_cache::KeyCache::default(),
                 deferred: std::sync::atomic::AtomicUsize::new(0),
+                replica: std::sync::OnceLock::new(),
             }),
         })
     }

@@ -211,6 +211,8 @@ pub(crate) struct RecordRow {
     visibility: Visibility,
     received_at: i64,
     body: String,
+    /// The replica handling it (cluster mode), written with the insert only.
+    replica: Option<String>,
 }
 
 impl RecordRow {
@@ -227,8 +229,27 @@ impl RecordRow {
             visibility: record.visibility,
             received_at: micros(record.timing.received_at),
             body,
+            replica: None,
         })
     }
+
+    /// The same row, marked as handled by `replica`.
+    fn handled_by(mut self, replica: Option<&str>) -> Self {
+        self.replica = replica.map(str::to_owned);
+        self
+    }
+}
+
+/// Which in-flight records [`Store::fail_in_flight_of`] fails.
+#[derive(Debug, Clone, Copy)]
+pub enum InFlight<'a> {
+    /// Every one (a single coordinator starting).
+    All,
+    /// Those the replica with this id accepted (it died).
+    OfReplica(&'a str),
+    /// Those accepted by no live replica: by a single coordinator (no replica), or by a
+    /// replica no longer registered (a cluster replica starting).
+    Orphaned,
 }
 
 impl RecordRow {
@@ -346,11 +367,11 @@ const OPERATOR_ID: &str = "(SELECT o.id FROM users o WHERE o.handle_key = $3)";
 /// Inserts a record (inside the writer's transaction).
 pub(crate) async fn insert(conn: &mut AnyConnection, row: &RecordRow) -> Result<(), StoreError> {
     let columns = "INSERT INTO records (id, operator_id, operator, provider, model_requested, \
-                   status, visibility, received_at, updated_at, body, consumer, consumer_id)";
-    let values = format!("$1, {OPERATOR_ID}, $2, $4, $5, $6, $7, $8, $9, $10, $11");
+                   status, visibility, received_at, updated_at, body, replica, consumer, consumer_id)";
+    let values = format!("$1, {OPERATOR_ID}, $2, $4, $5, $6, $7, $8, $9, $10, $11, $12");
     let sql = if row.consumer.is_some() {
         format!(
-            "{columns} SELECT {values}, u.id FROM users u WHERE u.handle_key = $12 \
+            "{columns} SELECT {values}, u.id FROM users u WHERE u.handle_key = $13 \
              ON CONFLICT (id) DO NOTHING"
         )
     } else {
@@ -367,6 +388,7 @@ pub(crate) async fn insert(conn: &mut AnyConnection, row: &RecordRow) -> Result<
         .bind(row.received_at)
         .bind(micros(now()))
         .bind(&row.body)
+        .bind(row.replica.clone())
         .bind(row.consumer.clone());
     if let Some(consumer) = &row.consumer {
         query = query.bind(handle_key(consumer));
@@ -441,7 +463,7 @@ impl Store {
     /// when this returns. Fails with [`StoreError::RecordExists`] for a known id and
     /// [`StoreError::NotFound`] when its consumer is not a member.
     pub async fn insert_record(&self, record: &InferenceRecord) -> Result<(), StoreError> {
-        let row = RecordRow::new(record)?;
+        let row = RecordRow::new(record)?.handled_by(self.replica());
         self.write(super::writer::Write::Insert(row)).await
     }
 
@@ -452,7 +474,7 @@ impl Store {
         &self,
         record: &InferenceRecord,
     ) -> Result<super::writer::PendingWrite, StoreError> {
-        let row = RecordRow::new(record)?;
+        let row = RecordRow::new(record)?.handled_by(self.replica());
         self.write_pending(super::writer::Write::Insert(row)).await
     }
 
@@ -615,21 +637,38 @@ impl Store {
     ///
     /// A record saved concurrently (between this call's read and its write) is left to its
     /// writer. Every in-flight record in the database is failed, so with several coordinators on
-    /// one database this is for a full restart only.
+    /// one database use [`Store::fail_in_flight_of`] instead.
     pub async fn fail_in_flight(&self, reason: &str) -> Result<u64, StoreError> {
+        self.fail_in_flight_of(InFlight::All, reason).await
+    }
+
+    /// Fails the in-flight records `which` names, as [`Store::fail_in_flight`] does.
+    pub async fn fail_in_flight_of(
+        &self,
+        which: InFlight<'_>,
+        reason: &str,
+    ) -> Result<u64, StoreError> {
         const CHUNK: i64 = 200;
+        let filter = match which {
+            InFlight::All => "",
+            InFlight::OfReplica(_) => "AND replica = $3",
+            InFlight::Orphaned => {
+                "AND (replica IS NULL OR replica NOT IN (SELECT r.id FROM replicas r))"
+            }
+        };
+        let select = format!(
+            "SELECT id, body FROM records
+             WHERE status IN ('queued', 'running') AND id > $1 {filter}
+             ORDER BY id LIMIT $2"
+        );
         let mut failed = 0;
         let mut after = String::new();
         loop {
-            let rows = sqlx::query(
-                "SELECT id, body FROM records
-                 WHERE status IN ('queued', 'running') AND id > $1
-                 ORDER BY id LIMIT $2",
-            )
-            .bind(&after)
-            .bind(CHUNK)
-            .fetch_all(&self.inner.pool)
-            .await?;
+            let mut query = sqlx::query(&select).bind(&after).bind(CHUNK);
+            if let InFlight::OfReplica(replica) = which {
+                query = query.bind(replica.to_owned());
+            }
+            let rows = query.fetch_all(&self.inner.pool).await?;
             let Some(last) = rows.last() else {
                 return Ok(failed);
             };

@@ -169,6 +169,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "policies",
         include_str!("../../../migrations/0003_policies.sql"),
     ),
+    (
+        4,
+        "replicas",
+        include_str!("../../../migrations/0004_replicas.sql"),
+    ),
 ];
 
 impl<'s> MigrationSource<'s> for Embedded {

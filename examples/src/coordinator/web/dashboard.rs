@@ -507,7 +507,7 @@ pub async fn nodes(
         .collect();
     let mut sections = Vec::new();
     for provider in mine {
-        let live = state.nodes.get(&NodeKey {
+        let live = state.find_node(&NodeKey {
             operator_id: provider.operator_id,
             provider: provider.name.clone(),
         });

@@ -27,9 +27,9 @@ pub async fn page(
     };
     let user = &viewer.user;
     // The models `GET /v1/models` lists for this member.
-    let mut nodes = state.nodes.online();
+    let mut nodes = state.online_nodes();
     if user.routing_preference == RoutingPreference::OnlyOwn {
-        nodes.retain(|node| node.key.operator_id == user.id);
+        nodes.retain(|node| node.key().operator_id == user.id);
     }
     let models = models_for(&nodes, Some(&user.handle));
     let body = html! {

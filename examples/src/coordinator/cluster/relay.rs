@@ -1,0 +1,336 @@
+//! Jobs across replicas: the requester's side ([`PeerNode::chat`]: send the job to the node's
+//! subject, read its events from an inbox) and the link holder's side ([`serve_node`]: take
+//! jobs for a linked node, run them over its link, publish their events in order).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_stream::stream;
+use futures_util::StreamExt;
+use inference_club_core::link::JobError;
+use inference_club_core::openai::ChatCompletionRequest;
+use inference_club_core::provider::{ChunkStream, Provider, ProviderError, RequestContext};
+
+use super::Cluster;
+use super::directory::PeerNode;
+use super::wire::{self, CancelJob, JobReply, JobRequest, RelayEvent, RelayKind};
+use crate::coordinator::nodes::{LiveNode, RemoteNode};
+
+/// How long the replica holding a node's link has to accept or refuse a job.
+const ACCEPT_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn unavailable(message: impl Into<String>) -> ProviderError {
+    ProviderError::Unavailable {
+        status: None,
+        message: message.into(),
+    }
+}
+
+/// Publishes a cancel for the job behind `inbox` when dropped before the job ended.
+struct CancelOnDrop {
+    cluster: Arc<Cluster>,
+    holder: String,
+    inbox: String,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let client = self.cluster.client.clone();
+        let subject = wire::cancel_subject(&self.holder);
+        let payload = wire::encode(&CancelJob {
+            inbox: std::mem::take(&mut self.inbox),
+        });
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = client.publish(subject, payload.into()).await;
+            });
+        }
+    }
+}
+
+impl PeerNode {
+    /// Runs `request` on this node through the replica holding its link. Refusals for lack of
+    /// room come back as [`ProviderError::Busy`] (the node then counts as full here for a
+    /// moment); a replica that goes away mid-job ends the stream with
+    /// [`ProviderError::Unavailable`].
+    pub async fn chat(
+        self: &Arc<Self>,
+        cluster: &Arc<Cluster>,
+        request: ChatCompletionRequest,
+        context: RequestContext,
+    ) -> Result<ChunkStream, ProviderError> {
+        if self.is_gone() {
+            return Err(unavailable(format!(
+                "node {} is offline",
+                self.key.provider
+            )));
+        }
+        let inbox = cluster.client.new_inbox();
+        let mut events = cluster
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| unavailable(format!("cannot reach the cluster: {e}")))?;
+        let job = JobRequest {
+            replica: cluster.replica.clone(),
+            inbox: inbox.clone(),
+            request_id: context.request_id.clone(),
+            consumer: context.consumer.clone(),
+            deadline_ms: context.deadline.map(|d| {
+                u64::try_from(d.saturating_duration_since(Instant::now()).as_millis())
+                    .unwrap_or(u64::MAX)
+            }),
+            request,
+        };
+        let payload = wire::encode(&job);
+        if payload.len() > cluster.max_payload() {
+            return Err(ProviderError::Rejected {
+                status: 413,
+                message: format!(
+                    "the request ({} bytes) is larger than the cluster's message limit ({} \
+                     bytes; nats-server's max_payload)",
+                    payload.len(),
+                    cluster.max_payload()
+                ),
+                code: Some("request_too_large".into()),
+            });
+        }
+        let subject = wire::job_subject(&self.key);
+        let reply = tokio::time::timeout(
+            ACCEPT_TIMEOUT,
+            cluster.client.request(subject, payload.into()),
+        )
+        .await
+        .map_err(|_| {
+            unavailable(format!(
+                "the replica holding node {} did not answer",
+                self.key.provider
+            ))
+        })?
+        .map_err(|e| match e.kind() {
+            async_nats::RequestErrorKind::NoResponders => {
+                unavailable(format!("node {} went offline", self.key.provider))
+            }
+            _ => unavailable(format!("cannot reach node {}: {e}", self.key.provider)),
+        })?;
+        match wire::decode::<JobReply>(&reply.payload) {
+            Ok(JobReply::Accepted) => {}
+            Ok(JobReply::Busy { message, draining }) => {
+                if draining {
+                    cluster.directory.mark_draining(&self.replica);
+                } else {
+                    self.mark_full();
+                }
+                return Err(ProviderError::Busy { message });
+            }
+            Ok(JobReply::Failed { error }) => return Err(ProviderError::from(error)),
+            Err(e) => {
+                return Err(ProviderError::Protocol {
+                    message: format!("a replica answered a job with {e}"),
+                });
+            }
+        }
+        let guard = CancelOnDrop {
+            cluster: cluster.clone(),
+            holder: self.replica.clone(),
+            inbox,
+            armed: true,
+        };
+        let gone = self.gone().clone();
+        let cancel = context.cancel.clone();
+        Ok(Box::pin(stream! {
+            let mut guard = guard;
+            let mut expected = 0u64;
+            loop {
+                let message = tokio::select! {
+                    biased;
+                    () = cancel.cancelled() => {
+                        yield Err(ProviderError::Cancelled);
+                        break;
+                    }
+                    message = events.next() => message,
+                    () = gone.cancelled() => {
+                        guard.armed = false;
+                        yield Err(unavailable(
+                            "the coordinator replica holding the node's link went away",
+                        ));
+                        break;
+                    }
+                };
+                let Some(message) = message else {
+                    guard.armed = false;
+                    yield Err(unavailable("the cluster connection closed during the job"));
+                    break;
+                };
+                let event = match wire::decode::<RelayEvent>(&message.payload) {
+                    Ok(event) if event.seq == expected => event.event,
+                    Ok(event) => {
+                        yield Err(ProviderError::Protocol {
+                            message: format!(
+                                "events of the job were lost between replicas (got {} after {})",
+                                event.seq, expected
+                            ),
+                        });
+                        break;
+                    }
+                    Err(e) => {
+                        yield Err(ProviderError::Protocol {
+                            message: format!("a replica sent a bad job event: {e}"),
+                        });
+                        break;
+                    }
+                };
+                expected += 1;
+                match event {
+                    RelayKind::Chunk { chunk } => yield Ok(chunk),
+                    RelayKind::Done => {
+                        guard.armed = false;
+                        break;
+                    }
+                    RelayKind::Failed { error } => {
+                        guard.armed = false;
+                        yield Err(ProviderError::from(error));
+                        break;
+                    }
+                }
+            }
+        }))
+    }
+}
+
+/// Takes jobs for `node` (linked here) from other replicas until its link closes.
+pub(super) async fn serve_node(cluster: Arc<Cluster>, node: Arc<LiveNode>) {
+    let subject = wire::job_subject(&node.key);
+    let mut jobs = match cluster.client.subscribe(subject).await {
+        Ok(jobs) => jobs,
+        Err(error) => {
+            tracing::warn!(provider = %node.key.provider, "cannot take jobs from other replicas: {error}");
+            return;
+        }
+    };
+    loop {
+        let message = tokio::select! {
+            message = jobs.next() => message,
+            () = node.closed() => break,
+        };
+        let Some(message) = message else { break };
+        let Some(reply_to) = message.reply else {
+            continue;
+        };
+        let job = match wire::decode::<JobRequest>(&message.payload) {
+            Ok(job) => job,
+            Err(error) => {
+                tracing::warn!("ignoring a bad job from another replica: {error}");
+                continue;
+            }
+        };
+        let answer = take_job(&cluster, &node, job);
+        let _ = cluster
+            .client
+            .publish(reply_to, wire::encode(&answer).into())
+            .await;
+    }
+    let _ = jobs.unsubscribe().await;
+}
+
+/// Accepts or refuses one job from another replica; an accepted job runs in its own task.
+fn take_job(cluster: &Arc<Cluster>, node: &Arc<LiveNode>, job: JobRequest) -> JobReply {
+    if cluster.is_draining() {
+        return JobReply::Busy {
+            message: "the coordinator replica holding the node's link is shutting down".into(),
+            draining: true,
+        };
+    }
+    let slot = {
+        let _selecting = cluster.select_lock();
+        if node
+            .offer()
+            .capacity
+            .is_some_and(|capacity| node.in_flight() >= capacity)
+        {
+            return JobReply::Busy {
+                message: format!("node {} has no free slot", node.key.provider),
+                draining: false,
+            };
+        }
+        node.reserve()
+    };
+    let cancel = cluster.track(&job.inbox);
+    let context = RequestContext {
+        request_id: job.request_id,
+        consumer: job.consumer,
+        deadline: job
+            .deadline_ms
+            .map(|ms| Instant::now() + Duration::from_millis(ms)),
+        cancel: cancel.clone(),
+    };
+    let requester_gone = cluster.directory.replica_gone(&job.replica);
+    let cluster = cluster.clone();
+    let node = node.clone();
+    let inbox = job.inbox;
+    let request = job.request;
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let publish = |seq: u64, event: RelayKind| {
+            let client = cluster.client.clone();
+            let inbox = inbox.clone();
+            async move {
+                let _ = client
+                    .publish(inbox, wire::encode(&RelayEvent { seq, event }).into())
+                    .await;
+            }
+        };
+        let mut seq = 0u64;
+        match RemoteNode(node.clone()).chat(request, context).await {
+            Err(error) => {
+                publish(
+                    0,
+                    RelayKind::Failed {
+                        error: JobError::from(&error),
+                    },
+                )
+                .await
+            }
+            Ok(mut chunks) => loop {
+                let item = tokio::select! {
+                    item = chunks.next() => item,
+                    () = requester_gone.cancelled() => {
+                        cancel.cancel();
+                        break;
+                    }
+                };
+                match item {
+                    Some(Ok(chunk)) => {
+                        if seq == 0 {
+                            node.record_ttft(started.elapsed());
+                        }
+                        publish(seq, RelayKind::Chunk { chunk }).await;
+                        seq += 1;
+                    }
+                    Some(Err(ProviderError::Cancelled)) => break,
+                    Some(Err(error)) => {
+                        publish(
+                            seq,
+                            RelayKind::Failed {
+                                error: JobError::from(&error),
+                            },
+                        )
+                        .await;
+                        break;
+                    }
+                    None => {
+                        publish(seq, RelayKind::Done).await;
+                        break;
+                    }
+                }
+            },
+        }
+        drop(slot);
+        cluster.untrack(&inbox);
+    });
+    JobReply::Accepted
+}

@@ -1,0 +1,280 @@
+//! What replicas say to each other over NATS, and on which subjects.
+//!
+//! Every message is JSON. Subjects:
+//!
+//! | subject | kind | message |
+//! |---|---|---|
+//! | `club.dir.up` | publish | [`NodeUp`]: a node linked here, or its offer changed |
+//! | `club.dir.down` | publish | [`NodeDown`]: a node's link here closed |
+//! | `club.dir.beat` | publish, every [`BEAT`] | [`Beat`]: a replica is alive, its nodes' load |
+//! | `club.dir.sync.{replica}` | request/reply | [`SyncReply`]: every node linked to `replica` |
+//! | `club.node.{operator}.{provider}.job` | request/reply | [`JobRequest`] → [`JobReply`] |
+//! | the requester's inbox | publish | [`RelayEvent`]s of one job, numbered |
+//! | `club.replica.{replica}.cancel` | publish | [`CancelJob`] |
+//! | `club.ctl` | publish | [`Control::ForgetKeys`], [`Control::CloseOperator`], [`Control::PolicyChanged`] |
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use inference_club_core::link::{JobError, ServiceLoad};
+use inference_club_core::manifest::ServiceManifest;
+use inference_club_core::openai::{ChatCompletionChunk, ChatCompletionRequest};
+use serde::{Deserialize, Serialize};
+
+use crate::coordinator::nodes::NodeKey;
+use crate::coordinator::store::{ProviderPolicy, UserId};
+
+/// How often a replica says it is alive (and how loaded its nodes are).
+pub const BEAT: Duration = Duration::from_millis(500);
+
+/// A replica not heard from for this long is gone: its nodes leave the directory and jobs that
+/// ran through it end.
+pub const BEAT_EXPIRY: Duration = Duration::from_secs(3);
+
+/// Subject of [`NodeUp`].
+pub const UP: &str = "club.dir.up";
+/// Subject of [`NodeDown`].
+pub const DOWN: &str = "club.dir.down";
+/// Subject of [`Beat`].
+pub const BEATS: &str = "club.dir.beat";
+/// Subject of [`Control`].
+pub const CONTROL: &str = "club.ctl";
+
+/// The subject a replica answers [`SyncReply`] requests on.
+pub fn sync_subject(replica: &str) -> String {
+    format!("club.dir.sync.{replica}")
+}
+
+/// The subject jobs for a node are sent to: whichever replica holds its link answers.
+pub fn job_subject(key: &NodeKey) -> String {
+    // Provider names may hold any character; subjects may not hold `.`, `*`, `>` or spaces.
+    let hex: String = key.provider.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("club.node.{}.{hex}.job", key.operator_id)
+}
+
+/// The subject a replica takes cancellations on.
+pub fn cancel_subject(replica: &str) -> String {
+    format!("club.replica.{replica}.cancel")
+}
+
+/// Whether `id` may name a replica: 1–64 ASCII letters, digits, `-` and `_`.
+pub fn valid_replica_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// A node linked to `replica`, with what it offers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeUp {
+    /// The replica holding its link.
+    pub replica: String,
+    /// Its operator's id.
+    pub operator_id: UserId,
+    /// Its operator's handle.
+    pub operator: String,
+    /// Its provider name.
+    pub provider: String,
+    /// Its validated, redacted manifest.
+    pub manifest: ServiceManifest,
+    /// Its operator's policy.
+    pub policy: ProviderPolicy,
+    /// When it linked.
+    pub connected_at: DateTime<Utc>,
+}
+
+impl NodeUp {
+    /// Its identity.
+    pub fn key(&self) -> NodeKey {
+        NodeKey {
+            operator_id: self.operator_id,
+            provider: self.provider.clone(),
+        }
+    }
+}
+
+/// A node's link to `replica` closed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeDown {
+    /// The replica it was linked to.
+    pub replica: String,
+    /// Its operator's id.
+    pub operator_id: UserId,
+    /// Its provider name.
+    pub provider: String,
+}
+
+/// One node's load, as its replica sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeLoad {
+    /// Its operator's id.
+    pub operator_id: UserId,
+    /// Its provider name.
+    pub provider: String,
+    /// Jobs running on it (from every replica).
+    pub in_flight: u32,
+    /// Its recent time to first token, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttft_ms: Option<u64>,
+    /// The load it reported itself.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub load: Vec<ServiceLoad>,
+}
+
+/// A replica is alive; the load of every node linked to it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Beat {
+    /// Who.
+    pub replica: String,
+    /// It is shutting down: route nothing new to its nodes.
+    #[serde(default)]
+    pub draining: bool,
+    /// Its nodes.
+    pub nodes: Vec<NodeLoad>,
+}
+
+/// Every node linked to a replica.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SyncReply {
+    /// The nodes.
+    pub nodes: Vec<NodeUp>,
+}
+
+/// Run this request on the node (sent to its [`job_subject`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobRequest {
+    /// The replica asking (the consumer's).
+    pub replica: String,
+    /// Where to publish the job's [`RelayEvent`]s.
+    pub inbox: String,
+    /// The record id.
+    pub request_id: String,
+    /// The consumer's handle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer: Option<String>,
+    /// How long the job may take in all, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
+    /// The request.
+    pub request: ChatCompletionRequest,
+}
+
+/// The answer of the replica holding the node's link.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum JobReply {
+    /// The job runs; its events follow on the inbox.
+    Accepted,
+    /// The node has no room now (another replica's job took it), or its replica is draining.
+    Busy {
+        /// Why.
+        message: String,
+        /// The replica is shutting down.
+        #[serde(default)]
+        draining: bool,
+    },
+    /// The node could not take the job.
+    Failed {
+        /// What went wrong.
+        error: JobError,
+    },
+}
+
+/// What happened in a job, in order (`seq` counts from 0).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RelayEvent {
+    /// Its place in the job's events.
+    pub seq: u64,
+    /// The event.
+    pub event: RelayKind,
+}
+
+/// A job's event.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RelayKind {
+    /// A chunk of the answer.
+    Chunk {
+        /// The chunk.
+        chunk: ChatCompletionChunk,
+    },
+    /// The job ended well.
+    Done,
+    /// The job failed.
+    Failed {
+        /// What went wrong.
+        error: JobError,
+    },
+}
+
+/// Stop the job whose events go to `inbox`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CancelJob {
+    /// The job's inbox.
+    pub inbox: String,
+}
+
+/// Club-wide changes every replica applies.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Control {
+    /// A member's keys changed: forget the cached ones.
+    ForgetKeys {
+        /// Who.
+        user_id: UserId,
+    },
+    /// An operator deleted their account: close their links, forget them in records in flight.
+    CloseOperator {
+        /// Their id.
+        operator_id: UserId,
+        /// Their handle.
+        handle: String,
+    },
+    /// An operator changed a node's policy: the replica holding it puts it in force.
+    PolicyChanged {
+        /// The node.
+        operator_id: UserId,
+        /// Its provider name.
+        provider: String,
+        /// The policy now.
+        policy: ProviderPolicy,
+    },
+}
+
+/// Encodes a message.
+pub fn encode<M: Serialize>(message: &M) -> Vec<u8> {
+    // Our own types always serialize; an empty payload is refused by every decoder.
+    serde_json::to_vec(message).unwrap_or_default()
+}
+
+/// Decodes a message.
+pub fn decode<'a, M: Deserialize<'a>>(payload: &'a [u8]) -> Result<M, serde_json::Error> {
+    serde_json::from_slice(payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_names_make_safe_subjects() {
+        let key = NodeKey {
+            operator_id: UserId::new(),
+            provider: "gpu box.*>".into(),
+        };
+        let subject = job_subject(&key);
+        let provider = subject.split('.').nth(3).unwrap();
+        assert!(provider.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(subject.split('.').count(), 5);
+    }
+
+    #[test]
+    fn replica_ids_are_subject_tokens() {
+        assert!(valid_replica_id("replica-1_a"));
+        assert!(!valid_replica_id(""));
+        assert!(!valid_replica_id("a.b"));
+        assert!(!valid_replica_id("a b"));
+        assert!(!valid_replica_id(&"x".repeat(65)));
+    }
+}

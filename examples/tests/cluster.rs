@@ -720,8 +720,8 @@ async fn a_replica_killed_under_load_loses_no_record_and_its_nodes_come_back_thr
         let nginx = cluster.nginx_url.clone();
         let consumers = start_load(&cluster, &nginx, 8, &stop);
         tokio::time::sleep(Duration::from_millis(2500)).await;
-        cluster.kill_replica(victim);
         let killed = Instant::now();
+        cluster.kill_replica(victim);
 
         // Its nodes relink through nginx to the others, and are listed online by them, within
         // 10 s.

@@ -30,7 +30,17 @@ member="cluster-admin"
 
 log() { printf 'cluster.sh: %s\n' "$*" >&2; }
 
-alive() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# Whether process $1 runs (a zombie waiting for its reaper does not).
+running() {
+    local state=""
+    kill -0 "$1" 2>/dev/null || return 1
+    if [[ -r "/proc/$1/stat" ]]; then
+        read -r _ _ state _ <"/proc/$1/stat" || true
+    fi
+    [[ "$state" != Z ]]
+}
+
+alive() { [[ -f "$1" ]] && running "$(cat "$1")"; }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -107,9 +117,9 @@ stop_pid() {
     local file="$1" grace="$2" pid
     [[ -f "$file" ]] || return 0
     pid="$(cat "$file")"
-    if kill -0 "$pid" 2>/dev/null; then
+    if running "$pid"; then
         kill -TERM "$pid" 2>/dev/null || true
-        if ! wait_for "! kill -0 $pid 2>/dev/null" "$grace"; then
+        if ! wait_for "! running $pid" "$grace"; then
             log "$(basename "$file" .pid) did not stop within ${grace}s: killing it"
             kill -KILL "$pid" 2>/dev/null || true
         fi

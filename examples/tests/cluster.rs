@@ -870,9 +870,35 @@ async fn a_rolling_restart_behind_nginx_refuses_no_request() {
         for record in &records {
             assert_eq!(record.status(), Status::Succeeded, "{record:?}");
         }
+        // Every replica was restarted, so every node lost its link once at least, and linked
+        // again on its own.
         for name in &names {
-            assert!(cluster.links_of(name) >= 1);
+            assert!(cluster.links_of(name) >= 2, "{name} never relinked");
         }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_on_sqlite_is_refused_with_a_clear_error() {
+    let dir = std::env::temp_dir().join(format!("club-cluster-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let database = format!("sqlite:{}", dir.join("club.db").display());
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_club-coordinator"));
+    command
+        .args(["--database", &database, "serve", "--listen", "127.0.0.1:0"])
+        .args(["--nats", "nats://127.0.0.1:9"])
+        .env("NO_COLOR", "1");
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("PostgreSQL"), "{stderr}");
+    assert!(
+        !String::from_utf8_lossy(&output.stdout).contains("listening on"),
+        "it must not serve"
+    );
 }

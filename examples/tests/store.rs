@@ -14,8 +14,8 @@ use inference_club_core::openai::{
 };
 use inference_club_core::record::{InferenceRecord, RecordId, ServedBy, Status, Visibility};
 use inference_club_examples::coordinator::store::{
-    Backend, MAX_PAGE_SIZE, PROGRESS_DELAY, RecordQuery, Scope, ScopeParseError, Scopes, Store,
-    StoreError, User,
+    Backend, InFlight, MAX_PAGE_SIZE, PROGRESS_DELAY, RecordQuery, Scope, ScopeParseError, Scopes,
+    Store, StoreError, User,
 };
 use serde_json::json;
 use sqlx::{AnyPool, Row};
@@ -165,6 +165,7 @@ on_both!(
     coordinator_saves_keep_the_owners_visibility,
     a_final_record_cannot_move_back,
     fail_in_flight_closes_what_was_running,
+    a_dead_replica_fails_only_its_own_records,
     pagination_is_newest_first_without_duplicates_or_gaps,
     public_feed_shows_only_public_records,
     listings_filter_by_operator_model_status_and_time,
@@ -586,6 +587,76 @@ async fn fail_in_flight_closes_what_was_running(db: &TestDb) {
         .await
         .unwrap();
     assert_eq!(page.items.len(), 2);
+}
+
+async fn a_dead_replica_fails_only_its_own_records(db: &TestDb) {
+    let store = &db.store;
+    assert!(store.set_replica("r1"));
+    assert!(!store.set_replica("r2"), "a store's replica is set once");
+    assert_eq!(store.replica(), Some("r1"));
+    let ada = store.create_user("ada", None).await.unwrap();
+    let mine = record(&ada, "m", Visibility::Public);
+    let theirs = record(&ada, "m", Visibility::Public);
+    let single = record(&ada, "m", Visibility::Public);
+    for r in [&mine, &theirs, &single] {
+        store.insert_record(r).await.unwrap();
+    }
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM records WHERE replica = 'r1'")
+            .await,
+        3
+    );
+    // Another replica accepted `theirs`; a single coordinator (no replica) accepted `single`.
+    for (id, replica) in [(theirs.id, Some("r2")), (single.id, None)] {
+        sqlx::query("UPDATE records SET replica = $1 WHERE id = $2")
+            .bind(replica)
+            .bind(id.to_string())
+            .execute(&db.raw)
+            .await
+            .unwrap();
+    }
+    store.renew_replica("r1").await.unwrap();
+    store.renew_replica("r2").await.unwrap();
+    assert!(
+        store
+            .expired_replicas(std::time::Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let live = store
+        .live_replicas(std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(live, ["r1", "r2"]);
+
+    // Records of no live replica: only the single coordinator's.
+    assert_eq!(
+        store
+            .fail_in_flight_of(InFlight::Orphaned, "orphaned")
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(stored_status(db, single.id).await, Status::Failed);
+    assert_eq!(stored_status(db, theirs.id).await, Status::Queued);
+
+    // r2 dies: its lease runs out, and retiring it fails its records and nothing else.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    store.renew_replica("r1").await.unwrap();
+    let expired = store
+        .expired_replicas(std::time::Duration::from_millis(10))
+        .await
+        .unwrap();
+    assert_eq!(expired, ["r2"]);
+    assert_eq!(store.retire_replica("r2", "r2 died").await.unwrap(), 1);
+    let failed = store.record(theirs.id).await.unwrap().unwrap().record;
+    assert_eq!(failed.status(), Status::Failed);
+    assert_eq!(failed.failure.as_deref(), Some("r2 died"));
+    assert_eq!(stored_status(db, mine.id).await, Status::Queued);
+    assert_eq!(db.count("SELECT COUNT(*) FROM replicas").await, 1);
+    // Retiring again (another replica noticed too) changes nothing.
+    assert_eq!(store.retire_replica("r2", "again").await.unwrap(), 0);
 }
 
 async fn pagination_is_newest_first_without_duplicates_or_gaps(db: &TestDb) {

@@ -404,3 +404,116 @@ impl Directory {
         gone
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coordinator::cluster::wire::NodeLoad;
+    use crate::coordinator::store::UserId;
+
+    fn up(replica: &str, operator_id: UserId, provider: &str) -> NodeUp {
+        NodeUp {
+            replica: replica.into(),
+            operator_id,
+            operator: "ada".into(),
+            provider: provider.into(),
+            manifest: serde_json::from_value(serde_json::json!({
+                "schema_version": 1,
+                "agent": {"name": provider},
+                "hosts": [{"id": "h", "services": [{"name": "s", "engine": "vllm",
+                    "url": "http://127.0.0.1:1", "max_concurrent": 4, "models": [{"id": "m"}]}]}]
+            }))
+            .unwrap(),
+            policy: ProviderPolicy::default(),
+            connected_at: chrono::Utc::now(),
+        }
+    }
+
+    fn beat(replica: &str, draining: bool, nodes: &[(UserId, &str, u32)]) -> Beat {
+        Beat {
+            replica: replica.into(),
+            draining,
+            nodes: nodes
+                .iter()
+                .map(|(operator_id, provider, in_flight)| NodeLoad {
+                    operator_id: *operator_id,
+                    provider: (*provider).into(),
+                    in_flight: *in_flight,
+                    ttft_ms: None,
+                    load: Vec::new(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn nodes_come_go_and_move_between_replicas() {
+        let directory = Directory::default();
+        let ada = UserId::new();
+        directory.up(up("r1", ada, "box"));
+        let node = directory.nodes().pop().unwrap();
+        assert_eq!(node.replica, "r1");
+        assert_eq!(node.offer().capacity, Some(4));
+
+        // It links again to r2 (r1 died or drained): r1's entry goes, its jobs see it gone.
+        directory.up(up("r2", ada, "box"));
+        assert!(node.is_gone());
+        let moved = directory.nodes();
+        assert_eq!(moved.len(), 1);
+        assert_eq!(moved[0].replica, "r2");
+
+        directory.down(&NodeDown {
+            replica: "r2".into(),
+            operator_id: ada,
+            provider: "box".into(),
+        });
+        assert!(directory.nodes().is_empty());
+        assert!(moved[0].is_gone());
+    }
+
+    #[test]
+    fn beats_carry_load_and_draining_and_ask_for_a_sync_when_they_disagree() {
+        let directory = Directory::default();
+        let ada = UserId::new();
+        directory.up(up("r1", ada, "box"));
+        assert!(!directory.beat(beat("r1", false, &[(ada, "box", 3)])));
+        let node = directory.get(&NodeKey {
+            operator_id: ada,
+            provider: "box".into(),
+        });
+        assert_eq!(node.as_ref().unwrap().in_flight(), 3);
+
+        // A node this replica never heard of: ask for the list (once a second at most).
+        assert!(directory.beat(beat("r1", false, &[(ada, "box", 3), (ada, "other", 0)])));
+        assert!(!directory.beat(beat("r1", false, &[(ada, "box", 3), (ada, "other", 0)])));
+
+        // A full refusal counts the node as full until the next beat.
+        let node = node.unwrap();
+        node.mark_full();
+        assert_eq!(node.in_flight(), 4);
+        directory.beat(beat("r1", false, &[(ada, "box", 1)]));
+        assert_eq!(node.in_flight(), 1);
+
+        // A draining replica's nodes are not routable, but still known.
+        directory.beat(beat("r1", true, &[(ada, "box", 1)]));
+        assert!(directory.nodes().is_empty());
+        assert!(!node.is_gone());
+        assert!(directory.is_heard("r1"));
+    }
+
+    #[test]
+    fn a_sync_replaces_the_list() {
+        let directory = Directory::default();
+        let ada = UserId::new();
+        directory.up(up("r1", ada, "a"));
+        directory.up(up("r1", ada, "b"));
+        directory.replace("r1", vec![up("r1", ada, "b"), up("r1", ada, "c")]);
+        let mut names: Vec<String> = directory
+            .nodes()
+            .iter()
+            .map(|n| n.key.provider.clone())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["b", "c"]);
+    }
+}

@@ -236,17 +236,7 @@ impl Cluster {
 
     /// Tells the others what `node` (linked here) offers now.
     pub fn announce(&self, node: &LiveNode) {
-        let offer = node.offer();
-        let up = NodeUp {
-            replica: self.replica.clone(),
-            operator_id: node.key.operator_id,
-            operator: node.operator.clone(),
-            provider: node.key.provider.clone(),
-            manifest: offer.manifest.clone(),
-            policy: offer.policy.clone(),
-            connected_at: node.connected_at(),
-        };
-        self.publish(wire::UP, &up);
+        self.publish(wire::UP, &up_of(self, node));
     }
 
     /// A node's link here closed (and no newer link took its place).
@@ -305,6 +295,20 @@ impl Cluster {
             Err(error) => tracing::warn!("cannot give up the replica's lease: {error}"),
         }
         let _ = self.client.flush().await;
+    }
+}
+
+/// What the others need to know of `node`, linked here.
+fn up_of(cluster: &Cluster, node: &LiveNode) -> NodeUp {
+    let offer = node.offer();
+    NodeUp {
+        replica: cluster.replica.clone(),
+        operator_id: node.key.operator_id,
+        operator: node.operator.clone(),
+        provider: node.key.provider.clone(),
+        manifest: offer.manifest.clone(),
+        policy: offer.policy.clone(),
+        connected_at: node.connected_at(),
     }
 }
 
@@ -379,25 +383,57 @@ fn notify(coordinator: &Weak<Coordinator>) {
     }
 }
 
-/// Asks `replica` for every node linked to it.
+/// Asks `replica` for every node linked to it (the answer comes in parts).
 async fn sync_with(cluster: Arc<Cluster>, coordinator: Weak<Coordinator>, replica: String) {
-    let asked = cluster
+    let inbox = cluster.client.new_inbox();
+    let Ok(mut parts) = cluster.client.subscribe(inbox.clone()).await else {
+        return;
+    };
+    if cluster
         .client
-        .request(wire::sync_subject(&replica), Vec::new().into());
-    match tokio::time::timeout(Duration::from_secs(2), asked).await {
-        Ok(Ok(reply)) => match wire::decode::<SyncReply>(&reply.payload) {
-            Ok(list) => {
-                cluster.directory.replace(&replica, list.nodes);
-                notify(&coordinator);
-            }
-            Err(error) => tracing::warn!(%replica, "bad node list from a replica: {error}"),
-        },
-        Ok(Err(error)) => tracing::debug!(%replica, "cannot ask a replica for its nodes: {error}"),
-        Err(_) => tracing::debug!(%replica, "a replica did not send its nodes in time"),
+        .publish_with_reply(wire::sync_subject(&replica), inbox, Vec::new().into())
+        .await
+        .is_err()
+    {
+        return;
     }
+    let mut nodes = Vec::new();
+    let mut received = 0u32;
+    let deadline = tokio::time::sleep(Duration::from_secs(5));
+    tokio::pin!(deadline);
+    loop {
+        let message = tokio::select! {
+            message = parts.next() => message,
+            () = &mut deadline => None,
+        };
+        let Some(message) = message else {
+            tracing::debug!(%replica, "a replica did not send its whole node list in time");
+            return;
+        };
+        match wire::decode::<SyncReply>(&message.payload) {
+            Ok(part) if part.part == received => {
+                nodes.extend(part.nodes);
+                received += 1;
+                if received >= part.parts {
+                    break;
+                }
+            }
+            Ok(_) => {
+                tracing::debug!(%replica, "a part of a replica's node list was lost");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%replica, "bad node list from a replica: {error}");
+                return;
+            }
+        }
+    }
+    cluster.directory.replace(&replica, nodes);
+    notify(&coordinator);
 }
 
-/// Answers other replicas' requests for the nodes linked here.
+/// Answers other replicas' requests for the nodes linked here, in parts under NATS's message
+/// size limit.
 async fn answer_syncs(
     cluster: Arc<Cluster>,
     coordinator: Weak<Coordinator>,
@@ -408,27 +444,15 @@ async fn answer_syncs(
             break;
         };
         let Some(reply) = message.reply else { continue };
-        let nodes = coordinator
+        let nodes: Vec<NodeUp> = coordinator
             .nodes
             .online()
             .iter()
-            .map(|node| {
-                let offer = node.offer();
-                NodeUp {
-                    replica: cluster.replica.clone(),
-                    operator_id: node.key.operator_id,
-                    operator: node.operator.clone(),
-                    provider: node.key.provider.clone(),
-                    manifest: offer.manifest.clone(),
-                    policy: offer.policy.clone(),
-                    connected_at: node.connected_at(),
-                }
-            })
+            .map(|node| up_of(&cluster, node))
             .collect();
-        let _ = cluster
-            .client
-            .publish(reply, wire::encode(&SyncReply { nodes }).into())
-            .await;
+        for part in wire::sync_parts(&nodes, cluster.max_payload() / 2) {
+            let _ = cluster.client.publish(reply.clone(), part.into()).await;
+        }
     }
 }
 

@@ -7,7 +7,7 @@
 //! | `club.dir.up` | publish | [`NodeUp`]: a node linked here, or its offer changed |
 //! | `club.dir.down` | publish | [`NodeDown`]: a node's link here closed |
 //! | `club.dir.beat` | publish, every [`BEAT`] | [`Beat`]: a replica is alive, its nodes' load |
-//! | `club.dir.sync.{replica}` | request/reply | [`SyncReply`]: every node linked to `replica` |
+//! | `club.dir.sync.{replica}` | request, replies in parts | [`SyncReply`]s: every node linked to `replica` |
 //! | `club.node.{operator}.{provider}.job` | request/reply | [`JobRequest`] → [`JobReply`] |
 //! | the requester's inbox | publish | [`RelayEvent`]s of one job, numbered |
 //! | `club.replica.{replica}.cancel` | publish | [`CancelJob`] |
@@ -134,11 +134,46 @@ pub struct Beat {
     pub nodes: Vec<NodeLoad>,
 }
 
-/// Every node linked to a replica.
+/// Part of the list of every node linked to a replica (split to stay under NATS's message
+/// size limit).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SyncReply {
-    /// The nodes.
+    /// The nodes in this part.
     pub nodes: Vec<NodeUp>,
+    /// Which part this is, from 0.
+    pub part: u32,
+    /// How many parts there are.
+    pub parts: u32,
+}
+
+/// Splits `nodes` into [`SyncReply`] payloads of at most about `limit` bytes each (a single
+/// node larger than that gets a part of its own). Always at least one part.
+pub fn sync_parts(nodes: &[NodeUp], limit: usize) -> Vec<Vec<u8>> {
+    let mut groups: Vec<Vec<NodeUp>> = vec![Vec::new()];
+    let mut size = 0;
+    for node in nodes {
+        let bytes = encode(node).len() + 1;
+        if size + bytes > limit && groups.last().is_some_and(|g| !g.is_empty()) {
+            groups.push(Vec::new());
+            size = 0;
+        }
+        size += bytes;
+        if let Some(group) = groups.last_mut() {
+            group.push(node.clone());
+        }
+    }
+    let parts = u32::try_from(groups.len()).unwrap_or(u32::MAX);
+    groups
+        .into_iter()
+        .enumerate()
+        .map(|(part, nodes)| {
+            encode(&SyncReply {
+                nodes,
+                part: u32::try_from(part).unwrap_or(u32::MAX),
+                parts,
+            })
+        })
+        .collect()
 }
 
 /// Run this request on the node (sent to its [`job_subject`]).
@@ -267,6 +302,42 @@ mod tests {
         let provider = subject.split('.').nth(3).unwrap();
         assert!(provider.bytes().all(|b| b.is_ascii_hexdigit()));
         assert_eq!(subject.split('.').count(), 5);
+    }
+
+    #[test]
+    fn sync_lists_split_under_the_limit_and_join_again() {
+        let manifest: ServiceManifest = serde_json::from_value(serde_json::json!({
+            "schema_version": 1,
+            "agent": {"name": "n"},
+            "hosts": [{"id": "h", "services": [{"name": "s", "engine": "vllm",
+                "url": "http://127.0.0.1:1", "models": [{"id": "m"}]}]}]
+        }))
+        .unwrap();
+        let nodes: Vec<NodeUp> = (0..50)
+            .map(|i| NodeUp {
+                replica: "r1".into(),
+                operator_id: UserId::new(),
+                operator: "ada".into(),
+                provider: format!("node-{i}"),
+                manifest: manifest.clone(),
+                policy: ProviderPolicy::default(),
+                connected_at: Utc::now(),
+            })
+            .collect();
+        let one = encode(&nodes[0]).len();
+        let parts = sync_parts(&nodes, one * 10);
+        assert!(parts.len() >= 5, "{} parts", parts.len());
+        let mut joined = Vec::new();
+        for (i, payload) in parts.iter().enumerate() {
+            assert!(payload.len() < one * 12);
+            let part: SyncReply = decode(payload).unwrap();
+            assert_eq!(part.part as usize, i);
+            assert_eq!(part.parts as usize, parts.len());
+            joined.extend(part.nodes.into_iter().map(|n| n.provider));
+        }
+        let expected: Vec<String> = nodes.iter().map(|n| n.provider.clone()).collect();
+        assert_eq!(joined, expected);
+        assert_eq!(sync_parts(&[], 10).len(), 1);
     }
 
     #[test]

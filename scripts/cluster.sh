@@ -234,7 +234,10 @@ start() {
     free_port 4222
     nats_port="$port"
     log "starting nats-server on 127.0.0.1:$nats_port"
-    launch nats "$nats" -a 127.0.0.1 -p "$nats_port"
+    # Messages up to 8 MB, so that any chat body a replica accepts (4 MiB by default) can
+    # cross to the replica holding the node's link.
+    echo "max_payload: 8MB" >"$dir/nats.conf"
+    launch nats "$nats" -c "$dir/nats.conf" -a 127.0.0.1 -p "$nats_port"
     echo "nats://127.0.0.1:$nats_port" >"$dir/nats.address"
     if ! wait_for "port_open $nats_port" 10; then
         log "nats-server did not start: $(tail -n 5 "$dir/nats.log")"

@@ -184,6 +184,20 @@ async fn every_request_succeeds_whichever_replica_it_lands_on() {
             }
         }
 
+        // A large request (1.2 MB of text, over NATS's default 1 MiB message) crosses from
+        // replica 3 to the node on replica 1 whole.
+        let big = "€".repeat(400_000);
+        let body = serde_json::json!({
+            "model": "m-a",
+            "messages": [{"role": "user", "content": big}],
+        });
+        let (status, id, answer) = cluster.chat_whole(&cluster.url(2), &body).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(content_of(&answer), ANSWER);
+        served.push((id.unwrap(), "node-a"));
+        let asked = a.requests().last().unwrap()["messages"][0]["content"].clone();
+        assert!(asked == big.as_str(), "the engine got another text");
+
         // Every record is final, readable from every replica, and names the node that served it.
         for (id, node) in &served {
             for n in 0..REPLICAS {

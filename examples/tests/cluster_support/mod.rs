@@ -19,6 +19,9 @@ use super::e2e_support::{Club, Proc, STARTUP, ServiceSpec, SseReader, json_of, l
 /// The nginx configuration users run (the template `scripts/cluster.sh` fills in).
 const NGINX_TEMPLATE: &str = include_str!("../../../scripts/nginx-cluster.conf");
 
+/// The NATS server's configuration (what scripts/cluster.sh writes; the address comes by flags).
+const NATS_CONFIG: &str = "max_payload: 8MB\n";
+
 /// How many replicas a cluster has.
 pub const REPLICAS: usize = 3;
 
@@ -180,6 +183,7 @@ pub struct Cluster {
     /// `http://host:port` of nginx.
     pub nginx_url: String,
     database: String,
+    nats_dir: PathBuf,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -195,9 +199,22 @@ impl Cluster {
     /// Starts nats-server, three replicas on `database` (a PostgreSQL URL) and nginx, and waits
     /// until nginx answers.
     pub async fn start(tools: &Tools, database: &str) -> Self {
+        // NATS as scripts/cluster.sh runs it: messages up to 8 MB, so that any chat body the
+        // coordinator accepts (4 MiB by default) can cross replicas.
+        let nats_dir = std::env::temp_dir().join(format!(
+            "club-nats-{}-{}",
+            std::process::id(),
+            uuid::Uuid::now_v7().simple()
+        ));
+        std::fs::create_dir_all(&nats_dir).unwrap();
+        let nats_config = nats_dir.join("nats.conf");
+        std::fs::write(&nats_config, NATS_CONFIG).unwrap();
         let nats_port = free_port();
         let mut command = Command::new(&tools.nats_server);
-        command.args(["-a", "127.0.0.1", "-p", &nats_port.to_string()]);
+        command
+            .arg("-c")
+            .arg(&nats_config)
+            .args(["-a", "127.0.0.1", "-p", &nats_port.to_string()]);
         let nats = Proc::spawn("nats-server", command);
         nats.wait_for_line("Server is ready", STARTUP).await;
         let nats_url = format!("nats://127.0.0.1:{nats_port}");
@@ -241,6 +258,7 @@ impl Cluster {
             nginx,
             nginx_url: format!("http://{listen}"),
             database: database.to_owned(),
+            nats_dir,
         };
         let deadline = Instant::now() + STARTUP;
         loop {
@@ -539,6 +557,7 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.nats_dir);
         if std::thread::panicking() {
             loud(&format!(
                 "==== cluster output (replicas 2.., nats, nginx) ====\n{}",

@@ -249,6 +249,7 @@ pub async fn dispatch(
     let mut tried: Vec<NodeKey> = Vec::new();
     let mut last_error: Option<ProviderError> = None;
     let mut queued = false;
+    let mut refusals = 0u32;
     loop {
         if context.cancel.is_cancelled() {
             return Err(ApiError::from_provider(&ProviderError::Cancelled));
@@ -315,9 +316,12 @@ pub async fn dispatch(
             }
             // The replica holding a peer's link refused the job for lack of room (another
             // replica took the slot) or because it is shutting down: nothing ran; choose again.
-            Err(ProviderError::Busy { .. }) if node.is_peer() && !context.cancel.is_cancelled() => {
+            Err(ProviderError::Busy { .. })
+                if node.is_peer() && refusals < MAX_PEER_REFUSALS && Instant::now() < deadline =>
+            {
+                refusals += 1;
                 drop(slot);
-                tokio::task::yield_now().await;
+                tokio::time::sleep(Duration::from_millis(2 * u64::from(refusals))).await;
             }
             Err(error) if error.is_retryable() => {
                 tracing::info!(provider = %node.key().provider, %error, "failing over");
@@ -334,6 +338,10 @@ pub async fn dispatch(
         }
     }
 }
+
+/// How many times one request chooses again after replicas refused it a node for lack of room
+/// (before such a refusal counts as a failed attempt).
+const MAX_PEER_REFUSALS: u32 = 20;
 
 /// Waits, in order of arrival per model, until a node serving `model` has room, and reserves
 /// the slot before the next in line may look (so nobody overtakes). Returns a `Pick::Node`, or

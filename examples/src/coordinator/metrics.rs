@@ -41,6 +41,12 @@ pub struct Metrics {
     pub deferred_saves: Gauge,
     /// Tasks alive in the coordinator's async runtime now (a leak shows as steady growth).
     pub runtime_tasks: Gauge,
+    /// In a cluster: the other replicas heard from lately.
+    pub cluster_replicas: Gauge,
+    /// In a cluster: nodes linked to the other replicas that routing here sees.
+    pub cluster_peer_nodes: Gauge,
+    /// In a cluster: jobs from other replicas running on the nodes linked here now.
+    pub cluster_relayed_jobs: Gauge,
 }
 
 impl Default for Metrics {
@@ -55,6 +61,24 @@ impl Default for Metrics {
         let queue_depth = Gauge::default();
         let deferred_saves = Gauge::default();
         let runtime_tasks = Gauge::default();
+        let cluster_replicas = Gauge::default();
+        let cluster_peer_nodes = Gauge::default();
+        let cluster_relayed_jobs = Gauge::default();
+        registry.register(
+            "cluster_replicas",
+            "Other coordinator replicas heard from lately (cluster mode)",
+            cluster_replicas.clone(),
+        );
+        registry.register(
+            "cluster_peer_nodes",
+            "Nodes linked to other replicas that routing here sees (cluster mode)",
+            cluster_peer_nodes.clone(),
+        );
+        registry.register(
+            "cluster_relayed_jobs",
+            "Jobs from other replicas running on the nodes linked here (cluster mode)",
+            cluster_relayed_jobs.clone(),
+        );
         registry.register("requests", "Inference requests finished", requests.clone());
         registry.register(
             "time_to_first_token_seconds",
@@ -103,6 +127,9 @@ impl Default for Metrics {
             queue_depth,
             deferred_saves,
             runtime_tasks,
+            cluster_replicas,
+            cluster_peer_nodes,
+            cluster_relayed_jobs,
         }
     }
 }

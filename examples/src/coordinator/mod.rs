@@ -12,6 +12,9 @@
 //! - [`web`]: the club on the web (server-rendered pages: feed, requests, profiles, providers,
 //!   models, dashboard, playground, terms).
 //! - [`server`]: the HTTP server, with header and body read timeouts ([`serve`], [`serve_with`]).
+//! - [`cluster`]: several replicas as one club, on PostgreSQL and NATS (off unless
+//!   [`CoordinatorConfig::cluster`] is set): nodes linked to other replicas are routable here
+//!   ([`nodes::OnlineNode`]), their jobs relayed by the replica holding the link.
 
 pub mod accounts;
 pub mod api;
@@ -267,7 +270,17 @@ impl Coordinator {
     /// Notes the models served now (the cluster does, every beat), for [`Coordinator::may_relink`].
     pub fn note_models_online(&self) {
         let now = std::time::Instant::now();
-        let nodes = self.online_nodes();
+        let mut nodes = self.online_nodes();
+        // A draining replica's nodes are about to link elsewhere: their models stay "seen".
+        if let Some(cluster) = &self.cluster {
+            nodes.extend(
+                cluster
+                    .directory
+                    .all_nodes()
+                    .into_iter()
+                    .map(OnlineNode::Peer),
+            );
+        }
         let mut seen = self
             .models_seen
             .lock()
@@ -369,6 +382,21 @@ async fn metrics_text(State(state): State<Arc<Coordinator>>) -> impl IntoRespons
         .metrics
         .deferred_saves
         .set(i64::try_from(state.store.deferred_saves()).unwrap_or(i64::MAX));
+    if let Some(cluster) = &state.cluster {
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        state
+            .metrics
+            .cluster_replicas
+            .set(gauge(cluster.directory.replicas()));
+        state
+            .metrics
+            .cluster_peer_nodes
+            .set(gauge(cluster.directory.nodes().len()));
+        state
+            .metrics
+            .cluster_relayed_jobs
+            .set(gauge(cluster.remote_jobs()));
+    }
     let tasks = tokio::runtime::Handle::current()
         .metrics()
         .num_alive_tasks();

@@ -230,6 +230,17 @@ impl Directory {
             .collect()
     }
 
+    /// Every node of the other replicas, those of draining replicas too (they are about to
+    /// link elsewhere).
+    pub fn all_nodes(&self) -> Vec<Arc<PeerNode>> {
+        self.replicas
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .flat_map(|r| r.nodes.values().cloned())
+            .collect()
+    }
+
     /// The node with this identity, on whichever other replica.
     pub fn get(&self, key: &NodeKey) -> Option<Arc<PeerNode>> {
         self.replicas
@@ -339,7 +350,8 @@ impl Directory {
             .or_insert_with(Replica::new);
         replica.heard = Instant::now();
         replica.draining = beat.draining;
-        let mut matches = beat.nodes.len() == replica.nodes.len();
+        let mut matches = usize::try_from(beat.total).is_ok_and(|t| t == replica.nodes.len())
+            && (beat.changes_only || beat.nodes.len() == replica.nodes.len());
         for load in beat.nodes {
             let key = NodeKey {
                 operator_id: load.operator_id,
@@ -433,6 +445,8 @@ mod tests {
         Beat {
             replica: replica.into(),
             draining,
+            total: u32::try_from(nodes.len()).unwrap(),
+            changes_only: false,
             nodes: nodes
                 .iter()
                 .map(|(operator_id, provider, in_flight)| NodeLoad {

@@ -268,7 +268,11 @@ impl Cluster {
     /// still send are refused (they go elsewhere). Says so at once.
     pub async fn begin_drain(&self, coordinator: &Coordinator) {
         self.draining.store(true, Ordering::Release);
-        let beat = beat_of(self, coordinator);
+        let beat = Beat {
+            changes_only: true,
+            nodes: Vec::new(),
+            ..beat_of(self, coordinator)
+        };
         let _ = self
             .client
             .publish(wire::BEATS, wire::encode(&beat).into())
@@ -312,9 +316,9 @@ fn up_of(cluster: &Cluster, node: &LiveNode) -> NodeUp {
     }
 }
 
-/// The beat of this replica: its nodes' load.
+/// The full beat of this replica: every node's load.
 fn beat_of(cluster: &Cluster, coordinator: &Coordinator) -> Beat {
-    let nodes = coordinator
+    let nodes: Vec<NodeLoad> = coordinator
         .nodes
         .online()
         .iter()
@@ -331,7 +335,56 @@ fn beat_of(cluster: &Cluster, coordinator: &Coordinator) -> Beat {
     Beat {
         replica: cluster.replica.clone(),
         draining: cluster.is_draining(),
+        total: u32::try_from(nodes.len()).unwrap_or(u32::MAX),
+        changes_only: false,
         nodes,
+    }
+}
+
+/// What this replica said in its last beats, so that the next says only what changed.
+#[derive(Debug, Default)]
+struct BeatState {
+    sent: HashMap<(crate::coordinator::store::UserId, String), NodeLoad>,
+    beats: u64,
+}
+
+impl BeatState {
+    /// The next beat: all nodes every [`wire::FULL_BEAT_EVERY`]th time, else those whose load
+    /// changed. Split into messages of at most `limit` bytes.
+    fn next(&mut self, full: Beat, limit: usize) -> Vec<Vec<u8>> {
+        let everything = self.beats.is_multiple_of(wire::FULL_BEAT_EVERY);
+        self.beats += 1;
+        let mut beat = full;
+        let current: HashMap<_, _> = beat
+            .nodes
+            .iter()
+            .map(|n| ((n.operator_id, n.provider.clone()), n.clone()))
+            .collect();
+        if !everything {
+            beat.nodes
+                .retain(|n| self.sent.get(&(n.operator_id, n.provider.clone())) != Some(n));
+            beat.changes_only = true;
+        }
+        self.sent = current;
+        let payload = wire::encode(&beat);
+        if payload.len() <= limit || beat.nodes.len() < 2 {
+            return vec![payload];
+        }
+        // Too long for one message: parts, each listing some nodes.
+        let parts = payload.len().div_ceil(limit.max(1)) + 1;
+        let per_part = beat.nodes.len().div_ceil(parts).max(1);
+        beat.nodes
+            .chunks(per_part)
+            .map(|nodes| {
+                wire::encode(&Beat {
+                    replica: beat.replica.clone(),
+                    draining: beat.draining,
+                    total: beat.total,
+                    changes_only: true,
+                    nodes: nodes.to_vec(),
+                })
+            })
+            .collect()
     }
 }
 
@@ -513,18 +566,17 @@ async fn apply_control(
 /// the replicas that went silent.
 async fn beat(cluster: Arc<Cluster>, coordinator: Weak<Coordinator>) {
     let mut every = tokio::time::interval(wire::BEAT);
+    let mut state = BeatState::default();
     loop {
         every.tick().await;
         let Some(coordinator) = coordinator.upgrade() else {
             break;
         };
-        let beat = beat_of(&cluster, &coordinator);
-        if let Err(error) = cluster
-            .client
-            .publish(wire::BEATS, wire::encode(&beat).into())
-            .await
-        {
-            tracing::warn!("cannot beat: {error}");
+        let full = beat_of(&cluster, &coordinator);
+        for payload in state.next(full, cluster.max_payload() / 2) {
+            if let Err(error) = cluster.client.publish(wire::BEATS, payload.into()).await {
+                tracing::warn!("cannot beat: {error}");
+            }
         }
         coordinator.note_models_online();
         for gone in cluster.directory.expire() {
@@ -589,6 +641,77 @@ async fn pass_on_forgotten(cluster: Arc<Cluster>, coordinator: Weak<Coordinator>
                 );
             }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coordinator::store::UserId;
+
+    fn full(loads: &[(UserId, &str, u32)]) -> Beat {
+        Beat {
+            replica: "r1".into(),
+            draining: false,
+            total: u32::try_from(loads.len()).unwrap(),
+            changes_only: false,
+            nodes: loads
+                .iter()
+                .map(|(operator_id, provider, in_flight)| NodeLoad {
+                    operator_id: *operator_id,
+                    provider: (*provider).into(),
+                    in_flight: *in_flight,
+                    ttft_ms: None,
+                    load: Vec::new(),
+                })
+                .collect(),
+        }
+    }
+
+    fn decoded(payloads: Vec<Vec<u8>>) -> Vec<Beat> {
+        payloads
+            .iter()
+            .map(|p| wire::decode::<Beat>(p).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn beats_list_everything_then_only_changes_then_everything_again() {
+        let ada = UserId::new();
+        let mut state = BeatState::default();
+        let first = decoded(state.next(full(&[(ada, "a", 0), (ada, "b", 1)]), 1 << 20));
+        assert_eq!(first.len(), 1);
+        assert!(!first[0].changes_only);
+        assert_eq!(first[0].nodes.len(), 2);
+
+        let second = decoded(state.next(full(&[(ada, "a", 0), (ada, "b", 2)]), 1 << 20));
+        assert!(second[0].changes_only);
+        assert_eq!(second[0].total, 2);
+        assert_eq!(second[0].nodes.len(), 1);
+        assert_eq!(second[0].nodes[0].provider, "b");
+
+        for _ in 2..wire::FULL_BEAT_EVERY {
+            let quiet = decoded(state.next(full(&[(ada, "a", 0), (ada, "b", 2)]), 1 << 20));
+            assert!(quiet[0].nodes.is_empty());
+        }
+        let again = decoded(state.next(full(&[(ada, "a", 0), (ada, "b", 2)]), 1 << 20));
+        assert!(!again[0].changes_only);
+        assert_eq!(again[0].nodes.len(), 2);
+    }
+
+    #[test]
+    fn long_beats_are_split_under_the_limit() {
+        let ada = UserId::new();
+        let names: Vec<String> = (0..200).map(|i| format!("node-{i}")).collect();
+        let loads: Vec<(UserId, &str, u32)> = names.iter().map(|n| (ada, n.as_str(), 1)).collect();
+        let one = wire::encode(&full(&loads)).len();
+        let parts = decoded(BeatState::default().next(full(&loads), one / 4));
+        assert!(parts.len() >= 4, "{} parts", parts.len());
+        assert!(parts.iter().all(|p| p.changes_only && p.total == 200));
+        assert_eq!(parts.iter().map(|p| p.nodes.len()).sum::<usize>(), 200);
+        for part in &parts {
+            assert!(wire::encode(part).len() <= one / 4 + 200);
         }
     }
 }

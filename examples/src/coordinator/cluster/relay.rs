@@ -1,20 +1,99 @@
 //! Jobs across replicas: the requester's side ([`PeerNode::chat`]: send the job to the node's
-//! subject, read its events from an inbox) and the link holder's side ([`serve_node`]: take
+//! subject, read its events from an inbox) and the link holder's side (`serve_node`: take
 //! jobs for a linked node, run them over its link, publish their events in order).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_stream::stream;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use inference_club_core::link::JobError;
-use inference_club_core::openai::ChatCompletionRequest;
+use inference_club_core::openai::{ChatCompletionChunk, ChatCompletionRequest};
 use inference_club_core::provider::{ChunkStream, Provider, ProviderError, RequestContext};
 
 use super::Cluster;
 use super::directory::PeerNode;
 use super::wire::{self, CancelJob, JobReply, JobRequest, RelayEvent, RelayKind};
 use crate::coordinator::nodes::{LiveNode, RemoteNode};
+
+/// The most chunks of a job sent in one message (those ready at the same moment travel
+/// together).
+const MAX_CHUNKS_PER_MESSAGE: usize = 64;
+
+/// The holder's side of one job: publishes its events to the requester's inbox, numbered.
+struct Relay {
+    client: async_nats::Client,
+    inbox: String,
+    /// The largest message to send (half of NATS's limit).
+    limit: usize,
+    seq: u64,
+}
+
+impl Relay {
+    /// Publishes one event; false when it could not be sent.
+    async fn send(&mut self, event: RelayKind) -> bool {
+        let payload = wire::encode(&RelayEvent {
+            seq: self.seq,
+            event,
+        });
+        self.seq += 1;
+        self.client
+            .publish(self.inbox.clone(), payload.into())
+            .await
+            .is_ok()
+    }
+
+    /// Publishes the job's failure.
+    async fn fail(&mut self, error: &ProviderError) {
+        self.send(RelayKind::Failed {
+            error: JobError::from(error),
+        })
+        .await;
+    }
+
+    /// Publishes chunks in as few messages as fit under the limit. A single chunk larger than
+    /// the limit fails the job (false), as does a message NATS refused.
+    async fn chunks(&mut self, chunks: Vec<ChatCompletionChunk>) -> bool {
+        let mut pending = vec![chunks];
+        while let Some(mut batch) = pending.pop() {
+            let event = RelayEvent {
+                seq: self.seq,
+                event: RelayKind::Chunks { chunks: batch },
+            };
+            let payload = wire::encode(&event);
+            let RelayKind::Chunks { chunks } = event.event else {
+                return false;
+            };
+            batch = chunks;
+            if payload.len() > self.limit {
+                if batch.len() == 1 {
+                    self.fail(&ProviderError::Protocol {
+                        message: format!(
+                            "a chunk of {} bytes is larger than the cluster's message limit",
+                            payload.len()
+                        ),
+                    })
+                    .await;
+                    return false;
+                }
+                let second = batch.split_off(batch.len() / 2);
+                pending.push(second);
+                pending.push(batch);
+                continue;
+            }
+            self.seq += 1;
+            if self
+                .client
+                .publish(self.inbox.clone(), payload.into())
+                .await
+                .is_err()
+            {
+                return false;
+            }
+        }
+        true
+    }
+}
 
 /// How long the replica holding a node's link has to accept or refuse a job.
 const ACCEPT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -186,7 +265,11 @@ impl PeerNode {
                 };
                 expected += 1;
                 match event {
-                    RelayKind::Chunk { chunk } => yield Ok(chunk),
+                    RelayKind::Chunks { chunks } => {
+                        for chunk in chunks {
+                            yield Ok(chunk);
+                        }
+                    }
                     RelayKind::Done => {
                         guard.armed = false;
                         break;
@@ -274,27 +357,15 @@ fn take_job(cluster: &Arc<Cluster>, node: &Arc<LiveNode>, job: JobRequest) -> Jo
     let inbox = job.inbox;
     let request = job.request;
     tokio::spawn(async move {
-        let started = Instant::now();
-        let publish = |seq: u64, event: RelayKind| {
-            let client = cluster.client.clone();
-            let inbox = inbox.clone();
-            async move {
-                let _ = client
-                    .publish(inbox, wire::encode(&RelayEvent { seq, event }).into())
-                    .await;
-            }
+        let mut relay = Relay {
+            client: cluster.client.clone(),
+            inbox: inbox.clone(),
+            limit: cluster.max_payload() / 2,
+            seq: 0,
         };
-        let mut seq = 0u64;
+        let started = Instant::now();
         match RemoteNode(node.clone()).chat(request, context).await {
-            Err(error) => {
-                publish(
-                    0,
-                    RelayKind::Failed {
-                        error: JobError::from(&error),
-                    },
-                )
-                .await
-            }
+            Err(error) => relay.fail(&error).await,
             Ok(mut chunks) => loop {
                 let item = tokio::select! {
                     item = chunks.next() => item,
@@ -303,29 +374,50 @@ fn take_job(cluster: &Arc<Cluster>, node: &Arc<LiveNode>, job: JobRequest) -> Jo
                         break;
                     }
                 };
-                match item {
-                    Some(Ok(chunk)) => {
-                        if seq == 0 {
-                            node.record_ttft(started.elapsed());
-                        }
-                        publish(seq, RelayKind::Chunk { chunk }).await;
-                        seq += 1;
-                    }
+                let first = match item {
+                    Some(Ok(chunk)) => chunk,
                     Some(Err(ProviderError::Cancelled)) => break,
                     Some(Err(error)) => {
-                        publish(
-                            seq,
-                            RelayKind::Failed {
-                                error: JobError::from(&error),
-                            },
-                        )
-                        .await;
+                        relay.fail(&error).await;
                         break;
                     }
                     None => {
-                        publish(seq, RelayKind::Done).await;
+                        relay.send(RelayKind::Done).await;
                         break;
                     }
+                };
+                if relay.seq == 0 {
+                    node.record_ttft(started.elapsed());
+                }
+                // The chunks that are ready now travel in one message.
+                let mut batch = vec![first];
+                let mut after = None;
+                while batch.len() < MAX_CHUNKS_PER_MESSAGE {
+                    match chunks.next().now_or_never() {
+                        Some(Some(Ok(chunk))) => batch.push(chunk),
+                        Some(other) => {
+                            after = Some(other);
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                if !relay.chunks(batch).await {
+                    cancel.cancel();
+                    break;
+                }
+                match after {
+                    None => {}
+                    Some(None) => {
+                        relay.send(RelayKind::Done).await;
+                        break;
+                    }
+                    Some(Some(Err(ProviderError::Cancelled))) => break,
+                    Some(Some(Err(error))) => {
+                        relay.fail(&error).await;
+                        break;
+                    }
+                    Some(Some(Ok(_))) => break, // not returned by the loop above
                 }
             },
         }

@@ -106,7 +106,7 @@ pub struct NodeDown {
 }
 
 /// One node's load, as its replica sees it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeLoad {
     /// Its operator's id.
     pub operator_id: UserId,
@@ -122,7 +122,8 @@ pub struct NodeLoad {
     pub load: Vec<ServiceLoad>,
 }
 
-/// A replica is alive; the load of every node linked to it.
+/// A replica is alive; the load of its nodes: of every one (every [`FULL_BEAT_EVERY`]th beat),
+/// or of those whose load changed since its last beat.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Beat {
     /// Who.
@@ -130,9 +131,18 @@ pub struct Beat {
     /// It is shutting down: route nothing new to its nodes.
     #[serde(default)]
     pub draining: bool,
-    /// Its nodes.
+    /// How many nodes are linked to it.
+    pub total: u32,
+    /// `nodes` lists only nodes whose load changed (or one part of a list too long for one
+    /// message); otherwise it lists every node.
+    #[serde(default)]
+    pub changes_only: bool,
+    /// Its nodes (all, or those that changed).
     pub nodes: Vec<NodeLoad>,
 }
+
+/// Every how many beats a replica lists all its nodes (the others only those that changed).
+pub const FULL_BEAT_EVERY: u64 = 10;
 
 /// Part of the list of every node linked to a replica (split to stay under NATS's message
 /// size limit).
@@ -229,10 +239,10 @@ pub struct RelayEvent {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum RelayKind {
-    /// A chunk of the answer.
-    Chunk {
-        /// The chunk.
-        chunk: ChatCompletionChunk,
+    /// Chunks of the answer, in order (those ready at the same moment travel together).
+    Chunks {
+        /// The chunks.
+        chunks: Vec<ChatCompletionChunk>,
     },
     /// The job ended well.
     Done,

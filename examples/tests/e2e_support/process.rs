@@ -96,6 +96,13 @@ impl Proc {
         }
     }
 
+    /// Its exit status, once it has exited (`None` while it runs, or after [`Proc::kill`]).
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|child| child.try_wait().ok().flatten())
+    }
+
     /// Sends `signal` (a name such as `STOP` or `CONT`) with `kill(1)`.
     pub fn signal(&self, signal: &str) {
         let Some(child) = &self.child else { return };

@@ -182,6 +182,8 @@ impl PeerNode {
 /// One other replica.
 #[derive(Debug)]
 struct Replica {
+    /// Which run of it this is (0: not known yet).
+    incarnation: u64,
     heard: Instant,
     draining: bool,
     nodes: HashMap<NodeKey, Arc<PeerNode>>,
@@ -194,12 +196,29 @@ struct Replica {
 impl Replica {
     fn new() -> Self {
         Self {
+            incarnation: 0,
             heard: Instant::now(),
             draining: false,
             nodes: HashMap::new(),
             gone: CancellationToken::new(),
             synced: None,
         }
+    }
+
+    /// Starts over when `incarnation` is a new run of the replica (it restarted under the same
+    /// id): the old run's nodes and jobs are gone.
+    fn meet(&mut self, incarnation: u64) {
+        if incarnation == 0 || incarnation == self.incarnation {
+            return;
+        }
+        if self.incarnation != 0 {
+            self.gone.cancel();
+            self.gone = CancellationToken::new();
+            self.nodes.clear();
+            self.synced = None;
+            self.draining = false;
+        }
+        self.incarnation = incarnation;
     }
 
     fn remove(&mut self, key: &NodeKey) {
@@ -263,6 +282,18 @@ impl Directory {
             .clone()
     }
 
+    /// Forgets a node that its replica no longer holds (a job sent to it found nobody).
+    pub fn forget(&self, key: &NodeKey, replica: &str) {
+        if let Some(entry) = self
+            .replicas
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(replica)
+        {
+            entry.remove(key);
+        }
+    }
+
     /// Marks `replica` as draining until its next beat says otherwise.
     pub fn mark_draining(&self, replica: &str) {
         if let Some(entry) = self
@@ -308,6 +339,7 @@ impl Directory {
         let replica = replicas
             .entry(up.replica.clone())
             .or_insert_with(Replica::new);
+        replica.meet(up.incarnation);
         replica.heard = Instant::now();
         match replica.nodes.get(&key) {
             Some(node) if node.connected_at == up.connected_at => {
@@ -348,8 +380,26 @@ impl Directory {
         let replica = replicas
             .entry(beat.replica.clone())
             .or_insert_with(Replica::new);
+        replica.meet(beat.incarnation);
         replica.heard = Instant::now();
         replica.draining = beat.draining;
+        if !beat.changes_only {
+            // A full list: nodes it does not name are gone.
+            let listed: std::collections::HashSet<(crate::coordinator::store::UserId, &str)> = beat
+                .nodes
+                .iter()
+                .map(|n| (n.operator_id, n.provider.as_str()))
+                .collect();
+            let stale: Vec<NodeKey> = replica
+                .nodes
+                .keys()
+                .filter(|k| !listed.contains(&(k.operator_id, k.provider.as_str())))
+                .cloned()
+                .collect();
+            for key in stale {
+                replica.remove(&key);
+            }
+        }
         let mut matches = usize::try_from(beat.total).is_ok_and(|t| t == replica.nodes.len())
             && (beat.changes_only || beat.nodes.len() == replica.nodes.len());
         for load in beat.nodes {
@@ -426,6 +476,7 @@ mod tests {
     fn up(replica: &str, operator_id: UserId, provider: &str) -> NodeUp {
         NodeUp {
             replica: replica.into(),
+            incarnation: 1,
             operator_id,
             operator: "ada".into(),
             provider: provider.into(),
@@ -444,6 +495,7 @@ mod tests {
     fn beat(replica: &str, draining: bool, nodes: &[(UserId, &str, u32)]) -> Beat {
         Beat {
             replica: replica.into(),
+            incarnation: 1,
             draining,
             total: u32::try_from(nodes.len()).unwrap(),
             changes_only: false,
@@ -513,6 +565,48 @@ mod tests {
         assert!(directory.nodes().is_empty());
         assert!(!node.is_gone());
         assert!(directory.is_heard("r1"));
+    }
+
+    #[test]
+    fn a_replica_restarted_under_the_same_id_starts_over() {
+        let directory = Directory::default();
+        let ada = UserId::new();
+        directory.up(up("r1", ada, "box"));
+        let old = directory.nodes().pop().unwrap();
+        let jobs_through_it = directory.replica_gone("r1");
+
+        // Its new run beats with a new incarnation and no nodes yet.
+        let mut fresh = beat("r1", false, &[]);
+        fresh.incarnation = 2;
+        directory.beat(fresh);
+        assert!(directory.nodes().is_empty());
+        assert!(old.is_gone());
+        assert!(jobs_through_it.is_cancelled());
+        assert!(!directory.replica_gone("r1").is_cancelled());
+    }
+
+    #[test]
+    fn a_full_beat_drops_the_nodes_it_does_not_name() {
+        let directory = Directory::default();
+        let ada = UserId::new();
+        directory.up(up("r1", ada, "a"));
+        directory.up(up("r1", ada, "b"));
+        directory.beat(beat("r1", false, &[(ada, "b", 0)]));
+        let names: Vec<String> = directory
+            .nodes()
+            .iter()
+            .map(|n| n.key.provider.clone())
+            .collect();
+        assert_eq!(names, ["b"]);
+        // A job that found nobody behind a node forgets it.
+        directory.forget(
+            &NodeKey {
+                operator_id: ada,
+                provider: "b".into(),
+            },
+            "r1",
+        );
+        assert!(directory.nodes().is_empty());
     }
 
     #[test]

@@ -75,6 +75,8 @@ pub struct Cluster {
     client: async_nats::Client,
     /// This replica's id.
     pub replica: String,
+    /// This run of it (random: a replica restarted under the same id is told apart).
+    incarnation: u64,
     /// The nodes of the other replicas.
     pub directory: Directory,
     draining: AtomicBool,
@@ -127,9 +129,12 @@ impl Cluster {
                 url: config.nats_url.clone(),
                 message: e.to_string(),
             })?;
+        let mut nonce = [0u8; 8];
+        let _ = getrandom::fill(&mut nonce);
         Ok(Arc::new(Self {
             client,
             replica,
+            incarnation: u64::from_le_bytes(nonce).max(1),
             directory: Directory::default(),
             draining: AtomicBool::new(false),
             running: Mutex::new(HashMap::new()),
@@ -280,10 +285,20 @@ impl Cluster {
         let _ = self.client.flush().await;
     }
 
-    /// Leaves the cluster for good: records still in flight here fail with a reason, the lease
-    /// is given up, and the background work stops.
+    /// Leaves the cluster for good: the others hear that its nodes are gone, records still in
+    /// flight here fail with a reason, the lease is given up, and the background work stops.
     pub async fn leave(&self, coordinator: &Coordinator) {
         self.stop();
+        let last = Beat {
+            nodes: Vec::new(),
+            total: 0,
+            changes_only: false,
+            ..beat_of(self, coordinator)
+        };
+        let _ = self
+            .client
+            .publish(wire::BEATS, wire::encode(&last).into())
+            .await;
         match coordinator
             .store
             .retire_replica(
@@ -307,6 +322,7 @@ fn up_of(cluster: &Cluster, node: &LiveNode) -> NodeUp {
     let offer = node.offer();
     NodeUp {
         replica: cluster.replica.clone(),
+        incarnation: cluster.incarnation,
         operator_id: node.key.operator_id,
         operator: node.operator.clone(),
         provider: node.key.provider.clone(),
@@ -334,6 +350,7 @@ fn beat_of(cluster: &Cluster, coordinator: &Coordinator) -> Beat {
         .collect();
     Beat {
         replica: cluster.replica.clone(),
+        incarnation: cluster.incarnation,
         draining: cluster.is_draining(),
         total: u32::try_from(nodes.len()).unwrap_or(u32::MAX),
         changes_only: false,
@@ -378,6 +395,7 @@ impl BeatState {
             .map(|nodes| {
                 wire::encode(&Beat {
                     replica: beat.replica.clone(),
+                    incarnation: beat.incarnation,
                     draining: beat.draining,
                     total: beat.total,
                     changes_only: true,
@@ -653,6 +671,7 @@ mod tests {
     fn full(loads: &[(UserId, &str, u32)]) -> Beat {
         Beat {
             replica: "r1".into(),
+            incarnation: 1,
             draining: false,
             total: u32::try_from(loads.len()).unwrap(),
             changes_only: false,

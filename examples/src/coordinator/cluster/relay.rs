@@ -191,8 +191,13 @@ impl PeerNode {
             ))
         })?
         .map_err(|e| match e.kind() {
+            // Nobody holds its link any more: it is linking again, here or elsewhere. Nothing
+            // ran; like a refusal for lack of room, dispatch chooses again (and waits for it).
             async_nats::RequestErrorKind::NoResponders => {
-                unavailable(format!("node {} went offline", self.key.provider))
+                cluster.directory.forget(&self.key, &self.replica);
+                ProviderError::Busy {
+                    message: format!("node {} is linking again", self.key.provider),
+                }
             }
             _ => unavailable(format!("cannot reach node {}: {e}", self.key.provider)),
         })?;

@@ -70,6 +70,10 @@ pub fn valid_replica_id(id: &str) -> bool {
 pub struct NodeUp {
     /// The replica holding its link.
     pub replica: String,
+    /// Which run of that replica (a random number per process: a replica restarted under the
+    /// same id has a new one).
+    #[serde(default)]
+    pub incarnation: u64,
     /// Its operator's id.
     pub operator_id: UserId,
     /// Its operator's handle.
@@ -128,6 +132,9 @@ pub struct NodeLoad {
 pub struct Beat {
     /// Who.
     pub replica: String,
+    /// Which run of it (see [`NodeUp::incarnation`]).
+    #[serde(default)]
+    pub incarnation: u64,
     /// It is shutting down: route nothing new to its nodes.
     #[serde(default)]
     pub draining: bool,
@@ -326,6 +333,7 @@ mod tests {
         let nodes: Vec<NodeUp> = (0..50)
             .map(|i| NodeUp {
                 replica: "r1".into(),
+                incarnation: 1,
                 operator_id: UserId::new(),
                 operator: "ada".into(),
                 provider: format!("node-{i}"),

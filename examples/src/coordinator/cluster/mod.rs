@@ -17,11 +17,12 @@ pub mod relay;
 pub mod wire;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use self::directory::{Directory, PeerNode};
@@ -82,6 +83,9 @@ pub struct Cluster {
     draining: AtomicBool,
     /// Jobs from other replicas running on nodes linked here, by inbox.
     running: Mutex<HashMap<String, CancellationToken>>,
+    /// This replica's jobs on other replicas' nodes: where their events go, by job id.
+    inboxes: Mutex<HashMap<u64, mpsc::Sender<async_nats::Message>>>,
+    next_inbox: AtomicU64,
     /// The dispatcher's selection lock (so that local and remote jobs never both take a node's
     /// last slot).
     select: Arc<Mutex<()>>,
@@ -138,6 +142,8 @@ impl Cluster {
             directory: Directory::default(),
             draining: AtomicBool::new(false),
             running: Mutex::new(HashMap::new()),
+            inboxes: Mutex::new(HashMap::new()),
+            next_inbox: AtomicU64::new(1),
             select,
             stop: CancellationToken::new(),
         }))
@@ -173,6 +179,23 @@ impl Cluster {
             .remove(inbox);
     }
 
+    /// An inbox for the events of one job this replica sends elsewhere (all share one NATS
+    /// subscription); closed when dropped.
+    fn open_inbox(self: &Arc<Self>) -> Inbox {
+        let id = self.next_inbox.fetch_add(1, Ordering::Relaxed);
+        let (sender, receiver) = mpsc::channel(super::nodes::JOB_BUFFER);
+        self.inboxes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, sender);
+        Inbox {
+            cluster: self.clone(),
+            id,
+            subject: wire::inbox(&self.replica, id),
+            receiver,
+        }
+    }
+
     /// Jobs from other replicas running on nodes linked here.
     pub fn remote_jobs(&self) -> usize {
         self.running
@@ -206,10 +229,12 @@ impl Cluster {
         let control = subscribe(wire::CONTROL.into()).await?;
         let syncs = subscribe(wire::sync_subject(&self.replica)).await?;
         let cancels = subscribe(wire::cancel_subject(&self.replica)).await?;
+        let events = subscribe(wire::inboxes(&self.replica)).await?;
         let weak = Arc::downgrade(coordinator);
         self.spawn(listen(self.clone(), weak.clone(), ups, downs, beats));
         self.spawn(answer_syncs(self.clone(), weak.clone(), syncs));
         self.spawn(take_cancels(self.clone(), cancels));
+        self.spawn(deliver_events(self.clone(), events));
         self.spawn(apply_control(self.clone(), weak.clone(), control));
         self.spawn(beat(self.clone(), weak.clone()));
         self.spawn(keep_lease(self.clone(), weak.clone()));
@@ -523,6 +548,45 @@ async fn answer_syncs(
             .collect();
         for part in wire::sync_parts(&nodes, cluster.max_payload() / 2) {
             let _ = cluster.client.publish(reply.clone(), part.into()).await;
+        }
+    }
+}
+
+/// The events of one job this replica sent to another, read from [`Cluster::open_inbox`].
+struct Inbox {
+    cluster: Arc<Cluster>,
+    id: u64,
+    /// Where the replica running the job publishes them.
+    subject: String,
+    /// The events, in the order they came. Ends if the reader fell too far behind.
+    receiver: mpsc::Receiver<async_nats::Message>,
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        self.cluster
+            .inboxes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.id);
+    }
+}
+
+/// Hands each job event that arrives for this replica to its job's [`Inbox`]. A job that cannot
+/// keep up loses its inbox (its stream ends with an error) rather than holding up the others.
+async fn deliver_events(cluster: Arc<Cluster>, mut events: async_nats::Subscriber) {
+    while let Some(message) = events.next().await {
+        let Some(id) = wire::inbox_id(message.subject.as_str()) else {
+            continue;
+        };
+        let mut inboxes = cluster
+            .inboxes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(sender) = inboxes.get(&id)
+            && sender.try_send(message).is_err()
+        {
+            inboxes.remove(&id);
         }
     }
 }

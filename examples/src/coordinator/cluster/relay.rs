@@ -148,12 +148,8 @@ impl PeerNode {
                 self.key.provider
             )));
         }
-        let inbox = cluster.client.new_inbox();
-        let mut events = cluster
-            .client
-            .subscribe(inbox.clone())
-            .await
-            .map_err(|e| unavailable(format!("cannot reach the cluster: {e}")))?;
+        let mut events = cluster.open_inbox();
+        let inbox = events.subject.clone();
         let job = JobRequest {
             replica: cluster.replica.clone(),
             inbox: inbox.clone(),
@@ -236,7 +232,7 @@ impl PeerNode {
                         yield Err(ProviderError::Cancelled);
                         break;
                     }
-                    message = events.next() => message,
+                    message = events.receiver.recv() => message,
                     () = gone.cancelled() => {
                         guard.armed = false;
                         yield Err(unavailable(
@@ -246,8 +242,9 @@ impl PeerNode {
                     }
                 };
                 let Some(message) = message else {
-                    guard.armed = false;
-                    yield Err(unavailable("the cluster connection closed during the job"));
+                    yield Err(unavailable(
+                        "the job's events came faster than they were read, and some were lost",
+                    ));
                     break;
                 };
                 let event = match wire::decode::<RelayEvent>(&message.payload) {

@@ -9,7 +9,7 @@
 //! | `club.dir.beat` | publish, every [`BEAT`] | [`Beat`]: a replica is alive, its nodes' load |
 //! | `club.dir.sync.{replica}` | request, replies in parts | [`SyncReply`]s: every node linked to `replica` |
 //! | `club.node.{operator}.{provider}.job` | request/reply | [`JobRequest`] → [`JobReply`] |
-//! | the requester's inbox | publish | [`RelayEvent`]s of one job, numbered |
+//! | `club.replica.{replica}.events.{job}` | publish | [`RelayEvent`]s of one job, numbered |
 //! | `club.replica.{replica}.cancel` | publish | [`CancelJob`] |
 //! | `club.ctl` | publish | [`Control::ForgetKeys`], [`Control::CloseOperator`], [`Control::PolicyChanged`] |
 
@@ -50,6 +50,21 @@ pub fn job_subject(key: &NodeKey) -> String {
     // Provider names may hold any character; subjects may not hold `.`, `*`, `>` or spaces.
     let hex: String = key.provider.bytes().map(|b| format!("{b:02x}")).collect();
     format!("club.node.{}.{hex}.job", key.operator_id)
+}
+
+/// The subjects of the job-event inboxes of `replica` (one subscription for all its jobs).
+pub fn inboxes(replica: &str) -> String {
+    format!("club.replica.{replica}.events.*")
+}
+
+/// The inbox of job `id` of `replica`.
+pub fn inbox(replica: &str, id: u64) -> String {
+    format!("club.replica.{replica}.events.{id}")
+}
+
+/// The job id an inbox subject ends with.
+pub fn inbox_id(subject: &str) -> Option<u64> {
+    subject.rsplit('.').next()?.parse().ok()
 }
 
 /// The subject a replica takes cancellations on.
@@ -356,6 +371,14 @@ mod tests {
         let expected: Vec<String> = nodes.iter().map(|n| n.provider.clone()).collect();
         assert_eq!(joined, expected);
         assert_eq!(sync_parts(&[], 10).len(), 1);
+    }
+
+    #[test]
+    fn inboxes_name_their_job() {
+        let subject = inbox("r1", 42);
+        assert_eq!(inbox_id(&subject), Some(42));
+        assert!(subject.starts_with(inboxes("r1").trim_end_matches('*')));
+        assert_eq!(inbox_id("club.replica.r1.events.x"), None);
     }
 
     #[test]

@@ -250,7 +250,8 @@ start() {
         log "starting replica-$i on 127.0.0.1:$port"
         launch "replica-$i" "$bin/club-coordinator" --database "$url" serve \
             --listen "127.0.0.1:$port" --nats "nats://127.0.0.1:$nats_port" \
-            --replica-id "replica-$i" --drain-secs "${CLUB_DRAIN_SECS:-10}"
+            --replica-id "replica-$i" --drain-secs "${CLUB_DRAIN_SECS:-10}" \
+            --trusted-proxy 127.0.0.1
         echo "http://127.0.0.1:$port" >"$dir/replica-$i.address"
         upstreams="${upstreams}server 127.0.0.1:$port max_fails=1 fail_timeout=2s;
         "

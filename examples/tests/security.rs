@@ -1230,6 +1230,7 @@ async fn over_limit_requests_are_refused_and_nothing_is_recorded_or_routed() {
         max_manifest_bytes: 2048,
         sign_in_per_minute: 2,
         key_creations_per_hour: 2,
+        trusted_proxies: Vec::new(),
     })
     .await;
     let (ada_user, ada) = club.member("ada", "inference,account").await;
@@ -1687,4 +1688,52 @@ async fn account_deletion_leaves_no_row_of_the_member_on_postgres() {
         return;
     };
     deletion_leaves_no_row_of_the_member(club).await;
+}
+
+/// Behind a trusted reverse proxy, sign-in attempts count per client (the address the proxy
+/// puts in `X-Forwarded-For`), so one client cannot use up everyone's allowance; a client that
+/// forges the header itself, without being a trusted proxy, gains nothing.
+#[tokio::test]
+async fn behind_a_trusted_proxy_sign_in_limits_count_per_forwarded_client() {
+    let sign_in = |club: &Club, forwarded: &str| {
+        let request = club
+            .http
+            .get(format!("{}/api/v1/auth/x", club.url))
+            .header("x-forwarded-for", forwarded.to_owned());
+        async move { request.send().await.unwrap().status() }
+    };
+    // The test talks from 127.0.0.1, which plays the proxy here.
+    let behind = Club::with_limits(Limits {
+        sign_in_per_minute: 2,
+        trusted_proxies: vec!["127.0.0.1".parse().unwrap()],
+        ..Limits::default()
+    })
+    .await;
+    for _ in 0..2 {
+        assert_eq!(sign_in(&behind, "203.0.113.7").await, StatusCode::NOT_FOUND);
+    }
+    assert_eq!(
+        sign_in(&behind, "203.0.113.7").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // Another client behind the same proxy still has its allowance; a forged hop further left
+    // does not change who the proxy says the client is.
+    assert_eq!(sign_in(&behind, "203.0.113.8").await, StatusCode::NOT_FOUND);
+    assert_eq!(
+        sign_in(&behind, "198.51.100.1, 203.0.113.7").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+
+    // Without a trusted proxy the header is ignored: every "client" is 127.0.0.1.
+    let open = Club::with_limits(Limits {
+        sign_in_per_minute: 2,
+        ..Limits::default()
+    })
+    .await;
+    assert_eq!(sign_in(&open, "203.0.113.7").await, StatusCode::NOT_FOUND);
+    assert_eq!(sign_in(&open, "203.0.113.8").await, StatusCode::NOT_FOUND);
+    assert_eq!(
+        sign_in(&open, "203.0.113.9").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
 }

@@ -110,9 +110,52 @@ pub struct Limits {
           default_value_t = DEFAULT_KEY_CREATIONS_PER_HOUR,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub key_creations_per_hour: u32,
+    /// Addresses of the reverse proxies (load balancers) in front of the coordinator. A request
+    /// that comes from one of them is counted, for the per-address limits, under the client
+    /// address its `X-Forwarded-For` names (the nearest one that is not itself a trusted
+    /// proxy); from anyone else, `X-Forwarded-For` is ignored.
+    #[arg(
+        long = "trusted-proxy",
+        env = "CLUB_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<IpAddr>,
 }
 
+/// The most `X-Forwarded-For` entries read (from the right) when looking for the client.
+const MAX_FORWARDED_HOPS: usize = 16;
+
 impl Limits {
+    /// The address a request counts under for the per-address limits: `peer` (the TCP peer),
+    /// unless it is a trusted proxy; then the nearest address in `X-Forwarded-For` that is not a
+    /// trusted proxy (reading at most [`MAX_FORWARDED_HOPS`] entries from the right). A missing
+    /// or unreadable header leaves `peer`.
+    pub fn client_address(
+        &self,
+        peer: Option<IpAddr>,
+        headers: &axum::http::HeaderMap,
+    ) -> Option<IpAddr> {
+        let trusted = |ip: &IpAddr| self.trusted_proxies.contains(ip);
+        if !peer.as_ref().is_some_and(trusted) {
+            return peer;
+        }
+        let mut hops = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .map(str::trim)
+            .collect::<Vec<_>>();
+        hops.reverse();
+        for hop in hops.into_iter().take(MAX_FORWARDED_HOPS) {
+            match hop.parse::<IpAddr>() {
+                Ok(ip) if trusted(&ip) => continue,
+                Ok(ip) => return Some(ip),
+                Err(_) => return peer,
+            }
+        }
+        peer
+    }
     /// The default sizes, with rate and concurrency limits so high they never bind: for
     /// benchmarks and load tests, which measure the coordinator rather than its limits.
     pub fn without_rate_limits() -> Self {
@@ -147,6 +190,7 @@ impl Default for Limits {
             max_manifest_bytes: DEFAULT_MAX_MANIFEST_BYTES,
             sign_in_per_minute: DEFAULT_SIGN_IN_PER_MINUTE,
             key_creations_per_hour: DEFAULT_KEY_CREATIONS_PER_HOUR,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -532,10 +576,11 @@ pub async fn sign_in_layer(
     if !is_sign_in_path(request.uri().path()) {
         return next.run(request).await;
     }
-    let address = request
+    let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|info| info.0.ip());
+    let address = state.config.limits.client_address(peer, request.headers());
     match state.limits.sign_in(address) {
         Ok(rate) => {
             let mut response = next.run(request).await;
@@ -642,5 +687,34 @@ mod tests {
         assert!(!is_sign_in_path("/v1/models"));
         let v6: IpAddr = "2001:db8:1:2:3:4:5:6".parse().unwrap();
         assert_eq!(address_key(Some(v6)), "2001:db8:1:2::/64");
+    }
+
+    #[test]
+    fn forwarded_addresses_count_only_behind_a_trusted_proxy() {
+        let proxy: IpAddr = "127.0.0.1".parse().unwrap();
+        let other_proxy: IpAddr = "10.0.0.2".parse().unwrap();
+        let client: IpAddr = "203.0.113.7".parse().unwrap();
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            "198.51.100.1, 203.0.113.7, 10.0.0.2".parse().unwrap(),
+        );
+        let open = Limits::default();
+        // Nobody is trusted: the header is ignored.
+        assert_eq!(open.client_address(Some(proxy), &headers), Some(proxy));
+        let behind = Limits {
+            trusted_proxies: vec![proxy, other_proxy],
+            ..Limits::default()
+        };
+        // The nearest untrusted hop; what the client itself wrote further left is not believed.
+        assert_eq!(behind.client_address(Some(proxy), &headers), Some(client));
+        // From an untrusted peer the header means nothing.
+        assert_eq!(behind.client_address(Some(client), &headers), Some(client));
+        // No header, or garbage in it: the peer.
+        let none = axum::http::HeaderMap::new();
+        assert_eq!(behind.client_address(Some(proxy), &none), Some(proxy));
+        let mut garbage = axum::http::HeaderMap::new();
+        garbage.insert("x-forwarded-for", "not-an-address".parse().unwrap());
+        assert_eq!(behind.client_address(Some(proxy), &garbage), Some(proxy));
     }
 }

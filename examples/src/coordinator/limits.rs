@@ -123,7 +123,7 @@ pub struct Limits {
 }
 
 /// The most `X-Forwarded-For` entries read (from the right) when looking for the client.
-const MAX_FORWARDED_HOPS: usize = 16;
+pub const MAX_FORWARDED_HOPS: usize = 16;
 
 impl Limits {
     /// The address a request counts under for the per-address limits: `peer` (the TCP peer),

@@ -253,7 +253,7 @@ start() {
             --replica-id "replica-$i" --drain-secs "${CLUB_DRAIN_SECS:-10}" \
             --trusted-proxy 127.0.0.1
         echo "http://127.0.0.1:$port" >"$dir/replica-$i.address"
-        upstreams="${upstreams}server 127.0.0.1:$port max_fails=1 fail_timeout=2s;
+        upstreams="${upstreams}server 127.0.0.1:$port max_fails=0;
         "
     done
     for i in $(seq 1 "$replicas"); do

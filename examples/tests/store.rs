@@ -641,11 +641,14 @@ async fn a_dead_replica_fails_only_its_own_records(db: &TestDb) {
     assert_eq!(stored_status(db, single.id).await, Status::Failed);
     assert_eq!(stored_status(db, theirs.id).await, Status::Queued);
 
-    // r2 dies: its lease runs out, and retiring it fails its records and nothing else.
-    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    store.renew_replica("r1").await.unwrap();
+    // r2 dies: its lease runs out (its last renewal a minute ago), and retiring it fails its
+    // records and nothing else.
+    sqlx::query("UPDATE replicas SET seen_at = seen_at - 60000000 WHERE id = 'r2'")
+        .execute(&db.raw)
+        .await
+        .unwrap();
     let expired = store
-        .expired_replicas(std::time::Duration::from_millis(10))
+        .expired_replicas(std::time::Duration::from_secs(30))
         .await
         .unwrap();
     assert_eq!(expired, ["r2"]);

@@ -104,7 +104,14 @@ pub struct Coordinator {
     draining: std::sync::atomic::AtomicBool,
     /// In a cluster: when each model (lower-case) was last seen on a node ([`RELINK_GRACE`]).
     models_seen: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// When it started (a replica learns the others' nodes in its first seconds).
+    started: std::time::Instant,
 }
+
+/// In a cluster, how long a replica that just started lets requests for a model no node serves
+/// wait, instead of failing at once: until it has heard every other replica's beat and list of
+/// nodes.
+pub const STARTUP_GRACE: Duration = cluster::wire::BEAT_EXPIRY;
 
 /// In a cluster, how long after a model's last node went offline a request for it waits for
 /// the node to link again (to another replica) instead of failing at once.
@@ -188,6 +195,7 @@ impl Coordinator {
             cluster,
             draining: std::sync::atomic::AtomicBool::new(false),
             models_seen: std::sync::Mutex::default(),
+            started: std::time::Instant::now(),
         });
         if let Some(cluster) = &coordinator.cluster {
             cluster.start(&coordinator).await?;
@@ -296,11 +304,15 @@ impl Coordinator {
         }
     }
 
-    /// Whether a node served `model` within [`RELINK_GRACE`] (in a cluster only): it may be
-    /// linking again to another replica.
+    /// Whether a node served `model` within [`RELINK_GRACE`], or this replica started less
+    /// than [`STARTUP_GRACE`] ago and may not know it yet (in a cluster only): a request for it
+    /// waits for a node instead of failing.
     pub fn may_relink(&self, model: &str) -> bool {
-        self.cluster.is_some()
-            && self
+        if self.cluster.is_none() {
+            return false;
+        }
+        self.started.elapsed() < STARTUP_GRACE
+            || self
                 .models_seen
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)

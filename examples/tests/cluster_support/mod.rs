@@ -134,7 +134,7 @@ fn address_in(line: &str) -> String {
 pub fn nginx_config(prefix: &Path, listen: &str, replicas: &[String]) -> String {
     let upstreams: Vec<String> = replicas
         .iter()
-        .map(|address| format!("server {address} max_fails=1 fail_timeout=2s;"))
+        .map(|address| format!("server {address} max_fails=0;"))
         .collect();
     let config = NGINX_TEMPLATE
         .replace("@PREFIX@", &prefix.display().to_string())

@@ -152,11 +152,6 @@ impl PeerNode {
         self.gone.is_cancelled()
     }
 
-    /// Cancelled when it leaves the directory.
-    pub fn gone(&self) -> &CancellationToken {
-        &self.gone
-    }
-
     /// How long since its replica last said how it is.
     pub fn silent_for(&self) -> Duration {
         self.heard

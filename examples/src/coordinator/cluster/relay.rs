@@ -175,6 +175,14 @@ impl PeerNode {
             });
         }
         let subject = wire::job_subject(&self.key);
+        // From here on, a job that may have been accepted is cancelled if this ends early
+        // (an answer that came too late, the consumer gone).
+        let mut guard = CancelOnDrop {
+            cluster: cluster.clone(),
+            holder: self.replica.clone(),
+            inbox,
+            armed: true,
+        };
         let reply = tokio::time::timeout(
             ACCEPT_TIMEOUT,
             cluster.client.request(subject, payload.into()),
@@ -190,6 +198,7 @@ impl PeerNode {
             // Nobody holds its link any more: it is linking again, here or elsewhere. Nothing
             // ran; like a refusal for lack of room, dispatch chooses again (and waits for it).
             async_nats::RequestErrorKind::NoResponders => {
+                guard.armed = false;
                 cluster.directory.forget(&self.key, &self.replica);
                 ProviderError::Busy {
                     message: format!("node {} is linking again", self.key.provider),
@@ -197,8 +206,14 @@ impl PeerNode {
             }
             _ => unavailable(format!("cannot reach node {}: {e}", self.key.provider)),
         })?;
-        match wire::decode::<JobReply>(&reply.payload) {
-            Ok(JobReply::Accepted) => {}
+        // Refused: nothing runs there.
+        let answer = wire::decode::<JobReply>(&reply.payload);
+        guard.armed = matches!(answer, Ok(JobReply::Accepted { .. }));
+        match answer {
+            Ok(JobReply::Accepted { replica }) => {
+                // Whoever answered runs the job, wherever the directory thought the node was.
+                guard.holder = replica;
+            }
             Ok(JobReply::Busy { message, draining }) => {
                 if draining {
                     cluster.directory.mark_draining(&self.replica);
@@ -214,13 +229,9 @@ impl PeerNode {
                 });
             }
         }
-        let guard = CancelOnDrop {
-            cluster: cluster.clone(),
-            holder: self.replica.clone(),
-            inbox,
-            armed: true,
-        };
-        let gone = self.gone().clone();
+        // Only the holder's going away ends the job here: the node's own troubles come from the
+        // holder as the job's error, and the node moving on leaves a running job alone.
+        let gone = cluster.directory.replica_gone(&guard.holder);
         let cancel = context.cancel.clone();
         Ok(Box::pin(stream! {
             let mut guard = guard;
@@ -354,6 +365,9 @@ fn take_job(cluster: &Arc<Cluster>, node: &Arc<LiveNode>, job: JobRequest) -> Jo
         cancel: cancel.clone(),
     };
     let requester_gone = cluster.directory.replica_gone(&job.replica);
+    let answer = JobReply::Accepted {
+        replica: cluster.replica.clone(),
+    };
     let cluster = cluster.clone();
     let node = node.clone();
     let inbox = job.inbox;
@@ -426,5 +440,5 @@ fn take_job(cluster: &Arc<Cluster>, node: &Arc<LiveNode>, job: JobRequest) -> Jo
         drop(slot);
         cluster.untrack(&inbox);
     });
-    JobReply::Accepted
+    answer
 }

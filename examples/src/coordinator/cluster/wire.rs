@@ -232,7 +232,11 @@ pub struct JobRequest {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum JobReply {
     /// The job runs; its events follow on the inbox.
-    Accepted,
+    Accepted {
+        /// The replica running it (the node may have moved since the requester's directory
+        /// said where it was): its going away ends the job.
+        replica: String,
+    },
     /// The node has no room now (another replica's job took it), or its replica is draining.
     Busy {
         /// Why.

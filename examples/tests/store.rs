@@ -624,11 +624,7 @@ async fn a_dead_replica_fails_only_its_own_records(db: &TestDb) {
             .unwrap()
             .is_empty()
     );
-    let live = store
-        .live_replicas(std::time::Duration::from_secs(60))
-        .await
-        .unwrap();
-    assert_eq!(live, ["r1", "r2"]);
+    assert_eq!(db.count("SELECT COUNT(*) FROM replicas").await, 2);
 
     // Records of no live replica: only the single coordinator's.
     assert_eq!(

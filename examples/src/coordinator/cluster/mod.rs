@@ -413,18 +413,14 @@ impl BeatState {
             return vec![payload];
         }
         // Too long for one message: parts, each listing some nodes.
-        let parts = payload.len().div_ceil(limit.max(1)) + 1;
-        let per_part = beat.nodes.len().div_ceil(parts).max(1);
-        beat.nodes
-            .chunks(per_part)
+        let nodes = std::mem::take(&mut beat.nodes);
+        wire::groups_under(nodes, limit)
+            .into_iter()
             .map(|nodes| {
                 wire::encode(&Beat {
-                    replica: beat.replica.clone(),
-                    incarnation: beat.incarnation,
-                    draining: beat.draining,
-                    total: beat.total,
                     changes_only: true,
-                    nodes: nodes.to_vec(),
+                    nodes,
+                    ..beat.clone()
                 })
             })
             .collect()
@@ -546,7 +542,7 @@ async fn answer_syncs(
             .iter()
             .map(|node| up_of(&cluster, node))
             .collect();
-        for part in wire::sync_parts(&nodes, cluster.max_payload() / 2) {
+        for part in wire::sync_parts(nodes, cluster.max_payload() / 2) {
             let _ = cluster.client.publish(reply.clone(), part.into()).await;
         }
     }

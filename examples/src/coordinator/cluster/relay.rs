@@ -36,11 +36,7 @@ impl Relay {
             seq: self.seq,
             event,
         });
-        self.seq += 1;
-        self.client
-            .publish(self.inbox.clone(), payload.into())
-            .await
-            .is_ok()
+        self.publish(payload).await
     }
 
     /// Publishes the job's failure.
@@ -51,47 +47,50 @@ impl Relay {
         .await;
     }
 
-    /// Publishes chunks in as few messages as fit under the limit. A single chunk larger than
-    /// the limit fails the job (false), as does a message NATS refused.
+    /// Publishes chunks in one message, or in as few as fit under the limit
+    /// ([`wire::groups_under`]). A single chunk larger than the limit fails the job (false), as
+    /// does a message NATS refused.
     async fn chunks(&mut self, chunks: Vec<ChatCompletionChunk>) -> bool {
-        let mut pending = vec![chunks];
-        while let Some(mut batch) = pending.pop() {
-            let event = RelayEvent {
+        let event = RelayEvent {
+            seq: self.seq,
+            event: RelayKind::Chunks { chunks },
+        };
+        let payload = wire::encode(&event);
+        if payload.len() <= self.limit {
+            return self.publish(payload).await;
+        }
+        let RelayKind::Chunks { chunks } = event.event else {
+            return false;
+        };
+        for group in wire::groups_under(chunks, self.limit) {
+            let payload = wire::encode(&RelayEvent {
                 seq: self.seq,
-                event: RelayKind::Chunks { chunks: batch },
-            };
-            let payload = wire::encode(&event);
-            let RelayKind::Chunks { chunks } = event.event else {
-                return false;
-            };
-            batch = chunks;
+                event: RelayKind::Chunks { chunks: group },
+            });
             if payload.len() > self.limit {
-                if batch.len() == 1 {
-                    self.fail(&ProviderError::Protocol {
-                        message: format!(
-                            "a chunk of {} bytes is larger than the cluster's message limit",
-                            payload.len()
-                        ),
-                    })
-                    .await;
-                    return false;
-                }
-                let second = batch.split_off(batch.len() / 2);
-                pending.push(second);
-                pending.push(batch);
-                continue;
+                self.fail(&ProviderError::Protocol {
+                    message: format!(
+                        "a chunk of {} bytes is larger than the cluster's message limit",
+                        payload.len()
+                    ),
+                })
+                .await;
+                return false;
             }
-            self.seq += 1;
-            if self
-                .client
-                .publish(self.inbox.clone(), payload.into())
-                .await
-                .is_err()
-            {
+            if !self.publish(payload).await {
                 return false;
             }
         }
         true
+    }
+
+    /// Publishes the next event's payload; false when NATS refused it.
+    async fn publish(&mut self, payload: Vec<u8>) -> bool {
+        self.seq += 1;
+        self.client
+            .publish(self.inbox.clone(), payload.into())
+            .await
+            .is_ok()
     }
 }
 

@@ -178,22 +178,30 @@ pub struct SyncReply {
     pub parts: u32,
 }
 
-/// Splits `nodes` into [`SyncReply`] payloads of at most about `limit` bytes each (a single
-/// node larger than that gets a part of its own). Always at least one part.
-pub fn sync_parts(nodes: &[NodeUp], limit: usize) -> Vec<Vec<u8>> {
-    let mut groups: Vec<Vec<NodeUp>> = vec![Vec::new()];
+/// Splits `items` into groups whose JSON (each item's, plus a byte between them) adds up to at
+/// most `limit` bytes; an item larger than `limit` gets a group of its own. In order; always at
+/// least one group. For lists that must travel in several messages under NATS's size limit.
+pub fn groups_under<T: Serialize>(items: Vec<T>, limit: usize) -> Vec<Vec<T>> {
+    let mut groups: Vec<Vec<T>> = vec![Vec::new()];
     let mut size = 0;
-    for node in nodes {
-        let bytes = encode(node).len() + 1;
+    for item in items {
+        let bytes = encode(&item).len() + 1;
         if size + bytes > limit && groups.last().is_some_and(|g| !g.is_empty()) {
             groups.push(Vec::new());
             size = 0;
         }
         size += bytes;
         if let Some(group) = groups.last_mut() {
-            group.push(node.clone());
+            group.push(item);
         }
     }
+    groups
+}
+
+/// Splits `nodes` into [`SyncReply`] payloads of at most about `limit` bytes each
+/// ([`groups_under`]). Always at least one part.
+pub fn sync_parts(nodes: Vec<NodeUp>, limit: usize) -> Vec<Vec<u8>> {
+    let groups = groups_under(nodes, limit);
     let parts = u32::try_from(groups.len()).unwrap_or(u32::MAX);
     groups
         .into_iter()
@@ -362,7 +370,7 @@ mod tests {
             })
             .collect();
         let one = encode(&nodes[0]).len();
-        let parts = sync_parts(&nodes, one * 10);
+        let parts = sync_parts(nodes.clone(), one * 10);
         assert!(parts.len() >= 5, "{} parts", parts.len());
         let mut joined = Vec::new();
         for (i, payload) in parts.iter().enumerate() {
@@ -374,7 +382,32 @@ mod tests {
         }
         let expected: Vec<String> = nodes.iter().map(|n| n.provider.clone()).collect();
         assert_eq!(joined, expected);
-        assert_eq!(sync_parts(&[], 10).len(), 1);
+        assert_eq!(sync_parts(Vec::new(), 10).len(), 1);
+    }
+
+    #[test]
+    fn groups_stay_under_the_limit_in_order_and_an_oversized_item_goes_alone() {
+        let items = vec![
+            "aaaa".to_owned(),
+            "b".repeat(40),
+            "cc".into(),
+            "dd".into(),
+            "e".into(),
+        ];
+        // "aaaa" is 6 bytes of JSON + 1; the 40-byte item alone is over the limit.
+        let groups = groups_under(items.clone(), 16);
+        assert_eq!(
+            groups,
+            vec![
+                vec![items[0].clone()],
+                vec![items[1].clone()],
+                vec![items[2].clone(), items[3].clone(), items[4].clone()],
+            ]
+        );
+        assert_eq!(
+            groups_under(Vec::<String>::new(), 16),
+            vec![Vec::<String>::new()]
+        );
     }
 
     #[test]

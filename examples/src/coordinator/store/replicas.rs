@@ -54,16 +54,6 @@ impl Store {
         rows.iter().map(|row| get(row, "id")).collect()
     }
 
-    /// The replicas whose lease is current (renewed within `lease`).
-    pub async fn live_replicas(&self, lease: Duration) -> Result<Vec<String>, StoreError> {
-        let lease = i64::try_from(lease.as_micros()).unwrap_or(i64::MAX);
-        let rows = sqlx::query("SELECT id FROM replicas WHERE seen_at >= $1 ORDER BY id")
-            .bind(micros(now()).saturating_sub(lease))
-            .fetch_all(&self.inner.pool)
-            .await?;
-        rows.iter().map(|row| get(row, "id")).collect()
-    }
-
     /// Closes the books of the replica `id`, which died or left: its in-flight records become
     /// `failed` with `reason`, then its registration is removed. Returns how many records
     /// failed. Safe to run from several replicas at once.

@@ -16,7 +16,7 @@ use inference_club_provider::failover;
 
 use super::Coordinator;
 use super::error::ApiError;
-use super::nodes::{NodeKey, NodeSlot, OnlineNode};
+use super::nodes::{NodeKey, NodeSlot, OnlineNode, SendError};
 use super::store::RoutingPreference;
 
 /// Waiting requests and the lock that makes selection and reservation one step.
@@ -305,7 +305,16 @@ pub async fn dispatch(
             .await
         {
             Ok(chunks) => failover::read_until_output(chunks).await,
-            Err(error) => Err(error),
+            // Nothing ran (another replica took the node's last slot, its replica is shutting
+            // down, or it is linking again): choose again, a few times, without an attempt.
+            Err(SendError::Refused(_)) if refusals < MAX_REFUSALS && Instant::now() < deadline => {
+                refusals += 1;
+                drop(slot);
+                tokio::time::sleep(Duration::from_millis(2 * u64::from(refusals))).await;
+                continue;
+            }
+            Err(SendError::Refused(message)) => Err(ProviderError::Busy { message }),
+            Err(SendError::Failed(error)) => Err(error),
         };
         match opened {
             Ok(opened) => {
@@ -313,15 +322,6 @@ pub async fn dispatch(
                     node.record_ttft(started.elapsed());
                 }
                 return Ok(opened.into_stream(slot));
-            }
-            // The replica holding a peer's link refused the job for lack of room (another
-            // replica took the slot) or because it is shutting down: nothing ran; choose again.
-            Err(ProviderError::Busy { .. })
-                if node.is_peer() && refusals < MAX_PEER_REFUSALS && Instant::now() < deadline =>
-            {
-                refusals += 1;
-                drop(slot);
-                tokio::time::sleep(Duration::from_millis(2 * u64::from(refusals))).await;
             }
             Err(error) if error.is_retryable() => {
                 tracing::info!(provider = %node.key().provider, %error, "failing over");
@@ -339,9 +339,9 @@ pub async fn dispatch(
     }
 }
 
-/// How many times one request chooses again after replicas refused it a node for lack of room
-/// (before such a refusal counts as a failed attempt).
-const MAX_PEER_REFUSALS: u32 = 20;
+/// How many times one request chooses again after a node was refused to it ([`SendError::Refused`])
+/// before such a refusal counts as a failed attempt.
+const MAX_REFUSALS: u32 = 20;
 
 /// Waits, in order of arrival per model, until a node serving `model` has room, and reserves
 /// the slot before the next in line may look (so nobody overtakes). Returns a `Pick::Node`, or

@@ -701,25 +701,37 @@ impl OnlineNode {
         }
     }
 
-    /// Whether it is linked to another replica.
-    pub fn is_peer(&self) -> bool {
-        matches!(self, Self::Peer(_))
-    }
-
     /// Sends it a job.
     pub async fn chat(
         &self,
         cluster: Option<&Arc<Cluster>>,
         request: ChatCompletionRequest,
         context: RequestContext,
-    ) -> Result<ChunkStream, ProviderError> {
+    ) -> Result<ChunkStream, SendError> {
         match (self, cluster) {
-            (Self::Local(node), _) => RemoteNode(node.clone()).chat(request, context).await,
+            (Self::Local(node), _) => Ok(RemoteNode(node.clone()).chat(request, context).await?),
             (Self::Peer(node), Some(cluster)) => node.chat(cluster, request, context).await,
-            (Self::Peer(node), None) => Err(ProviderError::Unavailable {
+            (Self::Peer(node), None) => Err(SendError::Failed(ProviderError::Unavailable {
                 status: None,
                 message: format!("node {} is linked to another replica", node.key.provider),
-            }),
+            })),
         }
+    }
+}
+
+/// Why a job could not be handed to a node.
+#[derive(Debug)]
+pub enum SendError {
+    /// Nothing ran: the replica holding the node's link had no room for it or is shutting
+    /// down, or the node is linking again elsewhere. Choosing again is the answer; it is not a
+    /// failed attempt.
+    Refused(String),
+    /// The node or its engine failed (an attempt, which failover may retry elsewhere).
+    Failed(ProviderError),
+}
+
+impl From<ProviderError> for SendError {
+    fn from(error: ProviderError) -> Self {
+        Self::Failed(error)
     }
 }

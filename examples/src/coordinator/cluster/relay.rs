@@ -14,7 +14,7 @@ use inference_club_core::provider::{ChunkStream, Provider, ProviderError, Reques
 use super::Cluster;
 use super::directory::PeerNode;
 use super::wire::{self, CancelJob, JobReply, JobRequest, RelayEvent, RelayKind};
-use crate::coordinator::nodes::{LiveNode, RemoteNode};
+use crate::coordinator::nodes::{LiveNode, RemoteNode, SendError};
 
 /// The most chunks of a job sent in one message (those ready at the same moment travel
 /// together).
@@ -131,19 +131,20 @@ impl Drop for CancelOnDrop {
 }
 
 impl PeerNode {
-    /// Runs `request` on this node through the replica holding its link. Refusals for lack of
-    /// room come back as [`ProviderError::Busy`] (the node then counts as full here for a
-    /// moment); a replica that goes away mid-job ends the stream with
-    /// [`ProviderError::Unavailable`].
+    /// Runs `request` on this node through the replica holding its link. A refusal (no room:
+    /// the node then counts as full here for a moment; draining; nobody holds the node's link
+    /// any more) is [`SendError::Refused`]; a replica that goes away mid-job ends the stream
+    /// with [`ProviderError::Unavailable`].
     pub async fn chat(
         self: &Arc<Self>,
         cluster: &Arc<Cluster>,
         request: ChatCompletionRequest,
         context: RequestContext,
-    ) -> Result<ChunkStream, ProviderError> {
+    ) -> Result<ChunkStream, SendError> {
         if self.is_gone() {
-            return Err(unavailable(format!(
-                "node {} is offline",
+            // It left the directory since it was chosen: nothing ran; choose again.
+            return Err(SendError::Refused(format!(
+                "node {} went offline",
                 self.key.provider
             )));
         }
@@ -171,7 +172,8 @@ impl PeerNode {
                     cluster.max_payload()
                 ),
                 code: Some("request_too_large".into()),
-            });
+            }
+            .into());
         }
         let subject = wire::job_subject(&self.key);
         // From here on, a job that may have been accepted is cancelled if this ends early
@@ -195,15 +197,13 @@ impl PeerNode {
         })?
         .map_err(|e| match e.kind() {
             // Nobody holds its link any more: it is linking again, here or elsewhere. Nothing
-            // ran; like a refusal for lack of room, dispatch chooses again (and waits for it).
+            // ran; dispatch chooses again (and waits for it).
             async_nats::RequestErrorKind::NoResponders => {
                 guard.armed = false;
                 cluster.directory.forget(&self.key, &self.replica);
-                ProviderError::Busy {
-                    message: format!("node {} is linking again", self.key.provider),
-                }
+                SendError::Refused(format!("node {} is linking again", self.key.provider))
             }
-            _ => unavailable(format!("cannot reach node {}: {e}", self.key.provider)),
+            _ => unavailable(format!("cannot reach node {}: {e}", self.key.provider)).into(),
         })?;
         // Refused: nothing runs there.
         let answer = wire::decode::<JobReply>(&reply.payload);
@@ -219,13 +219,14 @@ impl PeerNode {
                 } else {
                     self.mark_full();
                 }
-                return Err(ProviderError::Busy { message });
+                return Err(SendError::Refused(message));
             }
-            Ok(JobReply::Failed { error }) => return Err(ProviderError::from(error)),
+            Ok(JobReply::Failed { error }) => return Err(ProviderError::from(error).into()),
             Err(e) => {
                 return Err(ProviderError::Protocol {
                     message: format!("a replica answered a job with {e}"),
-                });
+                }
+                .into());
             }
         }
         // Only the holder's going away ends the job here: the node's own troubles come from the

@@ -32,20 +32,36 @@ impl Opened {
 
     /// The stream handed to the caller: the chunks read ahead, then the rest, holding `guard`
     /// (a capacity slot, say) until the stream ends or is dropped.
+    ///
+    /// The rest of the stream is always dropped before `guard`, whether the stream was read or
+    /// dropped unpolled, so a slot is never free while the engine still runs its request.
     pub fn into_stream<G: Send + 'static>(self, guard: G) -> ChunkStream {
         let Self { read, rest, .. } = self;
+        let held = Guarded {
+            rest,
+            _guard: guard,
+        };
         Box::pin(stream! {
-            let _guard = guard;
+            // Moved in whole: naming only `held.rest` would capture just that field.
+            let mut held = held;
             for chunk in read {
                 yield Ok(chunk);
             }
-            if let Some(mut rest) = rest {
+            if let Some(rest) = held.rest.as_mut() {
                 while let Some(item) = rest.next().await {
                     yield item;
                 }
             }
         })
     }
+}
+
+/// A stream and the guard that must outlive it: fields drop in declaration order, so `rest`
+/// goes first. (Captured separately, an unpolled stream's captures would drop in the order
+/// they are first named, the guard first.)
+struct Guarded<G> {
+    rest: Option<ChunkStream>,
+    _guard: G,
 }
 
 /// Whether a chunk counts as output: content, reasoning, refusal, a tool call, or a finish reason.
@@ -78,6 +94,62 @@ pub async fn read_until_output(mut chunks: ChunkStream) -> Result<Opened, Provid
                     });
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// Notes its name in a shared list when dropped.
+    struct Noted(&'static str, Arc<Mutex<Vec<&'static str>>>);
+
+    impl Drop for Noted {
+        fn drop(&mut self) {
+            if let Ok(mut dropped) = self.1.lock() {
+                dropped.push(self.0);
+            }
+        }
+    }
+
+    /// A stream that stays open, holding `noted` until it is dropped.
+    fn open_stream(noted: Noted) -> ChunkStream {
+        Box::pin(stream! {
+            let _noted = noted;
+            futures_util::future::pending::<()>().await;
+            yield Err(ProviderError::Cancelled);
+        })
+    }
+
+    fn opened(rest: ChunkStream) -> Opened {
+        Opened {
+            read: Vec::new(),
+            rest: Some(rest),
+            output_started: true,
+        }
+    }
+
+    /// The guard is a capacity slot: released before the engine's stream is gone, another
+    /// request could start on the engine while this one still runs there.
+    #[tokio::test]
+    async fn the_guard_outlives_the_rest_of_the_stream_whether_polled_or_not() {
+        for poll_first in [false, true] {
+            let dropped = Arc::new(Mutex::new(Vec::new()));
+            let rest = open_stream(Noted("engine stream", dropped.clone()));
+            let mut stream = opened(rest).into_stream(Noted("guard", dropped.clone()));
+            if poll_first {
+                let polled =
+                    tokio::time::timeout(std::time::Duration::from_millis(10), stream.next()).await;
+                assert!(polled.is_err(), "the stream should still be open");
+            }
+            drop(stream);
+            assert_eq!(
+                *dropped.lock().unwrap(),
+                ["engine stream", "guard"],
+                "polled first: {poll_first}"
+            );
         }
     }
 }

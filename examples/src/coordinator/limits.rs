@@ -13,6 +13,10 @@
 //!   back at their full allowance, so their memory is bounded by the keys active in one window.
 //! - **Concurrency** ([`Limiter::enter`]): requests in flight per member; 429
 //!   `too_many_concurrent_requests` beyond.
+//! - **Across replicas** ([`Limiter::share_usage`]): in a cluster each replica reports what its
+//!   callers used ([`Limiter::take_usage`]) and charges what the others report
+//!   ([`Limiter::apply_usage`]), so rates and concurrency hold club-wide, not per replica. The
+//!   reports go every [`USAGE_REPORT`]; only a burst within one report can overshoot.
 //! - **Sizes** ([`Limiter::check_request`], [`Limiter::check_manifest`]): the body (413), the
 //!   number of messages and their total characters, a ceiling on `max_tokens` (400 naming the
 //!   limit and the parameter), and the size of a node's manifest on the link.
@@ -20,9 +24,9 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -61,6 +65,18 @@ pub const DEFAULT_KEY_CREATIONS_PER_HOUR: u32 = 20;
 
 /// The path prefixes of the sign-in routes, limited per client address.
 pub const SIGN_IN_PREFIXES: &[&str] = &["/auth/", "/api/v1/auth/"];
+
+/// How often a replica reports its callers' usage to the others (see [`Limiter::take_usage`]).
+pub const USAGE_REPORT: Duration = Duration::from_millis(100);
+/// Every this many usage reports lists every member with requests in flight; the others list
+/// only the counts that changed.
+pub const FULL_IN_FLIGHT_EVERY: u64 = 5;
+/// Another replica's in-flight count for a member stops counting when it has not been reported
+/// again for this long (its replica went away): three full reports.
+pub const REMOTE_IN_FLIGHT_FRESH: Duration = Duration::from_millis(1500);
+/// The most distinct keys of one rate held for the next usage report; uses of further keys in
+/// the same interval go unreported.
+const MAX_UNREPORTED: usize = 100_000;
 
 /// Above this many tracked keys, a limiter forgets quiet keys at once (it also does every
 /// [`PRUNE_EVERY`] checks).
@@ -256,6 +272,8 @@ struct KeyedRate {
     period: Duration,
     checks: AtomicU64,
     what: &'static str,
+    /// Uses allowed here since the last usage report, by key (kept only when shared).
+    unreported: Mutex<HashMap<String, u32>>,
 }
 
 impl std::fmt::Debug for KeyedRate {
@@ -281,6 +299,7 @@ impl KeyedRate {
             period,
             checks: AtomicU64::new(0),
             what,
+            unreported: Mutex::new(HashMap::new()),
         }
     }
 
@@ -292,11 +311,15 @@ impl KeyedRate {
         }
     }
 
-    /// Counts one request of `key`: its state if allowed, else 429 naming the limit.
-    fn check(&self, key: String) -> Result<RateState, Throttled> {
+    /// Counts one request of `key`: its state if allowed, else 429 naming the limit. When
+    /// `shared`, an allowed request is also kept for the next usage report.
+    fn check(&self, key: String, shared: bool) -> Result<RateState, Throttled> {
         self.prune();
         match self.governor.check_key(&key) {
             Ok(snapshot) => {
+                if shared {
+                    self.note_unreported(key);
+                }
                 let remaining = snapshot.remaining_burst_capacity().min(self.limit);
                 let owed = self.limit - remaining;
                 Ok(RateState {
@@ -332,6 +355,41 @@ impl KeyedRate {
     }
 }
 
+impl KeyedRate {
+    fn note_unreported(&self, key: String) {
+        let mut unreported = self
+            .unreported
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = unreported.get_mut(&key) {
+            *count = count.saturating_add(1);
+        } else if unreported.len() < MAX_UNREPORTED {
+            unreported.insert(key, 1);
+        }
+    }
+
+    /// The uses kept for the report, emptied.
+    fn take_unreported(&self) -> HashMap<String, u32> {
+        std::mem::take(
+            &mut *self
+                .unreported
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
+    }
+
+    /// Takes `uses` of `key`'s allowance, made on another replica, as far as it goes (an
+    /// allowance already spent stays at zero: it is not driven into debt).
+    fn charge(&self, key: &str, uses: u32) {
+        self.prune();
+        for _ in 0..uses.min(self.limit) {
+            if self.governor.check_key(&key.to_owned()).is_err() {
+                break;
+            }
+        }
+    }
+}
+
 fn ceil_secs(duration: Duration) -> u64 {
     let secs = duration.as_secs();
     if duration.subsec_nanos() > 0 {
@@ -349,6 +407,51 @@ pub struct Limiter {
     sign_in: KeyedRate,
     key_creation: KeyedRate,
     in_flight: Arc<Mutex<HashMap<UserId, u32>>>,
+    /// Set in a cluster: uses are kept for the usage reports.
+    shared: AtomicBool,
+    /// The in-flight counts the reports gave so far (members with none left out), and how
+    /// many reports were taken.
+    reported_in_flight: Mutex<(HashMap<UserId, u32>, u64)>,
+    /// Other replicas' in-flight counts, by member.
+    remote_in_flight: Mutex<HashMap<UserId, Reported>>,
+}
+
+/// One member's requests in flight on other replicas: replica → (count, when reported).
+type Reported = HashMap<String, (u32, Instant)>;
+
+/// Which keyed rate a usage report speaks of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateKind {
+    /// Inference requests per API key ([`Limiter::inference`]).
+    Inference,
+    /// Sign-in requests per client address ([`Limiter::sign_in`]).
+    SignIn,
+    /// Keys created per member ([`Limiter::key_creation`]).
+    KeyCreation,
+}
+
+/// One line of a replica's usage report (see [`Limiter::take_usage`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Usage {
+    /// `uses` requests of `key` allowed under the rate `rate` since the last report.
+    Rate {
+        /// Which rate.
+        rate: RateKind,
+        /// The key, address or member it counts under.
+        key: String,
+        /// How many.
+        uses: u32,
+    },
+    /// `member` has `count` requests in flight on the reporting replica now (0: none any
+    /// more).
+    InFlight {
+        /// The member.
+        member: UserId,
+        /// Requests in flight there.
+        count: u32,
+    },
 }
 
 impl Limiter {
@@ -372,8 +475,124 @@ impl Limiter {
                 "keys created per hour per member",
             ),
             in_flight: Arc::default(),
+            shared: AtomicBool::new(false),
+            reported_in_flight: Mutex::default(),
+            remote_in_flight: Mutex::default(),
             limits,
         }
+    }
+
+    fn rate(&self, kind: RateKind) -> &KeyedRate {
+        match kind {
+            RateKind::Inference => &self.inference,
+            RateKind::SignIn => &self.sign_in,
+            RateKind::KeyCreation => &self.key_creation,
+        }
+    }
+
+    fn is_shared(&self) -> bool {
+        self.shared.load(Ordering::Relaxed)
+    }
+
+    /// Makes the limits club-wide: from now on the uses allowed here are kept for
+    /// [`Limiter::take_usage`]. A cluster replica calls it when it joins.
+    pub fn share_usage(&self) {
+        self.shared.store(true, Ordering::Relaxed);
+    }
+
+    /// What the other replicas need to charge since the last call: the rate uses allowed here
+    /// (by key), and the in-flight counts that changed (0 for a member with none left); every
+    /// [`FULL_IN_FLIGHT_EVERY`]th call, every member's with requests in flight. Empty when
+    /// there is nothing to say.
+    pub fn take_usage(&self) -> Vec<Usage> {
+        let mut usage = Vec::new();
+        for rate in [RateKind::Inference, RateKind::SignIn, RateKind::KeyCreation] {
+            usage.extend(
+                self.rate(rate)
+                    .take_unreported()
+                    .into_iter()
+                    .map(|(key, uses)| Usage::Rate { rate, key, uses }),
+            );
+        }
+        let counts = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let mut reported = self
+            .reported_in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (last, reports) = &mut *reported;
+        let everything = reports.is_multiple_of(FULL_IN_FLIGHT_EVERY);
+        *reports += 1;
+        for member in last.keys() {
+            if !counts.contains_key(member) {
+                usage.push(Usage::InFlight {
+                    member: *member,
+                    count: 0,
+                });
+            }
+        }
+        for (member, count) in &counts {
+            if everything || last.get(member) != Some(count) {
+                usage.push(Usage::InFlight {
+                    member: *member,
+                    count: *count,
+                });
+            }
+        }
+        *last = counts;
+        usage
+    }
+
+    /// Charges what the replica `from` reported: its rate uses come off the same keys'
+    /// allowances here, and its in-flight counts count against members' concurrency here until
+    /// it reports them again (or for [`REMOTE_IN_FLIGHT_FRESH`]).
+    pub fn apply_usage(&self, from: &str, usage: Vec<Usage>) {
+        let now = Instant::now();
+        for line in usage {
+            match line {
+                Usage::Rate { rate, key, uses } => self.rate(rate).charge(&key, uses),
+                Usage::InFlight { member, count } => {
+                    let mut remote = self
+                        .remote_in_flight
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    if count == 0 {
+                        if let Some(replicas) = remote.get_mut(&member) {
+                            replicas.remove(from);
+                            if replicas.is_empty() {
+                                remote.remove(&member);
+                            }
+                        }
+                    } else {
+                        remote
+                            .entry(member)
+                            .or_default()
+                            .insert(from.to_owned(), (count, now));
+                    }
+                }
+            }
+        }
+    }
+
+    /// `member`'s requests in flight on other replicas, as last reported (stale reports are
+    /// dropped).
+    fn remote_in_flight(&self, member: UserId) -> u32 {
+        let mut remote = self
+            .remote_in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(replicas) = remote.get_mut(&member) else {
+            return 0;
+        };
+        replicas.retain(|_, (_, at)| at.elapsed() < REMOTE_IN_FLIGHT_FRESH);
+        let total = replicas.values().map(|(count, _)| *count).sum();
+        if replicas.is_empty() {
+            remote.remove(&member);
+        }
+        total
     }
 
     /// The limits in force.
@@ -383,30 +602,37 @@ impl Limiter {
 
     /// Counts one inference request made with the key (or session) `key_id`.
     pub fn inference(&self, key_id: &str) -> Result<RateState, Throttled> {
-        self.inference.check(key_id.to_owned())
+        self.inference.check(key_id.to_owned(), self.is_shared())
     }
 
     /// Counts one sign-in request from `address` (IPv6 addresses count per /64 network;
     /// `None`, when the address is unknown, shares one allowance).
     pub fn sign_in(&self, address: Option<IpAddr>) -> Result<RateState, Throttled> {
-        self.sign_in.check(address_key(address))
+        self.sign_in.check(address_key(address), self.is_shared())
     }
 
     /// Counts one key created by `member`.
     pub fn key_creation(&self, member: UserId) -> Result<RateState, Throttled> {
-        self.key_creation.check(member.to_string())
+        self.key_creation
+            .check(member.to_string(), self.is_shared())
     }
 
     /// Takes one of `member`'s in-flight slots until the returned slot is dropped; 429
-    /// `too_many_concurrent_requests` when they are all taken.
+    /// `too_many_concurrent_requests` when they are all taken (in a cluster, counting those
+    /// the other replicas reported).
     pub fn enter(&self, member: UserId) -> Result<InFlightSlot, Throttled> {
         let max = self.limits.max_concurrent_per_member;
+        let elsewhere = if self.is_shared() {
+            self.remote_in_flight(member)
+        } else {
+            0
+        };
         let mut counts = self
             .in_flight
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let count = counts.entry(member).or_insert(0);
-        if *count >= max {
+        let here = counts.get(&member).copied().unwrap_or(0);
+        if here.saturating_add(elsewhere) >= max {
             let mut error = ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "requests",
@@ -422,14 +648,14 @@ impl Limiter {
                 rate: None,
             });
         }
-        *count += 1;
+        counts.insert(member, here + 1);
         Ok(InFlightSlot {
             counts: self.in_flight.clone(),
             member,
         })
     }
 
-    /// Requests `member` has in flight now.
+    /// Requests `member` has in flight now on this replica.
     pub fn in_flight(&self, member: UserId) -> u32 {
         self.in_flight
             .lock()
@@ -647,6 +873,123 @@ mod tests {
         assert!(limiter.enter(UserId::new()).is_ok());
         drop(a);
         assert!(limiter.enter(ada).is_ok());
+    }
+
+    #[test]
+    fn shared_limits_charge_what_other_replicas_report() {
+        let (here, there) = (Limiter::new(limits()), Limiter::new(limits()));
+        // Not shared: nothing is kept for a report.
+        here.inference("k").unwrap();
+        assert!(here.take_usage().is_empty());
+        here.share_usage();
+        there.share_usage();
+
+        // Two uses here and one there of a 3-a-minute key leave nothing anywhere.
+        here.inference("k").unwrap();
+        there.inference("k").unwrap();
+        let from_here = here.take_usage();
+        assert_eq!(
+            from_here,
+            [Usage::Rate {
+                rate: RateKind::Inference,
+                key: "k".into(),
+                uses: 1
+            }]
+        );
+        assert!(here.take_usage().is_empty(), "a use is reported once");
+        there.apply_usage("here", from_here);
+        here.apply_usage("there", there.take_usage());
+        assert_eq!(here.inference("k").unwrap_err().rate.unwrap().remaining, 0);
+        assert_eq!(there.inference("k").unwrap().remaining, 0);
+        assert!(there.inference("k").is_err());
+        // A report larger than the allowance only empties it.
+        here.apply_usage(
+            "there",
+            vec![Usage::Rate {
+                rate: RateKind::SignIn,
+                key: address_key(None),
+                uses: u32::MAX,
+            }],
+        );
+        assert!(here.sign_in(None).is_err());
+        assert!(here.sign_in(Some(IpAddr::from([10, 0, 0, 1]))).is_ok());
+    }
+
+    #[test]
+    fn shared_in_flight_counts_hold_club_wide_until_reported_finished() {
+        let (here, there) = (Limiter::new(limits()), Limiter::new(limits()));
+        here.share_usage();
+        there.share_usage();
+        let ada = UserId::new();
+        let first = there.enter(ada).unwrap();
+        let _second = there.enter(ada).unwrap();
+        here.apply_usage("there", there.take_usage());
+        let refused = here.enter(ada).unwrap_err();
+        assert_eq!(
+            refused.error.error.code.as_deref(),
+            Some("too_many_concurrent_requests")
+        );
+        assert_eq!(here.in_flight(ada), 0, "a refusal holds nothing");
+        assert!(here.take_usage().is_empty(), "nor is it reported");
+
+        // One finishes there: the next report says so, and here has room for one.
+        drop(first);
+        let report = there.take_usage();
+        assert_eq!(
+            report,
+            [Usage::InFlight {
+                member: ada,
+                count: 1
+            }]
+        );
+        here.apply_usage("there", report);
+        let _third = here.enter(ada).unwrap();
+        assert!(here.enter(ada).is_err());
+
+        // A member with nothing in flight any more is reported once, with 0.
+        drop(_second);
+        assert_eq!(
+            there.take_usage(),
+            [Usage::InFlight {
+                member: ada,
+                count: 0
+            }]
+        );
+        assert!(there.take_usage().is_empty());
+    }
+
+    #[test]
+    fn in_flight_reports_say_what_changed_and_everything_now_and_then() {
+        let limiter = Limiter::new(limits());
+        limiter.share_usage();
+        let (ada, bob) = (UserId::new(), UserId::new());
+        let _a = limiter.enter(ada).unwrap();
+        let mut reports = vec![limiter.take_usage()];
+        let _b = limiter.enter(bob).unwrap();
+        for _ in 1..FULL_IN_FLIGHT_EVERY + 1 {
+            reports.push(limiter.take_usage());
+        }
+        let members = |report: &Vec<Usage>| -> Vec<UserId> {
+            let mut members: Vec<UserId> = report
+                .iter()
+                .filter_map(|u| match u {
+                    Usage::InFlight { member, .. } => Some(*member),
+                    Usage::Rate { .. } => None,
+                })
+                .collect();
+            members.sort();
+            members
+        };
+        let mut both = vec![ada, bob];
+        both.sort();
+        assert_eq!(members(&reports[0]), [ada]);
+        assert_eq!(members(&reports[1]), [bob], "only the change");
+        assert!(
+            reports[2..FULL_IN_FLIGHT_EVERY as usize]
+                .iter()
+                .all(Vec::is_empty)
+        );
+        assert_eq!(members(&reports[FULL_IN_FLIGHT_EVERY as usize]), both);
     }
 
     #[test]

@@ -91,16 +91,18 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// The `serve` flags that make replica `n` (0-based) a member of the cluster.
-fn replica_args(nats_url: &str, n: usize) -> Vec<String> {
-    vec![
+/// The `serve` flags that make replica `n` (0-based) a member of the cluster, then `extra`.
+fn replica_args(nats_url: &str, n: usize, extra: &[String]) -> Vec<String> {
+    let mut args = vec![
         "--nats".into(),
         nats_url.into(),
         "--replica-id".into(),
         format!("r{}", n + 1),
         "--drain-secs".into(),
         DRAIN_SECS.to_string(),
-    ]
+    ];
+    args.extend_from_slice(extra);
+    args
 }
 
 /// `club-coordinator serve` as the e2e club starts its coordinator, plus `args`.
@@ -184,6 +186,8 @@ pub struct Cluster {
     pub nginx_url: String,
     database: String,
     nats_dir: PathBuf,
+    /// `serve` flags every replica gets beyond the cluster's own.
+    extra_args: Vec<String>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -199,6 +203,12 @@ impl Cluster {
     /// Starts nats-server, three replicas on `database` (a PostgreSQL URL) and nginx, and waits
     /// until nginx answers.
     pub async fn start(tools: &Tools, database: &str) -> Self {
+        Self::start_with(tools, database, &[]).await
+    }
+
+    /// [`Cluster::start`], with `extra_args` (limits, say) given to every replica's `serve`.
+    pub async fn start_with(tools: &Tools, database: &str, extra_args: &[&str]) -> Self {
+        let extra_args: Vec<String> = extra_args.iter().map(|a| (*a).to_owned()).collect();
         // NATS as scripts/cluster.sh runs it: messages up to 8 MB, so that any chat body the
         // coordinator accepts (4 MiB by default) can cross replicas.
         let nats_dir = std::env::temp_dir().join(format!(
@@ -219,7 +229,7 @@ impl Cluster {
         nats.wait_for_line("Server is ready", STARTUP).await;
         let nats_url = format!("nats://127.0.0.1:{nats_port}");
 
-        let first = replica_args(&nats_url, 0);
+        let first = replica_args(&nats_url, 0, &extra_args);
         let first: Vec<&str> = first.iter().map(String::as_str).collect();
         let club = Club::start_on(Some(database), &first).await;
         let mut addresses = vec![club.address.clone()];
@@ -227,7 +237,11 @@ impl Cluster {
             .map(|n| {
                 Proc::spawn(
                     &format!("replica r{}", n + 1),
-                    replica_command(database, "127.0.0.1:0", &replica_args(&nats_url, n)),
+                    replica_command(
+                        database,
+                        "127.0.0.1:0",
+                        &replica_args(&nats_url, n, &extra_args),
+                    ),
                 )
             })
             .collect();
@@ -259,6 +273,7 @@ impl Cluster {
             nginx_url: format!("http://{listen}"),
             database: database.to_owned(),
             nats_dir,
+            extra_args,
         };
         let deadline = Instant::now() + STARTUP;
         loop {
@@ -338,7 +353,7 @@ impl Cluster {
         let command = replica_command(
             &self.database,
             &self.addresses[n],
-            &replica_args(&self.nats_url, n),
+            &replica_args(&self.nats_url, n, &self.extra_args),
         );
         let process = Proc::spawn(&format!("replica r{} (restarted)", n + 1), command);
         process.wait_for_line("listening on http://", STARTUP).await;

@@ -230,6 +230,8 @@ impl Cluster {
         let syncs = subscribe(wire::sync_subject(&self.replica)).await?;
         let cancels = subscribe(wire::cancel_subject(&self.replica)).await?;
         let events = subscribe(wire::inboxes(&self.replica)).await?;
+        let usage = subscribe(wire::USAGE.into()).await?;
+        coordinator.limits.share_usage();
         let weak = Arc::downgrade(coordinator);
         self.spawn(listen(self.clone(), weak.clone(), ups, downs, beats));
         self.spawn(answer_syncs(self.clone(), weak.clone(), syncs));
@@ -238,6 +240,8 @@ impl Cluster {
         self.spawn(apply_control(self.clone(), weak.clone(), control));
         self.spawn(beat(self.clone(), weak.clone()));
         self.spawn(keep_lease(self.clone(), weak.clone()));
+        self.spawn(report_usage(self.clone(), weak.clone()));
+        self.spawn(charge_usage(self.clone(), weak.clone(), usage));
         self.spawn(pass_on_forgotten(self.clone(), weak));
         Ok(())
     }
@@ -701,6 +705,55 @@ async fn keep_lease(cluster: Arc<Cluster>, coordinator: Weak<Coordinator>) {
                 }
                 Err(error) => tracing::warn!(%replica, "cannot retire a dead replica: {error}"),
             }
+        }
+    }
+}
+
+/// Reports every [`wire::USAGE_REPORT`] what this replica's callers used of the limits, so
+/// that the others charge it (limits hold club-wide).
+async fn report_usage(cluster: Arc<Cluster>, coordinator: Weak<Coordinator>) {
+    let mut every = tokio::time::interval(wire::USAGE_REPORT);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(coordinator) = coordinator.upgrade() else {
+            break;
+        };
+        let usage = coordinator.limits.take_usage();
+        if usage.is_empty() {
+            continue;
+        }
+        for usage in wire::groups_under(usage, cluster.max_payload() / 2) {
+            let report = wire::UsageReport {
+                replica: cluster.replica.clone(),
+                usage,
+            };
+            let payload = wire::encode(&report);
+            if let Err(error) = cluster.client.publish(wire::USAGE, payload.into()).await {
+                tracing::warn!("cannot report usage to the cluster: {error}");
+            }
+        }
+    }
+}
+
+/// Charges what the other replicas report of their callers' usage.
+async fn charge_usage(
+    cluster: Arc<Cluster>,
+    coordinator: Weak<Coordinator>,
+    mut reports: async_nats::Subscriber,
+) {
+    while let Some(message) = reports.next().await {
+        let Some(coordinator) = coordinator.upgrade() else {
+            break;
+        };
+        match wire::decode::<wire::UsageReport>(&message.payload) {
+            Ok(report) if report.replica != cluster.replica => {
+                coordinator
+                    .limits
+                    .apply_usage(&report.replica, report.usage);
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!("ignoring a bad usage report: {error}"),
         }
     }
 }

@@ -12,6 +12,7 @@
 //! | `club.replica.{replica}.events.{job}` | publish | [`RelayEvent`]s of one job, numbered |
 //! | `club.replica.{replica}.cancel` | publish | [`CancelJob`] |
 //! | `club.ctl` | publish | [`Control::ForgetKeys`], [`Control::CloseOperator`], [`Control::PolicyChanged`] |
+//! | `club.usage` | publish, every [`USAGE_REPORT`] with something to say | [`UsageReport`]: what a replica's callers used of the limits |
 
 use std::time::Duration;
 
@@ -21,6 +22,8 @@ use inference_club_core::manifest::ServiceManifest;
 use inference_club_core::openai::{ChatCompletionChunk, ChatCompletionRequest};
 use serde::{Deserialize, Serialize};
 
+pub use crate::coordinator::limits::USAGE_REPORT;
+use crate::coordinator::limits::Usage;
 use crate::coordinator::nodes::NodeKey;
 use crate::coordinator::store::{ProviderPolicy, UserId};
 
@@ -319,6 +322,18 @@ pub enum Control {
         /// The policy now.
         policy: ProviderPolicy,
     },
+}
+
+/// Where replicas report their callers' usage of the limits.
+pub const USAGE: &str = "club.usage";
+
+/// What one replica's callers used of the club-wide limits (in parts when long).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UsageReport {
+    /// The reporting replica.
+    pub replica: String,
+    /// Rate uses since its last report, and in-flight counts now.
+    pub usage: Vec<Usage>,
 }
 
 /// Encodes a message.

@@ -990,16 +990,19 @@ async fn cookies_are_secure_when_the_public_url_is_https() {
 async fn without_a_client_id_sign_in_is_unavailable_and_the_rest_works() {
     let club = Club::start_with(None, false).await;
     let mut browser = club.browser();
+    // The site's "Sign in" button leads to a page that says why not, not to a JSON error.
     let response = browser.get(&format!("{}/auth/github", club.url)).await;
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "sign_in_unavailable");
     assert!(
-        body["error"]["message"]
-            .as_str()
+        response.headers()["content-type"]
+            .to_str()
             .unwrap()
-            .contains("GitHub sign-in is not configured")
+            .starts_with("text/html")
     );
+    let page = response.text().await.unwrap();
+    assert!(page.contains("Sign-in is not set up on this club"), "{page}");
+    assert!(page.contains("--github-client-id"), "{page}");
+    // The API's sign-in routes answer the JSON envelope.
     for path in ["/api/v1/auth/device", "/api/v1/auth/device/token"] {
         let (status, body) = club
             .api(Method::POST, path, None, Some(json!({"device_token": "x"})))

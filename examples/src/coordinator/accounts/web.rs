@@ -49,6 +49,21 @@ fn params(text: &[u8]) -> Result<HashMap<String, String>, ApiError> {
     Ok(map)
 }
 
+/// The page a browser gets when this club has no GitHub sign-in.
+fn sign_in_not_set_up() -> Response {
+    crate::coordinator::web::WebError {
+        status: StatusCode::NOT_FOUND,
+        title: "Sign-in is not set up on this club".to_owned(),
+        message: "This coordinator has no GitHub sign-in configured (its operator starts it \
+                  with --github-client-id and --github-client-secret to enable it). Until then \
+                  members get API keys from the operator (club-coordinator key create); the \
+                  feed, the providers and the API work without signing in."
+            .to_owned(),
+        sign_in: None,
+    }
+    .into_response()
+}
+
 /// `next` if it is a path on this site (`/...`, not `//host` nor `/\host`), else `/`.
 pub fn local_path(next: Option<&str>) -> String {
     match next {
@@ -65,12 +80,15 @@ pub fn local_path(next: Option<&str>) -> String {
     }
 }
 
-/// `GET /auth/github[?next=/path]`: to GitHub's authorize page.
+/// `GET /auth/github[?next=/path]`: to GitHub's authorize page. Without GitHub configured, a
+/// page (404) that says so: this is where the site's "Sign in" button leads.
 pub async fn start(
     State(state): State<Arc<Coordinator>>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let github = github(&state)?;
+    let Ok(github) = github(&state) else {
+        return Ok(sign_in_not_set_up());
+    };
     let query = params(query.unwrap_or_default().as_bytes())?;
     let secret = random_token()?;
     let mut flow = SignInFlow::new(FlowKind::Web, FLOW_LIFETIME);

@@ -688,6 +688,69 @@ async fn pages_show_only_what_the_api_would_and_forms_need_the_csrf_token() {
     .await;
     assert_eq!(status, 303);
     assert!(club.store.record(public).await.unwrap().is_none());
+    // The kill switch on the nodes page: nobody else's to pull; grace's, in force at once,
+    // and back.
+    let switch = club.at("/dashboard/nodes/accepting");
+    let (grace_csrf, stranger_csrf) = (
+        grace_session.csrf_token.as_str(),
+        stranger_session.csrf_token.as_str(),
+    );
+    let node = ("provider", "basement-rig");
+    let (status, _) = post_form(&switch, &grace_token, &[node, ("accepting", "no")]).await;
+    assert_eq!(status, 403, "no token");
+    let (status, _) = post_form(
+        &switch,
+        &stranger_token,
+        &[("csrf_token", stranger_csrf), node, ("accepting", "no")],
+    )
+    .await;
+    assert_eq!(status, 404, "not theirs");
+    let (status, _) = post_form(
+        &switch,
+        &grace_token,
+        &[("csrf_token", grace_csrf), node, ("accepting", "maybe")],
+    )
+    .await;
+    assert_eq!(status, 400, "not yes or no");
+    club.chat(&key, "still served").await;
+
+    let (status, _) = post_form(
+        &switch,
+        &grace_token,
+        &[("csrf_token", grace_csrf), node, ("accepting", "no")],
+    )
+    .await;
+    assert_eq!(status, 303);
+    let refused = reqwest::Client::new()
+        .post(club.at("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&json!({"model": "echo", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        !refused.status().is_success(),
+        "a stopped node was sent a request"
+    );
+    let (_, _, html) = page(
+        &club.at("/dashboard/nodes?done=stopped"),
+        Some(&grace_token),
+    )
+    .await;
+    assert!(
+        html.contains("The node stopped accepting requests"),
+        "{html}"
+    );
+    assert!(html.contains("Accept requests again"), "{html}");
+    let (status, _) = post_form(
+        &switch,
+        &grace_token,
+        &[("csrf_token", grace_csrf), node, ("accepting", "yes")],
+    )
+    .await;
+    assert_eq!(status, 303);
+    club.chat(&key, "served again").await;
+
     // Account deletion needs the handle typed.
     let (status, _) = post_form(
         &club.at("/dashboard/account/delete"),

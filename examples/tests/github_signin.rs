@@ -1000,7 +1000,10 @@ async fn without_a_client_id_sign_in_is_unavailable_and_the_rest_works() {
             .starts_with("text/html")
     );
     let page = response.text().await.unwrap();
-    assert!(page.contains("Sign-in is not set up on this club"), "{page}");
+    assert!(
+        page.contains("Sign-in is not set up on this club"),
+        "{page}"
+    );
     assert!(page.contains("--github-client-id"), "{page}");
     // The API's sign-in routes answer the JSON envelope.
     for path in ["/api/v1/auth/device", "/api/v1/auth/device/token"] {

@@ -301,13 +301,16 @@ pub const MAX_POLICY_LOGINS: usize = 1000;
 
 /// The body of `PATCH /api/v1/providers/{operator}/{name}`: each field is optional; a field
 /// that is absent changes nothing, `null` removes an override.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PolicyChange {
-    accepting: Option<bool>,
+pub(crate) struct PolicyChange {
+    /// The kill switch: `false` routes nothing to the provider.
+    pub accepting: Option<bool>,
+    /// The provider-wide access override (`Some(None)` removes it).
     #[serde(default, deserialize_with = "present")]
-    access: Option<Option<AccessPolicy>>,
-    services: Option<BTreeMap<String, Option<AccessPolicy>>>,
+    pub access: Option<Option<AccessPolicy>>,
+    /// Per-service access overrides (`None` removes one).
+    pub services: Option<BTreeMap<String, Option<AccessPolicy>>>,
 }
 
 /// A field that is present, even as `null`.
@@ -345,13 +348,27 @@ pub async fn update_policy(
 ) -> Result<Response, ApiError> {
     let caller = auth::require(&state.store, &headers, Scope::Account).await?;
     let Path((operator, name)) = path.map_err(bad_path)?;
-    if !caller.user.handle.eq_ignore_ascii_case(&operator) {
+    let change: PolicyChange = json_body(body).await?;
+    change_policy(&state, &caller.user.handle, &operator, &name, change).await?;
+    Ok(axum::Json(profile_of(&state, &operator, &name).await?).into_response())
+}
+
+/// Applies `change` to the provider `operator/name` for the member `handle` (the rules of
+/// `PATCH /api/v1/providers/{operator}/{name}`, shared with the dashboard): its operator only,
+/// every value checked before anything changes, stored and in force at once on the live node.
+pub(crate) async fn change_policy(
+    state: &Coordinator,
+    handle: &str,
+    operator: &str,
+    name: &str,
+    change: PolicyChange,
+) -> Result<(), ApiError> {
+    if !handle.eq_ignore_ascii_case(operator) {
         return Err(ApiError::forbidden(
             "not_operator",
             "only a provider's operator may change its access or stop it accepting requests",
         ));
     }
-    let change: PolicyChange = json_body(body).await?;
     if change.accepting.is_none() && change.access.is_none() && change.services.is_none() {
         return Err(ApiError::bad_request(
             "nothing_to_change",
@@ -359,7 +376,7 @@ pub async fn update_policy(
              \"services\": {\"<service>\": <policy> | null}}",
         ));
     }
-    let provider = find(&state, &operator, &name).await?;
+    let provider = find(state, operator, name).await?;
     let key = NodeKey {
         operator_id: provider.operator_id,
         provider: provider.name.clone(),
@@ -408,5 +425,5 @@ pub async fn update_policy(
         .set_provider_policy(provider.id, &policy)
         .await?;
     state.set_node_policy(&key, policy);
-    Ok(axum::Json(profile_of(&state, &operator, &name).await?).into_response())
+    Ok(())
 }

@@ -26,7 +26,7 @@ use crate::coordinator::accounts::web::local_path;
 use crate::coordinator::club_api::account::{
     CreatedKey, KeyView, MAX_KEY_NAME_CHARS, change_settings, create_key_for,
 };
-use crate::coordinator::club_api::providers::profile;
+use crate::coordinator::club_api::providers::{PolicyChange, change_policy, profile};
 use crate::coordinator::club_api::records::parse_record_id;
 use crate::coordinator::club_api::{account, parse_visibility};
 use crate::coordinator::error::ApiError;
@@ -88,6 +88,10 @@ fn done_notice(query: Option<&str>) -> Option<&'static str> {
         Some("revoked") => Some("The key was revoked: it stops working at once."),
         Some("saved") => Some("Your settings were saved."),
         Some("visibility") => Some("The visibility was changed."),
+        Some("stopped") => {
+            Some("The node stopped accepting requests: nothing new is routed to it.")
+        }
+        Some("accepting") => Some("The node accepts requests again."),
         _ => None,
     }
 }
@@ -496,6 +500,7 @@ const SERVED_SHOWN: u32 = 10;
 pub async fn nodes(
     State(state): State<Arc<Coordinator>>,
     headers: HeaderMap,
+    RawQuery(query): RawQuery,
 ) -> Result<Response, WebError> {
     let viewer = member(&state, &headers, "/dashboard/nodes").await?;
     let mine: Vec<_> = state
@@ -543,7 +548,19 @@ pub async fn nodes(
                         }
                     }
                     dt { "Accepting requests" }
-                    dd { @if card.accepting { "yes" } @else { "no (kill switch on: " code { "PATCH /api/v1/providers/…" } ")" } }
+                    dd {
+                        @if card.accepting { "yes " } @else { "no: the kill switch is on, nothing is routed to it " }
+                        form.inline method="post" action="/dashboard/nodes/accepting" {
+                            input type="hidden" name="csrf_token" value=(viewer.csrf_token);
+                            input type="hidden" name="provider" value=(card.name);
+                            input type="hidden" name="accepting" value=(if card.accepting { "no" } else { "yes" });
+                            @if card.accepting {
+                                button.danger type="submit" aria-label={ "Stop " (card.name) " accepting requests" } { "Stop accepting requests" }
+                            } @else {
+                                button type="submit" aria-label={ "Let " (card.name) " accept requests again" } { "Accept requests again" }
+                            }
+                        }
+                    }
                 }
                 @if served.is_empty() {
                     p.empty { "It has served no request yet." }
@@ -555,6 +572,7 @@ pub async fn nodes(
     }
     let body = html! {
         h1 { "Your nodes" }
+        (layout::notice(done_notice(query.as_deref())))
         @if sections.is_empty() {
             p.empty {
                 "You operate no node. Create a key with the " code { "provider" } " scope, then run "
@@ -571,6 +589,40 @@ pub async fn nodes(
         "/dashboard/nodes",
         body,
     ))
+}
+
+/// `POST /dashboard/nodes/accepting` (form: `provider`, `accepting` = `yes` | `no`): the
+/// operator's kill switch for one of their nodes (as `PATCH /api/v1/providers/{me}/{provider}`
+/// with `accepting`), in force at once.
+pub async fn set_accepting(
+    State(state): State<Arc<Coordinator>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, WebError> {
+    let (viewer, form) = signed_form(&state, &headers, body, "/dashboard/nodes").await?;
+    let accepting = match form.get("accepting") {
+        Some("yes") => true,
+        Some("no") => false,
+        _ => {
+            return Err(
+                ApiError::bad_request("invalid_accepting", "accepting is yes or no")
+                    .with_param("accepting")
+                    .into(),
+            );
+        }
+    };
+    let provider = form.non_empty("provider").unwrap_or_default();
+    let change = PolicyChange {
+        accepting: Some(accepting),
+        ..PolicyChange::default()
+    };
+    let handle = viewer.user.handle.clone();
+    change_policy(&state, &handle, &handle, provider, change).await?;
+    see(if accepting {
+        "/dashboard/nodes?done=accepting"
+    } else {
+        "/dashboard/nodes?done=stopped"
+    })
 }
 
 /// `GET /dashboard/settings`: default visibility and routing preference.

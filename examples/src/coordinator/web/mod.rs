@@ -16,8 +16,8 @@
 //! answers a record only when
 //! [`StoredRecord::readable_by`](super::store::StoredRecord::readable_by) allows (else the same
 //! 404 as an unknown id), and the dashboard's forms go through the club API's own functions
-//! (visibility and deletion by owner only, key creation with its limits, settings, account
-//! deletion). A browser is a member by its session cookie (`club_session`).
+//! (visibility and deletion by owner only, key creation with its limits, settings, a node's
+//! kill switch, account deletion). A browser is a member by its session cookie (`club_session`).
 //!
 //! State-changing forms post to routes under `/dashboard/` and carry the session's CSRF token
 //! in a `csrf_token` field ([`checks_own_csrf`]); the playground's script sends the
@@ -84,6 +84,7 @@ pub fn routes() -> Router<Arc<Coordinator>> {
         )
         .route("/dashboard/keys/{id}/revoke", post(dashboard::revoke_key))
         .route("/dashboard/nodes", get(dashboard::nodes))
+        .route("/dashboard/nodes/accepting", post(dashboard::set_accepting))
         .route(
             "/dashboard/settings",
             get(dashboard::settings).post(dashboard::save_settings),

@@ -894,10 +894,8 @@ async fn a_rolling_restart_behind_nginx_refuses_no_request() {
 }
 
 /// `POST {base}/v1/chat/completions` (a whole answer) with `key`: the status and the body.
-async fn chat_with_key(cluster: &Cluster, base: &str, key: &str) -> (u16, Value) {
-    let response = cluster
-        .club
-        .http
+async fn chat_with_key(http: &reqwest::Client, base: &str, key: &str) -> (u16, Value) {
+    let response = http
         .post(format!("{base}/v1/chat/completions"))
         .bearer_auth(key)
         .json(&chat_for(MODEL, false))
@@ -944,7 +942,7 @@ async fn rate_and_concurrency_limits_hold_over_every_replica() {
         let key = cluster.club.key.clone();
         let mut allowed = 0;
         for i in 0..SENT {
-            let (status, body) = chat_with_key(&cluster, &cluster.url(i % REPLICAS), &key).await;
+            let (status, body) = chat_with_key(&cluster.club.http, &cluster.url(i % REPLICAS), &key).await;
             match status {
                 200 => allowed += 1,
                 429 => assert_eq!(body["error"]["code"], "rate_limit_exceeded", "{body}"),
@@ -968,24 +966,13 @@ async fn rate_and_concurrency_limits_hold_over_every_replica() {
         let before = engine.received();
         let held: Vec<_> = (0..2)
             .map(|n| {
-                let (cluster_http, base, key) =
-                    (cluster.club.http.clone(), cluster.url(n), key.clone());
-                tokio::spawn(async move {
-                    cluster_http
-                        .post(format!("{base}/v1/chat/completions"))
-                        .bearer_auth(key)
-                        .json(&chat_for(MODEL, false))
-                        .send()
-                        .await
-                        .unwrap()
-                        .status()
-                        .as_u16()
-                })
+                let (http, base, key) = (cluster.club.http.clone(), cluster.url(n), key.clone());
+                tokio::spawn(async move { chat_with_key(&http, &base, &key).await.0 })
             })
             .collect();
         engine.wait_received(before + 2, Duration::from_secs(5)).await;
         tokio::time::sleep(report).await;
-        let (status, body) = chat_with_key(&cluster, &cluster.url(2), &key).await;
+        let (status, body) = chat_with_key(&cluster.club.http, &cluster.url(2), &key).await;
         assert_eq!(status, 429, "{body}");
         assert_eq!(body["error"]["code"], "too_many_concurrent_requests", "{body}");
         assert_eq!(engine.received(), before + 2, "the refused request reached the engine");
@@ -997,7 +984,7 @@ async fn rate_and_concurrency_limits_hold_over_every_replica() {
             assert_eq!(held.await.unwrap(), 200);
         }
         tokio::time::sleep(report).await;
-        let (status, body) = chat_with_key(&cluster, &cluster.url(2), &key).await;
+        let (status, body) = chat_with_key(&cluster.club.http, &cluster.url(2), &key).await;
         assert_eq!(status, 200, "{body}");
     })
     .await;

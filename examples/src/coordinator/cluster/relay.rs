@@ -442,3 +442,143 @@ fn take_job(cluster: &Arc<Cluster>, node: &Arc<LiveNode>, job: JobRequest) -> Jo
     });
     answer
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use inference_club_core::openai::ChunkDelta;
+
+    /// Debian's `nats-server` (or `CLUB_TEST_NATS_SERVER`) on 127.0.0.1, killed when its
+    /// process handle is dropped, and a client of it; `None` (said loudly) where there is none.
+    async fn nats(test: &str) -> Option<(tokio::process::Child, async_nats::Client)> {
+        let program = std::env::var("CLUB_TEST_NATS_SERVER").ok().or_else(|| {
+            ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+                .into_iter()
+                .find(|p| std::path::Path::new(p).exists())
+                .map(str::to_owned)
+        });
+        let Some(program) = program else {
+            eprintln!(
+                "SKIPPED {test}: no nats-server (Debian's package nats-server; or set CLUB_TEST_NATS_SERVER)"
+            );
+            return None;
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = tokio::process::Command::new(program)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let url = format!("nats://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(client) = async_nats::connect(url.as_str()).await {
+                return Some((child, client));
+            }
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn chunk(text: &str) -> ChatCompletionChunk {
+        ChatCompletionChunk::new("c", "m", 1).with_delta(ChunkDelta::content(text))
+    }
+
+    /// The events published to `inbox` until one that ends the job.
+    async fn events_until_the_end(inbox: &mut async_nats::Subscriber) -> Vec<(usize, RelayEvent)> {
+        let mut events = Vec::new();
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(5), inbox.next())
+                .await
+                .expect("no event within 5 s")
+                .unwrap();
+            let event: RelayEvent = wire::decode(&message.payload).unwrap();
+            let ends = !matches!(event.event, RelayKind::Chunks { .. });
+            events.push((message.payload.len(), event));
+            if ends {
+                return events;
+            }
+        }
+    }
+
+    async fn relay_to(
+        client: &async_nats::Client,
+        limit: usize,
+    ) -> (Relay, async_nats::Subscriber) {
+        let inbox = client.subscribe("test.inbox").await.unwrap();
+        client.flush().await.unwrap();
+        let relay = Relay {
+            client: client.clone(),
+            inbox: "test.inbox".into(),
+            limit,
+            seq: 0,
+        };
+        (relay, inbox)
+    }
+
+    #[tokio::test]
+    async fn chunks_over_the_message_limit_cross_in_numbered_parts_whole_and_in_order() {
+        let Some((_server, client)) = nats("chunks_over_the_message_limit_cross_in_parts").await
+        else {
+            return;
+        };
+        const LIMIT: usize = 2_000;
+        let (mut relay, mut inbox) = relay_to(&client, LIMIT).await;
+        let chunks: Vec<ChatCompletionChunk> = (0..40)
+            .map(|n| chunk(&format!("{n:02}{}", "x".repeat(100))))
+            .collect();
+        assert!(relay.chunks(chunks[..2].to_vec()).await, "two fit in one");
+        assert!(relay.chunks(chunks[2..].to_vec()).await);
+        assert!(relay.send(RelayKind::Done).await);
+
+        let events = events_until_the_end(&mut inbox).await;
+        let seqs: Vec<u64> = events.iter().map(|(_, e)| e.seq).collect();
+        assert_eq!(seqs, (0..events.len() as u64).collect::<Vec<_>>());
+        assert!(
+            events.len() >= 4,
+            "38 chunks of ~200 bytes in parts: {seqs:?}"
+        );
+        let mut crossed = Vec::new();
+        for (size, event) in events {
+            assert!(size <= LIMIT, "a message of {size} bytes");
+            if let RelayKind::Chunks { chunks } = event.event {
+                crossed.extend(chunks);
+            }
+        }
+        assert_eq!(crossed, chunks);
+    }
+
+    #[tokio::test]
+    async fn a_chunk_larger_than_the_limit_fails_the_job_after_what_came_before() {
+        let Some((_server, client)) = nats("a_chunk_larger_than_the_limit_fails_the_job").await
+        else {
+            return;
+        };
+        let (mut relay, mut inbox) = relay_to(&client, 2_000).await;
+        let first = chunk("fits");
+        assert!(
+            !relay
+                .chunks(vec![first.clone(), chunk(&"y".repeat(3_000))])
+                .await
+        );
+        let events = events_until_the_end(&mut inbox).await;
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert!(matches!(&events[0].1.event, RelayKind::Chunks { chunks } if chunks == &[first]));
+        let RelayKind::Failed { error } = &events[1].1.event else {
+            panic!("{events:?}");
+        };
+        assert!(
+            error
+                .message
+                .contains("larger than the cluster's message limit"),
+            "{error:?}"
+        );
+        assert_eq!(events[1].1.seq, 1);
+    }
+}

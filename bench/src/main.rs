@@ -1054,6 +1054,42 @@ fn print_links(l: &swarm::LinksOutcome) {
         "| coordinator RSS after the reconnection | {} |",
         mib(l.rss_relinked_kib)
     );
+    println!();
+    println!(
+        "Routing with the crowd online: whole answers at c=16 (requests/s, p50, p99, errors)."
+    );
+    println!("| requests for | requests/s | p50 | p99 | errors | vs one node alone |");
+    println!("|---|---|---|---|---|---|");
+    let alone = l.one_node_alone.as_ref().map(|o| o.requests_per_s);
+    for (label, outcome) in [
+        (
+            "a model one node serves, no other node online".to_owned(),
+            &l.one_node_alone,
+        ),
+        (
+            format!("the same model, {} other nodes online", l.linked_first),
+            &l.one_node_in_crowd,
+        ),
+        (
+            format!("the model all {} swarm nodes serve", l.linked_first),
+            &l.crowd_model,
+        ),
+    ] {
+        let Some(o) = outcome else {
+            println!("| {label} | not measured | | | | |");
+            continue;
+        };
+        let ratio = alone.filter(|a| *a > 0.0).map_or("–".to_owned(), |a| {
+            format!("{:.2}×", o.requests_per_s / a)
+        });
+        println!(
+            "| {label} | {:.0} | {} | {} | {} | {ratio} |",
+            o.requests_per_s,
+            ms(o.latency.p50_us),
+            ms(o.latency.p99_us),
+            o.errors
+        );
+    }
 }
 
 /// Scenario 3's engine pace, µs.

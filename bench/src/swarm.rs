@@ -8,6 +8,11 @@
 //! (heartbeats only), then kills it (SIGKILL), starts it again on the same address and database,
 //! and measures how long until all N are linked again, reading the coordinator's
 //! `club_nodes_online` gauge from `/metrics`.
+//!
+//! Routing with a crowd online: one more node (a `serve-provider` over the fake engine) serves
+//! the scenario-1 model. Whole answers at c=16 for that model are measured before the swarm links
+//! and again with all N swarm nodes online (they serve another model), and for the model every
+//! swarm node serves: what choosing among many nodes costs per request.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -19,7 +24,9 @@ use inference_club_provider::node::{Node, NodeConfig, Offer};
 use inference_club_provider::router::{Route, Router};
 
 use crate::BoxError;
-use crate::cluster::{Process, ticks_of};
+use crate::cluster::{Process, ticks_of, write_manifest};
+use crate::engine::WHOLE_MODEL;
+use crate::load::{self, Load, Target};
 
 /// The model every swarm node serves.
 const SWARM_MODEL: &str = "swarm-echo";
@@ -117,8 +124,54 @@ pub struct LinksOutcome {
     pub relinked: usize,
     /// The new coordinator's RSS once the links were back, KiB.
     pub rss_relinked_kib: u64,
+    /// Whole answers (c=16) for a model one node serves, before the swarm linked.
+    pub one_node_alone: Option<load::Outcome>,
+    /// The same with every swarm node online (serving another model).
+    pub one_node_in_crowd: Option<load::Outcome>,
+    /// Whole answers (c=16) for the model every swarm node serves.
+    pub crowd_model: Option<load::Outcome>,
     /// What went wrong, if anything did.
     pub error: Option<String>,
+}
+
+/// Consumers at once in the routing measurements.
+const CROWD_CONCURRENCY: usize = 16;
+/// Seconds of each routing measurement (after a second of warm-up).
+const CROWD_SECONDS: f64 = 3.0;
+
+/// Whole answers at c=16 for `model` at the coordinator `url` for [`CROWD_SECONDS`], after a
+/// second of warm-up.
+async fn whole_answers(url: &str, key: &str, model: &str, content: String) -> load::Outcome {
+    let target = Target {
+        base_url: url.to_owned(),
+        key: Some(key.to_owned()),
+        model: model.to_owned(),
+        stream: false,
+        expected_chunks: 0,
+        expected_content: content,
+    };
+    let Ok(client) = load::client(CROWD_CONCURRENCY) else {
+        return load::Outcome {
+            first_error: Some("cannot build the HTTP client".into()),
+            ..load::Outcome::default()
+        };
+    };
+    let load = |seconds: f64| Load {
+        concurrency: CROWD_CONCURRENCY,
+        duration: Duration::from_secs_f64(seconds),
+        max_requests: u64::MAX,
+        strict: false,
+    };
+    load::run(&client, &target, load(1.0)).await;
+    load::run(&client, &target, load(CROWD_SECONDS)).await
+}
+
+/// Whole answers for the scenario-1 model (served by the one engine node).
+async fn one_node_answers(url: &str, key: &str) -> load::Outcome {
+    let content = crate::engine::Shape::parse(WHOLE_MODEL)
+        .map(|shape| shape.content())
+        .unwrap_or_default();
+    whole_answers(url, key, WHOLE_MODEL, content).await
 }
 
 /// `VmRSS` of `pid`, KiB (0 when unreadable).
@@ -221,7 +274,11 @@ async fn measure(outcome: &mut LinksOutcome, dir: &Path) -> Result<(), BoxError>
         let store = Store::connect(&database).await?;
         let user = store.create_user("swarm", None).await?;
         let (_, key) = store
-            .create_key(user.id, "swarm", Scopes::only(Scope::Provider))
+            .create_key(
+                user.id,
+                "swarm",
+                Scopes::only(Scope::Provider).with(Scope::Inference),
+            )
             .await?;
         store.close().await;
         key
@@ -242,6 +299,38 @@ async fn measure(outcome: &mut LinksOutcome, dir: &Path) -> Result<(), BoxError>
     let url = coordinator.url.clone();
     let listen = url.trim_start_matches("http://").to_owned();
     let client = reqwest::Client::builder().no_proxy().build()?;
+
+    // One node over the fake engine, serving the scenario-1 model: requests before the crowd.
+    let engine = Process::start_self(
+        "engine",
+        &["serve-engine", "--listen", "127.0.0.1:0"],
+        &[],
+        &dir.join("links-engine.log"),
+        true,
+    )
+    .await?;
+    let manifest = write_manifest(dir, &engine.url)?.display().to_string();
+    let provider_args = [
+        "serve-provider",
+        "--coordinator",
+        url.as_str(),
+        "--manifest",
+        manifest.as_str(),
+    ];
+    let provider = Process::start_self(
+        "node",
+        &provider_args,
+        &[("CLUB_API_KEY", key.as_str()), ("CLUB_LOG", "error")],
+        &dir.join("links-node.log"),
+        false,
+    )
+    .await?;
+    crate::cluster::wait_for_models(&url, &key, dir).await?;
+    eprint!("4 links   whole answers, one node online … ");
+    let alone = one_node_answers(&url, &key).await;
+    eprintln!("{:.0}/s", alone.requests_per_s);
+    outcome.one_node_alone = Some(alone);
+
     // Let it settle before the baseline.
     tokio::time::sleep(Duration::from_millis(500)).await;
     outcome.rss_before_kib = rss_kib(coordinator.pid());
@@ -303,6 +392,15 @@ async fn measure(outcome: &mut LinksOutcome, dir: &Path) -> Result<(), BoxError>
         after.saturating_sub(before) as f64 * 0.01 / outcome.idle_window_s * 100.0;
     eprintln!("{:.1} % of a core", outcome.idle_cpu_percent);
 
+    eprint!("4 links   whole answers, one node among {linked} … ");
+    let crowded = one_node_answers(&url, &key).await;
+    eprintln!("{:.0}/s", crowded.requests_per_s);
+    outcome.one_node_in_crowd = Some(crowded);
+    eprint!("4 links   whole answers for the model all {linked} serve … ");
+    let crowd = whole_answers(&url, &key, SWARM_MODEL, "echo: Say something.".to_owned()).await;
+    eprintln!("{:.0}/s", crowd.requests_per_s);
+    outcome.crowd_model = Some(crowd);
+
     // Restart: SIGKILL, then the same address and database.
     eprint!("4 links   coordinator killed and restarted … ");
     let killed = Instant::now();
@@ -336,6 +434,8 @@ async fn measure(outcome: &mut LinksOutcome, dir: &Path) -> Result<(), BoxError>
         killed.elapsed().as_secs_f64()
     );
     swarm.stop().await;
+    provider.stop().await;
+    engine.stop().await;
     coordinator.stop().await;
     Ok(())
 }

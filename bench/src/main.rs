@@ -1061,17 +1061,19 @@ fn print_links(l: &swarm::LinksOutcome) {
     println!("| requests for | requests/s | p50 | p99 | errors | vs one node alone |");
     println!("|---|---|---|---|---|---|");
     let alone = l.one_node_alone.as_ref().map(|o| o.requests_per_s);
+    // Everything linked but the one engine node.
+    let swarm = l.linked_first.saturating_sub(1);
     for (label, outcome) in [
         (
             "a model one node serves, no other node online".to_owned(),
             &l.one_node_alone,
         ),
         (
-            format!("the same model, {} other nodes online", l.linked_first),
+            format!("the same model, {swarm} other nodes online"),
             &l.one_node_in_crowd,
         ),
         (
-            format!("the model all {} swarm nodes serve", l.linked_first),
+            format!("the model all {swarm} other nodes serve"),
             &l.crowd_model,
         ),
     ] {

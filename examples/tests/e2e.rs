@@ -111,6 +111,36 @@ async fn requests_spread_across_two_nodes_of_the_same_model() {
     .await;
 }
 
+/// A linked node that announces a new manifest (edited, then SIGHUP) is routed the model it
+/// added at once, and no longer the one it dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linked_node_serves_what_its_new_manifest_says() {
+    bounded(async {
+        let engine = FakeEngine::start("e", Script::default()).await;
+        let mut club = Club::start(&[]).await;
+        let serving = |model: &str| ServiceSpec {
+            model: model.into(),
+            ..ServiceSpec::fake(&engine)
+        };
+        club.add_node("box", &[serving("m-one")]).await;
+        let ask =
+            |model: &str| json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+        assert_eq!(club.chat_whole(&ask("m-one")).await.0, 200);
+        assert_eq!(club.chat_whole(&ask("m-two")).await.0, 404);
+
+        club.rewrite_manifest("box", &[serving("m-two")]);
+        club.node("box").proc.signal("HUP");
+        club.wait_for_model("m-two").await;
+        let (status, _, body) = club.chat_whole(&ask("m-two")).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["choices"][0]["message"]["content"], ANSWER);
+        assert_eq!(engine.requests().last().unwrap()["model"], "m-two");
+        let (status, _, body) = club.chat_whole(&ask("m-one")).await;
+        assert_eq!(status, 404, "{body}");
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_engine_fails_before_the_first_chunk_is_failed_over() {
     bounded(async {

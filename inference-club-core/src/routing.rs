@@ -246,6 +246,61 @@ pub fn rank<K: Clone + Eq>(
     excluded: &[K],
     tiebreak: u64,
 ) -> Ranking<K> {
+    let (with_room, full, availability) = classify(candidates, excluded);
+    Ranking {
+        with_room: order(with_room, tiebreak),
+        full: order(full, tiebreak),
+        availability,
+    }
+}
+
+/// The outcome of [`choose`]: the best candidate with room, and why not if none.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Choice<K> {
+    /// Whether and why the request can be placed.
+    pub availability: Availability,
+    /// The best candidate with room: [`Ranking::first`] of [`rank`] on the same input.
+    pub best: Option<K>,
+}
+
+/// The first candidate [`rank`] would return and its [`Availability`], without ordering the
+/// rest: one pass over the candidates instead of a sort, for callers that try one candidate
+/// at a time (the coordinator, per request, among possibly thousands of nodes).
+///
+/// ```
+/// use inference_club_core::routing::{choose, rank, Candidate};
+///
+/// let nodes = vec![
+///     Candidate { in_flight: 3, max_concurrent: Some(4), ..Candidate::new("busy") },
+///     Candidate { in_flight: 1, max_concurrent: Some(4), ..Candidate::new("idle") },
+/// ];
+/// let choice = choose(&nodes, &[], 0);
+/// assert_eq!(choice.best, Some("idle"));
+/// assert_eq!(choice.best.as_ref(), rank(&nodes, &[], 0).first());
+/// ```
+pub fn choose<K: Clone + Eq>(
+    candidates: &[Candidate<K>],
+    excluded: &[K],
+    tiebreak: u64,
+) -> Choice<K> {
+    let (with_room, _, availability) = classify(candidates, excluded);
+    Choice {
+        availability,
+        best: best_of(&with_room, tiebreak),
+    }
+}
+
+/// The eligible candidates with room and the full ones (each in input order, with their
+/// positions), and the availability they add up to (rules 1 and 2).
+#[allow(clippy::type_complexity)]
+fn classify<'a, K: Eq>(
+    candidates: &'a [Candidate<K>],
+    excluded: &[K],
+) -> (
+    Vec<(usize, &'a Candidate<K>)>,
+    Vec<(usize, &'a Candidate<K>)>,
+    Availability,
+) {
     let mut any_serves = false;
     let mut any_admits = false;
     let mut any_excluded = false;
@@ -288,21 +343,31 @@ pub fn rank<K: Clone + Eq>(
     } else {
         Availability::Offline
     };
+    (with_room, full, availability)
+}
 
-    Ranking {
-        with_room: order(with_room, tiebreak),
-        full: order(full, tiebreak),
-        availability,
-    }
+/// Rules 3 and 4: load, then recent TTFT.
+fn rank_key<K>(a: &Candidate<K>, b: &Candidate<K>) -> Ordering {
+    a.load()
+        .compare(b.load())
+        .then_with(|| compare_ttft(a.recent_ttft, b.recent_ttft))
+}
+
+/// What [`order`] would put first, in one pass: of the run of candidates equal to the least
+/// (load, TTFT), in position order, the one `tiebreak` rotates to the front (rule 5).
+fn best_of<K: Clone>(group: &[(usize, &Candidate<K>)], tiebreak: u64) -> Option<K> {
+    let (_, least) = group.iter().min_by(|(_, a), (_, b)| rank_key(a, b))?;
+    let run = group
+        .iter()
+        .filter(|(_, c)| rank_key(c, least) == Ordering::Equal);
+    let len = run.clone().count() as u64;
+    // `tiebreak % len < len`, and `len` came from a usize, so this cannot truncate.
+    let shift = (tiebreak % len.max(1)) as usize;
+    run.map(|(_, c)| c.key.clone()).nth(shift)
 }
 
 /// Sorts by (load, TTFT, position), then rotates each run of equal (load, TTFT) by `tiebreak`.
 fn order<K: Clone>(mut group: Vec<(usize, &Candidate<K>)>, tiebreak: u64) -> Vec<K> {
-    let rank_key = |a: &Candidate<K>, b: &Candidate<K>| {
-        a.load()
-            .compare(b.load())
-            .then_with(|| compare_ttft(a.recent_ttft, b.recent_ttft))
-    };
     group.sort_by(|(pa, a), (pb, b)| rank_key(a, b).then(pa.cmp(pb)));
 
     let mut start = 0;

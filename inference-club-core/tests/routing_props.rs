@@ -4,7 +4,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use inference_club_core::routing::{Availability, Candidate, UNBOUNDED_NOMINAL_CAPACITY, rank};
+use inference_club_core::routing::{
+    Availability, Candidate, UNBOUNDED_NOMINAL_CAPACITY, choose, rank,
+};
 use proptest::prelude::*;
 
 /// Candidate fields without the key; keys are assigned by position so they are unique.
@@ -79,6 +81,16 @@ fn by_key(candidates: &[Candidate<u32>]) -> BTreeMap<u32, &Candidate<u32>> {
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn choose_is_the_first_of_rank_and_the_same_availability(
+        (candidates, excluded, tiebreak) in scenario()
+    ) {
+        let ranking = rank(&candidates, &excluded, tiebreak);
+        let choice = choose(&candidates, &excluded, tiebreak);
+        prop_assert_eq!(choice.availability, ranking.availability());
+        prop_assert_eq!(choice.best.as_ref(), ranking.first());
+    }
 
     #[test]
     fn returns_only_eligible_candidates((candidates, excluded, tiebreak) in scenario()) {

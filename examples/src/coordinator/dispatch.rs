@@ -105,16 +105,16 @@ fn pick(
 ) -> Pick {
     let queues = &state.queues;
     let _selecting = queues.select.lock().unwrap_or_else(PoisonError::into_inner);
-    let nodes = state.online_nodes();
+    let nodes = state.nodes_for(model);
+    let tiebreak = queues.tiebreak.fetch_add(1, Ordering::Relaxed) as u64;
+    let rank = |own_only| rank_and_reserve(&nodes, model, consumer, own_only, tried, tiebreak);
     let picked = match preference {
-        RoutingPreference::Any => rank_and_reserve(state, &nodes, model, consumer, false, tried),
-        RoutingPreference::OnlyOwn => rank_and_reserve(state, &nodes, model, consumer, true, tried),
-        RoutingPreference::PreferOwn => {
-            match rank_and_reserve(state, &nodes, model, consumer, true, tried) {
-                picked @ Pick::Node(..) => picked,
-                _ => rank_and_reserve(state, &nodes, model, consumer, false, tried),
-            }
-        }
+        RoutingPreference::Any => rank(false),
+        RoutingPreference::OnlyOwn => rank(true),
+        RoutingPreference::PreferOwn => match rank(true) {
+            picked @ Pick::Node(..) => picked,
+            _ => rank(false),
+        },
     };
     match picked {
         // In a cluster, a node that just left one replica is relinking to another: wait for it.
@@ -127,17 +127,57 @@ fn pick(
     }
 }
 
-/// Ranks `nodes` (only the consumer's own when `own_only`) and reserves a slot on the best.
-/// The caller holds the selection lock.
+/// Beyond this many nodes serving a model, a request ranks a random sample of this many (the
+/// best of d choices: load stays spread while the cost per request stays bounded), and every
+/// node only when the sample has none with room.
+pub const ROUTING_SAMPLE: usize = 64;
+
+/// Ranks `nodes` (only the consumer's own when `own_only`) and reserves a slot on the best;
+/// a sample of [`ROUTING_SAMPLE`] first when there are more. The caller holds the selection
+/// lock; `tiebreak` advances per request.
 fn rank_and_reserve(
-    state: &Coordinator,
     nodes: &[OnlineNode],
     model: &str,
     consumer: Option<&str>,
     own_only: bool,
     tried: &[NodeKey],
+    tiebreak: u64,
 ) -> Pick {
-    let queues = &state.queues;
+    // Own nodes are few among many: a sample would seldom hold one.
+    if !own_only && nodes.len() > ROUTING_SAMPLE {
+        let start = sample_start(tiebreak, nodes.len());
+        let sample: Vec<OnlineNode> = (0..ROUTING_SAMPLE)
+            .filter_map(|i| nodes.get((start + i) % nodes.len()).cloned())
+            .collect();
+        if let picked @ Pick::Node(..) =
+            choose_among(&sample, model, consumer, own_only, tried, tiebreak)
+        {
+            return picked;
+        }
+    }
+    choose_among(nodes, model, consumer, own_only, tried, tiebreak)
+}
+
+/// Where a request's sample starts among `len` nodes: spread evenly over successive requests
+/// (a SplitMix64 step of the request counter).
+fn sample_start(counter: u64, len: usize) -> usize {
+    let mut z = counter.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    // `len` is at least 1 here, and the remainder is below it: no truncation.
+    (z % len.max(1) as u64) as usize
+}
+
+/// [`rank_and_reserve`] over exactly `nodes`.
+fn choose_among(
+    nodes: &[OnlineNode],
+    model: &str,
+    consumer: Option<&str>,
+    own_only: bool,
+    tried: &[NodeKey],
+    tiebreak: u64,
+) -> Pick {
     let candidates: Vec<Candidate<usize>> = nodes
         .iter()
         .enumerate()
@@ -163,10 +203,9 @@ fn rank_and_reserve(
         .filter(|(_, node)| tried.contains(node.key()))
         .map(|(index, _)| index)
         .collect();
-    let tiebreak = queues.tiebreak.fetch_add(1, Ordering::Relaxed) as u64;
-    let ranking = routing::rank(&candidates, &tried, tiebreak);
-    match (ranking.availability(), ranking.first()) {
-        (Availability::HasRoom, Some(&index)) => match nodes.get(index) {
+    let choice = routing::choose(&candidates, &tried, tiebreak);
+    match (choice.availability, choice.best) {
+        (Availability::HasRoom, Some(index)) => match nodes.get(index) {
             Some(node) => {
                 let service = node
                     .offer()
@@ -383,5 +422,60 @@ async fn wait_for_slot(
             () = tick => {}
             () = tokio::time::sleep_until(deadline) => return Err(busy()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coordinator::cluster::directory::{Directory, testing::peer};
+
+    /// `n` nodes serving `m`, each with `max_concurrent`.
+    fn nodes(directory: &Directory, n: usize, max_concurrent: Option<u32>) -> Vec<OnlineNode> {
+        (0..n)
+            .map(|i| peer(directory, &format!("n{i}"), &[("m", None)], max_concurrent))
+            .collect()
+    }
+
+    /// Picks for `requests` requests in a row, holding every slot taken.
+    fn pick_many(nodes: &[OnlineNode], requests: u64) -> Vec<NodeSlot> {
+        (0..requests)
+            .map(
+                |tiebreak| match rank_and_reserve(nodes, "m", Some("bob"), false, &[], tiebreak) {
+                    Pick::Node(_, slot, _) => slot,
+                    _ => panic!("request {tiebreak} found no node"),
+                },
+            )
+            .collect()
+    }
+
+    #[test]
+    fn among_many_nodes_a_sample_keeps_the_load_spread() {
+        let directory = Directory::default();
+        let many = nodes(&directory, 1_000, None);
+        let _slots = pick_many(&many, 3_000);
+        let loads: Vec<u32> = many.iter().map(OnlineNode::in_flight).collect();
+        let (least, most) = (loads.iter().min(), loads.iter().max());
+        // Every node got work, and none much more than its share of 3.
+        assert!(least >= Some(&1) && most <= Some(&5), "{least:?}..{most:?}");
+    }
+
+    #[test]
+    fn a_sample_without_room_falls_back_to_every_node() {
+        let directory = Directory::default();
+        let many = nodes(&directory, 500, Some(1));
+        // Every node but the last is full.
+        let _taken: Vec<NodeSlot> = many[..499].iter().map(OnlineNode::reserve).collect();
+        for tiebreak in 0..20 {
+            match rank_and_reserve(&many, "m", Some("bob"), false, &[], tiebreak) {
+                Pick::Node(node, _, _) => assert_eq!(node.key().provider, "n499"),
+                _ => panic!("the node with room was not found"),
+            }
+        }
+        let _last = many[499].reserve();
+        assert!(matches!(
+            rank_and_reserve(&many, "m", Some("bob"), false, &[], 0),
+            Pick::Wait
+        ));
     }
 }

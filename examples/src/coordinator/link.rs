@@ -268,8 +268,7 @@ async fn serve(state: Arc<Coordinator>, caller: Caller, mut socket: WebSocket) {
                     {
                         tracing::warn!("cannot record a manifest revision: {error}");
                     }
-                    node.set_offer(manifest);
-                    state.nodes.notify_changed();
+                    state.nodes.set_manifest(&node, manifest);
                     if let Some(cluster) = state.cluster() {
                         cluster.announce(&node);
                     }

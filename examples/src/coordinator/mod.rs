@@ -23,6 +23,7 @@ pub mod club_api;
 pub mod cluster;
 pub mod dispatch;
 pub mod error;
+pub mod index;
 pub mod limits;
 pub mod link;
 pub mod metrics;
@@ -99,6 +100,8 @@ pub struct Coordinator {
     /// The limits in force and their running state.
     pub limits: limits::Limiter,
     queues: DispatchQueues,
+    /// Which online nodes serve which model.
+    index: index::ModelIndex,
     github: Option<accounts::GitHub>,
     cluster: Option<Arc<cluster::Cluster>>,
     draining: std::sync::atomic::AtomicBool,
@@ -192,6 +195,7 @@ impl Coordinator {
             config,
             metrics: Metrics::default(),
             queues,
+            index: index::ModelIndex::default(),
             cluster,
             draining: std::sync::atomic::AtomicBool::new(false),
             models_seen: std::sync::Mutex::default(),
@@ -231,6 +235,19 @@ impl Coordinator {
             );
         }
         nodes
+    }
+
+    /// The online nodes serving `model` (by served id or Hugging Face id, in any case),
+    /// wherever they are linked: what dispatch ranks (see [`index`]).
+    pub fn nodes_for(&self, model: &str) -> Arc<[OnlineNode]> {
+        let generations = (
+            self.nodes.generation(),
+            self.cluster
+                .as_ref()
+                .map_or(0, |c| c.directory.generation()),
+        );
+        self.index
+            .nodes_for(generations, model, || self.online_nodes())
     }
 
     /// The node with this identity, wherever it is linked.

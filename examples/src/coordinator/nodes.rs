@@ -281,8 +281,9 @@ impl LiveNode {
             .clone()
     }
 
-    /// Replaces what it offers (a new manifest was announced), under the same policy.
-    pub(crate) fn set_offer(&self, manifest: ServiceManifest) {
+    /// Replaces what it offers (a new manifest was announced), under the same policy. Through
+    /// [`NodeRegistry::set_manifest`], which notes the change.
+    fn set_offer(&self, manifest: ServiceManifest) {
         let mut offer = self.offer.write().unwrap_or_else(PoisonError::into_inner);
         let policy = offer.policy.clone();
         *offer = Arc::new(NodeOffer::new(manifest, policy));
@@ -485,6 +486,9 @@ impl Provider for RemoteNode {
 #[derive(Debug, Default)]
 pub struct NodeRegistry {
     nodes: RwLock<HashMap<NodeKey, Arc<LiveNode>>>,
+    /// Counts every change of which nodes are linked or what models they offer (for
+    /// [`ModelIndex`](super::index::ModelIndex)).
+    generation: AtomicU64,
     changed: tokio::sync::Notify,
     /// Operators who deleted their account lately (lower-case handle, when): records still in
     /// flight on their nodes forget them before they are saved. Memory only, pruned.
@@ -499,11 +503,12 @@ const MAX_DEPARTED: usize = 10_000;
 impl NodeRegistry {
     /// Adds a node, closing any earlier link with the same identity.
     pub(crate) fn insert(&self, node: Arc<LiveNode>) {
-        let previous = self
-            .nodes
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(node.key.clone(), node);
+        let previous = {
+            let mut nodes = self.nodes.write().unwrap_or_else(PoisonError::into_inner);
+            let previous = nodes.insert(node.key.clone(), node);
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            previous
+        };
         if let Some(previous) = previous {
             previous.close();
         }
@@ -516,6 +521,7 @@ impl NodeRegistry {
         let mut nodes = self.nodes.write().unwrap_or_else(PoisonError::into_inner);
         if nodes.get(&node.key).is_some_and(|n| Arc::ptr_eq(n, node)) {
             nodes.remove(&node.key);
+            self.generation.fetch_add(1, Ordering::AcqRel);
         }
         drop(nodes);
         self.changed.notify_waiters();
@@ -540,7 +546,10 @@ impl NodeRegistry {
                 .filter(|key| key.operator_id == operator_id)
                 .cloned()
                 .collect();
-            keys.iter().filter_map(|key| nodes.remove(key)).collect()
+            let closed: Vec<Arc<LiveNode>> =
+                keys.iter().filter_map(|key| nodes.remove(key)).collect();
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            closed
         };
         for node in &closed {
             node.close();
@@ -567,6 +576,19 @@ impl NodeRegistry {
         for handle in mentioned {
             super::store::forget_operator(record, &handle);
         }
+    }
+
+    /// Replaces what `node` offers (it announced a new manifest on its link).
+    pub(crate) fn set_manifest(&self, node: &LiveNode, manifest: ServiceManifest) {
+        node.set_offer(manifest);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.changed.notify_waiters();
+    }
+
+    /// Changes with every node linked or gone and every new manifest: equal values mean the
+    /// same nodes offering the same models.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Every online node.

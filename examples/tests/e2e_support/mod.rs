@@ -350,6 +350,16 @@ impl Club {
         self.nodes.len() - 1
     }
 
+    /// Writes node `name`'s manifest anew with `services` (the node announces it when it
+    /// reads it again: on SIGHUP, or within its watch interval).
+    pub fn rewrite_manifest(&self, name: &str, services: &[ServiceSpec]) {
+        std::fs::write(
+            self.dir.join(format!("{name}.yaml")),
+            manifest_yaml(name, services),
+        )
+        .unwrap();
+    }
+
     /// Starts a node and waits until it is linked and its model is listed.
     pub async fn add_node(&mut self, name: &str, services: &[ServiceSpec]) -> usize {
         let key = self.key.clone();

@@ -5,7 +5,7 @@
 //! [`BEAT_EXPIRY`] is dropped with its nodes.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -202,11 +202,13 @@ impl Replica {
 
     /// Starts over when `incarnation` is a new run of the replica (it restarted under the same
     /// id): the old run's nodes and jobs are gone.
-    fn meet(&mut self, incarnation: u64) {
+    /// Returns whether it started over (its nodes are gone).
+    fn meet(&mut self, incarnation: u64) -> bool {
         if incarnation == 0 || incarnation == self.incarnation {
-            return;
+            return false;
         }
-        if self.incarnation != 0 {
+        let restarted = self.incarnation != 0;
+        if restarted {
             self.gone.cancel();
             self.gone = CancellationToken::new();
             self.nodes.clear();
@@ -214,11 +216,17 @@ impl Replica {
             self.draining = false;
         }
         self.incarnation = incarnation;
+        restarted
     }
 
-    fn remove(&mut self, key: &NodeKey) {
-        if let Some(node) = self.nodes.remove(key) {
-            node.gone.cancel();
+    /// Returns whether the node was listed.
+    fn remove(&mut self, key: &NodeKey) -> bool {
+        match self.nodes.remove(key) {
+            Some(node) => {
+                node.gone.cancel();
+                true
+            }
+            None => false,
         }
     }
 }
@@ -227,12 +235,26 @@ impl Replica {
 #[derive(Debug, Default)]
 pub struct Directory {
     replicas: RwLock<HashMap<String, Replica>>,
+    /// Counts every change of which nodes are routable or what they offer (for
+    /// [`ModelIndex`](crate::coordinator::index::ModelIndex)).
+    generation: AtomicU64,
 }
 
 /// How often at most one replica asks another for its whole node list.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
 
 impl Directory {
+    /// Changes with every node that comes, goes or changes its offer, and every replica that
+    /// starts or stops draining: equal values mean the same routable nodes and offers.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Notes a change (called under the write lock, after the change).
+    fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// Every routable node of the other replicas (not those of a draining replica).
     pub fn nodes(&self) -> Vec<Arc<PeerNode>> {
         self.replicas
@@ -284,8 +306,9 @@ impl Directory {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .get_mut(replica)
+            && entry.remove(key)
         {
-            entry.remove(key);
+            self.changed();
         }
     }
 
@@ -296,8 +319,10 @@ impl Directory {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .get_mut(replica)
+            && !entry.draining
         {
             entry.draining = true;
+            self.changed();
         }
     }
 
@@ -347,6 +372,7 @@ impl Directory {
                 }
             }
         }
+        self.changed();
     }
 
     /// A node's link to another replica closed.
@@ -359,8 +385,10 @@ impl Directory {
             .replicas
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(replica) = replicas.get_mut(&down.replica) {
-            replica.remove(&key);
+        if let Some(replica) = replicas.get_mut(&down.replica)
+            && replica.remove(&key)
+        {
+            self.changed();
         }
     }
 
@@ -375,7 +403,7 @@ impl Directory {
         let replica = replicas
             .entry(beat.replica.clone())
             .or_insert_with(Replica::new);
-        replica.meet(beat.incarnation);
+        let mut changed = replica.meet(beat.incarnation) || replica.draining != beat.draining;
         replica.heard = Instant::now();
         replica.draining = beat.draining;
         if !beat.changes_only {
@@ -392,8 +420,11 @@ impl Directory {
                 .cloned()
                 .collect();
             for key in stale {
-                replica.remove(&key);
+                changed |= replica.remove(&key);
             }
+        }
+        if changed {
+            self.changed();
         }
         let mut matches = usize::try_from(beat.total).is_ok_and(|t| t == replica.nodes.len())
             && (beat.changes_only || beat.nodes.len() == replica.nodes.len());
@@ -420,7 +451,7 @@ impl Directory {
 
     /// Replaces what is known of `replica`'s nodes by its own list.
     pub fn replace(&self, replica: &str, nodes: Vec<NodeUp>) {
-        let keys: Vec<NodeKey> = nodes.iter().map(NodeUp::key).collect();
+        let keys: std::collections::HashSet<NodeKey> = nodes.iter().map(NodeUp::key).collect();
         for up in nodes.into_iter().filter(|up| up.replica == replica) {
             self.up(up);
         }
@@ -432,11 +463,15 @@ impl Directory {
             let stale: Vec<NodeKey> = entry
                 .nodes
                 .keys()
-                .filter(|k| !keys.contains(k))
+                .filter(|k| !keys.contains(*k))
                 .cloned()
                 .collect();
+            let mut changed = false;
             for key in stale {
-                entry.remove(&key);
+                changed |= entry.remove(&key);
+            }
+            if changed {
+                self.changed();
             }
         }
     }
@@ -458,7 +493,55 @@ impl Directory {
                 replica.gone.cancel();
             }
         }
+        if !gone.is_empty() {
+            self.changed();
+        }
         gone
+    }
+}
+
+/// Nodes for unit tests elsewhere (routing, the model index).
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use crate::coordinator::nodes::OnlineNode;
+    use crate::coordinator::store::{ProviderPolicy, UserId};
+
+    /// A node on the replica `r2` serving `models` (`(served id, hf)`) with `max_concurrent`,
+    /// added to `directory`.
+    pub(crate) fn peer(
+        directory: &Directory,
+        provider: &str,
+        models: &[(&str, Option<&str>)],
+        max_concurrent: Option<u32>,
+    ) -> OnlineNode {
+        let models: Vec<_> = models
+            .iter()
+            .map(|(id, hf)| serde_json::json!({"id": id, "hf": hf}))
+            .collect();
+        let operator_id = UserId::new();
+        directory.up(NodeUp {
+            replica: "r2".into(),
+            incarnation: 1,
+            operator_id,
+            operator: "ada".into(),
+            provider: provider.into(),
+            manifest: serde_json::from_value(serde_json::json!({
+                "schema_version": 1,
+                "agent": {"name": provider},
+                "hosts": [{"id": "h", "services": [{"name": "s", "engine": "vllm",
+                    "url": "http://127.0.0.1:1", "max_concurrent": max_concurrent,
+                    "models": models}]}]
+            }))
+            .unwrap(),
+            policy: ProviderPolicy::default(),
+            connected_at: chrono::Utc::now(),
+        });
+        let key = NodeKey {
+            operator_id,
+            provider: provider.into(),
+        };
+        OnlineNode::Peer(directory.get(&key).unwrap())
     }
 }
 
@@ -505,6 +588,43 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn the_generation_moves_when_routable_nodes_change_not_with_their_load() {
+        let directory = Directory::default();
+        let ada = UserId::new();
+        let mut last = directory.generation();
+        let mut moved = |what: &str, expected: bool| {
+            let now = directory.generation();
+            assert_eq!(now != last, expected, "{what}");
+            last = now;
+        };
+        directory.up(up("r1", ada, "box"));
+        moved("a node came", true);
+        directory.beat(beat("r1", false, &[(ada, "box", 3)]));
+        moved("a beat with its load", false);
+        directory.beat(beat("r1", true, &[(ada, "box", 3)]));
+        moved("its replica is draining", true);
+        directory.beat(beat("r1", true, &[(ada, "box", 1)]));
+        moved("still draining", false);
+        directory.mark_draining("r1");
+        moved("already draining", false);
+        directory.beat(beat("r1", false, &[]));
+        moved("a full beat without it: gone, and no longer draining", true);
+        directory.up(up("r1", ada, "box"));
+        directory.down(&NodeDown {
+            replica: "r1".into(),
+            operator_id: ada,
+            provider: "box".into(),
+        });
+        moved("up and down", true);
+        directory.down(&NodeDown {
+            replica: "r1".into(),
+            operator_id: ada,
+            provider: "box".into(),
+        });
+        moved("down again: nothing to remove", false);
     }
 
     #[test]

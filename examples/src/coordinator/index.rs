@@ -142,3 +142,4 @@ mod tests {
         assert_eq!(builds.load(Ordering::SeqCst), 3);
     }
 }
+

@@ -142,4 +142,3 @@ mod tests {
         assert_eq!(builds.load(Ordering::SeqCst), 3);
     }
 }
-

@@ -353,9 +353,7 @@ impl KeyedRate {
             }
         }
     }
-}
 
-impl KeyedRate {
     fn note_unreported(&self, key: String) {
         let mut unreported = self
             .unreported
@@ -380,10 +378,10 @@ impl KeyedRate {
 
     /// Takes `uses` of `key`'s allowance, made on another replica, as far as it goes (an
     /// allowance already spent stays at zero: it is not driven into debt).
-    fn charge(&self, key: &str, uses: u32) {
+    fn charge(&self, key: String, uses: u32) {
         self.prune();
         for _ in 0..uses.min(self.limit) {
-            if self.governor.check_key(&key.to_owned()).is_err() {
+            if self.governor.check_key(&key).is_err() {
                 break;
             }
         }
@@ -526,6 +524,9 @@ impl Limiter {
         let (last, reports) = &mut *reported;
         let everything = reports.is_multiple_of(FULL_IN_FLIGHT_EVERY);
         *reports += 1;
+        if everything {
+            self.drop_stale_remote_counts();
+        }
         for member in last.keys() {
             if !counts.contains_key(member) {
                 usage.push(Usage::InFlight {
@@ -553,7 +554,7 @@ impl Limiter {
         let now = Instant::now();
         for line in usage {
             match line {
-                Usage::Rate { rate, key, uses } => self.rate(rate).charge(&key, uses),
+                Usage::Rate { rate, key, uses } => self.rate(rate).charge(key, uses),
                 Usage::InFlight { member, count } => {
                     let mut remote = self
                         .remote_in_flight
@@ -575,6 +576,18 @@ impl Limiter {
                 }
             }
         }
+    }
+
+    /// Forgets the other replicas' counts not reported again for [`REMOTE_IN_FLIGHT_FRESH`]
+    /// (their replica went away), for every member.
+    fn drop_stale_remote_counts(&self) {
+        self.remote_in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|_, replicas| {
+                replicas.retain(|_, (_, at)| at.elapsed() < REMOTE_IN_FLIGHT_FRESH);
+                !replicas.is_empty()
+            });
     }
 
     /// `member`'s requests in flight on other replicas, as last reported (stale reports are

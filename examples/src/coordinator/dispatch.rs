@@ -143,19 +143,25 @@ fn rank_and_reserve(
     tried: &[NodeKey],
     tiebreak: u64,
 ) -> Pick {
-    // Own nodes are few among many: a sample would seldom hold one.
-    if !own_only && nodes.len() > ROUTING_SAMPLE {
+    if own_only {
+        // Own nodes are few among many: pick them out by name (cheap) before ranking them.
+        let own: Vec<OnlineNode> = nodes
+            .iter()
+            .filter(|node| is_own(node, consumer))
+            .cloned()
+            .collect();
+        return choose_among(&own, model, consumer, tried, tiebreak);
+    }
+    if nodes.len() > ROUTING_SAMPLE {
         let start = sample_start(tiebreak, nodes.len());
         let sample: Vec<OnlineNode> = (0..ROUTING_SAMPLE)
             .filter_map(|i| nodes.get((start + i) % nodes.len()).cloned())
             .collect();
-        if let picked @ Pick::Node(..) =
-            choose_among(&sample, model, consumer, own_only, tried, tiebreak)
-        {
+        if let picked @ Pick::Node(..) = choose_among(&sample, model, consumer, tried, tiebreak) {
             return picked;
         }
     }
-    choose_among(nodes, model, consumer, own_only, tried, tiebreak)
+    choose_among(nodes, model, consumer, tried, tiebreak)
 }
 
 /// Where a request's sample starts among `len` nodes: spread evenly over successive requests
@@ -169,12 +175,11 @@ fn sample_start(counter: u64, len: usize) -> usize {
     (z % len.max(1) as u64) as usize
 }
 
-/// [`rank_and_reserve`] over exactly `nodes`.
+/// Ranks exactly `nodes` and reserves a slot on the best.
 fn choose_among(
     nodes: &[OnlineNode],
     model: &str,
     consumer: Option<&str>,
-    own_only: bool,
     tried: &[NodeKey],
     tiebreak: u64,
 ) -> Pick {
@@ -183,9 +188,7 @@ fn choose_among(
         .enumerate()
         .map(|(index, node)| {
             let offer = node.offer();
-            let found = offer
-                .find_model(model)
-                .filter(|_| offer.accepting() && (!own_only || is_own(node, consumer)));
+            let found = offer.find_model(model).filter(|_| offer.accepting());
             Candidate {
                 key: index,
                 serves_model: found.is_some(),
@@ -428,7 +431,8 @@ async fn wait_for_slot(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::coordinator::cluster::directory::{Directory, testing::peer};
+    use crate::coordinator::cluster::directory::Directory;
+    use crate::coordinator::cluster::directory::testing::{operated_peer, peer};
 
     /// `n` nodes serving `m`, each with `max_concurrent`.
     fn nodes(directory: &Directory, n: usize, max_concurrent: Option<u32>) -> Vec<OnlineNode> {
@@ -458,6 +462,26 @@ mod tests {
         let (least, most) = (loads.iter().min(), loads.iter().max());
         // Every node got work, and none much more than its share of 3.
         assert!(least >= Some(&1) && most <= Some(&5), "{least:?}..{most:?}");
+    }
+
+    #[test]
+    fn own_only_finds_the_consumers_node_among_many() {
+        let directory = Directory::default();
+        let mut many = nodes(&directory, 300, None);
+        many.insert(
+            150,
+            operated_peer(&directory, "Bob", "bobs-box", &[("m", None)], None),
+        );
+        for tiebreak in 0..5 {
+            match rank_and_reserve(&many, "m", Some("bob"), true, &[], tiebreak) {
+                Pick::Node(node, _, _) => assert_eq!(node.key().provider, "bobs-box"),
+                _ => panic!("bob's node was not found"),
+            }
+            assert!(matches!(
+                rank_and_reserve(&many, "m", Some("carol"), true, &[], tiebreak),
+                Pick::Fail(Availability::NotServed)
+            ));
+        }
     }
 
     #[test]

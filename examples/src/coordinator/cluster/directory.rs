@@ -507,10 +507,21 @@ pub(crate) mod testing {
     use crate::coordinator::nodes::OnlineNode;
     use crate::coordinator::store::{ProviderPolicy, UserId};
 
-    /// A node on the replica `r2` serving `models` (`(served id, hf)`) with `max_concurrent`,
-    /// added to `directory`.
+    /// `ada`'s node on the replica `r2` serving `models` (`(served id, hf)`) with
+    /// `max_concurrent`, added to `directory`.
     pub(crate) fn peer(
         directory: &Directory,
+        provider: &str,
+        models: &[(&str, Option<&str>)],
+        max_concurrent: Option<u32>,
+    ) -> OnlineNode {
+        operated_peer(directory, "ada", provider, models, max_concurrent)
+    }
+
+    /// The same, run by `operator`.
+    pub(crate) fn operated_peer(
+        directory: &Directory,
+        operator: &str,
         provider: &str,
         models: &[(&str, Option<&str>)],
         max_concurrent: Option<u32>,
@@ -524,7 +535,7 @@ pub(crate) mod testing {
             replica: "r2".into(),
             incarnation: 1,
             operator_id,
-            operator: "ada".into(),
+            operator: operator.into(),
             provider: provider.into(),
             manifest: serde_json::from_value(serde_json::json!({
                 "schema_version": 1,

@@ -1092,6 +1092,12 @@ fn print_links(l: &swarm::LinksOutcome) {
             o.errors
         );
     }
+    let list = |t: Option<f64>| t.map_or("failed".to_owned(), |t| format!("{t:.2} ms"));
+    println!(
+        "\n`GET /v1/models` (median of 20): {} with one node online, {} with {swarm} more.",
+        list(l.models_list_alone_ms),
+        list(l.models_list_crowd_ms)
+    );
 }
 
 /// Scenario 3's engine pace, µs.

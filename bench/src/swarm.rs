@@ -130,6 +130,10 @@ pub struct LinksOutcome {
     pub one_node_in_crowd: Option<load::Outcome>,
     /// Whole answers (c=16) for the model every swarm node serves.
     pub crowd_model: Option<load::Outcome>,
+    /// Median time of `GET /v1/models` (one client, 20 calls), ms, before the swarm linked.
+    pub models_list_alone_ms: Option<f64>,
+    /// The same with every swarm node online.
+    pub models_list_crowd_ms: Option<f64>,
     /// What went wrong, if anything did.
     pub error: Option<String>,
 }
@@ -164,6 +168,27 @@ async fn whole_answers(url: &str, key: &str, model: &str, content: String) -> lo
     };
     load::run(&client, &target, load(1.0)).await;
     load::run(&client, &target, load(CROWD_SECONDS)).await
+}
+
+/// The median time of 20 `GET /v1/models` calls, ms; `None` if one failed.
+async fn models_list_ms(client: &reqwest::Client, url: &str, key: &str) -> Option<f64> {
+    let mut times = Vec::new();
+    for _ in 0..20 {
+        let started = Instant::now();
+        let response = client
+            .get(format!("{url}/v1/models"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        response.bytes().await.ok()?;
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    times.sort_by(f64::total_cmp);
+    times.get(times.len() / 2).copied()
 }
 
 /// Whole answers for the scenario-1 model (served by the one engine node).
@@ -330,6 +355,7 @@ async fn measure(outcome: &mut LinksOutcome, dir: &Path) -> Result<(), BoxError>
     let alone = one_node_answers(&url, &key).await;
     eprintln!("{:.0}/s", alone.requests_per_s);
     outcome.one_node_alone = Some(alone);
+    outcome.models_list_alone_ms = models_list_ms(&client, &url, &key).await;
 
     // Let it settle before the baseline.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -400,6 +426,7 @@ async fn measure(outcome: &mut LinksOutcome, dir: &Path) -> Result<(), BoxError>
     let crowd = whole_answers(&url, &key, SWARM_MODEL, "echo: Say something.".to_owned()).await;
     eprintln!("{:.0}/s", crowd.requests_per_s);
     outcome.crowd_model = Some(crowd);
+    outcome.models_list_crowd_ms = models_list_ms(&client, &url, &key).await;
 
     // Restart: SIGKILL, then the same address and database.
     eprint!("4 links   coordinator killed and restarted … ");

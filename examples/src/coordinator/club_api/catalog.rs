@@ -17,45 +17,37 @@ use crate::coordinator::nodes::OnlineNode;
 /// `owned_by` of a model that members of the club serve together (more than one operator).
 pub const SHARED_OWNER: &str = "inference-club";
 
-/// What one node declares about one model.
-struct Offering {
-    operator: String,
-    created: u64,
-    context_length: Option<u32>,
-    input: BTreeSet<String>,
-    output: BTreeSet<String>,
-    features: BTreeSet<String>,
-}
-
-/// Merges what the nodes declare.
+/// What the nodes serving one model declare, merged node by node.
 struct Entry {
     id: String,
     hf: Option<String>,
     name: Option<String>,
-    offerings: Vec<Offering>,
-    nodes: BTreeSet<usize>,
-}
-
-fn intersect(sets: impl Iterator<Item = BTreeSet<String>>) -> Vec<String> {
-    sets.reduce(|a, b| a.intersection(&b).cloned().collect())
-        .unwrap_or_default()
-        .into_iter()
-        .collect()
+    /// The first offering's operator.
+    operator: String,
+    /// Another operator serves it too.
+    shared: bool,
+    /// The earliest link among its nodes.
+    created: u64,
+    /// The smallest declared context length.
+    context_length: Option<u32>,
+    /// What every offering declares (intersections).
+    input: BTreeSet<String>,
+    output: BTreeSet<String>,
+    features: BTreeSet<String>,
+    /// Distinct nodes serving it, and the last one counted.
+    nodes: usize,
+    last_node: usize,
 }
 
 impl Entry {
     fn into_model(self) -> Model {
-        let operators: BTreeSet<String> = self
-            .offerings
-            .iter()
-            .map(|o| o.operator.to_ascii_lowercase())
-            .collect();
-        let owned_by = match (operators.len(), self.offerings.first()) {
-            (1, Some(first)) => first.operator.clone(),
-            _ => SHARED_OWNER.to_owned(),
+        let owned_by = if self.shared {
+            SHARED_OWNER.to_owned()
+        } else {
+            self.operator
         };
         let mut model = Model::new(self.id, owned_by);
-        model.created = self.offerings.iter().map(|o| o.created).min().unwrap_or(0);
+        model.created = self.created;
         let extra = &mut model.extra;
         if let Some(hf) = self.hf {
             extra.insert("hf".into(), Value::String(hf));
@@ -63,25 +55,34 @@ impl Entry {
         if let Some(name) = self.name {
             extra.insert("name".into(), Value::String(name));
         }
-        if let Some(context) = self.offerings.iter().filter_map(|o| o.context_length).min() {
+        if let Some(context) = self.context_length {
             extra.insert("context_length".into(), Value::from(context));
         }
         let list =
-            |items: Vec<String>| Value::Array(items.into_iter().map(Value::String).collect());
-        extra.insert(
-            "input_modalities".into(),
-            list(intersect(self.offerings.iter().map(|o| o.input.clone()))),
-        );
-        extra.insert(
-            "output_modalities".into(),
-            list(intersect(self.offerings.iter().map(|o| o.output.clone()))),
-        );
-        extra.insert(
-            "features".into(),
-            list(intersect(self.offerings.iter().map(|o| o.features.clone()))),
-        );
-        extra.insert("nodes".into(), Value::from(self.nodes.len()));
+            |items: BTreeSet<String>| Value::Array(items.into_iter().map(Value::String).collect());
+        extra.insert("input_modalities".into(), list(self.input));
+        extra.insert("output_modalities".into(), list(self.output));
+        extra.insert("features".into(), list(self.features));
+        extra.insert("nodes".into(), Value::from(self.nodes));
         model
+    }
+}
+
+/// The modalities a model declares, or its service type's `default` when it declares none.
+fn declared(given: &[String], default: &[&str]) -> BTreeSet<String> {
+    if given.is_empty() {
+        default.iter().map(|m| (*m).to_owned()).collect()
+    } else {
+        given.iter().cloned().collect()
+    }
+}
+
+/// Whether `modality` is among those [`declared`] would give.
+fn declares(given: &[String], default: &[&str], modality: &str) -> bool {
+    if given.is_empty() {
+        default.contains(&modality)
+    } else {
+        given.iter().any(|m| m == modality)
     }
 }
 
@@ -97,19 +98,16 @@ impl Entry {
 /// they see none.
 pub fn models_for(nodes: &[OnlineNode], consumer: Option<&str>) -> BTreeMap<String, Model> {
     let mut nodes: Vec<&OnlineNode> = nodes.iter().collect();
-    nodes.sort_by(|a, b| {
-        (a.operator().to_ascii_lowercase(), &a.key().provider)
-            .cmp(&(b.operator().to_ascii_lowercase(), &b.key().provider))
-    });
+    nodes.sort_by_cached_key(|n| (n.operator().to_ascii_lowercase(), n.key().provider.clone()));
     let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
     for (index, node) in nodes.iter().enumerate() {
         let offer = node.offer();
         if !offer.accepting() {
             continue;
         }
-        let manifest = &offer.manifest;
         let created = u64::try_from(node.connected_at().timestamp()).unwrap_or(0);
-        for service in manifest
+        for service in offer
+            .manifest
             .services()
             .filter(|s| s.service_type == ServiceType::Llm)
         {
@@ -117,46 +115,55 @@ pub fn models_for(nodes: &[OnlineNode], consumer: Option<&str>) -> BTreeMap<Stri
                 continue;
             }
             let (default_in, default_out) = service.service_type.default_modalities();
-            let set = |given: &[String], default: &[&str]| -> BTreeSet<String> {
-                if given.is_empty() {
-                    default.iter().map(|m| (*m).to_owned()).collect()
-                } else {
-                    given.iter().cloned().collect()
-                }
-            };
             for model in &service.models {
                 let Some(id) = model.served_id() else {
                     continue;
                 };
-                let entry = entries
-                    .entry(id.to_ascii_lowercase())
-                    .or_insert_with(|| Entry {
-                        id: id.to_owned(),
-                        hf: None,
-                        name: None,
-                        offerings: Vec::new(),
-                        nodes: BTreeSet::new(),
-                    });
+                let features = || model.features.iter().chain(&service.features);
+                let key = id.to_ascii_lowercase();
+                let Some(entry) = entries.get_mut(&key) else {
+                    entries.insert(
+                        key,
+                        Entry {
+                            id: id.to_owned(),
+                            hf: model.hf.clone().filter(|h| !h.is_empty()),
+                            name: model.name.clone().filter(|n| !n.is_empty()),
+                            operator: node.operator().to_owned(),
+                            shared: false,
+                            created,
+                            context_length: model.context_length,
+                            input: declared(&model.input_modalities, default_in),
+                            output: declared(&model.output_modalities, default_out),
+                            features: features().cloned().collect(),
+                            nodes: 1,
+                            last_node: index,
+                        },
+                    );
+                    continue;
+                };
                 if entry.hf.is_none() {
                     entry.hf = model.hf.clone().filter(|h| !h.is_empty());
                 }
                 if entry.name.is_none() {
                     entry.name = model.name.clone().filter(|n| !n.is_empty());
                 }
-                entry.nodes.insert(index);
-                entry.offerings.push(Offering {
-                    operator: node.operator().to_owned(),
-                    created,
-                    context_length: model.context_length,
-                    input: set(&model.input_modalities, default_in),
-                    output: set(&model.output_modalities, default_out),
-                    features: model
-                        .features
-                        .iter()
-                        .chain(&service.features)
-                        .cloned()
-                        .collect(),
-                });
+                entry.shared |= !entry.operator.eq_ignore_ascii_case(node.operator());
+                entry.created = entry.created.min(created);
+                entry.context_length = match (entry.context_length, model.context_length) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                entry
+                    .input
+                    .retain(|m| declares(&model.input_modalities, default_in, m));
+                entry
+                    .output
+                    .retain(|m| declares(&model.output_modalities, default_out, m));
+                entry.features.retain(|f| features().any(|g| g == f));
+                if entry.last_node != index {
+                    entry.nodes += 1;
+                    entry.last_node = index;
+                }
             }
         }
     }

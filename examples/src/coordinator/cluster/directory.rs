@@ -504,8 +504,30 @@ impl Directory {
 #[cfg(test)]
 pub(crate) mod testing {
     use super::*;
+    use crate::coordinator::cluster::wire::NodeLoad;
     use crate::coordinator::nodes::OnlineNode;
     use crate::coordinator::store::{ProviderPolicy, UserId};
+
+    /// A full beat of `replica` listing `nodes` (operator, provider, jobs in flight).
+    pub(crate) fn beat(replica: &str, draining: bool, nodes: &[(UserId, &str, u32)]) -> Beat {
+        Beat {
+            replica: replica.into(),
+            incarnation: 1,
+            draining,
+            total: u32::try_from(nodes.len()).unwrap(),
+            changes_only: false,
+            nodes: nodes
+                .iter()
+                .map(|(operator_id, provider, in_flight)| NodeLoad {
+                    operator_id: *operator_id,
+                    provider: (*provider).into(),
+                    in_flight: *in_flight,
+                    ttft_ms: None,
+                    load: Vec::new(),
+                })
+                .collect(),
+        }
+    }
 
     /// `ada`'s node on the replica `r2` serving `models` (`(served id, hf)`) with
     /// `max_concurrent`, added to `directory`.
@@ -558,8 +580,8 @@ pub(crate) mod testing {
 
 #[cfg(test)]
 mod tests {
+    use super::testing::beat;
     use super::*;
-    use crate::coordinator::cluster::wire::NodeLoad;
     use crate::coordinator::store::UserId;
 
     fn up(replica: &str, operator_id: UserId, provider: &str) -> NodeUp {
@@ -578,26 +600,6 @@ mod tests {
             .unwrap(),
             policy: ProviderPolicy::default(),
             connected_at: chrono::Utc::now(),
-        }
-    }
-
-    fn beat(replica: &str, draining: bool, nodes: &[(UserId, &str, u32)]) -> Beat {
-        Beat {
-            replica: replica.into(),
-            incarnation: 1,
-            draining,
-            total: u32::try_from(nodes.len()).unwrap(),
-            changes_only: false,
-            nodes: nodes
-                .iter()
-                .map(|(operator_id, provider, in_flight)| NodeLoad {
-                    operator_id: *operator_id,
-                    provider: (*provider).into(),
-                    in_flight: *in_flight,
-                    ttft_ms: None,
-                    load: Vec::new(),
-                })
-                .collect(),
         }
     }
 

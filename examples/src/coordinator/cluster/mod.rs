@@ -781,24 +781,9 @@ mod tests {
     use super::*;
     use crate::coordinator::store::UserId;
 
+    /// Replica r1's full beat listing `loads`.
     fn full(loads: &[(UserId, &str, u32)]) -> Beat {
-        Beat {
-            replica: "r1".into(),
-            incarnation: 1,
-            draining: false,
-            total: u32::try_from(loads.len()).unwrap(),
-            changes_only: false,
-            nodes: loads
-                .iter()
-                .map(|(operator_id, provider, in_flight)| NodeLoad {
-                    operator_id: *operator_id,
-                    provider: (*provider).into(),
-                    in_flight: *in_flight,
-                    ttft_ms: None,
-                    load: Vec::new(),
-                })
-                .collect(),
-        }
+        super::directory::testing::beat("r1", false, loads)
     }
 
     fn decoded(payloads: Vec<Vec<u8>>) -> Vec<Beat> {

@@ -19,10 +19,10 @@ mod faults_support;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use cluster_support::{Cluster, REPLICAS, Streamed, Tools, chat_for, tools};
+use cluster_support::{Cluster, REPLICAS, Streamed, Tools, chat_for, read_streamed, tools};
 use e2e_support::{
-    ANSWER, FakeEngine, Fault, MODEL, STARTUP, Script, ServiceSpec, SseReader, error_of, loud,
-    request_id, streamed_content, wait_until,
+    ANSWER, FakeEngine, Fault, MODEL, STARTUP, Script, ServiceSpec, SseReader, error_of,
+    leave_after, loud, request_id, streamed_content,
 };
 use faults_support::PgDatabase;
 use inference_club_core::record::{InferenceRecord, RecordId, Status};
@@ -249,24 +249,7 @@ async fn a_stream_across_replicas_arrives_whole_in_order_and_as_it_is_made() {
                         .send()
                         .await
                         .unwrap();
-                    let status = response.status().as_u16();
-                    let id = request_id(&response);
-                    let mut reader = SseReader::new(response);
-                    let mut events = Vec::new();
-                    let mut arrivals = Vec::new();
-                    while let Some(event) = reader.next().await {
-                        arrivals.push(Instant::now());
-                        events.push(event);
-                    }
-                    (
-                        Streamed {
-                            status,
-                            id,
-                            events,
-                            broken: reader.broken,
-                        },
-                        arrivals,
-                    )
+                    read_streamed(response).await
                 })
             })
             .collect();
@@ -338,21 +321,7 @@ async fn a_consumer_on_another_replica_that_goes_away_cancels_the_job_at_the_eng
             .await;
         assert_eq!(response.status().as_u16(), 200);
         let id = request_id(&response).unwrap();
-        let mut events = SseReader::new(response);
-        let mut seen = Vec::new();
-        while streamed_content(&seen) != "w0 w1 " {
-            seen.push(events.next().await.expect("the stream ended early"));
-        }
-        let left = Instant::now();
-        drop(events);
-
-        wait_until(
-            "the engine sees its response dropped",
-            Duration::from_secs(3),
-            || engine.dropped() == 1,
-        )
-        .await;
-        let noticed = left.elapsed();
+        let noticed = leave_after(response, "w0 w1 ", &engine).await;
         loud(&format!(
             "cluster: the engine saw the cancel after {noticed:?}"
         ));

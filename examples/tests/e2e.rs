@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use e2e_support::{
     ANSWER, Club, FakeEngine, Fault, MODEL, Script, ServiceSpec, SseReader, chat_body, error_of,
-    json_of, loud, request_id, streamed_content, wait_until,
+    json_of, leave_after, loud, request_id, streamed_content, wait_until,
 };
 use inference_club_core::record::{Status, UsageSource, Visibility};
 use inference_club_examples::coordinator::store::RecordQuery;
@@ -293,21 +293,7 @@ async fn a_consumer_that_goes_away_cancels_the_job_at_the_engine() {
 
         let response = club.post_chat(&chat_body(true), Some(&club.key), &[]).await;
         let id = request_id(&response).unwrap();
-        let mut events = SseReader::new(response);
-        let mut seen = Vec::new();
-        while streamed_content(&seen) != "w0 w1 " {
-            seen.push(events.next().await.expect("the stream ended early"));
-        }
-        let left = Instant::now();
-        drop(events);
-
-        wait_until(
-            "the engine sees its response dropped",
-            Duration::from_secs(3),
-            || engine.dropped() == 1,
-        )
-        .await;
-        let noticed = left.elapsed();
+        let noticed = leave_after(response, "w0 w1 ", &engine).await;
         assert!(
             noticed < Duration::from_secs(2),
             "the engine noticed after {noticed:?}"

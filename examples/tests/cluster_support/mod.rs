@@ -167,6 +167,26 @@ pub struct Streamed {
     pub broken: bool,
 }
 
+/// A streamed answer read to its end, with the time each event arrived.
+pub async fn read_streamed(response: reqwest::Response) -> (Streamed, Vec<Instant>) {
+    let status = response.status().as_u16();
+    let id = request_id(&response);
+    let mut reader = SseReader::new(response);
+    let mut events = Vec::new();
+    let mut arrivals = Vec::new();
+    while let Some(event) = reader.next().await {
+        arrivals.push(Instant::now());
+        events.push(event);
+    }
+    let streamed = Streamed {
+        status,
+        id,
+        events,
+        broken: reader.broken,
+    };
+    (streamed, arrivals)
+}
+
 /// Three replicas on one database and one NATS server, nginx in front, and the nodes of the
 /// test. Every process is killed when it is dropped.
 pub struct Cluster {
@@ -526,20 +546,7 @@ impl Cluster {
 
     /// A streamed chat at `base`, read to its end.
     pub async fn chat_streamed(&self, base: &str, body: &Value) -> Streamed {
-        let response = self.post_chat(base, body).await;
-        let status = response.status().as_u16();
-        let id = request_id(&response);
-        let mut reader = SseReader::new(response);
-        let mut events = Vec::new();
-        while let Some(event) = reader.next().await {
-            events.push(event);
-        }
-        Streamed {
-            status,
-            id,
-            events,
-            broken: reader.broken,
-        }
+        read_streamed(self.post_chat(base, body).await).await.0
     }
 
     /// `GET {base}/api/v1/requests/{id}` as `ada`: status and body.

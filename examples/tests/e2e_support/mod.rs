@@ -637,6 +637,30 @@ impl SseReader {
     }
 }
 
+/// The consumer goes away: reads `response`'s stream until its content is `prefix`, drops it,
+/// and waits (up to 3 s) until `engine` sees its own response dropped. Returns how long that
+/// took.
+pub async fn leave_after(
+    response: reqwest::Response,
+    prefix: &str,
+    engine: &FakeEngine,
+) -> Duration {
+    let mut events = SseReader::new(response);
+    let mut seen = Vec::new();
+    while streamed_content(&seen) != prefix {
+        seen.push(events.next().await.expect("the stream ended early"));
+    }
+    let left = Instant::now();
+    drop(events);
+    wait_until(
+        "the engine sees its response dropped",
+        Duration::from_secs(3),
+        || engine.dropped() == 1,
+    )
+    .await;
+    left.elapsed()
+}
+
 /// The content of a list of SSE payloads (chunks' `delta.content`, joined).
 pub fn streamed_content(events: &[String]) -> String {
     events

@@ -13,6 +13,6 @@ fi
 if [[ ! -x $venv/bin/python ]] || ! "$venv/bin/python" -c 'import openai, pytest' 2>/dev/null; then
     log "creating $venv"
     python3 -m venv "$venv"
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$root/tests/python/requirements.txt" >&2
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$root/inference-club-coordinator/tests/python/requirements.txt" >&2
 fi
 echo "CLUB_TEST_PYTHON=$venv/bin/python"

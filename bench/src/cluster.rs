@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use inference_club_examples::coordinator::store::{Scope, Scopes, Store};
+use inference_club_coordinator::{Admin, Scope, Scopes};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -214,11 +214,11 @@ impl Cluster {
 /// Creates the user `bench` in `database` (migrating it first) and returns a new key of theirs
 /// with the inference and provider scopes.
 pub async fn bench_key(database: &str) -> Result<String, BoxError> {
-    let store = Store::connect(database).await?;
-    let user = store.create_user("bench", None).await?;
+    let admin = Admin::open(database).await?;
+    admin.add_user("bench", None).await?;
     let scopes = Scopes::only(Scope::Inference).with(Scope::Provider);
-    let (_, key) = store.create_key(user.id, "bench", scopes).await?;
-    store.close().await;
+    let key = admin.create_key("bench", "bench", scopes).await?;
+    admin.close().await;
     Ok(key)
 }
 

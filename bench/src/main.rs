@@ -21,6 +21,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use inference_club_coordinator::{ClusterConfig, Coordinator, CoordinatorBuilder, Limits};
+use inference_club_provider::node::{Node, NodeConfig};
 
 use crate::cluster::Cluster;
 use crate::engine::{PACED_MODEL, STREAM_MODEL, Shape, WHOLE_MODEL};
@@ -134,7 +136,10 @@ fn main() -> ExitCode {
     // reqwest is built without a default TLS provider; the bench only speaks plain HTTP on
     // loopback, but the client still needs one installed.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let Ok(runtime) = inference_club_examples::cli_support::runtime() else {
+    let Ok(runtime) = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    else {
         eprintln!("error: cannot start the async runtime");
         return ExitCode::from(2);
     };
@@ -174,19 +179,16 @@ fn main() -> ExitCode {
             // Scenario 4 links 10,000 nodes: one socket each.
             swarm::raise_open_file_limit();
             // The benchmark measures the coordinator, not its per-key limits.
-            let config = inference_club_examples::coordinator::CoordinatorConfig {
-                limits: inference_club_examples::coordinator::limits::Limits::without_rate_limits(),
-                cluster: nats.map(|url| {
-                    let mut cluster =
-                        inference_club_examples::coordinator::cluster::ClusterConfig::new(url);
-                    cluster.replica_id = replica_id;
-                    cluster
-                }),
-                ..Default::default()
-            };
-            let status = runtime.block_on(inference_club_examples::coordinator_cli::serve_command(
-                &listen, &database, config,
-            ));
+            let mut builder = Coordinator::builder()
+                .database(&database)
+                .limits(Limits::without_rate_limits());
+            if let Some(url) = nats {
+                builder = builder.cluster(ClusterConfig {
+                    replica_id,
+                    ..ClusterConfig::new(url)
+                });
+            }
+            let status = runtime.block_on(serve_coordinator(&listen, builder));
             ExitCode::from(status)
         }
         Command::ServeProvider {
@@ -195,15 +197,7 @@ fn main() -> ExitCode {
             manifest,
         } => {
             init_logging();
-            let options = inference_club_examples::provider_ops::RunOptions {
-                coordinator,
-                key,
-                manifest,
-                job_log: None,
-                log_content: false,
-                engine_timeouts: Default::default(),
-            };
-            ExitCode::from(runtime.block_on(inference_club_examples::provider_ops::run(options)))
+            ExitCode::from(runtime.block_on(serve_provider(coordinator, key, manifest)))
         }
         Command::Pages => match runtime.block_on(pages::measure(10_000, 50)) {
             Ok(_) => ExitCode::SUCCESS,
@@ -250,7 +244,66 @@ fn main() -> ExitCode {
 
 /// The children log as the real binaries do: `CLUB_LOG`, else `info`, to stderr.
 fn init_logging() {
-    inference_club_examples::cli_support::init_logging("info", false);
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CLUB_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// `serve-coordinator`: the coordinator as `club-coordinator serve` runs it, until SIGTERM.
+async fn serve_coordinator(listen: &str, builder: CoordinatorBuilder) -> u8 {
+    let coordinator = match builder.build().await {
+        Ok(coordinator) => coordinator,
+        Err(error) => {
+            eprintln!("error: cannot start: {error}");
+            return 2;
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!("error: cannot listen on {listen}: {error}");
+            return 2;
+        }
+    };
+    let stop = async {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            term.recv().await;
+        }
+    };
+    match coordinator.serve(listener, stop).await {
+        Ok(()) => 0,
+        Err(error) => {
+            eprintln!("error: {error}");
+            2
+        }
+    }
+}
+
+/// `serve-provider`: a node from a manifest file, as `club-provider run` runs it, until SIGTERM.
+async fn serve_provider(coordinator: String, key: String, manifest: std::path::PathBuf) -> u8 {
+    let node = match Node::from_manifest(NodeConfig::new(coordinator, key), &manifest).await {
+        Ok(node) => node,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return 1;
+        }
+    };
+    let handle = node.handle();
+    tokio::spawn(async move {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            term.recv().await;
+            handle.shutdown();
+        }
+    });
+    node.run().await;
+    0
 }
 
 /// What to run.

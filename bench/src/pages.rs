@@ -6,12 +6,11 @@
 //! Wire it into `club-bench` with `mod pages;` and a subcommand that runs
 //! `pages::measure(10_000, 50).await`.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use inference_club_examples::coordinator::store::Store;
-use inference_club_examples::coordinator::{Coordinator, CoordinatorConfig};
+use inference_club_coordinator::Coordinator;
+use inference_club_coordinator::testing::store_of;
 use serde_json::{Value, json};
 
 use crate::BoxError;
@@ -114,7 +113,11 @@ pub async fn measure(records: usize, rounds: usize) -> Result<Vec<PageTiming>, B
         std::process::id(),
         uuid::Uuid::now_v7().simple()
     ));
-    let store = Store::connect(&format!("sqlite:{}", db.display())).await?;
+    let coordinator = Coordinator::builder()
+        .database(format!("sqlite:{}", db.display()))
+        .build()
+        .await?;
+    let store = store_of(&coordinator);
     let ada = store.create_user("ada", None).await?;
     let grace = store.create_user("grace", None).await?;
     store
@@ -145,17 +148,13 @@ pub async fn measure(records: usize, rounds: usize) -> Result<Vec<PageTiming>, B
     );
 
     let (_, session) = store.create_session(ada.id).await?;
-    let coordinator: Arc<Coordinator> =
-        Coordinator::start(store.clone(), CoordinatorConfig::default()).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
-    let app = coordinator.app();
-    let server = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .await
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn({
+        let coordinator = coordinator.clone();
+        let stop = stop.clone();
+        async move { coordinator.serve(listener, stop.cancelled_owned()).await }
     });
 
     let http = reqwest::Client::builder()
@@ -224,7 +223,8 @@ pub async fn measure(records: usize, rounds: usize) -> Result<Vec<PageTiming>, B
             max_ms: times.last().copied().unwrap_or(0.0),
         });
     }
-    server.abort();
+    stop.cancel();
+    let _ = server.await;
     store.close().await;
     let _ = std::fs::remove_file(&db);
 

@@ -18,7 +18,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use inference_club_examples::coordinator::store::{Scope, Scopes, Store};
+use inference_club_coordinator::{Admin, Scope, Scopes};
 use inference_club_provider::backends::Echo;
 use inference_club_provider::node::{Node, NodeConfig, Offer};
 use inference_club_provider::router::{Route, Router};
@@ -296,16 +296,16 @@ async fn measure(outcome: &mut LinksOutcome, dir: &Path) -> Result<(), BoxError>
     std::fs::create_dir_all(dir)?;
     let database = format!("sqlite:{}", dir.join("links.db").display());
     let key = {
-        let store = Store::connect(&database).await?;
-        let user = store.create_user("swarm", None).await?;
-        let (_, key) = store
+        let admin = Admin::open(&database).await?;
+        admin.add_user("swarm", None).await?;
+        let key = admin
             .create_key(
-                user.id,
+                "swarm",
                 "swarm",
                 Scopes::only(Scope::Provider).with(Scope::Inference),
             )
             .await?;
-        store.close().await;
+        admin.close().await;
         key
     };
     let coordinator_log = dir.join("links-coordinator.log");

@@ -2,15 +2,13 @@
 //! 127.0.0.1 (in this process), with its own config directory.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod fake_github;
-mod sdk_support;
-
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 
+use inference_club_coordinator::testing::proxy::{Proxy, device_login_hook};
+use inference_club_coordinator::testing::{HANDLE, NODE, TestClub, TestDatabase};
 use inference_club_provider::backends::Echo;
-use sdk_support::{HANDLE, NODE, Proxy, TestClub, device_login_hook};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
@@ -81,11 +79,8 @@ fn ids(list: &Value) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_list_delete_and_the_feed_as_a_user_would() {
-    let test_club = TestClub::start(
-        "cli",
-        vec![("echo", Arc::new(Echo::new().with_reasoning(true)))],
-    )
-    .await;
+    let test_club =
+        TestClub::start(vec![("echo", Arc::new(Echo::new().with_reasoning(true)))]).await;
     let config = config_dir("chat");
     let (url, key) = (test_club.url.as_str(), test_club.key.as_str());
     let with = |args: &[&str]| {
@@ -323,7 +318,7 @@ async fn chat_list_delete_and_the_feed_as_a_user_would() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_saves_the_key_and_later_commands_use_it() {
-    let test_club = TestClub::start("cli-login", vec![("echo", Arc::new(Echo::new()))]).await;
+    let test_club = TestClub::start(vec![("echo", Arc::new(Echo::new()))]).await;
     // The device routes are faked in front of the real coordinator.
     let proxy = Proxy::start(&test_club.url, device_login_hook(test_club.key.clone())).await;
     let config = config_dir("login");
@@ -426,25 +421,26 @@ async fn login_saves_the_key_and_later_commands_use_it() {
 /// the key the coordinator creates is saved and used by the next command.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_through_github_creates_the_account_and_saves_its_key() {
-    use inference_club_examples::coordinator::CoordinatorConfig;
-    use inference_club_examples::coordinator::accounts::GitHubConfig;
+    use inference_club_coordinator::GitHubConfig;
+    use inference_club_coordinator::testing::fake_github::{CLIENT_ID, CLIENT_SECRET, FakeGitHub};
     use tokio::io::{AsyncBufReadExt, BufReader};
 
-    let github = fake_github::FakeGitHub::start().await;
+    let github = FakeGitHub::start().await;
     github.add_user(4242, "grace", Some("grace@example.org"));
     let base = url::Url::parse(&github.url).unwrap();
-    let config = CoordinatorConfig {
-        github: Some(
-            GitHubConfig::new(fake_github::CLIENT_ID, fake_github::CLIENT_SECRET)
-                .with_github_url(&base)
-                .with_api_url(base.clone()),
-        ),
-        ..CoordinatorConfig::default()
-    };
-    let club =
-        TestClub::start_with_config("cli-github", vec![("echo", Arc::new(Echo::new()))], config)
-            .await;
-    let dir = club.dir.join("grace-config");
+    let club = TestClub::start_with(
+        TestDatabase::sqlite(),
+        vec![("echo", Arc::new(Echo::new()))],
+        |builder| {
+            builder.github(
+                GitHubConfig::new(CLIENT_ID, CLIENT_SECRET)
+                    .with_github_url(&base)
+                    .with_api_url(base.clone()),
+            )
+        },
+    )
+    .await;
+    let dir = config_dir("grace");
 
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_club"))
         .args(["--url", &club.url, "login"])

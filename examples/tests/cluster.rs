@@ -12,22 +12,20 @@
 //! says loudly that it skips.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod cluster_support;
-mod e2e_support;
-mod faults_support;
+mod support;
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use cluster_support::{Cluster, REPLICAS, Streamed, Tools, chat_for, read_streamed, tools};
-use e2e_support::{
+use inference_club_coordinator::testing::RecordQuery;
+use inference_club_coordinator::testing::TestDatabase;
+use inference_club_core::record::{InferenceRecord, RecordId, Status};
+use serde_json::Value;
+use support::cluster::{Cluster, REPLICAS, Streamed, Tools, chat_for, read_streamed, tools};
+use support::{
     ANSWER, FakeEngine, Fault, MODEL, STARTUP, Script, ServiceSpec, SseReader, error_of,
     leave_after, loud, request_id, streamed_content,
 };
-use faults_support::PgDatabase;
-use inference_club_core::record::{InferenceRecord, RecordId, Status};
-use inference_club_examples::coordinator::store::RecordQuery;
-use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 /// Every test is bounded.
@@ -40,9 +38,9 @@ where
     F: FnOnce(Tools, String) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let database = PgDatabase::create(&tools.postgres).await;
-    e2e_support::bounded_by(TEST_LIMIT, test(tools, database.url.clone())).await;
-    database.drop_now().await;
+    let database = TestDatabase::postgres("the cluster tests").await.unwrap();
+    support::bounded_by(TEST_LIMIT, test(tools, database.url.clone())).await;
+    database.remove().await;
 }
 
 /// A service of a fake engine serving `model`.
@@ -65,7 +63,7 @@ async fn all_records(cluster: &Cluster) -> Vec<InferenceRecord> {
     let store = cluster.club.store();
     let ada = store.user_by_handle("ada").await.unwrap().unwrap();
     let mut query = RecordQuery::made_by(ada.id);
-    query.limit = inference_club_examples::coordinator::store::MAX_PAGE_SIZE;
+    query.limit = inference_club_coordinator::testing::MAX_PAGE_SIZE;
     let mut all = Vec::new();
     loop {
         let page = store.list_records(&query).await.unwrap();
@@ -930,7 +928,7 @@ async fn rate_and_concurrency_limits_hold_over_every_replica() {
         // Concurrency (another key of ada's, so its rate is fresh): two requests held at the
         // engine through r1 and r2 leave no room for a third through r3 ...
         let key = cluster.club.key_with_scopes("inference").await;
-        let report = 5 * inference_club_examples::coordinator::limits::USAGE_REPORT;
+        let report = 5 * inference_club_coordinator::testing::USAGE_REPORT;
         engine.set_script(Script::default().with_fault(Fault::HoldBeforeFirstChunk));
         let before = engine.received();
         let held: Vec<_> = (0..2)

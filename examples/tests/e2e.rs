@@ -4,25 +4,25 @@
 //! sees and what the record says, read through the store on the same database.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod e2e_support;
+mod support;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use e2e_support::{
+use inference_club_coordinator::testing::RecordQuery;
+use inference_club_core::record::{Status, UsageSource, Visibility};
+use serde_json::{Value, json};
+use support::{
     ANSWER, Club, FakeEngine, Fault, MODEL, Script, ServiceSpec, SseReader, chat_body, error_of,
     json_of, leave_after, loud, request_id, streamed_content, wait_until,
 };
-use inference_club_core::record::{Status, UsageSource, Visibility};
-use inference_club_examples::coordinator::store::RecordQuery;
-use serde_json::{Value, json};
 
 /// Every test is bounded.
 const TEST_LIMIT: Duration = Duration::from_secs(40);
 
 /// Runs `test`, failing it after [`TEST_LIMIT`].
 async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
-    e2e_support::bounded_by(TEST_LIMIT, test).await;
+    support::bounded_by(TEST_LIMIT, test).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

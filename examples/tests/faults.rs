@@ -10,27 +10,27 @@
 //! frozen node (SIGSTOP), the coordinator killed mid-stream and restarted.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod e2e_support;
-mod faults_support;
+mod support;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use e2e_support::{
+use inference_club_coordinator::testing::RecordQuery;
+use inference_club_coordinator::testing::TestDatabase;
+use inference_club_core::record::{InferenceRecord, RecordId, Status};
+use serde_json::{Value, json};
+use support::faults::{StallProxy, postgres_url};
+use support::{
     ANSWER, Club, FakeEngine, Fault, MODEL, STARTUP, Script, ServiceSpec, SseReader, chat_body,
     error_of, json_of, loud, request_id, streamed_content, wait_until,
 };
-use faults_support::{PgDatabase, StallProxy, postgres_url};
-use inference_club_core::record::{InferenceRecord, RecordId, Status};
-use inference_club_examples::coordinator::store::RecordQuery;
-use serde_json::{Value, json};
 
 /// Every test is bounded.
 const TEST_LIMIT: Duration = Duration::from_secs(60);
 
 /// Runs `test`, failing it after [`TEST_LIMIT`].
 async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
-    e2e_support::bounded_by(TEST_LIMIT, test).await;
+    support::bounded_by(TEST_LIMIT, test).await;
 }
 
 /// Asserts that `body` is the OpenAI error envelope with `code`, and returns its message.
@@ -86,7 +86,7 @@ fn assert_ends_with_error(events: &SseReader, seen: &[String], code: &str) {
 async fn all_records(club: &Club) -> Vec<InferenceRecord> {
     let ada = club.store().user_by_handle("ada").await.unwrap().unwrap();
     let mut query = RecordQuery::made_by(ada.id);
-    query.limit = inference_club_examples::coordinator::store::MAX_PAGE_SIZE;
+    query.limit = inference_club_coordinator::testing::MAX_PAGE_SIZE;
     let mut all = Vec::new();
     loop {
         let page = club.store().list_records(&query).await.unwrap();
@@ -890,7 +890,9 @@ async fn a_postgres_restart_under_load_loses_no_record() {
         );
         return;
     }
-    let database = PgDatabase::create(&server).await;
+    let database = TestDatabase::postgres("the PostgreSQL fault test")
+        .await
+        .unwrap();
     bounded(async {
         let slow = Script::answer(&["Hello", ", ", "world", "!"], Duration::from_millis(20));
         let a = FakeEngine::start("a", slow.clone()).await;
@@ -1026,5 +1028,5 @@ async fn a_postgres_restart_under_load_loses_no_record() {
         drop(club);
     })
     .await;
-    database.drop_now().await;
+    database.remove().await;
 }

@@ -15,17 +15,17 @@
 //! figures go to stderr, for `docs/reliability.md`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod e2e_support;
+mod support;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use e2e_support::{Club, FakeEngine, MODEL, STARTUP, Script, ServiceSpec, SseReader, loud};
+use inference_club_coordinator::testing::RecordQuery;
 use inference_club_core::record::InferenceRecord;
-use inference_club_examples::coordinator::store::RecordQuery;
 use serde_json::json;
+use support::{Club, FakeEngine, MODEL, STARTUP, Script, ServiceSpec, SseReader, loud};
 
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -121,7 +121,7 @@ async fn ask(
 async fn all_records(club: &Club) -> Vec<InferenceRecord> {
     let ada = club.store().user_by_handle("ada").await.unwrap().unwrap();
     let mut query = RecordQuery::made_by(ada.id);
-    query.limit = inference_club_examples::coordinator::store::MAX_PAGE_SIZE;
+    query.limit = inference_club_coordinator::testing::MAX_PAGE_SIZE;
     let mut all = Vec::new();
     loop {
         let page = club.store().list_records(&query).await.unwrap();

@@ -24,7 +24,6 @@
 
 pub mod backends;
 pub mod discover;
-pub mod failover;
 #[doc(hidden)]
 pub mod fuzzing;
 mod http;
@@ -57,6 +56,6 @@ pub(crate) fn error_from_engine(
     }
 }
 
-/// How to write a backend: the guide in `docs/backends.md`, whose examples are compiled as tests.
-#[doc = include_str!("../../docs/backends.md")]
+/// How to write a backend: the guide in `docs/backends.md` of this crate, whose examples are compiled as tests.
+#[doc = include_str!("../docs/backends.md")]
 pub mod guide {}

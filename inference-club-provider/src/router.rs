@@ -115,7 +115,7 @@ use inference_club_core::openai::{ChatCompletionRequest, Model};
 use inference_club_core::provider::{ChunkStream, Provider, ProviderError, RequestContext};
 use inference_club_core::routing::{self, Availability, Candidate, Ewma};
 
-use crate::failover;
+use inference_club_core::routing::failover;
 
 /// The time to first token recorded for an attempt that failed before its first output (or
 /// its actual wait, if longer), so that a failing route ranks behind healthy peers of equal

@@ -1,0 +1,444 @@
+//! What replicas say to each other over NATS, and on which subjects.
+//!
+//! Every message is JSON. Subjects:
+//!
+//! | subject | kind | message |
+//! |---|---|---|
+//! | `club.dir.up` | publish | [`NodeUp`]: a node linked here, or its offer changed |
+//! | `club.dir.down` | publish | [`NodeDown`]: a node's link here closed |
+//! | `club.dir.beat` | publish, every [`BEAT`] | [`Beat`]: a replica is alive, its nodes' load |
+//! | `club.dir.sync.{replica}` | request, replies in parts | [`SyncReply`]s: every node linked to `replica` |
+//! | `club.node.{operator}.{provider}.job` | request/reply | [`JobRequest`] → [`JobReply`] |
+//! | `club.replica.{replica}.events.{job}` | publish | [`RelayEvent`]s of one job, numbered |
+//! | `club.replica.{replica}.cancel` | publish | [`CancelJob`] |
+//! | `club.ctl` | publish | [`Control::ForgetKeys`], [`Control::CloseOperator`], [`Control::PolicyChanged`] |
+//! | `club.usage` | publish, every [`USAGE_REPORT`] with something to say | [`UsageReport`]: what a replica's callers used of the limits |
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use inference_club_core::link::{JobError, ServiceLoad};
+use inference_club_core::manifest::ServiceManifest;
+use inference_club_core::openai::{ChatCompletionChunk, ChatCompletionRequest};
+use serde::{Deserialize, Serialize};
+
+pub use crate::limits::USAGE_REPORT;
+use crate::limits::Usage;
+use crate::nodes::NodeKey;
+use crate::store::{ProviderPolicy, UserId};
+
+/// How often a replica says it is alive (and how loaded its nodes are).
+pub const BEAT: Duration = Duration::from_millis(500);
+
+/// A replica not heard from for this long is gone: its nodes leave the directory and jobs that
+/// ran through it end.
+pub const BEAT_EXPIRY: Duration = Duration::from_secs(3);
+
+/// Subject of [`NodeUp`].
+pub const UP: &str = "club.dir.up";
+/// Subject of [`NodeDown`].
+pub const DOWN: &str = "club.dir.down";
+/// Subject of [`Beat`].
+pub const BEATS: &str = "club.dir.beat";
+/// Subject of [`Control`].
+pub const CONTROL: &str = "club.ctl";
+
+/// The subject a replica answers [`SyncReply`] requests on.
+pub fn sync_subject(replica: &str) -> String {
+    format!("club.dir.sync.{replica}")
+}
+
+/// The subject jobs for a node are sent to: whichever replica holds its link answers.
+pub fn job_subject(key: &NodeKey) -> String {
+    // Provider names may hold any character; subjects may not hold `.`, `*`, `>` or spaces.
+    let hex: String = key.provider.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("club.node.{}.{hex}.job", key.operator_id)
+}
+
+/// The subjects of the job-event inboxes of `replica` (one subscription for all its jobs).
+pub fn inboxes(replica: &str) -> String {
+    format!("club.replica.{replica}.events.*")
+}
+
+/// The inbox of job `id` of `replica`.
+pub fn inbox(replica: &str, id: u64) -> String {
+    format!("club.replica.{replica}.events.{id}")
+}
+
+/// The job id an inbox subject ends with.
+pub fn inbox_id(subject: &str) -> Option<u64> {
+    subject.rsplit('.').next()?.parse().ok()
+}
+
+/// The subject a replica takes cancellations on.
+pub fn cancel_subject(replica: &str) -> String {
+    format!("club.replica.{replica}.cancel")
+}
+
+/// Whether `id` may name a replica: 1–64 ASCII letters, digits, `-` and `_`.
+pub fn valid_replica_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// A node linked to `replica`, with what it offers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeUp {
+    /// The replica holding its link.
+    pub replica: String,
+    /// Which run of that replica (a random number per process: a replica restarted under the
+    /// same id has a new one).
+    #[serde(default)]
+    pub incarnation: u64,
+    /// Its operator's id.
+    pub operator_id: UserId,
+    /// Its operator's handle.
+    pub operator: String,
+    /// Its provider name.
+    pub provider: String,
+    /// Its validated, redacted manifest.
+    pub manifest: ServiceManifest,
+    /// Its operator's policy.
+    pub policy: ProviderPolicy,
+    /// When it linked.
+    pub connected_at: DateTime<Utc>,
+}
+
+impl NodeUp {
+    /// Its identity.
+    pub fn key(&self) -> NodeKey {
+        NodeKey {
+            operator_id: self.operator_id,
+            provider: self.provider.clone(),
+        }
+    }
+}
+
+/// A node's link to `replica` closed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeDown {
+    /// The replica it was linked to.
+    pub replica: String,
+    /// Its operator's id.
+    pub operator_id: UserId,
+    /// Its provider name.
+    pub provider: String,
+}
+
+/// One node's load, as its replica sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeLoad {
+    /// Its operator's id.
+    pub operator_id: UserId,
+    /// Its provider name.
+    pub provider: String,
+    /// Jobs running on it (from every replica).
+    pub in_flight: u32,
+    /// Its recent time to first token, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttft_ms: Option<u64>,
+    /// The load it reported itself.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub load: Vec<ServiceLoad>,
+}
+
+/// A replica is alive; the load of its nodes: of every one (every [`FULL_BEAT_EVERY`]th beat),
+/// or of those whose load changed since its last beat.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Beat {
+    /// Who.
+    pub replica: String,
+    /// Which run of it (see [`NodeUp::incarnation`]).
+    #[serde(default)]
+    pub incarnation: u64,
+    /// It is shutting down: route nothing new to its nodes.
+    #[serde(default)]
+    pub draining: bool,
+    /// How many nodes are linked to it.
+    pub total: u32,
+    /// `nodes` lists only nodes whose load changed (or one part of a list too long for one
+    /// message); otherwise it lists every node.
+    #[serde(default)]
+    pub changes_only: bool,
+    /// Its nodes (all, or those that changed).
+    pub nodes: Vec<NodeLoad>,
+}
+
+/// Every how many beats a replica lists all its nodes (the others only those that changed).
+pub const FULL_BEAT_EVERY: u64 = 10;
+
+/// Part of the list of every node linked to a replica (split to stay under NATS's message
+/// size limit).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SyncReply {
+    /// The nodes in this part.
+    pub nodes: Vec<NodeUp>,
+    /// Which part this is, from 0.
+    pub part: u32,
+    /// How many parts there are.
+    pub parts: u32,
+}
+
+/// Splits `items` into groups whose JSON (each item's, plus a byte between them) adds up to at
+/// most `limit` bytes; an item larger than `limit` gets a group of its own. In order; always at
+/// least one group. For lists that must travel in several messages under NATS's size limit.
+pub fn groups_under<T: Serialize>(items: Vec<T>, limit: usize) -> Vec<Vec<T>> {
+    let mut groups: Vec<Vec<T>> = vec![Vec::new()];
+    let mut size = 0;
+    for item in items {
+        let bytes = encode(&item).len() + 1;
+        if size + bytes > limit && groups.last().is_some_and(|g| !g.is_empty()) {
+            groups.push(Vec::new());
+            size = 0;
+        }
+        size += bytes;
+        if let Some(group) = groups.last_mut() {
+            group.push(item);
+        }
+    }
+    groups
+}
+
+/// Splits `nodes` into [`SyncReply`] payloads of at most about `limit` bytes each
+/// ([`groups_under`]). Always at least one part.
+pub fn sync_parts(nodes: Vec<NodeUp>, limit: usize) -> Vec<Vec<u8>> {
+    let groups = groups_under(nodes, limit);
+    let parts = u32::try_from(groups.len()).unwrap_or(u32::MAX);
+    groups
+        .into_iter()
+        .enumerate()
+        .map(|(part, nodes)| {
+            encode(&SyncReply {
+                nodes,
+                part: u32::try_from(part).unwrap_or(u32::MAX),
+                parts,
+            })
+        })
+        .collect()
+}
+
+/// Run this request on the node (sent to its [`job_subject`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobRequest {
+    /// The replica asking (the consumer's).
+    pub replica: String,
+    /// Where to publish the job's [`RelayEvent`]s.
+    pub inbox: String,
+    /// The record id.
+    pub request_id: String,
+    /// The consumer's handle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer: Option<String>,
+    /// How long the job may take in all, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
+    /// The request.
+    pub request: ChatCompletionRequest,
+}
+
+/// The answer of the replica holding the node's link.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum JobReply {
+    /// The job runs; its events follow on the inbox.
+    Accepted {
+        /// The replica running it (the node may have moved since the requester's directory
+        /// said where it was): its going away ends the job.
+        replica: String,
+    },
+    /// The node has no room now (another replica's job took it), or its replica is draining.
+    Busy {
+        /// Why.
+        message: String,
+        /// The replica is shutting down.
+        #[serde(default)]
+        draining: bool,
+    },
+    /// The node could not take the job.
+    Failed {
+        /// What went wrong.
+        error: JobError,
+    },
+}
+
+/// What happened in a job, in order (`seq` counts from 0).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RelayEvent {
+    /// Its place in the job's events.
+    pub seq: u64,
+    /// The event.
+    pub event: RelayKind,
+}
+
+/// A job's event.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RelayKind {
+    /// Chunks of the answer, in order (those ready at the same moment travel together).
+    Chunks {
+        /// The chunks.
+        chunks: Vec<ChatCompletionChunk>,
+    },
+    /// The job ended well.
+    Done,
+    /// The job failed.
+    Failed {
+        /// What went wrong.
+        error: JobError,
+    },
+}
+
+/// Stop the job whose events go to `inbox`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CancelJob {
+    /// The job's inbox.
+    pub inbox: String,
+}
+
+/// Club-wide changes every replica applies.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Control {
+    /// A member's keys changed: forget the cached ones.
+    ForgetKeys {
+        /// Who.
+        user_id: UserId,
+    },
+    /// An operator deleted their account: close their links, forget them in records in flight.
+    CloseOperator {
+        /// Their id.
+        operator_id: UserId,
+        /// Their handle.
+        handle: String,
+    },
+    /// An operator changed a node's policy: the replica holding it puts it in force.
+    PolicyChanged {
+        /// The node.
+        operator_id: UserId,
+        /// Its provider name.
+        provider: String,
+        /// The policy now.
+        policy: ProviderPolicy,
+    },
+}
+
+/// Where replicas report their callers' usage of the limits.
+pub const USAGE: &str = "club.usage";
+
+/// What one replica's callers used of the club-wide limits (in parts when long).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UsageReport {
+    /// The reporting replica.
+    pub replica: String,
+    /// Rate uses since its last report, and in-flight counts now.
+    pub usage: Vec<Usage>,
+}
+
+/// Encodes a message.
+pub fn encode<M: Serialize>(message: &M) -> Vec<u8> {
+    // Our own types always serialize; an empty payload is refused by every decoder.
+    serde_json::to_vec(message).unwrap_or_default()
+}
+
+/// Decodes a message.
+pub fn decode<'a, M: Deserialize<'a>>(payload: &'a [u8]) -> Result<M, serde_json::Error> {
+    serde_json::from_slice(payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_names_make_safe_subjects() {
+        let key = NodeKey {
+            operator_id: UserId::new(),
+            provider: "gpu box.*>".into(),
+        };
+        let subject = job_subject(&key);
+        let provider = subject.split('.').nth(3).unwrap();
+        assert!(provider.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(subject.split('.').count(), 5);
+    }
+
+    #[test]
+    fn sync_lists_split_under_the_limit_and_join_again() {
+        let manifest: ServiceManifest = serde_json::from_value(serde_json::json!({
+            "schema_version": 1,
+            "agent": {"name": "n"},
+            "hosts": [{"id": "h", "services": [{"name": "s", "engine": "vllm",
+                "url": "http://127.0.0.1:1", "models": [{"id": "m"}]}]}]
+        }))
+        .unwrap();
+        let nodes: Vec<NodeUp> = (0..50)
+            .map(|i| NodeUp {
+                replica: "r1".into(),
+                incarnation: 1,
+                operator_id: UserId::new(),
+                operator: "ada".into(),
+                provider: format!("node-{i}"),
+                manifest: manifest.clone(),
+                policy: ProviderPolicy::default(),
+                connected_at: Utc::now(),
+            })
+            .collect();
+        let one = encode(&nodes[0]).len();
+        let parts = sync_parts(nodes.clone(), one * 10);
+        assert!(parts.len() >= 5, "{} parts", parts.len());
+        let mut joined = Vec::new();
+        for (i, payload) in parts.iter().enumerate() {
+            assert!(payload.len() < one * 12);
+            let part: SyncReply = decode(payload).unwrap();
+            assert_eq!(part.part as usize, i);
+            assert_eq!(part.parts as usize, parts.len());
+            joined.extend(part.nodes.into_iter().map(|n| n.provider));
+        }
+        let expected: Vec<String> = nodes.iter().map(|n| n.provider.clone()).collect();
+        assert_eq!(joined, expected);
+        assert_eq!(sync_parts(Vec::new(), 10).len(), 1);
+    }
+
+    #[test]
+    fn groups_stay_under_the_limit_in_order_and_an_oversized_item_goes_alone() {
+        let items = vec![
+            "aaaa".to_owned(),
+            "b".repeat(40),
+            "cc".into(),
+            "dd".into(),
+            "e".into(),
+        ];
+        // "aaaa" is 6 bytes of JSON + 1; the 40-byte item alone is over the limit.
+        let groups = groups_under(items.clone(), 16);
+        assert_eq!(
+            groups,
+            vec![
+                vec![items[0].clone()],
+                vec![items[1].clone()],
+                vec![items[2].clone(), items[3].clone(), items[4].clone()],
+            ]
+        );
+        assert_eq!(
+            groups_under(Vec::<String>::new(), 16),
+            vec![Vec::<String>::new()]
+        );
+    }
+
+    #[test]
+    fn inboxes_name_their_job() {
+        let subject = inbox("r1", 42);
+        assert_eq!(inbox_id(&subject), Some(42));
+        assert!(subject.starts_with(inboxes("r1").trim_end_matches('*')));
+        assert_eq!(inbox_id("club.replica.r1.events.x"), None);
+    }
+
+    #[test]
+    fn replica_ids_are_subject_tokens() {
+        assert!(valid_replica_id("replica-1_a"));
+        assert!(!valid_replica_id(""));
+        assert!(!valid_replica_id("a.b"));
+        assert!(!valid_replica_id("a b"));
+        assert!(!valid_replica_id(&"x".repeat(65)));
+    }
+}

@@ -1,0 +1,207 @@
+//! The public face of the crate: [`CoordinatorBuilder`] configures a coordinator, and
+//! [`Coordinator`] serves it.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::Admin;
+use crate::error::Error;
+use crate::server::{ServeSettings, serve_with};
+use crate::store::Store;
+use crate::{AppState, ClusterConfig, CoordinatorConfig, DEFAULT_DATABASE, GitHubConfig, Limits};
+
+/// Why a coordinator could not start: the database, the cluster or the configuration (see
+/// [`Error::kind`]).
+pub type StartError = Error;
+
+/// Configures a [`Coordinator`]: its database, limits, timeouts, GitHub sign-in and cluster.
+///
+/// Every setting has a default a small club can run with: a SQLite file `club.db` in the
+/// working directory, the limits of [`Limits::default`], no GitHub sign-in (members and keys
+/// come from [`Admin`]), and no cluster.
+#[derive(Debug, Clone)]
+pub struct CoordinatorBuilder {
+    database: String,
+    config: CoordinatorConfig,
+    serve: ServeSettings,
+}
+
+impl Default for CoordinatorBuilder {
+    fn default() -> Self {
+        Self {
+            database: DEFAULT_DATABASE.to_owned(),
+            config: CoordinatorConfig::default(),
+            serve: ServeSettings::default(),
+        }
+    }
+}
+
+impl CoordinatorBuilder {
+    /// A builder with the defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The database: `sqlite:PATH` (created when missing), `sqlite::memory:`, or
+    /// `postgres://…`. A plain path is a SQLite file.
+    pub fn database(mut self, url: impl Into<String>) -> Self {
+        self.database = url.into();
+        self
+    }
+
+    /// Rate, concurrency and size limits.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.config.limits = limits;
+        self
+    }
+
+    /// How often nodes heartbeat (and the coordinator pings them); two missed beats make a node
+    /// offline. Default 10 s; at least 1 s.
+    pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.config.heartbeat_interval = interval.max(Duration::from_secs(1));
+        self
+    }
+
+    /// How long a request may wait for a node with room before it is answered 503. Default 30 s.
+    pub fn queue_timeout(mut self, timeout: Duration) -> Self {
+        self.config.queue_timeout = timeout;
+        self
+    }
+
+    /// How many requests may wait at once before new ones get 503 straight away. Default 1024.
+    pub fn max_queued(mut self, max: usize) -> Self {
+        self.config.max_queued = max;
+        self
+    }
+
+    /// How long a stopping coordinator lets requests in flight finish. Default 30 s.
+    pub fn drain(mut self, drain: Duration) -> Self {
+        self.config.drain = drain;
+        self
+    }
+
+    /// GitHub sign-in (web and device flows) with this OAuth app. Without it, members and keys
+    /// come from [`Admin`] and the sign-in routes answer 404 `sign_in_unavailable`.
+    pub fn github(mut self, github: GitHubConfig) -> Self {
+        self.config.github = Some(github);
+        self
+    }
+
+    /// The coordinator's externally visible base URL (e.g. `https://club.example`): the OAuth
+    /// callback is `{public_url}/auth/github/callback`, and cookies are `Secure` under https.
+    pub fn public_url(mut self, url: url::Url) -> Self {
+        self.config.public_url = Some(url);
+        self
+    }
+
+    /// Run as one replica of a cluster (needs a PostgreSQL database).
+    pub fn cluster(mut self, cluster: ClusterConfig) -> Self {
+        self.config.cluster = Some(cluster);
+        self
+    }
+
+    /// How the HTTP server treats slow and oversized requests.
+    pub fn serve_settings(mut self, settings: ServeSettings) -> Self {
+        self.serve = settings;
+        self
+    }
+
+    /// Opens the database (bringing its schema up to date), marks records left in flight by an
+    /// earlier run as `failed`, joins the cluster if configured, and returns the coordinator,
+    /// ready to [`serve`](Coordinator::serve).
+    pub async fn build(self) -> Result<Coordinator, StartError> {
+        let store = Store::connect(&database_url(&self.database)).await?;
+        let state = AppState::start(store, self.config).await?;
+        Ok(Coordinator {
+            state,
+            serve: self.serve,
+        })
+    }
+}
+
+/// A running coordinator: serve it on a listener, administer it, or mount its routes in an
+/// application of your own. Cheap to clone; clones share everything.
+#[derive(Debug, Clone)]
+pub struct Coordinator {
+    state: Arc<AppState>,
+    serve: ServeSettings,
+}
+
+impl Coordinator {
+    /// A builder with the defaults (see [`CoordinatorBuilder`]).
+    pub fn builder() -> CoordinatorBuilder {
+        CoordinatorBuilder::new()
+    }
+
+    /// Serves every route on `listener` until `shutdown` resolves, then stops gracefully:
+    /// nodes get no new jobs and no new links are taken, no new connections are accepted,
+    /// requests in flight (streams included) get the drain time to finish, and the node links
+    /// are closed (the nodes link again elsewhere). Prints `listening on http://ADDR` once it
+    /// accepts connections.
+    pub async fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), Error> {
+        let stop = CancellationToken::new();
+        let drain = self.state.config.drain;
+        let stopping = self.state.clone();
+        let signalled_at = Arc::new(std::sync::OnceLock::new());
+        let watcher = {
+            let stop = stop.clone();
+            let signalled_at = signalled_at.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                let _ = signalled_at.set(Instant::now());
+                // No new links or jobs for the nodes here, then no new connections.
+                stopping.begin_drain().await;
+                stop.cancel();
+            })
+        };
+        let served = serve_with(listener, self.state.app(), stop.clone(), self.serve);
+        tokio::pin!(served);
+        // After the signal, requests in flight get `drain` to finish.
+        let result = tokio::select! {
+            result = &mut served => result,
+            () = async {
+                stop.cancelled().await;
+                tokio::time::sleep(drain).await;
+            } => Ok(()),
+        };
+        watcher.abort();
+        let since_signal = signalled_at.get().map_or(Duration::ZERO, Instant::elapsed);
+        self.state
+            .finish_drain(drain.saturating_sub(since_signal))
+            .await;
+        result.map_err(Error::from)
+    }
+
+    /// Every route of the coordinator as an axum `Router`, to mount in an application of your
+    /// own (serve it with `ConnectInfo<SocketAddr>`; the per-address limits use it). Prefer
+    /// [`serve`](Self::serve), which adds read timeouts and drains on shutdown.
+    pub fn router(&self) -> axum::Router {
+        self.state.app()
+    }
+
+    /// Member and key administration on this coordinator's database.
+    pub fn admin(&self) -> Admin {
+        Admin::new(self.state.store.clone())
+    }
+
+    #[cfg(feature = "testing")]
+    pub(crate) fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+}
+
+/// A database given as a plain path is a SQLite file.
+pub(crate) fn database_url(database: &str) -> String {
+    if database.contains("://") || database.starts_with("sqlite:") {
+        database.to_owned()
+    } else {
+        format!("sqlite:{database}")
+    }
+}

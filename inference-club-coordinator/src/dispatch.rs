@@ -1,0 +1,505 @@
+//! The one dispatch path every endpoint uses: choose a node with core's routing policy, send the
+//! job, fail over before the first output, and wait in a bounded, fair queue when every node
+//! that could serve the request is full.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use inference_club_core::openai::ChatCompletionRequest;
+use inference_club_core::provider::{ChunkStream, ProviderError, RequestContext};
+use inference_club_core::record::{InferenceRecord, ServedBy};
+use inference_club_core::routing::failover;
+use inference_club_core::routing::{self, Availability, Candidate};
+
+use super::AppState;
+use super::error::ApiError;
+use super::nodes::{NodeKey, NodeSlot, OnlineNode, SendError};
+use super::store::RoutingPreference;
+
+/// Waiting requests and the lock that makes selection and reservation one step.
+#[derive(Debug, Default)]
+pub struct DispatchQueues {
+    /// Held while a node is chosen and its slot taken (shared with the cluster, which takes
+    /// slots for other replicas' jobs).
+    pub(crate) select: Arc<Mutex<()>>,
+    turnstiles: Mutex<HashMap<String, Arc<Turnstile>>>,
+    waiting: AtomicUsize,
+    tiebreak: AtomicUsize,
+}
+
+/// The line of requests waiting for one model: whoever holds the lock is at its head.
+#[derive(Debug, Default)]
+struct Turnstile {
+    lock: tokio::sync::Mutex<()>,
+    waiting: AtomicUsize,
+}
+
+/// Counts one waiter on a counter until dropped (also when the waiting request is dropped
+/// because its consumer went away).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn enter(counter: &'a AtomicUsize) -> (Self, usize) {
+        let before = counter.fetch_add(1, Ordering::AcqRel);
+        (Self(counter), before)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The outcome of ranking the online nodes for one request.
+enum Pick {
+    Node(OnlineNode, NodeSlot, String),
+    Wait,
+    Fail(Availability),
+}
+
+impl DispatchQueues {
+    /// Requests waiting for a node with room now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+
+    fn turnstile(&self, model: &str) -> Arc<Turnstile> {
+        self.turnstiles
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(model.to_ascii_lowercase())
+            .or_default()
+            .clone()
+    }
+
+    /// Whether requests for `model` are waiting: a newcomer then queues behind them.
+    fn has_waiters(&self, model: &str) -> bool {
+        self.turnstiles
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&model.to_ascii_lowercase())
+            .is_some_and(|t| t.waiting.load(Ordering::Acquire) > 0)
+    }
+}
+
+/// Whether `node` is run by `consumer`.
+fn is_own(node: &OnlineNode, consumer: Option<&str>) -> bool {
+    consumer.is_some_and(|c| node.operator().eq_ignore_ascii_case(c))
+}
+
+/// Ranks the online nodes for `model` and `consumer`, leaving out those `tried` already, and
+/// reserves a slot on the best one. The consumer's routing preference decides which nodes
+/// count: `only_own` their own nodes only; `prefer_own` their own nodes when one has room,
+/// else every node; `any` every node. A node whose operator turned the kill switch on serves
+/// nothing.
+fn pick(
+    state: &AppState,
+    model: &str,
+    consumer: Option<&str>,
+    preference: RoutingPreference,
+    tried: &[NodeKey],
+) -> Pick {
+    let queues = &state.queues;
+    let _selecting = queues.select.lock().unwrap_or_else(PoisonError::into_inner);
+    let nodes = state.nodes_for(model);
+    let tiebreak = queues.tiebreak.fetch_add(1, Ordering::Relaxed) as u64;
+    let rank = |own_only| rank_and_reserve(&nodes, model, consumer, own_only, tried, tiebreak);
+    let picked = match preference {
+        RoutingPreference::Any => rank(false),
+        RoutingPreference::OnlyOwn => rank(true),
+        RoutingPreference::PreferOwn => match rank(true) {
+            picked @ Pick::Node(..) => picked,
+            _ => rank(false),
+        },
+    };
+    match picked {
+        // In a cluster, a node that just left one replica is relinking to another: wait for it.
+        Pick::Fail(Availability::NotServed | Availability::Offline)
+            if tried.is_empty() && state.may_relink(model) =>
+        {
+            Pick::Wait
+        }
+        picked => picked,
+    }
+}
+
+/// Beyond this many nodes serving a model, a request ranks a random sample of this many (the
+/// best of d choices: load stays spread while the cost per request stays bounded), and every
+/// node only when the sample has none with room.
+pub const ROUTING_SAMPLE: usize = 64;
+
+/// Ranks `nodes` (only the consumer's own when `own_only`) and reserves a slot on the best;
+/// a sample of [`ROUTING_SAMPLE`] first when there are more. The caller holds the selection
+/// lock; `tiebreak` advances per request.
+fn rank_and_reserve(
+    nodes: &[OnlineNode],
+    model: &str,
+    consumer: Option<&str>,
+    own_only: bool,
+    tried: &[NodeKey],
+    tiebreak: u64,
+) -> Pick {
+    if own_only {
+        // Own nodes are few among many: pick them out by name (cheap) before ranking them.
+        let own: Vec<OnlineNode> = nodes
+            .iter()
+            .filter(|node| is_own(node, consumer))
+            .cloned()
+            .collect();
+        return choose_among(&own, model, consumer, tried, tiebreak);
+    }
+    if nodes.len() > ROUTING_SAMPLE {
+        let start = sample_start(tiebreak, nodes.len());
+        let sample: Vec<OnlineNode> = (0..ROUTING_SAMPLE)
+            .filter_map(|i| nodes.get((start + i) % nodes.len()).cloned())
+            .collect();
+        if let picked @ Pick::Node(..) = choose_among(&sample, model, consumer, tried, tiebreak) {
+            return picked;
+        }
+    }
+    choose_among(nodes, model, consumer, tried, tiebreak)
+}
+
+/// Where a request's sample starts among `len` nodes: spread evenly over successive requests
+/// (a SplitMix64 step of the request counter).
+fn sample_start(counter: u64, len: usize) -> usize {
+    let mut z = counter.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    // `len` is at least 1 here, and the remainder is below it: no truncation.
+    (z % len.max(1) as u64) as usize
+}
+
+/// Ranks exactly `nodes` and reserves a slot on the best.
+fn choose_among(
+    nodes: &[OnlineNode],
+    model: &str,
+    consumer: Option<&str>,
+    tried: &[NodeKey],
+    tiebreak: u64,
+) -> Pick {
+    let candidates: Vec<Candidate<usize>> = nodes
+        .iter()
+        .enumerate()
+        .map(|(index, node)| {
+            let offer = node.offer();
+            let found = offer.find_model(model).filter(|_| offer.accepting());
+            Candidate {
+                key: index,
+                serves_model: found.is_some(),
+                admits_consumer: found.is_some_and(|m| m.access.admits(node.operator(), consumer)),
+                online: !node.is_closed(),
+                in_flight: node.in_flight(),
+                max_concurrent: offer.capacity,
+                recent_ttft: node.recent_ttft(),
+            }
+        })
+        .collect();
+    let tried: Vec<usize> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, node)| tried.contains(node.key()))
+        .map(|(index, _)| index)
+        .collect();
+    let choice = routing::choose(&candidates, &tried, tiebreak);
+    match (choice.availability, choice.best) {
+        (Availability::HasRoom, Some(index)) => match nodes.get(index) {
+            Some(node) => {
+                let service = node
+                    .offer()
+                    .find_model(model)
+                    .map(|m| m.service.clone())
+                    .unwrap_or_default();
+                Pick::Node(node.clone(), node.reserve(), service)
+            }
+            None => Pick::Fail(Availability::Offline),
+        },
+        (Availability::AllFull, _) => Pick::Wait,
+        (availability, _) => Pick::Fail(availability),
+    }
+}
+
+fn unplaceable(
+    availability: Availability,
+    model: &str,
+    preference: RoutingPreference,
+    last: Option<ProviderError>,
+) -> ApiError {
+    // Every node that served the model was tried, failed and is gone now: the model exists and
+    // its nodes failed — say what went wrong (502), not that nobody serves it (404).
+    if matches!(
+        availability,
+        Availability::NotServed | Availability::Offline
+    ) && let Some(error) = &last
+    {
+        return ApiError::from_provider(error);
+    }
+    match availability {
+        Availability::NotServed | Availability::Offline
+            if preference == RoutingPreference::OnlyOwn =>
+        {
+            ApiError::not_found(
+                "model_not_found",
+                format!(
+                    "None of your online nodes serves `{model}`, and your routing preference is \
+                     only_own; change it with PATCH /api/v1/me {{\"routing_preference\": \"any\"}}."
+                ),
+            )
+            .with_param("model")
+        }
+        Availability::NotServed | Availability::Offline => {
+            ApiError::from_provider(&ProviderError::ModelNotFound {
+                model: model.to_owned(),
+            })
+        }
+        Availability::NotAdmitted => ApiError::forbidden(
+            "access_denied",
+            format!("no node serving `{model}` admits you (their operators restrict access)"),
+        ),
+        Availability::AllFull => ApiError::overloaded(
+            format!("every node serving `{model}` is busy; try again shortly"),
+            2,
+        ),
+        Availability::Exhausted | Availability::HasRoom => match last {
+            Some(error) => ApiError::from_provider(&error),
+            None => ApiError::from_provider(&ProviderError::Unavailable {
+                status: None,
+                message: format!("no node serving `{model}` could answer"),
+            }),
+        },
+    }
+}
+
+/// Dispatches `request` for `record`'s consumer: returns the stream from the first node that
+/// produces output (or ends), with the record's attempts filled in; or the error to answer
+/// with, after every candidate was tried or the queue timed out.
+pub async fn dispatch(
+    state: &AppState,
+    request: &ChatCompletionRequest,
+    record: &mut InferenceRecord,
+    context: &RequestContext,
+    preference: RoutingPreference,
+) -> Result<ChunkStream, ApiError> {
+    let model = request.model.clone();
+    let consumer = record.consumer.clone();
+    let deadline = Instant::now() + state.config.queue_timeout;
+    let mut tried: Vec<NodeKey> = Vec::new();
+    let mut last_error: Option<ProviderError> = None;
+    let mut queued = false;
+    let mut refusals = 0u32;
+    loop {
+        if context.cancel.is_cancelled() {
+            return Err(ApiError::from_provider(&ProviderError::Cancelled));
+        }
+        // Nobody overtakes the requests already waiting for this model.
+        let picked = if state.queues.has_waiters(&model) {
+            Pick::Wait
+        } else {
+            pick(state, &model, consumer.as_deref(), preference, &tried)
+        };
+        let picked = match picked {
+            Pick::Wait => {
+                if !queued {
+                    queued = true;
+                    state.metrics.queued.inc();
+                }
+                wait_for_slot(
+                    state,
+                    &model,
+                    consumer.as_deref(),
+                    preference,
+                    &tried,
+                    deadline,
+                )
+                .await?
+            }
+            other => other,
+        };
+        let (node, slot, service) = match picked {
+            Pick::Node(node, slot, service) => (node, slot, service),
+            Pick::Fail(availability) => {
+                return Err(unplaceable(availability, &model, preference, last_error));
+            }
+            Pick::Wait => {
+                return Err(unplaceable(
+                    Availability::AllFull,
+                    &model,
+                    preference,
+                    last_error,
+                ));
+            }
+        };
+        let served_by = ServedBy {
+            operator: node.operator().to_owned(),
+            provider: node.key().provider.clone(),
+            service: Some(service).filter(|s| !s.is_empty()),
+        };
+        // A record that is final cannot be dispatched again; that cannot happen here.
+        let _ = record.dispatched(served_by, Utc::now());
+        let started = Instant::now();
+        let opened = match node
+            .chat(state.cluster(), request.clone(), context.clone())
+            .await
+        {
+            Ok(chunks) => failover::read_until_output(chunks).await,
+            // Nothing ran (another replica took the node's last slot, its replica is shutting
+            // down, or it is linking again): choose again, a few times, without an attempt.
+            Err(SendError::Refused(_)) if refusals < MAX_REFUSALS && Instant::now() < deadline => {
+                refusals += 1;
+                drop(slot);
+                tokio::time::sleep(Duration::from_millis(2 * u64::from(refusals))).await;
+                continue;
+            }
+            Err(SendError::Refused(message)) => Err(ProviderError::Busy { message }),
+            Err(SendError::Failed(error)) => Err(error),
+        };
+        match opened {
+            Ok(opened) => {
+                if opened.output_started() {
+                    node.record_ttft(started.elapsed());
+                }
+                return Ok(opened.into_stream(slot));
+            }
+            Err(error) if error.is_retryable() => {
+                tracing::info!(provider = %node.key().provider, %error, "failing over");
+                state.metrics.failovers.inc();
+                record.attempt_failed(error.kind(), error.to_string());
+                node.record_ttft(started.elapsed().max(Duration::from_secs(10)));
+                tried.push(node.key().clone());
+                last_error = Some(error);
+            }
+            Err(error) => {
+                record.attempt_failed(error.kind(), error.to_string());
+                return Err(ApiError::from_provider(&error));
+            }
+        }
+    }
+}
+
+/// How many times one request chooses again after a node was refused to it ([`SendError::Refused`])
+/// before such a refusal counts as a failed attempt.
+const MAX_REFUSALS: u32 = 20;
+
+/// Waits, in order of arrival per model, until a node serving `model` has room, and reserves
+/// the slot before the next in line may look (so nobody overtakes). Returns a `Pick::Node`, or
+/// `Pick::Fail` when no node could serve the request any more; 503 with `Retry-After` when the
+/// queue is full or the wait runs out. A request dropped while waiting leaves the line.
+async fn wait_for_slot(
+    state: &AppState,
+    model: &str,
+    consumer: Option<&str>,
+    preference: RoutingPreference,
+    tried: &[NodeKey],
+    deadline: Instant,
+) -> Result<Pick, ApiError> {
+    let queues = &state.queues;
+    let busy = || {
+        ApiError::overloaded(
+            format!("every node serving `{model}` is busy; try again shortly"),
+            2,
+        )
+    };
+    let (_counted, before) = Waiting::enter(&queues.waiting);
+    if before >= state.config.max_queued {
+        return Err(busy());
+    }
+    let turnstile = queues.turnstile(model);
+    let (_in_line, _) = Waiting::enter(&turnstile.waiting);
+    let deadline = tokio::time::Instant::from_std(deadline);
+    let _turn = tokio::time::timeout_at(deadline, turnstile.lock.lock())
+        .await
+        .map_err(|_| busy())?;
+    loop {
+        match pick(state, model, consumer, preference, tried) {
+            Pick::Wait => {}
+            decided => return Ok(decided),
+        }
+        let tick = tokio::time::sleep(Duration::from_millis(20));
+        tokio::select! {
+            () = state.nodes.changed() => {}
+            () = tick => {}
+            () = tokio::time::sleep_until(deadline) => return Err(busy()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::directory::Directory;
+    use crate::cluster::directory::testing::{operated_peer, peer};
+
+    /// `n` nodes serving `m`, each with `max_concurrent`.
+    fn nodes(directory: &Directory, n: usize, max_concurrent: Option<u32>) -> Vec<OnlineNode> {
+        (0..n)
+            .map(|i| peer(directory, &format!("n{i}"), &[("m", None)], max_concurrent))
+            .collect()
+    }
+
+    /// Picks for `requests` requests in a row, holding every slot taken.
+    fn pick_many(nodes: &[OnlineNode], requests: u64) -> Vec<NodeSlot> {
+        (0..requests)
+            .map(
+                |tiebreak| match rank_and_reserve(nodes, "m", Some("bob"), false, &[], tiebreak) {
+                    Pick::Node(_, slot, _) => slot,
+                    _ => panic!("request {tiebreak} found no node"),
+                },
+            )
+            .collect()
+    }
+
+    #[test]
+    fn among_many_nodes_a_sample_keeps_the_load_spread() {
+        let directory = Directory::default();
+        let many = nodes(&directory, 1_000, None);
+        let _slots = pick_many(&many, 3_000);
+        let loads: Vec<u32> = many.iter().map(OnlineNode::in_flight).collect();
+        let (least, most) = (loads.iter().min(), loads.iter().max());
+        // Every node got work, and none much more than its share of 3.
+        assert!(least >= Some(&1) && most <= Some(&5), "{least:?}..{most:?}");
+    }
+
+    #[test]
+    fn own_only_finds_the_consumers_node_among_many() {
+        let directory = Directory::default();
+        let mut many = nodes(&directory, 300, None);
+        many.insert(
+            150,
+            operated_peer(&directory, "Bob", "bobs-box", &[("m", None)], None),
+        );
+        for tiebreak in 0..5 {
+            match rank_and_reserve(&many, "m", Some("bob"), true, &[], tiebreak) {
+                Pick::Node(node, _, _) => assert_eq!(node.key().provider, "bobs-box"),
+                _ => panic!("bob's node was not found"),
+            }
+            assert!(matches!(
+                rank_and_reserve(&many, "m", Some("carol"), true, &[], tiebreak),
+                Pick::Fail(Availability::NotServed)
+            ));
+        }
+    }
+
+    #[test]
+    fn a_sample_without_room_falls_back_to_every_node() {
+        let directory = Directory::default();
+        let many = nodes(&directory, 500, Some(1));
+        // Every node but the last is full.
+        let _taken: Vec<NodeSlot> = many[..499].iter().map(OnlineNode::reserve).collect();
+        for tiebreak in 0..20 {
+            match rank_and_reserve(&many, "m", Some("bob"), false, &[], tiebreak) {
+                Pick::Node(node, _, _) => assert_eq!(node.key().provider, "n499"),
+                _ => panic!("the node with room was not found"),
+            }
+        }
+        let _last = many[499].reserve();
+        assert!(matches!(
+            rank_and_reserve(&many, "m", Some("bob"), false, &[], 0),
+            Pick::Wait
+        ));
+    }
+}

@@ -1,0 +1,311 @@
+//! The link server: accepts node WebSockets, keeps each node's offer and load, relays job
+//! events to the consumers waiting on them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+use inference_club_core::link::{
+    self, CoordinatorMessage, Hello, NodeMessage, PROTOCOL_VERSION, Refused, Welcome,
+};
+use inference_club_core::manifest::ServiceManifest;
+use tokio::sync::mpsc;
+
+use super::AppState;
+use super::auth::{self, Caller};
+use super::error::ApiError;
+use super::nodes::{JobEvent, LiveNode, NodeKey};
+use super::store::Scope;
+
+/// How long a node has to send `hello` after connecting.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `GET /v1/link`: upgrades to the node link for a key with the `provider` scope.
+pub async fn upgrade(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if state.is_draining() {
+        return ApiError::overloaded(
+            "this coordinator is shutting down; link to another (the node retries by itself)",
+            1,
+        )
+        .into_response();
+    }
+    let caller = match auth::require(&state.store, &headers, Scope::Provider).await {
+        Ok(caller) => caller,
+        Err(error) => return error.into_response(),
+    };
+    ws.max_message_size(link::MAX_MESSAGE_BYTES)
+        .max_frame_size(link::MAX_MESSAGE_BYTES)
+        .read_buffer_size(link::BUFFER_BYTES)
+        .write_buffer_size(link::BUFFER_BYTES)
+        .on_upgrade(move |socket| serve(state, caller, socket))
+}
+
+/// Checks a hello's manifest: its size against the coordinator's limit, then with core's
+/// validator, and redacts it again (the coordinator trusts no node to have done so): every
+/// problem is listed.
+fn accept_manifest(state: &AppState, hello: &Hello) -> Result<ServiceManifest, Refused> {
+    if let Err(reason) = state.limits.check_manifest(&hello.manifest) {
+        return Err(Refused {
+            reason,
+            errors: Vec::new(),
+        });
+    }
+    if hello.protocol_version < 1 {
+        return Err(Refused {
+            reason: format!(
+                "protocol version {} is not supported (this coordinator speaks {PROTOCOL_VERSION})",
+                hello.protocol_version
+            ),
+            errors: Vec::new(),
+        });
+    }
+    let text = hello.manifest.to_string();
+    ServiceManifest::parse_and_validate(&text)
+        .map(|m| m.redacted())
+        .map_err(|error| Refused {
+            reason: "the manifest is not valid".into(),
+            errors: error.lines(),
+        })
+}
+
+/// `welcome` for an accepted hello: the version both speak, who the node is, how often to beat.
+fn welcome(
+    hello: &Hello,
+    operator: &str,
+    provider: &str,
+    interval: Duration,
+) -> CoordinatorMessage {
+    CoordinatorMessage::Welcome(Welcome {
+        protocol_version: PROTOCOL_VERSION.min(hello.protocol_version),
+        operator: operator.to_owned(),
+        provider: provider.to_owned(),
+        heartbeat_interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
+    })
+}
+
+/// The provider name of a manifest: `agent.name`, else `agent.hostname`, else `default`.
+pub fn provider_name(manifest: &ServiceManifest) -> String {
+    manifest
+        .agent
+        .name
+        .clone()
+        .or_else(|| manifest.agent.hostname.clone())
+        .filter(|n| !n.trim().is_empty())
+        .unwrap_or_else(|| "default".into())
+}
+
+async fn send(socket: &mut WebSocket, message: &CoordinatorMessage) -> bool {
+    match link::encode(message) {
+        Ok(text) => socket.send(Message::Text(text.into())).await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+async fn read_hello(socket: &mut WebSocket) -> Option<Hello> {
+    let frame = tokio::time::timeout(HELLO_TIMEOUT, socket.next())
+        .await
+        .ok()??
+        .ok()?;
+    match frame {
+        Message::Text(text) => match link::decode_node(&text) {
+            Ok(NodeMessage::Hello(hello)) => Some(hello),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+async fn serve(state: Arc<AppState>, caller: Caller, mut socket: WebSocket) {
+    let Some(hello) = read_hello(&mut socket).await else {
+        let refused = CoordinatorMessage::Refused(Refused {
+            reason: "expected hello as the first message".into(),
+            errors: Vec::new(),
+        });
+        send(&mut socket, &refused).await;
+        return;
+    };
+    let manifest = match accept_manifest(&state, &hello) {
+        Ok(manifest) => manifest,
+        Err(refused) => {
+            tracing::info!(operator = %caller.user.handle, reason = %refused.reason, "refused a node");
+            send(&mut socket, &CoordinatorMessage::Refused(refused)).await;
+            return;
+        }
+    };
+    let name = provider_name(&manifest);
+    let manifest_json = serde_json::to_value(&manifest).unwrap_or_default();
+    let provider_id = match state
+        .store
+        .upsert_provider(caller.user.id, &name, &manifest_json)
+        .await
+    {
+        Ok(revision) => revision.provider_id,
+        Err(error) => {
+            let refused = CoordinatorMessage::Refused(Refused {
+                reason: format!("cannot record the provider: {error}"),
+                errors: Vec::new(),
+            });
+            send(&mut socket, &refused).await;
+            return;
+        }
+    };
+
+    // The operator's overrides and kill switch are in force from the first moment.
+    let policy = match state.store.provider_policy(provider_id).await {
+        Ok(policy) => policy,
+        Err(error) => {
+            let refused = CoordinatorMessage::Refused(Refused {
+                reason: format!("cannot read the provider's policy: {error}"),
+                errors: Vec::new(),
+            });
+            send(&mut socket, &refused).await;
+            return;
+        }
+    };
+    let (outgoing, mut to_node) = mpsc::channel::<CoordinatorMessage>(1024);
+    let key = NodeKey {
+        operator_id: caller.user.id,
+        provider: name.clone(),
+    };
+    let node = Arc::new(LiveNode::new(
+        key,
+        caller.user.handle.clone(),
+        manifest,
+        policy,
+        outgoing,
+    ));
+    let interval = state.config.heartbeat_interval;
+    let greeting = welcome(&hello, &caller.user.handle, &name, interval);
+    // Routable before the node hears `welcome`: a node that says it is linked is. Jobs sent
+    // meanwhile wait in `outgoing`, which the writer drains after the welcome.
+    state.nodes.insert(node.clone());
+    // A policy changed between the read above and the insert reached no live node: read again.
+    if let Ok(policy) = state.store.provider_policy(provider_id).await {
+        node.set_policy(policy);
+    }
+    if !send(&mut socket, &greeting).await {
+        state.nodes.remove(&node);
+        return;
+    }
+    state.metrics.nodes_online.inc();
+    if let Some(cluster) = state.cluster() {
+        cluster.node_linked(&node);
+    }
+    tracing::info!(operator = %caller.user.handle, provider = %name, "node linked");
+
+    let (mut sink, mut frames) = socket.split();
+    // Writer: messages for the node, and a ping every interval so it knows we are alive.
+    let writer_node = node.clone();
+    let writer = tokio::spawn(async move {
+        let mut ping = tokio::time::interval(interval);
+        loop {
+            let message = tokio::select! {
+                message = to_node.recv() => match message {
+                    Some(message) => match link::encode(&message) {
+                        Ok(text) => Message::Text(text.into()),
+                        Err(error) => {
+                            tracing::warn!("cannot encode a message for a node: {error}");
+                            continue;
+                        }
+                    },
+                    None => break,
+                },
+                _ = ping.tick() => Message::Ping(Vec::new().into()),
+                () = writer_node.closed() => break,
+            };
+            if sink.send(message).await.is_err() {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+
+    // Reader: everything the node says. Silence for two intervals means it is gone.
+    let silence = interval * 2 + Duration::from_millis(500);
+    loop {
+        let frame = match tokio::time::timeout(silence, frames.next()).await {
+            Err(_) => {
+                tracing::info!(provider = %name, "node missed two heartbeats");
+                break;
+            }
+            Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => break,
+            Ok(Some(Ok(Message::Text(text)))) => text,
+            Ok(Some(Ok(_))) => {
+                node.heard_from();
+                continue;
+            }
+        };
+        node.heard_from();
+        if node.is_closed() {
+            break; // replaced by a newer link
+        }
+        match link::decode_node(&frame) {
+            Ok(NodeMessage::Heartbeat(heartbeat)) => node.set_load(heartbeat.load),
+            Ok(NodeMessage::Chunk(chunk)) => node.deliver(chunk.job, JobEvent::Chunk(chunk.chunk)),
+            Ok(NodeMessage::Done(done)) => {
+                node.deliver(done.job, JobEvent::Done);
+                state.nodes.notify_changed();
+            }
+            Ok(NodeMessage::Error(failed)) => {
+                node.deliver(failed.job, JobEvent::Failed(failed.error));
+                state.nodes.notify_changed();
+            }
+            Ok(NodeMessage::Hello(again)) => match accept_manifest(&state, &again) {
+                Ok(manifest) if provider_name(&manifest) == name => {
+                    let json = serde_json::to_value(&manifest).unwrap_or_default();
+                    if let Err(error) = state
+                        .store
+                        .upsert_provider(caller.user.id, &name, &json)
+                        .await
+                    {
+                        tracing::warn!("cannot record a manifest revision: {error}");
+                    }
+                    state.nodes.set_manifest(&node, manifest);
+                    if let Some(cluster) = state.cluster() {
+                        cluster.announce(&node);
+                    }
+                    let _ = node.try_send(welcome(&again, &caller.user.handle, &name, interval));
+                }
+                Ok(_) => {
+                    let _ = node.try_send(CoordinatorMessage::Refused(Refused {
+                        reason: "a linked node cannot change its agent.name; reconnect instead"
+                            .into(),
+                        errors: Vec::new(),
+                    }));
+                }
+                Err(refused) => {
+                    let _ = node.try_send(CoordinatorMessage::Refused(refused));
+                }
+            },
+            Ok(NodeMessage::Goodbye(goodbye)) => {
+                tracing::info!(provider = %name, reason = %goodbye.reason, "node said goodbye");
+                break;
+            }
+            Err(error) => tracing::warn!(provider = %name, "ignoring a bad frame: {error}"),
+        }
+    }
+    state.nodes.remove(&node);
+    state.metrics.nodes_online.dec();
+    if let Some(cluster) = state.cluster()
+        && state.nodes.get(&node.key).is_none()
+    {
+        cluster.node_unlinked(&node);
+    }
+    writer.abort();
+    if let Err(error) = state
+        .store
+        .touch_provider(provider_id, chrono::Utc::now())
+        .await
+    {
+        tracing::warn!("cannot record when the node was last seen: {error}");
+    }
+    tracing::info!(provider = %name, "node offline");
+}

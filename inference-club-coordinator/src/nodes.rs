@@ -1,0 +1,751 @@
+//! The live nodes: one entry per linked provider, each usable as a
+//! [`Provider`] that sends jobs over its link.
+//!
+//! This is the coordinator's only in-memory state besides queues: it is rebuilt as nodes
+//! reconnect.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use async_stream::stream;
+use async_trait::async_trait;
+use inference_club_core::link::{Cancel, CoordinatorMessage, Job, JobError, JobId, ServiceLoad};
+use inference_club_core::manifest::{
+    AccessPolicy, Service, ServiceManifest, ServiceType, effective_access,
+};
+use inference_club_core::openai::{ChatCompletionChunk, ChatCompletionRequest, Model};
+use inference_club_core::provider::{ChunkStream, Provider, ProviderError, RequestContext};
+use inference_club_core::routing::Ewma;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::cluster::{Cluster, PeerNode};
+use super::store::{ProviderPolicy, UserId};
+
+/// How many events of one job may wait for a slow consumer before the job is cancelled (so that
+/// one slow consumer never holds up the link).
+pub const JOB_BUFFER: usize = 1024;
+
+/// Identifies a provider: its operator and its `agent.name`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NodeKey {
+    /// The operator's user id.
+    pub operator_id: UserId,
+    /// The provider name.
+    pub provider: String,
+}
+
+/// What the link tells a job's consumer.
+#[derive(Debug)]
+pub(crate) enum JobEvent {
+    Chunk(ChatCompletionChunk),
+    Done,
+    Failed(JobError),
+}
+
+/// A model as a node serves it: the served id and the service it runs on, with the names it
+/// answers to and who may use it.
+#[derive(Debug, Clone)]
+pub struct NodeModel {
+    /// The id the node's engine serves it under.
+    pub served_id: String,
+    /// Its Hugging Face id, if declared.
+    pub hf: Option<String>,
+    /// The service it runs on.
+    pub service: String,
+    /// Who may use it.
+    pub access: AccessPolicy,
+}
+
+impl NodeModel {
+    /// Whether a consumer's model name means this model (served id or `hf`, case-insensitively).
+    pub fn answers_to(&self, requested: &str) -> bool {
+        self.served_id.eq_ignore_ascii_case(requested)
+            || self
+                .hf
+                .as_deref()
+                .is_some_and(|hf| hf.eq_ignore_ascii_case(requested))
+    }
+}
+
+/// What a node offers: its manifest, the models in it and its capacity, under the policy its
+/// operator set through the API. Replaced whole when the node announces a new manifest or the
+/// operator changes the policy.
+#[derive(Debug)]
+pub struct NodeOffer {
+    /// Its validated, redacted manifest.
+    pub manifest: ServiceManifest,
+    /// The models it serves.
+    pub models: Vec<NodeModel>,
+    /// Its total capacity (the sum of its services' `max_concurrent`, when every service has one).
+    pub capacity: Option<u32>,
+    /// What its operator set through the API: access overrides and the kill switch.
+    pub policy: ProviderPolicy,
+}
+
+impl NodeOffer {
+    /// The offer of a validated manifest under `policy`.
+    pub fn new(manifest: ServiceManifest, policy: ProviderPolicy) -> Self {
+        let (models, capacity) = models_of(&manifest, &policy);
+        Self {
+            manifest,
+            models,
+            capacity,
+            policy,
+        }
+    }
+
+    /// Whether it takes requests (the operator's kill switch is off).
+    pub fn accepting(&self) -> bool {
+        self.policy.accepting
+    }
+
+    /// Who may use `service` of its manifest: see [`access_for`].
+    pub fn access_for<'a>(&'a self, service: &'a Service) -> &'a AccessPolicy {
+        access_for(&self.policy, &self.manifest, service)
+    }
+
+    /// The model `requested` names, if served here.
+    pub fn find_model(&self, requested: &str) -> Option<&NodeModel> {
+        self.models.iter().find(|m| m.answers_to(requested))
+    }
+}
+
+/// One linked node.
+pub struct LiveNode {
+    /// Who runs it.
+    pub key: NodeKey,
+    /// The operator's handle.
+    pub operator: String,
+    offer: RwLock<Arc<NodeOffer>>,
+    outgoing: mpsc::Sender<CoordinatorMessage>,
+    jobs: Mutex<HashMap<JobId, mpsc::Sender<JobEvent>>>,
+    next_job: AtomicU64,
+    in_flight: Arc<AtomicU32>,
+    ttft: Mutex<Ewma>,
+    last_heard: Mutex<Instant>,
+    load: Mutex<Vec<ServiceLoad>>,
+    closed: CancellationToken,
+    connected_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl std::fmt::Debug for LiveNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveNode")
+            .field("operator", &self.operator)
+            .field("provider", &self.key.provider)
+            .field("in_flight", &self.in_flight())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LiveNode {
+    /// A node linked now, that receives its messages through `outgoing`.
+    pub(crate) fn new(
+        key: NodeKey,
+        operator: String,
+        manifest: ServiceManifest,
+        policy: ProviderPolicy,
+        outgoing: mpsc::Sender<CoordinatorMessage>,
+    ) -> Self {
+        Self {
+            key,
+            operator,
+            offer: RwLock::new(Arc::new(NodeOffer::new(manifest, policy))),
+            outgoing,
+            jobs: Mutex::new(HashMap::new()),
+            next_job: AtomicU64::new(1),
+            in_flight: Arc::new(AtomicU32::new(0)),
+            ttft: Mutex::new(Ewma::default()),
+            last_heard: Mutex::new(Instant::now()),
+            load: Mutex::new(Vec::new()),
+            closed: CancellationToken::new(),
+            connected_at: chrono::Utc::now(),
+        }
+    }
+
+    /// Counts one more job on this node until the slot is dropped. The dispatcher takes slots
+    /// while it holds its selection lock, so two requests never take the last one.
+    pub fn reserve(&self) -> NodeSlot {
+        NodeSlot::take(&self.in_flight)
+    }
+
+    /// Jobs running on it now.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Its recent time to first token.
+    pub fn recent_ttft(&self) -> Option<Duration> {
+        self.ttft
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .value()
+    }
+
+    /// Records a time to first token.
+    pub fn record_ttft(&self, sample: Duration) {
+        self.ttft
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .update(sample);
+    }
+
+    /// When it linked.
+    pub fn connected_at(&self) -> chrono::DateTime<chrono::Utc> {
+        self.connected_at
+    }
+
+    /// The load it last reported.
+    pub fn reported_load(&self) -> Vec<ServiceLoad> {
+        self.load
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn heard_from(&self) {
+        *self
+            .last_heard
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Instant::now();
+    }
+
+    pub(crate) fn set_load(&self, load: Vec<ServiceLoad>) {
+        *self.load.lock().unwrap_or_else(PoisonError::into_inner) = load;
+    }
+
+    /// How long since it last sent anything.
+    pub fn silent_for(&self) -> Duration {
+        self.last_heard
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .elapsed()
+    }
+
+    /// Whether its link is gone.
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
+    /// Resolves when its link is gone (closed, or replaced by a newer link).
+    pub async fn closed(&self) {
+        self.closed.cancelled().await;
+    }
+
+    /// Marks the link gone: every running job ends with an error.
+    pub(crate) fn close(&self) {
+        self.closed.cancel();
+        self.jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
+    /// Hands an event from the link to its job. A job whose consumer cannot keep up is cancelled.
+    pub(crate) fn deliver(&self, job: JobId, event: JobEvent) {
+        let finished = matches!(event, JobEvent::Done | JobEvent::Failed(_));
+        let mut jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(sender) = jobs.get(&job) else {
+            return;
+        };
+        match sender.try_send(event) {
+            Ok(()) if finished => {
+                jobs.remove(&job);
+            }
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                jobs.remove(&job);
+                let _ = self
+                    .outgoing
+                    .try_send(CoordinatorMessage::Cancel(Cancel { job }));
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                jobs.remove(&job);
+            }
+        }
+    }
+
+    /// Queues a message for the node without waiting; false when the queue is full or gone.
+    pub(crate) fn try_send(&self, message: CoordinatorMessage) -> bool {
+        self.outgoing.try_send(message).is_ok()
+    }
+
+    /// What it offers now.
+    pub fn offer(&self) -> Arc<NodeOffer> {
+        self.offer
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces what it offers (a new manifest was announced), under the same policy. Through
+    /// [`NodeRegistry::set_manifest`], which notes the change.
+    fn set_offer(&self, manifest: ServiceManifest) {
+        let mut offer = self.offer.write().unwrap_or_else(PoisonError::into_inner);
+        let policy = offer.policy.clone();
+        *offer = Arc::new(NodeOffer::new(manifest, policy));
+    }
+
+    /// Puts `policy` in force at once (the operator changed it).
+    pub fn set_policy(&self, policy: ProviderPolicy) {
+        let mut offer = self.offer.write().unwrap_or_else(PoisonError::into_inner);
+        let manifest = offer.manifest.clone();
+        *offer = Arc::new(NodeOffer::new(manifest, policy));
+    }
+}
+
+/// Who may use `service` of `manifest` under `policy`: the operator's override for the service,
+/// else their node-wide override, else the manifest's policy (the service's, the agent's, or
+/// `members`).
+pub fn access_for<'a>(
+    policy: &'a ProviderPolicy,
+    manifest: &'a ServiceManifest,
+    service: &'a Service,
+) -> &'a AccessPolicy {
+    policy
+        .services
+        .get(&service.name)
+        .or(policy.access.as_ref())
+        .unwrap_or_else(|| effective_access(&manifest.agent, service))
+}
+
+/// The models of a manifest's `llm` services, and the node's total capacity.
+fn models_of(manifest: &ServiceManifest, policy: &ProviderPolicy) -> (Vec<NodeModel>, Option<u32>) {
+    let mut models = Vec::new();
+    let mut capacity = Some(0u32);
+    for service in manifest
+        .services()
+        .filter(|s| s.service_type == ServiceType::Llm)
+    {
+        capacity = capacity
+            .zip(service.max_concurrent)
+            .map(|(a, b)| a.saturating_add(b));
+        let access = access_for(policy, manifest, service).clone();
+        for model in &service.models {
+            if let Some(served_id) = model.served_id() {
+                models.push(NodeModel {
+                    served_id: served_id.to_owned(),
+                    hf: model.hf.clone(),
+                    service: service.name.clone(),
+                    access: access.clone(),
+                });
+            }
+        }
+    }
+    (models, capacity.filter(|c| *c > 0))
+}
+
+/// A job slot on a node: counted in its `in_flight` until dropped.
+#[derive(Debug)]
+pub struct NodeSlot(Arc<AtomicU32>);
+
+impl NodeSlot {
+    /// Counts one more on `counter` until the slot is dropped.
+    pub(crate) fn take(counter: &Arc<AtomicU32>) -> Self {
+        counter.fetch_add(1, Ordering::AcqRel);
+        Self(counter.clone())
+    }
+}
+
+impl Drop for NodeSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Sends `cancel` for a job when dropped before the job ended.
+struct CancelOnDrop {
+    node: Arc<LiveNode>,
+    job: JobId,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        let removed = self
+            .node
+            .jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.job)
+            .is_some();
+        if self.armed && removed && !self.node.is_closed() {
+            let _ = self
+                .node
+                .outgoing
+                .try_send(CoordinatorMessage::Cancel(Cancel { job: self.job }));
+        }
+    }
+}
+
+/// A node as a [`Provider`]: each chat is a job over its link. (Capacity is counted by the
+/// caller with [`LiveNode::reserve`].)
+#[derive(Debug, Clone)]
+pub struct RemoteNode(pub Arc<LiveNode>);
+
+#[async_trait]
+impl Provider for RemoteNode {
+    async fn models(&self) -> Result<Vec<Model>, ProviderError> {
+        Ok(self
+            .0
+            .offer()
+            .models
+            .iter()
+            .map(|m| Model::new(m.served_id.clone(), self.0.operator.clone()))
+            .collect())
+    }
+
+    /// Sends the job; `request.model` is passed as the consumer named it (the node's router
+    /// maps it to its engine's id).
+    async fn chat(
+        &self,
+        request: ChatCompletionRequest,
+        context: RequestContext,
+    ) -> Result<ChunkStream, ProviderError> {
+        let node = self.0.clone();
+        if node.is_closed() {
+            return Err(ProviderError::Unavailable {
+                status: None,
+                message: format!("node {} is offline", node.key.provider),
+            });
+        }
+        let job = node.next_job.fetch_add(1, Ordering::Relaxed);
+        let (events_tx, mut events) = mpsc::channel(JOB_BUFFER);
+        node.jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(job, events_tx);
+        let mut guard = CancelOnDrop {
+            node: node.clone(),
+            job,
+            armed: true,
+        };
+        let deadline_ms = context.deadline.map(|d| {
+            u64::try_from(d.saturating_duration_since(Instant::now()).as_millis())
+                .unwrap_or(u64::MAX)
+        });
+        let message = CoordinatorMessage::Job(Box::new(Job {
+            job,
+            request_id: context.request_id.clone(),
+            consumer: context.consumer.clone(),
+            deadline_ms,
+            request,
+        }));
+        if node.outgoing.send(message).await.is_err() {
+            guard.armed = false;
+            return Err(ProviderError::Unavailable {
+                status: None,
+                message: format!("node {} went offline", node.key.provider),
+            });
+        }
+        let closed = node.closed.clone();
+        let cancel = context.cancel.clone();
+        Ok(Box::pin(stream! {
+            let mut guard = guard;
+            loop {
+                // Biased: events already delivered are read before the link's closing is
+                // noticed (closing drops the job's sender, so `recv` ends after them).
+                let event = tokio::select! {
+                    biased;
+                    () = cancel.cancelled() => {
+                        yield Err(ProviderError::Cancelled);
+                        break;
+                    }
+                    () = closed.cancelled() => None,
+                    event = events.recv() => event,
+                };
+                match event {
+                    Some(JobEvent::Chunk(chunk)) => yield Ok(chunk),
+                    Some(JobEvent::Done) => {
+                        guard.armed = false;
+                        break;
+                    }
+                    Some(JobEvent::Failed(error)) => {
+                        guard.armed = false;
+                        yield Err(ProviderError::from(error));
+                        break;
+                    }
+                    None => {
+                        guard.armed = false;
+                        yield Err(ProviderError::Unavailable {
+                            status: None,
+                            message: "the node's link closed during the job".into(),
+                        });
+                        break;
+                    }
+                }
+            }
+        }))
+    }
+}
+
+/// Every linked node, by identity. A second link with the same identity replaces the first.
+#[derive(Debug, Default)]
+pub struct NodeRegistry {
+    nodes: RwLock<HashMap<NodeKey, Arc<LiveNode>>>,
+    /// Counts every change of which nodes are linked or what models they offer (for
+    /// [`ModelIndex`](super::index::ModelIndex)).
+    generation: AtomicU64,
+    changed: tokio::sync::Notify,
+    /// Operators who deleted their account lately (lower-case handle, when): records still in
+    /// flight on their nodes forget them before they are saved. Memory only, pruned.
+    departed: Mutex<HashMap<String, Instant>>,
+}
+
+/// How long the registry remembers an operator who left, for records still in flight.
+const DEPARTED_MEMORY: Duration = Duration::from_secs(3600);
+/// The most departed operators remembered at once.
+const MAX_DEPARTED: usize = 10_000;
+
+impl NodeRegistry {
+    /// Adds a node, closing any earlier link with the same identity.
+    pub(crate) fn insert(&self, node: Arc<LiveNode>) {
+        let previous = {
+            let mut nodes = self.nodes.write().unwrap_or_else(PoisonError::into_inner);
+            let previous = nodes.insert(node.key.clone(), node);
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            previous
+        };
+        if let Some(previous) = previous {
+            previous.close();
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Removes `node` if it is still the registered link for its identity.
+    pub(crate) fn remove(&self, node: &Arc<LiveNode>) {
+        node.close();
+        let mut nodes = self.nodes.write().unwrap_or_else(PoisonError::into_inner);
+        if nodes.get(&node.key).is_some_and(|n| Arc::ptr_eq(n, node)) {
+            nodes.remove(&node.key);
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        drop(nodes);
+        self.changed.notify_waiters();
+    }
+
+    /// Closes every link of the operator `operator_id` (whose handle is `handle`) at once: their
+    /// running jobs end with an error, and records still in flight forget them when saved
+    /// ([`NodeRegistry::forget_departed`]). Returns how many links were closed.
+    pub fn close_operator(&self, operator_id: UserId, handle: &str) -> usize {
+        {
+            let mut departed = self.departed.lock().unwrap_or_else(PoisonError::into_inner);
+            departed.retain(|_, at| at.elapsed() < DEPARTED_MEMORY);
+            if departed.len() >= MAX_DEPARTED {
+                departed.clear();
+            }
+            departed.insert(handle.to_ascii_lowercase(), Instant::now());
+        }
+        let closed: Vec<Arc<LiveNode>> = {
+            let mut nodes = self.nodes.write().unwrap_or_else(PoisonError::into_inner);
+            let keys: Vec<NodeKey> = nodes
+                .keys()
+                .filter(|key| key.operator_id == operator_id)
+                .cloned()
+                .collect();
+            let closed: Vec<Arc<LiveNode>> =
+                keys.iter().filter_map(|key| nodes.remove(key)).collect();
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            closed
+        };
+        for node in &closed {
+            node.close();
+        }
+        self.changed.notify_waiters();
+        closed.len()
+    }
+
+    /// Removes from `record` every operator who deleted their account lately (see
+    /// [`NodeRegistry::close_operator`]).
+    pub fn forget_departed(&self, record: &mut inference_club_core::record::InferenceRecord) {
+        let departed = self.departed.lock().unwrap_or_else(PoisonError::into_inner);
+        if departed.is_empty() {
+            return;
+        }
+        let mentioned: Vec<String> = record
+            .served_by
+            .iter()
+            .chain(record.attempts.iter().map(|a| &a.served_by))
+            .map(|s| s.operator.to_ascii_lowercase())
+            .filter(|handle| departed.contains_key(handle))
+            .collect();
+        drop(departed);
+        for handle in mentioned {
+            super::store::forget_operator(record, &handle);
+        }
+    }
+
+    /// Replaces what `node` offers (it announced a new manifest on its link).
+    pub(crate) fn set_manifest(&self, node: &LiveNode, manifest: ServiceManifest) {
+        node.set_offer(manifest);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.changed.notify_waiters();
+    }
+
+    /// Changes with every node linked or gone and every new manifest: equal values mean the
+    /// same nodes offering the same models.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Every online node.
+    pub fn online(&self) -> Vec<Arc<LiveNode>> {
+        self.nodes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .filter(|n| !n.is_closed())
+            .cloned()
+            .collect()
+    }
+
+    /// The node with this identity, if online.
+    pub fn get(&self, key: &NodeKey) -> Option<Arc<LiveNode>> {
+        self.nodes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .filter(|n| !n.is_closed())
+            .cloned()
+    }
+
+    /// Wakes those waiting for capacity or for nodes.
+    pub fn notify_changed(&self) {
+        self.changed.notify_waiters();
+    }
+
+    /// Resolves when a node links, leaves, or a job ends.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+}
+
+/// A node routing may choose: linked to this coordinator, or (in a cluster) to another
+/// replica. Jobs reach the first over its link ([`RemoteNode`]) and the second through the
+/// replica holding its link ([`PeerNode::chat`]): the two hand-offs behind one interface.
+#[derive(Debug, Clone)]
+pub enum OnlineNode {
+    /// Linked here.
+    Local(Arc<LiveNode>),
+    /// Linked to another replica.
+    Peer(Arc<PeerNode>),
+}
+
+impl OnlineNode {
+    /// Its identity.
+    pub fn key(&self) -> &NodeKey {
+        match self {
+            Self::Local(node) => &node.key,
+            Self::Peer(node) => &node.key,
+        }
+    }
+
+    /// Its operator's handle.
+    pub fn operator(&self) -> &str {
+        match self {
+            Self::Local(node) => &node.operator,
+            Self::Peer(node) => &node.operator,
+        }
+    }
+
+    /// What it offers now.
+    pub fn offer(&self) -> Arc<NodeOffer> {
+        match self {
+            Self::Local(node) => node.offer(),
+            Self::Peer(node) => node.offer(),
+        }
+    }
+
+    /// Jobs running on it, as far as this coordinator knows.
+    pub fn in_flight(&self) -> u32 {
+        match self {
+            Self::Local(node) => node.in_flight(),
+            Self::Peer(node) => node.in_flight(),
+        }
+    }
+
+    /// Counts one more job on it until the slot is dropped.
+    pub fn reserve(&self) -> NodeSlot {
+        match self {
+            Self::Local(node) => node.reserve(),
+            Self::Peer(node) => node.reserve(),
+        }
+    }
+
+    /// Its recent time to first token.
+    pub fn recent_ttft(&self) -> Option<Duration> {
+        match self {
+            Self::Local(node) => node.recent_ttft(),
+            Self::Peer(node) => node.recent_ttft(),
+        }
+    }
+
+    /// Records a time to first token.
+    pub fn record_ttft(&self, sample: Duration) {
+        match self {
+            Self::Local(node) => node.record_ttft(sample),
+            Self::Peer(node) => node.record_ttft(sample),
+        }
+    }
+
+    /// Whether it went offline.
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Self::Local(node) => node.is_closed(),
+            Self::Peer(node) => node.is_gone(),
+        }
+    }
+
+    /// When it linked.
+    pub fn connected_at(&self) -> chrono::DateTime<chrono::Utc> {
+        match self {
+            Self::Local(node) => node.connected_at(),
+            Self::Peer(node) => node.connected_at(),
+        }
+    }
+
+    /// How long since it (or, for a peer, its replica) was last heard from.
+    pub fn silent_for(&self) -> Duration {
+        match self {
+            Self::Local(node) => node.silent_for(),
+            Self::Peer(node) => node.silent_for(),
+        }
+    }
+
+    /// Sends it a job.
+    pub async fn chat(
+        &self,
+        cluster: Option<&Arc<Cluster>>,
+        request: ChatCompletionRequest,
+        context: RequestContext,
+    ) -> Result<ChunkStream, SendError> {
+        match (self, cluster) {
+            (Self::Local(node), _) => Ok(RemoteNode(node.clone()).chat(request, context).await?),
+            (Self::Peer(node), Some(cluster)) => node.chat(cluster, request, context).await,
+            (Self::Peer(node), None) => Err(SendError::Failed(ProviderError::Unavailable {
+                status: None,
+                message: format!("node {} is linked to another replica", node.key.provider),
+            })),
+        }
+    }
+}
+
+/// Why a job could not be handed to a node.
+#[derive(Debug)]
+pub enum SendError {
+    /// Nothing ran: the replica holding the node's link had no room for it or is shutting
+    /// down, or the node is linking again elsewhere. Choosing again is the answer; it is not a
+    /// failed attempt.
+    Refused(String),
+    /// The node or its engine failed (an attempt, which failover may retry elsewhere).
+    Failed(ProviderError),
+}
+
+impl From<ProviderError> for SendError {
+    fn from(error: ProviderError) -> Self {
+        Self::Failed(error)
+    }
+}

@@ -1,0 +1,146 @@
+//! A club in this process: a coordinator on a database of its own, a member with a key holding
+//! every scope, and (optionally) one node of hers serving the given engines.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use inference_club_core::provider::Provider;
+use inference_club_provider::node::{Node, NodeConfig, NodeHandle, Offer};
+use inference_club_provider::router::{Route, Router};
+
+use super::{TestDatabase, TestServer};
+use crate::store::{Scope, Scopes, Store};
+use crate::{Coordinator, CoordinatorBuilder};
+
+/// The member every club starts with.
+pub const HANDLE: &str = "ada";
+/// The name of the club's node (its provider is `ada/NODE`).
+pub const NODE: &str = "sdk-node";
+
+/// A coordinator serving on 127.0.0.1 in this process, its store, a member [`HANDLE`] with a
+/// key holding every scope, and one node of hers ([`NODE`]) serving the given engines.
+/// Dropping it stops the node and the coordinator and deletes a SQLite database.
+pub struct TestClub {
+    /// The coordinator's base URL (`http://127.0.0.1:PORT`).
+    pub url: String,
+    /// The member's key (every scope).
+    pub key: String,
+    /// The coordinator's store.
+    pub store: Store,
+    /// The coordinator.
+    pub coordinator: Coordinator,
+    /// Its database.
+    pub database: Option<TestDatabase>,
+    node: Option<NodeHandle>,
+    server: TestServer,
+}
+
+impl std::fmt::Debug for TestClub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestClub")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TestClub {
+    /// A club on SQLite whose node serves each `(model, engine)`.
+    pub async fn start(engines: Vec<(&str, Arc<dyn Provider>)>) -> Self {
+        Self::start_with(TestDatabase::sqlite(), engines, |builder| builder).await
+    }
+
+    /// A club on `database`, its coordinator configured by `configure`, whose node serves each
+    /// `(model, engine)` (no node when `engines` is empty).
+    pub async fn start_with(
+        database: TestDatabase,
+        engines: Vec<(&str, Arc<dyn Provider>)>,
+        configure: impl FnOnce(CoordinatorBuilder) -> CoordinatorBuilder,
+    ) -> Self {
+        let server = TestServer::start(&database.url, configure).await;
+        let store = server.store.clone();
+        let user = store.create_user(HANDLE, None).await.unwrap();
+        let (_, key) = store.create_key(user.id, "all", Scopes::ALL).await.unwrap();
+        let url = server.url.clone();
+        let node = if engines.is_empty() {
+            None
+        } else {
+            Some(start_node(&url, &key, engines))
+        };
+        let club = Self {
+            url,
+            key,
+            store,
+            coordinator: server.coordinator.clone(),
+            database: Some(database),
+            node,
+            server,
+        };
+        if club.node.is_some() {
+            club.wait_for_nodes(1, Duration::from_secs(10)).await;
+        }
+        club
+    }
+
+    /// Waits until `count` nodes are linked to the coordinator; panics after `within`.
+    pub async fn wait_for_nodes(&self, count: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.server.linked_nodes() < count {
+            assert!(Instant::now() < deadline, "{count} node(s) did not link");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Adds a member and answers a key of theirs with the inference and account scopes.
+    pub async fn add_member(&self, handle: &str) -> String {
+        let user = self.store.create_user(handle, None).await.unwrap();
+        let scopes = Scopes::only(Scope::Inference).with(Scope::Account);
+        let (_, key) = self.store.create_key(user.id, "all", scopes).await.unwrap();
+        key
+    }
+}
+
+/// A node of [`HANDLE`]'s named [`NODE`], linked to `url` with `key`, serving each
+/// `(model, engine)` (declared with an `hf` id `test/MODEL`, a context length and the
+/// `reasoning` feature).
+fn start_node(url: &str, key: &str, engines: Vec<(&str, Arc<dyn Provider>)>) -> NodeHandle {
+    let mut router = Router::builder();
+    let mut services = Vec::new();
+    for (model, engine) in engines {
+        router = router.route(Route::new(model, engine).model(model));
+        let declared = serde_json::json!({
+            "id": model,
+            "hf": format!("test/{model}"),
+            "context_length": 4096,
+            "features": ["reasoning"]
+        });
+        services.push(serde_json::json!({
+            "name": model, "url": "http://127.0.0.1:9/v1", "models": [declared]
+        }));
+    }
+    let manifest = serde_json::json!({
+        "schema_version": 1,
+        "agent": {"name": NODE},
+        "hosts": [{"id": "h", "services": services}]
+    });
+    let node = Node::from_offer(
+        NodeConfig::new(url.to_owned(), key.to_owned()),
+        Offer::new(router.build(), manifest),
+    )
+    .unwrap();
+    let handle = node.handle();
+    tokio::spawn(node.run());
+    handle
+}
+
+impl Drop for TestClub {
+    fn drop(&mut self) {
+        if let Some(node) = &self.node {
+            node.shutdown();
+        }
+        if let Some(database) = self.database.take()
+            && !database.is_postgres()
+        {
+            database.remove_sqlite_files();
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! Failover before the first output: read a provider's stream until it produces output, so that
+//! an error before then can be retried elsewhere, and hand the caller the whole stream after.
+//!
+//! Used by the node's `Router` (in `inference-club-provider`) across backends and by the coordinator across
+//! nodes: the rule is written once.
+
+use crate::openai::ChatCompletionChunk;
+use crate::provider::{ChunkStream, ProviderError};
+use async_stream::stream;
+use futures_util::StreamExt;
+
+/// The most chunks without output (role-only or usage-only chunks) read ahead while waiting for
+/// the first output. Failover is only possible before output; beyond this many chunks the
+/// stream is handed over as it is.
+pub const MAX_CHUNKS_BEFORE_OUTPUT: usize = 16;
+
+/// A provider's stream read up to its first output.
+pub struct Opened {
+    /// The chunks read so far; the last one is the first output, if `output_started`.
+    read: Vec<ChatCompletionChunk>,
+    /// The rest of the stream; `None` when it already ended.
+    rest: Option<ChunkStream>,
+    output_started: bool,
+}
+
+impl Opened {
+    /// Whether output has started (otherwise the stream ended, or sent many chunks without
+    /// output).
+    pub fn output_started(&self) -> bool {
+        self.output_started
+    }
+
+    /// The stream handed to the caller: the chunks read ahead, then the rest, holding `guard`
+    /// (a capacity slot, say) until the stream ends or is dropped.
+    ///
+    /// The rest of the stream is always dropped before `guard`, whether the stream was read or
+    /// dropped unpolled, so a slot is never free while the engine still runs its request.
+    pub fn into_stream<G: Send + 'static>(self, guard: G) -> ChunkStream {
+        let Self { read, rest, .. } = self;
+        let held = Guarded {
+            rest,
+            _guard: guard,
+        };
+        Box::pin(stream! {
+            // Moved in whole: naming only `held.rest` would capture just that field.
+            let mut held = held;
+            for chunk in read {
+                yield Ok(chunk);
+            }
+            if let Some(rest) = held.rest.as_mut() {
+                while let Some(item) = rest.next().await {
+                    yield item;
+                }
+            }
+        })
+    }
+}
+
+/// A stream and the guard that must outlive it: fields drop in declaration order, so `rest`
+/// goes first. (Captured separately, an unpolled stream's captures would drop in the order
+/// they are first named, the guard first.)
+struct Guarded<G> {
+    rest: Option<ChunkStream>,
+    _guard: G,
+}
+
+/// Whether a chunk counts as output: content, reasoning, refusal, a tool call, or a finish reason.
+pub fn is_output(chunk: &ChatCompletionChunk) -> bool {
+    chunk.has_output() || chunk.choices.iter().any(|c| c.finish_reason.is_some())
+}
+
+/// Reads `chunks` until the first output, its end, or [`MAX_CHUNKS_BEFORE_OUTPUT`] chunks
+/// without output. An error before any output is returned as `Err`, so the caller may fail over.
+pub async fn read_until_output(mut chunks: ChunkStream) -> Result<Opened, ProviderError> {
+    let mut read = Vec::new();
+    loop {
+        match chunks.next().await {
+            None => {
+                return Ok(Opened {
+                    read,
+                    rest: None,
+                    output_started: false,
+                });
+            }
+            Some(Err(error)) => return Err(error),
+            Some(Ok(chunk)) => {
+                let output_started = is_output(&chunk);
+                read.push(chunk);
+                if output_started || read.len() >= MAX_CHUNKS_BEFORE_OUTPUT {
+                    return Ok(Opened {
+                        read,
+                        rest: Some(chunks),
+                        output_started,
+                    });
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// Notes its name in a shared list when dropped.
+    struct Noted(&'static str, Arc<Mutex<Vec<&'static str>>>);
+
+    impl Drop for Noted {
+        fn drop(&mut self) {
+            if let Ok(mut dropped) = self.1.lock() {
+                dropped.push(self.0);
+            }
+        }
+    }
+
+    /// A stream that stays open, holding `noted` until it is dropped.
+    fn open_stream(noted: Noted) -> ChunkStream {
+        Box::pin(stream! {
+            let _noted = noted;
+            futures_util::future::pending::<()>().await;
+            yield Err(ProviderError::Cancelled);
+        })
+    }
+
+    fn opened(rest: ChunkStream) -> Opened {
+        Opened {
+            read: Vec::new(),
+            rest: Some(rest),
+            output_started: true,
+        }
+    }
+
+    /// The guard is a capacity slot: released before the engine's stream is gone, another
+    /// request could start on the engine while this one still runs there.
+    #[tokio::test]
+    async fn the_guard_outlives_the_rest_of_the_stream_whether_polled_or_not() {
+        for poll_first in [false, true] {
+            let dropped = Arc::new(Mutex::new(Vec::new()));
+            let rest = open_stream(Noted("engine stream", dropped.clone()));
+            let mut stream = opened(rest).into_stream(Noted("guard", dropped.clone()));
+            if poll_first {
+                let polled =
+                    tokio::time::timeout(std::time::Duration::from_millis(10), stream.next()).await;
+                assert!(polled.is_err(), "the stream should still be open");
+            }
+            drop(stream);
+            assert_eq!(
+                *dropped.lock().unwrap(),
+                ["engine stream", "guard"],
+                "polled first: {poll_first}"
+            );
+        }
+    }
+}

@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# Chromium and chromedriver for the browser tests (examples/tests/browser.rs), from Debian's
-# packages `chromium` and `chromium-driver`: never a downloaded browser.
+# Chromium and chromedriver for the browser tests (inference-club-coordinator/tests/browser.rs),
+# from Debian's packages `chromium` and `chromium-driver`: never a downloaded browser.
 #
 #   scripts/browser.sh     find them (installing them first if missing, as root or with sudo);
 #                          the last line on stdout is CLUB_TEST_CHROMEDRIVER=/path/to/chromedriver,
 #                          the line before it CLUB_TEST_CHROMIUM=/path/to/chromium
 #
 #   eval "$(scripts/browser.sh | tail -n 2 | sed 's/^/export /')" && \
-#       cargo test -p inference-club-examples --test browser
+#       cargo test -p inference-club-coordinator --test browser
+#
+# Exit status 3: they are missing and cannot be installed (not root, no sudo).
 set -euo pipefail
+# shellcheck source=lib/apt.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/apt.sh"
 
 log() { printf 'browser.sh: %s\n' "$*" >&2; }
 
@@ -34,21 +38,12 @@ find_driver() {
 }
 
 if ! find_chromium >/dev/null || ! find_driver >/dev/null; then
-    if [[ "$(id -u)" -eq 0 ]]; then
-        sudo=()
-    elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-        sudo=(sudo -n)
-    else
-        log "chromium and chromium-driver are not installed; run as root or install the Debian packages chromium chromium-driver"
-        exit 1
-    fi
-    log "installing chromium and chromium-driver"
-    export DEBIAN_FRONTEND=noninteractive
-    "${sudo[@]}" apt-get update >&2
     # Ubuntu names the driver's package chromium-chromedriver (and ships chromium as a snap).
-    if ! "${sudo[@]}" apt-get install -y --no-install-recommends chromium chromium-driver >&2; then
-        "${sudo[@]}" apt-get install -y --no-install-recommends chromium-browser chromium-chromedriver >&2
+    packages=(chromium chromium-driver)
+    if ! apt-cache show chromium-driver >/dev/null 2>&1 && apt-cache show chromium-chromedriver >/dev/null 2>&1; then
+        packages=(chromium-browser chromium-chromedriver)
     fi
+    apt_install "the browser tests" "${packages[@]}" || exit $?
 fi
 
 chromium="$(find_chromium)" || { log "chromium not found after installing it"; exit 1; }

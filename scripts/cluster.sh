@@ -17,8 +17,9 @@
 #   CLUB_DRAIN_SECS    how long a replica drains on stop (default 10)
 #
 # nats-server and nginx come from Debian's packages `nats-server` and `nginx-light`, installed
-# when missing (as root or with sudo). Each runs in the foreground of its own session, with its
-# own configuration under the state folder; the system's services are not touched.
+# when missing (as root or with sudo) by scripts/cluster-tools.sh. Each runs in the foreground of
+# its own session, with its own configuration under the state folder; the system's services are
+# stopped after installing and not used.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -69,38 +70,6 @@ wait_for() {
         fi
         sleep 0.1
     done
-}
-
-find_program() {
-    local name="$1" path
-    for path in "$(command -v "$name" 2>/dev/null || true)" "/usr/sbin/$name" "/usr/bin/$name"; do
-        if [[ -n "$path" && -x "$path" ]]; then
-            printf '%s\n' "$path"
-            return 0
-        fi
-    done
-    return 1
-}
-
-# Installs Debian packages (the arguments) as root or with sudo.
-apt_install() {
-    local sudo=()
-    if [[ "$(id -u)" -ne 0 ]]; then
-        if ! command -v sudo >/dev/null 2>&1; then
-            log "cannot install $* (not root, no sudo): install it and run again"
-            exit 1
-        fi
-        sudo=(sudo)
-    fi
-    log "installing $*"
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2
-    # Only the binaries are wanted: the packages' own services are not.
-    if command -v systemctl >/dev/null 2>&1; then
-        "${sudo[@]}" systemctl disable --now nginx nats-server 2>/dev/null || true
-    fi
-    "${sudo[@]}" service nginx stop 2>/dev/null || true
-    "${sudo[@]}" service nats-server stop 2>/dev/null || true
 }
 
 # Starts "$@" in the background, in a session of its own, with its output in $dir/$name.log and
@@ -194,14 +163,16 @@ start() {
     mkdir -p "$dir"
     chmod 755 "$dir"
 
-    local nats nginx bin
-    nats="$(find_program nats-server || true)"
-    nginx="$(find_program nginx || true)"
-    if [[ -z "$nats" || -z "$nginx" ]]; then
-        apt_install $([[ -z "$nats" ]] && echo nats-server) $([[ -z "$nginx" ]] && echo nginx-light)
-        nats="$(find_program nats-server)"
-        nginx="$(find_program nginx)"
+    local nats nginx bin tools
+    # One `apt-get update` at most for what cluster-tools.sh and postgres.sh install.
+    if [[ -z ${CLUB_APT_STATE:-} ]]; then
+        CLUB_APT_STATE="$(mktemp -d)"
+        export CLUB_APT_STATE
+        trap 'rm -rf "$CLUB_APT_STATE"' EXIT
     fi
+    tools="$(scripts/cluster-tools.sh)"
+    nats="$(sed -n 's/^CLUB_TEST_NATS_SERVER=//p' <<<"$tools")"
+    nginx="$(sed -n 's/^CLUB_TEST_NGINX=//p' <<<"$tools")"
     if [[ -n "${CLUB_BIN_DIR:-}" ]]; then
         bin="$CLUB_BIN_DIR"
     else

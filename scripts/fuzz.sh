@@ -6,7 +6,8 @@
 #   CLUB_FUZZ_SECONDS=10 scripts/fuzz.sh
 #
 # Only the stable toolchain is installed: cargo-fuzz needs nightly flags (-Z sanitizer, -C passes),
-# which RUSTC_BOOTSTRAP=1 unlocks on stable. cargo-fuzz is installed from crates.io when missing.
+# which RUSTC_BOOTSTRAP=1 unlocks on stable. cargo-fuzz is installed from crates.io when missing,
+# and Debian's g++ (libFuzzer is C++) as root or with sudo.
 # The targets are built without a sanitizer (the code under test forbids `unsafe`; a panic,
 # an overflow with debug assertions on, a stack overflow or running out of memory is what
 # fuzzing finds here) and with debug assertions.
@@ -29,6 +30,13 @@ rss_limit_mb="${CLUB_FUZZ_RSS_LIMIT_MB:-2048}"
 timeout_s="${CLUB_FUZZ_TIMEOUT:-10}"
 
 export RUSTC_BOOTSTRAP=1
+
+# libfuzzer-sys compiles libFuzzer, which is C++.
+if ! command -v c++ >/dev/null 2>&1; then
+    # shellcheck source=lib/apt.sh
+    source "$root/scripts/lib/apt.sh"
+    apt_install "fuzzing (libFuzzer is C++)" g++ || exit 1
+fi
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
     log "installing cargo-fuzz $cargo_fuzz_version from crates.io"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # A throwaway PostgreSQL server for the store tests, on 127.0.0.1 and a free port.
 #
-#   scripts/postgres.sh         install if missing, start (or reuse) the server, create the test
-#                               database; the last line on stdout is CLUB_TEST_DATABASE_URL=...
+#   scripts/postgres.sh         install if missing (Debian's postgresql, as root or with sudo),
+#                               start (or reuse) the server, create the test database; the last
+#                               line on stdout is CLUB_TEST_DATABASE_URL=...
 #   scripts/postgres.sh stop    stop the server and remove its files
 #   scripts/postgres.sh restart restart the running server (same port, data and password; for the
 #                               fault tests), then print CLUB_TEST_DATABASE_URL=... as start does
@@ -12,7 +13,11 @@
 # `postgres` user (created if missing), since PostgreSQL refuses to run as root.
 #
 #   eval "$(scripts/postgres.sh | tail -n 1 | sed 's/^/export /')" && cargo test -p inference-club-examples
+#
+# Exit status 3: PostgreSQL is not installed and cannot be (not root, no sudo).
 set -euo pipefail
+# shellcheck source=lib/apt.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/apt.sh"
 
 dir="${CLUB_PG_DIR:-/tmp/inference-club-postgres}"
 data="$dir/data"
@@ -21,12 +26,17 @@ superuser="postgres"
 
 log() { printf 'postgres.sh: %s\n' "$*" >&2; }
 
+# The newest /usr/lib/postgresql/VERSION/bin with the server's programs (a client-only install has
+# that folder too, with psql but without them).
 bindir() {
     local found
-    found="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)"
-    if [[ -n "$found" && -x "$found/pg_ctl" ]]; then
-        printf '%s\n' "$found"
-    fi
+    for found in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -rV); do
+        if [[ -x "$found/pg_ctl" && -x "$found/initdb" && -x "$found/postgres" && -x "$found/psql" ]]; then
+            printf '%s\n' "$found"
+            return 0
+        fi
+    done
+    return 0
 }
 
 # Runs a server command as the owner of the cluster (never as root).
@@ -85,14 +95,9 @@ if [[ "${1:-start}" != "start" ]]; then
 fi
 
 if [[ -z "$bin" ]]; then
-    if [[ "$(id -u)" -ne 0 ]]; then
-        log "PostgreSQL is not installed; run as root or install the Debian package postgresql"
-        exit 1
-    fi
-    log "installing PostgreSQL"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update >&2
-    apt-get install -y --no-install-recommends postgresql >&2
+    apt_install "the PostgreSQL tests" postgresql || exit $?
+    # The package starts a cluster of its own on port 5432: not the one the tests use.
+    apt_stop_services postgresql
     bin="$(bindir)"
     if [[ -z "$bin" ]]; then
         log "PostgreSQL's binaries not found after installing it"

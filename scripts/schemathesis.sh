@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # API fuzzing: schemathesis (from PyPI, pinned) against the coordinator's own /openapi.json.
+# (Debian's python3-venv is installed first if python3 cannot make a venv, as root or with sudo.)
 #
 # Starts a coordinator on 127.0.0.1 with a throwaway SQLite database and a member whose key has
 # every scope, runs schemathesis against it for a bounded time, and fails on any 5xx, any status
@@ -14,6 +15,8 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+# shellcheck source=lib/apt.sh
+source "$root/scripts/lib/apt.sh"
 
 log() { printf '[schemathesis] %s\n' "$*" >&2; }
 
@@ -21,9 +24,8 @@ version="4.32.5"
 seconds="${CLUB_SCHEMATHESIS_SECONDS:-100}"
 venv="$root/.venv-schemathesis"
 
-if ! python3 -c 'import venv' 2>/dev/null; then
-    log "installing python3-venv"
-    apt-get update -qq >&2 && apt-get install -y -qq python3-venv >&2
+if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+    apt_install "API fuzzing (schemathesis)" python3-venv || exit 1
 fi
 if [[ ! -x $venv/bin/schemathesis ]] || [[ "$("$venv/bin/schemathesis" --version 2>/dev/null)" != *"$version"* ]]; then
     log "creating $venv with schemathesis $version"

@@ -3,56 +3,69 @@
 #   - a llama.cpp server (llama-cpp-python) on a tiny random-weight model, built and cached on first use;
 #   - a throwaway PostgreSQL cluster on 127.0.0.1;
 #   - a Python venv with the official OpenAI SDK, for the SDK compatibility test;
-#   - nats-server and nginx (Debian's, found on PATH or in /usr/sbin) for the cluster tests.
-# The servers are started here and stopped on exit; the tests find them through CLUB_TEST_* variables.
+#   - Debian's chromium and chromium-driver, for the browser tests;
+#   - Debian's nats-server and nginx, for the cluster tests.
+# Each comes from a script beside this one, which installs what it needs from Debian's packages
+# when missing (as root or with sudo: scripts/lib/apt.sh) or from PyPI. The servers are started
+# here and stopped on exit; the tests find everything through CLUB_TEST_* variables.
+# What cannot be installed (not root, no sudo) is named loudly, and the tests that need it skip and
+# say so; any other failure to set a service up stops the run.
 # Set CLUB_TEST_NO_SERVICES=1 to run without them (the tests that need them say loudly that they skip).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+# shellcheck source=lib/apt.sh
+source scripts/lib/apt.sh
 
 log() { printf '[test] %s\n' "$*" >&2; }
 
 stop_services() {
-    [[ -x scripts/llamacpp/stop.sh ]] && scripts/llamacpp/stop.sh >/dev/null 2>&1 || true
-    [[ -x scripts/postgres.sh ]] && scripts/postgres.sh stop >/dev/null 2>&1 || true
+    scripts/llamacpp/stop.sh >/dev/null 2>&1 || true
+    scripts/postgres.sh stop >/dev/null 2>&1 || true
+    rm -rf "${CLUB_APT_STATE:-}"
 }
 
-if [[ -z ${CLUB_TEST_NO_SERVICES:-} ]]; then
-    trap stop_services EXIT
-    if [[ -x scripts/llamacpp/start.sh ]]; then
-        log "starting the llama.cpp server (the first run builds it: a few minutes)"
-        line="$(scripts/llamacpp/start.sh | tail -n 1)"
-        export "${line?}"
-        log "$line"
+# Runs a service's script ("$@") and exports the CLUB_TEST_*=... lines it prints. If the script
+# cannot install what the service needs ($APT_CANNOT), goes on without it; any other failure ends
+# the run.
+start_service() {
+    local what="$1" output status=0 line
+    shift
+    log "$what"
+    output="$("$@")" || status=$?
+    if [[ $status -eq $APT_CANNOT ]]; then
+        unavailable+=("$1")
+        return 0
+    elif [[ $status -ne 0 ]]; then
+        log "$* FAILED (exit $status)"
+        exit "$status"
     fi
-    log "preparing the OpenAI Python SDK venv"
-    line="$(scripts/python-sdk.sh | tail -n 1)"
-    export "${line?}"
-    if [[ -x scripts/browser.sh ]]; then
-        log "locating Chromium and chromedriver for the browser tests"
-        while IFS= read -r line; do export "${line?}"; done < <(scripts/browser.sh | tail -n 2)
-    fi
-    # The cluster tests (examples/tests/cluster.rs) run Debian's nats-server and nginx
-    # (.ci/run installs them).
-    for tool in CLUB_TEST_NATS_SERVER:nats-server CLUB_TEST_NGINX:nginx; do
-        var="${tool%%:*}"
-        name="${tool#*:}"
-        if [[ -z ${!var:-} ]]; then
-            path="$(command -v "$name" || true)"
-            if [[ -z "$path" && -x "/usr/sbin/$name" ]]; then path="/usr/sbin/$name"; fi
-            if [[ -n "$path" ]]; then
-                export "$var=$path"
-                log "$var=$path"
+    while IFS= read -r line; do
+        if [[ $line =~ ^CLUB_TEST_[A-Z_]+= ]]; then
+            export "${line?}"
+            if [[ $line == CLUB_TEST_DATABASE_URL=* ]]; then
+                log "${line%%://*}://…" # it holds a password
             else
-                log "no $name: the cluster tests will skip"
+                log "$line"
             fi
         fi
-    done
-    if [[ -x scripts/postgres.sh ]]; then
-        log "starting PostgreSQL"
-        line="$(scripts/postgres.sh | tail -n 1)"
-        export "${line?}"
-        log "${line%%://*}://…"
+    done <<<"$output"
+}
+
+unavailable=()
+if [[ -z ${CLUB_TEST_NO_SERVICES:-} ]]; then
+    # One `apt-get update` at most for all that the scripts install.
+    CLUB_APT_STATE="$(mktemp -d)"
+    export CLUB_APT_STATE
+    trap stop_services EXIT
+    start_service "starting the llama.cpp server (the first run builds it: a few minutes)" scripts/llamacpp/start.sh
+    start_service "preparing the OpenAI Python SDK venv" scripts/python-sdk.sh
+    start_service "locating Chromium and chromedriver for the browser tests" scripts/browser.sh
+    start_service "locating nats-server and nginx for the cluster tests" scripts/cluster-tools.sh
+    start_service "starting PostgreSQL" scripts/postgres.sh
+    if [[ ${#unavailable[@]} -gt 0 ]]; then
+        apt_loud "NOT SET UP: ${unavailable[*]} (their packages cannot be installed: not root, no sudo;" \
+            "the messages above name them). The tests that need them skip and say so."
     fi
 fi
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent setup for the llama.cpp test engine:
-#   1. Debian build tools (only if missing; needs root),
+#   1. Debian build tools, curl and python3-venv (only if missing; as root or with sudo; exit
+#      status 3 if it cannot),
 #   2. a venv with llama-cpp-python[server] (built from source once, then the
 #      wheel is cached under $XDG_CACHE_HOME/inference-club/wheels), gguf, numpy,
 #   3. the tiny random-weight GGUF model (generated once, cached).
@@ -9,6 +10,8 @@ set -euo pipefail
 
 # shellcheck source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+# shellcheck source=../lib/apt.sh
+source "$LLAMACPP_REPO_ROOT/scripts/lib/apt.sh"
 
 log() { printf '[llamacpp setup] %s\n' "$*" >&2; }
 
@@ -21,15 +24,10 @@ command -v curl >/dev/null 2>&1 || missing_pkgs+=(curl) # used by start.sh
 if ! "$LLAMACPP_PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then
     missing_pkgs+=(python3-venv)
 fi
+# (CMake and Ninja need no package: the build backend, scikit-build-core, fetches them from PyPI
+# when the system has none.)
 if ((${#missing_pkgs[@]})); then
-    log "installing missing Debian packages: ${missing_pkgs[*]}"
-    if [[ $(id -u) -ne 0 ]]; then
-        log "not root: install these yourself: ${missing_pkgs[*]}"
-        exit 1
-    fi
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing_pkgs[@]}" >&2
+    apt_install "the llama.cpp test server" "${missing_pkgs[@]}" || exit $?
 fi
 
 # --- 2. venv + packages ---------------------------------------------------

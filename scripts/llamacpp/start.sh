@@ -6,7 +6,8 @@
 #                                         # default: a free port
 #   scripts/llamacpp/start.sh --stop      # same as stop.sh
 #
-# Runs setup.sh first if the venv or the model is missing. Waits (bounded by
+# Runs setup.sh first if the venv or the model is missing (exit status 3 if
+# setup.sh cannot install its Debian packages: not root, no sudo). Waits (bounded by
 # CLUB_LLAMACPP_START_TIMEOUT seconds, default 90) until GET /v1/models
 # answers, then prints as its LAST stdout line:
 #   CLUB_TEST_LLAMACPP_URL=http://127.0.0.1:PORT/v1
@@ -41,7 +42,7 @@ url_file="$LLAMACPP_RUN_DIR/server.url"
 
 if [[ ! -x $venv_py || ! -s $LLAMACPP_MODEL ]]; then
     log "venv or model missing; running setup.sh"
-    "$here/setup.sh" >&2
+    "$here/setup.sh" >&2 || exit $? # 3: its Debian packages cannot be installed
 fi
 
 mkdir -p "$LLAMACPP_RUN_DIR"

@@ -126,7 +126,7 @@ impl CoordinatorBuilder {
 /// application of your own. Cheap to clone; clones share everything.
 #[derive(Debug, Clone)]
 pub struct Coordinator {
-    state: Arc<AppState>,
+    state: AppState,
     serve: ServeSettings,
 }
 
@@ -192,7 +192,7 @@ impl Coordinator {
     }
 
     #[cfg(feature = "testing")]
-    pub(crate) fn state(&self) -> &Arc<AppState> {
+    pub(crate) fn state(&self) -> &AppState {
         &self.state
     }
 }

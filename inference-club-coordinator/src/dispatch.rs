@@ -14,10 +14,45 @@ use inference_club_core::record::{InferenceRecord, ServedBy};
 use inference_club_core::routing::failover;
 use inference_club_core::routing::{self, Availability, Candidate};
 
-use super::AppState;
-use super::error::ApiError;
-use super::nodes::{NodeKey, NodeSlot, OnlineNode, SendError};
-use super::store::RoutingPreference;
+use crate::error::ApiError;
+use crate::fleet::{Fleet, OnlineNode};
+use crate::metrics::Metrics;
+use crate::nodes::{NodeKey, NodeSlot, SendError};
+use crate::store::RoutingPreference;
+
+/// Where requests go: the fleet of online nodes, the queues of requests waiting for room, and
+/// how long and how many may wait.
+#[derive(Debug)]
+pub(crate) struct Dispatcher {
+    /// The online nodes.
+    pub fleet: Arc<Fleet>,
+    /// The waiting requests, and the selection lock.
+    pub queues: DispatchQueues,
+    metrics: Arc<Metrics>,
+    /// How long a request may wait for a node with room before 503.
+    queue_timeout: Duration,
+    /// How many requests may wait at once before new ones get 503 straight away.
+    max_queued: usize,
+}
+
+impl Dispatcher {
+    /// A dispatcher over `fleet`, sharing `queues`' selection lock with the cluster.
+    pub fn new(
+        fleet: Arc<Fleet>,
+        queues: DispatchQueues,
+        metrics: Arc<Metrics>,
+        queue_timeout: Duration,
+        max_queued: usize,
+    ) -> Self {
+        Self {
+            fleet,
+            queues,
+            metrics,
+            queue_timeout,
+            max_queued,
+        }
+    }
+}
 
 /// Waiting requests and the lock that makes selection and reservation one step.
 #[derive(Debug, Default)]
@@ -97,7 +132,7 @@ fn is_own(node: &OnlineNode, consumer: Option<&str>) -> bool {
 /// else every node; `any` every node. A node whose operator turned the kill switch on serves
 /// nothing.
 fn pick(
-    state: &AppState,
+    state: &Dispatcher,
     model: &str,
     consumer: Option<&str>,
     preference: RoutingPreference,
@@ -105,7 +140,7 @@ fn pick(
 ) -> Pick {
     let queues = &state.queues;
     let _selecting = queues.select.lock().unwrap_or_else(PoisonError::into_inner);
-    let nodes = state.nodes_for(model);
+    let nodes = state.fleet.nodes_for(model);
     let tiebreak = queues.tiebreak.fetch_add(1, Ordering::Relaxed) as u64;
     let rank = |own_only| rank_and_reserve(&nodes, model, consumer, own_only, tried, tiebreak);
     let picked = match preference {
@@ -119,7 +154,7 @@ fn pick(
     match picked {
         // In a cluster, a node that just left one replica is relinking to another: wait for it.
         Pick::Fail(Availability::NotServed | Availability::Offline)
-            if tried.is_empty() && state.may_relink(model) =>
+            if tried.is_empty() && state.fleet.may_relink(model) =>
         {
             Pick::Wait
         }
@@ -197,6 +232,7 @@ fn choose_among(
                 in_flight: node.in_flight(),
                 max_concurrent: offer.capacity,
                 recent_ttft: node.recent_ttft(),
+                resting: false,
             }
         })
         .collect();
@@ -279,7 +315,7 @@ fn unplaceable(
 /// produces output (or ends), with the record's attempts filled in; or the error to answer
 /// with, after every candidate was tried or the queue timed out.
 pub async fn dispatch(
-    state: &AppState,
+    state: &Dispatcher,
     request: &ChatCompletionRequest,
     record: &mut InferenceRecord,
     context: &RequestContext,
@@ -287,7 +323,7 @@ pub async fn dispatch(
 ) -> Result<ChunkStream, ApiError> {
     let model = request.model.clone();
     let consumer = record.consumer.clone();
-    let deadline = Instant::now() + state.config.queue_timeout;
+    let deadline = Instant::now() + state.queue_timeout;
     let mut tried: Vec<NodeKey> = Vec::new();
     let mut last_error: Option<ProviderError> = None;
     let mut queued = false;
@@ -343,7 +379,7 @@ pub async fn dispatch(
         let _ = record.dispatched(served_by, Utc::now());
         let started = Instant::now();
         let opened = match node
-            .chat(state.cluster(), request.clone(), context.clone())
+            .chat(state.fleet.cluster(), request.clone(), context.clone())
             .await
         {
             Ok(chunks) => failover::read_until_output(chunks).await,
@@ -390,7 +426,7 @@ const MAX_REFUSALS: u32 = 20;
 /// `Pick::Fail` when no node could serve the request any more; 503 with `Retry-After` when the
 /// queue is full or the wait runs out. A request dropped while waiting leaves the line.
 async fn wait_for_slot(
-    state: &AppState,
+    state: &Dispatcher,
     model: &str,
     consumer: Option<&str>,
     preference: RoutingPreference,
@@ -405,7 +441,7 @@ async fn wait_for_slot(
         )
     };
     let (_counted, before) = Waiting::enter(&queues.waiting);
-    if before >= state.config.max_queued {
+    if before >= state.max_queued {
         return Err(busy());
     }
     let turnstile = queues.turnstile(model);
@@ -421,7 +457,7 @@ async fn wait_for_slot(
         }
         let tick = tokio::time::sleep(Duration::from_millis(20));
         tokio::select! {
-            () = state.nodes.changed() => {}
+            () = state.fleet.nodes.changed() => {}
             () = tick => {}
             () = tokio::time::sleep_until(deadline) => return Err(busy()),
         }

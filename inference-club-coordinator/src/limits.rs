@@ -38,7 +38,6 @@ use governor::state::keyed::HashMapStateStore;
 use governor::{Quota, RateLimiter};
 use inference_club_core::openai::ChatCompletionRequest;
 
-use super::AppState;
 use super::error::ApiError;
 use super::store::UserId;
 
@@ -775,7 +774,7 @@ pub fn is_sign_in_path(path: &str) -> bool {
 /// A middleware (applied to the whole application) that limits the sign-in routes per client
 /// address: whatever route serves the path, and also when none does.
 pub async fn sign_in_layer(
-    State(state): State<Arc<AppState>>,
+    State(limits): State<Arc<Limiter>>,
     request: Request,
     next: Next,
 ) -> Response {
@@ -786,8 +785,8 @@ pub async fn sign_in_layer(
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|info| info.0.ip());
-    let address = state.config.limits.client_address(peer, request.headers());
-    match state.limits.sign_in(address) {
+    let address = limits.limits().client_address(peer, request.headers());
+    match limits.sign_in(address) {
         Ok(rate) => {
             let mut response = next.run(request).await;
             rate.apply(response.headers_mut());

@@ -15,29 +15,36 @@ use inference_club_core::link::{
 use inference_club_core::manifest::ServiceManifest;
 use tokio::sync::mpsc;
 
-use super::AppState;
-use super::auth::{self, Caller};
-use super::error::ApiError;
-use super::nodes::{JobEvent, LiveNode, NodeKey};
-use super::store::Scope;
+use crate::CoordinatorConfig;
+use crate::auth::{self, Caller};
+use crate::error::ApiError;
+use crate::fleet::Fleet;
+use crate::limits::Limiter;
+use crate::metrics::Metrics;
+use crate::nodes::{JobEvent, LiveNode, NodeKey};
+use crate::store::{Scope, Store};
 
 /// How long a node has to send `hello` after connecting.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `GET /v1/link`: upgrades to the node link for a key with the `provider` scope.
 pub async fn upgrade(
-    State(state): State<Arc<AppState>>,
+    State(store): State<Store>,
+    State(fleet): State<Arc<Fleet>>,
+    State(limits): State<Arc<Limiter>>,
+    State(metrics): State<Arc<Metrics>>,
+    State(config): State<Arc<CoordinatorConfig>>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if state.is_draining() {
+    if fleet.is_draining() {
         return ApiError::overloaded(
             "this coordinator is shutting down; link to another (the node retries by itself)",
             1,
         )
         .into_response();
     }
-    let caller = match auth::require(&state.store, &headers, Scope::Provider).await {
+    let caller = match auth::require(&store, &headers, Scope::Provider).await {
         Ok(caller) => caller,
         Err(error) => return error.into_response(),
     };
@@ -45,14 +52,32 @@ pub async fn upgrade(
         .max_frame_size(link::MAX_MESSAGE_BYTES)
         .read_buffer_size(link::BUFFER_BYTES)
         .write_buffer_size(link::BUFFER_BYTES)
-        .on_upgrade(move |socket| serve(state, caller, socket))
+        .on_upgrade(move |socket| {
+            let parts = Parts {
+                store,
+                fleet,
+                limits,
+                metrics,
+                heartbeat_interval: config.heartbeat_interval,
+            };
+            serve(parts, caller, socket)
+        })
+}
+
+/// What serving one link uses.
+struct Parts {
+    store: Store,
+    fleet: Arc<Fleet>,
+    limits: Arc<Limiter>,
+    metrics: Arc<Metrics>,
+    heartbeat_interval: Duration,
 }
 
 /// Checks a hello's manifest: its size against the coordinator's limit, then with core's
 /// validator, and redacts it again (the coordinator trusts no node to have done so): every
 /// problem is listed.
-fn accept_manifest(state: &AppState, hello: &Hello) -> Result<ServiceManifest, Refused> {
-    if let Err(reason) = state.limits.check_manifest(&hello.manifest) {
+fn accept_manifest(limits: &Limiter, hello: &Hello) -> Result<ServiceManifest, Refused> {
+    if let Err(reason) = limits.check_manifest(&hello.manifest) {
         return Err(Refused {
             reason,
             errors: Vec::new(),
@@ -123,7 +148,7 @@ async fn read_hello(socket: &mut WebSocket) -> Option<Hello> {
     }
 }
 
-async fn serve(state: Arc<AppState>, caller: Caller, mut socket: WebSocket) {
+async fn serve(state: Parts, caller: Caller, mut socket: WebSocket) {
     let Some(hello) = read_hello(&mut socket).await else {
         let refused = CoordinatorMessage::Refused(Refused {
             reason: "expected hello as the first message".into(),
@@ -132,7 +157,7 @@ async fn serve(state: Arc<AppState>, caller: Caller, mut socket: WebSocket) {
         send(&mut socket, &refused).await;
         return;
     };
-    let manifest = match accept_manifest(&state, &hello) {
+    let manifest = match accept_manifest(&state.limits, &hello) {
         Ok(manifest) => manifest,
         Err(refused) => {
             tracing::info!(operator = %caller.user.handle, reason = %refused.reason, "refused a node");
@@ -182,21 +207,21 @@ async fn serve(state: Arc<AppState>, caller: Caller, mut socket: WebSocket) {
         policy,
         outgoing,
     ));
-    let interval = state.config.heartbeat_interval;
+    let interval = state.heartbeat_interval;
     let greeting = welcome(&hello, &caller.user.handle, &name, interval);
     // Routable before the node hears `welcome`: a node that says it is linked is. Jobs sent
     // meanwhile wait in `outgoing`, which the writer drains after the welcome.
-    state.nodes.insert(node.clone());
+    state.fleet.nodes.insert(node.clone());
     // A policy changed between the read above and the insert reached no live node: read again.
     if let Ok(policy) = state.store.provider_policy(provider_id).await {
         node.set_policy(policy);
     }
     if !send(&mut socket, &greeting).await {
-        state.nodes.remove(&node);
+        state.fleet.nodes.remove(&node);
         return;
     }
     state.metrics.nodes_online.inc();
-    if let Some(cluster) = state.cluster() {
+    if let Some(cluster) = state.fleet.cluster() {
         cluster.node_linked(&node);
     }
     tracing::info!(operator = %caller.user.handle, provider = %name, "node linked");
@@ -252,13 +277,13 @@ async fn serve(state: Arc<AppState>, caller: Caller, mut socket: WebSocket) {
             Ok(NodeMessage::Chunk(chunk)) => node.deliver(chunk.job, JobEvent::Chunk(chunk.chunk)),
             Ok(NodeMessage::Done(done)) => {
                 node.deliver(done.job, JobEvent::Done);
-                state.nodes.notify_changed();
+                state.fleet.nodes.notify_changed();
             }
             Ok(NodeMessage::Error(failed)) => {
                 node.deliver(failed.job, JobEvent::Failed(failed.error));
-                state.nodes.notify_changed();
+                state.fleet.nodes.notify_changed();
             }
-            Ok(NodeMessage::Hello(again)) => match accept_manifest(&state, &again) {
+            Ok(NodeMessage::Hello(again)) => match accept_manifest(&state.limits, &again) {
                 Ok(manifest) if provider_name(&manifest) == name => {
                     let json = serde_json::to_value(&manifest).unwrap_or_default();
                     if let Err(error) = state
@@ -268,8 +293,8 @@ async fn serve(state: Arc<AppState>, caller: Caller, mut socket: WebSocket) {
                     {
                         tracing::warn!("cannot record a manifest revision: {error}");
                     }
-                    state.nodes.set_manifest(&node, manifest);
-                    if let Some(cluster) = state.cluster() {
+                    state.fleet.nodes.set_manifest(&node, manifest);
+                    if let Some(cluster) = state.fleet.cluster() {
                         cluster.announce(&node);
                     }
                     let _ = node.try_send(welcome(&again, &caller.user.handle, &name, interval));
@@ -292,10 +317,10 @@ async fn serve(state: Arc<AppState>, caller: Caller, mut socket: WebSocket) {
             Err(error) => tracing::warn!(provider = %name, "ignoring a bad frame: {error}"),
         }
     }
-    state.nodes.remove(&node);
+    state.fleet.nodes.remove(&node);
     state.metrics.nodes_online.dec();
-    if let Some(cluster) = state.cluster()
-        && state.nodes.get(&node.key).is_none()
+    if let Some(cluster) = state.fleet.cluster()
+        && state.fleet.nodes.get(&node.key).is_none()
     {
         cluster.node_unlinked(&node);
     }

@@ -21,7 +21,6 @@ use inference_club_core::routing::Ewma;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::cluster::{Cluster, PeerNode};
 use super::store::{ProviderPolicy, UserId};
 
 /// How many events of one job may wait for a slow consumer before the job is cancelled (so that
@@ -620,116 +619,6 @@ impl NodeRegistry {
     /// Resolves when a node links, leaves, or a job ends.
     pub async fn changed(&self) {
         self.changed.notified().await;
-    }
-}
-
-/// A node routing may choose: linked to this coordinator, or (in a cluster) to another
-/// replica. Jobs reach the first over its link ([`RemoteNode`]) and the second through the
-/// replica holding its link ([`PeerNode::chat`]): the two hand-offs behind one interface.
-#[derive(Debug, Clone)]
-pub enum OnlineNode {
-    /// Linked here.
-    Local(Arc<LiveNode>),
-    /// Linked to another replica.
-    Peer(Arc<PeerNode>),
-}
-
-impl OnlineNode {
-    /// Its identity.
-    pub fn key(&self) -> &NodeKey {
-        match self {
-            Self::Local(node) => &node.key,
-            Self::Peer(node) => &node.key,
-        }
-    }
-
-    /// Its operator's handle.
-    pub fn operator(&self) -> &str {
-        match self {
-            Self::Local(node) => &node.operator,
-            Self::Peer(node) => &node.operator,
-        }
-    }
-
-    /// What it offers now.
-    pub fn offer(&self) -> Arc<NodeOffer> {
-        match self {
-            Self::Local(node) => node.offer(),
-            Self::Peer(node) => node.offer(),
-        }
-    }
-
-    /// Jobs running on it, as far as this coordinator knows.
-    pub fn in_flight(&self) -> u32 {
-        match self {
-            Self::Local(node) => node.in_flight(),
-            Self::Peer(node) => node.in_flight(),
-        }
-    }
-
-    /// Counts one more job on it until the slot is dropped.
-    pub fn reserve(&self) -> NodeSlot {
-        match self {
-            Self::Local(node) => node.reserve(),
-            Self::Peer(node) => node.reserve(),
-        }
-    }
-
-    /// Its recent time to first token.
-    pub fn recent_ttft(&self) -> Option<Duration> {
-        match self {
-            Self::Local(node) => node.recent_ttft(),
-            Self::Peer(node) => node.recent_ttft(),
-        }
-    }
-
-    /// Records a time to first token.
-    pub fn record_ttft(&self, sample: Duration) {
-        match self {
-            Self::Local(node) => node.record_ttft(sample),
-            Self::Peer(node) => node.record_ttft(sample),
-        }
-    }
-
-    /// Whether it went offline.
-    pub fn is_closed(&self) -> bool {
-        match self {
-            Self::Local(node) => node.is_closed(),
-            Self::Peer(node) => node.is_gone(),
-        }
-    }
-
-    /// When it linked.
-    pub fn connected_at(&self) -> chrono::DateTime<chrono::Utc> {
-        match self {
-            Self::Local(node) => node.connected_at(),
-            Self::Peer(node) => node.connected_at(),
-        }
-    }
-
-    /// How long since it (or, for a peer, its replica) was last heard from.
-    pub fn silent_for(&self) -> Duration {
-        match self {
-            Self::Local(node) => node.silent_for(),
-            Self::Peer(node) => node.silent_for(),
-        }
-    }
-
-    /// Sends it a job.
-    pub async fn chat(
-        &self,
-        cluster: Option<&Arc<Cluster>>,
-        request: ChatCompletionRequest,
-        context: RequestContext,
-    ) -> Result<ChunkStream, SendError> {
-        match (self, cluster) {
-            (Self::Local(node), _) => Ok(RemoteNode(node.clone()).chat(request, context).await?),
-            (Self::Peer(node), Some(cluster)) => node.chat(cluster, request, context).await,
-            (Self::Peer(node), None) => Err(SendError::Failed(ProviderError::Unavailable {
-                status: None,
-                message: format!("node {} is linked to another replica", node.key.provider),
-            })),
-        }
     }
 }
 

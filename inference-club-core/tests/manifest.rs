@@ -203,3 +203,18 @@ proptest::proptest! {
         let _ = ServiceManifest::parse_and_validate(&damaged);
     }
 }
+
+#[test]
+fn a_manifest_without_an_agent_name_is_refused_at_that_path() {
+    for agent in ["agent: {hostname: rig}\n", "agent: {name: \"  \"}\n", ""] {
+        let text = format!("schema_version: 1\n{agent}hosts:\n  - id: box\n");
+        let error = ServiceManifest::parse_and_validate(&text).unwrap_err();
+        assert_eq!(
+            error.lines(),
+            vec!["agent.name: is required".to_owned()],
+            "{text}"
+        );
+    }
+    let named = "schema_version: 1\nagent: {name: rig}\nhosts:\n  - id: box\n";
+    assert!(ServiceManifest::parse_and_validate(named).is_ok());
+}

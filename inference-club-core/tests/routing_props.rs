@@ -19,16 +19,20 @@ fn candidate_fields() -> impl Strategy<Value = Candidate<()>> {
         prop::option::weighted(0.8, 0u32..8),
         // A few distinct values so that TTFT ties happen often.
         prop::option::of(0u64..4),
+        prop::bool::weighted(0.2),
     )
         .prop_map(
-            |(serves_model, admits_consumer, online, in_flight, max_concurrent, ttft)| Candidate {
-                key: (),
-                serves_model,
-                admits_consumer,
-                online,
-                in_flight,
-                max_concurrent,
-                recent_ttft: ttft.map(|t| Duration::from_millis(100 * t)),
+            |(serves_model, admits_consumer, online, in_flight, max_concurrent, ttft, resting)| {
+                Candidate {
+                    key: (),
+                    serves_model,
+                    admits_consumer,
+                    online,
+                    in_flight,
+                    max_concurrent,
+                    recent_ttft: ttft.map(|t| Duration::from_millis(100 * t)),
+                    resting,
+                }
             },
         )
 }
@@ -52,6 +56,7 @@ fn scenario() -> impl Strategy<Value = (Vec<Candidate<u32>>, Vec<u32>, u64)> {
                     in_flight: f.in_flight,
                     max_concurrent: f.max_concurrent,
                     recent_ttft: f.recent_ttft,
+                    resting: f.resting,
                 })
                 .collect();
             (candidates, excluded, tiebreak)
@@ -60,6 +65,13 @@ fn scenario() -> impl Strategy<Value = (Vec<Candidate<u32>>, Vec<u32>, u64)> {
 
 fn eligible(c: &Candidate<u32>, excluded: &[u32]) -> bool {
     c.serves_model && c.admits_consumer && c.online && !excluded.contains(&c.key)
+}
+
+/// Whether a candidate is ranked: eligible, and not resting while a candidate that does not
+/// rest is eligible (rule 6).
+fn ranked(c: &Candidate<u32>, all: &[Candidate<u32>], excluded: &[u32]) -> bool {
+    eligible(c, excluded)
+        && (!c.resting || !all.iter().any(|o| !o.resting && eligible(o, excluded)))
 }
 
 /// Relative load as an exact fraction (numerator, denominator), computed independently of the
@@ -81,6 +93,28 @@ fn by_key(candidates: &[Candidate<u32>]) -> BTreeMap<u32, &Candidate<u32>> {
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn a_resting_candidate_is_ranked_only_when_no_other_is_left(
+        (candidates, excluded, tiebreak) in scenario()
+    ) {
+        let ranking = rank(&candidates, &excluded, tiebreak);
+        let by_key: BTreeMap<u32, &Candidate<u32>> =
+            candidates.iter().map(|c| (c.key, c)).collect();
+        let others_left = candidates
+            .iter()
+            .any(|c| !c.resting && eligible(c, &excluded));
+        for key in ranking.with_room().iter().chain(ranking.full()) {
+            if others_left {
+                prop_assert!(!by_key[key].resting, "{key} rests while others are left");
+            }
+        }
+        // With every eligible candidate resting, they are all ranked as usual.
+        if !others_left {
+            let resting = candidates.iter().filter(|c| eligible(c, &excluded)).count();
+            prop_assert_eq!(ranking.with_room().len() + ranking.full().len(), resting);
+        }
+    }
 
     #[test]
     fn choose_is_the_first_of_rank_and_the_same_availability(
@@ -115,7 +149,7 @@ proptest! {
         prop_assert_eq!(unique.len(), all.len(), "duplicates in {:?}", all);
         let expected: BTreeSet<u32> = candidates
             .iter()
-            .filter(|c| eligible(c, &excluded))
+            .filter(|c| ranked(c, &candidates, &excluded))
             .map(|c| c.key)
             .collect();
         prop_assert_eq!(unique, expected);
@@ -133,7 +167,7 @@ proptest! {
         for key in ranking.full() {
             prop_assert!(!map[key].has_room(), "{key} has room but listed as full");
         }
-        let any_room = candidates.iter().any(|c| eligible(c, &excluded) && c.has_room());
+        let any_room = candidates.iter().any(|c| ranked(c, &candidates, &excluded) && c.has_room());
         if let Some(first) = ranking.first() {
             prop_assert!(map[first].has_room());
         } else {
@@ -149,7 +183,7 @@ proptest! {
         let map = by_key(&candidates);
         if let Some(first) = ranking.first() {
             let best = load(map[first]);
-            for c in candidates.iter().filter(|c| eligible(c, &excluded) && c.has_room()) {
+            for c in candidates.iter().filter(|c| ranked(c, &candidates, &excluded) && c.has_room()) {
                 prop_assert!(load_le(best, load(c)), "{first} chosen over less loaded {}", c.key);
             }
         }

@@ -16,7 +16,8 @@
 //!    [`RequestContext::consumer`] by [`AccessPolicy::admits`], with the router's owner as the
 //!    node's owner. Candidates exist but none admits the consumer: [`ProviderError::Rejected`]
 //!    with status 403 and code `access_denied`.
-//! 3. **Which one first.** The candidates are ranked by [`routing::rank`]: least relative
+//! 3. **Which one first.** The best candidate is the one core's placement policy picks
+//!    ([`routing::choose`], the same as the coordinator's dispatch uses): least relative
 //!    load (`in_flight / max_concurrent`) first, then the fastest recent time to first token
 //!    (a [`routing::Ewma`] per route), then round robin. A route at its `max_concurrent` is
 //!    never chosen; when every candidate is full the answer is [`ProviderError::Busy`] (the
@@ -36,8 +37,9 @@
 //! A route that failed stays a candidate: it is ranked by load like the others (a failure
 //! counts as a slow [time to first token](FAILED_ATTEMPT_TTFT), which matters between routes of
 //! equal load). A route whose engine could not be reached at all (refused, reset, connect
-//! timeout) rests for [`UNREACHABLE_COOLDOWN`] while another route can serve the model, so that
-//! requests do not each pay a failed attempt on a dead engine; alone, it is tried anyway.
+//! timeout) rests for [`UNREACHABLE_COOLDOWN`] while another route can serve the model (the
+//! policy's `resting` candidates), so that requests do not each pay a failed attempt on a dead
+//! engine; alone, it is tried anyway.
 //!
 //! # Services that list no models
 //!
@@ -366,7 +368,7 @@ impl Router {
             .iter()
             .map(|route| route.served_id_for(requested))
             .collect();
-        let mut candidates: Vec<Candidate<usize>> = self
+        let candidates: Vec<Candidate<usize>> = self
             .routes
             .iter()
             .zip(&served_ids)
@@ -374,26 +376,19 @@ impl Router {
             .map(|(index, (route, served_id))| Candidate {
                 serves_model: served_id.is_some(),
                 admits_consumer: self.admits(route, consumer),
-                online: !route.is_down(),
+                // An engine that failed to answer rests: it is tried only when no other is left
+                // (core's rule 6).
+                resting: route.is_down(),
                 in_flight: route.in_flight.get(),
                 max_concurrent: route.max_concurrent,
                 recent_ttft: route.recent_ttft(),
                 ..Candidate::new(index)
             })
             .collect();
-        // Resting routes are passed over only while another could serve; else all are tried.
-        let usable = |c: &Candidate<usize>| {
-            c.serves_model && c.admits_consumer && c.online && !excluded.contains(&c.key)
-        };
-        if !candidates.iter().any(usable) {
-            for candidate in &mut candidates {
-                candidate.online = true;
-            }
-        }
         let turn = self.turns.fetch_add(1, Ordering::Relaxed);
-        let ranking = routing::rank(&candidates, excluded, turn);
+        let choice = routing::choose(&candidates, excluded, turn);
 
-        let chosen = ranking.first().copied().and_then(|index| {
+        let chosen = choice.best.and_then(|index| {
             let route = self.routes.get(index)?;
             let served_id = served_ids.get(index).cloned().flatten()?;
             Some(Reservation {
@@ -403,7 +398,7 @@ impl Router {
                 slot: route.in_flight.take_slot(),
             })
         });
-        chosen.ok_or(ranking.availability())
+        chosen.ok_or(choice.availability)
     }
 
     /// Whether `route`'s access policy, if any, admits `consumer`.

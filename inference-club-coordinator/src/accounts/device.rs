@@ -22,11 +22,13 @@ use axum::response::{IntoResponse, Response};
 use oauth2::StandardDeviceAuthorizationResponse;
 use serde::{Deserialize, Serialize};
 
-use super::{DevicePoll, MAX_DEVICE_LIFETIME, github, returning_member, sign_in_error};
-use crate::AppState;
+use super::{DevicePoll, MAX_DEVICE_LIFETIME, returning_member, sign_in_error};
+use crate::CoordinatorConfig;
+use crate::accounts::SignIn;
 use crate::club_api::account::{MAX_KEY_NAME_CHARS, MAX_KEYS_PER_MEMBER};
 use crate::club_api::json_body;
 use crate::error::ApiError;
+use crate::store::Store;
 use crate::store::{FlowKind, GitHubIdentity, Scope, Scopes, SignInFlow, User, now, random_token};
 
 /// The name of a key `club login` creates when the CLI names none.
@@ -65,8 +67,11 @@ pub struct DeviceToken {
 }
 
 /// `POST /api/v1/auth/device`: starts a device flow at GitHub.
-pub async fn start(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    let github = github(&state)?;
+pub async fn start(
+    State(store): State<Store>,
+    State(sign_in): State<Arc<SignIn>>,
+) -> Result<Response, ApiError> {
+    let github = sign_in.github()?;
     let authorization = github.start_device().await?;
     let lifetime = authorization.expires_in().min(MAX_DEVICE_LIFETIME);
     let interval = authorization.interval().as_secs();
@@ -76,7 +81,7 @@ pub async fn start(State(state): State<Arc<AppState>>) -> Result<Response, ApiEr
         serde_json::to_string(&authorization).map_err(|e| ApiError::internal("device flow", e))?,
     );
     flow.poll_interval = Some(interval);
-    state.store.start_flow(&device_token, &flow).await?;
+    store.start_flow(&device_token, &flow).await?;
     no_store(axum::Json(DeviceAuthorization {
         object: "club.device_authorization",
         device_token,
@@ -136,8 +141,13 @@ fn terms_required(handle: &str) -> ApiError {
 }
 
 /// `POST /api/v1/auth/device/token`: one poll.
-pub async fn token(State(state): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
-    let github = github(&state)?;
+pub async fn token(
+    State(store): State<Store>,
+    State(sign_in): State<Arc<SignIn>>,
+    State(_config): State<Arc<CoordinatorConfig>>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let github = sign_in.github()?;
     let request: TokenRequest = json_body(body).await?;
     let key_name = match request.key_name.as_deref().map(str::trim) {
         None | Some("") => DEFAULT_KEY_NAME.to_owned(),
@@ -158,11 +168,11 @@ pub async fn token(State(state): State<Arc<AppState>>, body: Body) -> Result<Res
         }
     };
     let secret = request.device_token.trim();
-    let Some(flow) = state.store.flow(secret, FlowKind::Device).await? else {
+    let Some(flow) = store.flow(secret, FlowKind::Device).await? else {
         return Err(invalid_device_token());
     };
     if flow.is_expired() {
-        state.store.take_flow(secret, FlowKind::Device).await?;
+        store.take_flow(secret, FlowKind::Device).await?;
         return Err(expired());
     }
     // Approved earlier, waiting for the terms.
@@ -170,10 +180,10 @@ pub async fn token(State(state): State<Arc<AppState>>, body: Body) -> Result<Res
         if !request.accept_terms {
             return Err(terms_required(&identity.login));
         }
-        return finish(&state, secret, &identity, true, &key_name).await;
+        return finish(&store, secret, &identity, true, &key_name).await;
     }
     let interval = flow.poll_interval.unwrap_or(5);
-    if !state.store.flow_polled(secret, now(), interval).await? {
+    if !store.flow_polled(secret, now(), interval).await? {
         return Err(device_error(
             "slow_down",
             &format!("poll at most every {interval} seconds"),
@@ -191,18 +201,18 @@ pub async fn token(State(state): State<Arc<AppState>>, body: Body) -> Result<Res
         )),
         DevicePoll::SlowDown => {
             let slower = interval.saturating_add(5);
-            state.store.set_poll_interval(secret, slower).await?;
+            store.set_poll_interval(secret, slower).await?;
             Err(device_error(
                 "slow_down",
                 &format!("polling too fast: poll at most every {slower} seconds"),
             ))
         }
         DevicePoll::Expired => {
-            state.store.take_flow(secret, FlowKind::Device).await?;
+            store.take_flow(secret, FlowKind::Device).await?;
             Err(expired())
         }
         DevicePoll::Denied => {
-            state.store.take_flow(secret, FlowKind::Device).await?;
+            store.take_flow(secret, FlowKind::Device).await?;
             Err(device_error(
                 "access_denied",
                 "the sign-in was declined at GitHub",
@@ -211,7 +221,7 @@ pub async fn token(State(state): State<Arc<AppState>>, body: Body) -> Result<Res
         DevicePoll::Approved(access) => {
             let identity = github.identity(&access).await?;
             drop(access);
-            finish(&state, secret, &identity, request.accept_terms, &key_name).await
+            finish(&store, secret, &identity, request.accept_terms, &key_name).await
         }
     }
 }
@@ -219,19 +229,19 @@ pub async fn token(State(state): State<Arc<AppState>>, body: Body) -> Result<Res
 /// Approved: the member's key, creating the account if its owner accepted the terms, or
 /// parking the identity (403 `terms_required`) if not.
 async fn finish(
-    state: &AppState,
+    store: &Store,
     secret: &str,
     identity: &GitHubIdentity,
     accept_terms: bool,
     key_name: &str,
 ) -> Result<Response, ApiError> {
-    let existing: Option<User> = returning_member(&state.store, identity).await?;
+    let existing: Option<User> = returning_member(&store, identity).await?;
     if existing.is_none() && !accept_terms {
-        state.store.park_identity(secret, identity).await?;
+        store.park_identity(secret, identity).await?;
         return Err(terms_required(&identity.login));
     }
     if let Some(user) = &existing
-        && state.store.list_keys(user.id).await?.len() >= MAX_KEYS_PER_MEMBER
+        && store.list_keys(user.id).await?.len() >= MAX_KEYS_PER_MEMBER
     {
         return Err(ApiError::bad_request(
             "too_many_keys",
@@ -239,24 +249,18 @@ async fn finish(
         ));
     }
     // Spend the device token first, so two polls racing cannot both get a key.
-    if state
-        .store
-        .take_flow(secret, FlowKind::Device)
-        .await?
-        .is_none()
-    {
+    if store.take_flow(secret, FlowKind::Device).await?.is_none() {
         return Err(invalid_device_token());
     }
     let user = match existing {
         Some(user) => user,
-        None => state
-            .store
+        None => store
             .create_github_member(identity, now())
             .await
             .map_err(sign_in_error)?,
     };
     let scopes = Scopes::only(Scope::Inference).with(Scope::Account);
-    let (key, secret_key) = state.store.create_key(user.id, key_name, scopes).await?;
+    let (key, secret_key) = store.create_key(user.id, key_name, scopes).await?;
     no_store(axum::Json(DeviceToken {
         object: "club.device_token",
         key: secret_key,

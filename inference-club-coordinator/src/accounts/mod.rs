@@ -24,7 +24,6 @@ pub mod pages;
 pub mod session;
 pub mod web;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -33,9 +32,9 @@ use axum::routing::{get, post};
 
 pub use github::{DevicePoll, GitHub, GitHubConfig, GitHubError};
 
-use super::AppState;
 use super::error::ApiError;
 use super::store::{GitHubIdentity, Store, StoreError, User};
+use crate::AppState;
 
 /// How long a web sign-in may take at GitHub, and how long a new member's confirmation waits.
 pub const FLOW_LIFETIME: Duration = Duration::from_secs(10 * 60);
@@ -45,7 +44,7 @@ pub const MAX_DEVICE_LIFETIME: Duration = Duration::from_secs(15 * 60);
 pub const MAX_FORM_BYTES: usize = 4 * 1024;
 
 /// Sign-in and session routes (merged into the coordinator's application).
-pub fn routes() -> Router<Arc<AppState>> {
+pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/auth/github", get(web::start))
         .route("/auth/github/callback", get(web::callback))
@@ -60,15 +59,28 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/api/v1/auth/device/token", post(device::token))
 }
 
-/// The coordinator's GitHub client, or 404 `sign_in_unavailable` when none is configured.
-pub(crate) fn github(state: &AppState) -> Result<&GitHub, ApiError> {
-    state.github.as_ref().ok_or_else(|| {
-        ApiError::not_found(
-            "sign_in_unavailable",
-            "GitHub sign-in is not configured on this coordinator (no GitHub client id); \
-             ask its operator for an API key",
-        )
-    })
+/// Sign-in with GitHub, when the coordinator is configured for it.
+#[derive(Debug)]
+pub(crate) struct SignIn {
+    github: Option<GitHub>,
+}
+
+impl SignIn {
+    /// Sign-in through `github`; `None`: sign-in is off.
+    pub fn new(github: Option<GitHub>) -> Self {
+        Self { github }
+    }
+
+    /// The coordinator's GitHub client, or 404 `sign_in_unavailable` when none is configured.
+    pub fn github(&self) -> Result<&GitHub, ApiError> {
+        self.github.as_ref().ok_or_else(|| {
+            ApiError::not_found(
+                "sign_in_unavailable",
+                "GitHub sign-in is not configured on this coordinator (no GitHub client id); \
+                 ask its operator for an API key",
+            )
+        })
+    }
 }
 
 impl From<GitHubError> for ApiError {

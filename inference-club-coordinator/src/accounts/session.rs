@@ -21,8 +21,9 @@ use serde::Serialize;
 
 use super::MAX_FORM_BYTES;
 use crate::error::ApiError;
+use crate::store::Store;
 use crate::store::{SESSION_LIFETIME, Session, User, UserId, same_secret};
-use crate::{AppState, CoordinatorConfig, auth};
+use crate::{CoordinatorConfig, auth};
 
 /// The session cookie's name.
 pub const SESSION_COOKIE: &str = "club_session";
@@ -91,13 +92,14 @@ pub(crate) fn see_other(location: &str, cookies: Vec<HeaderValue>) -> Result<Res
 /// Starts a session for `user_id` and sends the browser to `next`, clearing `also_clear`
 /// (the sign-in's own cookies: name and path).
 pub(crate) async fn start_session(
-    state: &AppState,
+    store: &Store,
+    config: &CoordinatorConfig,
     user_id: UserId,
     next: &str,
     also_clear: &[(&str, &str)],
 ) -> Result<Response, ApiError> {
-    let secure = secure_cookies(&state.config);
-    let (_, token) = state.store.create_session(user_id).await?;
+    let secure = secure_cookies(&config);
+    let (_, token) = store.create_session(user_id).await?;
     let mut cookies = vec![set_cookie(
         SESSION_COOKIE,
         &token,
@@ -113,11 +115,11 @@ pub(crate) async fn start_session(
 
 /// The member and session of the request's cookie, if it names a live session.
 pub async fn from_cookie(
-    state: &AppState,
+    store: &Store,
     headers: &HeaderMap,
 ) -> Result<Option<(User, Session)>, ApiError> {
     match cookie(headers, SESSION_COOKIE) {
-        Some(token) => Ok(state.store.session(token).await?),
+        Some(token) => Ok(store.session(token).await?),
         None => Ok(None),
     }
 }
@@ -138,18 +140,14 @@ fn changes_state(method: &Method) -> bool {
 /// must carry `x-csrf-token` equal to the session's token; 403 `csrf_failed` otherwise, and
 /// the handler does not run. `/auth/*` routes check their own (a form field or the header), as
 /// do the web pages' HTML forms ([`web::checks_own_csrf`](crate::web::checks_own_csrf)).
-pub async fn csrf_guard(
-    State(state): State<Arc<AppState>>,
-    request: Request,
-    next: Next,
-) -> Response {
+pub async fn csrf_guard(State(store): State<Store>, request: Request, next: Next) -> Response {
     let guarded = changes_state(request.method())
         && !request.uri().path().starts_with("/auth/")
         && !crate::web::checks_own_csrf(request.method(), request.uri().path())
         && auth::bearer(request.headers()).is_none()
         && cookie(request.headers(), SESSION_COOKIE).is_some();
     if guarded {
-        match from_cookie(&state, request.headers()).await {
+        match from_cookie(&store, request.headers()).await {
             Ok(Some((_, session))) => {
                 let sent = request
                     .headers()
@@ -181,11 +179,8 @@ pub struct SessionView {
 }
 
 /// `GET /api/v1/session`: the browser's session (401 without one).
-pub async fn current(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let Some((user, session)) = from_cookie(&state, &headers).await? else {
+pub async fn current(State(store): State<Store>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let Some((user, session)) = from_cookie(&store, &headers).await? else {
         return Err(ApiError::unauthorized(
             "No session: sign in at /auth/github.",
         ));
@@ -206,11 +201,11 @@ pub async fn current(
 /// The session of a sign-out request, whose CSRF token (form field `csrf_token` or the header)
 /// must match; `None` when the cookie names no live session.
 async fn signing_out(
-    state: &AppState,
+    store: &Store,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Option<(User, Session)>, ApiError> {
-    let Some((user, session)) = from_cookie(state, headers).await? else {
+    let Some((user, session)) = from_cookie(&store, headers).await? else {
         return Ok(None);
     };
     let header = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
@@ -230,41 +225,39 @@ async fn signing_out(
     }
 }
 
-fn signed_out(state: &AppState) -> Result<Response, ApiError> {
+fn signed_out(config: &CoordinatorConfig) -> Result<Response, ApiError> {
     see_other(
         "/",
-        vec![clear_cookie(
-            SESSION_COOKIE,
-            "/",
-            secure_cookies(&state.config),
-        )?],
+        vec![clear_cookie(SESSION_COOKIE, "/", secure_cookies(&config))?],
     )
 }
 
 /// `POST /auth/signout`: ends this session; 303 to `/`.
 pub async fn sign_out(
-    State(state): State<Arc<AppState>>,
+    State(store): State<Store>,
+    State(config): State<Arc<CoordinatorConfig>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    if signing_out(&state, &headers, body).await?.is_some()
+    if signing_out(&store, &headers, body).await?.is_some()
         && let Some(token) = cookie(&headers, SESSION_COOKIE)
     {
-        state.store.end_session(token).await?;
+        store.end_session(token).await?;
     }
-    signed_out(&state)
+    signed_out(&config)
 }
 
 /// `POST /auth/signout-everywhere`: ends every session of the member; 303 to `/`.
 pub async fn sign_out_everywhere(
-    State(state): State<Arc<AppState>>,
+    State(store): State<Store>,
+    State(config): State<Arc<CoordinatorConfig>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    if let Some((user, _)) = signing_out(&state, &headers, body).await? {
-        state.store.end_sessions_of(user.id).await?;
+    if let Some((user, _)) = signing_out(&store, &headers, body).await? {
+        store.end_sessions_of(user.id).await?;
     }
-    signed_out(&state)
+    signed_out(&config)
 }
 
 #[cfg(test)]

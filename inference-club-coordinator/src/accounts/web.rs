@@ -19,9 +19,11 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::session::{clear_cookie, cookie, secure_cookies, see_other, set_cookie, start_session};
-use super::{FLOW_LIFETIME, MAX_FORM_BYTES, github, pages, returning_member, sign_in_error};
-use crate::AppState;
+use super::{FLOW_LIFETIME, MAX_FORM_BYTES, pages, returning_member, sign_in_error};
+use crate::CoordinatorConfig;
+use crate::accounts::SignIn;
 use crate::error::ApiError;
+use crate::store::Store;
 use crate::store::{FlowKind, SignInFlow, random_token, same_secret};
 
 /// The cookie that binds a web sign-in's `state` to the browser that started it.
@@ -83,17 +85,19 @@ pub fn local_path(next: Option<&str>) -> String {
 /// `GET /auth/github[?next=/path]`: to GitHub's authorize page. Without GitHub configured, a
 /// page (404) that says so: this is where the site's "Sign in" button leads.
 pub async fn start(
-    State(state): State<Arc<AppState>>,
+    State(store): State<Store>,
+    State(config): State<Arc<CoordinatorConfig>>,
+    State(sign_in): State<Arc<SignIn>>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let Ok(github) = github(&state) else {
+    let Ok(github) = sign_in.github() else {
         return Ok(sign_in_not_set_up());
     };
     let query = params(query.unwrap_or_default().as_bytes())?;
     let secret = random_token()?;
     let mut flow = SignInFlow::new(FlowKind::Web, FLOW_LIFETIME);
     flow.next_path = Some(local_path(query.get("next").map(String::as_str)));
-    state.store.start_flow(&secret, &flow).await?;
+    store.start_flow(&secret, &flow).await?;
     let location = github.authorize_url(&secret);
     let mut response = StatusCode::FOUND.into_response();
     let headers = response.headers_mut();
@@ -109,7 +113,7 @@ pub async fn start(
             &secret,
             AUTH_PATH,
             FLOW_LIFETIME,
-            secure_cookies(&state.config),
+            secure_cookies(&config),
         )?,
     );
     Ok(response)
@@ -125,18 +129,20 @@ fn invalid_state() -> ApiError {
 
 /// `GET /auth/github/callback?code&state`: back from GitHub.
 pub async fn callback(
-    State(state): State<Arc<AppState>>,
+    State(store): State<Store>,
+    State(config): State<Arc<CoordinatorConfig>>,
+    State(sign_in): State<Arc<SignIn>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let github = github(&state)?;
+    let github = sign_in.github()?;
     let query = params(query.unwrap_or_default().as_bytes())?;
     let sent = query.get("state").map(String::as_str).unwrap_or_default();
     let bound = cookie(&headers, STATE_COOKIE).unwrap_or_default();
     if sent.is_empty() || !same_secret(sent, bound) {
         return Err(invalid_state());
     }
-    let Some(flow) = state.store.take_flow(sent, FlowKind::Web).await? else {
+    let Some(flow) = store.take_flow(sent, FlowKind::Web).await? else {
         return Err(invalid_state());
     };
     if let Some(error) = query.get("error") {
@@ -162,15 +168,22 @@ pub async fn callback(
     let identity = github.identity(&token).await?;
     drop(token);
     let next = flow.next_path.unwrap_or_else(|| "/".to_owned());
-    if let Some(user) = returning_member(&state.store, &identity).await? {
-        return start_session(&state, user.id, &next, &[(STATE_COOKIE, AUTH_PATH)]).await;
+    if let Some(user) = returning_member(&store, &identity).await? {
+        return start_session(
+            &store,
+            &config,
+            user.id,
+            &next,
+            &[(STATE_COOKIE, AUTH_PATH)],
+        )
+        .await;
     }
     let secret = random_token()?;
     let mut pending = SignInFlow::new(FlowKind::Confirm, FLOW_LIFETIME);
     pending.next_path = Some(next);
     pending.identity = Some(identity);
-    state.store.start_flow(&secret, &pending).await?;
-    let secure = secure_cookies(&state.config);
+    store.start_flow(&secret, &pending).await?;
+    let secure = secure_cookies(&config);
     see_other(
         "/auth/confirm",
         vec![
@@ -190,14 +203,15 @@ fn no_pending() -> ApiError {
 
 /// `GET /auth/confirm`: the new member's confirmation form.
 pub async fn confirm_form(
-    State(state): State<Arc<AppState>>,
+    State(store): State<Store>,
+    State(sign_in): State<Arc<SignIn>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    github(&state)?;
+    sign_in.github()?;
     let Some(secret) = cookie(&headers, CONFIRM_COOKIE) else {
         return Err(no_pending());
     };
-    let flow = state.store.flow(secret, FlowKind::Confirm).await?;
+    let flow = store.flow(secret, FlowKind::Confirm).await?;
     let Some(identity) = flow.filter(|f| !f.is_expired()).and_then(|f| f.identity) else {
         return Err(no_pending());
     };
@@ -206,11 +220,13 @@ pub async fn confirm_form(
 
 /// `POST /auth/confirm` (form: `flow`, `age=yes`, `terms=yes`): creates the account.
 pub async fn confirm(
-    State(state): State<Arc<AppState>>,
+    State(store): State<Store>,
+    State(sign_in): State<Arc<SignIn>>,
+    State(config): State<Arc<CoordinatorConfig>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    github(&state)?;
+    sign_in.github()?;
     let bytes = axum::body::to_bytes(body, MAX_FORM_BYTES)
         .await
         .map_err(|_| {
@@ -229,19 +245,25 @@ pub async fn confirm(
             "to join, confirm that you are 18 or older and that you accept the terms (both boxes)",
         ));
     }
-    let Some(flow) = state.store.take_flow(sent, FlowKind::Confirm).await? else {
+    let Some(flow) = store.take_flow(sent, FlowKind::Confirm).await? else {
         return Err(no_pending());
     };
     let Some(identity) = flow.identity else {
         return Err(no_pending());
     };
-    let user = state
-        .store
+    let user = store
         .create_github_member(&identity, crate::store::now())
         .await
         .map_err(sign_in_error)?;
     let next = flow.next_path.unwrap_or_else(|| "/".to_owned());
-    start_session(&state, user.id, &next, &[(CONFIRM_COOKIE, AUTH_PATH)]).await
+    start_session(
+        &store,
+        &config,
+        user.id,
+        &next,
+        &[(CONFIRM_COOKIE, AUTH_PATH)],
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -13,9 +13,11 @@ use inference_club_core::record::Visibility;
 use serde::{Deserialize, Serialize};
 
 use super::{bad_path, json_body};
-use crate::AppState;
 use crate::auth::{self, Caller};
 use crate::error::ApiError;
+use crate::fleet::Fleet;
+use crate::limits::Limiter;
+use crate::store::Store;
 use crate::store::{ApiKey, KeyId, RoutingPreference, Scope, Scopes, User};
 
 /// The most live keys a member may hold.
@@ -102,16 +104,13 @@ pub struct CreatedKey {
     pub secret: String,
 }
 
-async fn account(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
-    auth::require(&state.store, headers, Scope::Account).await
+async fn account(store: &Store, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    auth::require(&store, headers, Scope::Account).await
 }
 
 /// `GET /api/v1/me`.
-pub async fn me(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let caller = account(&state, &headers).await?;
+pub async fn me(State(store): State<Store>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let caller = account(&store, &headers).await?;
     Ok(axum::Json(MeView::from(caller.user)).into_response())
 }
 
@@ -127,14 +126,14 @@ struct Settings {
 /// "routing_preference": "any" | "prefer_own" | "only_own"}` (either or both). Every value is
 /// checked before anything changes.
 pub async fn update_me(
-    State(state): State<Arc<AppState>>,
+    State(store): State<Store>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let caller = account(&state, &headers).await?;
+    let caller = account(&store, &headers).await?;
     let settings: Settings = json_body(body).await?;
     let user = change_settings(
-        &state,
+        &store,
         caller.user,
         settings.default_visibility.as_deref(),
         settings.routing_preference.as_deref(),
@@ -146,7 +145,7 @@ pub async fn update_me(
 /// Changes a member's settings (the rules of `PATCH /api/v1/me`, shared with the dashboard):
 /// every value is checked before anything changes; at least one must be given.
 pub(crate) async fn change_settings(
-    state: &AppState,
+    store: &Store,
     user: User,
     default_visibility: Option<&str>,
     routing_preference: Option<&str>,
@@ -170,13 +169,10 @@ pub(crate) async fn change_settings(
         .transpose()?;
     let mut user = user;
     if let Some(visibility) = visibility {
-        user = state.store.update_settings(user.id, visibility).await?;
+        user = store.update_settings(user.id, visibility).await?;
     }
     if let Some(preference) = preference {
-        user = state
-            .store
-            .set_routing_preference(user.id, preference)
-            .await?;
+        user = store.set_routing_preference(user.id, preference).await?;
     }
     Ok(user)
 }
@@ -201,22 +197,24 @@ pub struct AccountDeleted {
 /// `DELETE /api/v1/me`: deletes the account and everything of theirs (their requests, keys,
 /// providers and manifest history), closes their nodes' links, and says what it cannot reach.
 pub async fn delete_me(
-    State(state): State<Arc<AppState>>,
+    State(store): State<Store>,
+    State(fleet): State<Arc<Fleet>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let caller = account(&state, &headers).await?;
-    Ok(axum::Json(delete_account(&state, caller.user).await?).into_response())
+    let caller = account(&store, &headers).await?;
+    Ok(axum::Json(delete_account(&store, &fleet, caller.user).await?).into_response())
 }
 
 /// Deletes a member's account and everything of theirs (the rules of `DELETE /api/v1/me`,
 /// shared with the dashboard).
 pub(crate) async fn delete_account(
-    state: &AppState,
+    store: &Store,
+    fleet: &Fleet,
     user: User,
 ) -> Result<AccountDeleted, ApiError> {
     // Links first, so that no new job reaches their nodes while the account goes.
-    let disconnected = state.close_operator(user.id, &user.handle);
-    state.store.delete_user(user.id).await?;
+    let disconnected = fleet.close_operator(user.id, &user.handle);
+    store.delete_user(user.id).await?;
     Ok(AccountDeleted {
         object: "club.account_deleted",
         handle: user.handle,
@@ -238,11 +236,11 @@ pub(crate) async fn delete_account(
 
 /// `GET /api/v1/keys`: the member's live keys, newest first (prefix only).
 pub async fn list_keys(
-    State(state): State<Arc<AppState>>,
+    State(store): State<Store>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let caller = account(&state, &headers).await?;
-    let keys = state.store.list_keys(caller.user.id).await?;
+    let caller = account(&store, &headers).await?;
+    let keys = store.list_keys(caller.user.id).await?;
     let data: Vec<KeyView> = keys.into_iter().map(KeyView::from).collect();
     Ok(axum::Json(serde_json::json!({ "object": "list", "data": data })).into_response())
 }
@@ -290,17 +288,18 @@ fn parse_new_key(new: NewKey) -> Result<(String, Scopes), ApiError> {
 /// `POST /api/v1/keys` with `{"name", "scopes": ["inference", "provider", "account"]}`: 201
 /// with the key and its secret, shown this once.
 pub async fn create_key(
-    State(state): State<Arc<AppState>>,
+    State(limits): State<Arc<Limiter>>,
+    State(store): State<Store>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let caller = account(&state, &headers).await?;
-    let rate = match state.limits.key_creation(caller.user.id) {
+    let caller = account(&store, &headers).await?;
+    let rate = match limits.key_creation(caller.user.id) {
         Ok(rate) => rate,
         Err(throttled) => return Ok(throttled.into_response()),
     };
     let new: NewKey = json_body(body).await?;
-    let created = create_key_for(&state, &caller.user, new.name, new.scopes).await?;
+    let created = create_key_for(&store, &caller.user, new.name, new.scopes).await?;
     let mut response = (StatusCode::CREATED, axum::Json(created)).into_response();
     response
         .headers_mut()
@@ -313,19 +312,19 @@ pub async fn create_key(
 /// caller checks the creation rate first): the name and scopes are checked, and a member holds
 /// at most [`MAX_KEYS_PER_MEMBER`].
 pub(crate) async fn create_key_for(
-    state: &AppState,
+    store: &Store,
     user: &User,
     name: String,
     scopes: Vec<String>,
 ) -> Result<CreatedKey, ApiError> {
     let (name, scopes) = parse_new_key(NewKey { name, scopes })?;
-    if state.store.list_keys(user.id).await?.len() >= MAX_KEYS_PER_MEMBER {
+    if store.list_keys(user.id).await?.len() >= MAX_KEYS_PER_MEMBER {
         return Err(ApiError::bad_request(
             "too_many_keys",
             format!("a member may hold at most {MAX_KEYS_PER_MEMBER} keys; revoke one first"),
         ));
     }
-    let (key, secret) = state.store.create_key(user.id, &name, scopes).await?;
+    let (key, secret) = store.create_key(user.id, &name, scopes).await?;
     Ok(CreatedKey {
         key: KeyView::from(key),
         secret,
@@ -335,11 +334,11 @@ pub(crate) async fn create_key_for(
 /// `DELETE /api/v1/keys/{id}`: revokes one of the member's keys at once; 204 (404 for a key
 /// that is not theirs, unknown or already revoked).
 pub async fn revoke_key(
-    State(state): State<Arc<AppState>>,
+    State(store): State<Store>,
     headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let caller = account(&state, &headers).await?;
+    let caller = account(&store, &headers).await?;
     let Path(text) = path.map_err(bad_path)?;
     let id = (text.len() <= 64)
         .then(|| KeyId::parse(text.trim()))
@@ -351,7 +350,7 @@ pub async fn revoke_key(
             )
             .with_param("id")
         })?;
-    if state.store.revoke_key(caller.user.id, id).await? {
+    if store.revoke_key(caller.user.id, id).await? {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
         Err(ApiError::not_found(

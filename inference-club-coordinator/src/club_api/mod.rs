@@ -18,12 +18,10 @@
 //! ([`MAX_PAGE_SIZE`]), names and filters ([`MAX_FILTER_CHARS`]).
 
 pub mod account;
-pub mod catalog;
+
 pub mod openapi;
 pub mod providers;
 pub mod records;
-
-use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
@@ -49,7 +47,7 @@ pub const MAX_FILTER_CHARS: usize = 1024;
 const MAX_CURSOR_CHARS: usize = 64;
 
 /// The club API's routes (merged into the coordinator's application).
-pub fn routes() -> Router<Arc<AppState>> {
+pub fn routes() -> Router<AppState> {
     Router::new()
         .route(
             "/api/v1/requests",

@@ -19,10 +19,12 @@ use super::records::page;
 use super::{
     ListPage, ListParams, MAX_FILTER_CHARS, bad_path, bad_query, json_body, record_member,
 };
-use crate::AppState;
 use crate::auth;
 use crate::error::ApiError;
-use crate::nodes::{NodeKey, OnlineNode};
+use crate::fleet::Fleet;
+use crate::fleet::OnlineNode;
+use crate::nodes::NodeKey;
+use crate::store::Store;
 use crate::store::{Provider, ProviderPolicy, RecordQuery, Scope};
 
 /// A profile counts the requests a provider served up to this many; beyond, it says "at
@@ -150,8 +152,8 @@ fn models_of(manifest: &ServiceManifest) -> Vec<ProviderModel> {
 }
 
 /// The profile of a stored provider, with its live state from the registry.
-pub(crate) fn profile(state: &AppState, provider: Provider) -> ProviderProfile {
-    let node: Option<OnlineNode> = state.find_node(&NodeKey {
+pub(crate) fn profile(fleet: &Fleet, provider: Provider) -> ProviderProfile {
+    let node: Option<OnlineNode> = fleet.find_node(&NodeKey {
         operator_id: provider.operator_id,
         provider: provider.name.clone(),
     });
@@ -201,13 +203,13 @@ pub(crate) fn profile(state: &AppState, provider: Provider) -> ProviderProfile {
 }
 
 /// Counts what a provider served, up to [`MAX_COUNTED`]; whether the count is exact.
-async fn count_served(state: &AppState, provider: &Provider) -> Result<(u64, bool), ApiError> {
+async fn count_served(store: &Store, provider: &Provider) -> Result<(u64, bool), ApiError> {
     let mut query = RecordQuery::served_by(provider.operator_id)
         .with_provider(provider.name.clone())
         .with_limit(crate::store::MAX_PAGE_SIZE);
     let mut counted = 0u64;
     loop {
-        let page = state.store.list_records(&query).await?;
+        let page = store.list_records(&query).await?;
         counted += page.items.len() as u64;
         match page.next {
             None => return Ok((counted, true)),
@@ -218,7 +220,7 @@ async fn count_served(state: &AppState, provider: &Provider) -> Result<(u64, boo
 }
 
 /// Finds a provider by the path's operator and name (404 for anything else).
-async fn find(state: &AppState, operator: &str, name: &str) -> Result<Provider, ApiError> {
+async fn find(store: &Store, operator: &str, name: &str) -> Result<Provider, ApiError> {
     let not_found = || {
         ApiError::not_found(
             "provider_not_found",
@@ -228,20 +230,19 @@ async fn find(state: &AppState, operator: &str, name: &str) -> Result<Provider, 
     if !is_github_login(operator) || name.is_empty() || name.chars().count() > MAX_FILTER_CHARS {
         return Err(not_found());
     }
-    state
-        .store
-        .provider(operator, name)
-        .await?
-        .ok_or_else(not_found)
+    store.provider(operator, name).await?.ok_or_else(not_found)
 }
 
 /// `GET /api/v1/providers`: every provider's public profile (by operator, then name), for
 /// anyone.
-pub async fn list(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    let providers = state.store.list_providers().await?;
+pub async fn list(
+    State(store): State<Store>,
+    State(fleet): State<Arc<Fleet>>,
+) -> Result<Response, ApiError> {
+    let providers = store.list_providers().await?;
     let data: Vec<ProviderProfile> = providers
         .into_iter()
-        .map(|provider| profile(&state, provider))
+        .map(|provider| profile(&fleet, provider))
         .collect();
     Ok(axum::Json(serde_json::json!({ "object": "list", "data": data })).into_response())
 }
@@ -249,13 +250,14 @@ pub async fn list(State(state): State<Arc<AppState>>) -> Result<Response, ApiErr
 /// `GET /api/v1/providers/{operator}/{name}`: one provider's public profile, with the number
 /// of requests it served.
 pub async fn profile_of(
-    state: &AppState,
+    store: &Store,
+    fleet: &Fleet,
     operator: &str,
     name: &str,
 ) -> Result<ProviderProfile, ApiError> {
-    let provider = find(state, operator, name).await?;
-    let (served, exact) = count_served(state, &provider).await?;
-    let mut view = profile(state, provider);
+    let provider = find(&store, operator, name).await?;
+    let (served, exact) = count_served(&store, &provider).await?;
+    let mut view = profile(&fleet, provider);
     view.counts.requests_served = Some(served);
     view.counts.requests_served_exact = Some(exact);
     Ok(view)
@@ -263,23 +265,24 @@ pub async fn profile_of(
 
 /// `GET /api/v1/providers/{operator}/{name}`, for anyone.
 pub async fn profile_route(
-    State(state): State<Arc<AppState>>,
+    State(store): State<Store>,
+    State(fleet): State<Arc<Fleet>>,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path((operator, name)) = path.map_err(bad_path)?;
-    Ok(axum::Json(profile_of(&state, &operator, &name).await?).into_response())
+    Ok(axum::Json(profile_of(&store, &fleet, &operator, &name).await?).into_response())
 }
 
 /// `GET /api/v1/providers/{operator}/{name}/requests`: the records that provider served, any
 /// visibility, newest first, paginated and filtered like `/api/v1/requests`. Its operator only
 /// (a key with `inference` or `account`); other members get 403.
 pub async fn served_requests(
-    State(state): State<Arc<AppState>>,
+    State(store): State<Store>,
     headers: HeaderMap,
     path: Result<Path<(String, String)>, PathRejection>,
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let caller = record_member(&state.store, &headers).await?;
+    let caller = record_member(&store, &headers).await?;
     let Path((operator, name)) = path.map_err(bad_path)?;
     let Query(params) = params.map_err(bad_query)?;
     if !caller.user.handle.eq_ignore_ascii_case(&operator) {
@@ -288,12 +291,12 @@ pub async fn served_requests(
             "only a provider's operator may list the requests it served",
         ));
     }
-    let provider = find(&state, &operator, &name).await?;
+    let provider = find(&store, &operator, &name).await?;
     let query = params.apply(
         RecordQuery::served_by(caller.user.id).with_provider(provider.name),
         true,
     )?;
-    Ok(axum::Json::<ListPage<_>>(page(&state, &query).await?).into_response())
+    Ok(axum::Json::<ListPage<_>>(page(&store, &query).await?).into_response())
 }
 
 /// The most logins an access policy set through the API may name.
@@ -341,23 +344,33 @@ fn check_policy(policy: &AccessPolicy, param: &str) -> Result<(), ApiError> {
 /// switch, stored, in force at once on the live node and on its next links. Its operator only
 /// (a key with the `account` scope, or a session); answers with the updated profile.
 pub async fn update_policy(
-    State(state): State<Arc<AppState>>,
+    State(store): State<Store>,
+    State(fleet): State<Arc<Fleet>>,
     headers: HeaderMap,
     path: Result<Path<(String, String)>, PathRejection>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let caller = auth::require(&state.store, &headers, Scope::Account).await?;
+    let caller = auth::require(&store, &headers, Scope::Account).await?;
     let Path((operator, name)) = path.map_err(bad_path)?;
     let change: PolicyChange = json_body(body).await?;
-    change_policy(&state, &caller.user.handle, &operator, &name, change).await?;
-    Ok(axum::Json(profile_of(&state, &operator, &name).await?).into_response())
+    change_policy(
+        &store,
+        &fleet,
+        &caller.user.handle,
+        &operator,
+        &name,
+        change,
+    )
+    .await?;
+    Ok(axum::Json(profile_of(&store, &fleet, &operator, &name).await?).into_response())
 }
 
 /// Applies `change` to the provider `operator/name` for the member `handle` (the rules of
 /// `PATCH /api/v1/providers/{operator}/{name}`, shared with the dashboard): its operator only,
 /// every value checked before anything changes, stored and in force at once on the live node.
 pub(crate) async fn change_policy(
-    state: &AppState,
+    store: &Store,
+    fleet: &Fleet,
     handle: &str,
     operator: &str,
     name: &str,
@@ -376,12 +389,12 @@ pub(crate) async fn change_policy(
              \"services\": {\"<service>\": <policy> | null}}",
         ));
     }
-    let provider = find(state, operator, name).await?;
+    let provider = find(&store, operator, name).await?;
     let key = NodeKey {
         operator_id: provider.operator_id,
         provider: provider.name.clone(),
     };
-    let live = state.find_node(&key);
+    let live = fleet.find_node(&key);
     let manifest = match &live {
         Some(node) => Some(node.offer().manifest.clone()),
         None => serde_json::from_value::<ServiceManifest>(provider.manifest.clone()).ok(),
@@ -420,10 +433,7 @@ pub(crate) async fn change_policy(
             }
         }
     }
-    state
-        .store
-        .set_provider_policy(provider.id, &policy)
-        .await?;
-    state.set_node_policy(&key, policy);
+    store.set_provider_policy(provider.id, &policy).await?;
+    fleet.set_node_policy(&key, policy);
     Ok(())
 }

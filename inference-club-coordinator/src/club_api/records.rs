@@ -1,8 +1,6 @@
 //! `/api/v1/requests`: one's own requests, the public feed, one record, visibility and
 //! deletion.
 
-use std::sync::Arc;
-
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -16,9 +14,9 @@ use inference_club_core::record::{
 use serde::{Deserialize, Serialize};
 
 use super::{ListPage, ListParams, bad_path, bad_query, json_body, record_member, record_reader};
-use crate::AppState;
 use crate::error::ApiError;
 use crate::store::RecordQuery;
+use crate::store::Store;
 
 /// The longest record id accepted in a path (a completion id is 41 characters).
 const MAX_ID_CHARS: usize = 64;
@@ -227,10 +225,10 @@ pub(crate) fn parse_record_id(text: &str) -> Result<RecordId, ApiError> {
 
 /// A page of records as the API shows it.
 pub(crate) async fn page(
-    state: &AppState,
+    store: &Store,
     query: &RecordQuery,
 ) -> Result<ListPage<RecordView>, ApiError> {
-    let page = state.store.list_records(query).await?;
+    let page = store.list_records(query).await?;
     Ok(ListPage::new(
         page.items.into_iter().map(RecordView::from).collect(),
         page.next,
@@ -240,39 +238,39 @@ pub(crate) async fn page(
 /// `GET /api/v1/requests`: the caller's own requests, newest first; filters `model`, `status`,
 /// `visibility`; pages by `cursor` and `limit`.
 pub async fn list_mine(
-    State(state): State<Arc<AppState>>,
+    State(store): State<Store>,
     headers: HeaderMap,
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let caller = record_member(&state.store, &headers).await?;
+    let caller = record_member(&store, &headers).await?;
     let Query(params) = params.map_err(bad_query)?;
     let query = params.apply(RecordQuery::made_by(caller.user.id), true)?;
-    Ok(axum::Json(page(&state, &query).await?).into_response())
+    Ok(axum::Json(page(&store, &query).await?).into_response())
 }
 
 /// `GET /api/v1/requests/public`: the public feed, for anyone; filters `model` and `status`.
 pub async fn public_feed(
-    State(state): State<Arc<AppState>>,
+    State(store): State<Store>,
     headers: HeaderMap,
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    record_reader(&state.store, &headers).await?;
+    record_reader(&store, &headers).await?;
     let Query(params) = params.map_err(bad_query)?;
     let query = params.apply(RecordQuery::public_feed(), false)?;
-    Ok(axum::Json(page(&state, &query).await?).into_response())
+    Ok(axum::Json(page(&store, &query).await?).into_response())
 }
 
 /// `GET /api/v1/requests/{id}`: one record, under the visibility rules.
 pub async fn get_one(
-    State(state): State<Arc<AppState>>,
+    State(store): State<Store>,
     headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let viewer = record_reader(&state.store, &headers).await?;
+    let viewer = record_reader(&store, &headers).await?;
     let Path(text) = path.map_err(bad_path)?;
     let id = parse_record_id(&text)?;
     let viewer_id = viewer.map(|c| c.user.id);
-    match state.store.record(id).await? {
+    match store.record(id).await? {
         Some(stored) if stored.readable_by(viewer_id) => {
             Ok(axum::Json(RecordView::from(stored.record)).into_response())
         }
@@ -290,24 +288,20 @@ struct VisibilityChange {
 /// `PATCH /api/v1/requests/{id}` with `{"visibility": "public" | "unlisted" | "private"}`: the
 /// owner only (anyone else: 404). Answers the updated record.
 pub async fn change_visibility(
-    State(state): State<Arc<AppState>>,
+    State(store): State<Store>,
     headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let caller = record_member(&state.store, &headers).await?;
+    let caller = record_member(&store, &headers).await?;
     let Path(text) = path.map_err(bad_path)?;
     let id = parse_record_id(&text)?;
     let change: VisibilityChange = json_body(body).await?;
     let visibility = super::parse_visibility(&change.visibility)?;
-    if !state
-        .store
-        .set_visibility(id, caller.user.id, visibility)
-        .await?
-    {
+    if !store.set_visibility(id, caller.user.id, visibility).await? {
         return Err(no_such_record(&text));
     }
-    match state.store.record(id).await? {
+    match store.record(id).await? {
         Some(stored) => Ok(axum::Json(RecordView::from(stored.record)).into_response()),
         None => Err(no_such_record(&text)),
     }
@@ -315,14 +309,14 @@ pub async fn change_visibility(
 
 /// `DELETE /api/v1/requests/{id}`: the owner only (anyone else: 404); a hard delete, 204.
 pub async fn delete_one(
-    State(state): State<Arc<AppState>>,
+    State(store): State<Store>,
     headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let caller = record_member(&state.store, &headers).await?;
+    let caller = record_member(&store, &headers).await?;
     let Path(text) = path.map_err(bad_path)?;
     let id = parse_record_id(&text)?;
-    if state.store.delete_record(id, caller.user.id).await? {
+    if store.delete_record(id, caller.user.id).await? {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
         Err(no_such_record(&text))

@@ -497,7 +497,7 @@ impl Directory {
 pub(crate) mod testing {
     use super::*;
     use crate::cluster::wire::NodeLoad;
-    use crate::nodes::OnlineNode;
+    use crate::fleet::OnlineNode;
     use crate::store::{ProviderPolicy, UserId};
 
     /// A full beat of `replica` listing `nodes` (operator, provider, jobs in flight).

@@ -19,7 +19,7 @@ pub mod wire;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
@@ -27,8 +27,10 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::directory::{Directory, PeerNode};
 use self::wire::{Beat, Control, NodeDown, NodeLoad, NodeUp, SyncReply};
-use super::AppState;
 use super::nodes::LiveNode;
+use crate::limits::Limiter;
+use crate::nodes::NodeRegistry;
+use crate::store::Store;
 
 /// How a replica joins its cluster.
 #[derive(Debug, Clone)]
@@ -74,6 +76,41 @@ pub const LEASE: Duration = Duration::from_secs(5);
 /// How often a replica renews its lease and looks for dead ones.
 pub const LEASE_RENEWAL: Duration = Duration::from_secs(1);
 
+/// What the cluster's background work reaches of its replica: the nodes linked here, the limits
+/// and the store. The first two are held weakly: the work stops once the coordinator is gone.
+#[derive(Debug, Clone)]
+struct Host {
+    nodes: Weak<NodeRegistry>,
+    limits: Weak<Limiter>,
+    store: Store,
+}
+
+/// A [`Host`] whose coordinator is alive.
+struct Live {
+    nodes: Arc<NodeRegistry>,
+    limits: Arc<Limiter>,
+    store: Store,
+}
+
+impl Host {
+    fn upgrade(&self) -> Option<Live> {
+        Some(Live {
+            nodes: self.nodes.upgrade()?,
+            limits: self.limits.upgrade()?,
+            store: self.store.clone(),
+        })
+    }
+}
+
+/// In a cluster, how long a replica that just started lets requests for a model no node serves
+/// wait, instead of failing at once: until it has heard every other replica's beat and list of
+/// nodes.
+pub const STARTUP_GRACE: Duration = wire::BEAT_EXPIRY;
+
+/// In a cluster, how long after a model's last node went offline a request for it waits for
+/// the node to link again (to another replica) instead of failing at once.
+pub const RELINK_GRACE: Duration = Duration::from_secs(10);
+
 /// This replica's part in the cluster.
 pub struct Cluster {
     client: async_nats::Client,
@@ -93,6 +130,10 @@ pub struct Cluster {
     /// last slot).
     select: Arc<Mutex<()>>,
     stop: CancellationToken,
+    /// When each model (lower-case) was last seen on a node ([`RELINK_GRACE`]).
+    models_seen: Mutex<HashMap<String, Instant>>,
+    /// When it started (a replica learns the others' nodes in its first seconds).
+    started: Instant,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -150,7 +191,44 @@ impl Cluster {
             next_inbox: AtomicU64::new(1),
             select,
             stop: CancellationToken::new(),
+            models_seen: Mutex::default(),
+            started: Instant::now(),
         }))
+    }
+
+    /// Notes the models served now (every beat), for [`Cluster::may_relink`]: those of the
+    /// nodes linked here and to every other replica, draining ones included (their nodes are
+    /// about to link elsewhere).
+    fn note_models_online(&self, linked: &NodeRegistry) {
+        let now = Instant::now();
+        let mut offers: Vec<_> = linked.online().iter().map(|node| node.offer()).collect();
+        offers.extend(self.directory.all_nodes().iter().map(|node| node.offer()));
+        let mut seen = self
+            .models_seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        seen.retain(|_, at| at.elapsed() < RELINK_GRACE);
+        for offer in &offers {
+            for model in &offer.models {
+                seen.insert(model.served_id.to_ascii_lowercase(), now);
+                if let Some(hf) = &model.hf {
+                    seen.insert(hf.to_ascii_lowercase(), now);
+                }
+            }
+        }
+    }
+
+    /// Whether a node served `model` within [`RELINK_GRACE`], or this replica started less
+    /// than [`STARTUP_GRACE`] ago and may not know it yet: a request for it waits for a node
+    /// instead of failing.
+    pub fn may_relink(&self, model: &str) -> bool {
+        self.started.elapsed() < STARTUP_GRACE
+            || self
+                .models_seen
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&model.to_ascii_lowercase())
+                .is_some_and(|at| at.elapsed() < RELINK_GRACE)
     }
 
     /// The largest message NATS takes (requests larger than this cannot cross replicas).
@@ -211,7 +289,12 @@ impl Cluster {
     /// Starts the replica's background work for `coordinator`: listening to the other
     /// replicas, beating, renewing the lease and retiring dead replicas. It stops with
     /// [`Cluster::stop`] or when the coordinator is dropped.
-    pub async fn start(self: &Arc<Self>, coordinator: &Arc<AppState>) -> Result<(), ClusterError> {
+    pub async fn start(
+        self: &Arc<Self>,
+        nodes: &Arc<NodeRegistry>,
+        limits: &Arc<Limiter>,
+        store: &Store,
+    ) -> Result<(), ClusterError> {
         let subscribe = |subject: String| {
             let client = self.client.clone();
             async move {
@@ -233,8 +316,12 @@ impl Cluster {
         let cancels = subscribe(wire::cancel_subject(&self.replica)).await?;
         let events = subscribe(wire::inboxes(&self.replica)).await?;
         let usage = subscribe(wire::USAGE.into()).await?;
-        coordinator.limits.share_usage();
-        let weak = Arc::downgrade(coordinator);
+        limits.share_usage();
+        let weak = Host {
+            nodes: Arc::downgrade(nodes),
+            limits: Arc::downgrade(limits),
+            store: store.clone(),
+        };
         self.spawn(listen(self.clone(), weak.clone(), ups, downs, beats));
         self.spawn(answer_syncs(self.clone(), weak.clone(), syncs));
         self.spawn(take_cancels(self.clone(), cancels));
@@ -302,12 +389,12 @@ impl Cluster {
 
     /// Starts draining: the others route nothing new to the nodes linked here, and jobs they
     /// still send are refused (they go elsewhere). Says so at once.
-    pub async fn begin_drain(&self, coordinator: &AppState) {
+    pub async fn begin_drain(&self, nodes: &NodeRegistry) {
         self.draining.store(true, Ordering::Release);
         let beat = Beat {
             changes_only: true,
             nodes: Vec::new(),
-            ..beat_of(self, coordinator)
+            ..beat_of(self, nodes)
         };
         let _ = self
             .client
@@ -318,20 +405,19 @@ impl Cluster {
 
     /// Leaves the cluster for good: the others hear that its nodes are gone, records still in
     /// flight here fail with a reason, the lease is given up, and the background work stops.
-    pub async fn leave(&self, coordinator: &AppState) {
+    pub async fn leave(&self, nodes: &NodeRegistry, store: &Store) {
         self.stop();
         let last = Beat {
             nodes: Vec::new(),
             total: 0,
             changes_only: false,
-            ..beat_of(self, coordinator)
+            ..beat_of(self, nodes)
         };
         let _ = self
             .client
             .publish(wire::BEATS, wire::encode(&last).into())
             .await;
-        match coordinator
-            .store
+        match store
             .retire_replica(
                 &self.replica,
                 "the coordinator replica handling it shut down",
@@ -364,9 +450,8 @@ fn up_of(cluster: &Cluster, node: &LiveNode) -> NodeUp {
 }
 
 /// The full beat of this replica: every node's load.
-fn beat_of(cluster: &Cluster, coordinator: &AppState) -> Beat {
-    let nodes: Vec<NodeLoad> = coordinator
-        .nodes
+fn beat_of(cluster: &Cluster, linked: &NodeRegistry) -> Beat {
+    let nodes: Vec<NodeLoad> = linked
         .online()
         .iter()
         .map(|node| NodeLoad {
@@ -437,7 +522,7 @@ impl BeatState {
 /// disagree with it).
 async fn listen(
     cluster: Arc<Cluster>,
-    coordinator: Weak<AppState>,
+    coordinator: Host,
     mut ups: async_nats::Subscriber,
     mut downs: async_nats::Subscriber,
     mut beats: async_nats::Subscriber,
@@ -475,14 +560,14 @@ async fn listen(
     }
 }
 
-fn notify(coordinator: &Weak<AppState>) {
+fn notify(coordinator: &Host) {
     if let Some(coordinator) = coordinator.upgrade() {
         coordinator.nodes.notify_changed();
     }
 }
 
 /// Asks `replica` for every node linked to it (the answer comes in parts).
-async fn sync_with(cluster: Arc<Cluster>, coordinator: Weak<AppState>, replica: String) {
+async fn sync_with(cluster: Arc<Cluster>, coordinator: Host, replica: String) {
     let inbox = cluster.client.new_inbox();
     let Ok(mut parts) = cluster.client.subscribe(inbox.clone()).await else {
         return;
@@ -532,11 +617,7 @@ async fn sync_with(cluster: Arc<Cluster>, coordinator: Weak<AppState>, replica: 
 
 /// Answers other replicas' requests for the nodes linked here, in parts under NATS's message
 /// size limit.
-async fn answer_syncs(
-    cluster: Arc<Cluster>,
-    coordinator: Weak<AppState>,
-    mut syncs: async_nats::Subscriber,
-) {
+async fn answer_syncs(cluster: Arc<Cluster>, coordinator: Host, mut syncs: async_nats::Subscriber) {
     while let Some(message) = syncs.next().await {
         let Some(coordinator) = coordinator.upgrade() else {
             break;
@@ -611,7 +692,7 @@ async fn take_cancels(cluster: Arc<Cluster>, mut cancels: async_nats::Subscriber
 /// Applies club-wide changes made on other replicas (and, harmlessly, this one's own).
 async fn apply_control(
     cluster: Arc<Cluster>,
-    coordinator: Weak<AppState>,
+    coordinator: Host,
     mut control: async_nats::Subscriber,
 ) {
     while let Some(message) = control.next().await {
@@ -648,7 +729,7 @@ async fn apply_control(
 
 /// Says every [`wire::BEAT`] that this replica is alive and how loaded its nodes are; drops
 /// the replicas that went silent.
-async fn beat(cluster: Arc<Cluster>, coordinator: Weak<AppState>) {
+async fn beat(cluster: Arc<Cluster>, coordinator: Host) {
     let mut every = tokio::time::interval(wire::BEAT);
     let mut state = BeatState::default();
     loop {
@@ -656,13 +737,13 @@ async fn beat(cluster: Arc<Cluster>, coordinator: Weak<AppState>) {
         let Some(coordinator) = coordinator.upgrade() else {
             break;
         };
-        let full = beat_of(&cluster, &coordinator);
+        let full = beat_of(&cluster, &coordinator.nodes);
         for payload in state.next(full, cluster.max_payload() / 2) {
             if let Err(error) = cluster.client.publish(wire::BEATS, payload.into()).await {
                 tracing::warn!("cannot beat: {error}");
             }
         }
-        coordinator.note_models_online();
+        cluster.note_models_online(&coordinator.nodes);
         for gone in cluster.directory.expire() {
             tracing::warn!(replica = %gone, "a coordinator replica went silent; its nodes are offline here");
             coordinator.nodes.notify_changed();
@@ -672,7 +753,7 @@ async fn beat(cluster: Arc<Cluster>, coordinator: Weak<AppState>) {
 
 /// Renews this replica's lease, and retires the replicas whose lease ran out and that are
 /// silent on NATS too (their records in flight become `failed`).
-async fn keep_lease(cluster: Arc<Cluster>, coordinator: Weak<AppState>) {
+async fn keep_lease(cluster: Arc<Cluster>, coordinator: Host) {
     let mut every = tokio::time::interval(LEASE_RENEWAL);
     loop {
         every.tick().await;
@@ -713,7 +794,7 @@ async fn keep_lease(cluster: Arc<Cluster>, coordinator: Weak<AppState>) {
 
 /// Reports every [`wire::USAGE_REPORT`] what this replica's callers used of the limits, so
 /// that the others charge it (limits hold club-wide).
-async fn report_usage(cluster: Arc<Cluster>, coordinator: Weak<AppState>) {
+async fn report_usage(cluster: Arc<Cluster>, coordinator: Host) {
     let mut every = tokio::time::interval(wire::USAGE_REPORT);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -741,7 +822,7 @@ async fn report_usage(cluster: Arc<Cluster>, coordinator: Weak<AppState>) {
 /// Charges what the other replicas report of their callers' usage.
 async fn charge_usage(
     cluster: Arc<Cluster>,
-    coordinator: Weak<AppState>,
+    coordinator: Host,
     mut reports: async_nats::Subscriber,
 ) {
     while let Some(message) = reports.next().await {
@@ -761,7 +842,7 @@ async fn charge_usage(
 }
 
 /// Passes on the members whose cached keys this replica forgot, so that every replica does.
-async fn pass_on_forgotten(cluster: Arc<Cluster>, coordinator: Weak<AppState>) {
+async fn pass_on_forgotten(cluster: Arc<Cluster>, coordinator: Host) {
     let Some(mut forgotten) = coordinator.upgrade().map(|c| c.store.forgotten_members()) else {
         return;
     };

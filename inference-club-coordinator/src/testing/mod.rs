@@ -27,7 +27,7 @@ pub fn store_of(coordinator: &crate::Coordinator) -> Store {
 
 /// How many nodes are linked to this coordinator now.
 pub fn nodes_linked(coordinator: &crate::Coordinator) -> usize {
-    coordinator.state().nodes.online().len()
+    coordinator.state().fleet.nodes.online().len()
 }
 
 /// Installs the ring TLS provider for the test process (a binary would; tests are theirs).

@@ -64,13 +64,14 @@ impl TestServer {
 
     /// How many nodes are linked to it now.
     pub fn linked_nodes(&self) -> usize {
-        self.coordinator.state().nodes.online().len()
+        self.coordinator.state().fleet.nodes.online().len()
     }
 
     /// Closes every link of the operator `operator_id` (`handle`), as account deletion does.
     pub fn close_operator_links(&self, operator_id: UserId, handle: &str) -> usize {
         self.coordinator
             .state()
+            .fleet
             .nodes
             .close_operator(operator_id, handle)
     }

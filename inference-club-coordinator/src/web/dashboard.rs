@@ -18,7 +18,7 @@ use super::forms::signed_form;
 use super::layout::{self, Columns, Frame, Section};
 use super::public::{list_params, provider_card, query_value, visibility_form, with_query};
 use super::{Viewer, WebError, html as respond, viewer};
-use crate::AppState;
+use crate::CoordinatorConfig;
 use crate::accounts::session::{SESSION_COOKIE, clear_cookie, secure_cookies, see_other};
 use crate::accounts::web::local_path;
 use crate::club_api::account::{
@@ -28,12 +28,15 @@ use crate::club_api::providers::{PolicyChange, change_policy, profile};
 use crate::club_api::records::parse_record_id;
 use crate::club_api::{account, parse_visibility};
 use crate::error::ApiError;
+use crate::fleet::Fleet;
+use crate::limits::Limiter;
 use crate::nodes::NodeKey;
+use crate::store::Store;
 use crate::store::{KeyId, RecordQuery, RoutingPreference, Scope};
 
 /// The signed-in member, or a page inviting them to sign in and come back to `path`.
-async fn member(state: &AppState, headers: &HeaderMap, path: &str) -> Result<Viewer, WebError> {
-    viewer(state, headers)
+async fn member(store: &Store, headers: &HeaderMap, path: &str) -> Result<Viewer, WebError> {
+    viewer(&store, headers)
         .await?
         .ok_or_else(|| WebError::sign_in(path))
 }
@@ -96,18 +99,16 @@ fn done_notice(query: Option<&str>) -> Option<&'static str> {
 
 /// `GET /dashboard`: an overview.
 pub async fn overview(
-    State(state): State<Arc<AppState>>,
+    State(store): State<Store>,
     headers: HeaderMap,
 ) -> Result<Response, WebError> {
-    let viewer = member(&state, &headers, "/dashboard").await?;
-    let recent = state
-        .store
+    let viewer = member(&store, &headers, "/dashboard").await?;
+    let recent = store
         .list_records(&RecordQuery::made_by(viewer.user.id).with_limit(5))
         .await?
         .items;
-    let keys = state.store.list_keys(viewer.user.id).await?.len();
-    let nodes = state
-        .store
+    let keys = store.list_keys(viewer.user.id).await?.len();
+    let nodes = store
         .list_providers()
         .await?
         .into_iter()
@@ -143,12 +144,12 @@ pub async fn overview(
 /// `GET /dashboard/requests`: the member's requests, newest first; filters `model`, `status`,
 /// `visibility`; each with its visibility control and a delete button.
 pub async fn requests(
-    State(state): State<Arc<AppState>>,
+    State(store): State<Store>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, WebError> {
     let path = with_query("/dashboard/requests", &[]);
-    let viewer = member(&state, &headers, &path).await?;
+    let viewer = member(&store, &headers, &path).await?;
     let q = query.as_deref();
     let notice = done_notice(q);
     // `done` is the dashboard's own; the rest are the API's listing parameters.
@@ -161,7 +162,7 @@ pub async fn requests(
     let record_query = params
         .apply(RecordQuery::made_by(viewer.user.id), true)
         .map_err(WebError::from)?;
-    let page = state.store.list_records(&record_query).await?;
+    let page = store.list_records(&record_query).await?;
     let model = query_value(q, "model");
     let status = query_value(q, "status");
     let vis = query_value(q, "visibility");
@@ -245,16 +246,15 @@ fn see(location: &str) -> Result<Response, WebError> {
 /// `POST /dashboard/requests/{id}/visibility` (form: `visibility`, `back`): the owner changes
 /// a request's visibility (as `PATCH /api/v1/requests/{id}`); back to `back`.
 pub async fn set_visibility(
-    State(state): State<Arc<AppState>>,
+    State(store): State<Store>,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Body,
 ) -> Result<Response, WebError> {
-    let (viewer, form) = signed_form(&state, &headers, body, "/dashboard/requests").await?;
+    let (viewer, form) = signed_form(&store, &headers, body, "/dashboard/requests").await?;
     let record_id = parse_record_id(&id).map_err(|_| WebError::not_found("request"))?;
     let visibility = parse_visibility(form.get("visibility").unwrap_or_default())?;
-    if !state
-        .store
+    if !store
         .set_visibility(record_id, viewer.user.id, visibility)
         .await?
     {
@@ -267,14 +267,14 @@ pub async fn set_visibility(
 
 /// `GET /dashboard/requests/{id}/delete`: asks to confirm the deletion of one's request.
 pub async fn confirm_delete(
-    State(state): State<Arc<AppState>>,
+    State(store): State<Store>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, WebError> {
     let path = format!("/dashboard/requests/{id}/delete");
-    let viewer = member(&state, &headers, &path).await?;
+    let viewer = member(&store, &headers, &path).await?;
     let record_id = parse_record_id(&id).map_err(|_| WebError::not_found("request"))?;
-    let stored = match state.store.record(record_id).await? {
+    let stored = match store.record(record_id).await? {
         Some(stored) if stored.consumer_id == Some(viewer.user.id) => stored,
         _ => return Err(WebError::not_found("request")),
     };
@@ -305,14 +305,14 @@ pub async fn confirm_delete(
 /// `POST /dashboard/requests/{id}/delete`: the owner deletes a request for good (as
 /// `DELETE /api/v1/requests/{id}`).
 pub async fn delete_request(
-    State(state): State<Arc<AppState>>,
+    State(store): State<Store>,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Body,
 ) -> Result<Response, WebError> {
-    let (viewer, _) = signed_form(&state, &headers, body, "/dashboard/requests").await?;
+    let (viewer, _) = signed_form(&store, &headers, body, "/dashboard/requests").await?;
     let record_id = parse_record_id(&id).map_err(|_| WebError::not_found("request"))?;
-    if state.store.delete_record(record_id, viewer.user.id).await? {
+    if store.delete_record(record_id, viewer.user.id).await? {
         see("/dashboard/requests?done=deleted")
     } else {
         Err(WebError::not_found("request"))
@@ -398,9 +398,8 @@ fn keys_body(
     }
 }
 
-async fn key_views(state: &AppState, viewer: &Viewer) -> Result<Vec<KeyView>, WebError> {
-    Ok(state
-        .store
+async fn key_views(store: &Store, viewer: &Viewer) -> Result<Vec<KeyView>, WebError> {
+    Ok(store
         .list_keys(viewer.user.id)
         .await?
         .into_iter()
@@ -410,12 +409,12 @@ async fn key_views(state: &AppState, viewer: &Viewer) -> Result<Vec<KeyView>, We
 
 /// `GET /dashboard/keys`: the member's keys (prefix only) and the form to create one.
 pub async fn keys(
-    State(state): State<Arc<AppState>>,
+    State(store): State<Store>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, WebError> {
-    let viewer = member(&state, &headers, "/dashboard/keys").await?;
-    let keys = key_views(&state, &viewer).await?;
+    let viewer = member(&store, &headers, "/dashboard/keys").await?;
+    let keys = key_views(&store, &viewer).await?;
     let body = keys_body(&viewer, &keys, None, done_notice(query.as_deref()));
     Ok(dashboard_page(
         &viewer,
@@ -429,22 +428,23 @@ pub async fn keys(
 /// `POST /dashboard/keys` (form: `name`, `scopes` repeated): creates a key (as
 /// `POST /api/v1/keys`, with its rate and count limits) and shows its secret this once.
 pub async fn create_key(
-    State(state): State<Arc<AppState>>,
+    State(limits): State<Arc<Limiter>>,
+    State(store): State<Store>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, WebError> {
-    let (viewer, form) = signed_form(&state, &headers, body, "/dashboard/keys").await?;
-    if let Err(throttled) = state.limits.key_creation(viewer.user.id) {
+    let (viewer, form) = signed_form(&store, &headers, body, "/dashboard/keys").await?;
+    if let Err(throttled) = limits.key_creation(viewer.user.id) {
         return Err(WebError::from(*throttled.error));
     }
     let created = create_key_for(
-        &state,
+        &store,
         &viewer.user,
         form.get("name").unwrap_or_default().to_owned(),
         form.all("scopes").to_vec(),
     )
     .await?;
-    let keys = key_views(&state, &viewer).await?;
+    let keys = key_views(&store, &viewer).await?;
     let body = keys_body(&viewer, &keys, Some(&created), None);
     Ok(dashboard_page(
         &viewer,
@@ -458,18 +458,18 @@ pub async fn create_key(
 /// `POST /dashboard/keys/{id}/revoke`: revokes one of the member's keys at once (as
 /// `DELETE /api/v1/keys/{id}`).
 pub async fn revoke_key(
-    State(state): State<Arc<AppState>>,
+    State(store): State<Store>,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Body,
 ) -> Result<Response, WebError> {
-    let (viewer, _) = signed_form(&state, &headers, body, "/dashboard/keys").await?;
+    let (viewer, _) = signed_form(&store, &headers, body, "/dashboard/keys").await?;
     let not_found = || WebError::not_found("key of yours");
     let key_id = (id.len() <= 64)
         .then(|| KeyId::parse(id.trim()))
         .flatten()
         .ok_or_else(not_found)?;
-    if state.store.revoke_key(viewer.user.id, key_id).await? {
+    if store.revoke_key(viewer.user.id, key_id).await? {
         see("/dashboard/keys?done=revoked")
     } else {
         Err(not_found())
@@ -496,13 +496,13 @@ const SERVED_SHOWN: u32 = 10;
 /// `GET /dashboard/nodes`: the member's nodes: online state, last heartbeat, manifest
 /// problems, and what they served (any visibility: the operator may see it).
 pub async fn nodes(
-    State(state): State<Arc<AppState>>,
+    State(fleet): State<Arc<Fleet>>,
+    State(store): State<Store>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, WebError> {
-    let viewer = member(&state, &headers, "/dashboard/nodes").await?;
-    let mine: Vec<_> = state
-        .store
+    let viewer = member(&store, &headers, "/dashboard/nodes").await?;
+    let mine: Vec<_> = store
         .list_providers()
         .await?
         .into_iter()
@@ -510,14 +510,13 @@ pub async fn nodes(
         .collect();
     let mut sections = Vec::new();
     for provider in mine {
-        let live = state.find_node(&NodeKey {
+        let live = fleet.find_node(&NodeKey {
             operator_id: provider.operator_id,
             provider: provider.name.clone(),
         });
         let heartbeat = live.as_ref().map(|n| n.silent_for());
         let problems = manifest_problems(&provider.manifest);
-        let served = state
-            .store
+        let served = store
             .list_records(
                 &RecordQuery::served_by(viewer.user.id)
                     .with_provider(provider.name.clone())
@@ -525,7 +524,7 @@ pub async fn nodes(
             )
             .await?
             .items;
-        let card = profile(&state, provider);
+        let card = profile(&fleet, provider);
         sections.push(html! {
             section.node aria-label={ "Node " (card.name) } {
                 (provider_card(&card))
@@ -593,11 +592,12 @@ pub async fn nodes(
 /// operator's kill switch for one of their nodes (as `PATCH /api/v1/providers/{me}/{provider}`
 /// with `accepting`), in force at once.
 pub async fn set_accepting(
-    State(state): State<Arc<AppState>>,
+    State(store): State<Store>,
+    State(fleet): State<Arc<Fleet>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, WebError> {
-    let (viewer, form) = signed_form(&state, &headers, body, "/dashboard/nodes").await?;
+    let (viewer, form) = signed_form(&store, &headers, body, "/dashboard/nodes").await?;
     let accepting = match form.get("accepting") {
         Some("yes") => true,
         Some("no") => false,
@@ -615,7 +615,7 @@ pub async fn set_accepting(
         ..PolicyChange::default()
     };
     let handle = viewer.user.handle.clone();
-    change_policy(&state, &handle, &handle, provider, change).await?;
+    change_policy(&store, &fleet, &handle, &handle, provider, change).await?;
     see(if accepting {
         "/dashboard/nodes?done=accepting"
     } else {
@@ -625,11 +625,11 @@ pub async fn set_accepting(
 
 /// `GET /dashboard/settings`: default visibility and routing preference.
 pub async fn settings(
-    State(state): State<Arc<AppState>>,
+    State(store): State<Store>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, WebError> {
-    let viewer = member(&state, &headers, "/dashboard/settings").await?;
+    let viewer = member(&store, &headers, "/dashboard/settings").await?;
     let user = &viewer.user;
     let body = html! {
         h1 { "Settings" }
@@ -674,13 +674,13 @@ pub async fn settings(
 /// `POST /dashboard/settings` (form: `default_visibility`, `routing_preference`): as
 /// `PATCH /api/v1/me`.
 pub async fn save_settings(
-    State(state): State<Arc<AppState>>,
+    State(store): State<Store>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, WebError> {
-    let (viewer, form) = signed_form(&state, &headers, body, "/dashboard/settings").await?;
+    let (viewer, form) = signed_form(&store, &headers, body, "/dashboard/settings").await?;
     change_settings(
-        &state,
+        &store,
         viewer.user,
         form.non_empty("default_visibility"),
         form.non_empty("routing_preference"),
@@ -690,11 +690,8 @@ pub async fn save_settings(
 }
 
 /// `GET /dashboard/account`: what deleting the account does, and the form to do it.
-pub async fn account(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-) -> Result<Response, WebError> {
-    let viewer = member(&state, &headers, "/dashboard/account").await?;
+pub async fn account(State(store): State<Store>, headers: HeaderMap) -> Result<Response, WebError> {
+    let viewer = member(&store, &headers, "/dashboard/account").await?;
     let body = html! {
         h1 { "Delete your account" }
         p { "Deleting your account removes from the club, at once and for good:" }
@@ -730,11 +727,13 @@ pub async fn account(
 /// `POST /dashboard/account/delete` (form: `confirm` = the handle): as `DELETE /api/v1/me`;
 /// ends the browser's session and says what was removed and what the club cannot reach.
 pub async fn delete_account(
-    State(state): State<Arc<AppState>>,
+    State(config): State<Arc<CoordinatorConfig>>,
+    State(store): State<Store>,
+    State(fleet): State<Arc<Fleet>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, WebError> {
-    let (viewer, form) = signed_form(&state, &headers, body, "/dashboard/account").await?;
+    let (viewer, form) = signed_form(&store, &headers, body, "/dashboard/account").await?;
     let typed = form.get("confirm").unwrap_or_default().trim();
     if !typed.eq_ignore_ascii_case(&viewer.user.handle) {
         return Err(ApiError::bad_request(
@@ -743,7 +742,7 @@ pub async fn delete_account(
         )
         .into());
     }
-    let deleted = account::delete_account(&state, viewer.user).await?;
+    let deleted = account::delete_account(&store, &fleet, viewer.user).await?;
     let frame = Frame {
         title: "Account deleted",
         section: Section::None,
@@ -762,7 +761,7 @@ pub async fn delete_account(
         p { a href="/" { "Back to the feed" } }
     };
     let mut response = respond(StatusCode::OK, layout::page(&frame, body), true);
-    let cookie = clear_cookie(SESSION_COOKIE, "/", secure_cookies(&state.config))?;
+    let cookie = clear_cookie(SESSION_COOKIE, "/", secure_cookies(&config))?;
     response
         .headers_mut()
         .append(axum::http::header::SET_COOKIE, cookie);

@@ -8,8 +8,8 @@ use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode};
 
 use super::{Viewer, WebError, viewer};
-use crate::AppState;
 use crate::accounts::MAX_FORM_BYTES;
+use crate::store::Store;
 use crate::store::same_secret;
 
 /// A form's fields: every value of each name, in order.
@@ -61,12 +61,12 @@ fn csrf_failed() -> WebError {
 /// Reads a form posted to `path` by a signed-in browser: 401 (with sign-in) without a session,
 /// 413 beyond [`MAX_FORM_BYTES`], 403 when `csrf_token` is not the session's.
 pub(crate) async fn signed_form(
-    state: &AppState,
+    store: &Store,
     headers: &HeaderMap,
     body: Body,
     path: &str,
 ) -> Result<(Viewer, Fields), WebError> {
-    let Some(viewer) = viewer(state, headers).await? else {
+    let Some(viewer) = viewer(&store, headers).await? else {
         return Err(WebError::sign_in(path));
     };
     let bytes = axum::body::to_bytes(body, MAX_FORM_BYTES)

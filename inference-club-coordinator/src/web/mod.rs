@@ -33,7 +33,6 @@ pub(crate) mod layout;
 mod playground;
 mod public;
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
@@ -48,6 +47,7 @@ use super::AppState;
 use super::accounts::session;
 use super::error::ApiError;
 use super::store::User;
+use crate::store::Store;
 
 /// The prefix of the web's form routes: each checks the `csrf_token` field itself.
 pub const FORM_PREFIX: &str = "/dashboard/";
@@ -59,7 +59,7 @@ pub fn checks_own_csrf(method: &Method, path: &str) -> bool {
 }
 
 /// The web's routes (merged into the coordinator's application).
-pub fn routes() -> Router<Arc<AppState>> {
+pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/", get(public::feed))
         .route("/r/{id}", get(public::request_page))
@@ -120,11 +120,8 @@ pub struct Viewer {
 
 /// The viewer of a request, if its session cookie names a live session. An API key does not
 /// sign a browser in.
-pub(crate) async fn viewer(
-    state: &AppState,
-    headers: &HeaderMap,
-) -> Result<Option<Viewer>, WebError> {
-    Ok(session::from_cookie(state, headers)
+pub(crate) async fn viewer(store: &Store, headers: &HeaderMap) -> Result<Option<Viewer>, WebError> {
+    Ok(session::from_cookie(&store, headers)
         .await?
         .map(|(user, session)| Viewer {
             user,

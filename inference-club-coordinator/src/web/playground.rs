@@ -13,21 +13,23 @@ use maud::html;
 
 use super::layout::{self, Frame, Section};
 use super::{WebError, html as respond, viewer};
-use crate::AppState;
-use crate::club_api::catalog::models_for;
+use crate::fleet::Fleet;
+use crate::fleet::catalog::models_for;
 use crate::store::RoutingPreference;
+use crate::store::Store;
 
 /// `GET /playground`: the member's chat.
 pub async fn page(
-    State(state): State<Arc<AppState>>,
+    State(fleet): State<Arc<Fleet>>,
+    State(store): State<Store>,
     headers: HeaderMap,
 ) -> Result<Response, WebError> {
-    let Some(viewer) = viewer(&state, &headers).await? else {
+    let Some(viewer) = viewer(&store, &headers).await? else {
         return Err(WebError::sign_in("/playground"));
     };
     let user = &viewer.user;
     // The models `GET /v1/models` lists for this member.
-    let mut nodes = state.online_nodes();
+    let mut nodes = fleet.online_nodes();
     if user.routing_preference == RoutingPreference::OnlyOwn {
         nodes.retain(|node| node.key().operator_id == user.id);
     }

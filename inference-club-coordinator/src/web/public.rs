@@ -14,10 +14,11 @@ use serde_json::Value;
 
 use super::layout::{self, Columns, Frame, Section};
 use super::{Viewer, WebError, html as respond, viewer};
-use crate::AppState;
 use crate::club_api::ListParams;
 use crate::club_api::providers::{ProviderProfile, profile as provider_profile};
 use crate::club_api::records::parse_record_id;
+use crate::fleet::Fleet;
+use crate::store::Store;
 use crate::store::{Page, RecordQuery, StoredRecord};
 
 /// The longest model name or handle a page looks up.
@@ -82,20 +83,20 @@ pub(crate) fn with_query(path: &str, pairs: &[(&str, Option<&str>)]) -> String {
 
 /// The page's records: a page of the store under `query`.
 async fn records(
-    state: &AppState,
+    store: &Store,
     query: &RecordQuery,
 ) -> Result<(Vec<InferenceRecord>, Option<String>), WebError> {
-    let Page { items, next } = state.store.list_records(query).await?;
+    let Page { items, next } = store.list_records(query).await?;
     Ok((items, next.map(|c| c.to_string())))
 }
 
 /// `GET /`: the public feed, newest first; `?model=` filters, `?cursor=` pages.
 pub async fn feed(
-    State(state): State<Arc<AppState>>,
+    State(store): State<Store>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, WebError> {
-    let viewer = viewer(&state, &headers).await?;
+    let viewer = viewer(&store, &headers).await?;
     let model = query_value(query.as_deref(), "model");
     let cursor = query_value(query.as_deref(), "cursor");
     // Only the feed's own parameters: anything else a link adds is ignored.
@@ -107,7 +108,7 @@ pub async fn feed(
     let record_query = params
         .apply(RecordQuery::public_feed(), false)
         .map_err(WebError::from)?;
-    let (items, next) = records(&state, &record_query).await?;
+    let (items, next) = records(&store, &record_query).await?;
     let base = with_query("/", &[("model", model.as_deref())]);
     let body = html! {
         h1 { "What members asked" }
@@ -147,16 +148,16 @@ pub async fn feed(
 /// ([`StoredRecord::readable_by`]): public and unlisted for anyone, private for its member and
 /// the operator whose node served it; an honest 404 for anything else.
 pub async fn request_page(
-    State(state): State<Arc<AppState>>,
+    State(store): State<Store>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, WebError> {
-    let viewer = viewer(&state, &headers).await?;
+    let viewer = viewer(&store, &headers).await?;
     let Ok(record_id) = parse_record_id(&id) else {
         return Err(WebError::not_found("request"));
     };
     let viewer_id = viewer.as_ref().map(|v| v.user.id);
-    let stored = match state.store.record(record_id).await? {
+    let stored = match store.record(record_id).await? {
         Some(stored) if stored.readable_by(viewer_id) => stored,
         _ => return Err(WebError::not_found("request")),
     };
@@ -319,7 +320,8 @@ pub(crate) fn visibility_form(
 
 /// `GET /u/{handle}`: a member's public requests and the nodes they operate.
 pub async fn profile_page(
-    state: &AppState,
+    store: &Store,
+    fleet: &Fleet,
     viewer: Option<Viewer>,
     handle: &str,
     query: Option<&str>,
@@ -327,7 +329,7 @@ pub async fn profile_page(
     if !is_github_login(handle) {
         return Err(WebError::not_found("member"));
     }
-    let Some(member) = state.store.user_by_handle(handle).await? else {
+    let Some(member) = store.user_by_handle(handle).await? else {
         return Err(WebError::not_found("member"));
     };
     let cursor = query_value(query, "cursor");
@@ -338,14 +340,13 @@ pub async fn profile_page(
             true,
         )
         .map_err(WebError::from)?;
-    let (items, next) = records(state, &record_query).await?;
-    let nodes: Vec<ProviderProfile> = state
-        .store
+    let (items, next) = records(&store, &record_query).await?;
+    let nodes: Vec<ProviderProfile> = store
         .list_providers()
         .await?
         .into_iter()
         .filter(|p| p.operator_id == member.id)
-        .map(|p| provider_profile(state, p))
+        .map(|p| provider_profile(fleet, p))
         .collect();
     let path = format!("/u/{}", member.handle);
     let body = html! {
@@ -385,13 +386,14 @@ pub async fn profile_page(
 
 /// `GET /u/{handle}`.
 pub async fn profile(
-    State(state): State<Arc<AppState>>,
+    State(store): State<Store>,
+    State(fleet): State<Arc<Fleet>>,
     headers: HeaderMap,
     Path(handle): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, WebError> {
-    let viewer = viewer(&state, &headers).await?;
-    profile_page(&state, viewer, &handle, query.as_deref()).await
+    let viewer = viewer(&store, &headers).await?;
+    profile_page(&store, &fleet, viewer, &handle, query.as_deref()).await
 }
 
 /// The hardware of a redacted manifest, one line per host with accelerators.
@@ -469,16 +471,16 @@ pub(crate) fn provider_card(p: &ProviderProfile) -> Markup {
 
 /// `GET /providers`: every provider, online first.
 pub async fn providers(
-    State(state): State<Arc<AppState>>,
+    State(store): State<Store>,
+    State(fleet): State<Arc<Fleet>>,
     headers: HeaderMap,
 ) -> Result<Response, WebError> {
-    let viewer = viewer(&state, &headers).await?;
-    let mut profiles: Vec<ProviderProfile> = state
-        .store
+    let viewer = viewer(&store, &headers).await?;
+    let mut profiles: Vec<ProviderProfile> = store
         .list_providers()
         .await?
         .into_iter()
-        .map(|p| provider_profile(&state, p))
+        .map(|p| provider_profile(&fleet, p))
         .collect();
     profiles.sort_by_key(|p| !p.online);
     let online = profiles.iter().filter(|p| p.online).count();
@@ -529,20 +531,20 @@ struct Speed {
 /// `GET /models/{model}`: the nodes that serve a model and their recent speed (from public
 /// requests).
 pub async fn model(
-    State(state): State<Arc<AppState>>,
+    State(store): State<Store>,
+    State(fleet): State<Arc<Fleet>>,
     headers: HeaderMap,
     Path(model): Path<String>,
 ) -> Result<Response, WebError> {
-    let viewer = viewer(&state, &headers).await?;
+    let viewer = viewer(&store, &headers).await?;
     if model.is_empty() || model.chars().count() > MAX_NAME_CHARS {
         return Err(WebError::not_found("model"));
     }
-    let serving: Vec<ProviderProfile> = state
-        .store
+    let serving: Vec<ProviderProfile> = store
         .list_providers()
         .await?
         .into_iter()
-        .map(|p| provider_profile(&state, p))
+        .map(|p| provider_profile(&fleet, p))
         .filter(|p| {
             p.models.iter().any(|m| {
                 m.id.eq_ignore_ascii_case(&model)
@@ -552,8 +554,7 @@ pub async fn model(
             })
         })
         .collect();
-    let recent = state
-        .store
+    let recent = store
         .list_records(
             &RecordQuery::public_feed()
                 .with_model(model.clone())
@@ -705,11 +706,8 @@ pub(crate) fn policy_html(text: &str) -> Markup {
 }
 
 /// `GET /terms`: the club's terms and privacy policy.
-pub async fn terms(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-) -> Result<Response, WebError> {
-    let viewer = viewer(&state, &headers).await?;
+pub async fn terms(State(store): State<Store>, headers: HeaderMap) -> Result<Response, WebError> {
+    let viewer = viewer(&store, &headers).await?;
     let frame = Frame {
         title: "Terms and privacy",
         section: Section::Terms,

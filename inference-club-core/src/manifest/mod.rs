@@ -36,7 +36,7 @@
 //! assert_eq!(effective_access(&manifest.agent, service), &AccessPolicy::Owner);
 //! assert_eq!(manifest.redacted().hosts[0].services[0].api_key, None);
 //!
-//! let broken = "schema_version: 1\nhosts:\n  - id: desk\n    services:\n      - name: x\n        engine: foo\n";
+//! let broken = "schema_version: 1\nagent: {name: home}\nhosts:\n  - id: desk\n    services:\n      - name: x\n        engine: foo\n";
 //! let error = ServiceManifest::parse_and_validate(broken).unwrap_err();
 //! assert_eq!(
 //!     error.lines(),

@@ -192,7 +192,7 @@ mod tests {
 
     #[test]
     fn type_and_rule_problems_come_together() {
-        let text = "schema_version: 2\nhosts:\n  - id: a\n    services:\n      - name: s\n        engine: foo\n";
+        let text = "schema_version: 2\nagent: {name: n}\nhosts:\n  - id: a\n    services:\n      - name: s\n        engine: foo\n";
         let error = ServiceManifest::parse_and_validate(text).unwrap_err();
         assert_eq!(
             error.lines(),
@@ -205,13 +205,14 @@ mod tests {
 
     #[test]
     fn a_type_problem_hides_the_rule_problem_at_the_same_path() {
-        let error = ServiceManifest::parse_and_validate("hosts: []\n").unwrap_err();
+        let error =
+            ServiceManifest::parse_and_validate("agent: {name: n}\nhosts: []\n").unwrap_err();
         assert_eq!(error.lines(), ["schema_version: is required"]);
     }
 
     #[test]
     fn parse_and_validate_applies_defaults() {
-        let text = "schema_version: 1\nhosts:\n  - id: a\n    services:\n      - name: s\n        models:\n          - id: m\n";
+        let text = "schema_version: 1\nagent: {name: n}\nhosts:\n  - id: a\n    services:\n      - name: s\n        models:\n          - id: m\n";
         let manifest = ServiceManifest::parse_and_validate(text).unwrap();
         assert_eq!(
             manifest.hosts[0].services[0].models[0].input_modalities,

@@ -19,8 +19,9 @@ pub struct ServiceManifest {
     /// Version of the manifest format. Must be `1`.
     #[schemars(range(min = 1, max = 1))]
     pub schema_version: u32,
-    /// The node itself.
+    /// The node itself (its `name` is required).
     #[serde(default)]
+    #[schemars(required)]
     pub agent: Agent,
     /// The machines this node serves from.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -31,9 +32,9 @@ pub struct ServiceManifest {
 /// The node (the agent process) as a whole.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 pub struct Agent {
-    /// A display name for the node.
+    /// The node's name: its provider's name in the club (`OPERATOR/NAME`). Required.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = MAX_STRING_CHARS))]
+    #[schemars(required, length(min = 1, max = MAX_STRING_CHARS))]
     pub name: Option<String>,
     /// The hostname the agent runs on.
     #[serde(default, skip_serializing_if = "Option::is_none")]

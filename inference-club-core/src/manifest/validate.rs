@@ -75,7 +75,13 @@ impl Checker {
     }
 
     fn agent(&mut self, agent: &Agent, path: &FieldPath) {
-        self.optional_text(agent.name.as_deref(), &path.field("name"));
+        // The node's name is its provider's name in the club: every manifest needs one.
+        match agent.name.as_deref() {
+            Some(name) if !name.trim().is_empty() => {
+                self.optional_text(Some(name), &path.field("name"));
+            }
+            _ => self.report(path.field("name"), ProblemKind::Missing),
+        }
         self.optional_text(agent.hostname.as_deref(), &path.field("hostname"));
         if let Some(port) = agent.listen_port {
             self.range(f64::from(port), 1.0, 65535.0, &path.field("listen_port"));
@@ -325,6 +331,10 @@ mod tests {
     fn valid() -> ServiceManifest {
         ServiceManifest {
             schema_version: 1,
+            agent: Agent {
+                name: Some("rig".into()),
+                ..Agent::default()
+            },
             hosts: vec![Host {
                 id: "box".into(),
                 services: vec![Service {

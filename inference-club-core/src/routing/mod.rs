@@ -30,6 +30,9 @@
 //!    rotated left by `tiebreak` modulo the size of the tied group: successive tiebreak values
 //!    `0, 1, 2, ...` put each member of the group first in turn (round robin), and a random
 //!    tiebreak picks uniformly among them.
+//! 6. A resting candidate (one that failed recently) is passed over while any other eligible
+//!    candidate, with room or full, remains; when none does, resting candidates count as any
+//!    other, so a request is never refused only because every candidate failed a while ago.
 //!
 //! # Example
 //!
@@ -98,6 +101,9 @@ pub struct Candidate<K> {
     pub max_concurrent: Option<u32>,
     /// Recent time to first token (for example an [`Ewma`]); `None` when not yet measured.
     pub recent_ttft: Option<Duration>,
+    /// The candidate failed recently and is resting: it is chosen only when no other eligible
+    /// candidate is left (rule 6).
+    pub resting: bool,
 }
 
 impl<K> Candidate<K> {
@@ -112,6 +118,7 @@ impl<K> Candidate<K> {
             in_flight: 0,
             max_concurrent: None,
             recent_ttft: None,
+            resting: false,
         }
     }
 
@@ -309,6 +316,9 @@ fn classify<'a, K: Eq>(
     let mut with_room: Vec<(usize, &Candidate<K>)> = Vec::new();
     let mut full: Vec<(usize, &Candidate<K>)> = Vec::new();
 
+    let mut resting_with_room: Vec<(usize, &Candidate<K>)> = Vec::new();
+    let mut resting_full: Vec<(usize, &Candidate<K>)> = Vec::new();
+
     for (position, candidate) in candidates.iter().enumerate() {
         if !candidate.serves_model {
             continue;
@@ -325,11 +335,21 @@ fn classify<'a, K: Eq>(
         if !candidate.online {
             continue;
         }
-        if candidate.has_room() {
-            with_room.push((position, candidate));
+        let (room, busy) = if candidate.resting {
+            (&mut resting_with_room, &mut resting_full)
         } else {
-            full.push((position, candidate));
+            (&mut with_room, &mut full)
+        };
+        if candidate.has_room() {
+            room.push((position, candidate));
+        } else {
+            busy.push((position, candidate));
         }
+    }
+    // Rule 6: resting candidates only when nothing else is left.
+    if with_room.is_empty() && full.is_empty() {
+        with_room = resting_with_room;
+        full = resting_full;
     }
 
     let availability = if !with_room.is_empty() {

@@ -1,80 +1,30 @@
-//! The OpenAI-compatible API: `GET /v1/models` and `POST /v1/chat/completions`, whole and
-//! streamed. Every inference response names its record (`x-club-request-id`), and the completion
-//! id is derived from it.
+//! `POST /v1/chat/completions`, whole and streamed. Every answer names its record
+//! (`x-club-request-id`), and the completion id is derived from it.
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use futures_util::StreamExt;
 use inference_club_core::openai::{
-    ApiError as WireError, ChatCompletion, ChatCompletionAggregator, ChatCompletionChunk,
-    ChatCompletionRequest, Model, ModelList,
+    ApiError as WireError, ChatCompletionChunk, ChatCompletionRequest,
 };
-use inference_club_core::provider::{ProviderError, RequestContext};
+use inference_club_core::provider::{ChunkStream, ProviderError, RequestContext};
 use inference_club_core::record::{InferenceRecord, RecordId, Status, Visibility};
 use tokio_util::sync::CancellationToken;
 
-use super::AppState;
-use super::auth::{self, Caller};
-use super::dispatch;
-use super::error::ApiError;
-use super::limits::{self, InFlightSlot};
-use super::metrics::RequestLabels;
-use super::store::{RoutingPreference, Scope};
-
-/// The header that names a response's record.
-pub const REQUEST_ID_HEADER: &str = "x-club-request-id";
-/// The header that sets a request's visibility (as does a `visibility` field in the body).
-pub const VISIBILITY_HEADER: &str = "x-club-visibility";
-
-/// `GET /v1/models`: the models of online nodes that the caller may use, merged across nodes,
-/// with their capabilities (see [`club_api::catalog`](super::club_api::catalog)). Without a key
-/// the list is empty (no access policy admits anonymous consumers); a key without the
-/// `inference` scope gets 403. A member whose routing preference is `only_own` sees only what
-/// their own nodes serve. Counted against the key's request rate.
-pub async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let caller = match auth::caller(&state.store, &headers).await {
-        Ok(Some(caller)) => match caller.require(Scope::Inference) {
-            Ok(caller) => Some(caller),
-            Err(error) => return error.into_response(),
-        },
-        Ok(None) => None,
-        Err(error) => return error.into_response(),
-    };
-    let rate = match &caller {
-        Some(caller) => match state.limits.inference(&caller.key.id.to_string()) {
-            Ok(rate) => Some(rate),
-            Err(throttled) => return throttled.into_response(),
-        },
-        None => None,
-    };
-    let handle = caller.as_ref().map(|c| c.user.handle.as_str());
-    let mut nodes = state.online_nodes();
-    if let Some(caller) = &caller
-        && caller.user.routing_preference == RoutingPreference::OnlyOwn
-    {
-        nodes.retain(|node| node.key().operator_id == caller.user.id);
-    }
-    let models: BTreeMap<String, Model> = super::club_api::catalog::models_for(&nodes, handle);
-    limits::with_rate(
-        axum::Json(ModelList::new(models.into_values().collect())).into_response(),
-        rate,
-    )
-}
-
-fn with_request_id(mut response: Response, id: RecordId) -> Response {
-    if let Ok(value) = HeaderValue::from_str(&id.to_string()) {
-        response.headers_mut().insert(REQUEST_ID_HEADER, value);
-    }
-    response
-}
+use super::recording::{RecordKeeper, Recorder};
+use super::{check_content_type, header_visibility, with_request_id};
+use crate::auth::{self, Caller};
+use crate::dispatch::{self, Dispatcher};
+use crate::error::ApiError;
+use crate::limits::{self, InFlightSlot, Limiter};
+use crate::store::Scope;
 
 /// Reads the body of a chat request as `POST /v1/chat/completions` does: the request, and the
 /// visibility its `visibility` field asks for (taken out of the request). A body that is not a
@@ -149,51 +99,6 @@ fn check_ranges(request: &ChatCompletionRequest) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// A chat body must be JSON: a `Content-Type` other than `application/json` (or a `+json`
-/// type) is a 415. A request without one is read as JSON.
-fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(value) = headers.get(header::CONTENT_TYPE) else {
-        return Ok(());
-    };
-    let essence = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.split(';').next())
-        .map(|v| v.trim().to_ascii_lowercase())
-        .unwrap_or_default();
-    if essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
-    {
-        return Ok(());
-    }
-    Err(ApiError::new(
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "invalid_request_error",
-        "unsupported_media_type",
-        format!(
-            "the body must be JSON, sent with `Content-Type: application/json`; got {:?}",
-            String::from_utf8_lossy(value.as_bytes())
-        ),
-    ))
-}
-
-fn header_visibility(headers: &HeaderMap) -> Result<Option<Visibility>, ApiError> {
-    headers
-        .get(VISIBILITY_HEADER)
-        .map(|v| {
-            v.to_str()
-                .ok()
-                .and_then(|s| s.parse::<Visibility>().ok())
-                .ok_or_else(|| {
-                    ApiError::bad_request(
-                        "invalid_visibility",
-                        "x-club-visibility must be public, unlisted or private",
-                    )
-                })
-        })
-        .transpose()
-}
-
 /// `POST /v1/chat/completions`.
 ///
 /// The limits come first, before anything is recorded or routed (see [`limits`]): the key's
@@ -202,25 +107,39 @@ fn header_visibility(headers: &HeaderMap) -> Result<Option<Visibility>, ApiError
 /// chat request, or a sampling parameter out of its documented range), then the messages, their
 /// characters and `max_tokens` (400).
 pub async fn chat_completions(
-    State(state): State<Arc<AppState>>,
+    State(limits): State<Arc<Limiter>>,
+    State(dispatcher): State<Arc<Dispatcher>>,
+    State(recorder): State<Arc<Recorder>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let received = Instant::now();
-    let caller = match auth::require(&state.store, &headers, Scope::Inference).await {
+    let caller = match auth::require(recorder.store(), &headers, Scope::Inference).await {
         Ok(caller) => caller,
         Err(error) => return error.into_response(),
     };
-    let rate = match state.limits.inference(&caller.key.id.to_string()) {
+    let rate = match limits.inference(&caller.key.id.to_string()) {
         Ok(rate) => rate,
         Err(throttled) => return throttled.into_response(),
     };
-    let response = limited_chat(state, caller, headers, body, received).await;
+    let parts = Parts {
+        limits,
+        dispatcher,
+        recorder,
+    };
+    let response = limited_chat(parts, caller, headers, body, received).await;
     limits::with_rate(response, Some(rate))
 }
 
+/// What serving a chat uses.
+struct Parts {
+    limits: Arc<Limiter>,
+    dispatcher: Arc<Dispatcher>,
+    recorder: Arc<Recorder>,
+}
+
 async fn limited_chat(
-    state: Arc<AppState>,
+    state: Parts,
     caller: Caller,
     headers: HeaderMap,
     body: Body,
@@ -265,7 +184,7 @@ async fn limited_chat(
 }
 
 async fn serve_chat(
-    state: Arc<AppState>,
+    state: Parts,
     caller: Caller,
     request: ChatCompletionRequest,
     visibility: Visibility,
@@ -282,7 +201,7 @@ async fn serve_chat(
     );
     // The insert is committed while the request is dispatched; it is awaited before anything
     // of the answer leaves, so no consumer sees a request id without its record.
-    let inserted = match state.store.insert_record_soon(&record).await {
+    let inserted = match state.recorder.store().insert_record_soon(&record).await {
         Ok(pending) => pending,
         Err(error) => return ApiError::from(error).into_response(),
     };
@@ -299,19 +218,20 @@ async fn serve_chat(
         .include_usage = Some(true);
     // The keeper holds the record from here on: if the consumer goes away while the request
     // waits in the queue or for its first output, dropping it makes the record cancelled.
-    let mut keeper = RecordKeeper {
-        state: state.clone(),
-        record: Some(record),
-        aggregate: ChatCompletionAggregator::new(),
-        received,
-        streamed: request.is_stream(),
-        cancel,
-        _slot: slot,
-    };
+    let mut keeper = state
+        .recorder
+        .keeper(record, received, request.is_stream(), cancel, slot);
     let preference = caller.user.routing_preference;
     let dispatched = match keeper.record.as_mut() {
         Some(record) => {
-            dispatch::dispatch(&state, &engine_request, record, &context, preference).await
+            dispatch::dispatch(
+                &state.dispatcher,
+                &engine_request,
+                record,
+                &context,
+                preference,
+            )
+            .await
         }
         None => Err(ApiError::internal("dispatch", "the record is gone")),
     };
@@ -326,8 +246,8 @@ async fn serve_chat(
             // of the coordinator leaves behind (to become failed at the next start). A progress
             // save: not awaited, and not written at all if the request ends first.
             if let Some(record) = keeper.record.as_mut() {
-                state.nodes.forget_departed(record);
-                if let Err(error) = state.store.save_progress(record).await {
+                state.recorder.forget_departed(record);
+                if let Err(error) = state.recorder.store().save_progress(record).await {
                     tracing::error!(id = %record.id, "cannot save a record: {error}");
                 }
             }
@@ -345,141 +265,17 @@ async fn serve_chat(
     }
 }
 
-/// Saves a final record: durable when this returns, or, when the database refuses for a reason
-/// that may pass (full, restarting), tried again in the background until it lands. Operators
-/// who deleted their account while it was in flight are forgotten in it first.
-async fn save(state: &AppState, record: &mut InferenceRecord) {
-    state.nodes.forget_departed(record);
-    match state.store.save_record_or_retry(record).await {
-        Ok(()) => {}
-        Err(error) if error.is_retryable() => {
-            tracing::warn!(id = %record.id, "cannot save a record now, trying again: {error}");
-        }
-        Err(error) => tracing::error!(id = %record.id, "cannot save a record: {error}"),
-    }
-}
-
-fn count(state: &AppState, record: &InferenceRecord, streamed: bool, received: Instant) {
-    state
-        .metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            model: record
-                .model_served
-                .clone()
-                .or_else(|| {
-                    record
-                        .served_by
-                        .as_ref()
-                        .map(|_| record.model_requested.to_ascii_lowercase())
-                })
-                .unwrap_or_else(|| "none".into()),
-            status: record.status().as_str().to_owned(),
-            mode: if streamed { "stream" } else { "whole" }.to_owned(),
-        })
-        .inc();
-    state
-        .metrics
-        .latency
-        .observe(received.elapsed().as_secs_f64());
-}
-
-/// Keeps the record while the answer flows: folds chunks into it, and makes it final exactly
-/// once — on success, on failure, or (when dropped early, as when the consumer goes away) as
-/// cancelled.
-struct RecordKeeper {
-    state: Arc<AppState>,
-    record: Option<InferenceRecord>,
-    aggregate: ChatCompletionAggregator,
-    received: Instant,
-    streamed: bool,
-    cancel: CancellationToken,
-    /// The member's in-flight slot, held until the answer is complete.
-    _slot: InFlightSlot,
-}
-
-impl RecordKeeper {
-    fn observe(&mut self, chunk: &ChatCompletionChunk) {
-        if let Some(record) = &mut self.record
-            && record.timing.first_token_at.is_none()
-            && inference_club_core::routing::failover::is_output(chunk)
-        {
-            record.first_token(Utc::now());
-            self.state
-                .metrics
-                .time_to_first_token
-                .observe(self.received.elapsed().as_secs_f64());
-        }
-        self.aggregate.push(chunk);
-    }
-
-    /// Makes the record `failed` before any output (no node could take the request) and saves
-    /// it before returning.
-    async fn fail(mut self, reason: String) {
-        let Some(mut record) = self.record.take() else {
-            return;
-        };
-        let _ = record.failed(reason, None, Utc::now());
-        save(&self.state, &mut record).await;
-        count(&self.state, &record, self.streamed, self.received);
-    }
-
-    /// The answer assembled so far, taking it out of the keeper (no copy).
-    fn take_completion(&mut self) -> ChatCompletion {
-        std::mem::take(&mut self.aggregate).finish()
-    }
-
-    /// Makes the record final with `outcome` and saves it (durably) before returning; gives
-    /// back the record and the assembled answer.
-    async fn finish(
-        mut self,
-        outcome: Result<(), &ProviderError>,
-    ) -> Option<(InferenceRecord, ChatCompletion)> {
-        let mut record = self.record.take()?;
-        let completion = self.take_completion();
-        let now = Utc::now();
-        let _ = match outcome {
-            Ok(()) => record.succeeded(&completion, now),
-            Err(ProviderError::Cancelled) => record.cancelled("cancelled", Some(&completion), now),
-            Err(error) => record.failed(error.to_string(), Some(&completion), now),
-        };
-        save(&self.state, &mut record).await;
-        count(&self.state, &record, self.streamed, self.received);
-        Some((record, completion))
-    }
-}
-
-impl Drop for RecordKeeper {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-        let Some(mut record) = self.record.take() else {
-            return;
-        };
-        let completion = self.take_completion();
-        let _ = record.cancelled(
-            "the consumer went away before the answer was complete",
-            Some(&completion),
-            Utc::now(),
-        );
-        let state = self.state.clone();
-        let streamed = self.streamed;
-        let received = self.received;
-        tokio::spawn(async move {
-            save(&state, &mut record).await;
-            count(&state, &record, streamed, received);
-        });
-    }
-}
-
-fn sse_event(json: &impl serde::Serialize) -> Bytes {
+/// One SSE event `data: {json}`, or the serializer's error (a chunk that cannot be written:
+/// the stream ends with an error event instead).
+fn sse_event(json: &impl serde::Serialize) -> Result<Bytes, serde_json::Error> {
     let mut line = b"data: ".to_vec();
-    if serde_json::to_writer(&mut line, json).is_err() {
-        line.clear();
-        line.extend_from_slice(b"data: {}");
-    }
+    serde_json::to_writer(&mut line, json)?;
     line.extend_from_slice(b"\n\n");
-    Bytes::from(line)
+    Ok(Bytes::from(line))
 }
+
+/// The error event that ends a stream whose chunk could not be written.
+const UNWRITABLE_CHUNK: &[u8] = b"data: {\"error\":{\"message\":\"the coordinator could not write a chunk of the answer\",\"type\":\"server_error\",\"param\":null,\"code\":\"unwritable_chunk\"}}\n\ndata: [DONE]\n\n";
 
 /// Rewrites an engine's chunk for the consumer: the record's completion id, and usage only when
 /// asked for.
@@ -500,7 +296,7 @@ fn for_consumer(
 
 fn stream_response(
     mut keeper: RecordKeeper,
-    mut stream: inference_club_core::provider::ChunkStream,
+    mut stream: ChunkStream,
     wants_usage: bool,
     id: RecordId,
 ) -> Response {
@@ -511,7 +307,19 @@ fn stream_response(
                 Some(Ok(chunk)) => {
                     keeper.observe(&chunk);
                     if let Some(chunk) = for_consumer(chunk, &completion_id, wants_usage) {
-                        yield Ok::<Bytes, Infallible>(sse_event(&chunk));
+                        match sse_event(&chunk) {
+                            Ok(event) => yield Ok::<Bytes, Infallible>(event),
+                            Err(error) => {
+                                let failure = ProviderError::Protocol {
+                                    message: format!(
+                                        "the coordinator could not write a chunk: {error}"
+                                    ),
+                                };
+                                keeper.finish(Err(&failure)).await;
+                                yield Ok(Bytes::from_static(UNWRITABLE_CHUNK));
+                                return;
+                            }
+                        }
                     }
                 }
                 Some(Err(error)) => {
@@ -521,8 +329,13 @@ fn stream_response(
                     if record.is_some_and(|(r, _)| r.status() == Status::Cancelled) {
                         wire.code = Some("cancelled".into());
                     }
-                    yield Ok(sse_event(&wire.into_response()));
-                    yield Ok(Bytes::from_static(b"data: [DONE]\n\n"));
+                    match sse_event(&wire.into_response()) {
+                        Ok(event) => {
+                            yield Ok(event);
+                            yield Ok(Bytes::from_static(b"data: [DONE]\n\n"));
+                        }
+                        Err(_) => yield Ok(Bytes::from_static(UNWRITABLE_CHUNK)),
+                    }
                     return;
                 }
                 None => {
@@ -547,7 +360,7 @@ fn stream_response(
 
 async fn whole_response(
     mut keeper: RecordKeeper,
-    mut stream: inference_club_core::provider::ChunkStream,
+    mut stream: ChunkStream,
     id: RecordId,
 ) -> Response {
     while let Some(item) = stream.next().await {

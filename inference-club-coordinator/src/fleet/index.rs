@@ -1,7 +1,7 @@
 //! Which online nodes serve which model: dispatch ranks only those for a request, not every
 //! node of the club.
 //!
-//! The index is built from [`AppState::online_nodes`](super::AppState::online_nodes)
+//! The index is built from [`Fleet::online_nodes`](super::Fleet::online_nodes)
 //! and built again when the nodes linked here or the directory of the other replicas changed
 //! (their generation counters: a node linked, left, or announced a new manifest; a replica
 //! started or stopped draining). A node's load, its operator's policy and whether it is still
@@ -11,7 +11,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::nodes::OnlineNode;
+use super::OnlineNode;
 
 /// The nodes serving each model name, as of two generations.
 #[derive(Debug, Default)]

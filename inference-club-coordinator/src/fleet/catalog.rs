@@ -12,7 +12,7 @@ use inference_club_core::manifest::ServiceType;
 use inference_club_core::openai::Model;
 use serde_json::Value;
 
-use crate::nodes::OnlineNode;
+use super::OnlineNode;
 
 /// `owned_by` of a model that members of the club serve together (more than one operator).
 pub const SHARED_OWNER: &str = "inference-club";

@@ -1,0 +1,239 @@
+//! The records of inference requests as the API keeps them: one per request, final exactly once
+//! (succeeded, failed, or cancelled when the consumer goes away), saved durably, and counted in
+//! the metrics.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::Utc;
+use inference_club_core::openai::{ChatCompletion, ChatCompletionAggregator, ChatCompletionChunk};
+use inference_club_core::provider::ProviderError;
+use inference_club_core::record::InferenceRecord;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::limits::InFlightSlot;
+use crate::metrics::{Metrics, RequestLabels};
+use crate::nodes::NodeRegistry;
+use crate::store::Store;
+
+/// Saves and counts final records. Records abandoned mid-answer (the consumer went away) are
+/// handed to a task of its own, which saves them: a `Drop` cannot wait for the database.
+#[derive(Debug)]
+pub(crate) struct Recorder {
+    store: Store,
+    nodes: Arc<NodeRegistry>,
+    metrics: Arc<Metrics>,
+    abandoned: mpsc::UnboundedSender<Abandoned>,
+}
+
+/// A record made final (cancelled) when its keeper was dropped, waiting to be saved.
+#[derive(Debug)]
+struct Abandoned {
+    record: InferenceRecord,
+    streamed: bool,
+    received: Instant,
+}
+
+impl Recorder {
+    /// A recorder on `store`, and the task that saves abandoned records (it ends with the
+    /// recorder). `nodes` names the operators who left while their records were in flight.
+    pub fn start(store: Store, nodes: Arc<NodeRegistry>, metrics: Arc<Metrics>) -> Arc<Self> {
+        let (abandoned, mut receiver) = mpsc::unbounded_channel::<Abandoned>();
+        let recorder = Self {
+            store,
+            nodes,
+            metrics,
+            abandoned,
+        };
+        let saver = Saver {
+            store: recorder.store.clone(),
+            nodes: recorder.nodes.clone(),
+            metrics: recorder.metrics.clone(),
+        };
+        tokio::spawn(async move {
+            while let Some(mut abandoned) = receiver.recv().await {
+                saver.save(&mut abandoned.record).await;
+                saver.count(&abandoned.record, abandoned.streamed, abandoned.received);
+            }
+        });
+        Arc::new(recorder)
+    }
+
+    /// The store records are saved in.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Forgets operators who deleted their account while `record` was in flight.
+    pub fn forget_departed(&self, record: &mut InferenceRecord) {
+        self.nodes.forget_departed(record);
+    }
+
+    /// A keeper for `record`, received at `received`, answered whole or `streamed`; `cancel`
+    /// is cancelled when the keeper goes, and the member's in-flight `slot` is held until then.
+    pub fn keeper(
+        self: &Arc<Self>,
+        record: InferenceRecord,
+        received: Instant,
+        streamed: bool,
+        cancel: CancellationToken,
+        slot: InFlightSlot,
+    ) -> RecordKeeper {
+        RecordKeeper {
+            recorder: self.clone(),
+            record: Some(record),
+            aggregate: ChatCompletionAggregator::new(),
+            received,
+            streamed,
+            cancel,
+            _slot: slot,
+        }
+    }
+
+    fn saver(&self) -> Saver {
+        Saver {
+            store: self.store.clone(),
+            nodes: self.nodes.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// What saving and counting a final record takes.
+struct Saver {
+    store: Store,
+    nodes: Arc<NodeRegistry>,
+    metrics: Arc<Metrics>,
+}
+
+impl Saver {
+    /// Saves a final record: durable when this returns, or, when the database refuses for a
+    /// reason that may pass (full, restarting), tried again in the background until it lands.
+    /// Operators who deleted their account while it was in flight are forgotten in it first.
+    async fn save(&self, record: &mut InferenceRecord) {
+        self.nodes.forget_departed(record);
+        match self.store.save_record_or_retry(record).await {
+            Ok(()) => {}
+            Err(error) if error.is_retryable() => {
+                tracing::warn!(id = %record.id, "cannot save a record now, trying again: {error}");
+            }
+            Err(error) => tracing::error!(id = %record.id, "cannot save a record: {error}"),
+        }
+    }
+
+    /// Counts a final record in the request and latency metrics.
+    fn count(&self, record: &InferenceRecord, streamed: bool, received: Instant) {
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                model: record
+                    .model_served
+                    .clone()
+                    .or_else(|| {
+                        record
+                            .served_by
+                            .as_ref()
+                            .map(|_| record.model_requested.to_ascii_lowercase())
+                    })
+                    .unwrap_or_else(|| "none".into()),
+                status: record.status().as_str().to_owned(),
+                mode: if streamed { "stream" } else { "whole" }.to_owned(),
+            })
+            .inc();
+        self.metrics
+            .latency
+            .observe(received.elapsed().as_secs_f64());
+    }
+}
+
+/// Keeps the record while the answer flows: folds chunks into it, and makes it final exactly
+/// once — on success, on failure, or (when dropped early, as when the consumer goes away) as
+/// cancelled.
+pub(crate) struct RecordKeeper {
+    recorder: Arc<Recorder>,
+    /// The record, until it is final; `None` once it is (or when there is none to keep).
+    pub record: Option<InferenceRecord>,
+    aggregate: ChatCompletionAggregator,
+    received: Instant,
+    streamed: bool,
+    cancel: CancellationToken,
+    /// The member's in-flight slot, held until the answer is complete.
+    _slot: InFlightSlot,
+}
+
+impl RecordKeeper {
+    /// Folds a chunk of the answer into the record (the first output stamps the time to first
+    /// token).
+    pub fn observe(&mut self, chunk: &ChatCompletionChunk) {
+        if let Some(record) = &mut self.record
+            && record.timing.first_token_at.is_none()
+            && inference_club_core::routing::failover::is_output(chunk)
+        {
+            record.first_token(Utc::now());
+            self.recorder
+                .metrics
+                .time_to_first_token
+                .observe(self.received.elapsed().as_secs_f64());
+        }
+        self.aggregate.push(chunk);
+    }
+
+    /// Makes the record `failed` before any output (no node could take the request) and saves
+    /// it before returning.
+    pub async fn fail(mut self, reason: String) {
+        let Some(mut record) = self.record.take() else {
+            return;
+        };
+        let _ = record.failed(reason, None, Utc::now());
+        let saver = self.recorder.saver();
+        saver.save(&mut record).await;
+        saver.count(&record, self.streamed, self.received);
+    }
+
+    /// The answer assembled so far, taking it out of the keeper (no copy).
+    fn take_completion(&mut self) -> ChatCompletion {
+        std::mem::take(&mut self.aggregate).finish()
+    }
+
+    /// Makes the record final with `outcome` and saves it (durably) before returning; gives
+    /// back the record and the assembled answer.
+    pub async fn finish(
+        mut self,
+        outcome: Result<(), &ProviderError>,
+    ) -> Option<(InferenceRecord, ChatCompletion)> {
+        let mut record = self.record.take()?;
+        let completion = self.take_completion();
+        let now = Utc::now();
+        let _ = match outcome {
+            Ok(()) => record.succeeded(&completion, now),
+            Err(ProviderError::Cancelled) => record.cancelled("cancelled", Some(&completion), now),
+            Err(error) => record.failed(error.to_string(), Some(&completion), now),
+        };
+        let saver = self.recorder.saver();
+        saver.save(&mut record).await;
+        saver.count(&record, self.streamed, self.received);
+        Some((record, completion))
+    }
+}
+
+impl Drop for RecordKeeper {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        let Some(mut record) = self.record.take() else {
+            return;
+        };
+        let completion = self.take_completion();
+        let _ = record.cancelled(
+            "the consumer went away before the answer was complete",
+            Some(&completion),
+            Utc::now(),
+        );
+        // The saver task ends only with the recorder, which this keeper holds: it is there.
+        let _ = self.recorder.abandoned.send(Abandoned {
+            record,
+            streamed: self.streamed,
+            received: self.received,
+        });
+    }
+}

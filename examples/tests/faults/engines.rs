@@ -1,0 +1,243 @@
+//! Engines that fail: 500s, hangs, stalls mid-stream and garbage.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use inference_club_core::record::Status;
+
+use crate::support::{
+    ANSWER, Club, FakeEngine, Fault, MODEL, STARTUP, Script, ServiceSpec, SseReader, chat_body,
+    request_id, streamed_content, wait_until,
+};
+use crate::{
+    assert_ends_with_error, assert_envelope, bounded, chat_until_failed_over, read_rest,
+    read_until_content,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_that_answers_500_is_failed_over_and_an_engine_error_reaches_the_consumer() {
+    bounded(async {
+        let a = FakeEngine::start("a", Script::default().with_fault(Fault::Status(500))).await;
+        let b = FakeEngine::start("b", Script::default()).await;
+        let mut club = Club::start(&[]).await;
+        club.add_node("node-a", &[ServiceSpec::fake(&a)]).await;
+        club.add_node("node-b", &[ServiceSpec::fake(&b)]).await;
+
+        // A 500 before any output is the engine's fault: retried on the other node.
+        let record = chat_until_failed_over(&club).await;
+        assert_eq!(record.attempts[0].served_by.provider, "node-a");
+        let error = record.attempts[0].error.as_ref().unwrap();
+        assert_eq!(error.kind, "unavailable", "{error:?}");
+        assert!(error.message.contains("a fell over"), "{error:?}");
+        assert_eq!(record.served_by.unwrap().provider, "node-b");
+        assert_eq!(record.response.content.as_deref(), Some(ANSWER));
+
+        // Every engine failing: 502 in the envelope; the record is failed and lists both.
+        b.set_script(Script::default().with_fault(Fault::Status(503)));
+        let (status, id, body) = club.chat_whole(&chat_body(true)).await;
+        assert_eq!(status, 502, "{body}");
+        assert_envelope(&body, "upstream_error");
+        let record = club.final_record(id.unwrap(), Duration::from_secs(5)).await;
+        assert_eq!(record.status(), Status::Failed);
+        let tried: HashSet<String> = record
+            .attempts
+            .iter()
+            .map(|a| a.served_by.provider.clone())
+            .collect();
+        assert_eq!(tried, ["node-a".to_owned(), "node-b".to_owned()].into());
+        assert!(record.attempts.iter().all(|a| a.error.is_some()));
+
+        // A 400 is the request's fault: not retried, and passed on as a 400.
+        a.set_script(Script::default().with_fault(Fault::Status(400)));
+        b.set_script(Script::default().with_fault(Fault::Status(400)));
+        let asked = a.received() + b.received();
+        let (status, id, body) = club.chat_whole(&chat_body(false)).await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+        assert_eq!(
+            a.received() + b.received(),
+            asked + 1,
+            "a 400 is not retried"
+        );
+        let record = club.final_record(id.unwrap(), Duration::from_secs(5)).await;
+        assert_eq!(record.status(), Status::Failed);
+        assert_eq!(record.attempts.len(), 1);
+
+        // Engines healthy again: served at once.
+        a.set_script(Script::default());
+        b.set_script(Script::default());
+        let (status, _, body) = club.chat_whole(&chat_body(false)).await;
+        assert_eq!(status, 200, "{body}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_that_hangs_before_the_first_token_times_out_and_is_failed_over() {
+    bounded(async {
+        let hang = Script::default().with_fault(Fault::HoldBeforeFirstChunk);
+        let a = FakeEngine::start("a", hang.clone()).await;
+        let b = FakeEngine::start("b", Script::default()).await;
+        let mut club = Club::start(&[]).await;
+        let key = club.key.clone();
+        let url = club.url.clone();
+        let timeout = ["--first-token-timeout-secs", "1"];
+        for (name, engine) in [("node-a", &a), ("node-b", &b)] {
+            let n = club.spawn_node_with(name, &[ServiceSpec::fake(engine)], &key, &url, &timeout);
+            club.nodes[n]
+                .proc
+                .wait_for_line("linked to the coordinator", STARTUP)
+                .await;
+        }
+        club.wait_for_model(MODEL).await;
+
+        // The hung engine is given up after the node's first-token timeout and the request is
+        // retried on the other node.
+        let record = chat_until_failed_over(&club).await;
+        let error = record.attempts[0].error.as_ref().unwrap();
+        assert_eq!(record.attempts[0].served_by.provider, "node-a");
+        assert_eq!(error.kind, "timeout", "{error:?}");
+        assert_eq!(record.served_by.unwrap().provider, "node-b");
+        let ttft = record.timing.time_to_first_token_ms().unwrap();
+        assert!(ttft >= 1000, "answered after {ttft} ms, before the timeout");
+        wait_until(
+            "the hung engine's connection is closed",
+            Duration::from_secs(3),
+            || a.dropped() >= 1,
+        )
+        .await;
+
+        // Both hung: 502 `upstream_timeout` after both timeouts, and a failed record.
+        b.set_script(hang);
+        let asked = Instant::now();
+        let (status, id, body) = club.chat_whole(&chat_body(true)).await;
+        assert_eq!(status, 502, "{body}");
+        assert_envelope(&body, "upstream_timeout");
+        assert!(
+            asked.elapsed() < Duration::from_secs(6),
+            "{:?}",
+            asked.elapsed()
+        );
+        let record = club.final_record(id.unwrap(), Duration::from_secs(5)).await;
+        assert_eq!(record.status(), Status::Failed);
+        assert_eq!(record.attempts.len(), 2);
+        assert!(
+            record
+                .attempts
+                .iter()
+                .all(|a| a.error.as_ref().is_some_and(|e| e.kind == "timeout"))
+        );
+        a.release(8);
+        b.release(8);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_that_stalls_mid_stream_ends_the_answer_with_a_timeout_error() {
+    bounded(async {
+        let engine =
+            FakeEngine::start("stalls", Script::default().with_fault(Fault::HoldAfter(2))).await;
+        let mut club = Club::start(&[]).await;
+        let key = club.key.clone();
+        let url = club.url.clone();
+        let n = club.spawn_node_with(
+            "node-a",
+            &[ServiceSpec::fake(&engine)],
+            &key,
+            &url,
+            &["--idle-timeout-secs", "1"],
+        );
+        club.nodes[n]
+            .proc
+            .wait_for_line("linked to the coordinator", STARTUP)
+            .await;
+        club.wait_for_model(MODEL).await;
+
+        // Streamed: what came is kept, then one error event and [DONE].
+        let response = club.post_chat(&chat_body(true), Some(&club.key), &[]).await;
+        assert_eq!(response.status().as_u16(), 200);
+        let id = request_id(&response).unwrap();
+        let mut events = SseReader::new(response);
+        let mut seen = Vec::new();
+        read_until_content(&mut events, &mut seen, "Hello, ").await;
+        let stalled = Instant::now();
+        read_rest(&mut events, &mut seen, Duration::from_secs(5)).await;
+        assert!(stalled.elapsed() >= Duration::from_millis(900));
+        assert_ends_with_error(&events, &seen, "upstream_timeout");
+        assert_eq!(streamed_content(&seen), "Hello, ");
+        let record = club.final_record(id, Duration::from_secs(5)).await;
+        assert_eq!(record.status(), Status::Failed);
+        assert_eq!(record.response.content.as_deref(), Some("Hello, "));
+        assert!(
+            record
+                .failure
+                .as_deref()
+                .is_some_and(|f| f.contains("timed out") || f.contains("timeout")),
+            "{:?}",
+            record.failure
+        );
+        wait_until(
+            "the stalled engine's connection is closed",
+            Duration::from_secs(3),
+            || engine.dropped() >= 1,
+        )
+        .await;
+
+        // Whole: 502 `upstream_timeout`, and the record keeps the part that came.
+        let (status, id, body) = club.chat_whole(&chat_body(false)).await;
+        assert_eq!(status, 502, "{body}");
+        assert_envelope(&body, "upstream_timeout");
+        let record = club.final_record(id.unwrap(), Duration::from_secs(5)).await;
+        assert_eq!(record.status(), Status::Failed);
+        assert_eq!(record.response.content.as_deref(), Some("Hello, "));
+        assert_eq!(engine.received(), 2, "nothing was retried");
+        engine.release(8);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_that_sends_garbage_is_failed_over_before_output_and_ends_the_stream_after() {
+    bounded(async {
+        let a = FakeEngine::start("a", Script::default().with_fault(Fault::GarbageAfter(0))).await;
+        let b = FakeEngine::start("b", Script::default()).await;
+        let mut club = Club::start(&[]).await;
+        club.add_node("node-a", &[ServiceSpec::fake(&a)]).await;
+        club.add_node("node-b", &[ServiceSpec::fake(&b)]).await;
+
+        // Garbage before any output: retried on the other node.
+        let record = chat_until_failed_over(&club).await;
+        assert_eq!(record.attempts[0].served_by.provider, "node-a");
+        let error = record.attempts[0].error.as_ref().unwrap();
+        assert_eq!(error.kind, "protocol", "{error:?}");
+        assert_eq!(record.served_by.unwrap().provider, "node-b");
+
+        // Garbage after output started: the stream ends with an error and the record is
+        // failed with what was streamed; not retried.
+        a.set_script(Script::default().with_fault(Fault::GarbageAfter(2)));
+        b.set_script(Script::default().with_fault(Fault::GarbageAfter(2)));
+        let asked = a.received() + b.received();
+        let response = club.post_chat(&chat_body(true), Some(&club.key), &[]).await;
+        assert_eq!(response.status().as_u16(), 200);
+        let id = request_id(&response).unwrap();
+        let mut events = SseReader::new(response);
+        let mut seen = Vec::new();
+        read_rest(&mut events, &mut seen, Duration::from_secs(5)).await;
+        assert_ends_with_error(&events, &seen, "upstream_error");
+        assert_eq!(streamed_content(&seen), "Hello, ");
+        assert_eq!(a.received() + b.received(), asked + 1);
+        let record = club.final_record(id, Duration::from_secs(5)).await;
+        assert_eq!(record.status(), Status::Failed);
+        assert_eq!(record.response.content.as_deref(), Some("Hello, "));
+        assert!(
+            record
+                .failure
+                .as_deref()
+                .is_some_and(|f| f.contains("malformed")),
+            "{:?}",
+            record.failure
+        );
+    })
+    .await;
+}

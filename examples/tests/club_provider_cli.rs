@@ -61,12 +61,12 @@ fn a_json_manifest_validates() {
     let dir = std::env::temp_dir().join(format!("club-provider-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("manifest.json");
-    std::fs::write(&file, r#"{"schema_version": 1, "hosts": [{"id": "a", "services": [{"name": "s", "url": "http://127.0.0.1:1"}]}]}"#)
+    std::fs::write(&file, r#"{"schema_version": 1, "agent": {"name": "rig"}, "hosts": [{"id": "a", "services": [{"name": "s", "url": "http://127.0.0.1:1"}]}]}"#)
         .unwrap();
     let output = club_provider(&["validate", file.to_str().unwrap()]);
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
-    assert!(text(&output.stdout).contains("1 host, 1 service, 0 models"));
+    assert!(text(&output.stdout).contains("agent \"rig\", 1 host, 1 service, 0 models"));
 }
 
 #[test]

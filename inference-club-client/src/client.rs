@@ -162,8 +162,10 @@ impl ClientBuilder {
         let http = match self.http {
             Some(http) => http,
             None => {
-                let _ = rustls::crypto::ring::default_provider().install_default();
+                let tls = inference_club_core::tls::client_config()
+                    .map_err(|e| Error::Config(format!("cannot configure TLS: {e}")))?;
                 reqwest::Client::builder()
+                    .tls_backend_preconfigured(tls)
                     .connect_timeout(self.connect_timeout)
                     .user_agent(self.user_agent)
                     .build()
@@ -364,7 +366,7 @@ impl Client {
         response: reqwest::Response,
     ) -> Result<T, Error> {
         let body = read_limited(response, self.max_response_bytes, self.request_timeout).await?;
-        serde_json::from_slice(&body).map_err(|e| Error::Decode(e.to_string()))
+        serde_json::from_slice(&body).map_err(|e| Error::decode(e.to_string(), Some(Box::new(e))))
     }
 
     fn whole_deadline(&self) -> impl Fn() -> Option<(Instant, TimeoutPhase, Duration)> + use<> {
@@ -418,7 +420,7 @@ impl Client {
     ) -> Result<T, Error> {
         self.call(method, segments, query, body, idempotence)
             .await?
-            .ok_or_else(|| Error::Decode("an empty answer where a JSON body was expected".into()))
+            .ok_or_else(|| Error::decode("an empty answer where a JSON body was expected", None))
     }
 
     /// The models the caller may use, with their capabilities (`GET /v1/models`). Anonymous
@@ -536,9 +538,9 @@ async fn read_limited(
     timeout: Option<Duration>,
 ) -> Result<Vec<u8>, Error> {
     if response.content_length().is_some_and(|n| n > limit as u64) {
-        return Err(Error::Decode(format!(
+        return Err(Error::decode(format!(
             "the answer is larger than {limit} bytes"
-        )));
+        ), None));
     }
     let mut body = Vec::new();
     while let Some(piece) = response
@@ -547,11 +549,23 @@ async fn read_limited(
         .map_err(|e| Error::from_reqwest(e, timeout))?
     {
         if body.len() + piece.len() > limit {
-            return Err(Error::Decode(format!(
+            return Err(Error::decode(format!(
                 "the answer is larger than {limit} bytes"
-            )));
+            ), None));
         }
         body.extend_from_slice(&piece);
     }
     Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn building_a_client_installs_no_process_wide_tls_provider() {
+        let client = Client::builder("https://club.example").build().unwrap();
+        assert_eq!(client.base_url().as_str(), "https://club.example/");
+        assert!(rustls::crypto::CryptoProvider::get_default().is_none());
+    }
 }

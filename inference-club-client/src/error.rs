@@ -36,6 +36,9 @@ impl std::fmt::Display for TimeoutPhase {
     }
 }
 
+/// The underlying error of a transport or decoding failure.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// What went wrong talking to the coordinator. Keeps the server's message and code.
 ///
 /// Ask it what kind of failure it was with [`is_retryable`](Self::is_retryable),
@@ -58,8 +61,14 @@ pub enum Error {
     #[error("error in the stream: {}{}", .0.message, .0.code.as_deref().map(|c| format!(" ({c})")).unwrap_or_default())]
     InStream(ApiError),
     /// The coordinator could not be reached, or the connection broke.
-    #[error("cannot reach the coordinator: {0}")]
-    Transport(String),
+    #[error("cannot reach the coordinator: {message}")]
+    Transport {
+        /// What happened, with its causes.
+        message: String,
+        /// The HTTP stack's error, when there was one.
+        #[source]
+        source: Option<BoxError>,
+    },
     /// A wait ran out.
     #[error("timed out ({phase}) after {after:?}")]
     Timeout {
@@ -69,8 +78,14 @@ pub enum Error {
         after: Duration,
     },
     /// The coordinator sent something that is not the expected format.
-    #[error("unexpected answer from the coordinator: {0}")]
-    Decode(String),
+    #[error("unexpected answer from the coordinator: {message}")]
+    Decode {
+        /// What was wrong with it.
+        message: String,
+        /// The decoder's error, when there was one.
+        #[source]
+        source: Option<BoxError>,
+    },
     /// The client was configured wrongly (bad URL, bad key characters).
     #[error("configuration: {0}")]
     Config(String),
@@ -113,8 +128,8 @@ impl Error {
             Self::Api { status, .. } => {
                 matches!(status, 408 | 409 | 429) || (*status >= 500 && *status != 501)
             }
-            Self::Transport(_) | Self::Timeout { .. } => true,
-            Self::InStream(_) | Self::Decode(_) | Self::Config(_) => false,
+            Self::Transport { .. } | Self::Timeout { .. } => true,
+            Self::InStream(_) | Self::Decode { .. } | Self::Config(_) => false,
         }
     }
 
@@ -151,7 +166,10 @@ impl Error {
                 after: timeout.unwrap_or_default(),
             }
         } else if error.is_decode() {
-            Self::Decode(error.to_string())
+            Self::Decode {
+                message: error.to_string(),
+                source: Some(Box::new(error)),
+            }
         } else if error.is_builder() {
             Self::Config(error.to_string())
         } else {
@@ -163,7 +181,29 @@ impl Error {
                 message.push_str(&cause.to_string());
                 source = cause.source();
             }
-            Self::Transport(message)
+            Self::Transport {
+                message,
+                source: Some(Box::new(error)),
+            }
+        }
+    }
+
+    /// A transport failure without an underlying error.
+    pub(crate) fn transport(message: impl Into<String>) -> Self {
+        Self::Transport {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// An answer not in the expected format; `source` says why, when a decoder did.
+    pub(crate) fn decode(
+        message: impl Into<String>,
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self::Decode {
+            message: message.into(),
+            source,
         }
     }
 }

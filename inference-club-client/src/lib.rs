@@ -68,7 +68,7 @@ pub use client::{
     ChatResponse, Client, ClientBuilder, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_URL, REQUEST_ID_HEADER,
 };
 pub use club::Paginated;
-pub use error::{Error, TimeoutPhase};
+pub use error::{BoxError, Error, TimeoutPhase};
 pub use inference_club_core::openai::{
     ChatCompletion, ChatCompletionChunk, ChatMessage, FinishReason, ToolCallDelta, Usage,
 };

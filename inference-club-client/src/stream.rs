@@ -280,9 +280,9 @@ where
             None => line += piece.len(),
         }
         if line > MAX_SSE_LINE_BYTES {
-            return Err(Error::Decode(format!(
+            return Err(Error::decode(format!(
                 "an event stream line longer than {MAX_SSE_LINE_BYTES} bytes"
-            )));
+            ), None));
         }
         Ok(piece)
     });
@@ -303,15 +303,15 @@ where
             };
             match next {
                 None => Some((
-                    Err(Error::Transport(
-                        "the stream ended without [DONE]: the connection was cut".into(),
+                    Err(Error::transport(
+                        "the stream ended without [DONE]: the connection was cut",
                     )),
                     None,
                 )),
                 Some(Err(eventsource_stream::EventStreamError::Transport(e))) => {
                     Some((Err(e), None))
                 }
-                Some(Err(e)) => Some((Err(Error::Decode(e.to_string())), None)),
+                Some(Err(e)) => Some((Err(Error::decode(e.to_string(), Some(Box::new(e)))), None)),
                 Some(Ok(event)) => match StreamPayload::parse(&event.data) {
                     Ok(StreamPayload::Done) => None,
                     Ok(StreamPayload::Chunk(chunk)) => {
@@ -319,7 +319,7 @@ where
                         Some((Ok(*chunk), Some((events, seen_output))))
                     }
                     Ok(StreamPayload::Error(error)) => Some((Err(Error::InStream(error)), None)),
-                    Err(e) => Some((Err(Error::Decode(e.to_string())), None)),
+                    Err(e) => Some((Err(Error::decode(e.to_string(), Some(Box::new(e)))), None)),
                 },
             }
         },

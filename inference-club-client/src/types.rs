@@ -387,6 +387,7 @@ pub struct ProviderSettings {
 /// Which nodes serve one's own requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum RoutingPreference {
     /// Any node that admits the member.
     Any,

@@ -301,7 +301,7 @@ fn unplaceable(
             format!("every node serving `{model}` is busy; try again shortly"),
             2,
         ),
-        Availability::Exhausted | Availability::HasRoom => match last {
+        _ => match last {
             Some(error) => ApiError::from_provider(&error),
             None => ApiError::from_provider(&ProviderError::Unavailable {
                 status: None,

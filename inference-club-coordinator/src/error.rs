@@ -145,7 +145,7 @@ impl ApiError {
                 "cancelled",
                 "the request was cancelled",
             ),
-            ProviderError::Unavailable { .. } | ProviderError::Protocol { .. } => Self::new(
+            _ => Self::new(
                 StatusCode::BAD_GATEWAY,
                 "server_error",
                 "upstream_error",

@@ -75,8 +75,11 @@ struct Parts {
 
 /// Checks a hello's manifest: its size against the coordinator's limit, then with core's
 /// validator, and redacts it again (the coordinator trusts no node to have done so): every
-/// problem is listed.
-fn accept_manifest(limits: &Limiter, hello: &Hello) -> Result<ServiceManifest, Refused> {
+/// problem is listed. Gives the manifest and its JSON as stored.
+fn accept_manifest(
+    limits: &Limiter,
+    hello: &Hello,
+) -> Result<(ServiceManifest, serde_json::Value), Refused> {
     if let Err(reason) = limits.check_manifest(&hello.manifest) {
         return Err(Refused {
             reason,
@@ -93,12 +96,17 @@ fn accept_manifest(limits: &Limiter, hello: &Hello) -> Result<ServiceManifest, R
         });
     }
     let text = hello.manifest.to_string();
-    ServiceManifest::parse_and_validate(&text)
+    let manifest = ServiceManifest::parse_and_validate(&text)
         .map(|m| m.redacted())
         .map_err(|error| Refused {
             reason: "the manifest is not valid".into(),
             errors: error.lines(),
-        })
+        })?;
+    let json = serde_json::to_value(&manifest).map_err(|error| Refused {
+        reason: format!("the manifest cannot be stored: {error}"),
+        errors: Vec::new(),
+    })?;
+    Ok((manifest, json))
 }
 
 /// `welcome` for an accepted hello: the version both speak, who the node is, how often to beat.
@@ -157,8 +165,8 @@ async fn serve(state: Parts, caller: Caller, mut socket: WebSocket) {
         send(&mut socket, &refused).await;
         return;
     };
-    let manifest = match accept_manifest(&state.limits, &hello) {
-        Ok(manifest) => manifest,
+    let (manifest, manifest_json) = match accept_manifest(&state.limits, &hello) {
+        Ok(accepted) => accepted,
         Err(refused) => {
             tracing::info!(operator = %caller.user.handle, reason = %refused.reason, "refused a node");
             send(&mut socket, &CoordinatorMessage::Refused(refused)).await;
@@ -166,7 +174,6 @@ async fn serve(state: Parts, caller: Caller, mut socket: WebSocket) {
         }
     };
     let name = provider_name(&manifest);
-    let manifest_json = serde_json::to_value(&manifest).unwrap_or_default();
     let provider_id = match state
         .store
         .upsert_provider(caller.user.id, &name, &manifest_json)
@@ -284,8 +291,7 @@ async fn serve(state: Parts, caller: Caller, mut socket: WebSocket) {
                 state.fleet.nodes.notify_changed();
             }
             Ok(NodeMessage::Hello(again)) => match accept_manifest(&state.limits, &again) {
-                Ok(manifest) if provider_name(&manifest) == name => {
-                    let json = serde_json::to_value(&manifest).unwrap_or_default();
+                Ok((manifest, json)) if provider_name(&manifest) == name => {
                     if let Err(error) = state
                         .store
                         .upsert_provider(caller.user.id, &name, &json)
@@ -314,6 +320,8 @@ async fn serve(state: Parts, caller: Caller, mut socket: WebSocket) {
                 tracing::info!(provider = %name, reason = %goodbye.reason, "node said goodbye");
                 break;
             }
+            // A message of a newer protocol than this coordinator speaks.
+            Ok(other) => tracing::debug!(provider = %name, "ignoring an unknown message: {other:?}"),
             Err(error) => tracing::warn!(provider = %name, "ignoring a bad frame: {error}"),
         }
     }

@@ -47,3 +47,5 @@ pub mod openai;
 pub mod provider;
 pub mod record;
 pub mod routing;
+#[cfg(feature = "tls")]
+pub mod tls;

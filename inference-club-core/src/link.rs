@@ -43,6 +43,7 @@ pub type JobId = u64;
 /// What a node sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "body", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum NodeMessage {
     /// First message: who the node is and what it serves.
     Hello(Hello),
@@ -61,6 +62,7 @@ pub enum NodeMessage {
 /// What the coordinator sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "body", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum CoordinatorMessage {
     /// The hello was accepted.
     Welcome(Welcome),
@@ -256,6 +258,7 @@ pub struct Goodbye {
 
 /// A frame that could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LinkError {
     /// The frame is larger than [`MAX_MESSAGE_BYTES`].
     #[error("message of {size} bytes exceeds the limit of {MAX_MESSAGE_BYTES} bytes")]

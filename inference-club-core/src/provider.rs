@@ -74,6 +74,7 @@ impl RequestContext {
 
 /// Which wait ran out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum TimeoutPhase {
     /// Connecting to the engine or node.
     Connect,
@@ -98,6 +99,7 @@ impl std::fmt::Display for TimeoutPhase {
 
 /// Why a provider could not answer.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ProviderError {
     /// The engine or node could not be reached or failed on its side (refused connection, reset,
     /// 5xx, 429). Another provider may succeed.

@@ -168,6 +168,7 @@ pub struct TransitionError {
 /// Where token counts came from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum UsageSource {
     /// Reported by the engine.
     Reported,

@@ -10,9 +10,11 @@ const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 
 /// An HTTP client for engines: connect timeout, no total timeout (streams may be long).
 pub(crate) fn client(connect: Duration) -> Result<reqwest::Client, ProviderError> {
-    // Only `ring` is compiled in; installing it is idempotent.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tls = inference_club_core::tls::client_config().map_err(|e| ProviderError::Protocol {
+        message: format!("cannot configure TLS: {e}"),
+    })?;
     reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
         .connect_timeout(connect)
         .tcp_nodelay(true)
         .build()
@@ -137,6 +139,12 @@ async fn read_limited(mut response: reqwest::Response, limit: usize) -> Vec<u8> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_engine_client_installs_no_process_wide_tls_provider() {
+        client(Duration::from_secs(1)).unwrap();
+        assert!(rustls::crypto::CryptoProvider::get_default().is_none());
+    }
 
     #[test]
     fn endpoint_urls_keep_the_base_path() {

@@ -64,7 +64,7 @@ impl EngineQuirks {
             Engine::Lmstudio => Self::LMSTUDIO,
             Engine::Ollama => Self::OLLAMA,
             Engine::Tgi => Self::TGI,
-            Engine::Other => Self::GENERIC,
+            _ => Self::GENERIC,
         }
     }
 }

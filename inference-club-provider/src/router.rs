@@ -518,7 +518,7 @@ fn unplaceable(
             message: format!("every service serving {model} is at its max_concurrent"),
         },
         // Every candidate was tried and failed: report the last failure.
-        Availability::Exhausted | Availability::Offline | Availability::HasRoom => last_error
+        _ => last_error
             .unwrap_or_else(|| ProviderError::Unavailable {
                 status: None,
                 message: format!("no service serving {model} is available"),

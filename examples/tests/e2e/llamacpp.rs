@@ -81,6 +81,7 @@ async fn a_node_in_front_of_llamacpp_serves_whole_and_streamed_chats() {
         match record.usage.source {
             UsageSource::Reported => assert!(record.usage.counts.is_some()),
             UsageSource::Absent => assert!(record.usage.counts.is_none()),
+            other => panic!("llama.cpp's usage has an unexpected source {other:?}"),
         }
         loud(&format!(
             "llama.cpp streamed chat: usage {:?}",

@@ -235,7 +235,7 @@ async fn finish(
     accept_terms: bool,
     key_name: &str,
 ) -> Result<Response, ApiError> {
-    let existing: Option<User> = returning_member(&store, identity).await?;
+    let existing: Option<User> = returning_member(store, identity).await?;
     if existing.is_none() && !accept_terms {
         store.park_identity(secret, identity).await?;
         return Err(terms_required(&identity.login));

@@ -269,8 +269,10 @@ impl GitHub {
     /// A client for `config`; `redirect` is the web flow's callback (`{public_url}/auth/github/callback`),
     /// if the coordinator knows its public address (otherwise GitHub uses the app's own).
     pub fn new(config: GitHubConfig, redirect: Option<Url>) -> Result<Self, GitHubError> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        let tls = inference_club_core::tls::client_config()
+            .map_err(|e| GitHubError::Unreachable(format!("cannot configure TLS: {e}")))?;
         let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
             // OAuth endpoints must not redirect (a redirect could leak codes to another host).
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(10))

@@ -98,7 +98,7 @@ pub(crate) async fn start_session(
     next: &str,
     also_clear: &[(&str, &str)],
 ) -> Result<Response, ApiError> {
-    let secure = secure_cookies(&config);
+    let secure = secure_cookies(config);
     let (_, token) = store.create_session(user_id).await?;
     let mut cookies = vec![set_cookie(
         SESSION_COOKIE,
@@ -205,7 +205,7 @@ async fn signing_out(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Option<(User, Session)>, ApiError> {
-    let Some((user, session)) = from_cookie(&store, headers).await? else {
+    let Some((user, session)) = from_cookie(store, headers).await? else {
         return Ok(None);
     };
     let header = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
@@ -228,7 +228,7 @@ async fn signing_out(
 fn signed_out(config: &CoordinatorConfig) -> Result<Response, ApiError> {
     see_other(
         "/",
-        vec![clear_cookie(SESSION_COOKIE, "/", secure_cookies(&config))?],
+        vec![clear_cookie(SESSION_COOKIE, "/", secure_cookies(config))?],
     )
 }
 

@@ -105,7 +105,7 @@ pub struct CreatedKey {
 }
 
 async fn account(store: &Store, headers: &HeaderMap) -> Result<Caller, ApiError> {
-    auth::require(&store, headers, Scope::Account).await
+    auth::require(store, headers, Scope::Account).await
 }
 
 /// `GET /api/v1/me`.

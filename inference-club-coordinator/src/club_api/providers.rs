@@ -255,9 +255,9 @@ pub async fn profile_of(
     operator: &str,
     name: &str,
 ) -> Result<ProviderProfile, ApiError> {
-    let provider = find(&store, operator, name).await?;
-    let (served, exact) = count_served(&store, &provider).await?;
-    let mut view = profile(&fleet, provider);
+    let provider = find(store, operator, name).await?;
+    let (served, exact) = count_served(store, &provider).await?;
+    let mut view = profile(fleet, provider);
     view.counts.requests_served = Some(served);
     view.counts.requests_served_exact = Some(exact);
     Ok(view)
@@ -389,7 +389,7 @@ pub(crate) async fn change_policy(
              \"services\": {\"<service>\": <policy> | null}}",
         ));
     }
-    let provider = find(&store, operator, name).await?;
+    let provider = find(store, operator, name).await?;
     let key = NodeKey {
         operator_id: provider.operator_id,
         provider: provider.name.clone(),

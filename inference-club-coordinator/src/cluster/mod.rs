@@ -134,6 +134,8 @@ pub struct Cluster {
     models_seen: Mutex<HashMap<String, Instant>>,
     /// When it started (a replica learns the others' nodes in its first seconds).
     started: Instant,
+    /// Messages for the publishing task (subject, payload), sent in order.
+    outbox: mpsc::UnboundedSender<(String, Vec<u8>)>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -180,7 +182,17 @@ impl Cluster {
             })?;
         let mut nonce = [0u8; 8];
         let _ = getrandom::fill(&mut nonce);
+        let (outbox, mut outgoing) = mpsc::unbounded_channel::<(String, Vec<u8>)>();
+        let publisher = client.clone();
+        tokio::spawn(async move {
+            while let Some((subject, payload)) = outgoing.recv().await {
+                if let Err(error) = publisher.publish(subject.clone(), payload.into()).await {
+                    tracing::warn!(%subject, "cannot publish to the cluster: {error}");
+                }
+            }
+        });
         Ok(Arc::new(Self {
+            outbox,
             client,
             replica,
             incarnation: u64::from_le_bytes(nonce).max(1),
@@ -378,13 +390,15 @@ impl Cluster {
     }
 
     fn publish<M: serde::Serialize>(&self, subject: &'static str, message: &M) {
-        let client = self.client.clone();
-        let payload = wire::encode(message);
-        tokio::spawn(async move {
-            if let Err(error) = client.publish(subject, payload.into()).await {
-                tracing::warn!(subject, "cannot publish to the cluster: {error}");
-            }
-        });
+        if let Some(payload) = wire::encode_or_log(subject, message) {
+            self.publish_later(subject.to_owned(), payload);
+        }
+    }
+
+    /// Hands a message to the task that publishes this replica's messages in order (it ends
+    /// with the cluster).
+    fn publish_later(&self, subject: String, payload: Vec<u8>) {
+        let _ = self.outbox.send((subject, payload));
     }
 
     /// Starts draining: the others route nothing new to the nodes linked here, and jobs they
@@ -396,10 +410,9 @@ impl Cluster {
             nodes: Vec::new(),
             ..beat_of(self, nodes)
         };
-        let _ = self
-            .client
-            .publish(wire::BEATS, wire::encode(&beat).into())
-            .await;
+        if let Some(payload) = wire::encode_or_log("a beat", &beat) {
+            let _ = self.client.publish(wire::BEATS, payload.into()).await;
+        }
         let _ = self.client.flush().await;
     }
 
@@ -413,10 +426,9 @@ impl Cluster {
             changes_only: false,
             ..beat_of(self, nodes)
         };
-        let _ = self
-            .client
-            .publish(wire::BEATS, wire::encode(&last).into())
-            .await;
+        if let Some(payload) = wire::encode_or_log("the last beat", &last) {
+            let _ = self.client.publish(wire::BEATS, payload.into()).await;
+        }
         match store
             .retire_replica(
                 &self.replica,
@@ -499,7 +511,9 @@ impl BeatState {
             beat.changes_only = true;
         }
         self.sent = current;
-        let payload = wire::encode(&beat);
+        let Some(payload) = wire::encode_or_log("a beat", &beat) else {
+            return Vec::new();
+        };
         if payload.len() <= limit || beat.nodes.len() < 2 {
             return vec![payload];
         }
@@ -507,12 +521,15 @@ impl BeatState {
         let nodes = std::mem::take(&mut beat.nodes);
         wire::groups_under(nodes, limit)
             .into_iter()
-            .map(|nodes| {
-                wire::encode(&Beat {
-                    changes_only: true,
-                    nodes,
-                    ..beat.clone()
-                })
+            .filter_map(|nodes| {
+                wire::encode_or_log(
+                    "a beat",
+                    &Beat {
+                        changes_only: true,
+                        nodes,
+                        ..beat.clone()
+                    },
+                )
             })
             .collect()
     }
@@ -811,7 +828,9 @@ async fn report_usage(cluster: Arc<Cluster>, coordinator: Host) {
                 replica: cluster.replica.clone(),
                 usage,
             };
-            let payload = wire::encode(&report);
+            let Some(payload) = wire::encode_or_log("a usage report", &report) else {
+                continue;
+            };
             if let Err(error) = cluster.client.publish(wire::USAGE, payload.into()).await {
                 tracing::warn!("cannot report usage to the cluster: {error}");
             }
@@ -905,13 +924,13 @@ mod tests {
         let ada = UserId::new();
         let names: Vec<String> = (0..200).map(|i| format!("node-{i}")).collect();
         let loads: Vec<(UserId, &str, u32)> = names.iter().map(|n| (ada, n.as_str(), 1)).collect();
-        let one = wire::encode(&full(&loads)).len();
+        let one = wire::encode(&full(&loads)).unwrap().len();
         let parts = decoded(BeatState::default().next(full(&loads), one / 4));
         assert!(parts.len() >= 4, "{} parts", parts.len());
         assert!(parts.iter().all(|p| p.changes_only && p.total == 200));
         assert_eq!(parts.iter().map(|p| p.nodes.len()).sum::<usize>(), 200);
         for part in &parts {
-            assert!(wire::encode(part).len() <= one / 4 + 200);
+            assert!(wire::encode(part).unwrap().len() <= one / 4 + 200);
         }
     }
 }

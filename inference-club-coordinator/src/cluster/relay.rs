@@ -32,10 +32,12 @@ struct Relay {
 impl Relay {
     /// Publishes one event; false when it could not be sent.
     async fn send(&mut self, event: RelayKind) -> bool {
-        let payload = wire::encode(&RelayEvent {
+        let Some(payload) = wire::encode_or_log("a job event", &RelayEvent {
             seq: self.seq,
             event,
-        });
+        }) else {
+            return false;
+        };
         self.publish(payload).await
     }
 
@@ -55,7 +57,9 @@ impl Relay {
             seq: self.seq,
             event: RelayKind::Chunks { chunks },
         };
-        let payload = wire::encode(&event);
+        let Some(payload) = wire::encode_or_log("a job's chunks", &event) else {
+            return false;
+        };
         if payload.len() <= self.limit {
             return self.publish(payload).await;
         }
@@ -63,10 +67,12 @@ impl Relay {
             return false;
         };
         for group in wire::groups_under(chunks, self.limit) {
-            let payload = wire::encode(&RelayEvent {
+            let Some(payload) = wire::encode_or_log("a job's chunks", &RelayEvent {
                 seq: self.seq,
                 event: RelayKind::Chunks { chunks: group },
-            });
+            }) else {
+                return false;
+            };
             if payload.len() > self.limit {
                 self.fail(&ProviderError::Protocol {
                     message: format!(
@@ -117,15 +123,12 @@ impl Drop for CancelOnDrop {
         if !self.armed {
             return;
         }
-        let client = self.cluster.client.clone();
-        let subject = wire::cancel_subject(&self.holder);
-        let payload = wire::encode(&CancelJob {
+        let cancel = CancelJob {
             inbox: std::mem::take(&mut self.inbox),
-        });
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let _ = client.publish(subject, payload.into()).await;
-            });
+        };
+        if let Some(payload) = wire::encode_or_log("a cancel", &cancel) {
+            self.cluster
+                .publish_later(wire::cancel_subject(&self.holder), payload);
         }
     }
 }
@@ -161,7 +164,9 @@ impl PeerNode {
             }),
             request,
         };
-        let payload = wire::encode(&job);
+        let payload = wire::encode(&job).map_err(|error| ProviderError::Protocol {
+            message: format!("cannot encode the job for another replica: {error}"),
+        })?;
         if payload.len() > cluster.max_payload() {
             return Err(ProviderError::Rejected {
                 status: 413,
@@ -325,10 +330,9 @@ pub(super) async fn serve_node(cluster: Arc<Cluster>, node: Arc<LiveNode>) {
             }
         };
         let answer = take_job(&cluster, &node, job);
-        let _ = cluster
-            .client
-            .publish(reply_to, wire::encode(&answer).into())
-            .await;
+        if let Some(payload) = wire::encode_or_log("a job's answer", &answer) {
+            let _ = cluster.client.publish(reply_to, payload.into()).await;
+        }
     }
     let _ = jobs.unsubscribe().await;
 }

@@ -188,7 +188,8 @@ pub fn groups_under<T: Serialize>(items: Vec<T>, limit: usize) -> Vec<Vec<T>> {
     let mut groups: Vec<Vec<T>> = vec![Vec::new()];
     let mut size = 0;
     for item in items {
-        let bytes = encode(&item).len() + 1;
+        // An item that cannot be encoded travels in a group of its own (and fails there).
+        let bytes = encode(&item).map_or(limit, |payload| payload.len() + 1);
         if size + bytes > limit && groups.last().is_some_and(|g| !g.is_empty()) {
             groups.push(Vec::new());
             size = 0;
@@ -209,12 +210,15 @@ pub fn sync_parts(nodes: Vec<NodeUp>, limit: usize) -> Vec<Vec<u8>> {
     groups
         .into_iter()
         .enumerate()
-        .map(|(part, nodes)| {
-            encode(&SyncReply {
-                nodes,
-                part: u32::try_from(part).unwrap_or(u32::MAX),
-                parts,
-            })
+        .filter_map(|(part, nodes)| {
+            encode_or_log(
+                "a list of nodes",
+                &SyncReply {
+                    nodes,
+                    part: u32::try_from(part).unwrap_or(u32::MAX),
+                    parts,
+                },
+            )
         })
         .collect()
 }
@@ -337,9 +341,19 @@ pub struct UsageReport {
 }
 
 /// Encodes a message.
-pub fn encode<M: Serialize>(message: &M) -> Vec<u8> {
-    // Our own types always serialize; an empty payload is refused by every decoder.
-    serde_json::to_vec(message).unwrap_or_default()
+pub fn encode<M: Serialize>(message: &M) -> Result<Vec<u8>, serde_json::Error> {
+    serde_json::to_vec(message)
+}
+
+/// Encodes a message, or logs why it cannot be (it is then not sent).
+pub fn encode_or_log<M: Serialize>(what: &str, message: &M) -> Option<Vec<u8>> {
+    match encode(message) {
+        Ok(payload) => Some(payload),
+        Err(error) => {
+            tracing::error!("cannot encode {what} for the cluster: {error}");
+            None
+        }
+    }
 }
 
 /// Decodes a message.
@@ -384,7 +398,7 @@ mod tests {
                 connected_at: Utc::now(),
             })
             .collect();
-        let one = encode(&nodes[0]).len();
+        let one = encode(&nodes[0]).unwrap().len();
         let parts = sync_parts(nodes.clone(), one * 10);
         assert!(parts.len() >= 5, "{} parts", parts.len());
         let mut joined = Vec::new();

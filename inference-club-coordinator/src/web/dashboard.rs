@@ -36,7 +36,7 @@ use crate::store::{KeyId, RecordQuery, RoutingPreference, Scope};
 
 /// The signed-in member, or a page inviting them to sign in and come back to `path`.
 async fn member(store: &Store, headers: &HeaderMap, path: &str) -> Result<Viewer, WebError> {
-    viewer(&store, headers)
+    viewer(store, headers)
         .await?
         .ok_or_else(|| WebError::sign_in(path))
 }

@@ -66,7 +66,7 @@ pub(crate) async fn signed_form(
     body: Body,
     path: &str,
 ) -> Result<(Viewer, Fields), WebError> {
-    let Some(viewer) = viewer(&store, headers).await? else {
+    let Some(viewer) = viewer(store, headers).await? else {
         return Err(WebError::sign_in(path));
     };
     let bytes = axum::body::to_bytes(body, MAX_FORM_BYTES)

@@ -203,6 +203,7 @@ pub(crate) fn role(role: Role) -> &'static str {
         Role::Assistant => "assistant",
         Role::Tool => "tool",
         Role::Function => "function",
+        _ => "other",
     }
 }
 

@@ -121,7 +121,7 @@ pub struct Viewer {
 /// The viewer of a request, if its session cookie names a live session. An API key does not
 /// sign a browser in.
 pub(crate) async fn viewer(store: &Store, headers: &HeaderMap) -> Result<Option<Viewer>, WebError> {
-    Ok(session::from_cookie(&store, headers)
+    Ok(session::from_cookie(store, headers)
         .await?
         .map(|(user, session)| Viewer {
             user,

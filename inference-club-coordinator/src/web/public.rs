@@ -340,7 +340,7 @@ pub async fn profile_page(
             true,
         )
         .map_err(WebError::from)?;
-    let (items, next) = records(&store, &record_query).await?;
+    let (items, next) = records(store, &record_query).await?;
     let nodes: Vec<ProviderProfile> = store
         .list_providers()
         .await?

@@ -91,6 +91,7 @@ pub enum UrlProblem {
 
 /// What is wrong at a path.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ProblemKind {
     /// The value has the wrong type, e.g. a list where a string belongs.
     #[error("must be {expected}")]
@@ -274,6 +275,7 @@ impl fmt::Display for TextPosition {
 
 /// Why a manifest could not be read or accepted.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ManifestError {
     /// The document is over the size limit; it was not parsed.
     #[error("manifest is {size} bytes; the limit is {max} bytes")]

@@ -179,6 +179,7 @@ pub struct Model {
 /// Who makes a host's GPUs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum GpuVendor {
     /// NVIDIA.
     Nvidia,
@@ -193,6 +194,7 @@ pub enum GpuVendor {
 /// The inference engine behind a service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum Engine {
     /// vLLM.
     Vllm,
@@ -213,6 +215,7 @@ pub enum Engine {
 /// What a service does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum ServiceType {
     /// Text generation (chat completions). The default.
     #[default]

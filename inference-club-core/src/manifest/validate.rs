@@ -348,7 +348,6 @@ mod tests {
                 }],
                 ..Host::default()
             }],
-            ..ServiceManifest::default()
         }
     }
 

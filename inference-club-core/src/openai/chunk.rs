@@ -280,6 +280,7 @@ pub struct FunctionCallDelta {
 
 /// Why generation stopped.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum FinishReason {
     /// A natural end or a stop sequence.
     Stop,

@@ -188,6 +188,7 @@ fn compare_ttft(a: Option<Duration>, b: Option<Duration>) -> Ordering {
 ///
 /// The variants are checked in this order: the first that applies is reported.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Availability {
     /// No candidate serves the requested model (for an API: model not found).
     NotServed,

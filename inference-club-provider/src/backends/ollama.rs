@@ -350,6 +350,8 @@ fn messages(messages: &[ChatMessage]) -> Result<Vec<Value>, ProviderError> {
             Role::User => "user",
             Role::Assistant => "assistant",
             Role::Tool | Role::Function => "tool",
+            // A role newer than Ollama's API: the closest is the user's.
+            _ => "user",
         };
         m.insert("role".into(), json!(role));
         let (content, images) = match &message.content {

@@ -104,6 +104,15 @@ impl Offer {
         }
     }
 
+    /// An offer of `router`, announced with `manifest` redacted (its API keys and commands
+    /// never leave the machine).
+    pub fn announcing(
+        router: Router,
+        manifest: &inference_club_core::manifest::ServiceManifest,
+    ) -> Result<Self, serde_json::Error> {
+        Ok(Self::new(router, serde_json::to_value(manifest.redacted())?))
+    }
+
     fn load(&self) -> Vec<ServiceLoad> {
         self.router.load()
     }
@@ -152,6 +161,7 @@ pub struct Node {
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum NodeError {
     /// The manifest is invalid or unreadable.
     #[error("{0}")]

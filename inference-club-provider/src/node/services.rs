@@ -15,6 +15,7 @@ use crate::{EngineQuirks, Router, Timeouts};
 /// Why a manifest could not be used: unreadable, invalid (every problem with its path), or a
 /// service whose backend could not be built.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ManifestProblems {
     /// The file could not be read.
     #[error("cannot read {path}: {error}")]
@@ -22,6 +23,7 @@ pub enum ManifestProblems {
         /// The file.
         path: PathBuf,
         /// Why.
+        #[source]
         error: std::io::Error,
     },
     /// The manifest is not valid.
@@ -30,7 +32,15 @@ pub enum ManifestProblems {
         /// The file.
         path: PathBuf,
         /// Every problem.
+        #[source]
         error: ManifestError,
+    },
+    /// The manifest cannot be written as JSON for the coordinator.
+    #[error("the manifest cannot be written as JSON: {error}")]
+    Unannounceable {
+        /// Why.
+        #[source]
+        error: serde_json::Error,
     },
     /// A service's backend could not be built.
     #[error("service {service:?}: {error}")]
@@ -38,6 +48,7 @@ pub enum ManifestProblems {
         /// The service.
         service: String,
         /// Why.
+        #[source]
         error: ProviderError,
     },
 }
@@ -160,6 +171,5 @@ pub async fn offer_for(
         service: failed_service.clone(),
         error,
     })?;
-    let announced = serde_json::to_value(filled.redacted()).unwrap_or_default();
-    Ok(Offer::new(router, announced))
+    Offer::announcing(router, &filled).map_err(|error| ManifestProblems::Unannounceable { error })
 }

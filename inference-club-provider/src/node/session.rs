@@ -79,13 +79,19 @@ pub(crate) async fn connect(config: &NodeConfig) -> Result<WsStream, ConnectErro
         .parse()
         .map_err(|_| ConnectError::Failed("the API key is not a valid header value".to_owned()))?;
     request.headers_mut().insert("authorization", bearer);
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tls = inference_club_core::tls::client_config()
+        .map_err(|e| ConnectError::Failed(format!("cannot configure TLS: {e}")))?;
     let mut ws_config = tungstenite::protocol::WebSocketConfig::default();
     ws_config.max_message_size = Some(link::MAX_MESSAGE_BYTES);
     ws_config.max_frame_size = Some(link::MAX_MESSAGE_BYTES);
     ws_config.read_buffer_size = link::BUFFER_BYTES;
     ws_config.write_buffer_size = link::BUFFER_BYTES;
-    let connecting = tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true);
+    let connecting = tokio_tungstenite::connect_async_tls_with_config(
+        request,
+        Some(ws_config),
+        true,
+        Some(tokio_tungstenite::Connector::Rustls(std::sync::Arc::new(tls))),
+    );
     match tokio::time::timeout(config.connect_timeout, connecting).await {
         Err(_) => Err(ConnectError::Failed(format!(
             "no answer from {} within {:?}",
@@ -324,6 +330,8 @@ pub(crate) async fn run(
                             tracing::error!("  {problem}");
                         }
                     }
+                    // A message of a newer protocol than this node speaks.
+                    Ok(other) => tracing::debug!("ignoring a message this node does not know: {other:?}"),
                     Err(e) => tracing::warn!("ignoring a bad frame from the coordinator: {e}"),
                 }
             }

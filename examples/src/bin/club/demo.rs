@@ -39,7 +39,7 @@ struct DemoEngine {
 }
 
 /// A local engine if one answers on its default port, else the Echo test engine.
-async fn demo_engine() -> DemoEngine {
+async fn demo_engine() -> Result<DemoEngine, String> {
     let found = discover::find_engines("127.0.0.1", Duration::from_millis(500)).await;
     for engine in found {
         let Some(model) = engine.models.first().cloned() else {
@@ -62,14 +62,14 @@ async fn demo_engine() -> DemoEngine {
         let router = Router::builder()
             .route(Route::new(engine.known.name, backend).model(model.clone()))
             .build();
-        return DemoEngine {
-            offer: Offer::new(
-                router,
-                serde_json::to_value(manifest.redacted()).unwrap_or_default(),
-            ),
+        let Ok(offer) = Offer::announcing(router, &manifest) else {
+            continue;
+        };
+        return Ok(DemoEngine {
+            offer,
             description: format!("{} at {} (model {model})", engine.known.name, engine.url),
             model,
-        };
+        });
     }
     let echo = Echo::new()
         .pace(Duration::from_millis(40))
@@ -90,11 +90,12 @@ async fn demo_engine() -> DemoEngine {
     let router = Router::builder()
         .route(Route::new("echo", Arc::new(echo)).model("echo"))
         .build();
-    DemoEngine {
-        offer: Offer::new(router, serde_json::to_value(manifest).unwrap_or_default()),
+    let offer = Offer::announcing(router, &manifest).map_err(|e| format!("the demo manifest: {e}"))?;
+    Ok(DemoEngine {
+        offer,
         model: "echo".into(),
         description: "the Echo test engine (no local engine answered on its default port; it repeats your prompt)".into(),
-    }
+    })
 }
 
 fn demo_manifest(service: Service) -> ServiceManifest {
@@ -146,7 +147,7 @@ pub async fn run(options: DemoOptions, out: &mut (dyn Write + Send)) -> Result<(
         async move { coordinator.serve(listener, stop.cancelled_owned()).await }
     });
 
-    let engine = demo_engine().await;
+    let engine = demo_engine().await?;
     let _ = writeln!(out, "node: serving {}", engine.description);
     let node = Node::from_offer(NodeConfig::new(url.clone(), key.clone()), engine.offer)
         .map_err(|e| e.to_string())?;

@@ -112,7 +112,7 @@ impl Target {
             Some(401) if self.saved_key => {
                 message.push_str("\nhint: the saved key no longer works; run `club login` again");
             }
-            None if matches!(error, Error::Transport(_)) => {
+            None if matches!(error, Error::Transport { .. }) => {
                 message.push_str(&format!(
                     "\nhint: is a coordinator running at {}? (--url or CLUB_URL)",
                     self.url

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# nats-server and nginx for the cluster tests (examples/tests/cluster.rs) and scripts/cluster.sh,
+# nats-server and nginx for the cluster tests (examples/tests/cluster/) and scripts/cluster.sh,
 # from Debian's packages `nats-server` and `nginx-light`.
 #
 #   scripts/cluster-tools.sh   find them (installing them first if missing, as root or with sudo,

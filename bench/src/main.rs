@@ -268,6 +268,9 @@ async fn serve_coordinator(listen: &str, builder: CoordinatorBuilder) -> u8 {
             return 2;
         }
     };
+    if let Ok(address) = listener.local_addr() {
+        println!("listening on http://{address}");
+    }
     let stop = async {
         if let Ok(mut term) =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -538,9 +538,10 @@ async fn read_limited(
     timeout: Option<Duration>,
 ) -> Result<Vec<u8>, Error> {
     if response.content_length().is_some_and(|n| n > limit as u64) {
-        return Err(Error::decode(format!(
-            "the answer is larger than {limit} bytes"
-        ), None));
+        return Err(Error::decode(
+            format!("the answer is larger than {limit} bytes"),
+            None,
+        ));
     }
     let mut body = Vec::new();
     while let Some(piece) = response
@@ -549,9 +550,10 @@ async fn read_limited(
         .map_err(|e| Error::from_reqwest(e, timeout))?
     {
         if body.len() + piece.len() > limit {
-            return Err(Error::decode(format!(
-                "the answer is larger than {limit} bytes"
-            ), None));
+            return Err(Error::decode(
+                format!("the answer is larger than {limit} bytes"),
+                None,
+            ));
         }
         body.extend_from_slice(&piece);
     }

@@ -280,9 +280,10 @@ where
             None => line += piece.len(),
         }
         if line > MAX_SSE_LINE_BYTES {
-            return Err(Error::decode(format!(
-                "an event stream line longer than {MAX_SSE_LINE_BYTES} bytes"
-            ), None));
+            return Err(Error::decode(
+                format!("an event stream line longer than {MAX_SSE_LINE_BYTES} bytes"),
+                None,
+            ));
         }
         Ok(piece)
     });

@@ -2,9 +2,8 @@
 //! coordinator ([`Coordinator::admin`](crate::Coordinator::admin)) or straight on its database
 //! ([`Admin::open`]), as `club-coordinator user add` and `key create` do.
 
-use crate::coordinator::database_url;
 use crate::error::{Error, ErrorKind};
-use crate::store::{Scopes, Store};
+use crate::store::{Scopes, Store, database_url};
 
 /// The errors of [`Admin`]'s operations.
 pub type AdminError = Error;

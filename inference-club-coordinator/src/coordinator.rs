@@ -113,7 +113,7 @@ impl CoordinatorBuilder {
     /// earlier run as `failed`, joins the cluster if configured, and returns the coordinator,
     /// ready to [`serve`](Coordinator::serve).
     pub async fn build(self) -> Result<Coordinator, StartError> {
-        let store = Store::connect(&database_url(&self.database)).await?;
+        let store = Store::connect(&crate::store::database_url(&self.database)).await?;
         let state = AppState::start(store, self.config).await?;
         Ok(Coordinator {
             state,
@@ -139,8 +139,8 @@ impl Coordinator {
     /// Serves every route on `listener` until `shutdown` resolves, then stops gracefully:
     /// nodes get no new jobs and no new links are taken, no new connections are accepted,
     /// requests in flight (streams included) get the drain time to finish, and the node links
-    /// are closed (the nodes link again elsewhere). Prints `listening on http://ADDR` once it
-    /// accepts connections.
+    /// are closed (the nodes link again elsewhere). Logs `listening on http://ADDR` (at `info`)
+    /// once it accepts connections.
     pub async fn serve(
         &self,
         listener: tokio::net::TcpListener,
@@ -161,7 +161,12 @@ impl Coordinator {
                 stop.cancel();
             })
         };
-        let served = serve_with(listener, self.state.app(), stop.clone(), self.serve);
+        let served = serve_with(
+            listener,
+            crate::routes::app(&self.state),
+            stop.clone(),
+            self.serve,
+        );
         tokio::pin!(served);
         // After the signal, requests in flight get `drain` to finish.
         let result = tokio::select! {
@@ -183,7 +188,7 @@ impl Coordinator {
     /// own (serve it with `ConnectInfo<SocketAddr>`; the per-address limits use it). Prefer
     /// [`serve`](Self::serve), which adds read timeouts and drains on shutdown.
     pub fn router(&self) -> axum::Router {
-        self.state.app()
+        crate::routes::app(&self.state)
     }
 
     /// Member and key administration on this coordinator's database.
@@ -194,14 +199,5 @@ impl Coordinator {
     #[cfg(feature = "testing")]
     pub(crate) fn state(&self) -> &AppState {
         &self.state
-    }
-}
-
-/// A database given as a plain path is a SQLite file.
-pub(crate) fn database_url(database: &str) -> String {
-    if database.contains("://") || database.starts_with("sqlite:") {
-        database.to_owned()
-    } else {
-        format!("sqlite:{database}")
     }
 }

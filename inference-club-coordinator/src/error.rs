@@ -237,6 +237,20 @@ impl Error {
         }
     }
 
+    /// An error of `kind` caused by `source` (whose message it shows).
+    pub(crate) fn caused_by(
+        kind: ErrorKind,
+        retryable: bool,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            kind,
+            retryable,
+            message: source.to_string(),
+            source: Some(Box::new(source)),
+        }
+    }
+
     /// What went wrong, broadly.
     pub fn kind(&self) -> ErrorKind {
         self.kind
@@ -287,18 +301,6 @@ impl From<StoreError> for Error {
         Self {
             kind,
             retryable: error.is_retryable(),
-            message: error.to_string(),
-            source: Some(Box::new(error)),
-        }
-    }
-}
-
-impl From<crate::cluster::ClusterError> for Error {
-    fn from(error: crate::cluster::ClusterError) -> Self {
-        let retryable = matches!(error, crate::cluster::ClusterError::Nats { .. });
-        Self {
-            kind: ErrorKind::Cluster,
-            retryable,
             message: error.to_string(),
             source: Some(Box::new(error)),
         }

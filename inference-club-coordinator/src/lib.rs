@@ -61,6 +61,7 @@ mod api;
 mod auth;
 mod club_api;
 mod cluster;
+mod config;
 mod coordinator;
 mod dispatch;
 mod error;
@@ -78,16 +79,17 @@ mod web;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use crate::accounts::GitHubConfig;
 pub use crate::admin::{Admin, AdminError, Member};
 pub use crate::cluster::ClusterConfig;
+pub use crate::config::GitHubConfig;
 pub use crate::coordinator::{Coordinator, CoordinatorBuilder, StartError};
 pub use crate::error::{Error, ErrorKind};
 pub use crate::limits::Limits;
 pub use crate::server::ServeSettings;
 pub use crate::store::{Scope, ScopeParseError, Scopes};
 
-pub(crate) use crate::state::{AppState, CoordinatorConfig};
+pub(crate) use crate::config::CoordinatorConfig;
+pub(crate) use crate::state::AppState;
 
 /// The default database: a SQLite file in the working directory.
 pub const DEFAULT_DATABASE: &str = "sqlite:club.db";

@@ -321,7 +321,9 @@ async fn serve(state: Parts, caller: Caller, mut socket: WebSocket) {
                 break;
             }
             // A message of a newer protocol than this coordinator speaks.
-            Ok(other) => tracing::debug!(provider = %name, "ignoring an unknown message: {other:?}"),
+            Ok(other) => {
+                tracing::debug!(provider = %name, "ignoring an unknown message: {other:?}")
+            }
             Err(error) => tracing::warn!(provider = %name, "ignoring a bad frame: {error}"),
         }
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::State;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 
 use crate::dispatch::Dispatcher;
 use crate::metrics::Metrics;
@@ -15,13 +15,13 @@ use crate::{AppState, accounts, api, club_api, limits, link, web};
 /// Every route of the coordinator over `state`.
 pub(crate) fn app(state: &AppState) -> Router {
     Router::new()
-        .merge(api::routes())
+        .merge(inference())
         .route("/v1/link", get(link::upgrade))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
-        .merge(club_api::routes())
-        .merge(accounts::routes())
-        .merge(web::routes())
+        .merge(club())
+        .merge(sign_in())
+        .merge(pages())
         .fallback(web::fallback)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -33,6 +33,137 @@ pub(crate) fn app(state: &AppState) -> Router {
             limits::sign_in_layer,
         ))
         .with_state(state.clone())
+}
+
+/// The OpenAI-compatible API.
+fn inference() -> Router<AppState> {
+    Router::new()
+        .route("/v1/models", get(api::models::models))
+        .route("/v1/chat/completions", post(api::chat::chat_completions))
+}
+
+/// The club's own API (`/api/v1/…`) and its OpenAPI document.
+fn club() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/api/v1/requests",
+            get(club_api::records::list_mine).fallback(club_api::method_not_allowed),
+        )
+        .route(
+            "/api/v1/requests/public",
+            get(club_api::records::public_feed).fallback(club_api::method_not_allowed),
+        )
+        .route(
+            "/api/v1/requests/{id}",
+            get(club_api::records::get_one)
+                .patch(club_api::records::change_visibility)
+                .delete(club_api::records::delete_one)
+                .fallback(club_api::method_not_allowed),
+        )
+        .route(
+            "/api/v1/providers",
+            get(club_api::providers::list).fallback(club_api::method_not_allowed),
+        )
+        .route(
+            "/api/v1/providers/{operator}/{name}",
+            get(club_api::providers::profile_route)
+                .patch(club_api::providers::update_policy)
+                .fallback(club_api::method_not_allowed),
+        )
+        .route(
+            "/api/v1/providers/{operator}/{name}/requests",
+            get(club_api::providers::served_requests).fallback(club_api::method_not_allowed),
+        )
+        .route(
+            "/api/v1/me",
+            get(club_api::account::me)
+                .patch(club_api::account::update_me)
+                .delete(club_api::account::delete_me)
+                .fallback(club_api::method_not_allowed),
+        )
+        .route(
+            "/api/v1/keys",
+            get(club_api::account::list_keys)
+                .post(club_api::account::create_key)
+                .fallback(club_api::method_not_allowed),
+        )
+        .route(
+            "/api/v1/keys/{id}",
+            axum::routing::delete(club_api::account::revoke_key)
+                .fallback(club_api::method_not_allowed),
+        )
+        .route(
+            "/openapi.json",
+            get(club_api::openapi::serve).fallback(club_api::method_not_allowed),
+        )
+}
+
+/// Sign-in (web and device flows) and browser sessions.
+fn sign_in() -> Router<AppState> {
+    Router::new()
+        .route("/auth/github", get(accounts::web::start))
+        .route("/auth/github/callback", get(accounts::web::callback))
+        .route(
+            "/auth/confirm",
+            get(accounts::web::confirm_form).post(accounts::web::confirm),
+        )
+        .route("/auth/signout", post(accounts::session::sign_out))
+        .route(
+            "/auth/signout-everywhere",
+            post(accounts::session::sign_out_everywhere),
+        )
+        .route("/api/v1/session", get(accounts::session::current))
+        .route("/api/v1/auth/device", post(accounts::device::start))
+        .route("/api/v1/auth/device/token", post(accounts::device::token))
+}
+
+/// The web pages and their assets, each with its server time.
+fn pages() -> Router<AppState> {
+    Router::new()
+        .route("/", get(web::public::feed))
+        .route("/r/{id}", get(web::public::request_page))
+        .route("/u/{handle}", get(web::public::profile))
+        .route("/providers", get(web::public::providers))
+        .route("/models/{*model}", get(web::public::model))
+        .route("/terms", get(web::public::terms))
+        .route("/playground", get(web::playground::page))
+        .route("/dashboard", get(web::dashboard::overview))
+        .route("/dashboard/requests", get(web::dashboard::requests))
+        .route(
+            "/dashboard/requests/{id}/visibility",
+            post(web::dashboard::set_visibility),
+        )
+        .route(
+            "/dashboard/requests/{id}/delete",
+            get(web::dashboard::confirm_delete).post(web::dashboard::delete_request),
+        )
+        .route(
+            "/dashboard/keys",
+            get(web::dashboard::keys).post(web::dashboard::create_key),
+        )
+        .route(
+            "/dashboard/keys/{id}/revoke",
+            post(web::dashboard::revoke_key),
+        )
+        .route("/dashboard/nodes", get(web::dashboard::nodes))
+        .route(
+            "/dashboard/nodes/accepting",
+            post(web::dashboard::set_accepting),
+        )
+        .route(
+            "/dashboard/settings",
+            get(web::dashboard::settings).post(web::dashboard::save_settings),
+        )
+        .route("/dashboard/account", get(web::dashboard::account))
+        .route(
+            "/dashboard/account/delete",
+            post(web::dashboard::delete_account),
+        )
+        .route("/static/club.css", get(web::assets::stylesheet))
+        .route("/static/club.js", get(web::assets::script))
+        .route("/static/icon.svg", get(web::assets::icon))
+        .route("/favicon.ico", get(web::assets::icon))
+        .layer(axum::middleware::from_fn(web::timed))
 }
 
 async fn healthz() -> &'static str {

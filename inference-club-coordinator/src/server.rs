@@ -68,7 +68,7 @@ impl Default for ServeSettings {
 }
 
 /// Serves `app` on `listener` with `settings` until `shutdown` is cancelled, then lets the open
-/// connections finish. Prints `listening on http://ADDR` once it accepts connections. Each
+/// connections finish. Logs `listening on http://ADDR` once it accepts connections. Each
 /// request carries its client's address (`ConnectInfo<SocketAddr>`), which the per-address
 /// limits use.
 pub async fn serve_with(
@@ -78,7 +78,7 @@ pub async fn serve_with(
     settings: ServeSettings,
 ) -> std::io::Result<()> {
     let address: SocketAddr = listener.local_addr()?;
-    println!("listening on http://{address}");
+    tracing::info!("listening on http://{address}");
     let app = app.layer(axum::middleware::from_fn(move |request, next| {
         read_limits(settings, request, next)
     }));

@@ -8,55 +8,17 @@ use std::time::Duration;
 
 use axum::extract::FromRef;
 
+use crate::CoordinatorConfig;
 use crate::accounts::{self, SignIn};
 use crate::api::Recorder;
-use crate::cluster::{self, Cluster};
+use crate::cluster::Cluster;
 use crate::dispatch::{DispatchQueues, Dispatcher};
 use crate::error::{Error, ErrorKind};
 use crate::fleet::Fleet;
-use crate::limits::{self, Limiter};
+use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::nodes::NodeRegistry;
 use crate::store::{self, Store};
-
-/// How the coordinator behaves.
-#[derive(Debug, Clone)]
-pub struct CoordinatorConfig {
-    /// How often nodes heartbeat (and the coordinator pings them); two missed means offline.
-    pub heartbeat_interval: Duration,
-    /// How long a request may wait for a node with room before 503.
-    pub queue_timeout: Duration,
-    /// How many requests may wait at once before new ones get 503 straight away.
-    pub max_queued: usize,
-    /// GitHub sign-in: the OAuth app and GitHub's endpoints. `None`: sign-in routes answer 404
-    /// `sign_in_unavailable` (admin commands still create members and keys).
-    pub github: Option<accounts::GitHubConfig>,
-    /// The coordinator's externally visible base URL (e.g. `https://club.example`): the OAuth
-    /// callback is `{public_url}/auth/github/callback`, and cookies are `Secure` when it is
-    /// https.
-    pub public_url: Option<url::Url>,
-    /// Rate, concurrency and size limits (the chat body limit among them).
-    pub limits: limits::Limits,
-    /// Run as one replica of a cluster (PostgreSQL + NATS); `None`: a single coordinator.
-    pub cluster: Option<cluster::ClusterConfig>,
-    /// How long a stopping coordinator lets requests in flight finish.
-    pub drain: Duration,
-}
-
-impl Default for CoordinatorConfig {
-    fn default() -> Self {
-        Self {
-            heartbeat_interval: Duration::from_secs(10),
-            queue_timeout: Duration::from_secs(30),
-            max_queued: 1024,
-            github: None,
-            public_url: None,
-            limits: limits::Limits::default(),
-            cluster: None,
-            drain: Duration::from_secs(30),
-        }
-    }
-}
 
 /// A running coordinator's parts. Cheap to clone: every part is shared.
 #[derive(Debug, Clone)]
@@ -186,11 +148,6 @@ impl AppState {
     /// route nothing new to the nodes linked here. Call before the HTTP server stops accepting.
     pub async fn begin_drain(&self) {
         self.fleet.begin_drain().await;
-    }
-
-    /// The HTTP application: every route of the coordinator.
-    pub fn app(&self) -> axum::Router {
-        crate::routes::app(self)
     }
 
     /// The second half: waits up to `within` for the jobs running on the nodes linked here to

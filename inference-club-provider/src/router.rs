@@ -518,11 +518,10 @@ fn unplaceable(
             message: format!("every service serving {model} is at its max_concurrent"),
         },
         // Every candidate was tried and failed: report the last failure.
-        _ => last_error
-            .unwrap_or_else(|| ProviderError::Unavailable {
-                status: None,
-                message: format!("no service serving {model} is available"),
-            }),
+        _ => last_error.unwrap_or_else(|| ProviderError::Unavailable {
+            status: None,
+            message: format!("no service serving {model} is available"),
+        }),
     }
 }
 

@@ -23,6 +23,9 @@ use oauth2::{
 use serde::Deserialize;
 use url::Url;
 
+pub use crate::config::GitHubConfig;
+use crate::config::join;
+
 use crate::store::GitHubIdentity;
 
 /// The largest answer read from GitHub, in bytes.
@@ -31,82 +34,6 @@ const MAX_ANSWER_BYTES: usize = 64 * 1024;
 const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 /// The OAuth scope sign-in asks for: the e-mail addresses (the public profile needs none).
 const SCOPE: &str = "user:email";
-
-/// Where GitHub is and who the club is to it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct GitHubConfig {
-    /// The OAuth app's client id.
-    pub client_id: String,
-    /// The OAuth app's client secret (never logged).
-    pub client_secret: String,
-    /// The web flow's authorize page (`https://github.com/login/oauth/authorize`).
-    pub authorize_url: Url,
-    /// The token endpoint (`https://github.com/login/oauth/access_token`).
-    pub token_url: Url,
-    /// The device flow's code endpoint (`https://github.com/login/device/code`).
-    pub device_code_url: Url,
-    /// The REST API base (`https://api.github.com`).
-    pub api_url: Url,
-}
-
-impl std::fmt::Debug for GitHubConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GitHubConfig")
-            .field("client_id", &self.client_id)
-            .field("client_secret", &"<redacted>")
-            .field("authorize_url", &self.authorize_url.as_str())
-            .field("token_url", &self.token_url.as_str())
-            .field("device_code_url", &self.device_code_url.as_str())
-            .field("api_url", &self.api_url.as_str())
-            .finish()
-    }
-}
-
-/// `base` joined with `path` (`base` may end in `/` or not, and may have a path of its own).
-fn join(base: &Url, path: &str) -> Url {
-    let mut url = base.clone();
-    let joined = format!("{}/{path}", base.path().trim_end_matches('/'));
-    url.set_path(&joined);
-    url.set_query(None);
-    url
-}
-
-impl GitHubConfig {
-    /// The OAuth app `client_id`/`client_secret` on github.com and api.github.com.
-    pub fn new(client_id: impl Into<String>, client_secret: impl Into<String>) -> Self {
-        let web = literal_url("https://github.com");
-        let api = literal_url("https://api.github.com");
-        Self {
-            client_id: client_id.into(),
-            client_secret: client_secret.into(),
-            authorize_url: join(&web, "login/oauth/authorize"),
-            token_url: join(&web, "login/oauth/access_token"),
-            device_code_url: join(&web, "login/device/code"),
-            api_url: api,
-        }
-    }
-
-    /// The same app on another GitHub (Enterprise, or a fake in tests): the three
-    /// `login/...` endpoints under `base`.
-    pub fn with_github_url(mut self, base: &Url) -> Self {
-        self.authorize_url = join(base, "login/oauth/authorize");
-        self.token_url = join(base, "login/oauth/access_token");
-        self.device_code_url = join(base, "login/device/code");
-        self
-    }
-
-    /// The same app with the REST API at `api`.
-    pub fn with_api_url(mut self, api: Url) -> Self {
-        self.api_url = api;
-        self
-    }
-}
-
-/// A URL written in this file.
-#[allow(clippy::expect_used, reason = "only called with literal, valid URLs")]
-fn literal_url(text: &str) -> Url {
-    Url::parse(text).expect("a literal URL parses")
-}
 
 /// An error talking to GitHub.
 #[derive(Debug, thiserror::Error)]

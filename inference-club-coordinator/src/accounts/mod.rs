@@ -18,46 +18,26 @@
 //! Without [`CoordinatorConfig::github`](super::CoordinatorConfig::github), every sign-in
 //! route answers 404 `sign_in_unavailable`; the rest of the coordinator works as before.
 
-pub mod device;
+pub(crate) mod device;
 pub mod github;
 pub mod pages;
-pub mod session;
-pub mod web;
+pub(crate) mod session;
+pub(crate) mod web;
 
 use std::time::Duration;
 
-use axum::Router;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
 
-pub use github::{DevicePoll, GitHub, GitHubConfig, GitHubError};
+pub use github::{DevicePoll, GitHub, GitHubError};
 
 use super::error::ApiError;
 use super::store::{GitHubIdentity, Store, StoreError, User};
-use crate::AppState;
 
 /// How long a web sign-in may take at GitHub, and how long a new member's confirmation waits.
 pub const FLOW_LIFETIME: Duration = Duration::from_secs(10 * 60);
 /// The longest a device flow lasts (GitHub's own limit is 15 minutes).
 pub const MAX_DEVICE_LIFETIME: Duration = Duration::from_secs(15 * 60);
-/// The largest form or query string sign-in reads, in bytes.
-pub const MAX_FORM_BYTES: usize = 4 * 1024;
-
-/// Sign-in and session routes (merged into the coordinator's application).
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/auth/github", get(web::start))
-        .route("/auth/github/callback", get(web::callback))
-        .route("/auth/confirm", get(web::confirm_form).post(web::confirm))
-        .route("/auth/signout", post(session::sign_out))
-        .route(
-            "/auth/signout-everywhere",
-            post(session::sign_out_everywhere),
-        )
-        .route("/api/v1/session", get(session::current))
-        .route("/api/v1/auth/device", post(device::start))
-        .route("/api/v1/auth/device/token", post(device::token))
-}
+pub(crate) use crate::auth::cookies::MAX_FORM_BYTES;
 
 /// Sign-in with GitHub, when the coordinator is configured for it.
 #[derive(Debug)]

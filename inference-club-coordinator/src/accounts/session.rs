@@ -9,85 +9,23 @@
 //! token: a browser never adds that header on its own.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::MAX_FORM_BYTES;
+use crate::auth::cookies::{
+    CSRF_HEADER, MAX_FORM_BYTES, SESSION_COOKIE, clear_cookie, cookie, from_cookie, secure_cookies,
+    see_other, set_cookie,
+};
 use crate::error::ApiError;
 use crate::store::Store;
 use crate::store::{SESSION_LIFETIME, Session, User, UserId, same_secret};
 use crate::{CoordinatorConfig, auth};
-
-/// The session cookie's name.
-pub const SESSION_COOKIE: &str = "club_session";
-/// The header a cookie-authenticated state-changing request must carry.
-pub const CSRF_HEADER: &str = "x-csrf-token";
-/// The longest cookie value looked at.
-const MAX_COOKIE_VALUE: usize = 256;
-
-/// Whether cookies get `Secure`: the coordinator is served over https.
-pub fn secure_cookies(config: &CoordinatorConfig) -> bool {
-    config
-        .public_url
-        .as_ref()
-        .is_some_and(|url| url.scheme() == "https")
-}
-
-/// The value of cookie `name` in the request's `Cookie` headers, if any.
-pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(key, _)| *key == name)
-        .map(|(_, value)| value.trim().trim_matches('"'))
-        .filter(|value| !value.is_empty() && value.len() <= MAX_COOKIE_VALUE)
-}
-
-/// A `Set-Cookie` value: HttpOnly, SameSite=Lax, `Secure` if `secure`.
-pub(crate) fn set_cookie(
-    name: &str,
-    value: &str,
-    path: &str,
-    max_age: Duration,
-    secure: bool,
-) -> Result<HeaderValue, ApiError> {
-    let secure = if secure { "; Secure" } else { "" };
-    HeaderValue::from_str(&format!(
-        "{name}={value}; Path={path}; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
-        max_age.as_secs()
-    ))
-    .map_err(|e| ApiError::internal("cookie", e))
-}
-
-/// A `Set-Cookie` value that removes cookie `name`.
-pub(crate) fn clear_cookie(name: &str, path: &str, secure: bool) -> Result<HeaderValue, ApiError> {
-    set_cookie(name, "", path, Duration::ZERO, secure)
-}
-
-/// A 303 to `location` setting `cookies`.
-pub(crate) fn see_other(location: &str, cookies: Vec<HeaderValue>) -> Result<Response, ApiError> {
-    let mut response = StatusCode::SEE_OTHER.into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::LOCATION,
-        HeaderValue::from_str(location).map_err(|e| ApiError::internal("redirect", e))?,
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    for cookie in cookies {
-        headers.append(header::SET_COOKIE, cookie);
-    }
-    Ok(response)
-}
 
 /// Starts a session for `user_id` and sends the browser to `next`, clearing `also_clear`
 /// (the sign-in's own cookies: name and path).
@@ -111,17 +49,6 @@ pub(crate) async fn start_session(
         cookies.push(clear_cookie(name, path, secure)?);
     }
     see_other(next, cookies)
-}
-
-/// The member and session of the request's cookie, if it names a live session.
-pub async fn from_cookie(
-    store: &Store,
-    headers: &HeaderMap,
-) -> Result<Option<(User, Session)>, ApiError> {
-    match cookie(headers, SESSION_COOKIE) {
-        Some(token) => Ok(store.session(token).await?),
-        None => Ok(None),
-    }
 }
 
 fn csrf_failed() -> ApiError {
@@ -258,24 +185,4 @@ pub async fn sign_out_everywhere(
         store.end_sessions_of(user.id).await?;
     }
     signed_out(&config)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cookies_are_read_from_every_header() {
-        let mut headers = HeaderMap::new();
-        headers.append(header::COOKIE, HeaderValue::from_static("a=1; b=2"));
-        headers.append(header::COOKIE, HeaderValue::from_static("club_session=abc"));
-        assert_eq!(cookie(&headers, "b"), Some("2"));
-        assert_eq!(cookie(&headers, SESSION_COOKIE), Some("abc"));
-        assert_eq!(cookie(&headers, "c"), None);
-        let value = set_cookie("n", "v", "/", Duration::from_secs(5), true).unwrap();
-        assert_eq!(
-            value.to_str().unwrap(),
-            "n=v; Path=/; Max-Age=5; HttpOnly; SameSite=Lax; Secure"
-        );
-    }
 }

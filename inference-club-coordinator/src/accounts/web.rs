@@ -18,10 +18,12 @@ use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::session::{clear_cookie, cookie, secure_cookies, see_other, set_cookie, start_session};
+use super::session::start_session;
 use super::{FLOW_LIFETIME, MAX_FORM_BYTES, pages, returning_member, sign_in_error};
 use crate::CoordinatorConfig;
 use crate::accounts::SignIn;
+use crate::auth::cookies::local_path;
+use crate::auth::cookies::{clear_cookie, cookie, secure_cookies, see_other, set_cookie};
 use crate::error::ApiError;
 use crate::store::Store;
 use crate::store::{FlowKind, SignInFlow, random_token, same_secret};
@@ -32,8 +34,6 @@ pub const STATE_COOKIE: &str = "club_oauth_state";
 pub const CONFIRM_COOKIE: &str = "club_sign_in";
 /// Where the sign-in cookies live.
 const AUTH_PATH: &str = "/auth";
-/// The longest `next` path kept.
-const MAX_NEXT_CHARS: usize = 512;
 
 /// The parameters of a query string or form (the first value of each name), at most
 /// [`MAX_FORM_BYTES`].
@@ -64,22 +64,6 @@ fn sign_in_not_set_up() -> Response {
         sign_in: None,
     }
     .into_response()
-}
-
-/// `next` if it is a path on this site (`/...`, not `//host` nor `/\host`), else `/`.
-pub fn local_path(next: Option<&str>) -> String {
-    match next {
-        Some(path)
-            if path.starts_with('/')
-                && !path.starts_with("//")
-                && !path.starts_with("/\\")
-                && path.len() <= MAX_NEXT_CHARS
-                && !path.chars().any(|c| c.is_control() || c == '\\') =>
-        {
-            path.to_owned()
-        }
-        _ => "/".to_owned(),
-    }
 }
 
 /// `GET /auth/github[?next=/path]`: to GitHub's authorize page. Without GitHub configured, a

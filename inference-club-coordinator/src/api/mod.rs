@@ -2,31 +2,21 @@
 //! answer names its record (`x-club-request-id`), which [`recording`] keeps from the moment the
 //! request is accepted until it is final.
 
-mod chat;
-mod models;
+pub(crate) mod chat;
+pub(crate) mod models;
 pub(crate) mod recording;
 
-use axum::Router;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
-use axum::routing::{get, post};
 use inference_club_core::record::{RecordId, Visibility};
 
 pub(crate) use self::recording::Recorder;
-use crate::AppState;
 use crate::error::ApiError;
 
 /// The header that names a response's record.
 pub const REQUEST_ID_HEADER: &str = "x-club-request-id";
 /// The header that sets a request's visibility (as does a `visibility` field in the body).
 pub const VISIBILITY_HEADER: &str = "x-club-visibility";
-
-/// The inference routes.
-pub(crate) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/models", get(models::models))
-        .route("/v1/chat/completions", post(chat::chat_completions))
-}
 
 /// `response` with the `x-club-request-id` header naming record `id`.
 fn with_request_id(mut response: Response, id: RecordId) -> Response {

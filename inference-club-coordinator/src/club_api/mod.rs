@@ -17,22 +17,19 @@
 //! Every outside input has a limit: bodies ([`MAX_JSON_BODY_BYTES`]), page sizes
 //! ([`MAX_PAGE_SIZE`]), names and filters ([`MAX_FILTER_CHARS`]).
 
-pub mod account;
+pub(crate) mod account;
 
-pub mod openapi;
-pub mod providers;
-pub mod records;
+pub(crate) mod openapi;
+pub(crate) mod providers;
+pub(crate) mod records;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::get;
 use inference_club_core::record::{Status, Visibility};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::AppState;
 use super::auth::{self, Caller};
 use super::error::ApiError;
 use super::store::{Cursor, DEFAULT_PAGE_SIZE, RecordQuery, Scope, Store};
@@ -46,62 +43,7 @@ pub const MAX_FILTER_CHARS: usize = 1024;
 /// The longest cursor accepted, in characters.
 const MAX_CURSOR_CHARS: usize = 64;
 
-/// The club API's routes (merged into the coordinator's application).
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/api/v1/requests",
-            get(records::list_mine).fallback(method_not_allowed),
-        )
-        .route(
-            "/api/v1/requests/public",
-            get(records::public_feed).fallback(method_not_allowed),
-        )
-        .route(
-            "/api/v1/requests/{id}",
-            get(records::get_one)
-                .patch(records::change_visibility)
-                .delete(records::delete_one)
-                .fallback(method_not_allowed),
-        )
-        .route(
-            "/api/v1/providers",
-            get(providers::list).fallback(method_not_allowed),
-        )
-        .route(
-            "/api/v1/providers/{operator}/{name}",
-            get(providers::profile_route)
-                .patch(providers::update_policy)
-                .fallback(method_not_allowed),
-        )
-        .route(
-            "/api/v1/providers/{operator}/{name}/requests",
-            get(providers::served_requests).fallback(method_not_allowed),
-        )
-        .route(
-            "/api/v1/me",
-            get(account::me)
-                .patch(account::update_me)
-                .delete(account::delete_me)
-                .fallback(method_not_allowed),
-        )
-        .route(
-            "/api/v1/keys",
-            get(account::list_keys)
-                .post(account::create_key)
-                .fallback(method_not_allowed),
-        )
-        .route(
-            "/api/v1/keys/{id}",
-            axum::routing::delete(account::revoke_key).fallback(method_not_allowed),
-        )
-        .route(
-            "/openapi.json",
-            get(openapi::serve).fallback(method_not_allowed),
-        )
-}
-
-async fn method_not_allowed() -> ApiError {
+pub(crate) async fn method_not_allowed() -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "invalid_request_error",

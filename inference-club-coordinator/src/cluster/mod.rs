@@ -70,6 +70,13 @@ pub enum ClusterError {
     },
 }
 
+impl From<ClusterError> for crate::Error {
+    fn from(error: ClusterError) -> Self {
+        let retryable = matches!(error, ClusterError::Nats { .. });
+        crate::Error::caused_by(crate::ErrorKind::Cluster, retryable, error)
+    }
+}
+
 /// A replica's lease in PostgreSQL: renewed every [`LEASE_RENEWAL`]; a replica whose lease is
 /// older than this (and that is silent on NATS) is dead.
 pub const LEASE: Duration = Duration::from_secs(5);

@@ -32,10 +32,13 @@ struct Relay {
 impl Relay {
     /// Publishes one event; false when it could not be sent.
     async fn send(&mut self, event: RelayKind) -> bool {
-        let Some(payload) = wire::encode_or_log("a job event", &RelayEvent {
-            seq: self.seq,
-            event,
-        }) else {
+        let Some(payload) = wire::encode_or_log(
+            "a job event",
+            &RelayEvent {
+                seq: self.seq,
+                event,
+            },
+        ) else {
             return false;
         };
         self.publish(payload).await
@@ -67,10 +70,13 @@ impl Relay {
             return false;
         };
         for group in wire::groups_under(chunks, self.limit) {
-            let Some(payload) = wire::encode_or_log("a job's chunks", &RelayEvent {
-                seq: self.seq,
-                event: RelayKind::Chunks { chunks: group },
-            }) else {
+            let Some(payload) = wire::encode_or_log(
+                "a job's chunks",
+                &RelayEvent {
+                    seq: self.seq,
+                    event: RelayKind::Chunks { chunks: group },
+                },
+            ) else {
                 return false;
             };
             if payload.len() > self.limit {

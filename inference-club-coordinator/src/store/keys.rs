@@ -66,13 +66,13 @@ impl Scope {
 /// A set of [`Scope`]s, written as a comma list (`"inference,provider"`).
 ///
 /// ```
-/// use inference_club_examples::coordinator::store::{Scope, Scopes};
+/// use inference_club_coordinator::{Scope, Scopes};
 ///
 /// let scopes: Scopes = "inference, provider".parse()?;
 /// assert!(scopes.contains(Scope::Provider) && !scopes.contains(Scope::Account));
 /// assert_eq!(scopes.to_string(), "inference,provider");
 /// assert!("inference,admin".parse::<Scopes>().is_err());
-/// # Ok::<(), inference_club_examples::coordinator::store::ScopeParseError>(())
+/// # Ok::<(), inference_club_coordinator::ScopeParseError>(())
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Scopes(u8);

@@ -21,7 +21,7 @@
 //!   [`ProviderRevision`] only when the manifest changes.
 //!
 //! ```
-//! use inference_club_examples::coordinator::store::{Scope, Scopes, Store};
+//! use inference_club_coordinator::testing::{Scope, Scopes, Store};
 //!
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
 //! let dir = std::env::temp_dir().join(format!("club-doc-{}", std::process::id()));
@@ -153,5 +153,14 @@ impl Store {
     /// after this fail.
     pub async fn close(&self) {
         self.inner.pool.close().await;
+    }
+}
+
+/// A database given as a plain path is a SQLite file.
+pub fn database_url(database: &str) -> String {
+    if database.contains("://") || database.starts_with("sqlite:") {
+        database.to_owned()
+    } else {
+        format!("sqlite:{database}")
     }
 }

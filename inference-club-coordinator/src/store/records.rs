@@ -89,7 +89,7 @@ pub struct Page<T> {
 /// What [`Store::list_records`] lists: every filter set must hold. Newest first.
 ///
 /// ```
-/// use inference_club_examples::coordinator::store::RecordQuery;
+/// use inference_club_coordinator::testing::RecordQuery;
 /// use inference_club_core::record::Status;
 ///
 /// let feed = RecordQuery::public_feed().with_status(Status::Succeeded).with_limit(20);

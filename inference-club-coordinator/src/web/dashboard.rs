@@ -19,8 +19,8 @@ use super::layout::{self, Columns, Frame, Section};
 use super::public::{list_params, provider_card, query_value, visibility_form, with_query};
 use super::{Viewer, WebError, html as respond, viewer};
 use crate::CoordinatorConfig;
-use crate::accounts::session::{SESSION_COOKIE, clear_cookie, secure_cookies, see_other};
-use crate::accounts::web::local_path;
+use crate::auth::cookies::local_path;
+use crate::auth::cookies::{SESSION_COOKIE, clear_cookie, secure_cookies, see_other};
 use crate::club_api::account::{
     CreatedKey, KeyView, MAX_KEY_NAME_CHARS, change_settings, create_key_for,
 };

@@ -8,7 +8,7 @@ use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode};
 
 use super::{Viewer, WebError, viewer};
-use crate::accounts::MAX_FORM_BYTES;
+use crate::auth::cookies::MAX_FORM_BYTES;
 use crate::store::Store;
 use crate::store::same_secret;
 

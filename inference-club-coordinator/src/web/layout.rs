@@ -96,7 +96,7 @@ pub(crate) fn page(frame: &Frame<'_>, body: Markup) -> Markup {
 
 /// The sign-in link that comes back to `path`.
 pub(crate) fn sign_in_href(path: &str) -> String {
-    let next = super::super::accounts::web::local_path(Some(path));
+    let next = crate::auth::cookies::local_path(Some(path));
     let mut url = String::from("/auth/github?");
     url.push_str(
         &url::form_urlencoded::Serializer::new(String::new())

@@ -26,27 +26,24 @@
 //! `Server-Timing: app;dur=…` header with the time the server spent on it. Unknown pages get
 //! an HTML 404; unknown `/api/` and `/v1/` routes keep the JSON envelope.
 
-mod assets;
-mod dashboard;
+pub(crate) mod assets;
+pub(crate) mod dashboard;
 mod forms;
 pub(crate) mod layout;
-mod playground;
-mod public;
+pub(crate) mod playground;
+pub(crate) mod public;
 
 use std::time::Instant;
 
-use axum::Router;
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use maud::Markup;
 
-use super::AppState;
-use super::accounts::session;
 use super::error::ApiError;
 use super::store::User;
+use crate::auth::cookies;
 use crate::store::Store;
 
 /// The prefix of the web's form routes: each checks the `csrf_token` field itself.
@@ -58,48 +55,8 @@ pub fn checks_own_csrf(method: &Method, path: &str) -> bool {
     *method == Method::POST && path.starts_with(FORM_PREFIX)
 }
 
-/// The web's routes (merged into the coordinator's application).
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/", get(public::feed))
-        .route("/r/{id}", get(public::request_page))
-        .route("/u/{handle}", get(public::profile))
-        .route("/providers", get(public::providers))
-        .route("/models/{*model}", get(public::model))
-        .route("/terms", get(public::terms))
-        .route("/playground", get(playground::page))
-        .route("/dashboard", get(dashboard::overview))
-        .route("/dashboard/requests", get(dashboard::requests))
-        .route(
-            "/dashboard/requests/{id}/visibility",
-            post(dashboard::set_visibility),
-        )
-        .route(
-            "/dashboard/requests/{id}/delete",
-            get(dashboard::confirm_delete).post(dashboard::delete_request),
-        )
-        .route(
-            "/dashboard/keys",
-            get(dashboard::keys).post(dashboard::create_key),
-        )
-        .route("/dashboard/keys/{id}/revoke", post(dashboard::revoke_key))
-        .route("/dashboard/nodes", get(dashboard::nodes))
-        .route("/dashboard/nodes/accepting", post(dashboard::set_accepting))
-        .route(
-            "/dashboard/settings",
-            get(dashboard::settings).post(dashboard::save_settings),
-        )
-        .route("/dashboard/account", get(dashboard::account))
-        .route("/dashboard/account/delete", post(dashboard::delete_account))
-        .route("/static/club.css", get(assets::stylesheet))
-        .route("/static/club.js", get(assets::script))
-        .route("/static/icon.svg", get(assets::icon))
-        .route("/favicon.ico", get(assets::icon))
-        .layer(axum::middleware::from_fn(timed))
-}
-
 /// Middleware: `Server-Timing: app;dur=<ms>`, the server's time on the page.
-async fn timed(request: Request, next: Next) -> Response {
+pub(crate) async fn timed(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let mut response = next.run(request).await;
     let ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -121,7 +78,7 @@ pub struct Viewer {
 /// The viewer of a request, if its session cookie names a live session. An API key does not
 /// sign a browser in.
 pub(crate) async fn viewer(store: &Store, headers: &HeaderMap) -> Result<Option<Viewer>, WebError> {
-    Ok(session::from_cookie(store, headers)
+    Ok(cookies::from_cookie(store, headers)
         .await?
         .map(|(user, session)| Viewer {
             user,
@@ -195,7 +152,7 @@ impl WebError {
             status: StatusCode::UNAUTHORIZED,
             title: "Sign in to continue".to_owned(),
             message: "This page is a member's own: sign in with GitHub to see it.".to_owned(),
-            sign_in: Some(super::accounts::web::local_path(Some(next))),
+            sign_in: Some(crate::auth::cookies::local_path(Some(next))),
         }
     }
 }

@@ -1,6 +1,6 @@
 """The official OpenAI Python SDK against an Inference Club coordinator.
 
-Run by `examples/tests/openai_sdk.rs`, which starts a coordinator with a node serving the Echo
+Run by `inference-club-coordinator/tests/openai_sdk.rs`, which starts a coordinator with a node serving the Echo
 test engine (model `echo`, with a reasoning trace) and sets CLUB_URL and CLUB_API_KEY.
 """
 

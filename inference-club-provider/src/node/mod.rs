@@ -110,7 +110,10 @@ impl Offer {
         router: Router,
         manifest: &inference_club_core::manifest::ServiceManifest,
     ) -> Result<Self, serde_json::Error> {
-        Ok(Self::new(router, serde_json::to_value(manifest.redacted())?))
+        Ok(Self::new(
+            router,
+            serde_json::to_value(manifest.redacted())?,
+        ))
     }
 
     fn load(&self) -> Vec<ServiceLoad> {

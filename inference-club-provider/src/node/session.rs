@@ -90,7 +90,9 @@ pub(crate) async fn connect(config: &NodeConfig) -> Result<WsStream, ConnectErro
         request,
         Some(ws_config),
         true,
-        Some(tokio_tungstenite::Connector::Rustls(std::sync::Arc::new(tls))),
+        Some(tokio_tungstenite::Connector::Rustls(std::sync::Arc::new(
+            tls,
+        ))),
     );
     match tokio::time::timeout(config.connect_timeout, connecting).await {
         Err(_) => Err(ConnectError::Failed(format!(

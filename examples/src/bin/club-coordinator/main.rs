@@ -201,6 +201,10 @@ async fn serve(
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|error| (EXIT_FAILED, format!("cannot listen on {listen}: {error}")))?;
+    // The line scripts and tests wait for: connections are taken from here on.
+    if let Ok(address) = listener.local_addr() {
+        println!("listening on http://{address}");
+    }
     coordinator
         .serve(listener, common::signalled())
         .await

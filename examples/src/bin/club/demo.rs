@@ -90,7 +90,8 @@ async fn demo_engine() -> Result<DemoEngine, String> {
     let router = Router::builder()
         .route(Route::new("echo", Arc::new(echo)).model("echo"))
         .build();
-    let offer = Offer::announcing(router, &manifest).map_err(|e| format!("the demo manifest: {e}"))?;
+    let offer =
+        Offer::announcing(router, &manifest).map_err(|e| format!("the demo manifest: {e}"))?;
     Ok(DemoEngine {
         offer,
         model: "echo".into(),
@@ -140,6 +141,7 @@ pub async fn run(options: DemoOptions, out: &mut (dyn Write + Send)) -> Result<(
     };
     let address = listener.local_addr().map_err(|e| e.to_string())?;
     let url = format!("http://{address}");
+    let _ = writeln!(out, "listening on {url}");
     let shutdown = CancellationToken::new();
     let server = tokio::spawn({
         let coordinator = coordinator.clone();

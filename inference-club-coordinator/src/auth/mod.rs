@@ -2,11 +2,13 @@
 //! (`club_session`, which holds every scope), and their scopes.
 //!
 //! A bearer key wins over a cookie. State-changing requests authenticated by the cookie are
-//! CSRF-checked before they reach a handler ([`csrf_guard`](super::accounts::session::csrf_guard)).
+//! CSRF-checked before they reach a handler (`accounts::session::csrf_guard`).
+
+pub(crate) mod cookies;
 
 use axum::http::HeaderMap;
 
-use super::accounts::session::{SESSION_COOKIE, cookie};
+use self::cookies::{SESSION_COOKIE, cookie};
 use super::error::ApiError;
 use super::store::{ApiKey, Scope, Scopes, Session, Store, User};
 

@@ -4,23 +4,18 @@
 #![no_main]
 
 use inference_club_core::openai::ChatCompletionRequest;
-use inference_club_examples::coordinator::api::parse_request;
-use inference_club_examples::coordinator::limits::{Limiter, Limits};
+use inference_club_coordinator::testing::accept_chat_request;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok((request, _visibility)) = parse_request(data) else {
+    let Ok(request) = accept_chat_request(data) else {
         return;
     };
-    let limiter = Limiter::new(Limits::default());
-    if limiter.check_request(&request).is_err() {
-        return;
-    }
     let stored = serde_json::to_string(&request).expect("an accepted request serializes");
     let read: ChatCompletionRequest =
         serde_json::from_str(&stored).expect("a recorded request reads back");
     let again = serde_json::to_string(&read).expect("a read-back request serializes");
     assert_eq!(again, stored, "a recorded request reads back changed");
     // The request as the node receives it in a job: the same body, re-parsed by the decoder.
-    assert!(parse_request(stored.as_bytes()).is_ok(), "a recorded request is refused");
+    assert!(accept_chat_request(stored.as_bytes()).is_ok(), "a recorded request is refused");
 });

@@ -9,9 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use inference_club_coordinator::testing::{
-    RecordQuery, Scopes, Store, TestDatabase, TestServer, User,
-};
+use inference_club_coordinator::testing::{RecordQuery, Store, TestDatabase, TestServer, User};
 use inference_club_core::openai::{
     ChatCompletionAggregator, ChatCompletionChunk, ChatCompletionRequest, ChatMessage, ChunkDelta,
     Usage,
@@ -53,21 +51,11 @@ impl Club {
 
     /// A member with a key of `scopes`; returns the member and the key's secret.
     async fn member(&self, handle: &str, scopes: &str) -> (User, String) {
-        let user = self.store.create_user(handle, None).await.unwrap();
-        let (_, secret) = self
-            .store
-            .create_key(user.id, "test", scopes.parse::<Scopes>().unwrap())
-            .await
-            .unwrap();
-        (user, secret)
+        self.server.member(handle, scopes).await
     }
 
     async fn key(&self, user: &User, scopes: &str) -> String {
-        self.store
-            .create_key(user.id, "extra", scopes.parse::<Scopes>().unwrap())
-            .await
-            .unwrap()
-            .1
+        self.server.key(user, "extra", scopes).await
     }
 
     /// Sends a request; returns the status and the JSON body (`Null` when empty).
@@ -78,22 +66,8 @@ impl Club {
         key: Option<&str>,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let mut request = self.http.request(method, format!("{}{path}", self.url));
-        if let Some(key) = key {
-            request = request.bearer_auth(key);
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status();
-        let text = response.text().await.unwrap();
-        let json = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
-        };
-        (status, json)
+        let answer = self.server.call(method, path, key, body).await;
+        (answer.status, answer.json())
     }
 
     async fn get(&self, path: &str, key: Option<&str>) -> (StatusCode, Value) {

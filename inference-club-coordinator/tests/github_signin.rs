@@ -97,18 +97,9 @@ impl Club {
         key: Option<&str>,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let http = reqwest::Client::new();
-        let mut request = http.request(method, format!("{}{path}", self.url));
-        if let Some(key) = key {
-            request = request.bearer_auth(key);
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status();
-        let text = response.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        let answer = self._server.call(method, path, key, body).await;
+        let json = serde_json::from_str(&answer.text).unwrap_or(Value::Null);
+        (answer.status, json)
     }
 
     /// A whole web sign-in of GitHub account `id`, confirming if asked. Returns the browser,

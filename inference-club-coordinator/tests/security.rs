@@ -12,9 +12,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures_util::{SinkExt, StreamExt};
-use inference_club_coordinator::testing::{
-    RecordQuery, Scopes, Store, TestDatabase, TestServer, User,
-};
+use inference_club_coordinator::testing::{RecordQuery, Store, TestDatabase, TestServer, User};
 use inference_club_coordinator::{CoordinatorBuilder, Limits};
 use inference_club_core::link::{
     self, CoordinatorMessage, Heartbeat, Hello, JobChunk, JobDone, NodeMessage,
@@ -88,16 +86,11 @@ impl Club {
 
     /// A member with a key of `scopes`.
     async fn member(&self, handle: &str, scopes: &str) -> (User, String) {
-        let user = self.store.create_user(handle, None).await.unwrap();
-        (user.clone(), self.key(&user, scopes).await)
+        self.server.member(handle, scopes).await
     }
 
     async fn key(&self, user: &User, scopes: &str) -> String {
-        self.store
-            .create_key(user.id, "test", scopes.parse::<Scopes>().unwrap())
-            .await
-            .unwrap()
-            .1
+        self.server.key(user, "test", scopes).await
     }
 
     /// Sends a request; the status, headers and JSON body (`Null` when empty).
@@ -108,23 +101,8 @@ impl Club {
         key: Option<&str>,
         body: Option<Value>,
     ) -> (StatusCode, HeaderMap, Value) {
-        let mut request = self.http.request(method, format!("{}{path}", self.url));
-        if let Some(key) = key {
-            request = request.bearer_auth(key);
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status();
-        let headers = response.headers().clone();
-        let text = response.text().await.unwrap();
-        let json = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
-        (status, headers, json)
+        let answer = self.server.call(method, path, key, body).await;
+        (answer.status, answer.headers.clone(), answer.json_or_text())
     }
 
     async fn call(

@@ -8,14 +8,9 @@ use inference_club_core::provider::Provider;
 use inference_club_provider::node::{Node, NodeConfig, NodeHandle, Offer};
 use inference_club_provider::router::{Route, Router};
 
-use super::{TestDatabase, TestServer};
+use super::{HANDLE, NODE, TestDatabase, TestServer};
 use crate::store::{Scope, Scopes, Store};
 use crate::{Coordinator, CoordinatorBuilder};
-
-/// The member every club starts with.
-pub const HANDLE: &str = "ada";
-/// The name of the club's node (its provider is `ada/NODE`).
-pub const NODE: &str = "sdk-node";
 
 /// A coordinator serving on 127.0.0.1 in this process, its store, a member [`HANDLE`] with a
 /// key holding every scope, and one node of hers ([`NODE`]) serving the given engines.

@@ -9,7 +9,7 @@ use axum::http::{Request, Response, StatusCode};
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use super::club::HANDLE;
+use super::HANDLE;
 
 /// What the proxy's hook sees of a request.
 #[derive(Debug, Clone)]

@@ -1,8 +1,11 @@
 //! A coordinator serving on 127.0.0.1 in this process, with its store at hand.
 
+use reqwest::header::HeaderMap;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{Store, UserId};
+use crate::store::{Scopes, Store, User, UserId};
 use crate::{Coordinator, CoordinatorBuilder};
 
 /// A coordinator serving on `127.0.0.1:PORT` in this process, and its store. Dropping it stops
@@ -16,6 +19,37 @@ pub struct TestServer {
     pub store: Store,
     shutdown: CancellationToken,
     served: Option<tokio::task::JoinHandle<Result<(), crate::Error>>>,
+    http: reqwest::Client,
+}
+
+/// What a call answered.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The status.
+    pub status: StatusCode,
+    /// The headers.
+    pub headers: HeaderMap,
+    /// The body as text.
+    pub text: String,
+}
+
+impl Answer {
+    /// The body as JSON, `Null` when empty; panics (failing the test) when it is not JSON.
+    pub fn json(&self) -> Value {
+        if self.text.is_empty() {
+            return Value::Null;
+        }
+        serde_json::from_str(&self.text)
+            .unwrap_or_else(|_| panic!("not JSON ({}): {}", self.status, self.text))
+    }
+
+    /// The body as JSON, `Null` when empty, the text itself as a JSON string when it is not JSON.
+    pub fn json_or_text(&self) -> Value {
+        if self.text.is_empty() {
+            return Value::Null;
+        }
+        serde_json::from_str(&self.text).unwrap_or_else(|_| Value::String(self.text.clone()))
+    }
 }
 
 impl std::fmt::Debug for TestServer {
@@ -59,6 +93,46 @@ impl TestServer {
             store,
             shutdown,
             served: Some(served),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// A new member `handle` and a key of theirs with `scopes` (`"inference,account"`).
+    pub async fn member(&self, handle: &str, scopes: &str) -> (User, String) {
+        let user = self.store.create_user(handle, None).await.unwrap();
+        let key = self.key(&user, "test", scopes).await;
+        (user, key)
+    }
+
+    /// Another key of `user`'s, named `name`, with `scopes`.
+    pub async fn key(&self, user: &User, name: &str, scopes: &str) -> String {
+        self.store
+            .create_key(user.id, name, scopes.parse::<Scopes>().unwrap())
+            .await
+            .unwrap()
+            .1
+    }
+
+    /// Calls `path` with `method`, the bearer `key` if any, and `body` as JSON if any.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> Answer {
+        let mut request = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        Answer {
+            status: response.status(),
+            headers: response.headers().clone(),
+            text: response.text().await.unwrap(),
         }
     }
 

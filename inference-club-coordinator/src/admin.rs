@@ -2,6 +2,8 @@
 //! coordinator ([`Coordinator::admin`](crate::Coordinator::admin)) or straight on its database
 //! ([`Admin::open`]), as `club-coordinator user add` and `key create` do.
 
+use futures_util::future::BoxFuture;
+
 use crate::error::{Error, ErrorKind};
 use crate::store::{Scopes, Store, database_url};
 
@@ -31,48 +33,65 @@ impl Admin {
 
     /// Opens the database at `url` (bringing its schema up to date) for administration, without
     /// starting a coordinator. It may be in use by running coordinators.
-    pub async fn open(url: &str) -> Result<Self, AdminError> {
-        Ok(Self::new(Store::connect(&database_url(url)).await?))
+    #[inline(never)]
+    pub fn open(url: &str) -> BoxFuture<'static, Result<Self, AdminError>> {
+        let url = database_url(url);
+        Box::pin(async move { Ok(Self::new(Store::connect(&url).await?)) })
     }
 
     /// Brings the schema of the database at `url` up to date.
-    pub async fn migrate(url: &str) -> Result<(), AdminError> {
-        let store = Store::connect_without_migrating(&database_url(url)).await?;
-        store.migrate().await?;
-        store.close().await;
-        Ok(())
+    #[inline(never)]
+    pub fn migrate(url: &str) -> BoxFuture<'static, Result<(), AdminError>> {
+        let url = database_url(url);
+        Box::pin(async move {
+            let store = Store::connect_without_migrating(&url).await?;
+            store.migrate().await?;
+            store.close().await;
+            Ok(())
+        })
     }
 
     /// Adds a member with `handle` (a GitHub login; unique case-insensitively). When they later
     /// sign in with GitHub under that login, it is the same account.
-    pub async fn add_user(&self, handle: &str, email: Option<&str>) -> Result<Member, AdminError> {
-        let user = self.store.create_user(handle, email).await?;
-        Ok(Member {
-            id: user.id.to_string(),
-            handle: user.handle,
+    #[inline(never)]
+    pub fn add_user<'a>(
+        &'a self,
+        handle: &'a str,
+        email: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Member, AdminError>> {
+        Box::pin(async move {
+            let user = self.store.create_user(handle, email).await?;
+            Ok(Member {
+                id: user.id.to_string(),
+                handle: user.handle,
+            })
         })
     }
 
     /// Creates a key named `name` with `scopes` for the member `handle`, and returns its secret:
     /// its only appearance (only a hash is stored).
-    pub async fn create_key(
-        &self,
-        handle: &str,
-        name: &str,
+    #[inline(never)]
+    pub fn create_key<'a>(
+        &'a self,
+        handle: &'a str,
+        name: &'a str,
         scopes: Scopes,
-    ) -> Result<String, AdminError> {
-        let Some(user) = self.store.user_by_handle(handle).await? else {
-            return Err(Error::new(
-                ErrorKind::NotFound,
-                format!("no member {handle:?}; add one first"),
-            ));
-        };
-        let (_, secret) = self.store.create_key(user.id, name, scopes).await?;
-        Ok(secret)
+    ) -> BoxFuture<'a, Result<String, AdminError>> {
+        Box::pin(async move {
+            let Some(user) = self.store.user_by_handle(handle).await? else {
+                return Err(Error::new(
+                    ErrorKind::NotFound,
+                    format!("no member {handle:?}; add one first"),
+                ));
+            };
+            let (_, secret) = self.store.create_key(user.id, name, scopes).await?;
+            Ok(secret)
+        })
     }
 
     /// Closes the database connections.
-    pub async fn close(&self) {
-        self.store.close().await;
+    #[inline(never)]
+    pub fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.store.close())
     }
 }

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::Admin;
@@ -112,12 +113,18 @@ impl CoordinatorBuilder {
     /// Opens the database (bringing its schema up to date), marks records left in flight by an
     /// earlier run as `failed`, joins the cluster if configured, and returns the coordinator,
     /// ready to [`serve`](Coordinator::serve).
-    pub async fn build(self) -> Result<Coordinator, StartError> {
-        let store = Store::connect(&crate::store::database_url(&self.database)).await?;
-        let state = AppState::start(store, self.config).await?;
-        Ok(Coordinator {
-            state,
-            serve: self.serve,
+    ///
+    /// Like every future of this crate's API it is boxed, so that a crate calling it does not
+    /// compile the coordinator's state machines again.
+    #[inline(never)]
+    pub fn build(self) -> BoxFuture<'static, Result<Coordinator, StartError>> {
+        Box::pin(async move {
+            let store = Store::connect(&crate::store::database_url(&self.database)).await?;
+            let state = AppState::start(store, self.config).await?;
+            Ok(Coordinator {
+                state,
+                serve: self.serve,
+            })
         })
     }
 }
@@ -141,10 +148,28 @@ impl Coordinator {
     /// requests in flight (streams included) get the drain time to finish, and the node links
     /// are closed (the nodes link again elsewhere). Logs `listening on http://ADDR` (at `info`)
     /// once it accepts connections.
-    pub async fn serve(
+    pub fn serve(
         &self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> BoxFuture<'_, Result<(), Error>> {
+        self.serve_until(listener, Box::pin(shutdown))
+    }
+
+    /// [`serve`](Self::serve), compiled once, here.
+    #[inline(never)]
+    fn serve_until(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: BoxFuture<'static, ()>,
+    ) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(self.serve_inner(listener, shutdown))
+    }
+
+    async fn serve_inner(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: BoxFuture<'static, ()>,
     ) -> Result<(), Error> {
         let stop = CancellationToken::new();
         let drain = self.state.config.drain;

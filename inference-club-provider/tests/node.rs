@@ -1,4 +1,4 @@
-//! The provider node against a fake coordinator (`node_support`), which plays the coordinator's
+//! The provider node against a fake coordinator (`support::coordinator`), which plays the coordinator's
 //! side of the link: hello and its redaction, jobs in parallel and streamed, one slow job among
 //! fifty, cancel, heartbeats with load, `busy` beyond `max_concurrent`, reconnection and its
 //! backoff, dead links, refused hellos, manifest reload, graceful shutdown, and the job log.
@@ -8,7 +8,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod node_support;
 mod support;
 
 use std::future::Future;
@@ -27,7 +26,7 @@ use inference_club_provider::node::{
     Backoff, JobLog, JobLogConfig, NODE_VERSION, Node, NodeConfig, NodeHandle, Offer,
 };
 use inference_club_provider::router::{Route, Router};
-use node_support::{FakeCoordinator, JobEnd, KEY, WAIT};
+use support::coordinator::{FakeCoordinator, JobEnd, KEY, WAIT};
 use serde_json::{Value, json};
 use support::{FakeEngine, MODEL, Plan, Wire};
 use tokio::task::JoinHandle;

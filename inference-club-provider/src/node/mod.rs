@@ -15,6 +15,8 @@ mod session;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
 use std::time::{Duration, SystemTime};
 
 use inference_club_core::link::ServiceLoad;
@@ -188,13 +190,25 @@ impl NodeError {
 
 impl Node {
     /// A node that serves the manifest at `path`, read and validated now.
-    pub async fn from_manifest(
+    ///
+    /// The futures of the node's API are boxed, so that a crate calling them does not compile
+    /// the node's state machines again.
+    pub fn from_manifest(
         config: NodeConfig,
         path: impl Into<PathBuf>,
-    ) -> Result<Self, NodeError> {
-        let path = path.into();
-        let offer = load_manifest_with_timeouts(&path, config.engine_timeouts).await?;
-        Self::with_offer(config, offer, OfferSource::Manifest(path))
+    ) -> BoxFuture<'static, Result<Self, NodeError>> {
+        Self::from_manifest_at(config, path.into())
+    }
+
+    #[inline(never)]
+    fn from_manifest_at(
+        config: NodeConfig,
+        path: PathBuf,
+    ) -> BoxFuture<'static, Result<Self, NodeError>> {
+        Box::pin(async move {
+            let offer = load_manifest_with_timeouts(&path, config.engine_timeouts).await?;
+            Self::with_offer(config, offer, OfferSource::Manifest(path))
+        })
     }
 
     /// A node that serves a fixed offer (a router built in code).
@@ -233,7 +247,12 @@ impl Node {
 
     /// Runs until shutdown: links to the coordinator, serves jobs, reconnects when the link is
     /// lost.
-    pub async fn run(self) {
+    #[inline(never)]
+    pub fn run(self) -> BoxFuture<'static, ()> {
+        Box::pin(self.serve())
+    }
+
+    async fn serve(self) {
         let Self {
             config,
             source,
@@ -339,8 +358,11 @@ async fn watch_manifest(
 
 /// Checks that the coordinator accepts the configured key on its link endpoint: connects, then
 /// closes without announcing anything. For `club-provider doctor`.
-pub async fn check_link(config: &NodeConfig) -> Result<(), String> {
-    let mut ws = session::connect(config).await.map_err(|e| e.to_string())?;
-    let _ = ws.close(None).await;
-    Ok(())
+#[inline(never)]
+pub fn check_link(config: &NodeConfig) -> BoxFuture<'_, Result<(), String>> {
+    Box::pin(async move {
+        let mut ws = session::connect(config).await.map_err(|e| e.to_string())?;
+        let _ = ws.close(None).await;
+        Ok(())
+    })
 }

@@ -1,7 +1,10 @@
-//! Fake engines for the provider tests: small axum servers on 127.0.0.1 that speak one engine's
-//! wire format and answer each request with a scripted [`Plan`].
+//! The one harness of the provider's tests: fake engines, small axum servers on 127.0.0.1 that
+//! speak one engine's wire format and answer each request with a scripted [`Plan`]; and a fake
+//! coordinator for the node's tests ([`coordinator`]).
 
 #![allow(dead_code)]
+
+pub mod coordinator;
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};

@@ -1,5 +1,6 @@
 //! The client, its builder, and the OpenAI-compatible calls.
 
+use futures_util::future::BoxFuture;
 use std::time::Duration;
 
 use inference_club_core::openai::{ChatCompletion, ChatCompletionRequest, ErrorResponse};
@@ -383,30 +384,64 @@ impl Client {
         body: Option<&(impl Serialize + Sync)>,
         idempotence: Idempotence,
     ) -> Result<Option<T>, Error> {
-        let mut url = self.url(segments)?;
-        if !query.is_empty() {
-            url.query_pairs_mut().extend_pairs(query);
+        let body = match body {
+            Some(body) => Some(serde_json::to_vec(body).map_err(|e| {
+                Error::Config(format!("the request cannot be written as JSON: {e}"))
+            })?),
+            None => None,
+        };
+        match self
+            .call_bytes(method, segments, query, body, idempotence)
+            .await?
+        {
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| Error::decode(e.to_string(), Some(Box::new(e)))),
+            None => Ok(None),
         }
-        let response = self
-            .send(
-                idempotence,
-                || {
-                    let mut builder = self.request(method.clone(), url.clone());
-                    if let Some(body) = body {
-                        builder = builder.json(body);
-                    }
-                    if let Some(limit) = self.request_timeout {
-                        builder = builder.timeout(limit);
-                    }
-                    Ok(builder)
-                },
-                self.whole_deadline(),
-            )
-            .await?;
-        if response.status() == reqwest::StatusCode::NO_CONTENT {
-            return Ok(None);
-        }
-        self.json(response).await.map(Some)
+    }
+
+    /// [`call`](Self::call) without its types: the JSON body as bytes, the answer's bytes
+    /// (`None` for 204). Compiled once, here; the typed wrappers only add serde.
+    #[inline(never)]
+    fn call_bytes<'a>(
+        &'a self,
+        method: reqwest::Method,
+        segments: &'a [&'a str],
+        query: &'a [(&'a str, String)],
+        body: Option<Vec<u8>>,
+        idempotence: Idempotence,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, Error>> {
+        Box::pin(async move {
+            let mut url = self.url(segments)?;
+            if !query.is_empty() {
+                url.query_pairs_mut().extend_pairs(query);
+            }
+            let response = self
+                .send(
+                    idempotence,
+                    || {
+                        let mut builder = self.request(method.clone(), url.clone());
+                        if let Some(body) = &body {
+                            builder = builder
+                                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                                .body(body.clone());
+                        }
+                        if let Some(limit) = self.request_timeout {
+                            builder = builder.timeout(limit);
+                        }
+                        Ok(builder)
+                    },
+                    self.whole_deadline(),
+                )
+                .await?;
+            if response.status() == reqwest::StatusCode::NO_CONTENT {
+                return Ok(None);
+            }
+            read_limited(response, self.max_response_bytes, self.request_timeout)
+                .await
+                .map(Some)
+        })
     }
 
     /// A club API call that must answer a JSON body.
@@ -444,8 +479,28 @@ impl Client {
 
     /// A whole chat answer and its record id. Retried (per the policy) while it fails before
     /// the answer arrives; the whole-request timeout applies to each attempt.
-    pub async fn chat(&self, request: impl Into<ChatRequest>) -> Result<ChatResponse, Error> {
-        let mut request: ChatCompletionRequest = request.into().into();
+    ///
+    /// Its future is boxed (so is [`chat_stream`](Self::chat_stream)'s): a crate calling it
+    /// does not compile the HTTP client's state machines again.
+    pub fn chat(
+        &self,
+        request: impl Into<ChatRequest>,
+    ) -> BoxFuture<'_, Result<ChatResponse, Error>> {
+        self.chat_whole(request.into().into())
+    }
+
+    #[inline(never)]
+    fn chat_whole(
+        &self,
+        request: ChatCompletionRequest,
+    ) -> BoxFuture<'_, Result<ChatResponse, Error>> {
+        Box::pin(self.chat_whole_inner(request))
+    }
+
+    async fn chat_whole_inner(
+        &self,
+        mut request: ChatCompletionRequest,
+    ) -> Result<ChatResponse, Error> {
         request.stream = Some(false);
         let url = self.url(&["v1", "chat", "completions"])?;
         let response = self
@@ -476,8 +531,25 @@ impl Client {
     /// Failures before the coordinator accepted the request (connection refused, 429, 503, a
     /// first-token timeout before the answer started, …) are retried per the policy; once the
     /// stream has started nothing is retried, and an error is an error of the stream.
-    pub async fn chat_stream(&self, request: impl Into<ChatRequest>) -> Result<ChatStream, Error> {
-        let mut request: ChatCompletionRequest = request.into().into();
+    pub fn chat_stream(
+        &self,
+        request: impl Into<ChatRequest>,
+    ) -> BoxFuture<'_, Result<ChatStream, Error>> {
+        self.chat_streamed(request.into().into())
+    }
+
+    #[inline(never)]
+    fn chat_streamed(
+        &self,
+        request: ChatCompletionRequest,
+    ) -> BoxFuture<'_, Result<ChatStream, Error>> {
+        Box::pin(self.chat_streamed_inner(request))
+    }
+
+    async fn chat_streamed_inner(
+        &self,
+        mut request: ChatCompletionRequest,
+    ) -> Result<ChatStream, Error> {
         request.stream = Some(true);
         request
             .stream_options

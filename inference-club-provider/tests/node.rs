@@ -26,8 +26,8 @@ use inference_club_provider::node::{
     Backoff, JobLog, JobLogConfig, NODE_VERSION, Node, NodeConfig, NodeHandle, Offer,
 };
 use inference_club_provider::router::{Route, Router};
-use support::coordinator::{FakeCoordinator, JobEnd, KEY, WAIT};
 use serde_json::{Value, json};
+use support::coordinator::{FakeCoordinator, JobEnd, KEY, WAIT};
 use support::{FakeEngine, MODEL, Plan, Wire};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;

@@ -460,21 +460,24 @@ impl Client {
 
     /// The models the caller may use, with their capabilities (`GET /v1/models`). Anonymous
     /// callers get an empty list.
-    pub async fn models(&self) -> Result<Vec<ModelInfo>, Error> {
+    #[inline(never)]
+    pub fn models(&self) -> BoxFuture<'_, Result<Vec<ModelInfo>, Error>> {
         #[derive(serde::Deserialize)]
         struct List {
             data: Vec<ModelInfo>,
         }
-        let list: List = self
-            .call_json(
-                reqwest::Method::GET,
-                &["v1", "models"],
-                &[],
-                None::<&()>,
-                Idempotence::Retryable,
-            )
-            .await?;
-        Ok(list.data)
+        Box::pin(async move {
+            let list: List = self
+                .call_json(
+                    reqwest::Method::GET,
+                    &["v1", "models"],
+                    &[],
+                    None::<&()>,
+                    Idempotence::Retryable,
+                )
+                .await?;
+            Ok(list.data)
+        })
     }
 
     /// A whole chat answer and its record id. Retried (per the policy) while it fails before

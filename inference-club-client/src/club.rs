@@ -1,5 +1,6 @@
 //! The club API: records, the public feed, providers, keys, the account, and device sign-in.
 
+use futures_util::future::BoxFuture;
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -105,8 +106,12 @@ impl Client {
     }
 
     /// One page of my requests, any visibility, newest first (`GET /api/v1/requests`).
-    pub async fn my_requests_page(&self, filter: &RecordFilter) -> Result<Page<Record>, Error> {
-        self.page(&["api", "v1", "requests"], filter).await
+    #[inline(never)]
+    pub fn my_requests_page<'a>(
+        &'a self,
+        filter: &'a RecordFilter,
+    ) -> BoxFuture<'a, Result<Page<Record>, Error>> {
+        Box::pin(async move { self.page(&["api", "v1", "requests"], filter).await })
     }
 
     /// All my requests matching `filter`, newest first, page after page.
@@ -115,9 +120,15 @@ impl Client {
     }
 
     /// One page of the public feed (`GET /api/v1/requests/public`); needs no key.
-    pub async fn public_feed_page(&self, filter: &RecordFilter) -> Result<Page<Record>, Error> {
-        self.page(&["api", "v1", "requests", "public"], filter)
-            .await
+    #[inline(never)]
+    pub fn public_feed_page<'a>(
+        &'a self,
+        filter: &'a RecordFilter,
+    ) -> BoxFuture<'a, Result<Page<Record>, Error>> {
+        Box::pin(async move {
+            self.page(&["api", "v1", "requests", "public"], filter)
+                .await
+        })
     }
 
     /// The public feed matching `filter`, newest first, page after page. The feed takes no
@@ -127,85 +138,111 @@ impl Client {
     }
 
     /// One record, by its id or completion id (`GET /api/v1/requests/{id}`).
-    pub async fn record(&self, id: &str) -> Result<Record, Error> {
-        self.call_json(
-            Method::GET,
-            &["api", "v1", "requests", id],
-            &[],
-            None::<&()>,
-            Idempotence::Retryable,
-        )
-        .await
-    }
-
-    /// Changes who may read one of my requests; answers the record as it now is.
-    pub async fn set_visibility(&self, id: &str, visibility: Visibility) -> Result<Record, Error> {
-        self.call_json(
-            Method::PATCH,
-            &["api", "v1", "requests", id],
-            &[],
-            Some(&visibility_body(visibility)),
-            Idempotence::Retryable,
-        )
-        .await
-    }
-
-    /// Deletes one of my requests for good (`DELETE /api/v1/requests/{id}`).
-    pub async fn delete_record(&self, id: &str) -> Result<(), Error> {
-        self.call::<serde_json::Value>(
-            Method::DELETE,
-            &["api", "v1", "requests", id],
-            &[],
-            None::<&()>,
-            Idempotence::Retryable,
-        )
-        .await
-        .map(drop)
-    }
-
-    /// Every provider's public profile (`GET /api/v1/providers`).
-    pub async fn providers(&self) -> Result<Vec<ProviderProfile>, Error> {
-        #[derive(serde::Deserialize)]
-        struct List {
-            data: Vec<ProviderProfile>,
-        }
-        let list: List = self
-            .call_json(
+    #[inline(never)]
+    pub fn record<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Record, Error>> {
+        Box::pin(async move {
+            self.call_json(
                 Method::GET,
-                &["api", "v1", "providers"],
+                &["api", "v1", "requests", id],
                 &[],
                 None::<&()>,
                 Idempotence::Retryable,
             )
-            .await?;
-        Ok(list.data)
+            .await
+        })
+    }
+
+    /// Changes who may read one of my requests; answers the record as it now is.
+    #[inline(never)]
+    pub fn set_visibility<'a>(
+        &'a self,
+        id: &'a str,
+        visibility: Visibility,
+    ) -> BoxFuture<'a, Result<Record, Error>> {
+        Box::pin(async move {
+            self.call_json(
+                Method::PATCH,
+                &["api", "v1", "requests", id],
+                &[],
+                Some(&visibility_body(visibility)),
+                Idempotence::Retryable,
+            )
+            .await
+        })
+    }
+
+    /// Deletes one of my requests for good (`DELETE /api/v1/requests/{id}`).
+    #[inline(never)]
+    pub fn delete_record<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            self.call::<serde_json::Value>(
+                Method::DELETE,
+                &["api", "v1", "requests", id],
+                &[],
+                None::<&()>,
+                Idempotence::Retryable,
+            )
+            .await
+            .map(drop)
+        })
+    }
+
+    /// Every provider's public profile (`GET /api/v1/providers`).
+    #[inline(never)]
+    pub fn providers<'a>(&'a self) -> BoxFuture<'a, Result<Vec<ProviderProfile>, Error>> {
+        Box::pin(async move {
+            #[derive(serde::Deserialize)]
+            struct List {
+                data: Vec<ProviderProfile>,
+            }
+            let list: List = self
+                .call_json(
+                    Method::GET,
+                    &["api", "v1", "providers"],
+                    &[],
+                    None::<&()>,
+                    Idempotence::Retryable,
+                )
+                .await?;
+            Ok(list.data)
+        })
     }
 
     /// One provider's profile, with its request count.
-    pub async fn provider(&self, operator: &str, name: &str) -> Result<ProviderProfile, Error> {
-        self.call_json(
-            Method::GET,
-            &["api", "v1", "providers", operator, name],
-            &[],
-            None::<&()>,
-            Idempotence::Retryable,
-        )
-        .await
+    #[inline(never)]
+    pub fn provider<'a>(
+        &'a self,
+        operator: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<ProviderProfile, Error>> {
+        Box::pin(async move {
+            self.call_json(
+                Method::GET,
+                &["api", "v1", "providers", operator, name],
+                &[],
+                None::<&()>,
+                Idempotence::Retryable,
+            )
+            .await
+        })
     }
 
     /// One page of what my provider's nodes served, any visibility
     /// (`GET /api/v1/providers/{operator}/{name}/requests`; its operator only).
-    pub async fn provider_requests_page(
-        &self,
-        operator: &str,
-        name: &str,
-        filter: &RecordFilter,
-    ) -> Result<Page<Record>, Error> {
-        self.page(
-            &["api", "v1", "providers", operator, name, "requests"],
-            filter,
-        )
-        .await
+    #[inline(never)]
+    pub fn provider_requests_page<'a>(
+        &'a self,
+        operator: &'a str,
+        name: &'a str,
+        filter: &'a RecordFilter,
+    ) -> BoxFuture<'a, Result<Page<Record>, Error>> {
+        Box::pin(async move {
+            self.page(
+                &["api", "v1", "providers", operator, name, "requests"],
+                filter,
+            )
+            .await
+        })
     }
 
     /// Everything my provider's nodes served, newest first, page after page.
@@ -224,115 +261,146 @@ impl Client {
 
     /// Changes my provider's settings (`PATCH /api/v1/providers/{operator}/{name}`, where the
     /// coordinator supports it): only the fields set are sent; answers the profile.
-    pub async fn update_provider(
-        &self,
-        operator: &str,
-        name: &str,
-        settings: &ProviderSettings,
-    ) -> Result<ProviderProfile, Error> {
-        self.call_json(
-            Method::PATCH,
-            &["api", "v1", "providers", operator, name],
-            &[],
-            Some(settings),
-            Idempotence::Retryable,
-        )
-        .await
+    #[inline(never)]
+    pub fn update_provider<'a>(
+        &'a self,
+        operator: &'a str,
+        name: &'a str,
+        settings: &'a ProviderSettings,
+    ) -> BoxFuture<'a, Result<ProviderProfile, Error>> {
+        Box::pin(async move {
+            self.call_json(
+                Method::PATCH,
+                &["api", "v1", "providers", operator, name],
+                &[],
+                Some(settings),
+                Idempotence::Retryable,
+            )
+            .await
+        })
     }
 
     /// My live keys (prefix only, never the secret).
-    pub async fn keys(&self) -> Result<Vec<ApiKey>, Error> {
-        #[derive(serde::Deserialize)]
-        struct List {
-            data: Vec<ApiKey>,
-        }
-        let list: List = self
-            .call_json(
-                Method::GET,
-                &["api", "v1", "keys"],
-                &[],
-                None::<&()>,
-                Idempotence::Retryable,
-            )
-            .await?;
-        Ok(list.data)
+    #[inline(never)]
+    pub fn keys<'a>(&'a self) -> BoxFuture<'a, Result<Vec<ApiKey>, Error>> {
+        Box::pin(async move {
+            #[derive(serde::Deserialize)]
+            struct List {
+                data: Vec<ApiKey>,
+            }
+            let list: List = self
+                .call_json(
+                    Method::GET,
+                    &["api", "v1", "keys"],
+                    &[],
+                    None::<&()>,
+                    Idempotence::Retryable,
+                )
+                .await?;
+            Ok(list.data)
+        })
     }
 
     /// Creates a key named `name` with `scopes` (`inference`, `provider`, `account`); its
     /// secret is in the answer and nowhere else, ever.
-    pub async fn create_key(&self, name: &str, scopes: &[&str]) -> Result<CreatedKey, Error> {
-        self.call_json(
-            Method::POST,
-            &["api", "v1", "keys"],
-            &[],
-            Some(&serde_json::json!({ "name": name, "scopes": scopes })),
-            Idempotence::OnlyIfRefused,
-        )
-        .await
+    #[inline(never)]
+    pub fn create_key<'a>(
+        &'a self,
+        name: &'a str,
+        scopes: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<CreatedKey, Error>> {
+        Box::pin(async move {
+            self.call_json(
+                Method::POST,
+                &["api", "v1", "keys"],
+                &[],
+                Some(&serde_json::json!({ "name": name, "scopes": scopes })),
+                Idempotence::OnlyIfRefused,
+            )
+            .await
+        })
     }
 
     /// Revokes one of my keys at once.
-    pub async fn revoke_key(&self, id: &str) -> Result<(), Error> {
-        self.call::<serde_json::Value>(
-            Method::DELETE,
-            &["api", "v1", "keys", id],
-            &[],
-            None::<&()>,
-            Idempotence::Retryable,
-        )
-        .await
-        .map(drop)
+    #[inline(never)]
+    pub fn revoke_key<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            self.call::<serde_json::Value>(
+                Method::DELETE,
+                &["api", "v1", "keys", id],
+                &[],
+                None::<&()>,
+                Idempotence::Retryable,
+            )
+            .await
+            .map(drop)
+        })
     }
 
     /// My account (`GET /api/v1/me`).
-    pub async fn account(&self) -> Result<Account, Error> {
-        self.call_json(
-            Method::GET,
-            &["api", "v1", "me"],
-            &[],
-            None::<&()>,
-            Idempotence::Retryable,
-        )
-        .await
+    #[inline(never)]
+    pub fn account<'a>(&'a self) -> BoxFuture<'a, Result<Account, Error>> {
+        Box::pin(async move {
+            self.call_json(
+                Method::GET,
+                &["api", "v1", "me"],
+                &[],
+                None::<&()>,
+                Idempotence::Retryable,
+            )
+            .await
+        })
     }
 
     /// Changes my settings (only the fields set are sent); answers the account.
-    pub async fn update_account(&self, settings: &AccountSettings) -> Result<Account, Error> {
-        self.call_json(
-            Method::PATCH,
-            &["api", "v1", "me"],
-            &[],
-            Some(settings),
-            Idempotence::Retryable,
-        )
-        .await
+    #[inline(never)]
+    pub fn update_account<'a>(
+        &'a self,
+        settings: &'a AccountSettings,
+    ) -> BoxFuture<'a, Result<Account, Error>> {
+        Box::pin(async move {
+            self.call_json(
+                Method::PATCH,
+                &["api", "v1", "me"],
+                &[],
+                Some(settings),
+                Idempotence::Retryable,
+            )
+            .await
+        })
     }
 
     /// Deletes my account and everything of mine the club holds; the answer says what it could
     /// not reach.
-    pub async fn delete_account(&self) -> Result<AccountDeletion, Error> {
-        self.call_json(
-            Method::DELETE,
-            &["api", "v1", "me"],
-            &[],
-            None::<&()>,
-            Idempotence::Retryable,
-        )
-        .await
+    #[inline(never)]
+    pub fn delete_account<'a>(&'a self) -> BoxFuture<'a, Result<AccountDeletion, Error>> {
+        Box::pin(async move {
+            self.call_json(
+                Method::DELETE,
+                &["api", "v1", "me"],
+                &[],
+                None::<&()>,
+                Idempotence::Retryable,
+            )
+            .await
+        })
     }
 
     /// Starts a device sign-in (`POST /api/v1/auth/device`, no key needed): show the person
     /// the answer's `user_code` and `verification_uri`, then call
     /// [`wait_for_device_token`](Self::wait_for_device_token).
-    pub async fn start_device_login(&self) -> Result<DeviceAuthorization, Error> {
-        self.call_json(
-            Method::POST,
-            &["api", "v1", "auth", "device"],
-            &[],
-            None::<&()>,
-            Idempotence::OnlyIfRefused,
-        )
-        .await
+    #[inline(never)]
+    pub fn start_device_login<'a>(&'a self) -> BoxFuture<'a, Result<DeviceAuthorization, Error>> {
+        Box::pin(async move {
+            self.call_json(
+                Method::POST,
+                &["api", "v1", "auth", "device"],
+                &[],
+                None::<&()>,
+                Idempotence::OnlyIfRefused,
+            )
+            .await
+        })
     }
 
     /// Polls `POST /api/v1/auth/device/token` every `interval` seconds (5 more after a
@@ -342,52 +410,55 @@ impl Client {
     /// `access_denied`, or `terms_required` (403: the member has no account yet — ask them, and
     /// call again with `accept_terms: true`). The wait also ends with `expired_token` once
     /// `expires_in` has passed.
-    pub async fn wait_for_device_token(
-        &self,
-        authorization: &DeviceAuthorization,
+    #[inline(never)]
+    pub fn wait_for_device_token<'a>(
+        &'a self,
+        authorization: &'a DeviceAuthorization,
         accept_terms: bool,
-        key_name: Option<&str>,
-    ) -> Result<DeviceToken, Error> {
-        let mut interval = Duration::from_secs(authorization.interval.clamp(1, 60));
-        let deadline =
-            tokio::time::Instant::now() + Duration::from_secs(authorization.expires_in.min(86_400));
-        let mut body = serde_json::json!({
-            "device_token": authorization.device_token,
-            "accept_terms": accept_terms,
-        });
-        if let Some(name) = key_name {
-            body["key_name"] = name.into();
-        }
-        loop {
-            let polled: Result<DeviceToken, Error> = self
-                .call_json(
-                    Method::POST,
-                    &["api", "v1", "auth", "device", "token"],
-                    &[],
-                    Some(&body),
-                    Idempotence::OnlyIfRefused,
-                )
-                .await;
-            match polled {
-                Ok(token) => return Ok(token),
-                Err(error) => match error.code() {
-                    Some("authorization_pending") => {}
-                    Some("slow_down") => interval += Duration::from_secs(5),
-                    _ => return Err(error),
-                },
+        key_name: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<DeviceToken, Error>> {
+        Box::pin(async move {
+            let mut interval = Duration::from_secs(authorization.interval.clamp(1, 60));
+            let deadline = tokio::time::Instant::now()
+                + Duration::from_secs(authorization.expires_in.min(86_400));
+            let mut body = serde_json::json!({
+                "device_token": authorization.device_token,
+                "accept_terms": accept_terms,
+            });
+            if let Some(name) = key_name {
+                body["key_name"] = name.into();
             }
-            if tokio::time::Instant::now() + interval > deadline {
-                return Err(Error::Api {
-                    status: 400,
-                    error: inference_club_core::openai::ApiError::new(
-                        "invalid_request_error",
-                        "the sign-in expired before it was completed; start again",
-                        Some("expired_token"),
-                    ),
-                    retry_after: None,
-                });
+            loop {
+                let polled: Result<DeviceToken, Error> = self
+                    .call_json(
+                        Method::POST,
+                        &["api", "v1", "auth", "device", "token"],
+                        &[],
+                        Some(&body),
+                        Idempotence::OnlyIfRefused,
+                    )
+                    .await;
+                match polled {
+                    Ok(token) => return Ok(token),
+                    Err(error) => match error.code() {
+                        Some("authorization_pending") => {}
+                        Some("slow_down") => interval += Duration::from_secs(5),
+                        _ => return Err(error),
+                    },
+                }
+                if tokio::time::Instant::now() + interval > deadline {
+                    return Err(Error::Api {
+                        status: 400,
+                        error: inference_club_core::openai::ApiError::new(
+                            "invalid_request_error",
+                            "the sign-in expired before it was completed; start again",
+                            Some("expired_token"),
+                        ),
+                        retry_after: None,
+                    });
+                }
+                tokio::time::sleep(interval).await;
             }
-            tokio::time::sleep(interval).await;
-        }
+        })
     }
 }

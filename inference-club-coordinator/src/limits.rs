@@ -65,7 +65,7 @@ pub const DEFAULT_KEY_CREATIONS_PER_HOUR: u32 = 20;
 /// The path prefixes of the sign-in routes, limited per client address.
 pub const SIGN_IN_PREFIXES: &[&str] = &["/auth/", "/api/v1/auth/"];
 
-/// How often a replica reports its callers' usage to the others (see [`Limiter::take_usage`]).
+/// How often a replica reports its callers' usage to the others (see `Limiter::take_usage`).
 pub const USAGE_REPORT: Duration = Duration::from_millis(100);
 /// Every this many usage reports lists every member with requests in flight; the others list
 /// only the counts that changed.
@@ -118,7 +118,7 @@ pub const MAX_FORWARDED_HOPS: usize = 16;
 impl Limits {
     /// The address a request counts under for the per-address limits: `peer` (the TCP peer),
     /// unless it is a trusted proxy; then the nearest address in `X-Forwarded-For` that is not a
-    /// trusted proxy (reading at most [`MAX_FORWARDED_HOPS`] entries from the right). A missing
+    /// trusted proxy (reading at most `MAX_FORWARDED_HOPS` (16) entries from the right). A missing
     /// or unreadable header leaves `peer`.
     pub fn client_address(
         &self,

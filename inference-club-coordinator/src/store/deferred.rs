@@ -22,7 +22,7 @@ const MAX_PAUSE: Duration = Duration::from_secs(5);
 impl Store {
     /// Saves `record` like [`Store::save_record`]; when the database refuses for a reason that
     /// may pass ([`StoreError::is_retryable`]), keeps trying in the background (see
-    /// [`MAX_DEFERRED_SAVES`]) and returns that first error. Other errors are returned as they
+    /// `MAX_DEFERRED_SAVES`) and returns that first error. Other errors are returned as they
     /// are, and nothing is retried.
     pub async fn save_record_or_retry(&self, record: &InferenceRecord) -> Result<(), StoreError> {
         match self.save_record(record).await {

@@ -297,7 +297,7 @@ impl Store {
     /// The member and key a secret belongs to, if it is a live key: `None` for anything else
     /// (malformed, unknown, wrong, revoked). Marks the key used (at most once a minute).
     ///
-    /// A key found is remembered for [`KEY_CACHE_TTL`](super::KEY_CACHE_TTL) (forgotten at once
+    /// A key found is remembered for `KEY_CACHE_TTL` (forgotten at once
     /// when this store revokes a key of the member, changes their settings or deletes them).
     pub async fn authenticate(&self, secret: &str) -> Result<Option<(User, ApiKey)>, StoreError> {
         let Some(prefix) = display_prefix(secret) else {

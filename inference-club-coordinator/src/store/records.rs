@@ -472,7 +472,7 @@ impl Store {
     }
 
     /// Queues the insert of [`Store::insert_record`] and returns at once; the insert is durable
-    /// when [`PendingWrite::committed`](super::PendingWrite::committed) says so. Writes queued after it (saves of the same
+    /// when `PendingWrite::committed` says so. Writes queued after it (saves of the same
     /// record) are applied after it.
     pub async fn insert_record_soon(
         &self,

@@ -162,6 +162,8 @@ pub struct Node {
     offer: Offer,
     log: JobLog,
     handle: NodeHandle,
+    /// When the manifest file was last modified as it was read.
+    manifest_seen: Option<SystemTime>,
 }
 
 /// Why a node could not start.
@@ -206,8 +208,12 @@ impl Node {
         path: PathBuf,
     ) -> BoxFuture<'static, Result<Self, NodeError>> {
         Box::pin(async move {
+            // Taken before the file is read: an edit from here on is seen as a change.
+            let seen = modified(&path);
             let offer = load_manifest_with_timeouts(&path, config.engine_timeouts).await?;
-            Self::with_offer(config, offer, OfferSource::Manifest(path))
+            let mut node = Self::with_offer(config, offer, OfferSource::Manifest(path))?;
+            node.manifest_seen = seen;
+            Ok(node)
         })
     }
 
@@ -231,6 +237,7 @@ impl Node {
             offer,
             log: JobLog::disabled(),
             handle: NodeHandle::default(),
+            manifest_seen: None,
         })
     }
 
@@ -259,10 +266,12 @@ impl Node {
             offer,
             log,
             handle,
+            manifest_seen,
         } = self;
         let (offers_tx, mut offers) = watch::channel(Arc::new(offer));
         let watcher = tokio::spawn(watch_manifest(
             source,
+            manifest_seen,
             config.watch_interval,
             config.engine_timeouts,
             handle.reload.clone(),
@@ -313,6 +322,7 @@ impl Node {
 
 async fn watch_manifest(
     source: OfferSource,
+    mut last_seen: Option<SystemTime>,
     interval: Option<Duration>,
     timeouts: Timeouts,
     reload: Arc<Notify>,
@@ -322,8 +332,6 @@ async fn watch_manifest(
     let OfferSource::Manifest(path) = source else {
         return;
     };
-    let modified = |path: &PathBuf| std::fs::metadata(path).and_then(|m| m.modified()).ok();
-    let mut last_seen: Option<SystemTime> = modified(&path);
     loop {
         let tick = async {
             match interval {
@@ -354,6 +362,11 @@ async fn watch_manifest(
             }
         }
     }
+}
+
+/// When the file at `path` was last modified, if it can be read.
+fn modified(path: &PathBuf) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 /// Checks that the coordinator accepts the configured key on its link endpoint: connects, then

@@ -21,7 +21,7 @@ use crate::error::ApiError;
 use crate::fleet::Fleet;
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
-use crate::nodes::{JobEvent, LiveNode, NodeKey};
+use crate::nodes::{JobEvent, LiveNode, NodeKey, Outbound};
 use crate::store::{Scope, Store};
 
 /// How long a node has to send `hello` after connecting.
@@ -202,7 +202,7 @@ async fn serve(state: Parts, caller: Caller, mut socket: WebSocket) {
             return;
         }
     };
-    let (outgoing, mut to_node) = mpsc::channel::<CoordinatorMessage>(1024);
+    let (outgoing, mut to_node) = mpsc::channel::<Outbound>(1024);
     let key = NodeKey {
         operator_id: caller.user.id,
         provider: name.clone(),
@@ -212,6 +212,7 @@ async fn serve(state: Parts, caller: Caller, mut socket: WebSocket) {
         caller.user.handle.clone(),
         manifest,
         policy,
+        hello.protocol_version,
         outgoing,
     ));
     let interval = state.heartbeat_interval;
@@ -241,7 +242,8 @@ async fn serve(state: Parts, caller: Caller, mut socket: WebSocket) {
         loop {
             let message = tokio::select! {
                 message = to_node.recv() => match message {
-                    Some(message) => match link::encode(&message) {
+                    Some(Outbound::Binary(bytes)) => Message::Binary(bytes.into()),
+                    Some(Outbound::Message(message)) => match link::encode(&message) {
                         Ok(text) => Message::Text(text.into()),
                         Err(error) => {
                             tracing::warn!("cannot encode a message for a node: {error}");
@@ -270,6 +272,18 @@ async fn serve(state: Parts, caller: Caller, mut socket: WebSocket) {
             }
             Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => break,
             Ok(Some(Ok(Message::Text(text)))) => text,
+            Ok(Some(Ok(Message::Binary(bytes)))) => {
+                node.heard_from();
+                match link::split_binary_frame(&bytes) {
+                    Ok((job, piece)) => {
+                        node.deliver(job, JobEvent::Piece(bytes::Bytes::copy_from_slice(piece)));
+                    }
+                    Err(error) => {
+                        tracing::warn!(provider = %name, "ignoring a bad binary frame: {error}");
+                    }
+                }
+                continue;
+            }
             Ok(Some(Ok(_))) => {
                 node.heard_from();
                 continue;
@@ -282,6 +296,10 @@ async fn serve(state: Parts, caller: Caller, mut socket: WebSocket) {
         match link::decode_node(&frame) {
             Ok(NodeMessage::Heartbeat(heartbeat)) => node.set_load(heartbeat.load),
             Ok(NodeMessage::Chunk(chunk)) => node.deliver(chunk.job, JobEvent::Chunk(chunk.chunk)),
+            Ok(NodeMessage::Output(output)) => {
+                node.deliver(output.job, JobEvent::Output(output.output));
+            }
+            Ok(NodeMessage::Bytes(bytes)) => node.deliver(bytes.job, JobEvent::Bytes(bytes.body)),
             Ok(NodeMessage::Done(done)) => {
                 node.deliver(done.job, JobEvent::Done);
                 state.fleet.nodes.notify_changed();

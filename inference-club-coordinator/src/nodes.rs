@@ -11,12 +11,18 @@ use std::time::{Duration, Instant};
 
 use async_stream::stream;
 use async_trait::async_trait;
-use inference_club_core::link::{Cancel, CoordinatorMessage, Job, JobError, JobId, ServiceLoad};
+use bytes::{Bytes, BytesMut};
+use inference_club_core::endpoint::Endpoint;
+use inference_club_core::link::{
+    self, BinaryHeader, CallJob, Cancel, CoordinatorMessage, Job, JobError, JobId, ServiceLoad,
+};
 use inference_club_core::manifest::{
-    AccessPolicy, Service, ServiceManifest, ServiceType, effective_access,
+    AccessPolicy, Service, ServiceManifest, effective_access,
 };
 use inference_club_core::openai::{ChatCompletionChunk, ChatCompletionRequest, Model};
-use inference_club_core::provider::{ChunkStream, Provider, ProviderError, RequestContext};
+use inference_club_core::provider::{
+    Call, CallOutput, CallStream, ChunkStream, Provider, ProviderError, RequestContext,
+};
 use inference_club_core::routing::Ewma;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -40,9 +46,31 @@ pub struct NodeKey {
 #[derive(Debug)]
 pub(crate) enum JobEvent {
     Chunk(ChatCompletionChunk),
+    /// A JSON answer of a call, or one event of it.
+    Output(serde_json::Value),
+    /// A binary answer of a call starts; its pieces follow.
+    Bytes(BinaryHeader),
+    /// A piece of a binary answer.
+    Piece(Bytes),
     Done,
     Failed(JobError),
 }
+
+/// What goes to a node over its link: a message, or a binary frame of a call's upload.
+#[derive(Debug)]
+pub(crate) enum Outbound {
+    Message(CoordinatorMessage),
+    Binary(Vec<u8>),
+}
+
+impl From<CoordinatorMessage> for Outbound {
+    fn from(message: CoordinatorMessage) -> Self {
+        Self::Message(message)
+    }
+}
+
+/// The largest binary answer (speech) the coordinator takes from a node, in bytes.
+pub const MAX_BINARY_ANSWER_BYTES: u64 = 64 * 1024 * 1024;
 
 /// A model as a node serves it: the served id and the service it runs on, with the names it
 /// answers to and who may use it.
@@ -56,9 +84,16 @@ pub struct NodeModel {
     pub service: String,
     /// Who may use it.
     pub access: AccessPolicy,
+    /// The endpoints it answers.
+    pub endpoints: Vec<Endpoint>,
 }
 
 impl NodeModel {
+    /// Whether it answers `endpoint`.
+    pub fn serves(&self, endpoint: Endpoint) -> bool {
+        self.endpoints.contains(&endpoint)
+    }
+
     /// Whether a consumer's model name means this model (served id or `hf`, case-insensitively).
     pub fn answers_to(&self, requested: &str) -> bool {
         self.served_id.eq_ignore_ascii_case(requested)
@@ -108,7 +143,14 @@ impl NodeOffer {
 
     /// The model `requested` names, if served here.
     pub fn find_model(&self, requested: &str) -> Option<&NodeModel> {
-        self.models.iter().find(|m| m.answers_to(requested))
+        self.find_model_for(Endpoint::ChatCompletions, requested)
+    }
+
+    /// The first model answering to `requested` that serves `endpoint`.
+    pub fn find_model_for(&self, endpoint: Endpoint, requested: &str) -> Option<&NodeModel> {
+        self.models
+            .iter()
+            .find(|m| m.answers_to(requested) && m.serves(endpoint))
     }
 }
 
@@ -119,9 +161,11 @@ pub struct LiveNode {
     /// The operator's handle.
     pub operator: String,
     offer: RwLock<Arc<NodeOffer>>,
-    outgoing: mpsc::Sender<CoordinatorMessage>,
+    outgoing: mpsc::Sender<Outbound>,
     jobs: Mutex<HashMap<JobId, mpsc::Sender<JobEvent>>>,
     next_job: AtomicU64,
+    /// It speaks protocol version 2 or later: it takes calls (endpoints other than chat).
+    takes_calls: bool,
     in_flight: Arc<AtomicU32>,
     ttft: Mutex<Ewma>,
     last_heard: Mutex<Instant>,
@@ -147,7 +191,8 @@ impl LiveNode {
         operator: String,
         manifest: ServiceManifest,
         policy: ProviderPolicy,
-        outgoing: mpsc::Sender<CoordinatorMessage>,
+        protocol_version: u32,
+        outgoing: mpsc::Sender<Outbound>,
     ) -> Self {
         Self {
             key,
@@ -156,6 +201,7 @@ impl LiveNode {
             outgoing,
             jobs: Mutex::new(HashMap::new()),
             next_job: AtomicU64::new(1),
+            takes_calls: protocol_version >= link::CALLS_SINCE,
             in_flight: Arc::new(AtomicU32::new(0)),
             ttft: Mutex::new(Ewma::default()),
             last_heard: Mutex::new(Instant::now()),
@@ -163,6 +209,11 @@ impl LiveNode {
             closed: CancellationToken::new(),
             connected_at: chrono::Utc::now(),
         }
+    }
+
+    /// Whether it takes calls (endpoints other than chat): it speaks protocol version 2.
+    pub fn takes_calls(&self) -> bool {
+        self.takes_calls
     }
 
     /// Counts one more job on this node until the slot is dropped. The dispatcher takes slots
@@ -259,7 +310,7 @@ impl LiveNode {
                 jobs.remove(&job);
                 let _ = self
                     .outgoing
-                    .try_send(CoordinatorMessage::Cancel(Cancel { job }));
+                    .try_send(CoordinatorMessage::Cancel(Cancel { job }).into());
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 jobs.remove(&job);
@@ -269,7 +320,7 @@ impl LiveNode {
 
     /// Queues a message for the node without waiting; false when the queue is full or gone.
     pub(crate) fn try_send(&self, message: CoordinatorMessage) -> bool {
-        self.outgoing.try_send(message).is_ok()
+        self.outgoing.try_send(message.into()).is_ok()
     }
 
     /// What it offers now.
@@ -317,7 +368,7 @@ fn models_of(manifest: &ServiceManifest, policy: &ProviderPolicy) -> (Vec<NodeMo
     let mut capacity = Some(0u32);
     for service in manifest
         .services()
-        .filter(|s| s.service_type == ServiceType::Llm)
+        .filter(|s| !Endpoint::all_served_by(s.service_type, &s.features, None).is_empty())
     {
         capacity = capacity
             .zip(service.max_concurrent)
@@ -330,6 +381,11 @@ fn models_of(manifest: &ServiceManifest, policy: &ProviderPolicy) -> (Vec<NodeMo
                     hf: model.hf.clone(),
                     service: service.name.clone(),
                     access: access.clone(),
+                    endpoints: Endpoint::all_served_by(
+                        service.service_type,
+                        &service.features,
+                        Some(model),
+                    ),
                 });
             }
         }
@@ -375,7 +431,7 @@ impl Drop for CancelOnDrop {
             let _ = self
                 .node
                 .outgoing
-                .try_send(CoordinatorMessage::Cancel(Cancel { job: self.job }));
+                .try_send(CoordinatorMessage::Cancel(Cancel { job: self.job }).into());
         }
     }
 }
@@ -404,80 +460,224 @@ impl Provider for RemoteNode {
         request: ChatCompletionRequest,
         context: RequestContext,
     ) -> Result<ChunkStream, ProviderError> {
-        let node = self.0.clone();
-        if node.is_closed() {
-            return Err(ProviderError::Unavailable {
-                status: None,
-                message: format!("node {} is offline", node.key.provider),
-            });
-        }
-        let job = node.next_job.fetch_add(1, Ordering::Relaxed);
-        let (events_tx, mut events) = mpsc::channel(JOB_BUFFER);
-        node.jobs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(job, events_tx);
-        let mut guard = CancelOnDrop {
-            node: node.clone(),
-            job,
-            armed: true,
-        };
-        let deadline_ms = context.deadline.map(|d| {
-            u64::try_from(d.saturating_duration_since(Instant::now()).as_millis())
-                .unwrap_or(u64::MAX)
-        });
-        let message = CoordinatorMessage::Job(Box::new(Job {
-            job,
-            request_id: context.request_id.clone(),
-            consumer: context.consumer.clone(),
-            deadline_ms,
-            request,
-        }));
-        if node.outgoing.send(message).await.is_err() {
-            guard.armed = false;
-            return Err(ProviderError::Unavailable {
-                status: None,
-                message: format!("node {} went offline", node.key.provider),
-            });
-        }
-        let closed = node.closed.clone();
+        let (mut events, mut guard) = open_job(&self.0, &context, None, |job, deadline_ms| {
+            CoordinatorMessage::Job(Box::new(Job {
+                job,
+                request_id: context.request_id.clone(),
+                consumer: context.consumer.clone(),
+                deadline_ms,
+                request,
+            }))
+        })
+        .await?;
+        let closed = self.0.closed.clone();
         let cancel = context.cancel.clone();
         Ok(Box::pin(stream! {
-            let mut guard = guard;
             loop {
-                // Biased: events already delivered are read before the link's closing is
-                // noticed (closing drops the job's sender, so `recv` ends after them).
-                let event = tokio::select! {
-                    biased;
-                    () = cancel.cancelled() => {
-                        yield Err(ProviderError::Cancelled);
-                        break;
-                    }
-                    () = closed.cancelled() => None,
-                    event = events.recv() => event,
-                };
-                match event {
-                    Some(JobEvent::Chunk(chunk)) => yield Ok(chunk),
-                    Some(JobEvent::Done) => {
-                        guard.armed = false;
-                        break;
-                    }
-                    Some(JobEvent::Failed(error)) => {
-                        guard.armed = false;
-                        yield Err(ProviderError::from(error));
-                        break;
-                    }
-                    None => {
-                        guard.armed = false;
-                        yield Err(ProviderError::Unavailable {
-                            status: None,
-                            message: "the node's link closed during the job".into(),
+                match next_event(&mut events, &cancel, &closed, &mut guard).await {
+                    Ok(Some(JobEvent::Chunk(chunk))) => yield Ok(chunk),
+                    Ok(Some(_)) => {
+                        yield Err(ProviderError::Protocol {
+                            message: "the node answered a chat job with a call's output".into(),
                         });
+                        break;
+                    }
+                    Ok(None) => break,
+                    Err(error) => {
+                        yield Err(error);
                         break;
                     }
                 }
             }
         }))
+    }
+
+    /// Sends the call (and its upload, in binary frames); the node's router maps the model.
+    async fn call(&self, call: Call, context: RequestContext) -> Result<CallStream, ProviderError> {
+        if !self.0.takes_calls {
+            return Err(ProviderError::Rejected {
+                status: 404,
+                message: format!(
+                    "node {} speaks an older protocol without {}",
+                    self.0.key.provider,
+                    call.endpoint.path()
+                ),
+                code: Some("unsupported_endpoint".into()),
+            });
+        }
+        let Call {
+            endpoint,
+            body,
+            upload,
+        } = call;
+        let header = upload.as_ref().map(|u| BinaryHeader {
+            file_name: u.file_name.clone(),
+            content_type: u.content_type.clone(),
+            size: u.data.len() as u64,
+        });
+        let data = upload.map(|u| u.data);
+        let (mut events, mut guard) =
+            open_job(&self.0, &context, data.as_ref(), |job, deadline_ms| {
+                CoordinatorMessage::Call(Box::new(CallJob {
+                    job,
+                    request_id: context.request_id.clone(),
+                    consumer: context.consumer.clone(),
+                    deadline_ms,
+                    endpoint,
+                    body,
+                    upload: header,
+                }))
+            })
+            .await?;
+        let closed = self.0.closed.clone();
+        let cancel = context.cancel.clone();
+        Ok(Box::pin(stream! {
+            let mut binary: Option<(BinaryHeader, BytesMut)> = None;
+            loop {
+                match next_event(&mut events, &cancel, &closed, &mut guard).await {
+                    Ok(Some(JobEvent::Output(value))) => yield Ok(CallOutput::Json(value)),
+                    Ok(Some(JobEvent::Bytes(header))) => {
+                        if header.size > MAX_BINARY_ANSWER_BYTES {
+                            yield Err(ProviderError::Protocol {
+                                message: format!(
+                                    "the node's answer of {} bytes is larger than {MAX_BINARY_ANSWER_BYTES}",
+                                    header.size
+                                ),
+                            });
+                            break;
+                        }
+                        binary = Some((header, BytesMut::new()));
+                    }
+                    Ok(Some(JobEvent::Piece(piece))) => {
+                        let Some((header, data)) = binary.as_mut() else {
+                            yield Err(ProviderError::Protocol {
+                                message: "binary data without a header".into(),
+                            });
+                            break;
+                        };
+                        if data.len() as u64 + piece.len() as u64 > header.size {
+                            yield Err(ProviderError::Protocol {
+                                message: "more binary data than announced".into(),
+                            });
+                            break;
+                        }
+                        data.extend_from_slice(&piece);
+                        if data.len() as u64 == header.size
+                            && let Some((header, data)) = binary.take()
+                        {
+                            yield Ok(CallOutput::Bytes {
+                                content_type: header.content_type,
+                                data: data.freeze(),
+                            });
+                        }
+                    }
+                    Ok(Some(JobEvent::Chunk(_))) => {
+                        yield Err(ProviderError::Protocol {
+                            message: "the node answered a call with chat chunks".into(),
+                        });
+                        break;
+                    }
+                    Ok(Some(_)) | Ok(None) => {
+                        if binary.is_some() {
+                            yield Err(ProviderError::Protocol {
+                                message: "the node's binary answer ended early".into(),
+                            });
+                        }
+                        break;
+                    }
+                    Err(error) => {
+                        yield Err(error);
+                        break;
+                    }
+                }
+            }
+        }))
+    }
+}
+
+/// Registers a job on `node` and sends it the message `make` builds (and the `upload`, in
+/// binary frames), giving the job's events and the guard that cancels it when dropped.
+async fn open_job(
+    node: &Arc<LiveNode>,
+    context: &RequestContext,
+    upload: Option<&Bytes>,
+    make: impl FnOnce(JobId, Option<u64>) -> CoordinatorMessage,
+) -> Result<(mpsc::Receiver<JobEvent>, CancelOnDrop), ProviderError> {
+    if node.is_closed() {
+        return Err(ProviderError::Unavailable {
+            status: None,
+            message: format!("node {} is offline", node.key.provider),
+        });
+    }
+    let job = node.next_job.fetch_add(1, Ordering::Relaxed);
+    let (events_tx, events) = mpsc::channel(JOB_BUFFER);
+    node.jobs
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(job, events_tx);
+    let mut guard = CancelOnDrop {
+        node: node.clone(),
+        job,
+        armed: true,
+    };
+    let deadline_ms = context.deadline.map(|d| {
+        u64::try_from(d.saturating_duration_since(Instant::now()).as_millis()).unwrap_or(u64::MAX)
+    });
+    let went_offline = || ProviderError::Unavailable {
+        status: None,
+        message: format!("node {} went offline", node.key.provider),
+    };
+    if node
+        .outgoing
+        .send(make(job, deadline_ms).into())
+        .await
+        .is_err()
+    {
+        guard.armed = false;
+        return Err(went_offline());
+    }
+    for piece in upload.map(|data| data.chunks(link::BINARY_CHUNK_BYTES)).into_iter().flatten() {
+        let frame = Outbound::Binary(link::binary_frame(job, piece));
+        if node.outgoing.send(frame).await.is_err() {
+            guard.armed = false;
+            return Err(went_offline());
+        }
+    }
+    Ok((events, guard))
+}
+
+/// The next event of a job: `Ok(None)` when it is done, `Err` when it failed, was cancelled or
+/// its link closed. Biased: events already delivered are read before the link's closing is
+/// noticed (closing drops the job's sender, so `recv` ends after them).
+async fn next_event(
+    events: &mut mpsc::Receiver<JobEvent>,
+    cancel: &CancellationToken,
+    closed: &CancellationToken,
+    guard: &mut CancelOnDrop,
+) -> Result<Option<JobEvent>, ProviderError> {
+    let event = tokio::select! {
+        biased;
+        () = cancel.cancelled() => return Err(ProviderError::Cancelled),
+        () = closed.cancelled() => None,
+        event = events.recv() => event,
+    };
+    match event {
+        Some(JobEvent::Done) => {
+            guard.armed = false;
+            Ok(None)
+        }
+        Some(JobEvent::Failed(error)) => {
+            guard.armed = false;
+            Err(ProviderError::from(error))
+        }
+        Some(event) => Ok(Some(event)),
+        None => {
+            guard.armed = false;
+            Err(ProviderError::Unavailable {
+                status: None,
+                message: "the node's link closed during the job".into(),
+            })
+        }
     }
 }
 

@@ -41,6 +41,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod endpoint;
 pub mod link;
 pub mod manifest;
 pub mod openai;

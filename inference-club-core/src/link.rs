@@ -4,7 +4,9 @@
 //! [`NodeMessage::Hello`] (protocol version, node version, redacted manifest); the coordinator
 //! answers [`CoordinatorMessage::Welcome`] or [`CoordinatorMessage::Refused`]. Then the coordinator
 //! sends jobs and cancels; the node streams chunks and ends each job with `done` or `error`, and
-//! heartbeats with its load. `docs/protocol.md` specifies the exchange.
+//! heartbeats with its load. Since protocol version 2 a job may also be a [`CallJob`] (any other
+//! endpoint), whose uploaded file and binary answer travel as binary frames
+//! ([`binary_frame`]). `docs/protocol.md` specifies the exchange.
 //!
 //! ```
 //! use inference_club_core::link::{self, NodeMessage, Goodbye};
@@ -19,11 +21,19 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
+use crate::endpoint::Endpoint;
 use crate::openai::{ChatCompletionChunk, ChatCompletionRequest, Usage};
 use crate::provider::{ProviderError, TimeoutPhase};
 
 /// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// The first protocol version with [`CallJob`]s (endpoints other than chat) and binary frames.
+pub const CALLS_SINCE: u32 = 2;
+
+/// The largest piece of a binary body one binary frame carries, in bytes: an upload or an audio
+/// answer is sent in frames of this size, so that no frame holds a large body at once.
+pub const BINARY_CHUNK_BYTES: usize = 256 * 1024;
 
 /// The largest frame either side accepts, in bytes. A job carries the consumer's whole request
 /// (images included), so this is larger than the coordinator's usual body limit needs.
@@ -51,6 +61,10 @@ pub enum NodeMessage {
     Heartbeat(Heartbeat),
     /// A chunk of a job's answer.
     Chunk(JobChunk),
+    /// A JSON answer of a call, or one event of a streamed one.
+    Output(JobOutput),
+    /// A binary answer of a call follows in binary frames.
+    Bytes(JobBytes),
     /// A job ended well.
     Done(JobDone),
     /// A job ended with an error.
@@ -70,6 +84,8 @@ pub enum CoordinatorMessage {
     Refused(Refused),
     /// Work to do.
     Job(Box<Job>),
+    /// A request to another endpoint (protocol version 2); an upload follows in binary frames.
+    Call(Box<CallJob>),
     /// Stop a job (its consumer went away).
     Cancel(Cancel),
 }
@@ -144,6 +160,77 @@ pub struct Job {
     pub deadline_ms: Option<u64>,
     /// The request; `model` is the name the consumer asked for.
     pub request: ChatCompletionRequest,
+}
+
+/// `call`: answer this request to an endpoint other than chat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallJob {
+    /// The job's id on this link.
+    pub job: JobId,
+    /// The record id.
+    pub request_id: String,
+    /// The consumer's handle, for the operator's own log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer: Option<String>,
+    /// How long the node may take in all, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
+    /// The endpoint.
+    pub endpoint: Endpoint,
+    /// The body; `model` is the name the consumer asked for.
+    pub body: serde_json::Value,
+    /// The uploaded file, whose bytes follow in binary frames of this job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<BinaryHeader>,
+}
+
+/// What a binary body is; its bytes follow in binary frames ([`binary_frame`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BinaryHeader {
+    /// The file name (uploads).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub file_name: String,
+    /// The content type.
+    pub content_type: String,
+    /// Its size in bytes: the frames that follow carry exactly this many.
+    pub size: u64,
+}
+
+/// `output`: a JSON answer of a call, or one event of a streamed answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobOutput {
+    /// The job.
+    pub job: JobId,
+    /// The answer or event as the engine produced it.
+    pub output: serde_json::Value,
+}
+
+/// `bytes`: a binary answer of a call follows in binary frames.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobBytes {
+    /// The job.
+    pub job: JobId,
+    /// What the bytes are.
+    pub body: BinaryHeader,
+}
+
+/// A binary frame: the job id (8 bytes, big-endian) and a piece of the job's binary body.
+pub fn binary_frame(job: JobId, piece: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(8 + piece.len());
+    frame.extend_from_slice(&job.to_be_bytes());
+    frame.extend_from_slice(piece);
+    frame
+}
+
+/// The job and piece a binary frame carries; a frame shorter than the job id, or larger than
+/// [`BINARY_CHUNK_BYTES`] of data, is refused.
+pub fn split_binary_frame(frame: &[u8]) -> Result<(JobId, &[u8]), LinkError> {
+    let (id, piece) = frame.split_at_checked(8).ok_or(LinkError::ShortBinary)?;
+    if piece.len() > BINARY_CHUNK_BYTES {
+        return Err(LinkError::TooLarge { size: frame.len() });
+    }
+    let id: [u8; 8] = id.try_into().map_err(|_| LinkError::ShortBinary)?;
+    Ok((JobId::from_be_bytes(id), piece))
 }
 
 /// `cancel`: stop a job.
@@ -269,6 +356,9 @@ pub enum LinkError {
     /// The frame is not a message of this protocol.
     #[error("malformed message: {0}")]
     Malformed(#[from] serde_json::Error),
+    /// A binary frame too short to name its job.
+    #[error("a binary frame shorter than its 8-byte job id")]
+    ShortBinary,
 }
 
 impl LinkError {
@@ -343,6 +433,18 @@ mod tests {
                 job: 7,
                 error: JobError::from(&ProviderError::from_status(503, "down", None)),
             }),
+            NodeMessage::Output(JobOutput {
+                job: 7,
+                output: json!({"object": "list", "data": []}),
+            }),
+            NodeMessage::Bytes(JobBytes {
+                job: 7,
+                body: BinaryHeader {
+                    file_name: String::new(),
+                    content_type: "audio/wav".into(),
+                    size: 44,
+                },
+            }),
             NodeMessage::Goodbye(Goodbye {
                 reason: "bye".into(),
             }),
@@ -369,6 +471,19 @@ mod tests {
                 deadline_ms: Some(1000),
                 request: ChatCompletionRequest::new("m", vec![ChatMessage::user("hi")]),
             })),
+            CoordinatorMessage::Call(Box::new(CallJob {
+                job: 2,
+                request_id: "r".into(),
+                consumer: Some("ada".into()),
+                deadline_ms: None,
+                endpoint: Endpoint::AudioTranscriptions,
+                body: json!({"model": "whisper", "response_format": "json"}),
+                upload: Some(BinaryHeader {
+                    file_name: "a.wav".into(),
+                    content_type: "audio/wav".into(),
+                    size: 10,
+                }),
+            })),
             CoordinatorMessage::Cancel(Cancel { job: 1 }),
         ];
         for message in coordinator {
@@ -388,6 +503,21 @@ mod tests {
         assert!(matches!(
             decode_node("not json"),
             Err(LinkError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn binary_frames_name_their_job() {
+        let frame = binary_frame(0x0102, b"RIFF");
+        assert_eq!(split_binary_frame(&frame).unwrap(), (0x0102, &b"RIFF"[..]));
+        assert!(matches!(
+            split_binary_frame(b"short"),
+            Err(LinkError::ShortBinary)
+        ));
+        let big = binary_frame(1, &vec![0; BINARY_CHUNK_BYTES + 1]);
+        assert!(matches!(
+            split_binary_frame(&big),
+            Err(LinkError::TooLarge { .. })
         ));
     }
 

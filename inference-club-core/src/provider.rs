@@ -1,4 +1,5 @@
-//! The [`Provider`] trait: one interface for everything that can answer a chat request.
+//! The [`Provider`] trait: one interface for everything that can answer an inference request —
+//! chat through [`Provider::chat`], every other [`Endpoint`] through [`Provider::call`].
 //!
 //! A backend adapter for an engine is a `Provider`; a node's router over several backends is a
 //! `Provider`; the coordinator's handle on a remote node is a `Provider`. Selection, failover and
@@ -11,6 +12,7 @@ use async_trait::async_trait;
 use futures_core::Stream;
 use tokio_util::sync::CancellationToken;
 
+use crate::endpoint::Endpoint;
 use crate::openai::{ChatCompletionChunk, ChatCompletionRequest, Model};
 
 /// The stream of chunks a provider answers with. It ends after the last chunk (the one with a
@@ -18,7 +20,95 @@ use crate::openai::{ChatCompletionChunk, ChatCompletionRequest, Model};
 pub type ChunkStream =
     Pin<Box<dyn Stream<Item = Result<ChatCompletionChunk, ProviderError>> + Send + 'static>>;
 
-/// Something that answers chat requests: an engine, a router over engines, or a remote node.
+/// The answer to a [`Call`]: one [`CallOutput::Json`] for a whole JSON answer, one per event for
+/// a streamed one, or [`CallOutput::Bytes`] for audio and other non-JSON answers. It ends after
+/// the last output, or with an error. Dropping it cancels the request.
+pub type CallStream =
+    Pin<Box<dyn Stream<Item = Result<CallOutput, ProviderError>> + Send + 'static>>;
+
+/// A request to an endpoint other than chat completions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Call {
+    /// Which endpoint.
+    pub endpoint: Endpoint,
+    /// The request body as OpenAI documents it for the endpoint. For a multipart upload, its
+    /// text fields as strings. Its `model` is the name the consumer asked for until a router
+    /// maps it ([`Call::with_model`]).
+    pub body: serde_json::Value,
+    /// The uploaded file of a multipart request (the audio to transcribe).
+    pub upload: Option<Upload>,
+}
+
+impl Call {
+    /// A call of `endpoint` with a JSON `body`.
+    pub fn new(endpoint: Endpoint, body: serde_json::Value) -> Self {
+        Self {
+            endpoint,
+            body,
+            upload: None,
+        }
+    }
+
+    /// The same call with an uploaded file.
+    pub fn with_upload(mut self, upload: Upload) -> Self {
+        self.upload = Some(upload);
+        self
+    }
+
+    /// The model the body names (empty when it names none).
+    pub fn model(&self) -> &str {
+        self.body
+            .get("model")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+    }
+
+    /// The same call for the model served as `model`.
+    pub fn with_model(mut self, model: &str) -> Self {
+        if let Some(body) = self.body.as_object_mut() {
+            body.insert("model".into(), model.into());
+        }
+        self
+    }
+
+    /// Whether the body asks for a streamed answer (`"stream": true`).
+    pub fn is_stream(&self) -> bool {
+        self.endpoint.streams()
+            && self
+                .body
+                .get("stream")
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(false)
+    }
+}
+
+/// A file uploaded with a call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Upload {
+    /// The file's name as the consumer sent it.
+    pub file_name: String,
+    /// Its content type (`application/octet-stream` when none was given).
+    pub content_type: String,
+    /// Its bytes.
+    pub data: bytes::Bytes,
+}
+
+/// One piece of a call's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallOutput {
+    /// A whole JSON answer, or one event of a streamed answer.
+    Json(serde_json::Value),
+    /// A non-JSON answer: audio, or text asked for as `text`, `srt` or `vtt`.
+    Bytes {
+        /// Its content type.
+        content_type: String,
+        /// The bytes.
+        data: bytes::Bytes,
+    },
+}
+
+/// Something that answers inference requests: an engine, a router over engines, or a remote
+/// node.
 ///
 /// A whole (non-streamed) response is the collected stream: use
 /// [`ChatCompletionAggregator`](crate::openai::ChatCompletionAggregator).
@@ -35,6 +125,13 @@ pub trait Provider: Send + Sync {
         request: ChatCompletionRequest,
         context: RequestContext,
     ) -> Result<ChunkStream, ProviderError>;
+
+    /// Starts answering a request to an endpoint other than chat. Providers that serve none
+    /// keep this default, which refuses with a 404 `unsupported_endpoint`.
+    async fn call(&self, call: Call, context: RequestContext) -> Result<CallStream, ProviderError> {
+        let _ = context;
+        Err(ProviderError::unsupported(call.endpoint))
+    }
 }
 
 /// What a provider knows about the request beyond its body.
@@ -176,6 +273,15 @@ impl ProviderError {
             Self::Unavailable { status, .. } => *status,
             Self::Rejected { status, .. } => Some(*status),
             _ => None,
+        }
+    }
+
+    /// The refusal of a provider that does not serve `endpoint`.
+    pub fn unsupported(endpoint: Endpoint) -> Self {
+        Self::Rejected {
+            status: 404,
+            message: format!("this engine does not serve {}", endpoint.path()),
+            code: Some("unsupported_endpoint".into()),
         }
     }
 

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::endpoint::Endpoint;
 use crate::openai::{ChatCompletion, ChatCompletionRequest, FinishReason, ToolCall, Usage};
 
 /// The id of a record: a time-ordered UUID (v7), so ids sort by arrival.
@@ -337,6 +338,70 @@ pub struct InferenceRecord {
     /// Who may read it.
     #[serde(default)]
     pub visibility: Visibility,
+    /// The endpoint the request was made to (chat completions unless said otherwise).
+    #[serde(default, skip_serializing_if = "is_chat")]
+    pub endpoint: Endpoint,
+    /// The request body of an endpoint other than chat, as the consumer sent it (an uploaded
+    /// file is in [`InferenceRecord::blobs`], not here); `request` then holds only the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<serde_json::Value>,
+    /// The embeddings answered: how many and of what dimension (the vectors are not kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embeddings: Option<EmbeddingsSummary>,
+    /// The audio and images of the request and its answer, stored apart from the record.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blobs: Vec<BlobRef>,
+}
+
+fn is_chat(endpoint: &Endpoint) -> bool {
+    *endpoint == Endpoint::ChatCompletions
+}
+
+/// How many embeddings an answer held, and their dimension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmbeddingsSummary {
+    /// The number of vectors.
+    pub count: u64,
+    /// The length of each (of the first, when they differ).
+    pub dimensions: u64,
+}
+
+/// Whether a blob came with the request or with the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlobRole {
+    /// Uploaded by the consumer (audio to transcribe).
+    Input,
+    /// Produced by the engine (speech, an image).
+    Output,
+}
+
+/// A stored blob of a record: audio or an image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobRef {
+    /// Its id (unique among all blobs).
+    pub id: String,
+    /// Input or output.
+    pub role: BlobRole,
+    /// Its content type (`audio/wav`, `image/png`, …).
+    pub content_type: String,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// Not stored: larger than the cap, or removed after the retention period.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dropped: bool,
+}
+
+impl BlobRef {
+    /// Whether it holds audio.
+    pub fn is_audio(&self) -> bool {
+        self.content_type.starts_with("audio/")
+    }
+
+    /// Whether it holds an image.
+    pub fn is_image(&self) -> bool {
+        self.content_type.starts_with("image/")
+    }
 }
 
 impl InferenceRecord {
@@ -367,7 +432,68 @@ impl InferenceRecord {
             failure: None,
             attempts: Vec::new(),
             visibility,
+            endpoint: Endpoint::ChatCompletions,
+            input: None,
+            embeddings: None,
+            blobs: Vec::new(),
         }
+    }
+
+    /// A new record of a request to `endpoint` (not chat) for `model`, with the body the
+    /// consumer sent as its `input`.
+    pub fn for_call(
+        id: RecordId,
+        consumer: Option<String>,
+        endpoint: Endpoint,
+        input: serde_json::Value,
+        visibility: Visibility,
+        received_at: DateTime<Utc>,
+    ) -> Self {
+        let model = input
+            .get("model")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default();
+        let mut record = Self::new(
+            id,
+            consumer,
+            ChatCompletionRequest::new(model, Vec::new()),
+            visibility,
+            received_at,
+        );
+        record.endpoint = endpoint;
+        record.input = Some(input);
+        record
+    }
+
+    /// The text the request asked about, for lists and previews: the last user message of a
+    /// chat, the prompt, input or text of other endpoints.
+    pub fn prompt_preview(&self) -> Option<String> {
+        if let Some(input) = &self.input {
+            let text = ["prompt", "input", "text"]
+                .iter()
+                .find_map(|field| input.get(*field))
+                .map(|value| match value {
+                    serde_json::Value::String(text) => text.clone(),
+                    serde_json::Value::Array(items) => items
+                        .iter()
+                        .filter_map(serde_json::Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(" · "),
+                    other => other.to_string(),
+                });
+            return text.or_else(|| {
+                self.blobs
+                    .iter()
+                    .find(|b| b.role == BlobRole::Input)
+                    .map(|b| format!("({}, {} bytes)", b.content_type, b.bytes))
+            });
+        }
+        self.request
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.role == crate::openai::Role::User)
+            .and_then(|m| m.text_content())
     }
 
     /// The current status.

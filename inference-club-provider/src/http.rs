@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use inference_club_core::openai::ErrorResponse;
-use inference_club_core::provider::{ProviderError, TimeoutPhase};
+use inference_club_core::provider::{ProviderError, RequestContext, TimeoutPhase};
+
+use crate::Timeouts;
 
 /// The most of an error body that is read from an engine.
 const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
@@ -122,6 +124,110 @@ pub(crate) async fn status_error(response: reqwest::Response, model: &str) -> Pr
         };
     }
     ProviderError::from_status(status, message, code)
+}
+
+/// Whether a `content-type` names JSON: `application/json`, or a `+json` type such as
+/// `application/problem+json` (parameters such as `charset` aside).
+pub(crate) fn is_json(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    essence.eq_ignore_ascii_case("application/json")
+        || essence.to_ascii_lowercase().ends_with("+json")
+}
+
+/// The response's `content-type`, or `application/octet-stream` when it has none.
+pub(crate) fn content_type(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .map_or_else(|| "application/octet-stream".to_owned(), str::to_owned)
+}
+
+/// Sends `request` and waits for the response headers, at most the first-token timeout (some
+/// engines send them only once the first output is ready) and not past the context's deadline;
+/// [`ProviderError::Cancelled`] when the context is cancelled first.
+pub(crate) async fn send_for_output(
+    request: reqwest::RequestBuilder,
+    timeouts: Timeouts,
+    context: &RequestContext,
+) -> Result<reqwest::Response, ProviderError> {
+    let (until, phase, after) = wait_until(
+        TimeoutPhase::FirstToken,
+        timeouts.first_token,
+        context.deadline,
+    );
+    tokio::select! {
+        biased;
+        () = context.cancel.cancelled() => Err(ProviderError::Cancelled),
+        sent = tokio::time::timeout_at(until, request.send()) => sent
+            .map_err(|_| ProviderError::Timeout { phase, after })?
+            .map_err(|e| send_error(&e, timeouts.connect)),
+    }
+}
+
+/// Reads a whole response body of at most `limit` bytes, waiting at most `idle` for each piece
+/// (and not past the context's deadline). A larger body (by its `content-length`, or as it
+/// arrives) is refused with [`ProviderError::Protocol`]; a body that breaks off is
+/// [`ProviderError::Unavailable`]; [`ProviderError::Cancelled`] when the context is cancelled.
+pub(crate) async fn read_body(
+    mut response: reqwest::Response,
+    limit: usize,
+    idle: Duration,
+    context: &RequestContext,
+) -> Result<bytes::Bytes, ProviderError> {
+    let too_large = || ProviderError::Protocol {
+        message: format!("engine's answer is larger than {limit} bytes"),
+    };
+    let announced = response.content_length().unwrap_or(0);
+    if announced > u64::try_from(limit).unwrap_or(u64::MAX) {
+        return Err(too_large());
+    }
+    let mut body = Vec::with_capacity(usize::try_from(announced).unwrap_or(0).min(limit));
+    loop {
+        let (until, phase, after) = wait_until(TimeoutPhase::Idle, idle, context.deadline);
+        let piece = tokio::select! {
+            biased;
+            () = context.cancel.cancelled() => return Err(ProviderError::Cancelled),
+            piece = tokio::time::timeout_at(until, response.chunk()) => piece,
+        };
+        match piece.map_err(|_| ProviderError::Timeout { phase, after })? {
+            Ok(Some(piece)) => {
+                if body.len().saturating_add(piece.len()) > limit {
+                    return Err(too_large());
+                }
+                body.extend_from_slice(&piece);
+            }
+            Ok(None) => return Ok(body.into()),
+            Err(e) => {
+                return Err(ProviderError::Unavailable {
+                    status: None,
+                    message: format!("engine's answer broke off: {}", error_chain(&e)),
+                });
+            }
+        }
+    }
+}
+
+/// When a wait of `wait` from now ends, which phase runs out then, and how long the wait is:
+/// the context's deadline (phase [`TimeoutPhase::Total`]) when it comes first.
+fn wait_until(
+    phase: TimeoutPhase,
+    wait: Duration,
+    deadline: Option<std::time::Instant>,
+) -> (tokio::time::Instant, TimeoutPhase, Duration) {
+    let now = tokio::time::Instant::now();
+    // A wait too long to represent is as good as none (about thirty years).
+    let until = now
+        .checked_add(wait)
+        .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 86_400));
+    match deadline.map(tokio::time::Instant::from_std) {
+        Some(deadline) if deadline < until => (
+            deadline,
+            TimeoutPhase::Total,
+            deadline.saturating_duration_since(now),
+        ),
+        _ => (until, phase, wait),
+    }
 }
 
 async fn read_limited(mut response: reqwest::Response, limit: usize) -> Vec<u8> {

@@ -113,8 +113,11 @@ use inference_club_core::link::ServiceLoad;
 use inference_club_core::manifest::{
     self, AccessPolicy, Service, ServiceManifest, ServiceType, effective_access,
 };
+use inference_club_core::endpoint::Endpoint;
 use inference_club_core::openai::{ChatCompletionRequest, Model};
-use inference_club_core::provider::{ChunkStream, Provider, ProviderError, RequestContext};
+use inference_club_core::provider::{
+    Call, CallStream, ChunkStream, Provider, ProviderError, RequestContext,
+};
 use inference_club_core::routing::{self, Availability, Candidate, Ewma};
 
 use inference_club_core::routing::failover;
@@ -133,19 +136,24 @@ pub const UNREACHABLE_COOLDOWN: Duration = Duration::from_secs(2);
 pub struct Route {
     service: String,
     backend: Arc<dyn Provider>,
+    service_type: ServiceType,
+    features: Vec<String>,
     models: Vec<manifest::Model>,
     max_concurrent: Option<u32>,
     access: Option<AccessPolicy>,
 }
 
 impl Route {
-    /// A route to `backend`, reported in [`Router::load`] as `service`. Unbounded, open to every
-    /// consumer, and serving no models yet: add them with [`Route::model`] and its siblings, or
-    /// leave none to serve what the backend lists (see [`Router::discover_models`]).
+    /// A route to `backend`, reported in [`Router::load`] as `service`. An `llm` service,
+    /// unbounded, open to every consumer, and serving no models yet: add them with
+    /// [`Route::model`] and its siblings, or leave none to serve what the backend lists (see
+    /// [`Router::discover_models`]).
     pub fn new(service: impl Into<String>, backend: Arc<dyn Provider>) -> Self {
         Self {
             service: service.into(),
             backend,
+            service_type: ServiceType::Llm,
+            features: Vec::new(),
             models: Vec::new(),
             max_concurrent: None,
             access: None,
@@ -179,6 +187,18 @@ impl Route {
         if model.served_id().is_some() {
             self.models.push(model);
         }
+        self
+    }
+
+    /// The route's service type (default `llm`): which [`Endpoint`]s it answers.
+    pub fn service_type(mut self, service_type: ServiceType) -> Self {
+        self.service_type = service_type;
+        self
+    }
+
+    /// The service's features (e.g. `embeddings`), which apply to every model of the route.
+    pub fn features(mut self, features: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.features = features.into_iter().map(Into::into).collect();
         self
     }
 
@@ -266,7 +286,8 @@ impl Router {
         RouterBuilder::default()
     }
 
-    /// A router over the `llm` services of a (validated) manifest, one route per service:
+    /// A router over the services of a (validated) manifest that answer an [`Endpoint`]
+    /// (`llm`, `stt`, `tts`, `image`), one route per service:
     /// its models, `max_concurrent` and, when `owner` is given, its
     /// [effective access policy](effective_access) with `owner` as the node's owner. Without an
     /// owner the routes admit everyone: a node behind a coordinator passes `None`, since the
@@ -274,8 +295,8 @@ impl Router {
     /// `make_backend` builds each service's backend (from its
     /// `engine`, `url` and `api_key`); the first error it returns is returned.
     ///
-    /// Services of other types (`stt`, `tts`, `image`, ...) do not answer chat requests and are
-    /// left out. Services that list no models serve what their engine lists once
+    /// Services of other types (`mesh`, `video`, ...) answer no endpoint yet and are left out.
+    /// Services that list no models serve what their engine lists once
     /// [`Router::discover_models`] has run.
     pub fn from_manifest<F>(
         manifest: &ServiceManifest,
@@ -289,11 +310,12 @@ impl Router {
         if let Some(owner) = owner {
             builder = builder.owner(owner);
         }
-        for service in manifest
-            .services()
-            .filter(|service| service.service_type == ServiceType::Llm)
-        {
-            let mut route = Route::new(service.name.clone(), make_backend(service)?);
+        for service in manifest.services().filter(|service| {
+            !Endpoint::all_served_by(service.service_type, &service.features, None).is_empty()
+        }) {
+            let mut route = Route::new(service.name.clone(), make_backend(service)?)
+                .service_type(service.service_type)
+                .features(service.features.iter().cloned());
             if owner.is_some() {
                 route = route.access(effective_access(&manifest.agent, service).clone());
             }
@@ -355,6 +377,7 @@ impl Router {
     /// step under the selection lock. `Err` says why no route can take the request.
     fn reserve(
         &self,
+        endpoint: Endpoint,
         requested: &str,
         consumer: Option<&str>,
         excluded: &[usize],
@@ -366,7 +389,7 @@ impl Router {
         let served_ids: Vec<Option<String>> = self
             .routes
             .iter()
-            .map(|route| route.served_id_for(requested))
+            .map(|route| route.served_id_for(endpoint, requested))
             .collect();
         let candidates: Vec<Candidate<usize>> = self
             .routes
@@ -451,10 +474,20 @@ impl Provider for Router {
                 return Err(ProviderError::Cancelled);
             }
             let reservation =
-                match self.reserve(&request.model, context.consumer.as_deref(), &tried) {
+                match self.reserve(
+                    Endpoint::ChatCompletions,
+                    &request.model,
+                    context.consumer.as_deref(),
+                    &tried,
+                ) {
                     Ok(reservation) => reservation,
                     Err(availability) => {
-                        return Err(unplaceable(&request, &context, availability, last_error));
+                        return Err(unplaceable(
+                            &request.model,
+                            &context,
+                            availability,
+                            last_error,
+                        ));
                     }
                 };
             let Reservation {
@@ -492,16 +525,66 @@ impl Provider for Router {
             }
         }
     }
+
+    /// Places a call as chat is placed: on a route of the endpoint's service type serving the
+    /// model, failing over before the first output.
+    async fn call(&self, call: Call, context: RequestContext) -> Result<CallStream, ProviderError> {
+        let requested = call.model().to_owned();
+        let mut tried: Vec<usize> = Vec::new();
+        let mut last_error: Option<ProviderError> = None;
+        loop {
+            if context.cancel.is_cancelled() {
+                return Err(ProviderError::Cancelled);
+            }
+            let Reservation {
+                index,
+                route,
+                served_id,
+                slot,
+            } = match self.reserve(
+                call.endpoint,
+                &requested,
+                context.consumer.as_deref(),
+                &tried,
+            ) {
+                Ok(reservation) => reservation,
+                Err(availability) => {
+                    return Err(unplaceable(&requested, &context, availability, last_error));
+                }
+            };
+            let attempt = call.clone().with_model(&served_id);
+            let started = Instant::now();
+            let opened = match route.backend.call(attempt, context.clone()).await {
+                Ok(outputs) => failover::call_until_output(outputs).await,
+                Err(error) => Err(error),
+            };
+            match opened {
+                Ok(opened) => {
+                    if opened.output_started() {
+                        route.record_ttft(started.elapsed());
+                    }
+                    return Ok(opened.into_stream(slot));
+                }
+                Err(error) if error.is_retryable() => {
+                    route.record_ttft(started.elapsed().max(FAILED_ATTEMPT_TTFT));
+                    route.note_failure(&error);
+                    tried.push(index);
+                    last_error = Some(error);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
 }
 
 /// The error for a request no route can take.
 fn unplaceable(
-    request: &ChatCompletionRequest,
+    model: &str,
     context: &RequestContext,
     availability: Availability,
     last_error: Option<ProviderError>,
 ) -> ProviderError {
-    let model = &request.model;
+    let model = model.to_owned();
     match availability {
         Availability::NotServed => ProviderError::ModelNotFound {
             model: model.clone(),
@@ -538,6 +621,8 @@ pub struct DiscoveryFailure {
 struct RouteState {
     service: String,
     backend: Arc<dyn Provider>,
+    service_type: ServiceType,
+    features: Vec<String>,
     /// Replaced as a whole by discovery; read per request.
     models: RwLock<Arc<[ServedModel]>>,
     /// The route listed no models: its backend's list is used.
@@ -563,6 +648,8 @@ impl RouteState {
             models: RwLock::new(models),
             service: route.service,
             backend: route.backend,
+            service_type: route.service_type,
+            features: route.features,
             max_concurrent: route.max_concurrent,
             access: route.access,
             in_flight: Arc::default(),
@@ -611,11 +698,15 @@ impl RouteState {
         *self.models.write().unwrap_or_else(PoisonError::into_inner) = models.into_iter().collect();
     }
 
-    /// The id this route's engine serves `requested` under, if it serves it.
-    fn served_id_for(&self, requested: &str) -> Option<String> {
+    /// The id this route's engine serves `requested` under, if it serves it at `endpoint`.
+    fn served_id_for(&self, endpoint: Endpoint, requested: &str) -> Option<String> {
         self.models()
             .iter()
             .find(|model| model.spec.answers_to(requested))
+            .filter(|model| {
+                let spec = model.declared.then_some(&model.spec);
+                endpoint.served_by(self.service_type, &self.features, spec)
+            })
             .and_then(|model| model.spec.served_id())
             .map(str::to_owned)
     }
@@ -639,13 +730,19 @@ impl RouteState {
 struct ServedModel {
     spec: manifest::Model,
     listing: Model,
+    /// Declared (its features are known), not listed by the engine.
+    declared: bool,
 }
 
 impl ServedModel {
     /// A model declared in a route or manifest; `None` without a served id.
     fn declared(spec: manifest::Model, owned_by: &str) -> Option<Self> {
         let listing = Model::new(spec.served_id()?, owned_by);
-        Some(Self { spec, listing })
+        Some(Self {
+            spec,
+            listing,
+            declared: true,
+        })
     }
 
     /// A model a backend listed: it answers to its id only.
@@ -654,7 +751,11 @@ impl ServedModel {
             id: Some(listing.id.clone()),
             ..manifest::Model::default()
         };
-        Self { spec, listing }
+        Self {
+            spec,
+            listing,
+            declared: false,
+        }
     }
 }
 
@@ -804,6 +905,10 @@ hosts:
         type: stt
         engine: other
         url: http://127.0.0.1:9000/v1
+      - name: meshes
+        type: mesh
+        engine: other
+        url: http://127.0.0.1:9001/v1
       - name: discovered
         engine: llamacpp
         url: http://127.0.0.1:8080/v1
@@ -816,6 +921,7 @@ hosts:
                 "small" => echo(&["qwen3:8b"]),
                 "private" => echo(&["Qwen/Qwen3-8B"]),
                 "discovered" => echo(&["tiny", "qwen3:8b"]),
+                "whisper" => echo(&[]),
                 other => panic!("no backend expected for {other}"),
             })
         })
@@ -827,7 +933,8 @@ hosts:
         let router = manifest_router();
         let load = router.load();
         let services: Vec<_> = load.iter().map(|l| l.service.as_str()).collect();
-        assert_eq!(services, ["small", "private", "discovered"]);
+        // `stt` answers an endpoint (transcriptions); `mesh` answers none yet.
+        assert_eq!(services, ["small", "private", "whisper", "discovered"]);
         assert_eq!(load[0].max_concurrent, Some(2));
         assert_eq!(load[1].max_concurrent, None);
     }

@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use inference_club_core::openai::ChatCompletionRequest;
-use inference_club_core::provider::{ChunkStream, Provider, ProviderError, RequestContext};
+use inference_club_core::provider::{
+    Call, CallStream, ChunkStream, Provider, ProviderError, RequestContext,
+};
 
 use crate::cluster::{Cluster, PeerNode};
 use crate::nodes::{LiveNode, NodeKey, NodeOffer, NodeSlot, RemoteNode, SendError};
@@ -98,6 +100,29 @@ impl OnlineNode {
         match self {
             Self::Local(node) => node.silent_for(),
             Self::Peer(node) => node.silent_for(),
+        }
+    }
+
+    /// Whether it takes calls (endpoints other than chat): linked here, speaking protocol 2.
+    /// Calls are not relayed between replicas yet.
+    pub fn takes_calls(&self) -> bool {
+        match self {
+            Self::Local(node) => node.takes_calls(),
+            Self::Peer(_) => false,
+        }
+    }
+
+    /// Sends it a call (linked here only: see [`OnlineNode::takes_calls`]).
+    pub async fn call(&self, call: Call, context: RequestContext) -> Result<CallStream, SendError> {
+        match self {
+            Self::Local(node) => Ok(RemoteNode(node.clone()).call(call, context).await?),
+            Self::Peer(node) => Err(SendError::Failed(ProviderError::Unavailable {
+                status: None,
+                message: format!(
+                    "node {} is linked to another replica, which does not relay calls",
+                    node.key.provider
+                ),
+            })),
         }
     }
 

@@ -44,6 +44,7 @@
 
 #![warn(missing_docs)]
 
+mod blobs;
 mod deferred;
 mod error;
 mod ids;
@@ -63,6 +64,7 @@ use std::sync::Arc;
 use sqlx::AnyPool;
 use tokio::sync::mpsc;
 
+pub use blobs::Blob;
 pub use error::{Entity, StoreError};
 pub use ids::{KeyId, ProviderId, UserId};
 pub use keys::{ApiKey, Scope, ScopeParseError, Scopes};
@@ -141,7 +143,7 @@ impl Store {
     /// Applies the migrations not yet applied (what `club-coordinator migrate` runs). Safe to
     /// run while other coordinators use the database, and a no-op when the schema is current.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        sql::migrate(&self.inner.pool).await
+        sql::migrate(&self.inner.pool, self.inner.backend).await
     }
 
     /// Which database this store uses.

@@ -633,7 +633,15 @@ impl Store {
             .bind(owner.to_string())
             .execute(&self.inner.pool)
             .await?;
-        Ok(deleted.rows_affected() > 0)
+        if deleted.rows_affected() == 0 {
+            return Ok(false);
+        }
+        // Its audio and images go with it (a failure here leaves them to `expire_blobs`,
+        // which removes blobs whose record is gone).
+        if let Err(error) = self.delete_blobs_of(id).await {
+            tracing::warn!(%id, "cannot delete a record's blobs now: {error}");
+        }
+        Ok(true)
     }
 
     /// At coordinator start: every record still `queued` or `running` becomes `failed` with

@@ -149,9 +149,20 @@ pub(crate) async fn open_pool(backend: Backend, url: &str) -> Result<AnyPool, St
     Ok(options.connect(url).await?)
 }
 
-/// The schema's migrations, compiled in (they are portable: one file serves both backends).
+/// The schema's migrations, compiled in (portable: one file serves both backends, with the type
+/// of binary columns, `BINARY_TYPE`, named per backend).
 #[derive(Debug)]
-struct Embedded;
+struct Embedded(Backend);
+
+impl Backend {
+    /// The column type of bytes.
+    fn binary_type(self) -> &'static str {
+        match self {
+            Self::Sqlite => "BLOB",
+            Self::Postgres => "BYTEA",
+        }
+    }
+}
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "store", include_str!("../../migrations/0001_store.sql")),
@@ -170,6 +181,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "replicas",
         include_str!("../../migrations/0004_replicas.sql"),
     ),
+    (5, "blobs", include_str!("../../migrations/0005_blobs.sql")),
 ];
 
 impl<'s> MigrationSource<'s> for Embedded {
@@ -180,11 +192,16 @@ impl<'s> MigrationSource<'s> for Embedded {
             Ok(MIGRATIONS
                 .iter()
                 .map(|(version, description, sql)| {
+                    let sql = if sql.contains("BINARY_TYPE") {
+                        Cow::Owned(sql.replace("BINARY_TYPE", self.0.binary_type()))
+                    } else {
+                        Cow::Borrowed(*sql)
+                    };
                     Migration::new(
                         *version,
                         Cow::Borrowed(*description),
                         MigrationType::Simple,
-                        Cow::Borrowed(*sql),
+                        sql,
                         false,
                     )
                 })
@@ -201,8 +218,8 @@ mod futures_core_box {
 
 /// Applies the migrations not yet applied (PostgreSQL: under an advisory lock, so several
 /// coordinators starting at once apply each migration once).
-pub(crate) async fn migrate(pool: &AnyPool) -> Result<(), StoreError> {
-    let migrator = Migrator::new(Embedded).await?;
+pub(crate) async fn migrate(pool: &AnyPool, backend: Backend) -> Result<(), StoreError> {
+    let migrator = Migrator::new(Embedded(backend)).await?;
     migrator.run(pool).await?;
     Ok(())
 }

@@ -16,6 +16,7 @@ mod chat;
 mod chunk;
 mod error;
 mod models;
+pub mod responses;
 mod think;
 
 pub use aggregate::ChatCompletionAggregator;

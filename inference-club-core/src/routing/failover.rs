@@ -5,7 +5,7 @@
 //! nodes: the rule is written once.
 
 use crate::openai::ChatCompletionChunk;
-use crate::provider::{ChunkStream, ProviderError};
+use crate::provider::{CallOutput, CallStream, ChunkStream, ProviderError};
 use async_stream::stream;
 use futures_util::StreamExt;
 
@@ -95,6 +95,57 @@ pub async fn read_until_output(mut chunks: ChunkStream) -> Result<Opened, Provid
                 }
             }
         }
+    }
+}
+
+/// A call's stream read up to its first output ([`call_until_output`]).
+pub struct OpenedCall {
+    first: Option<CallOutput>,
+    rest: CallStream,
+}
+
+impl OpenedCall {
+    /// Whether the call produced output (otherwise it ended without any).
+    pub fn output_started(&self) -> bool {
+        self.first.is_some()
+    }
+
+    /// The stream handed to the caller: the first output, then the rest, holding `guard` until
+    /// the stream ends or is dropped (the rest always dropped first, as for
+    /// [`Opened::into_stream`]).
+    pub fn into_stream<G: Send + 'static>(self, guard: G) -> CallStream {
+        let Self { first, rest } = self;
+        let held = GuardedCall {
+            rest,
+            _guard: guard,
+        };
+        Box::pin(stream! {
+            let mut held = held;
+            if let Some(first) = first {
+                yield Ok(first);
+                while let Some(item) = held.rest.next().await {
+                    yield item;
+                }
+            }
+        })
+    }
+}
+
+/// [`Guarded`] for a call's stream.
+struct GuardedCall<G> {
+    rest: CallStream,
+    _guard: G,
+}
+
+/// Reads a call's stream up to its first output (every output of a call counts). An error
+/// before it is returned as `Err`, so the caller may fail over.
+pub async fn call_until_output(mut outputs: CallStream) -> Result<OpenedCall, ProviderError> {
+    match outputs.next().await {
+        Some(Err(error)) => Err(error),
+        first => Ok(OpenedCall {
+            first: first.and_then(Result::ok),
+            rest: outputs,
+        }),
     }
 }
 

@@ -4,15 +4,24 @@ use std::time::Duration;
 
 use async_stream::stream;
 use async_trait::async_trait;
+use inference_club_core::endpoint::Endpoint;
 use inference_club_core::openai::{
     ChatCompletionChunk, ChatCompletionRequest, ChunkDelta, FinishReason, Model, Role, Usage,
 };
-use inference_club_core::provider::{ChunkStream, Provider, ProviderError, RequestContext};
+use inference_club_core::provider::{
+    Call, CallOutput, CallStream, ChunkStream, Provider, ProviderError, RequestContext,
+};
+use serde_json::{Value, json};
 
 /// **A test engine, not a language model**: it answers every request with `echo: ` and the last
 /// user message, one word per chunk, optionally preceded by a reasoning trace, with usage counted
 /// in words. Deterministic, so tests and the demo can assert what they get. Honours
 /// `max_tokens`/`max_completion_tokens` (in words), and cancellation.
+///
+/// It also answers two other endpoints ([`Provider::call`]): `/v1/completions` with the prompt
+/// itself as the completion text (whole, or streamed one word per chunk; `max_tokens` in words),
+/// and `/v1/embeddings` with [`Echo::embedding`] of each input. Others are refused with
+/// [`ProviderError::unsupported`].
 #[derive(Debug, Clone)]
 pub struct Echo {
     models: Vec<String>,
@@ -65,6 +74,175 @@ impl Echo {
             .unwrap_or_default();
         format!("echo: {prompt}")
     }
+
+    /// The number of floats in each of this engine's embeddings.
+    pub const EMBEDDING_DIMENSIONS: usize = 8;
+
+    /// The embedding this engine gives `text`: [`Echo::EMBEDDING_DIMENSIONS`] floats derived
+    /// from a hash of the text (FNV-1a, then SplitMix64), scaled to length 1. The same text
+    /// always gives the same vector, on every platform and build; different texts differ.
+    pub fn embedding(text: &str) -> Vec<f64> {
+        let mut state = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        });
+        let mut next = || {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        // 53 random bits as a float in [-1, 1).
+        let raw: Vec<f64> = (0..Self::EMBEDDING_DIMENSIONS)
+            .map(|_| (next() >> 11) as f64 / (1_u64 << 52) as f64 - 1.0)
+            .collect();
+        let length = raw.iter().map(|x| x * x).sum::<f64>().sqrt();
+        if length == 0.0 {
+            let mut unit = vec![0.0; Self::EMBEDDING_DIMENSIONS];
+            unit[0] = 1.0;
+            return unit;
+        }
+        raw.into_iter().map(|x| x / length).collect()
+    }
+
+    fn check_model(&self, model: &str) -> Result<(), ProviderError> {
+        if self.models.iter().any(|m| m == model) {
+            Ok(())
+        } else {
+            Err(ProviderError::ModelNotFound {
+                model: model.to_owned(),
+            })
+        }
+    }
+
+    /// The answer to `/v1/completions`.
+    fn completion(
+        &self,
+        call: &Call,
+        context: &RequestContext,
+    ) -> Result<CallStream, ProviderError> {
+        let prompt = match call.body.get("prompt") {
+            None | Some(Value::Null) => String::new(),
+            Some(Value::String(prompt)) => prompt.clone(),
+            Some(Value::Array(prompts)) => match prompts.first() {
+                None => String::new(),
+                Some(Value::String(prompt)) => prompt.clone(),
+                Some(_) => return Err(text_only("prompt")),
+            },
+            Some(_) => return Err(text_only("prompt")),
+        };
+        let prompt_words = prompt.split_whitespace().count() as u64;
+        let mut answer = words(&prompt);
+        let finish = match call
+            .body
+            .get("max_tokens")
+            .and_then(Value::as_u64)
+            .and_then(|n| usize::try_from(n).ok())
+        {
+            Some(limit) if answer.len() > limit => {
+                answer.truncate(limit);
+                "length"
+            }
+            _ => "stop",
+        };
+        let completion_words = answer.len() as u64;
+        let usage = json!(Usage::new(prompt_words, completion_words));
+        let id = format!("cmpl-echo-{}", context.request_id);
+        let model = call.model().to_owned();
+        let created = now_unix();
+        let object = move |text: &str, finish: Option<&str>| {
+            json!({
+                "id": id,
+                "object": "text_completion",
+                "created": created,
+                "model": model,
+                "choices": [{"text": text, "index": 0, "logprobs": null, "finish_reason": finish}],
+            })
+        };
+        if !call.is_stream() {
+            let mut whole = object(&answer.concat(), Some(finish));
+            whole["usage"] = usage;
+            return Ok(Box::pin(futures_util::stream::once(async move {
+                Ok(CallOutput::Json(whole))
+            })));
+        }
+        let want_usage = call
+            .body
+            .pointer("/stream_options/include_usage")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let pace = self.pace;
+        let cancel = context.cancel.clone();
+        Ok(Box::pin(stream! {
+            for word in answer {
+                if !pace.is_zero() {
+                    tokio::select! {
+                        () = cancel.cancelled() => {
+                            yield Err(ProviderError::Cancelled);
+                            return;
+                        }
+                        () = tokio::time::sleep(pace) => {}
+                    }
+                }
+                yield Ok(CallOutput::Json(object(&word, None)));
+            }
+            yield Ok(CallOutput::Json(object("", Some(finish))));
+            if want_usage {
+                let mut last = object("", None);
+                last["choices"] = json!([]);
+                last["usage"] = usage;
+                yield Ok(CallOutput::Json(last));
+            }
+        }))
+    }
+
+    /// The answer to `/v1/embeddings`.
+    fn embeddings(call: &Call) -> Result<CallStream, ProviderError> {
+        let inputs: Vec<&str> = match call.body.get("input") {
+            Some(Value::String(text)) => vec![text],
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|item| item.as_str().ok_or_else(|| text_only("input")))
+                .collect::<Result<_, _>>()?,
+            _ => return Err(text_only("input")),
+        };
+        let tokens: u64 = inputs
+            .iter()
+            .map(|text| text.split_whitespace().count() as u64)
+            .sum();
+        let data: Vec<Value> = inputs
+            .iter()
+            .enumerate()
+            .map(|(index, text)| {
+                json!({"object": "embedding", "index": index, "embedding": Self::embedding(text)})
+            })
+            .collect();
+        let answer = json!({
+            "object": "list",
+            "data": data,
+            "model": call.model(),
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        });
+        Ok(Box::pin(futures_util::stream::once(async move {
+            Ok(CallOutput::Json(answer))
+        })))
+    }
+}
+
+/// The refusal of a field that is not text (or an array of texts).
+fn text_only(field: &str) -> ProviderError {
+    ProviderError::Rejected {
+        status: 400,
+        message: format!("the echo engine takes `{field}` only as a string or an array of strings"),
+        code: Some("invalid_value".into()),
+    }
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn words(text: &str) -> Vec<String> {
@@ -97,11 +275,7 @@ impl Provider for Echo {
         request: ChatCompletionRequest,
         context: RequestContext,
     ) -> Result<ChunkStream, ProviderError> {
-        if !self.models.iter().any(|m| m == &request.model) {
-            return Err(ProviderError::ModelNotFound {
-                model: request.model,
-            });
-        }
+        self.check_model(&request.model)?;
         let prompt_words: u64 = request
             .messages
             .iter()
@@ -127,10 +301,7 @@ impl Provider for Echo {
         };
         let id = format!("chatcmpl-echo-{}", context.request_id);
         let model = request.model.clone();
-        let created = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let created = now_unix();
         let pace = self.pace;
         let want_usage = request.wants_stream_usage() || !request.is_stream();
         let cancel = context.cancel.clone();
@@ -168,6 +339,20 @@ impl Provider for Echo {
                 yield Ok(usage_chunk);
             }
         }))
+    }
+
+    async fn call(&self, call: Call, context: RequestContext) -> Result<CallStream, ProviderError> {
+        match call.endpoint {
+            Endpoint::Completions => {
+                self.check_model(call.model())?;
+                self.completion(&call, &context)
+            }
+            Endpoint::Embeddings => {
+                self.check_model(call.model())?;
+                Self::embeddings(&call)
+            }
+            other => Err(ProviderError::unsupported(other)),
+        }
     }
 }
 

@@ -6,17 +6,21 @@ use async_stream::stream;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
+use inference_club_core::endpoint::Endpoint;
 use inference_club_core::openai::{
     ChatCompletionChunk, ChatCompletionRequest, ChatMessage, ChunkDelta, ContentPart, FinishReason,
     FunctionCallDelta, MessageContent, Model, Role, StopSequences, ToolCallDelta, Usage,
 };
 use inference_club_core::provider::{
-    ChunkStream, Provider, ProviderError, RequestContext, TimeoutPhase,
+    Call, CallOutput, CallStream, ChunkStream, Provider, ProviderError, RequestContext,
+    TimeoutPhase,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use url::Url;
 
+use super::OpenAiCompatible;
+use super::openai::guard_calls;
 use crate::{Timeouts, http};
 
 /// Ollama's own option names, which are moved from a request's extra fields into `options`.
@@ -65,11 +69,28 @@ const OPTION_NAMES: &[&str] = &[
 /// trace, tool calls with generated ids and their arguments as a JSON string); the last line's
 /// `done_reason` becomes the finish reason and its token counts a usage-only chunk.
 ///
-/// Use [`OpenAiCompatible`](super::OpenAiCompatible) instead for Ollama's `/v1` endpoint.
+/// Two other endpoints are served ([`Provider::call`]), translated to and from the native API:
+///
+/// - `/v1/completions` through `POST /api/generate` with `raw: true` (no chat template): the
+///   prompt (a string, or the first string of an array), `stream`, and `options` as for chat
+///   (`max_tokens` as `num_predict`, `temperature`, `top_p`, `stop`, `seed`, penalties, Ollama
+///   option names); each answer or NDJSON line becomes an OpenAI `text_completion` object, the
+///   last with the finish reason, then the usage (whole: in the object; streamed: in a chunk
+///   without choices when `stream_options.include_usage` asks for it).
+/// - `/v1/embeddings` through `POST /api/embed` (`input` a string or an array of strings,
+///   `dimensions`, `truncate`): the answer becomes OpenAI's list of `embedding` objects with
+///   the prompt's token count as usage.
+///
+/// Whole answers are read up to [`OpenAiCompatible::MAX_ANSWER_BYTES`]. Other endpoints are
+/// refused with [`ProviderError::unsupported`].
+///
+/// Use [`OpenAiCompatible`] instead for Ollama's `/v1` endpoint.
 #[derive(Debug, Clone)]
 pub struct Ollama {
     chat_url: Url,
     tags_url: Url,
+    generate_url: Url,
+    embed_url: Url,
     api_key: Option<String>,
     timeouts: Timeouts,
     http: reqwest::Client,
@@ -106,10 +127,15 @@ impl OllamaBuilder {
 
     /// The adapter; fails when the base URL is not an absolute http(s) URL.
     pub fn build(self) -> Result<Ollama, ProviderError> {
-        let [chat_url, tags_url] = http::endpoint_urls(&self.base_url, ["api/chat", "api/tags"])?;
+        let [chat_url, tags_url, generate_url, embed_url] = http::endpoint_urls(
+            &self.base_url,
+            ["api/chat", "api/tags", "api/generate", "api/embed"],
+        )?;
         Ok(Ollama {
             chat_url,
             tags_url,
+            generate_url,
+            embed_url,
             api_key: self.api_key,
             timeouts: self.timeouts,
             http: http::client_or_new(self.http, self.timeouts.connect)?,
@@ -134,6 +160,19 @@ impl Ollama {
 
     fn authorized(&self, builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         http::authorized(builder, self.api_key.as_deref())
+    }
+}
+
+/// The error for a non-success answer of a native endpoint. Each exists on every Ollama, so a
+/// 404 that says "not found" is about the model.
+async fn status_error(response: reqwest::Response, model: String) -> ProviderError {
+    match http::status_error(response, &model).await {
+        ProviderError::Rejected {
+            status: 404,
+            message,
+            ..
+        } if message.contains("not found") => ProviderError::ModelNotFound { model },
+        other => other,
     }
 }
 
@@ -210,15 +249,7 @@ impl Provider for Ollama {
         })?
         .map_err(|e| http::send_error(&e, self.timeouts.connect))?;
         if !response.status().is_success() {
-            return Err(match http::status_error(response, &model).await {
-                // `/api/chat` exists on every Ollama, so its 404 is about the model.
-                ProviderError::Rejected {
-                    status: 404,
-                    message,
-                    ..
-                } if message.contains("not found") => ProviderError::ModelNotFound { model },
-                other => other,
-            });
+            return Err(status_error(response, model).await);
         }
         let chunks = chunks(
             response.bytes_stream(),
@@ -233,9 +264,178 @@ impl Provider for Ollama {
             sent_at,
         ))
     }
+
+    async fn call(&self, call: Call, context: RequestContext) -> Result<CallStream, ProviderError> {
+        self.native_call(call, context).await
+    }
+}
+
+impl Ollama {
+    /// Answers [`Provider::call`] for the endpoints translated to the native API.
+    async fn native_call(
+        &self,
+        call: Call,
+        context: RequestContext,
+    ) -> Result<CallStream, ProviderError> {
+        let (url, body) = match call.endpoint {
+            Endpoint::Completions => (&self.generate_url, generate_body(&call)?),
+            Endpoint::Embeddings => (&self.embed_url, embed_body(&call.body)?),
+            other => return Err(ProviderError::unsupported(other)),
+        };
+        let model = call.model().to_owned();
+        let streamed = call.is_stream();
+        let body = serde_json::to_vec(&body).map_err(|e| ProviderError::Protocol {
+            message: format!("cannot encode the request: {e}"),
+        })?;
+        let request = self
+            .authorized(self.http.post(url.clone()))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(
+                reqwest::header::ACCEPT,
+                if streamed {
+                    "application/x-ndjson"
+                } else {
+                    "application/json"
+                },
+            )
+            .body(body);
+        let sent_at = std::time::Instant::now();
+        let response = http::send_for_output(request, self.timeouts, &context).await?;
+        if !response.status().is_success() {
+            return Err(status_error(response, model).await);
+        }
+        let completion = Completion {
+            id: format!("cmpl-ollama-{}", context.request_id),
+            model,
+            created: now_unix(),
+        };
+        if streamed {
+            let include_usage = call
+                .body
+                .pointer("/stream_options/include_usage")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            let chunks = completion_chunks(response.bytes_stream(), completion, include_usage)
+                .map(|chunk| chunk.map(CallOutput::Json));
+            return Ok(guard_calls(
+                Box::pin(chunks),
+                self.timeouts,
+                &context,
+                sent_at,
+            ));
+        }
+        let data = http::read_body(
+            response,
+            OpenAiCompatible::MAX_ANSWER_BYTES,
+            self.timeouts.idle,
+            &context,
+        )
+        .await?;
+        let answer = match call.endpoint {
+            Endpoint::Embeddings => embeddings_answer(&data, &completion.model)?,
+            _ => {
+                let answer = parse_answer::<GenerateLine>(&data, "/api/generate")?;
+                if let Some(error) = answer.error.clone().filter(|e| !e.is_null()) {
+                    return Err(line_error(error));
+                }
+                completion.whole(answer)
+            }
+        };
+        Ok(Box::pin(futures_util::stream::once(async move {
+            Ok(CallOutput::Json(answer))
+        })))
+    }
 }
 
 // ----- the request -----
+
+/// The `/api/generate` body for an OpenAI text-completion request; see [`Ollama`].
+fn generate_body(call: &Call) -> Result<Value, ProviderError> {
+    let given = call.body.as_object().cloned().unwrap_or_default();
+    let prompt = match given.get("prompt") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(prompt)) => prompt.clone(),
+        Some(Value::Array(prompts)) => match prompts.first() {
+            None => String::new(),
+            Some(Value::String(prompt)) => prompt.clone(),
+            Some(_) => return Err(text_only("prompt")),
+        },
+        Some(_) => return Err(text_only("prompt")),
+    };
+    let mut body = Map::new();
+    body.insert("model".into(), json!(call.model()));
+    body.insert("prompt".into(), json!(prompt));
+    body.insert("raw".into(), json!(true));
+    body.insert("stream".into(), json!(call.is_stream()));
+    if let Some(keep_alive) = given.get("keep_alive") {
+        body.insert("keep_alive".into(), keep_alive.clone());
+    }
+    let mut options = match given.get("options") {
+        Some(Value::Object(options)) => options.clone(),
+        _ => Map::new(),
+    };
+    for (from, to) in [
+        ("max_tokens", "num_predict"),
+        ("temperature", "temperature"),
+        ("top_p", "top_p"),
+        ("seed", "seed"),
+        ("presence_penalty", "presence_penalty"),
+        ("frequency_penalty", "frequency_penalty"),
+        ("repetition_penalty", "repeat_penalty"),
+    ] {
+        if let Some(value) = given.get(from).filter(|v| !v.is_null()) {
+            options.insert(to.into(), value.clone());
+        }
+    }
+    match given.get("stop") {
+        Some(Value::String(stop)) => {
+            options.insert("stop".into(), json!([stop]));
+        }
+        Some(stop @ Value::Array(_)) => {
+            options.insert("stop".into(), stop.clone());
+        }
+        _ => {}
+    }
+    for (name, value) in &given {
+        if OPTION_NAMES.contains(&name.as_str()) && name != "stop" && !value.is_null() {
+            options.insert(name.clone(), value.clone());
+        }
+    }
+    if !options.is_empty() {
+        body.insert("options".into(), Value::Object(options));
+    }
+    Ok(Value::Object(body))
+}
+
+/// The `/api/embed` body for an OpenAI embeddings request; see [`Ollama`].
+fn embed_body(given: &Value) -> Result<Value, ProviderError> {
+    let input = match given.get("input") {
+        Some(Value::String(text)) => json!(text),
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => json!(items),
+        _ => return Err(text_only("input")),
+    };
+    let mut body = Map::new();
+    body.insert(
+        "model".into(),
+        given.get("model").cloned().unwrap_or(Value::Null),
+    );
+    body.insert("input".into(), input);
+    for name in ["dimensions", "truncate", "keep_alive", "options"] {
+        if let Some(value) = given.get(name).filter(|v| !v.is_null()) {
+            body.insert(name.into(), value.clone());
+        }
+    }
+    Ok(Value::Object(body))
+}
+
+/// The refusal of a field that is not text (token ids, which Ollama's native API does not take).
+fn text_only(field: &str) -> ProviderError {
+    ProviderError::Rejected {
+        status: 400,
+        message: format!("Ollama takes `{field}` only as a string or an array of strings"),
+        code: Some("invalid_value".into()),
+    }
+}
 
 /// The `/api/chat` body for an OpenAI request.
 fn chat_body(request: &ChatCompletionRequest) -> Result<Value, ProviderError> {
@@ -493,6 +693,197 @@ struct LineFunction {
     arguments: Value,
 }
 
+/// An answer of `/api/generate`, or one NDJSON line of a streamed one.
+#[derive(Deserialize)]
+struct GenerateLine {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    response: Option<String>,
+    #[serde(default)]
+    done: bool,
+    #[serde(default)]
+    done_reason: Option<String>,
+    #[serde(default)]
+    prompt_eval_count: Option<u64>,
+    #[serde(default)]
+    eval_count: Option<u64>,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+/// An answer of `/api/embed`.
+#[derive(Deserialize)]
+struct EmbedAnswer {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    embeddings: Vec<Value>,
+    #[serde(default)]
+    prompt_eval_count: Option<u64>,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+/// A whole answer of a native endpoint, parsed.
+fn parse_answer<T: serde::de::DeserializeOwned>(
+    data: &[u8],
+    endpoint: &str,
+) -> Result<T, ProviderError> {
+    serde_json::from_slice(data).map_err(|e| ProviderError::Protocol {
+        message: format!("engine's answer from {endpoint} is not valid: {e}"),
+    })
+}
+
+/// OpenAI's embeddings list for an `/api/embed` answer.
+fn embeddings_answer(data: &[u8], model: &str) -> Result<Value, ProviderError> {
+    let answer = parse_answer::<EmbedAnswer>(data, "/api/embed")?;
+    if let Some(error) = answer.error.filter(|e| !e.is_null()) {
+        return Err(line_error(error));
+    }
+    let data: Vec<Value> = answer
+        .embeddings
+        .into_iter()
+        .enumerate()
+        .map(|(index, embedding)| json!({"object": "embedding", "index": index, "embedding": embedding}))
+        .collect();
+    let tokens = answer.prompt_eval_count.unwrap_or(0);
+    Ok(json!({
+        "object": "list",
+        "data": data,
+        "model": answer.model.filter(|m| !m.is_empty()).unwrap_or_else(|| model.to_owned()),
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }))
+}
+
+/// What every `text_completion` object of one answer shares.
+struct Completion {
+    id: String,
+    model: String,
+    created: u64,
+}
+
+impl Completion {
+    /// One `text_completion` object with one choice.
+    fn object(&self, text: &str, finish_reason: Option<&str>) -> Value {
+        json!({
+            "id": self.id,
+            "object": "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{
+                "text": text,
+                "index": 0,
+                "logprobs": null,
+                "finish_reason": finish_reason,
+            }],
+        })
+    }
+
+    /// Takes the model Ollama names in `line`, if any.
+    fn note_model(&mut self, line: &GenerateLine) {
+        if let Some(model) = line.model.as_ref().filter(|m| !m.is_empty()) {
+            model.clone_into(&mut self.model);
+        }
+    }
+
+    /// The whole completion for a whole `/api/generate` answer.
+    fn whole(mut self, answer: GenerateLine) -> Value {
+        self.note_model(&answer);
+        let mut object = self.object(
+            answer.response.as_deref().unwrap_or_default(),
+            Some(finish_reason(answer.done_reason.as_deref())),
+        );
+        object["usage"] = usage(&answer);
+        object
+    }
+}
+
+/// OpenAI's finish reason for Ollama's `done_reason`.
+fn finish_reason(done_reason: Option<&str>) -> &'static str {
+    match done_reason {
+        Some("length") => "length",
+        _ => "stop",
+    }
+}
+
+/// OpenAI's usage for the token counts of Ollama's last line.
+fn usage(line: &GenerateLine) -> Value {
+    json!(Usage::new(
+        line.prompt_eval_count.unwrap_or(0),
+        line.eval_count.unwrap_or(0)
+    ))
+}
+
+/// Parses the bytes of a streamed `/api/generate` NDJSON body into `text_completion` chunks:
+/// one per line, the last (`done: true`) with the finish reason, then a usage chunk without
+/// choices when `include_usage`. Errors as for [`chunks`].
+fn completion_chunks<S, E>(
+    body: S,
+    mut completion: Completion,
+    include_usage: bool,
+) -> impl Stream<Item = Result<Value, ProviderError>>
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    stream! {
+        let mut lines = std::pin::pin!(lines(body, Ollama::MAX_LINE_BYTES));
+        while let Some(line) = lines.next().await {
+            let parsed = line.and_then(|line| {
+                serde_json::from_slice::<GenerateLine>(&line).map_err(|e| ProviderError::Protocol {
+                    message: format!(
+                        "engine sent a malformed line ({e}): {}",
+                        String::from_utf8_lossy(&line[..line.len().min(200)])
+                    ),
+                })
+            });
+            let line = match parsed {
+                Ok(line) => line,
+                Err(error) => {
+                    yield Err(error);
+                    return;
+                }
+            };
+            if let Some(error) = line.error.clone().filter(|e| !e.is_null()) {
+                yield Err(line_error(error));
+                return;
+            }
+            completion.note_model(&line);
+            let text = line.response.as_deref().unwrap_or_default();
+            if !line.done {
+                yield Ok(completion.object(text, None));
+                continue;
+            }
+            yield Ok(completion.object(text, Some(finish_reason(line.done_reason.as_deref()))));
+            if include_usage {
+                let mut last = completion.object("", None);
+                last["choices"] = json!([]);
+                last["usage"] = usage(&line);
+                yield Ok(last);
+            }
+            return;
+        }
+        yield Err(ProviderError::Unavailable {
+            status: None,
+            message: "engine stream ended before its last line (done: true)".into(),
+        });
+    }
+}
+
+/// The error for an `{"error": …}` line (or answer) of Ollama.
+fn line_error(error: Value) -> ProviderError {
+    let message = match error {
+        Value::String(text) => text,
+        Value::Object(ref object) => object
+            .get("message")
+            .and_then(Value::as_str)
+            .map_or_else(|| error.to_string(), str::to_owned),
+        other => other.to_string(),
+    };
+    crate::error_from_engine(None, message, None)
+}
+
 /// Turns Ollama's NDJSON lines into chunks; see [`Ollama`].
 struct ChunkMaker {
     id: String,
@@ -506,15 +897,7 @@ impl ChunkMaker {
     /// The chunks for one line, and whether it was the last.
     fn line(&mut self, line: Line) -> Result<(Vec<ChatCompletionChunk>, bool), ProviderError> {
         if let Some(error) = line.error.filter(|e| !e.is_null()) {
-            let message = match error {
-                Value::String(text) => text,
-                Value::Object(ref object) => object
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .map_or_else(|| error.to_string(), str::to_owned),
-                other => other.to_string(),
-            };
-            return Err(crate::error_from_engine(None, message, None));
+            return Err(line_error(error));
         }
         if let Some(model) = line.model.filter(|m| !m.is_empty()) {
             self.model = model;

@@ -1,11 +1,15 @@
 //! The adapter for OpenAI-compatible engines.
 
+use async_stream::stream;
 use async_trait::async_trait;
-use futures_util::StreamExt;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
 use inference_club_core::openai::{ChatCompletionRequest, Model, ModelList, StreamOptions};
 use inference_club_core::provider::{
-    ChunkStream, Provider, ProviderError, RequestContext, TimeoutPhase,
+    Call, CallOutput, CallStream, ChunkStream, Provider, ProviderError, RequestContext,
+    TimeoutPhase, Upload,
 };
+use serde_json::Value;
 use url::Url;
 
 use crate::{EngineQuirks, Timeouts, http, normalize, sse};
@@ -17,13 +21,23 @@ use crate::{EngineQuirks, Timeouts, http, normalize, sse};
 /// it), so time to first token is measured and a whole response is the collected stream. The
 /// request's `model` is sent as it is: it must be the engine's served id (the
 /// [`Router`](crate::Router) maps public names to served ids).
+///
+/// The other endpoints ([`Provider::call`]) are passed through to `{base}/{engine path}`
+/// (`completions`, `embeddings`, `audio/transcriptions`, …): the body as JSON, or for an upload
+/// as `multipart/form-data` (the file as the part `file`, each top-level field of the body as a
+/// text part). A streamed call's server-sent events become one [`CallOutput::Json`] each; a
+/// whole JSON answer one [`CallOutput::Json`]; any other answer (audio, plain-text
+/// transcriptions) one [`CallOutput::Bytes`] with the engine's content type. A whole answer is
+/// read up to [`OpenAiCompatibleBuilder::max_answer_bytes`].
 #[derive(Debug, Clone)]
 pub struct OpenAiCompatible {
+    base_url: String,
     chat_url: Url,
     models_url: Url,
     api_key: Option<String>,
     quirks: EngineQuirks,
     timeouts: Timeouts,
+    max_answer_bytes: usize,
     http: reqwest::Client,
 }
 
@@ -34,6 +48,7 @@ pub struct OpenAiCompatibleBuilder {
     api_key: Option<String>,
     quirks: EngineQuirks,
     timeouts: Timeouts,
+    max_answer_bytes: usize,
     http: Option<reqwest::Client>,
 }
 
@@ -62,22 +77,36 @@ impl OpenAiCompatibleBuilder {
         self
     }
 
+    /// The largest whole (not streamed) answer of a [`Provider::call`] read from the engine, in
+    /// bytes (default: [`OpenAiCompatible::MAX_ANSWER_BYTES`]); a larger one is refused with
+    /// [`ProviderError::Protocol`].
+    pub fn max_answer_bytes(mut self, limit: usize) -> Self {
+        self.max_answer_bytes = limit;
+        self
+    }
+
     /// The adapter; fails when the base URL is not an absolute http(s) URL.
     pub fn build(self) -> Result<OpenAiCompatible, ProviderError> {
         let [chat_url, models_url] =
             http::endpoint_urls(&self.base_url, ["chat/completions", "models"])?;
         Ok(OpenAiCompatible {
+            base_url: self.base_url,
             chat_url,
             models_url,
             api_key: self.api_key,
             quirks: self.quirks,
             timeouts: self.timeouts,
+            max_answer_bytes: self.max_answer_bytes,
             http: http::client_or_new(self.http, self.timeouts.connect)?,
         })
     }
 }
 
 impl OpenAiCompatible {
+    /// The default limit on a whole answer of a [`Provider::call`] (64 MiB: a few minutes of
+    /// uncompressed speech, or a large batch of embeddings as JSON).
+    pub const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
+
     /// A builder for the engine at `base_url`, the URL that `/chat/completions` and `/models` are
     /// relative to (usually ending in `/v1`).
     pub fn builder(base_url: impl Into<String>) -> OpenAiCompatibleBuilder {
@@ -86,6 +115,7 @@ impl OpenAiCompatible {
             api_key: None,
             quirks: EngineQuirks::default(),
             timeouts: Timeouts::default(),
+            max_answer_bytes: Self::MAX_ANSWER_BYTES,
             http: None,
         }
     }
@@ -183,4 +213,364 @@ impl Provider for OpenAiCompatible {
             sent_at,
         ))
     }
+
+    async fn call(&self, call: Call, context: RequestContext) -> Result<CallStream, ProviderError> {
+        let [url] = http::endpoint_urls(&self.base_url, [call.endpoint.engine_path()])?;
+        let model = call.model().to_owned();
+        let streamed = call.is_stream();
+        let mut request = self.authorized(self.http.post(url));
+        request = match call.upload {
+            Some(upload) => request.multipart(upload_form(&call.body, upload)),
+            None => {
+                let body = serde_json::to_vec(&call.body).map_err(|e| ProviderError::Protocol {
+                    message: format!("cannot encode the request: {e}"),
+                })?;
+                request
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body)
+            }
+        };
+        if streamed {
+            request = request.header(reqwest::header::ACCEPT, "text/event-stream");
+        }
+        let sent_at = std::time::Instant::now();
+        let response = http::send_for_output(request, self.timeouts, &context).await?;
+        if !response.status().is_success() {
+            return Err(http::status_error(response, &model).await);
+        }
+        let content_type = http::content_type(&response);
+        // An engine that ignores `stream` answers a whole object, which is read as one event.
+        if streamed && !http::is_json(&content_type) {
+            let events = sse_values(response.bytes_stream()).map(|v| v.map(CallOutput::Json));
+            return Ok(guard_calls(
+                Box::pin(events),
+                self.timeouts,
+                &context,
+                sent_at,
+            ));
+        }
+        let data = http::read_body(
+            response,
+            self.max_answer_bytes,
+            self.timeouts.idle,
+            &context,
+        )
+        .await?;
+        let output = if http::is_json(&content_type) {
+            CallOutput::Json(serde_json::from_slice(&data).map_err(|e| {
+                ProviderError::Protocol {
+                    message: format!("engine's answer is not valid JSON: {e}"),
+                }
+            })?)
+        } else {
+            CallOutput::Bytes { content_type, data }
+        };
+        Ok(Box::pin(futures_util::stream::once(
+            async move { Ok(output) },
+        )))
+    }
+}
+
+/// The `multipart/form-data` body of an upload: each top-level field of `body` as a text part
+/// (strings as they are, numbers and booleans as their JSON text, each element of an array as a
+/// part of the same name, `null` left out), then the file as the part `file` with its name and
+/// content type (`application/octet-stream` when the given one is not a valid media type).
+fn upload_form(body: &Value, upload: Upload) -> reqwest::multipart::Form {
+    fn text(value: &Value) -> Option<String> {
+        match value {
+            Value::Null => None,
+            Value::String(text) => Some(text.clone()),
+            other => Some(other.to_string()),
+        }
+    }
+    let mut form = reqwest::multipart::Form::new();
+    for (name, value) in body.as_object().into_iter().flatten() {
+        let values = match value {
+            Value::Array(items) => items.iter().filter_map(text).collect(),
+            other => text(other).into_iter().collect::<Vec<_>>(),
+        };
+        for value in values {
+            form = form.text(name.clone(), value);
+        }
+    }
+    let length = u64::try_from(upload.data.len()).unwrap_or(u64::MAX);
+    let file = || {
+        reqwest::multipart::Part::stream_with_length(upload.data.clone(), length)
+            .file_name(upload.file_name.clone())
+    };
+    let part = file()
+        .mime_str(&upload.content_type)
+        .or_else(|_| file().mime_str("application/octet-stream"))
+        .unwrap_or_else(|_| file());
+    form.part("file", part)
+}
+
+/// Parses the bytes of an SSE body into the JSON value of each event's data, as
+/// [`sse::chunks`] does for chat: CRLF, CR and LF line ends, comments, a leading BOM and events
+/// split across reads are handled; `[DONE]` ends the stream; an error object
+/// (`data: {"error": …}`) or an `event: error` ends it with that error
+/// ([`ProviderError::Unavailable`]); data that is not JSON, not UTF-8, or larger than
+/// [`sse::MAX_EVENT_BYTES`] ends it with a protocol error. An event not ended by a blank line
+/// when the body ends is dropped, as the SSE standard says.
+pub(super) fn sse_values<S, E>(body: S) -> impl Stream<Item = Result<Value, ProviderError>>
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    stream! {
+        let mut body = std::pin::pin!(body);
+        let mut decoder = SseDecoder::default();
+        let mut events = Vec::new();
+        while let Some(piece) = body.next().await {
+            let piece = match piece {
+                Ok(piece) => piece,
+                Err(e) => {
+                    yield Err(ProviderError::Unavailable {
+                        status: None,
+                        message: format!("engine stream broke: {e}"),
+                    });
+                    return;
+                }
+            };
+            let decoded = decoder.push(&piece, &mut events);
+            for (kind, data) in events.drain(..) {
+                let data = data.trim();
+                if data.is_empty() {
+                    continue;
+                }
+                if data == "[DONE]" {
+                    return;
+                }
+                match serde_json::from_str::<Value>(data) {
+                    Ok(value) => match event_error(&value) {
+                        Some(message) => {
+                            yield Err(crate::error_from_engine(None, message, error_code(&value)));
+                            return;
+                        }
+                        None if kind == "error" => {
+                            yield Err(crate::error_from_engine(None, data.to_owned(), None));
+                            return;
+                        }
+                        None => yield Ok(value),
+                    },
+                    Err(_) if kind == "error" => {
+                        yield Err(crate::error_from_engine(None, data.to_owned(), None));
+                        return;
+                    }
+                    Err(e) => {
+                        yield Err(ProviderError::Protocol {
+                            message: format!("engine sent a malformed event: {e}"),
+                        });
+                        return;
+                    }
+                }
+            }
+            if let Err(error) = decoded {
+                yield Err(error);
+                return;
+            }
+        }
+    }
+}
+
+/// The message of an error object sent as an event (`{"error": {"message": …}}` or
+/// `{"error": "…"}`).
+fn event_error(value: &Value) -> Option<String> {
+    match value.get("error")? {
+        Value::Null => None,
+        Value::String(message) => Some(message.clone()),
+        error => Some(
+            error
+                .get("message")
+                .and_then(Value::as_str)
+                .map_or_else(|| error.to_string(), str::to_owned),
+        ),
+    }
+}
+
+/// The code of an error object sent as an event, as text.
+fn error_code(value: &Value) -> Option<String> {
+    match value.get("error")?.get("code")? {
+        Value::Null => None,
+        Value::String(code) => Some(code.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+/// A small SSE decoder: bytes in, `(event type, data)` out, each byte looked at once and at most
+/// [`sse::MAX_EVENT_BYTES`] held (the rules of [`sse::chunks`]' decoder).
+#[derive(Debug, Default)]
+struct SseDecoder {
+    /// The current line, not yet ended.
+    line: Vec<u8>,
+    /// The last line ended with CR: a LF right after it belongs to the same line end.
+    after_cr: bool,
+    /// Whether a first line has ended (a BOM can only start the first).
+    started: bool,
+    /// The type of the event being built (empty: `message`).
+    kind: String,
+    /// Its data lines, joined with `\n`.
+    data: String,
+    /// Whether it has a `data:` line.
+    has_data: bool,
+}
+
+impl SseDecoder {
+    /// Decodes `bytes`, appending every event they complete to `out`.
+    fn push(
+        &mut self,
+        mut bytes: &[u8],
+        out: &mut Vec<(String, String)>,
+    ) -> Result<(), ProviderError> {
+        while !bytes.is_empty() {
+            if std::mem::take(&mut self.after_cr) && bytes[0] == b'\n' {
+                bytes = &bytes[1..];
+                continue;
+            }
+            let end = bytes.iter().position(|b| *b == b'\n' || *b == b'\r');
+            let taken = end.unwrap_or(bytes.len());
+            if self.line.len() + taken > sse::MAX_EVENT_BYTES {
+                return Err(event_too_large());
+            }
+            self.line.extend_from_slice(&bytes[..taken]);
+            let Some(end) = end else {
+                return Ok(());
+            };
+            self.after_cr = bytes[end] == b'\r';
+            bytes = &bytes[end + 1..];
+            let line = std::mem::take(&mut self.line);
+            let result = self.line_ended(&line, out);
+            self.line = line;
+            self.line.clear();
+            result?;
+        }
+        Ok(())
+    }
+
+    /// Takes in one whole line.
+    fn line_ended(
+        &mut self,
+        mut line: &[u8],
+        out: &mut Vec<(String, String)>,
+    ) -> Result<(), ProviderError> {
+        if !std::mem::replace(&mut self.started, true) {
+            line = line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line);
+        }
+        if line.is_empty() {
+            let kind = std::mem::take(&mut self.kind);
+            let mut data = std::mem::take(&mut self.data);
+            if std::mem::take(&mut self.has_data) {
+                data.pop();
+                out.push((
+                    if kind.is_empty() {
+                        "message".into()
+                    } else {
+                        kind
+                    },
+                    data,
+                ));
+            }
+            return Ok(());
+        }
+        if line[0] == b':' {
+            return Ok(());
+        }
+        let line = std::str::from_utf8(line).map_err(|e| ProviderError::Protocol {
+            message: format!("engine sent an event that is not UTF-8: {e}"),
+        })?;
+        let (field, value) = match line.split_once(':') {
+            Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
+            None => (line, ""),
+        };
+        match field {
+            "data" => {
+                if self.data.len() + value.len() + 1 > sse::MAX_EVENT_BYTES {
+                    return Err(event_too_large());
+                }
+                self.data.push_str(value);
+                self.data.push('\n');
+                self.has_data = true;
+            }
+            "event" => value.clone_into(&mut self.kind),
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+fn event_too_large() -> ProviderError {
+    ProviderError::Protocol {
+        message: format!(
+            "engine sent an event larger than {} bytes",
+            sse::MAX_EVENT_BYTES
+        ),
+    }
+}
+
+/// Wraps a call's output stream as [`crate::timeouts::guard`] wraps chat's: it ends with
+/// [`ProviderError::Timeout`] when the first output (counted from `sent_at`) or the next one is
+/// late or the context's deadline passes, and with [`ProviderError::Cancelled`] when the
+/// context is cancelled. Every output counts as output. Ending drops the inner stream, which
+/// closes the engine connection.
+pub(super) fn guard_calls(
+    inner: CallStream,
+    timeouts: Timeouts,
+    context: &RequestContext,
+    sent_at: std::time::Instant,
+) -> CallStream {
+    let cancel = context.cancel.clone();
+    let deadline = context.deadline.map(tokio::time::Instant::from_std);
+    Box::pin(stream! {
+        let mut inner = inner;
+        let started = tokio::time::Instant::from_std(sent_at);
+        let mut output_started = false;
+        loop {
+            let (mut phase, mut wait_until) = if output_started {
+                (TimeoutPhase::Idle, tokio::time::Instant::now().checked_add(timeouts.idle))
+            } else {
+                (TimeoutPhase::FirstToken, started.checked_add(timeouts.first_token))
+            };
+            if let Some(deadline) = deadline.filter(|d| wait_until.is_none_or(|w| *d < w)) {
+                wait_until = Some(deadline);
+                phase = TimeoutPhase::Total;
+            }
+            let next = tokio::select! {
+                biased;
+                () = cancel.cancelled() => None,
+                next = async {
+                    match wait_until {
+                        Some(until) => tokio::time::timeout_at(until, inner.next()).await,
+                        None => Ok(inner.next().await),
+                    }
+                } => Some(next),
+            };
+            // The inner stream (and the engine connection) is dropped before the last item.
+            let Some(next) = next else {
+                drop(inner);
+                yield Err(ProviderError::Cancelled);
+                break;
+            };
+            match next {
+                Err(_) => {
+                    drop(inner);
+                    let after = match phase {
+                        TimeoutPhase::Idle => timeouts.idle,
+                        _ => started.elapsed(),
+                    };
+                    yield Err(ProviderError::Timeout { phase, after });
+                    break;
+                }
+                Ok(None) => break,
+                Ok(Some(Ok(output))) => {
+                    output_started = true;
+                    yield Ok(output);
+                }
+                Ok(Some(Err(error))) => {
+                    drop(inner);
+                    yield Err(error);
+                    break;
+                }
+            }
+        }
+    })
 }

@@ -11,6 +11,7 @@ use inference_club_core::provider::{Provider, ProviderError, RequestContext};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::call::Outgoing;
 use super::job_log::{JobLog, JobLogEntry};
 
 /// Serves `job` on `provider`, sending each chunk to `out` as the engine produces it and ending
@@ -18,7 +19,7 @@ use super::job_log::{JobLog, JobLogEntry};
 pub(crate) async fn serve_job(
     job: Job,
     provider: Arc<dyn Provider>,
-    out: mpsc::Sender<NodeMessage>,
+    out: mpsc::Sender<Outgoing>,
     cancel: CancellationToken,
     log: JobLog,
 ) {
@@ -59,7 +60,7 @@ pub(crate) async fn serve_job(
             let message = NodeMessage::Chunk(JobChunk { job: id, chunk });
             tokio::select! {
                 () = cancel.cancelled() => return Err(ProviderError::Cancelled),
-                sent = out.send(message) => sent.map_err(|_| ProviderError::Cancelled)?,
+                sent = out.send(message.into()) => sent.map_err(|_| ProviderError::Cancelled)?,
             }
         }
         Ok(())
@@ -102,7 +103,7 @@ pub(crate) async fn serve_job(
         }),
     };
     // The link may be gone already; then there is nobody to tell.
-    let _ = out.send(last).await;
+    let _ = out.send(last.into()).await;
 }
 
 fn millis(d: Duration) -> u64 {

@@ -8,6 +8,7 @@
 //! jobs, lets running ones finish within a grace period, and says goodbye.
 
 mod backoff;
+mod call;
 mod job;
 pub mod job_log;
 mod services;
@@ -26,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 pub use backoff::Backoff;
+pub use call::MAX_UPLOAD_BYTES;
 pub use job_log::{JobLog, JobLogConfig};
 pub use services::{
     ManifestProblems, backend_for, backend_with_timeouts, load_manifest,

@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest};
 use tokio_util::sync::CancellationToken;
 
+use super::call::{Outgoing, PendingUpload, refusal, serve_call};
 use super::job::serve_job;
 use super::job_log::JobLog;
 use super::{NodeConfig, Offer};
@@ -127,6 +128,13 @@ fn text(message: &NodeMessage) -> Result<Message, String> {
         .map_err(|e| format!("cannot encode a message: {e}"))
 }
 
+fn frame(outgoing: Outgoing) -> Result<Message, String> {
+    match outgoing {
+        Outgoing::Message(message) => text(&message),
+        Outgoing::Binary(bytes) => Ok(Message::Binary(bytes.into())),
+    }
+}
+
 /// Runs one session until it ends.
 pub(crate) async fn run(
     config: &NodeConfig,
@@ -192,7 +200,8 @@ pub(crate) async fn run(
     let silence_limit = interval * 3;
     let mut heard_at = tokio::time::Instant::now();
 
-    let (out, mut outgoing) = mpsc::channel::<NodeMessage>(256);
+    let (out, mut outgoing) = mpsc::channel::<Outgoing>(256);
+    let mut uploads: HashMap<JobId, PendingUpload> = HashMap::new();
     let mut jobs: HashMap<JobId, CancellationToken> = HashMap::new();
     let mut running: JoinSet<JobId> = JoinSet::new();
     let mut heartbeat = tokio::time::interval(interval);
@@ -233,7 +242,7 @@ pub(crate) async fn run(
                 let mut next = Some(message);
                 let mut sent = Ok(());
                 while let Some(message) = next.take() {
-                    match text(&message) {
+                    match frame(message) {
                         Ok(frame) => sent = sink.feed(frame).await,
                         Err(why) => tracing::warn!("{why}"),
                     }
@@ -289,6 +298,42 @@ pub(crate) async fn run(
                     }
                     Some(Err(e)) => break SessionEnd::Lost(e.to_string()),
                     Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(Message::Binary(bytes))) => {
+                        // A piece of a call's upload: the call starts once all of it is here.
+                        let (id, piece) = match link::split_binary_frame(&bytes) {
+                            Ok(split) => split,
+                            Err(e) => {
+                                tracing::warn!("ignoring a bad binary frame from the coordinator: {e}");
+                                continue;
+                            }
+                        };
+                        let Some(pending) = uploads.get_mut(&id) else { continue };
+                        match pending.push(piece) {
+                            Ok(false) => {}
+                            Ok(true) => {
+                                if let Some(pending) = uploads.remove(&id) {
+                                    let (call, upload) = pending.finish();
+                                    let token = CancellationToken::new();
+                                    jobs.insert(id, token.clone());
+                                    let provider = offers.borrow().provider();
+                                    let (out, log) = (out.clone(), log.clone());
+                                    running.spawn(async move {
+                                        serve_call(call, Some(upload), provider, out, token, log).await;
+                                        id
+                                    });
+                                }
+                            }
+                            Err(error) => {
+                                uploads.remove(&id);
+                                if let Ok(frame) = text(&refusal(id, &error))
+                                    && let Err(e) = sink.send(frame).await
+                                {
+                                    break SessionEnd::Lost(e.to_string());
+                                }
+                            }
+                        }
+                        continue;
+                    }
                     // Pings are answered by the WebSocket layer; pongs only prove the link lives.
                     Some(Ok(_)) => continue,
                 };
@@ -319,7 +364,38 @@ pub(crate) async fn run(
                             id
                         });
                     }
+                    Ok(CoordinatorMessage::Call(call)) => {
+                        let id = call.job;
+                        let busy = draining.is_some() || jobs.contains_key(&id) || uploads.contains_key(&id);
+                        let accepted = if busy {
+                            Err(if draining.is_some() {
+                                ProviderError::Busy { message: "the node is shutting down".into() }
+                            } else {
+                                ProviderError::Protocol { message: format!("job {id} is already running") }
+                            })
+                        } else if let Some(header) = call.upload.clone() {
+                            // The upload follows in binary frames; the call starts once it is here.
+                            PendingUpload::new(*call, header).map(|pending| { uploads.insert(id, pending); })
+                        } else {
+                            let token = CancellationToken::new();
+                            jobs.insert(id, token.clone());
+                            let provider = offers.borrow().provider();
+                            let (out, log) = (out.clone(), log.clone());
+                            running.spawn(async move {
+                                serve_call(*call, None, provider, out, token, log).await;
+                                id
+                            });
+                            Ok(())
+                        };
+                        if let Err(error) = accepted
+                            && let Ok(frame) = text(&refusal(id, &error))
+                            && let Err(e) = sink.send(frame).await
+                        {
+                            break SessionEnd::Lost(e.to_string());
+                        }
+                    }
                     Ok(CoordinatorMessage::Cancel(cancel)) => {
+                        uploads.remove(&cancel.job);
                         if let Some(token) = jobs.get(&cancel.job) {
                             token.cancel();
                         }
@@ -350,7 +426,7 @@ pub(crate) async fn run(
     if matches!(end, SessionEnd::Shutdown) {
         drop(out);
         while let Some(message) = outgoing.recv().await {
-            if let Ok(frame) = text(&message) {
+            if let Ok(frame) = frame(message) {
                 let _ = sink.feed(frame).await;
             }
         }

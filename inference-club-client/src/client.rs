@@ -361,15 +361,6 @@ impl Client {
         })
     }
 
-    /// Reads a whole JSON answer.
-    pub(crate) async fn json<T: DeserializeOwned>(
-        &self,
-        response: reqwest::Response,
-    ) -> Result<T, Error> {
-        let body = read_limited(response, self.max_response_bytes, self.request_timeout).await?;
-        serde_json::from_slice(&body).map_err(|e| Error::decode(e.to_string(), Some(Box::new(e))))
-    }
-
     fn whole_deadline(&self) -> impl Fn() -> Option<(Instant, TimeoutPhase, Duration)> + use<> {
         let limit = self.request_timeout;
         move || limit.map(|l| (Instant::now() + l, TimeoutPhase::Request, l))
@@ -390,28 +381,34 @@ impl Client {
             })?),
             None => None,
         };
-        match self
-            .call_bytes(method, segments, query, body, idempotence)
-            .await?
-        {
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| Error::decode(e.to_string(), Some(Box::new(e)))),
+        let answer = self
+            .exchange(
+                method,
+                segments,
+                query,
+                body.map(Payload::Json),
+                idempotence,
+            )
+            .await?;
+        match answer.body {
+            Some(_) => answer.json().map(Some),
             None => Ok(None),
         }
     }
 
-    /// [`call`](Self::call) without its types: the JSON body as bytes, the answer's bytes
-    /// (`None` for 204). Compiled once, here; the typed wrappers only add serde.
+    /// One whole exchange, every typed call's path: sends `payload` (rebuilt for each
+    /// attempt), retried per the policy under the whole-request timeout, and reads the whole
+    /// answer with its record id and content type (no body for 204). Compiled once, here; the
+    /// typed wrappers only add serde.
     #[inline(never)]
-    fn call_bytes<'a>(
+    pub(crate) fn exchange<'a>(
         &'a self,
         method: reqwest::Method,
         segments: &'a [&'a str],
         query: &'a [(&'a str, String)],
-        body: Option<Vec<u8>>,
+        payload: Option<Payload>,
         idempotence: Idempotence,
-    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, Error>> {
+    ) -> BoxFuture<'a, Result<Exchanged, Error>> {
         Box::pin(async move {
             let mut url = self.url(segments)?;
             if !query.is_empty() {
@@ -422,10 +419,8 @@ impl Client {
                     idempotence,
                     || {
                         let mut builder = self.request(method.clone(), url.clone());
-                        if let Some(body) = &body {
-                            builder = builder
-                                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                                .body(body.clone());
+                        if let Some(payload) = &payload {
+                            builder = payload.attach(builder)?;
                         }
                         if let Some(limit) = self.request_timeout {
                             builder = builder.timeout(limit);
@@ -435,12 +430,88 @@ impl Client {
                     self.whole_deadline(),
                 )
                 .await?;
-            if response.status() == reqwest::StatusCode::NO_CONTENT {
-                return Ok(None);
-            }
-            read_limited(response, self.max_response_bytes, self.request_timeout)
-                .await
-                .map(Some)
+            let record_id = record_id(&response);
+            let content_type = response
+                .headers()
+                .get(reqwest::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let body = if response.status() == reqwest::StatusCode::NO_CONTENT {
+                None
+            } else {
+                Some(read_limited(response, self.max_response_bytes, self.request_timeout).await?)
+            };
+            Ok(Exchanged {
+                record_id,
+                content_type,
+                body,
+            })
+        })
+    }
+
+    /// POSTs a JSON body to an OpenAI-compatible endpoint and reads the whole answer.
+    pub(crate) async fn post_json(
+        &self,
+        segments: &[&str],
+        body: &(impl Serialize + Sync),
+    ) -> Result<Exchanged, Error> {
+        let body = serde_json::to_vec(body)
+            .map_err(|e| Error::Config(format!("the request cannot be written as JSON: {e}")))?;
+        self.exchange(
+            reqwest::Method::POST,
+            segments,
+            &[],
+            Some(Payload::Json(body)),
+            Idempotence::Retryable,
+        )
+        .await
+    }
+
+    /// POSTs a JSON body asking for an event stream, retried per the policy until the answer
+    /// starts (its headers arrive) under the first-token and whole-request timeouts; answers the
+    /// response and the waits that apply to the rest of the stream. Compiled once, here.
+    #[inline(never)]
+    pub(crate) fn open_stream<'a>(
+        &'a self,
+        segments: &'a [&'a str],
+        body: Vec<u8>,
+    ) -> BoxFuture<'a, Result<(reqwest::Response, StreamTimeouts), Error>> {
+        Box::pin(async move {
+            let url = self.url(segments)?;
+            let started = std::sync::Mutex::new(Instant::now());
+            let timeouts_at = |started: Instant| StreamTimeouts {
+                started,
+                first_token: self.first_token_timeout,
+                idle: self.idle_timeout,
+                request: self.request_timeout,
+            };
+            let response = self
+                .send(
+                    Idempotence::Retryable,
+                    || {
+                        if let Ok(mut at) = started.lock() {
+                            *at = Instant::now();
+                        }
+                        Ok(self
+                            .request(reqwest::Method::POST, url.clone())
+                            .header(reqwest::header::ACCEPT, "text/event-stream")
+                            .header(reqwest::header::CONTENT_TYPE, "application/json")
+                            .body(body.clone()))
+                    },
+                    || {
+                        let at = started
+                            .lock()
+                            .map(|at| *at)
+                            .unwrap_or_else(|_| Instant::now());
+                        timeouts_at(at).header_deadline()
+                    },
+                )
+                .await?;
+            let at = started
+                .lock()
+                .map(|at| *at)
+                .unwrap_or_else(|_| Instant::now());
+            Ok((response, timeouts_at(at)))
         })
     }
 
@@ -505,27 +576,12 @@ impl Client {
         mut request: ChatCompletionRequest,
     ) -> Result<ChatResponse, Error> {
         request.stream = Some(false);
-        let url = self.url(&["v1", "chat", "completions"])?;
-        let response = self
-            .send(
-                Idempotence::Retryable,
-                || {
-                    let mut builder = self
-                        .request(reqwest::Method::POST, url.clone())
-                        .json(&request);
-                    if let Some(limit) = self.request_timeout {
-                        builder = builder.timeout(limit);
-                    }
-                    Ok(builder)
-                },
-                self.whole_deadline(),
-            )
+        let answer = self
+            .post_json(&["v1", "chat", "completions"], &request)
             .await?;
-        let record_id = record_id(&response);
-        let completion = self.json(response).await?;
         Ok(ChatResponse {
-            completion,
-            record_id,
+            record_id: answer.record_id.clone(),
+            completion: answer.json()?,
         })
     }
 
@@ -558,47 +614,68 @@ impl Client {
             .stream_options
             .get_or_insert_with(Default::default)
             .include_usage = Some(true);
-        let url = self.url(&["v1", "chat", "completions"])?;
-        let started = std::sync::Mutex::new(Instant::now());
-        let timeouts_at = |started: Instant| StreamTimeouts {
-            started,
-            first_token: self.first_token_timeout,
-            idle: self.idle_timeout,
-            request: self.request_timeout,
-        };
-        let response = self
-            .send(
-                Idempotence::Retryable,
-                || {
-                    if let Ok(mut at) = started.lock() {
-                        *at = Instant::now();
-                    }
-                    Ok(self
-                        .request(reqwest::Method::POST, url.clone())
-                        .header(reqwest::header::ACCEPT, "text/event-stream")
-                        .json(&request))
-                },
-                || {
-                    let at = started
-                        .lock()
-                        .map(|at| *at)
-                        .unwrap_or_else(|_| Instant::now());
-                    timeouts_at(at).header_deadline()
-                },
-            )
+        let body = serde_json::to_vec(&request)
+            .map_err(|e| Error::Config(format!("the request cannot be written as JSON: {e}")))?;
+        let (response, timeouts) = self
+            .open_stream(&["v1", "chat", "completions"], body)
             .await?;
         let record_id = record_id(&response);
-        let at = started
-            .lock()
-            .map(|at| *at)
-            .unwrap_or_else(|_| Instant::now());
-        let chunks = crate::stream::chunks(response.bytes_stream(), timeouts_at(at));
+        let chunks = crate::stream::chunks(response.bytes_stream(), timeouts);
         Ok(ChatStream::new(record_id, chunks))
     }
 }
 
+/// What a request sends: a JSON body, or a multipart form (rebuilt for each attempt, a form
+/// being sent only once).
+#[derive(Debug, Clone)]
+pub(crate) enum Payload {
+    /// A JSON body.
+    Json(Vec<u8>),
+    /// A multipart form and the headers that go with it.
+    Form(crate::media::FormSpec),
+}
+
+impl Payload {
+    fn attach(&self, builder: reqwest::RequestBuilder) -> Result<reqwest::RequestBuilder, Error> {
+        Ok(match self {
+            Self::Json(body) => builder
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.clone()),
+            Self::Form(form) => form.attach(builder)?,
+        })
+    }
+}
+
+/// A whole answer: its body (`None` for 204), record id and content type.
+#[derive(Debug, Clone)]
+pub(crate) struct Exchanged {
+    /// The record's id (`x-club-request-id`).
+    pub record_id: Option<String>,
+    /// The `Content-Type` header.
+    pub content_type: Option<String>,
+    /// The body.
+    pub body: Option<Vec<u8>>,
+}
+
+impl Exchanged {
+    /// The body, which must be there.
+    pub(crate) fn bytes(self) -> Result<Vec<u8>, Error> {
+        self.body
+            .ok_or_else(|| Error::decode("an empty answer where a body was expected", None))
+    }
+
+    /// The body read as JSON.
+    pub(crate) fn json<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        let body = self
+            .body
+            .as_deref()
+            .ok_or_else(|| Error::decode("an empty answer where JSON was expected", None))?;
+        serde_json::from_slice(body).map_err(|e| Error::decode(e.to_string(), Some(Box::new(e))))
+    }
+}
+
 /// The record id a response names.
-fn record_id(response: &reqwest::Response) -> Option<String> {
+pub(crate) fn record_id(response: &reqwest::Response) -> Option<String> {
     response
         .headers()
         .get(REQUEST_ID_HEADER)

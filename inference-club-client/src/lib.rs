@@ -56,12 +56,15 @@
 //! the stream as [`Error::InStream`].
 #![warn(missing_docs)]
 
+mod base64;
 mod client;
 mod club;
 mod error;
+mod media;
 mod request;
 mod retry;
 mod stream;
+mod text;
 mod types;
 
 pub use client::{
@@ -73,9 +76,19 @@ pub use inference_club_core::openai::{
     ChatCompletion, ChatCompletionChunk, ChatMessage, FinishReason, ToolCallDelta, Usage,
 };
 pub use inference_club_core::record::{Status, Visibility};
+pub use media::{
+    AudioFormat, GeneratedImage, ImageData, ImageFormat, ImageRequest, ImagesResponse,
+    SpeechRequest, SpeechResponse, TranscriptionFormat, TranscriptionRequest,
+    TranscriptionResponse, VISIBILITY_HEADER,
+};
 pub use request::ChatRequest;
 pub use retry::RetryPolicy;
 pub use stream::{ChatEvent, ChatEvents, ChatStream};
+pub use text::{
+    CompletionChoice, CompletionRequest, CompletionResponse, CompletionStream, Embedding,
+    EmbeddingInput, EmbeddingList, EmbeddingUsage, EmbeddingsRequest, EmbeddingsResponse,
+    EncodingFormat, TextCompletion,
+};
 pub use types::{
     Account, AccountDeletion, AccountSettings, ApiKey, AttemptError, CreatedKey,
     DeviceAuthorization, DeviceToken, ModelInfo, Page, ProviderCounts, ProviderModel,

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use crate::client::ChatResponse;
 use crate::error::{Error, TimeoutPhase};
 
-type ChunkStream = Pin<Box<dyn Stream<Item = Result<ChatCompletionChunk, Error>> + Send>>;
+type ChunkStream = EventStream<ChatCompletionChunk>;
 
 /// A streamed chat answer: a [`Stream`] of [`ChatCompletionChunk`]s as they arrive (content and
 /// reasoning deltas, tool-call deltas, and usage in the last chunk).
@@ -266,11 +266,48 @@ impl StreamTimeouts {
 /// The longest single line of an event stream accepted (a runaway server cannot fill memory).
 pub(crate) const MAX_SSE_LINE_BYTES: usize = 16 * 1024 * 1024;
 
+/// What one `data:` of an event stream holds, as a stream's parser reads it.
+pub(crate) enum Event<T> {
+    /// An item, and whether it carries output (which starts the idle timeout).
+    Item(T, bool),
+    /// An error sent inside the stream (`{"error": {...}}`).
+    Error(inference_club_core::openai::ApiError),
+    /// `[DONE]`: the end.
+    Done,
+}
+
+/// A stream of items of type `T`, read from an event stream.
+pub(crate) type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Error>> + Send>>;
+
 /// Turns a response body into chunks: `[DONE]` ends, an error object is an error of the
 /// stream, anything malformed is a decode error, and the waits of `timeouts` apply.
 pub(crate) fn chunks<B>(body: B, timeouts: StreamTimeouts) -> ChunkStream
 where
     B: Stream<Item = Result<Bytes, reqwest::Error>> + Send + 'static,
+{
+    events(body, timeouts, |data| {
+        Ok(match StreamPayload::parse(data)? {
+            StreamPayload::Done => Event::Done,
+            StreamPayload::Chunk(chunk) => {
+                let output = chunk.has_output();
+                Event::Item(*chunk, output)
+            }
+            StreamPayload::Error(error) => Event::Error(error),
+        })
+    })
+}
+
+/// Turns a response body into the items `parse` reads from each event's data: `[DONE]` ends, an
+/// error object is an error of the stream, anything malformed is a decode error, and the waits
+/// of `timeouts` apply (the first-token wait until an item carries output, then the idle wait).
+pub(crate) fn events<B, T>(
+    body: B,
+    timeouts: StreamTimeouts,
+    parse: fn(&str) -> Result<Event<T>, serde_json::Error>,
+) -> EventStream<T>
+where
+    B: Stream<Item = Result<Bytes, reqwest::Error>> + Send + 'static,
+    T: Send + 'static,
 {
     let mut line = 0usize;
     let limited = body.map(move |piece| {
@@ -313,13 +350,13 @@ where
                     Some((Err(e), None))
                 }
                 Some(Err(e)) => Some((Err(Error::decode(e.to_string(), Some(Box::new(e)))), None)),
-                Some(Ok(event)) => match StreamPayload::parse(&event.data) {
-                    Ok(StreamPayload::Done) => None,
-                    Ok(StreamPayload::Chunk(chunk)) => {
-                        seen_output |= chunk.has_output();
-                        Some((Ok(*chunk), Some((events, seen_output))))
+                Some(Ok(event)) => match parse(&event.data) {
+                    Ok(Event::Done) => None,
+                    Ok(Event::Item(item, output)) => {
+                        seen_output |= output;
+                        Some((Ok(item), Some((events, seen_output))))
                     }
-                    Ok(StreamPayload::Error(error)) => Some((Err(Error::InStream(error)), None)),
+                    Ok(Event::Error(error)) => Some((Err(Error::InStream(error)), None)),
                     Err(e) => Some((Err(Error::decode(e.to_string(), Some(Box::new(e)))), None)),
                 },
             }

@@ -29,7 +29,16 @@ pub struct CoordinatorConfig {
     pub cluster: Option<ClusterConfig>,
     /// How long a stopping coordinator lets requests in flight finish.
     pub drain: Duration,
+    /// How long the audio and images of records are kept (the records keep saying what there
+    /// was); checked every [`BLOB_EXPIRY_INTERVAL`].
+    pub blob_retention: Duration,
 }
+
+/// How often blobs past their retention are removed.
+pub const BLOB_EXPIRY_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Default [`CoordinatorConfig::blob_retention`]: 30 days.
+pub const DEFAULT_BLOB_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 impl Default for CoordinatorConfig {
     fn default() -> Self {
@@ -42,6 +51,7 @@ impl Default for CoordinatorConfig {
             limits: Limits::default(),
             cluster: None,
             drain: Duration::from_secs(30),
+            blob_retention: DEFAULT_BLOB_RETENTION,
         }
     }
 }

@@ -84,6 +84,12 @@ impl CoordinatorBuilder {
         self
     }
 
+    /// How long the audio and images of records are kept. Default 30 days.
+    pub fn blob_retention(mut self, retention: Duration) -> Self {
+        self.config.blob_retention = retention;
+        self
+    }
+
     /// GitHub sign-in (web and device flows) with this OAuth app. Without it, members and keys
     /// come from [`Admin`] and the sign-in routes answer 404 `sign_in_unavailable`.
     pub fn github(mut self, github: GitHubConfig) -> Self {

@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use inference_club_core::endpoint::Endpoint;
 use inference_club_core::openai::ChatCompletionRequest;
-use inference_club_core::provider::{ChunkStream, ProviderError, RequestContext};
+use inference_club_core::provider::{Call, CallStream, ChunkStream, ProviderError, RequestContext};
 use inference_club_core::record::{InferenceRecord, ServedBy};
 use inference_club_core::routing::failover;
 use inference_club_core::routing::{self, Availability, Candidate};
@@ -133,6 +134,7 @@ fn is_own(node: &OnlineNode, consumer: Option<&str>) -> bool {
 /// nothing.
 fn pick(
     state: &Dispatcher,
+    endpoint: Endpoint,
     model: &str,
     consumer: Option<&str>,
     preference: RoutingPreference,
@@ -142,7 +144,8 @@ fn pick(
     let _selecting = queues.select.lock().unwrap_or_else(PoisonError::into_inner);
     let nodes = state.fleet.nodes_for(model);
     let tiebreak = queues.tiebreak.fetch_add(1, Ordering::Relaxed) as u64;
-    let rank = |own_only| rank_and_reserve(&nodes, model, consumer, own_only, tried, tiebreak);
+    let rank =
+        |own_only| rank_and_reserve(&nodes, endpoint, model, consumer, own_only, tried, tiebreak);
     let picked = match preference {
         RoutingPreference::Any => rank(false),
         RoutingPreference::OnlyOwn => rank(true),
@@ -172,6 +175,7 @@ pub const ROUTING_SAMPLE: usize = 64;
 /// lock; `tiebreak` advances per request.
 fn rank_and_reserve(
     nodes: &[OnlineNode],
+    endpoint: Endpoint,
     model: &str,
     consumer: Option<&str>,
     own_only: bool,
@@ -185,18 +189,20 @@ fn rank_and_reserve(
             .filter(|node| is_own(node, consumer))
             .cloned()
             .collect();
-        return choose_among(&own, model, consumer, tried, tiebreak);
+        return choose_among(&own, endpoint, model, consumer, tried, tiebreak);
     }
     if nodes.len() > ROUTING_SAMPLE {
         let start = sample_start(tiebreak, nodes.len());
         let sample: Vec<OnlineNode> = (0..ROUTING_SAMPLE)
             .filter_map(|i| nodes.get((start + i) % nodes.len()).cloned())
             .collect();
-        if let picked @ Pick::Node(..) = choose_among(&sample, model, consumer, tried, tiebreak) {
+        if let picked @ Pick::Node(..) =
+            choose_among(&sample, endpoint, model, consumer, tried, tiebreak)
+        {
             return picked;
         }
     }
-    choose_among(nodes, model, consumer, tried, tiebreak)
+    choose_among(nodes, endpoint, model, consumer, tried, tiebreak)
 }
 
 /// Where a request's sample starts among `len` nodes: spread evenly over successive requests
@@ -210,9 +216,11 @@ fn sample_start(counter: u64, len: usize) -> usize {
     (z % len.max(1) as u64) as usize
 }
 
-/// Ranks exactly `nodes` and reserves a slot on the best.
+/// Ranks exactly `nodes` for `model` at `endpoint` and reserves a slot on the best. A node
+/// serves a call (any endpoint but chat) only when it is linked here and speaks protocol 2.
 fn choose_among(
     nodes: &[OnlineNode],
+    endpoint: Endpoint,
     model: &str,
     consumer: Option<&str>,
     tried: &[NodeKey],
@@ -223,7 +231,10 @@ fn choose_among(
         .enumerate()
         .map(|(index, node)| {
             let offer = node.offer();
-            let found = offer.find_model(model).filter(|_| offer.accepting());
+            let takes = endpoint == Endpoint::ChatCompletions || node.takes_calls();
+            let found = offer
+                .find_model_for(endpoint, model)
+                .filter(|_| takes && offer.accepting());
             Candidate {
                 key: index,
                 serves_model: found.is_some(),
@@ -248,7 +259,7 @@ fn choose_among(
             Some(node) => {
                 let service = node
                     .offer()
-                    .find_model(model)
+                    .find_model_for(endpoint, model)
                     .map(|m| m.service.clone())
                     .unwrap_or_default();
                 Pick::Node(node.clone(), node.reserve(), service)
@@ -311,17 +322,93 @@ fn unplaceable(
     }
 }
 
-/// Dispatches `request` for `record`'s consumer: returns the stream from the first node that
+/// What a request asks a node to do: a chat, or a call of another endpoint.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Work<'a> {
+    /// `POST /v1/chat/completions` (and the Responses API, mapped onto chat).
+    Chat(&'a ChatCompletionRequest),
+    /// Any other endpoint.
+    Call(&'a Call),
+}
+
+impl Work<'_> {
+    /// The endpoint whose nodes may serve it.
+    fn endpoint(self) -> Endpoint {
+        match self {
+            Self::Chat(_) => Endpoint::ChatCompletions,
+            Self::Call(call) => call.endpoint,
+        }
+    }
+}
+
+/// A node's answer, read up to its first output.
+enum Opening {
+    Chat(failover::Opened),
+    Call(failover::OpenedCall),
+}
+
+impl Opening {
+    fn output_started(&self) -> bool {
+        match self {
+            Self::Chat(opened) => opened.output_started(),
+            Self::Call(opened) => opened.output_started(),
+        }
+    }
+
+    fn into_answer(self, slot: NodeSlot) -> Answer {
+        match self {
+            Self::Chat(opened) => Answer::Chat(opened.into_stream(slot)),
+            Self::Call(opened) => Answer::Call(opened.into_stream(slot)),
+        }
+    }
+}
+
+/// The stream of the node that answered, holding its slot until it ends or is dropped.
+pub(crate) enum Answer {
+    /// Chat chunks.
+    Chat(ChunkStream),
+    /// A call's outputs.
+    Call(CallStream),
+}
+
+/// Sends `work` to `node` and reads its answer up to the first output.
+async fn open(
+    state: &Dispatcher,
+    node: &OnlineNode,
+    work: Work<'_>,
+    context: &RequestContext,
+) -> Result<Result<Opening, ProviderError>, SendError> {
+    Ok(match work {
+        Work::Chat(request) => {
+            let chunks = node
+                .chat(state.fleet.cluster(), request.clone(), context.clone())
+                .await?;
+            failover::read_until_output(chunks).await.map(Opening::Chat)
+        }
+        Work::Call(call) => {
+            let outputs = node.call(call.clone(), context.clone()).await?;
+            failover::call_until_output(outputs)
+                .await
+                .map(Opening::Call)
+        }
+    })
+}
+
+/// Dispatches `work` for `record`'s consumer: returns the stream from the first node that
 /// produces output (or ends), with the record's attempts filled in; or the error to answer
 /// with, after every candidate was tried or the queue timed out.
-pub async fn dispatch(
+pub(crate) async fn dispatch_work(
     state: &Dispatcher,
-    request: &ChatCompletionRequest,
+    work: Work<'_>,
     record: &mut InferenceRecord,
     context: &RequestContext,
     preference: RoutingPreference,
-) -> Result<ChunkStream, ApiError> {
-    let model = request.model.clone();
+) -> Result<Answer, ApiError> {
+    let endpoint = work.endpoint();
+    let model = match work {
+        Work::Chat(request) => request.model.clone(),
+        Work::Call(call) => call.model().to_owned(),
+    };
     let consumer = record.consumer.clone();
     let deadline = Instant::now() + state.queue_timeout;
     let mut tried: Vec<NodeKey> = Vec::new();
@@ -336,7 +423,14 @@ pub async fn dispatch(
         let picked = if state.queues.has_waiters(&model) {
             Pick::Wait
         } else {
-            pick(state, &model, consumer.as_deref(), preference, &tried)
+            pick(
+                state,
+                endpoint,
+                &model,
+                consumer.as_deref(),
+                preference,
+                &tried,
+            )
         };
         let picked = match picked {
             Pick::Wait => {
@@ -344,21 +438,28 @@ pub async fn dispatch(
                     queued = true;
                     state.metrics.queued.inc();
                 }
-                wait_for_slot(
-                    state,
-                    &model,
-                    consumer.as_deref(),
+                let wanted = Wanted {
+                    endpoint,
+                    model: &model,
+                    consumer: consumer.as_deref(),
                     preference,
-                    &tried,
-                    deadline,
-                )
-                .await?
+                };
+                wait_for_slot(state, wanted, &tried, deadline).await?
             }
             other => other,
         };
         let (node, slot, service) = match picked {
             Pick::Node(node, slot, service) => (node, slot, service),
             Pick::Fail(availability) => {
+                if tried.is_empty()
+                    && matches!(
+                        availability,
+                        Availability::NotServed | Availability::Offline
+                    )
+                    && let Some(error) = other_endpoints(state, endpoint, &model)
+                {
+                    return Err(error);
+                }
                 return Err(unplaceable(availability, &model, preference, last_error));
             }
             Pick::Wait => {
@@ -378,11 +479,8 @@ pub async fn dispatch(
         // A record that is final cannot be dispatched again; that cannot happen here.
         let _ = record.dispatched(served_by, Utc::now());
         let started = Instant::now();
-        let opened = match node
-            .chat(state.fleet.cluster(), request.clone(), context.clone())
-            .await
-        {
-            Ok(chunks) => failover::read_until_output(chunks).await,
+        let opened = match open(state, &node, work, context).await {
+            Ok(opened) => opened,
             // Nothing ran (another replica took the node's last slot, its replica is shutting
             // down, or it is linking again): choose again, a few times, without an attempt.
             Err(SendError::Refused(_)) if refusals < MAX_REFUSALS && Instant::now() < deadline => {
@@ -399,7 +497,7 @@ pub async fn dispatch(
                 if opened.output_started() {
                     node.record_ttft(started.elapsed());
                 }
-                return Ok(opened.into_stream(slot));
+                return Ok(opened.into_answer(slot));
             }
             Err(error) if error.is_retryable() => {
                 tracing::info!(provider = %node.key().provider, %error, "failing over");
@@ -417,6 +515,46 @@ pub async fn dispatch(
     }
 }
 
+/// When no node serves `model` at `endpoint` but some serve it at others: a 400 saying which
+/// endpoints it has (`unsupported_endpoint`), rather than "no such model".
+fn other_endpoints(state: &Dispatcher, endpoint: Endpoint, model: &str) -> Option<ApiError> {
+    let mut served: Vec<Endpoint> = Vec::new();
+    for node in state.fleet.nodes_for(model).iter() {
+        for found in node.offer().models.iter().filter(|m| m.answers_to(model)) {
+            for other in &found.endpoints {
+                if !served.contains(other) {
+                    served.push(*other);
+                }
+            }
+        }
+    }
+    if served.is_empty() || served.contains(&endpoint) {
+        return None;
+    }
+    served.sort_by_key(|e| Endpoint::ALL.iter().position(|a| a == e));
+    let names: Vec<String> = served.iter().map(|e| e.path()).collect();
+    Some(
+        ApiError::bad_request(
+            "unsupported_endpoint",
+            format!(
+                "`{model}` is not served at {}; it is served at {}",
+                endpoint.path(),
+                names.join(", ")
+            ),
+        )
+        .with_param("model"),
+    )
+}
+
+/// What a waiting request wants: a node serving `model` at `endpoint` that admits `consumer`.
+#[derive(Debug, Clone, Copy)]
+struct Wanted<'a> {
+    endpoint: Endpoint,
+    model: &'a str,
+    consumer: Option<&'a str>,
+    preference: RoutingPreference,
+}
+
 /// How many times one request chooses again after a node was refused to it ([`SendError::Refused`])
 /// before such a refusal counts as a failed attempt.
 const MAX_REFUSALS: u32 = 20;
@@ -427,12 +565,16 @@ const MAX_REFUSALS: u32 = 20;
 /// queue is full or the wait runs out. A request dropped while waiting leaves the line.
 async fn wait_for_slot(
     state: &Dispatcher,
-    model: &str,
-    consumer: Option<&str>,
-    preference: RoutingPreference,
+    wanted: Wanted<'_>,
     tried: &[NodeKey],
     deadline: Instant,
 ) -> Result<Pick, ApiError> {
+    let Wanted {
+        endpoint,
+        model,
+        consumer,
+        preference,
+    } = wanted;
     let queues = &state.queues;
     let busy = || {
         ApiError::overloaded(
@@ -451,7 +593,7 @@ async fn wait_for_slot(
         .await
         .map_err(|_| busy())?;
     loop {
-        match pick(state, model, consumer, preference, tried) {
+        match pick(state, endpoint, model, consumer, preference, tried) {
             Pick::Wait => {}
             decided => return Ok(decided),
         }
@@ -470,6 +612,8 @@ mod tests {
     use crate::cluster::directory::Directory;
     use crate::cluster::directory::testing::{operated_peer, peer};
 
+    const CHAT: Endpoint = Endpoint::ChatCompletions;
+
     /// `n` nodes serving `m`, each with `max_concurrent`.
     fn nodes(directory: &Directory, n: usize, max_concurrent: Option<u32>) -> Vec<OnlineNode> {
         (0..n)
@@ -480,12 +624,12 @@ mod tests {
     /// Picks for `requests` requests in a row, holding every slot taken.
     fn pick_many(nodes: &[OnlineNode], requests: u64) -> Vec<NodeSlot> {
         (0..requests)
-            .map(
-                |tiebreak| match rank_and_reserve(nodes, "m", Some("bob"), false, &[], tiebreak) {
+            .map(|tiebreak| {
+                match rank_and_reserve(nodes, CHAT, "m", Some("bob"), false, &[], tiebreak) {
                     Pick::Node(_, slot, _) => slot,
                     _ => panic!("request {tiebreak} found no node"),
-                },
-            )
+                }
+            })
             .collect()
     }
 
@@ -509,12 +653,12 @@ mod tests {
             operated_peer(&directory, "Bob", "bobs-box", &[("m", None)], None),
         );
         for tiebreak in 0..5 {
-            match rank_and_reserve(&many, "m", Some("bob"), true, &[], tiebreak) {
+            match rank_and_reserve(&many, CHAT, "m", Some("bob"), true, &[], tiebreak) {
                 Pick::Node(node, _, _) => assert_eq!(node.key().provider, "bobs-box"),
                 _ => panic!("bob's node was not found"),
             }
             assert!(matches!(
-                rank_and_reserve(&many, "m", Some("carol"), true, &[], tiebreak),
+                rank_and_reserve(&many, CHAT, "m", Some("carol"), true, &[], tiebreak),
                 Pick::Fail(Availability::NotServed)
             ));
         }
@@ -527,14 +671,14 @@ mod tests {
         // Every node but the last is full.
         let _taken: Vec<NodeSlot> = many[..499].iter().map(OnlineNode::reserve).collect();
         for tiebreak in 0..20 {
-            match rank_and_reserve(&many, "m", Some("bob"), false, &[], tiebreak) {
+            match rank_and_reserve(&many, CHAT, "m", Some("bob"), false, &[], tiebreak) {
                 Pick::Node(node, _, _) => assert_eq!(node.key().provider, "n499"),
                 _ => panic!("the node with room was not found"),
             }
         }
         let _last = many[499].reserve();
         assert!(matches!(
-            rank_and_reserve(&many, "m", Some("bob"), false, &[], 0),
+            rank_and_reserve(&many, CHAT, "m", Some("bob"), false, &[], 0),
             Pick::Wait
         ));
     }

@@ -47,6 +47,10 @@ pub const DEFAULT_REQUESTS_PER_MINUTE: u32 = 60;
 pub const DEFAULT_MAX_CONCURRENT_PER_MEMBER: u32 = 8;
 /// Default: the largest chat request body, in bytes.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// Default [`Limits::max_upload_bytes`]: 25 MiB, OpenAI's limit on an audio file.
+pub const DEFAULT_MAX_UPLOAD_BYTES: usize = 25 * 1024 * 1024;
+/// Default [`Limits::max_blob_bytes`]: 16 MiB.
+pub const DEFAULT_MAX_BLOB_BYTES: usize = 16 * 1024 * 1024;
 /// Default: the most messages in one chat request.
 pub const DEFAULT_MAX_MESSAGES: usize = 256;
 /// Default: the most characters of text over all messages of one chat request.
@@ -93,6 +97,12 @@ pub struct Limits {
     pub max_concurrent_per_member: u32,
     /// The largest chat request body, in bytes; 413 beyond.
     pub max_body_bytes: usize,
+    /// The largest upload (`/v1/audio/transcriptions`: the multipart body, file included), in
+    /// bytes; 413 beyond.
+    pub max_upload_bytes: usize,
+    /// The largest audio or image kept with a record, in bytes: a larger one is served but not
+    /// stored (the record says it was dropped).
+    pub max_blob_bytes: usize,
     /// The most messages in one chat request; 400 beyond.
     pub max_messages: usize,
     /// The most characters of text over all messages of a chat request; 400 beyond.
@@ -165,6 +175,8 @@ impl Default for Limits {
             requests_per_minute: DEFAULT_REQUESTS_PER_MINUTE,
             max_concurrent_per_member: DEFAULT_MAX_CONCURRENT_PER_MEMBER,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
+            max_blob_bytes: DEFAULT_MAX_BLOB_BYTES,
             max_messages: DEFAULT_MAX_MESSAGES,
             max_input_chars: DEFAULT_MAX_INPUT_CHARS,
             max_tokens_ceiling: DEFAULT_MAX_TOKENS_CEILING,

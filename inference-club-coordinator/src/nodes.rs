@@ -16,9 +16,7 @@ use inference_club_core::endpoint::Endpoint;
 use inference_club_core::link::{
     self, BinaryHeader, CallJob, Cancel, CoordinatorMessage, Job, JobError, JobId, ServiceLoad,
 };
-use inference_club_core::manifest::{
-    AccessPolicy, Service, ServiceManifest, effective_access,
-};
+use inference_club_core::manifest::{AccessPolicy, Service, ServiceManifest, effective_access};
 use inference_club_core::openai::{ChatCompletionChunk, ChatCompletionRequest, Model};
 use inference_club_core::provider::{
     Call, CallOutput, CallStream, ChunkStream, Provider, ProviderError, RequestContext,
@@ -139,11 +137,6 @@ impl NodeOffer {
     /// Who may use `service` of its manifest: see [`access_for`].
     pub fn access_for<'a>(&'a self, service: &'a Service) -> &'a AccessPolicy {
         access_for(&self.policy, &self.manifest, service)
-    }
-
-    /// The model `requested` names, if served here.
-    pub fn find_model(&self, requested: &str) -> Option<&NodeModel> {
-        self.find_model_for(Endpoint::ChatCompletions, requested)
     }
 
     /// The first model answering to `requested` that serves `endpoint`.
@@ -636,7 +629,11 @@ async fn open_job(
         guard.armed = false;
         return Err(went_offline());
     }
-    for piece in upload.map(|data| data.chunks(link::BINARY_CHUNK_BYTES)).into_iter().flatten() {
+    for piece in upload
+        .map(|data| data.chunks(link::BINARY_CHUNK_BYTES))
+        .into_iter()
+        .flatten()
+    {
         let frame = Outbound::Binary(link::binary_frame(job, piece));
         if node.outgoing.send(frame).await.is_err() {
             guard.armed = false;

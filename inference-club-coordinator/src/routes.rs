@@ -40,6 +40,12 @@ fn inference() -> Router<AppState> {
     Router::new()
         .route("/v1/models", get(api::models::models))
         .route("/v1/chat/completions", post(api::chat::chat_completions))
+        .route("/v1/completions", post(api::calls::completions))
+        .route("/v1/responses", post(api::responses::create))
+        .route("/v1/embeddings", post(api::calls::embeddings))
+        .route("/v1/audio/transcriptions", post(api::calls::transcriptions))
+        .route("/v1/audio/speech", post(api::calls::speech))
+        .route("/v1/images/generations", post(api::calls::images))
 }
 
 /// The club's own API (`/api/v1/…`) and its OpenAPI document.
@@ -59,6 +65,10 @@ fn club() -> Router<AppState> {
                 .patch(club_api::records::change_visibility)
                 .delete(club_api::records::delete_one)
                 .fallback(club_api::method_not_allowed),
+        )
+        .route(
+            "/api/v1/requests/{id}/blobs/{blob}",
+            get(club_api::records::get_blob).fallback(club_api::method_not_allowed),
         )
         .route(
             "/api/v1/providers",

@@ -124,6 +124,7 @@ impl AppState {
             tracing::info!(replica = %cluster.replica, "joined the cluster");
         }
         let recorder = Recorder::start(store.clone(), nodes.clone(), metrics.clone());
+        expire_blobs(&recorder, config.blob_retention);
         let fleet = Arc::new(Fleet::new(nodes, cluster));
         let dispatcher = Arc::new(Dispatcher::new(
             fleet.clone(),
@@ -155,4 +156,30 @@ impl AppState {
     pub async fn finish_drain(&self, within: Duration) {
         self.fleet.finish_drain(within, &self.store).await;
     }
+}
+
+/// Removes, every [`BLOB_EXPIRY_INTERVAL`](crate::config::BLOB_EXPIRY_INTERVAL), the blobs
+/// older than `retention` and those whose record is gone; the task ends with the recorder.
+fn expire_blobs(recorder: &Arc<Recorder>, retention: Duration) {
+    let recorder = Arc::downgrade(recorder);
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(crate::config::BLOB_EXPIRY_INTERVAL);
+        loop {
+            every.tick().await;
+            let Some(recorder) = recorder.upgrade() else {
+                return;
+            };
+            let before = chrono::Duration::from_std(retention)
+                .ok()
+                .and_then(|retention| chrono::Utc::now().checked_sub_signed(retention));
+            let Some(before) = before else {
+                continue; // kept longer than time can tell: nothing expires
+            };
+            match recorder.store().expire_blobs(before).await {
+                Ok(0) => {}
+                Ok(removed) => tracing::info!(removed, "blobs past their retention removed"),
+                Err(error) => tracing::warn!("cannot remove old blobs: {error}"),
+            }
+        }
+    });
 }

@@ -33,9 +33,23 @@ impl RecordId {
         format!("chatcmpl-{}", self.0.simple())
     }
 
-    /// Reads a record id from its UUID form or from a completion id derived from it.
+    /// The text completion id derived from it (`cmpl-<hex>`), for `/v1/completions`.
+    pub fn text_completion_id(&self) -> String {
+        format!("cmpl-{}", self.0.simple())
+    }
+
+    /// The response id derived from it (`resp_<hex>`), for `/v1/responses`.
+    pub fn response_id(&self) -> String {
+        format!("resp_{}", self.0.simple())
+    }
+
+    /// Reads a record id from its UUID form or from an id derived from it (a chat completion,
+    /// text completion or response id).
     pub fn parse(text: &str) -> Option<Self> {
-        let text = text.strip_prefix("chatcmpl-").unwrap_or(text);
+        let text = ["chatcmpl-", "cmpl-", "resp_"]
+            .iter()
+            .find_map(|prefix| text.strip_prefix(prefix))
+            .unwrap_or(text);
         Uuid::try_parse(text).ok().map(Self)
     }
 }
@@ -667,6 +681,8 @@ mod tests {
     fn ids_round_trip_through_completion_ids() {
         let id = RecordId::new();
         assert_eq!(RecordId::parse(&id.completion_id()), Some(id));
+        assert_eq!(RecordId::parse(&id.text_completion_id()), Some(id));
+        assert_eq!(RecordId::parse(&id.response_id()), Some(id));
         assert_eq!(RecordId::parse(&id.to_string()), Some(id));
         assert_eq!(RecordId::parse("nope"), None);
     }

@@ -14,17 +14,16 @@ use futures_util::StreamExt;
 use inference_club_core::openai::{
     ApiError as WireError, ChatCompletionChunk, ChatCompletionRequest,
 };
-use inference_club_core::provider::{ChunkStream, ProviderError, RequestContext};
+use inference_club_core::provider::{ChunkStream, ProviderError};
 use inference_club_core::record::{InferenceRecord, RecordId, Status, Visibility};
-use tokio_util::sync::CancellationToken;
 
 use super::recording::{RecordKeeper, Recorder};
-use super::{check_content_type, header_visibility, with_request_id};
-use crate::auth::{self, Caller};
-use crate::dispatch::{self, Dispatcher};
+use super::serve::{self, Admitted, Parts};
+use super::{check_content_type, with_request_id};
+use crate::auth::Caller;
+use crate::dispatch::{Answer, Dispatcher, Work};
 use crate::error::ApiError;
 use crate::limits::{self, InFlightSlot, Limiter};
-use crate::store::Scope;
 
 /// Reads the body of a chat request as `POST /v1/chat/completions` does: the request, and the
 /// visibility its `visibility` field asks for (taken out of the request). A body that is not a
@@ -113,161 +112,97 @@ pub async fn chat_completions(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let received = Instant::now();
-    let caller = match auth::require(recorder.store(), &headers, Scope::Inference).await {
-        Ok(caller) => caller,
-        Err(error) => return error.into_response(),
-    };
-    let rate = match limits.inference(&caller.key.id.to_string()) {
-        Ok(rate) => rate,
-        Err(throttled) => return throttled.into_response(),
-    };
     let parts = Parts {
         limits,
         dispatcher,
         recorder,
     };
-    let response = limited_chat(parts, caller, headers, body, received).await;
+    let admitted = match serve::admit(&parts, &headers).await {
+        Ok(admitted) => admitted,
+        Err(refused) => return refused,
+    };
+    let rate = admitted.rate;
+    let response = match limited_chat(&parts, admitted, headers, body).await {
+        Ok(response) | Err(response) => response,
+    };
     limits::with_rate(response, Some(rate))
 }
 
-/// What serving a chat uses.
-struct Parts {
-    limits: Arc<Limiter>,
-    dispatcher: Arc<Dispatcher>,
-    recorder: Arc<Recorder>,
-}
-
 async fn limited_chat(
-    state: Parts,
-    caller: Caller,
+    parts: &Parts,
+    admitted: Admitted,
     headers: HeaderMap,
     body: Body,
-    received: Instant,
-) -> Response {
-    let slot = match state.limits.enter(caller.user.id) {
-        Ok(slot) => slot,
-        Err(throttled) => return throttled.into_response(),
-    };
-    if let Err(error) = check_content_type(&headers) {
-        return error.into_response();
-    }
-    let max_body = state.limits.limits().max_body_bytes;
-    let too_large = || {
-        ApiError::too_large(format!(
-            "the body is larger than {max_body} bytes (max_body_bytes)"
-        ))
-        .into_response()
-    };
-    // A declared length over the limit is refused at once, without waiting for the body.
-    let declared = axum::body::HttpBody::size_hint(&body).lower();
-    if usize::try_from(declared).map_or(true, |declared| declared > max_body) {
-        return too_large();
-    }
-    let Ok(bytes) = axum::body::to_bytes(body, max_body).await else {
-        return too_large();
-    };
-    let (request, body_visibility) = match parse_request(&bytes) {
-        Ok(parsed) => parsed,
-        Err(error) => return error.into_response(),
-    };
-    if let Err(error) = state.limits.check_request(&request) {
-        return error.into_response();
-    }
-    let visibility = match header_visibility(&headers) {
-        Ok(v) => body_visibility
-            .or(v)
-            .unwrap_or(caller.user.default_visibility),
-        Err(error) => return error.into_response(),
-    };
-    serve_chat(state, caller, request, visibility, received, slot).await
-}
-
-async fn serve_chat(
-    state: Parts,
-    caller: Caller,
-    request: ChatCompletionRequest,
-    visibility: Visibility,
-    received: Instant,
-    slot: InFlightSlot,
-) -> Response {
-    let id = RecordId::new();
+) -> Result<Response, Response> {
+    let Admitted {
+        caller, received, ..
+    } = admitted;
+    let slot = serve::enter(parts, &caller)?;
+    check_content_type(&headers).map_err(IntoResponse::into_response)?;
+    let max_body = parts.limits.limits().max_body_bytes;
+    let bytes = serve::read_body(body, max_body, "max_body_bytes").await?;
+    let (request, body_visibility) = parse_request(&bytes).map_err(IntoResponse::into_response)?;
+    parts
+        .limits
+        .check_request(&request)
+        .map_err(IntoResponse::into_response)?;
+    let visibility = serve::visibility(body_visibility, &headers, &caller)?;
     let record = InferenceRecord::new(
-        id,
+        RecordId::new(),
         Some(caller.user.handle.clone()),
         request.clone(),
         visibility,
         Utc::now(),
     );
-    // The insert is committed while the request is dispatched; it is awaited before anything
-    // of the answer leaves, so no consumer sees a request id without its record.
-    let inserted = match state.recorder.store().insert_record_soon(&record).await {
-        Ok(pending) => pending,
-        Err(error) => return ApiError::from(error).into_response(),
+    let started = start_chat(parts, &caller, record, &request, received, slot).await?;
+    let chunks = match started.answer {
+        Answer::Chat(chunks) => chunks,
+        Answer::Call(_) => return Err(serve::shape_error("chat", "a call's answer", started.id)),
     };
-    let cancel = CancellationToken::new();
-    let mut context = RequestContext::new(id.to_string()).with_consumer(caller.user.handle.clone());
-    context.cancel = cancel.clone();
+    Ok(if request.is_stream() {
+        stream_response(
+            started.keeper,
+            chunks,
+            request.wants_stream_usage(),
+            started.id,
+        )
+    } else {
+        whole_response(started.keeper, chunks, started.id).await
+    })
+}
+
+/// Records and dispatches a chat `request` (also the translation of a Responses request): the
+/// node always streams, with usage (usage is always recorded); what the consumer gets is
+/// decided by the caller.
+pub(crate) async fn start_chat(
+    parts: &Parts,
+    caller: &Caller,
+    record: InferenceRecord,
+    request: &ChatCompletionRequest,
+    received: Instant,
+    slot: InFlightSlot,
+) -> Result<serve::Started, Response> {
     let mut engine_request = request.clone();
-    // The node always streams, with usage (usage is always recorded); what the consumer gets
-    // is decided here.
     engine_request.stream = Some(true);
     engine_request
         .stream_options
         .get_or_insert_with(Default::default)
         .include_usage = Some(true);
-    // The keeper holds the record from here on: if the consumer goes away while the request
-    // waits in the queue or for its first output, dropping it makes the record cancelled.
-    let mut keeper = state
-        .recorder
-        .keeper(record, received, request.is_stream(), cancel, slot);
-    let preference = caller.user.routing_preference;
-    let dispatched = match keeper.record.as_mut() {
-        Some(record) => {
-            dispatch::dispatch(
-                &state.dispatcher,
-                &engine_request,
-                record,
-                &context,
-                preference,
-            )
-            .await
-        }
-        None => Err(ApiError::internal("dispatch", "the record is gone")),
-    };
-    if let Err(error) = inserted.committed().await {
-        // No record, so nothing to save: the keeper only cancels the job it started.
-        keeper.record = None;
-        return ApiError::from(error).into_response();
-    }
-    let stream = match dispatched {
-        Ok(stream) => {
-            // Saved as running, with the node serving it and the attempts so far: what a crash
-            // of the coordinator leaves behind (to become failed at the next start). A progress
-            // save: not awaited, and not written at all if the request ends first.
-            if let Some(record) = keeper.record.as_mut() {
-                state.recorder.forget_departed(record);
-                if let Err(error) = state.recorder.store().save_progress(record).await {
-                    tracing::error!(id = %record.id, "cannot save a record: {error}");
-                }
-            }
-            stream
-        }
-        Err(error) => {
-            keeper.fail(error.error.message.clone()).await;
-            return with_request_id(error.into_response(), id);
-        }
-    };
-    if request.is_stream() {
-        stream_response(keeper, stream, request.wants_stream_usage(), id)
-    } else {
-        whole_response(keeper, stream, id).await
-    }
+    serve::start(
+        parts,
+        caller,
+        record,
+        Work::Chat(&engine_request),
+        request.is_stream(),
+        received,
+        slot,
+    )
+    .await
 }
 
 /// One SSE event `data: {json}`, or the serializer's error (a chunk that cannot be written:
 /// the stream ends with an error event instead).
-fn sse_event(json: &impl serde::Serialize) -> Result<Bytes, serde_json::Error> {
+pub(crate) fn sse_event(json: &impl serde::Serialize) -> Result<Bytes, serde_json::Error> {
     let mut line = b"data: ".to_vec();
     serde_json::to_writer(&mut line, json)?;
     line.extend_from_slice(b"\n\n");

@@ -2,9 +2,13 @@
 //! answer names its record (`x-club-request-id`), which [`recording`] keeps from the moment the
 //! request is accepted until it is final.
 
+pub(crate) mod answers;
+pub(crate) mod calls;
 pub(crate) mod chat;
 pub(crate) mod models;
 pub(crate) mod recording;
+pub(crate) mod responses;
+pub(crate) mod serve;
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;

@@ -179,6 +179,23 @@ impl RecordKeeper {
         self.aggregate.push(chunk);
     }
 
+    /// Notes an output of a call (whatever it holds, it counts as the first token) and folds
+    /// `chunk` into the record: the output's text, finish reason and usage as a chat chunk.
+    pub fn observe_output(&mut self, chunk: Option<&ChatCompletionChunk>) {
+        if let Some(record) = &mut self.record
+            && record.timing.first_token_at.is_none()
+        {
+            record.first_token(Utc::now());
+            self.recorder
+                .metrics
+                .time_to_first_token
+                .observe(self.received.elapsed().as_secs_f64());
+        }
+        if let Some(chunk) = chunk {
+            self.aggregate.push(chunk);
+        }
+    }
+
     /// Makes the record `failed` before any output (no node could take the request) and saves
     /// it before returning.
     pub async fn fail(mut self, reason: String) {

@@ -7,9 +7,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
+use inference_club_core::endpoint::Endpoint;
 use inference_club_core::openai::{ChatCompletionRequest, FinishReason, ToolCall};
 use inference_club_core::record::{
-    InferenceRecord, RecordId, ServedBy, Status, UsageSource, Visibility,
+    BlobRole, EmbeddingsSummary, InferenceRecord, RecordId, ServedBy, Status, UsageSource,
+    Visibility,
 };
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +56,30 @@ pub struct RecordView {
     pub attempts: Vec<AttemptView>,
     /// Why it failed or was cancelled.
     pub failure: Option<String>,
+    /// The endpoint the request was made to (`chat_completions`, `embeddings`, …).
+    pub endpoint: Endpoint,
+    /// The body of a request to an endpoint other than chat (an uploaded file is a blob).
+    pub input: Option<serde_json::Value>,
+    /// How many embeddings were answered, and their dimension (the vectors are not kept).
+    pub embeddings: Option<EmbeddingsSummary>,
+    /// The audio and images of the request and its answer.
+    pub blobs: Vec<BlobView>,
+}
+
+/// An audio file or image of a record.
+#[derive(Debug, Clone, Serialize)]
+pub struct BlobView {
+    /// Its id.
+    pub id: String,
+    /// `input` (uploaded) or `output` (produced).
+    pub role: BlobRole,
+    /// Its content type.
+    pub content_type: String,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// Where to fetch it (under the record's read rules); `null` when it was not kept (over
+    /// the size cap, or past the retention period).
+    pub url: Option<String>,
 }
 
 /// A serving provider.
@@ -196,8 +222,81 @@ impl From<InferenceRecord> for RecordView {
                 })
                 .collect(),
             failure: record.failure.clone(),
+            endpoint: record.endpoint,
+            embeddings: record.embeddings,
+            blobs: record
+                .blobs
+                .iter()
+                .map(|blob| BlobView {
+                    id: blob.id.clone(),
+                    role: blob.role,
+                    content_type: blob.content_type.clone(),
+                    bytes: blob.bytes,
+                    url: (!blob.dropped).then(|| blob_path(record.id, &blob.id)),
+                })
+                .collect(),
+            input: record.input,
             request: record.request,
         }
+    }
+}
+
+/// Where a record's blob is served.
+pub(crate) fn blob_path(record: RecordId, blob: &str) -> String {
+    format!("/api/v1/requests/{record}/blobs/{blob}")
+}
+
+/// The longest blob id accepted in a path.
+const MAX_BLOB_ID_CHARS: usize = 64;
+
+/// `GET /api/v1/requests/{id}/blobs/{blob}`: an audio file or image of a record, under the
+/// record's read rules (the same 404 for a record or blob that does not exist or may not be
+/// seen, or a blob no longer kept).
+pub async fn get_blob(
+    State(store): State<Store>,
+    headers: HeaderMap,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let viewer = record_reader(&store, &headers).await?;
+    let Path((text, blob_id)) = path.map_err(bad_path)?;
+    let id = parse_record_id(&text)?;
+    let viewer_id = viewer.map(|c| c.user.id);
+    let readable = match store.record(id).await? {
+        Some(stored) if stored.readable_by(viewer_id) => stored
+            .record
+            .blobs
+            .iter()
+            .any(|b| b.id == blob_id && !b.dropped),
+        _ => false,
+    };
+    let blob = if readable && blob_id.len() <= MAX_BLOB_ID_CHARS {
+        store.blob(&blob_id).await?
+    } else {
+        None
+    };
+    match blob {
+        Some(blob) if blob.record_id == id.to_string() => {
+            let content_type = axum::http::HeaderValue::from_str(&blob.content_type).unwrap_or(
+                axum::http::HeaderValue::from_static("application/octet-stream"),
+            );
+            Ok((
+                [
+                    (axum::http::header::CONTENT_TYPE, content_type),
+                    (
+                        axum::http::header::CACHE_CONTROL,
+                        axum::http::HeaderValue::from_static("private, max-age=300"),
+                    ),
+                ],
+                blob.data,
+            )
+                .into_response())
+        }
+        _ => Err(ApiError::not_found(
+            "blob_not_found",
+            format!(
+                "No file {blob_id:?} of request {text:?} is kept, or it is not visible to you."
+            ),
+        )),
     }
 }
 

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use inference_club_core::manifest::ServiceType;
+use inference_club_core::endpoint::Endpoint;
 use inference_club_core::openai::Model;
 use serde_json::Value;
 
@@ -34,6 +34,8 @@ struct Entry {
     input: BTreeSet<String>,
     output: BTreeSet<String>,
     features: BTreeSet<String>,
+    /// The endpoints some node serves it at (a request at one of them is routed to those).
+    endpoints: BTreeSet<usize>,
     /// Distinct nodes serving it, and the last one counted.
     nodes: usize,
     last_node: usize,
@@ -63,6 +65,13 @@ impl Entry {
         extra.insert("input_modalities".into(), list(self.input));
         extra.insert("output_modalities".into(), list(self.output));
         extra.insert("features".into(), list(self.features));
+        let endpoints = self
+            .endpoints
+            .into_iter()
+            .filter_map(|i| Endpoint::ALL.get(i))
+            .map(|e| Value::String(e.as_str().to_owned()))
+            .collect();
+        extra.insert("endpoints".into(), Value::Array(endpoints));
         extra.insert("nodes".into(), Value::from(self.nodes));
         model
     }
@@ -92,10 +101,13 @@ fn declares(given: &[String], default: &[&str], modality: &str) -> bool {
 /// capabilities `context_length`, `input_modalities`, `output_modalities`, `features`, `nodes`
 /// (and `hf`, `name` where declared).
 ///
-/// Only `llm` services count (the ones chat completions reach), only on nodes that accept
-/// requests (the operator's kill switch is off), and only those whose access policy (with the
-/// operator's overrides) admits `consumer`: anonymous callers are admitted by no policy, so
-/// they see none.
+/// Each model also lists `endpoints`: the API routes (`chat_completions`, `completions`,
+/// `embeddings`, `responses`, `audio_transcriptions`, `audio_speech`, `images_generations`)
+/// some node serves it at (a node of an older protocol serves chat only). Services that answer
+/// no endpoint (`mesh`, `video`, …) are left out. Only nodes that accept requests count (the
+/// operator's kill switch is off), and only services whose access policy (with the operator's
+/// overrides) admits `consumer`: anonymous callers are admitted by no policy, so they see
+/// none.
 pub fn models_for(nodes: &[OnlineNode], consumer: Option<&str>) -> BTreeMap<String, Model> {
     let mut nodes: Vec<&OnlineNode> = nodes.iter().collect();
     nodes.sort_by_cached_key(|n| (n.operator().to_ascii_lowercase(), n.key().provider.clone()));
@@ -106,11 +118,7 @@ pub fn models_for(nodes: &[OnlineNode], consumer: Option<&str>) -> BTreeMap<Stri
             continue;
         }
         let created = u64::try_from(node.connected_at().timestamp()).unwrap_or(0);
-        for service in offer
-            .manifest
-            .services()
-            .filter(|s| s.service_type == ServiceType::Llm)
-        {
+        for service in offer.manifest.services() {
             if !offer.access_for(service).admits(node.operator(), consumer) {
                 continue;
             }
@@ -119,6 +127,20 @@ pub fn models_for(nodes: &[OnlineNode], consumer: Option<&str>) -> BTreeMap<Stri
                 let Some(id) = model.served_id() else {
                     continue;
                 };
+                let served = Endpoint::all_served_by(
+                    service.service_type,
+                    &service.features,
+                    Some(model),
+                );
+                if served.is_empty()
+                    || (!node.takes_calls() && !served.contains(&Endpoint::ChatCompletions))
+                {
+                    continue;
+                }
+                let endpoints = served
+                    .iter()
+                    .filter(|e| **e == Endpoint::ChatCompletions || node.takes_calls())
+                    .filter_map(|e| Endpoint::ALL.iter().position(|a| a == e));
                 let features = || model.features.iter().chain(&service.features);
                 let key = id.to_ascii_lowercase();
                 let Some(entry) = entries.get_mut(&key) else {
@@ -135,6 +157,7 @@ pub fn models_for(nodes: &[OnlineNode], consumer: Option<&str>) -> BTreeMap<Stri
                             input: declared(&model.input_modalities, default_in),
                             output: declared(&model.output_modalities, default_out),
                             features: features().cloned().collect(),
+                            endpoints: endpoints.collect(),
                             nodes: 1,
                             last_node: index,
                         },
@@ -160,6 +183,7 @@ pub fn models_for(nodes: &[OnlineNode], consumer: Option<&str>) -> BTreeMap<Stri
                     .output
                     .retain(|m| declares(&model.output_modalities, default_out, m));
                 entry.features.retain(|f| features().any(|g| g == f));
+                entry.endpoints.extend(endpoints);
                 if entry.last_node != index {
                     entry.nodes += 1;
                     entry.last_node = index;

@@ -64,7 +64,6 @@ use std::sync::Arc;
 use sqlx::AnyPool;
 use tokio::sync::mpsc;
 
-pub use blobs::Blob;
 pub use error::{Entity, StoreError};
 pub use ids::{KeyId, ProviderId, UserId};
 pub use keys::{ApiKey, Scope, ScopeParseError, Scopes};

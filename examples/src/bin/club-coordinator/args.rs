@@ -21,6 +21,16 @@ pub struct LimitsArgs {
     #[arg(long, env = "CLUB_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES,
           value_parser = positive_usize)]
     pub max_body_bytes: usize,
+    /// The largest upload (`/v1/audio/transcriptions`, the whole multipart body), in bytes;
+    /// 413 beyond.
+    #[arg(long, env = "CLUB_MAX_UPLOAD_BYTES", default_value_t = DEFAULT_MAX_UPLOAD_BYTES,
+          value_parser = positive_usize)]
+    pub max_upload_bytes: usize,
+    /// The largest audio or image kept with a record, in bytes; a larger one is served but not
+    /// stored.
+    #[arg(long, env = "CLUB_MAX_BLOB_BYTES", default_value_t = DEFAULT_MAX_BLOB_BYTES,
+          value_parser = positive_usize)]
+    pub max_blob_bytes: usize,
     /// The most messages in one chat request; 400 beyond.
     #[arg(long, env = "CLUB_MAX_MESSAGES", default_value_t = DEFAULT_MAX_MESSAGES,
           value_parser = positive_usize)]
@@ -64,6 +74,8 @@ impl From<LimitsArgs> for Limits {
             requests_per_minute: args.requests_per_minute,
             max_concurrent_per_member: args.max_concurrent_per_member,
             max_body_bytes: args.max_body_bytes,
+            max_upload_bytes: args.max_upload_bytes,
+            max_blob_bytes: args.max_blob_bytes,
             max_messages: args.max_messages,
             max_input_chars: args.max_input_chars,
             max_tokens_ceiling: args.max_tokens_ceiling,

@@ -53,6 +53,10 @@ enum Command {
         /// How long a stopping coordinator (SIGTERM) lets requests in flight finish, in seconds.
         #[arg(long, env = "CLUB_DRAIN_SECS", default_value_t = 30)]
         drain_secs: u64,
+        /// How long the audio and images of records are kept, in days.
+        #[arg(long, env = "CLUB_BLOB_RETENTION_DAYS", default_value_t = 30,
+              value_parser = clap::value_parser!(u64).range(1..=36500))]
+        blob_retention_days: u64,
         #[command(flatten)]
         sign_in: SignInArgs,
         /// Rate, concurrency and size limits.
@@ -130,6 +134,7 @@ fn main() -> ExitCode {
                 heartbeat_secs,
                 queue_timeout_secs,
                 drain_secs,
+                blob_retention_days,
                 sign_in,
                 limits,
                 cluster,
@@ -139,6 +144,7 @@ fn main() -> ExitCode {
                     .heartbeat_interval(Duration::from_secs(heartbeat_secs))
                     .queue_timeout(Duration::from_secs(queue_timeout_secs))
                     .drain(Duration::from_secs(drain_secs))
+                    .blob_retention(Duration::from_secs(blob_retention_days * 24 * 3600))
                     .limits(limits.into());
                 if let Some(nats_url) = cluster.nats {
                     builder = builder.cluster(ClusterConfig {

@@ -1,0 +1,165 @@
+//! The path every inference endpoint shares: admit the caller (key, rate, requests in flight),
+//! read the body within its limit, then record the request and dispatch it. The endpoint
+//! modules parse and check their own bodies and shape their own answers.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use inference_club_core::provider::RequestContext;
+use inference_club_core::record::{InferenceRecord, RecordId, Visibility};
+use tokio_util::sync::CancellationToken;
+
+use super::header_visibility;
+use super::recording::{RecordKeeper, Recorder};
+use super::with_request_id;
+use crate::auth::{self, Caller};
+use crate::dispatch::{self, Answer, Dispatcher, Work};
+use crate::error::ApiError;
+use crate::limits::{InFlightSlot, Limiter, RateState};
+use crate::store::Scope;
+
+/// What serving an inference request uses.
+#[derive(Debug, Clone)]
+pub(crate) struct Parts {
+    pub limits: Arc<Limiter>,
+    pub dispatcher: Arc<Dispatcher>,
+    pub recorder: Arc<Recorder>,
+}
+
+/// A caller let in: their key is valid with the inference scope and within its rate.
+pub(crate) struct Admitted {
+    pub caller: Caller,
+    /// The key's rate, for the `X-RateLimit-*` headers of the answer.
+    pub rate: RateState,
+    /// When the request arrived.
+    pub received: Instant,
+}
+
+/// The first step of every inference request: the caller's key (401/403) and its request rate
+/// (429), before anything is read, recorded or routed.
+pub(crate) async fn admit(parts: &Parts, headers: &HeaderMap) -> Result<Admitted, Response> {
+    let received = Instant::now();
+    let caller = auth::require(parts.recorder.store(), headers, Scope::Inference)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    let rate = parts
+        .limits
+        .inference(&caller.key.id.to_string())
+        .map_err(IntoResponse::into_response)?;
+    Ok(Admitted {
+        caller,
+        rate,
+        received,
+    })
+}
+
+/// Takes one of the member's requests in flight (429 when they have too many).
+pub(crate) fn enter(parts: &Parts, caller: &Caller) -> Result<InFlightSlot, Response> {
+    parts
+        .limits
+        .enter(caller.user.id)
+        .map_err(IntoResponse::into_response)
+}
+
+/// Reads `body` whole, refusing it with 413 when it is larger than `limit` bytes (a declared
+/// length over the limit at once, without waiting for the body); `setting` names the limit in
+/// the message.
+pub(crate) async fn read_body(body: Body, limit: usize, setting: &str) -> Result<Bytes, Response> {
+    let too_large = || {
+        ApiError::too_large(format!("the body is larger than {limit} bytes ({setting})"))
+            .into_response()
+    };
+    let declared = axum::body::HttpBody::size_hint(&body).lower();
+    if usize::try_from(declared).map_or(true, |declared| declared > limit) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large())
+}
+
+/// The visibility a request asks for: its body's `visibility` field, else the
+/// `x-club-visibility` header, else the member's default (400 for a bad header).
+pub(crate) fn visibility(
+    from_body: Option<Visibility>,
+    headers: &HeaderMap,
+    caller: &Caller,
+) -> Result<Visibility, Response> {
+    let from_header = header_visibility(headers).map_err(IntoResponse::into_response)?;
+    Ok(from_body
+        .or(from_header)
+        .unwrap_or(caller.user.default_visibility))
+}
+
+/// A request recorded and dispatched: the keeper of its record and the answer flowing in.
+pub(crate) struct Started {
+    pub keeper: RecordKeeper,
+    pub answer: Answer,
+    pub id: RecordId,
+}
+
+/// Records `record` and dispatches `work` for it. The record's insert is committed while the
+/// request is dispatched, and awaited before anything of the answer leaves, so no consumer sees
+/// a request id without its record. On failure the record is final (`failed`) and the answer
+/// is the error, naming the record.
+pub(crate) async fn start(
+    parts: &Parts,
+    caller: &Caller,
+    record: InferenceRecord,
+    work: Work<'_>,
+    streamed: bool,
+    received: Instant,
+    slot: InFlightSlot,
+) -> Result<Started, Response> {
+    let id = record.id;
+    let inserted = match parts.recorder.store().insert_record_soon(&record).await {
+        Ok(pending) => pending,
+        Err(error) => return Err(ApiError::from(error).into_response()),
+    };
+    let cancel = CancellationToken::new();
+    let mut context = RequestContext::new(id.to_string()).with_consumer(caller.user.handle.clone());
+    context.cancel = cancel.clone();
+    // The keeper holds the record from here on: if the consumer goes away while the request
+    // waits in the queue or for its first output, dropping it makes the record cancelled.
+    let mut keeper = parts
+        .recorder
+        .keeper(record, received, streamed, cancel, slot);
+    let preference = caller.user.routing_preference;
+    let dispatched = match keeper.record.as_mut() {
+        Some(record) => {
+            dispatch::dispatch_work(&parts.dispatcher, work, record, &context, preference).await
+        }
+        None => Err(ApiError::internal("dispatch", "the record is gone")),
+    };
+    if let Err(error) = inserted.committed().await {
+        // No record, so nothing to save: the keeper only cancels the job it started.
+        keeper.record = None;
+        return Err(ApiError::from(error).into_response());
+    }
+    match dispatched {
+        Ok(answer) => {
+            // Saved as running, with the node serving it and the attempts so far: what a crash
+            // of the coordinator leaves behind (to become failed at the next start). A progress
+            // save: not awaited, and not written at all if the request ends first.
+            if let Some(record) = keeper.record.as_mut() {
+                parts.recorder.forget_departed(record);
+                if let Err(error) = parts.recorder.store().save_progress(record).await {
+                    tracing::error!(id = %record.id, "cannot save a record: {error}");
+                }
+            }
+            Ok(Started { keeper, answer, id })
+        }
+        Err(error) => {
+            keeper.fail(error.error.message.clone()).await;
+            Err(with_request_id(error.into_response(), id))
+        }
+    }
+}
+
+/// An answer the API could not shape: the error, naming the record.
+pub(crate) fn shape_error(context: &str, error: impl std::fmt::Display, id: RecordId) -> Response {
+    with_request_id(ApiError::internal(context, error).into_response(), id)
+}

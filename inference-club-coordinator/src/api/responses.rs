@@ -73,17 +73,22 @@ fn parse(bytes: &[u8]) -> Result<(ResponsesRequest, Value, Option<Visibility>), 
             );
         }
     };
+    if body
+        .get("model")
+        .and_then(Value::as_str)
+        .is_none_or(|m| m.trim().is_empty())
+    {
+        return Err(
+            ApiError::bad_request("missing_model", "`model` is required (a string)")
+                .with_param("model"),
+        );
+    }
     let request: ResponsesRequest = serde_json::from_value(body.clone()).map_err(|e| {
         ApiError::bad_request(
             "invalid_request",
             format!("the body is not a Responses request: {e}"),
         )
     })?;
-    if request.model.trim().is_empty() {
-        return Err(
-            ApiError::bad_request("missing_model", "`model` is required").with_param("model"),
-        );
-    }
     Ok((request, body, visibility))
 }
 
@@ -124,7 +129,11 @@ async fn serve_response(
     let chunks = match started.answer {
         Answer::Chat(chunks) => chunks,
         Answer::Call(_) => {
-            return Err(serve::shape_error("responses", "a call's answer", started.id));
+            return Err(serve::shape_error(
+                "responses",
+                "a call's answer",
+                started.id,
+            ));
         }
     };
     let created_at = Utc::now().timestamp();

@@ -2,7 +2,8 @@
 //! crates built on it: a database of a test's own ([`TestDatabase`], SQLite or a fresh
 //! PostgreSQL database), a whole club in this process (`TestClub`, feature `test-club`), direct access to a
 //! coordinator's store to seed and inspect it ([`store_of`] and the store's types), a fake
-//! GitHub ([`fake_github`]) and a fault-injecting proxy ([`proxy`]).
+//! GitHub ([`fake_github`]), a fake audio and image engine ([`media_engine`]) and a
+//! fault-injecting proxy ([`proxy`]).
 //!
 //! Not for production: a failed set-up panics, which fails the test that asked for it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -12,12 +13,14 @@
 mod club;
 mod database;
 pub mod fake_github;
+pub mod media_engine;
 pub mod proxy;
 mod server;
 
 #[cfg(feature = "test-club")]
-pub use self::club::TestClub;
+pub use self::club::{TestClub, TestService};
 pub use self::database::{POSTGRES_ENV, TestDatabase, skip_loudly, unique_name, with_database};
+pub use self::media_engine::MediaEngine;
 pub use self::server::{Answer, TestServer, bind};
 pub use crate::limits::USAGE_REPORT;
 

@@ -3,6 +3,7 @@
 #   - a llama.cpp server (llama-cpp-python) on a tiny random-weight model, built and cached on first use;
 #   - a throwaway PostgreSQL cluster on 127.0.0.1;
 #   - a Python venv with the official OpenAI SDK, for the SDK compatibility test;
+#   - the official OpenAI Node SDK (and Debian's nodejs and npm when node is missing), for the same;
 #   - Debian's chromium and chromium-driver, for the browser tests;
 #   - Debian's nats-server and nginx, for the cluster tests.
 # Each comes from a script beside this one, which installs what it needs from Debian's packages
@@ -60,6 +61,7 @@ if [[ -z ${CLUB_TEST_NO_SERVICES:-} ]]; then
     trap stop_services EXIT
     start_service "starting the llama.cpp server (the first run builds it: a few minutes)" scripts/llamacpp/start.sh
     start_service "preparing the OpenAI Python SDK venv" scripts/python-sdk.sh
+    start_service "installing the OpenAI Node SDK" scripts/node-sdk.sh
     start_service "locating Chromium and chromedriver for the browser tests" scripts/browser.sh
     start_service "locating nats-server and nginx for the cluster tests" scripts/cluster-tools.sh
     start_service "starting PostgreSQL" scripts/postgres.sh

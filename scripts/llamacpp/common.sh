@@ -19,6 +19,8 @@ LLAMACPP_WHEEL_DIR="$LLAMACPP_CACHE/wheels"
 # make_tiny_model.py yields a new file instead of a stale cached one.
 _llamacpp_gen_hash="$(sha256sum "$LLAMACPP_SCRIPT_DIR/make_tiny_model.py" | cut -c1-12)"
 LLAMACPP_MODEL="${CLUB_LLAMACPP_MODEL:-$LLAMACPP_CACHE/models/tiny-llama-$_llamacpp_gen_hash.gguf}"
+# The same weights, saying that embeddings pool by mean (make_tiny_model.py --pooling mean).
+LLAMACPP_EMBED_MODEL="${CLUB_LLAMACPP_EMBED_MODEL:-$LLAMACPP_CACHE/models/tiny-llama-embed-$_llamacpp_gen_hash.gguf}"
 unset _llamacpp_gen_hash
 
 # Runtime state of a started server (pid file, log).
@@ -26,5 +28,7 @@ LLAMACPP_RUN_DIR="${CLUB_LLAMACPP_RUN_DIR:-$LLAMACPP_REPO_ROOT/target/llamacpp}"
 LLAMACPP_PID_FILE="$LLAMACPP_RUN_DIR/server.pid"
 LLAMACPP_LOG_FILE="$LLAMACPP_RUN_DIR/server.log"
 
-# The id the server reports in /v1/models and in responses.
+# The ids the server reports in /v1/models and in responses: the model for generation, and
+# the model for /v1/embeddings (loaded with `embedding: true`).
 LLAMACPP_MODEL_ALIAS="${CLUB_LLAMACPP_MODEL_ALIAS:-tiny-llama}"
+LLAMACPP_EMBED_MODEL_ALIAS="${CLUB_LLAMACPP_EMBED_MODEL_ALIAS:-tiny-llama-embed}"

@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """Write a tiny llama-architecture GGUF with random weights.
 
-Usage: make_tiny_model.py OUTPUT.gguf
+Usage: make_tiny_model.py OUTPUT.gguf [--pooling mean]
+
+With `--pooling mean` the file also says that embeddings pool by averaging the tokens
+(GGUF key `llama.pooling_type`), so that a server started with `embedding: true` answers one
+vector per input instead of one per token. The weights are the same either way.
 
 The model is for wire-level tests of an inference server only: 2 layers,
 n_embd 64, 4 heads, a ~700-token SentencePiece-style ("llama") vocabulary
@@ -91,10 +95,15 @@ def build_vocab() -> tuple[list[str], list[float], list[int]]:
 
 
 def main() -> int:
-    if len(sys.argv) != 2:
+    args = sys.argv[1:]
+    pooling = None
+    if len(args) == 3 and args[1] == "--pooling" and args[2] == "mean":
+        pooling = gguf.PoolingType.MEAN
+        args = args[:1]
+    if len(args) != 1:
         print(__doc__, file=sys.stderr)
         return 2
-    out = Path(sys.argv[1])
+    out = Path(args[0])
     out.parent.mkdir(parents=True, exist_ok=True)
 
     tokens, scores, types = build_vocab()
@@ -121,6 +130,8 @@ def main() -> int:
     w.add_layer_norm_rms_eps(1e-5)
     w.add_vocab_size(n_vocab)
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    if pooling is not None:
+        w.add_pooling_type(pooling)
 
     w.add_tokenizer_model("llama")
     w.add_token_list(tokens)

@@ -4,7 +4,7 @@
 #      status 3 if it cannot),
 #   2. a venv with llama-cpp-python[server] (built from source once, then the
 #      wheel is cached under $XDG_CACHE_HOME/inference-club/wheels), gguf, numpy,
-#   3. the tiny random-weight GGUF model (generated once, cached).
+#   3. the tiny random-weight GGUF model and its embedding twin (generated once, cached).
 # Prints the model path as its last line.
 set -euo pipefail
 
@@ -82,15 +82,22 @@ else
     installed_ok || { log "installed packages do not import"; exit 1; }
 fi
 
-# --- 3. model --------------------------------------------------------------
-if [[ -s $LLAMACPP_MODEL ]]; then
-    log "model present: $LLAMACPP_MODEL"
-else
-    mkdir -p "$(dirname "$LLAMACPP_MODEL")"
-    tmp_model="$LLAMACPP_MODEL.tmp.$$"
-    "$venv_py" "$LLAMACPP_SCRIPT_DIR/make_tiny_model.py" "$tmp_model" >&2
-    mv "$tmp_model" "$LLAMACPP_MODEL"
-    log "model written: $LLAMACPP_MODEL"
-fi
+# --- 3. models -------------------------------------------------------------
+# make_model PATH [ARGS...]: writes the model unless it is there.
+make_model() {
+    local path="$1"
+    shift
+    if [[ -s $path ]]; then
+        log "model present: $path"
+        return
+    fi
+    mkdir -p "$(dirname "$path")"
+    local tmp_model="$path.tmp.$$"
+    "$venv_py" "$LLAMACPP_SCRIPT_DIR/make_tiny_model.py" "$tmp_model" "$@" >&2
+    mv "$tmp_model" "$path"
+    log "model written: $path"
+}
+make_model "$LLAMACPP_EMBED_MODEL" --pooling mean
+make_model "$LLAMACPP_MODEL"
 
 echo "$LLAMACPP_MODEL"

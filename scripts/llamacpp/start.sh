@@ -9,10 +9,16 @@
 # Runs setup.sh first if the venv or the model is missing (exit status 3 if
 # setup.sh cannot install its Debian packages: not root, no sudo). Waits (bounded by
 # CLUB_LLAMACPP_START_TIMEOUT seconds, default 90) until GET /v1/models
-# answers, then prints as its LAST stdout line:
+# answers, then prints
+#   CLUB_TEST_LLAMACPP_EMBED_MODEL=tiny-llama-embed
+# and as its LAST stdout line:
 #   CLUB_TEST_LLAMACPP_URL=http://127.0.0.1:PORT/v1
-# Pid file and log: target/llamacpp/server.{pid,log} (override the directory
-# with CLUB_LLAMACPP_RUN_DIR). Served model id: tiny-llama.
+# Pid file, log and the server's config file: target/llamacpp/server.{pid,log},
+# config.json (override the directory with CLUB_LLAMACPP_RUN_DIR). Served model
+# ids: tiny-llama (generation; the default for any other name) and
+# tiny-llama-embed (the same weights loaded with `embedding: true` and mean
+# pooling, for /v1/embeddings). The server holds one model at a time and swaps
+# on demand (the file is 1.7 MB: milliseconds).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -40,7 +46,7 @@ n_ctx="${CLUB_LLAMACPP_N_CTX:-1024}"
 venv_py="$LLAMACPP_VENV/bin/python"
 url_file="$LLAMACPP_RUN_DIR/server.url"
 
-if [[ ! -x $venv_py || ! -s $LLAMACPP_MODEL ]]; then
+if [[ ! -x $venv_py || ! -s $LLAMACPP_MODEL || ! -s $LLAMACPP_EMBED_MODEL ]]; then
     log "venv or model missing; running setup.sh"
     "$here/setup.sh" >&2 || exit $? # 3: its Debian packages cannot be installed
 fi
@@ -52,9 +58,11 @@ if [[ -f $LLAMACPP_PID_FILE ]]; then
     old_pid="$(cat "$LLAMACPP_PID_FILE")"
     if kill -0 "$old_pid" 2>/dev/null; then
         old_url="$(cat "$url_file" 2>/dev/null || true)"
-        if [[ -n $old_url ]] && curl -fsS -m 5 -o /dev/null "$old_url/models"; then
-            if [[ -z $port || $old_url == "http://127.0.0.1:$port/v1" ]]; then
+        if [[ -n $old_url ]] && old_models="$(curl -fsS -m 5 "$old_url/models")"; then
+            if [[ -z $port || $old_url == "http://127.0.0.1:$port/v1" ]] &&
+                [[ $old_models == *"\"$LLAMACPP_EMBED_MODEL_ALIAS\""* ]]; then
                 log "already running (pid $old_pid)"
+                echo "CLUB_TEST_LLAMACPP_EMBED_MODEL=$LLAMACPP_EMBED_MODEL_ALIAS"
                 echo "CLUB_TEST_LLAMACPP_URL=$old_url"
                 exit 0
             fi
@@ -79,16 +87,31 @@ PY
 )"
 base_url="http://127.0.0.1:$port/v1"
 
-log "starting server on 127.0.0.1:$port (log: $LLAMACPP_LOG_FILE)"
+# Two models in one server (llama-cpp-python's --config_file): the first is the
+# default, for generation; the second answers /v1/embeddings.
+config_file="$LLAMACPP_RUN_DIR/config.json"
+"$venv_py" - "$config_file" "$port" "$n_ctx" \
+    "$LLAMACPP_MODEL" "$LLAMACPP_MODEL_ALIAS" \
+    "$LLAMACPP_EMBED_MODEL" "$LLAMACPP_EMBED_MODEL_ALIAS" <<'PY'
+import json, sys
+path, port, n_ctx, model, alias, embed_model, embed_alias = sys.argv[1:]
+config = {
+    "host": "127.0.0.1",
+    "port": int(port),
+    "interrupt_requests": False,
+    "models": [
+        {"model": model, "model_alias": alias, "n_ctx": int(n_ctx)},
+        {"model": embed_model, "model_alias": embed_alias, "n_ctx": int(n_ctx), "embedding": True},
+    ],
+}
+with open(path, "w") as f:
+    json.dump(config, f, indent=2)
+PY
+
+log "starting server on 127.0.0.1:$port (log: $LLAMACPP_LOG_FILE, config: $config_file)"
 : >"$LLAMACPP_LOG_FILE"
 # setsid: own session, so the server outlives this script's terminal/job.
-setsid "$venv_py" -m llama_cpp.server \
-    --host 127.0.0.1 \
-    --port "$port" \
-    --model "$LLAMACPP_MODEL" \
-    --model_alias "$LLAMACPP_MODEL_ALIAS" \
-    --n_ctx "$n_ctx" \
-    --interrupt_requests False \
+setsid "$venv_py" -m llama_cpp.server --config_file "$config_file" \
     </dev/null >>"$LLAMACPP_LOG_FILE" 2>&1 &
 pid=$!
 echo "$pid" >"$LLAMACPP_PID_FILE"
@@ -108,5 +131,6 @@ until curl -fsS -m 2 -o /dev/null "$base_url/models" 2>/dev/null; do
 done
 
 echo "$base_url" >"$url_file"
-log "up: pid $pid, model id '$LLAMACPP_MODEL_ALIAS'"
+log "up: pid $pid, model ids '$LLAMACPP_MODEL_ALIAS' and '$LLAMACPP_EMBED_MODEL_ALIAS' (embeddings)"
+echo "CLUB_TEST_LLAMACPP_EMBED_MODEL=$LLAMACPP_EMBED_MODEL_ALIAS"
 echo "CLUB_TEST_LLAMACPP_URL=$base_url"

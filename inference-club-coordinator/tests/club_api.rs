@@ -822,7 +822,7 @@ async fn errors_use_the_openai_envelope() {
     assert_envelope(&response.json::<Value>().await.unwrap(), "invalid_json");
 }
 
-/// Every route of the club API, as (method, OpenAPI path).
+/// Every route of the club API and the OpenAI-compatible API, as (method, OpenAPI path).
 const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/requests"),
     ("get", "/api/v1/requests/public"),
@@ -843,6 +843,15 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/auth/device"),
     ("post", "/api/v1/auth/device/token"),
     ("get", "/openapi.json"),
+    ("get", "/v1/models"),
+    ("post", "/v1/chat/completions"),
+    ("post", "/v1/completions"),
+    ("post", "/v1/responses"),
+    ("post", "/v1/embeddings"),
+    ("post", "/v1/audio/transcriptions"),
+    ("post", "/v1/audio/speech"),
+    ("post", "/v1/images/generations"),
+    ("get", "/api/v1/requests/{id}/blobs/{blob}"),
 ];
 
 #[tokio::test]

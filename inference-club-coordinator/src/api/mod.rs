@@ -6,6 +6,7 @@ pub(crate) mod answers;
 pub(crate) mod calls;
 pub(crate) mod chat;
 pub(crate) mod models;
+pub(crate) mod openapi;
 pub(crate) mod recording;
 pub(crate) mod responses;
 pub(crate) mod serve;

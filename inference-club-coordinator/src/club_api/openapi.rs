@@ -52,8 +52,34 @@ fn list_params(visibility: bool) -> Value {
     Value::Array(params)
 }
 
-/// The OpenAPI 3.1 document of the club API.
+/// The OpenAPI 3.1 document of the coordinator: the club API, and the OpenAI-compatible routes
+/// ([`crate::api::openapi`]).
 pub fn document() -> Value {
+    let mut document = club_document();
+    for (section, more) in [
+        ("paths", crate::api::openapi::paths()),
+        (
+            "components",
+            json!({"schemas": crate::api::openapi::schemas()}),
+        ),
+    ] {
+        let (Some(target), Value::Object(more)) = (document[section].as_object_mut(), more) else {
+            continue;
+        };
+        for (key, value) in more {
+            match (target.get_mut(&key), value) {
+                (Some(Value::Object(existing)), Value::Object(value)) => existing.extend(value),
+                (_, value) => {
+                    target.insert(key, value);
+                }
+            }
+        }
+    }
+    document
+}
+
+/// The club API's part of [`document`].
+fn club_document() -> Value {
     let id_param = json!({"name": "id", "in": "path", "required": true, "description": "The record id (UUID) or its completion id (`chatcmpl-…`)", "schema": {"type": "string", "maxLength": 64}});
     let provider_params = json!([
         {"name": "operator", "in": "path", "required": true, "description": "The operator's handle", "schema": {"type": "string", "maxLength": 39}},
@@ -68,7 +94,7 @@ pub fn document() -> Value {
         "info": {
             "title": "Inference Club API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": format!("The club API of an Inference Club coordinator. Errors use the OpenAI envelope. JSON bodies are at most {MAX_JSON_BODY_BYTES} bytes. The OpenAI-compatible API (`/v1/models`, `/v1/chat/completions`) is described in docs/api.md.")
+            "description": format!("The club API of an Inference Club coordinator. Errors use the OpenAI envelope. JSON bodies are at most {MAX_JSON_BODY_BYTES} bytes. The OpenAI-compatible routes (`/v1/…`) take and answer what OpenAI's API does (their bodies here list what the club checks; other fields go to the engine as they are); docs/api.md says more.")
         },
         "servers": [{"url": "/"}],
         "paths": {
@@ -223,7 +249,13 @@ fn schemas() -> Value {
                 "attempts": {"type": "array", "items": {"type": "object", "properties": {
                     "provider": provider_ref, "started_at": {"type": "string", "format": "date-time"},
                     "error": {"type": ["object", "null"], "properties": {"kind": {"type": "string"}, "message": {"type": "string"}}}}}},
-                "failure": nullable_string
+                "failure": nullable_string,
+                "endpoint": {"type": "string", "enum": ["chat_completions", "completions", "embeddings", "responses", "audio_transcriptions", "audio_speech", "images_generations"]},
+                "input": {"description": "The body of a request to an endpoint other than chat, as sent"},
+                "embeddings": {"type": ["object", "null"], "properties": {"count": {"type": "integer"}, "dimensions": {"type": "integer"}}},
+                "blobs": {"type": "array", "items": {"type": "object", "properties": {
+                    "id": {"type": "string"}, "role": {"type": "string", "enum": ["input", "output"]},
+                    "content_type": {"type": "string"}, "bytes": {"type": "integer"}, "url": nullable_string}}}
             }},
         "RecordPage": {"type": "object", "required": ["object", "data", "has_more", "next_cursor"], "properties": {
             "object": {"const": "list"}, "data": {"type": "array", "items": {"$ref": "#/components/schemas/Record"}},

@@ -316,7 +316,7 @@ pub(crate) fn parse_record_id(text: &str) -> Result<RecordId, ApiError> {
         .ok_or_else(|| {
             ApiError::bad_request(
                 "invalid_request_id",
-                "a request id is a UUID or a completion id (`chatcmpl-…`)",
+                "a request id is a UUID or an id derived from it (`chatcmpl-…`, `cmpl-…`, `resp_…`)",
             )
             .with_param("id")
         })

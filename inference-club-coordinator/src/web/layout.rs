@@ -2,6 +2,7 @@
 //! tables, times, durations, token counts.
 
 use chrono::{DateTime, Utc};
+use inference_club_core::endpoint::Endpoint;
 use inference_club_core::openai::{MessageContent, Role};
 use inference_club_core::record::{InferenceRecord, Status, Visibility};
 use maud::{DOCTYPE, Markup, html};
@@ -207,8 +208,15 @@ pub(crate) fn role(role: Role) -> &'static str {
     }
 }
 
-/// The last user message of a request, cut to `max` characters: what a listing shows.
+/// The last user message of a chat (or Responses) request, or the prompt, input or text of a
+/// request to another endpoint, cut to `max` characters: what a listing shows.
 pub(crate) fn prompt_excerpt(record: &InferenceRecord, max: usize) -> String {
+    if !matches!(
+        record.endpoint,
+        Endpoint::ChatCompletions | Endpoint::Responses
+    ) {
+        return excerpt(&record.prompt_preview().unwrap_or_default(), max);
+    }
     let text = record
         .request
         .messages

@@ -86,8 +86,9 @@ pub(crate) async fn viewer(store: &Store, headers: &HeaderMap) -> Result<Option<
         }))
 }
 
-/// The content security policy of every page: its own stylesheet, script and icon only.
-const CSP: &str = "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; \
+/// The content security policy of every page: its own stylesheet, script, icon, and the audio and
+/// images of records, only.
+const CSP: &str = "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; media-src 'self'; \
                    connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
 
 /// An HTML response with the page headers. Personal pages (`private`) are never cached.

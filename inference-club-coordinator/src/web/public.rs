@@ -7,8 +7,9 @@ use std::sync::Arc;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
+use inference_club_core::endpoint::Endpoint;
 use inference_club_core::manifest::is_github_login;
-use inference_club_core::record::{InferenceRecord, Visibility};
+use inference_club_core::record::{BlobRef, BlobRole, InferenceRecord, Visibility};
 use maud::{Markup, html};
 use serde_json::Value;
 
@@ -16,7 +17,7 @@ use super::layout::{self, Columns, Frame, Section};
 use super::{Viewer, WebError, html as respond, viewer};
 use crate::club_api::ListParams;
 use crate::club_api::providers::{ProviderProfile, profile as provider_profile};
-use crate::club_api::records::parse_record_id;
+use crate::club_api::records::{blob_path, parse_record_id};
 use crate::fleet::Fleet;
 use crate::store::Store;
 use crate::store::{Page, RecordQuery, StoredRecord};
@@ -203,6 +204,9 @@ fn request_body(stored: &StoredRecord, viewer: Option<&Viewer>, path: &str) -> M
                 p { a.danger href={ "/dashboard/requests/" (record.id) "/delete" } { "Delete this request…" } }
             }
         }
+        @if record.input.is_some() && record.endpoint != Endpoint::ChatCompletions && record.endpoint != Endpoint::Responses {
+            (call_input(record))
+        } @else {
         section aria-labelledby="prompt" {
             h2 #prompt { "Prompt" }
             ol.messages {
@@ -217,17 +221,24 @@ fn request_body(stored: &StoredRecord, viewer: Option<&Viewer>, path: &str) -> M
                 }
             }
         }
+        }
         section aria-labelledby="answer" {
             h2 #answer { "Answer" }
+            @if let Some(summary) = &record.embeddings {
+                p.embeddings { (summary.count) " embedding(s) of " (summary.dimensions) " dimensions (the vectors are not kept)" }
+            }
+            @for blob in record.blobs.iter().filter(|b| b.role == BlobRole::Output) {
+                (blob_view(record, blob))
+            }
             @if let Some(reasoning) = record.response.reasoning.as_deref().filter(|r| !r.is_empty()) {
                 details.reasoning {
                     summary { "Reasoning trace (" (reasoning.chars().count()) " characters)" }
                     (text_block(reasoning))
                 }
             }
-            @if let Some(content) = &record.response.content {
+            @if let Some(content) = record.response.content.as_ref().filter(|c| !c.is_empty()) {
                 (text_block(content))
-            } @else if record.response.tool_calls.is_empty() && record.response.refusal.is_none() {
+            } @else if record.response.tool_calls.is_empty() && record.response.refusal.is_none() && record.blobs.iter().all(|b| b.role != BlobRole::Output) && record.embeddings.is_none() {
                 p.empty { "No answer text." }
             }
             @if let Some(refusal) = &record.response.refusal {
@@ -246,6 +257,7 @@ fn request_body(stored: &StoredRecord, viewer: Option<&Viewer>, path: &str) -> M
             dl.meta {
                 dt { "Member" }
                 dd { @match &record.consumer { Some(h) => a href={ "/u/" (h) } { (h) }, None => "—" } }
+                dt { "Endpoint" } dd { code { (record.endpoint.path()) } }
                 dt { "Model requested" } dd { (layout::model_link(&record.model_requested)) }
                 dt { "Model served" } dd { (record.model_served.as_deref().unwrap_or("—")) }
                 dt { "Node" }
@@ -288,6 +300,67 @@ fn request_body(stored: &StoredRecord, viewer: Option<&Viewer>, path: &str) -> M
                     }
                 }
             }
+        }
+    }
+}
+
+/// The request of an endpoint other than chat: its prompt, input or text, its other fields,
+/// and an uploaded file.
+fn call_input(record: &InferenceRecord) -> Markup {
+    let fields: Vec<(String, String)> = record
+        .input
+        .as_ref()
+        .and_then(Value::as_object)
+        .map(|body| {
+            body.iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "model" | "prompt" | "input" | "text"))
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        v.as_str().map_or_else(|| v.to_string(), str::to_owned),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    html! {
+        section aria-labelledby="prompt" {
+            h2 #prompt { "Input" }
+            @if let Some(text) = record.input.as_ref().and(record.prompt_preview()).filter(|t| !t.starts_with('(')) {
+                (text_block(&text))
+            }
+            @for blob in record.blobs.iter().filter(|b| b.role == BlobRole::Input) {
+                (blob_view(record, blob))
+            }
+            @if !fields.is_empty() {
+                dl.meta.fields {
+                    @for (name, value) in &fields { dt { (name) } dd { (value) } }
+                }
+            }
+        }
+    }
+}
+
+/// An audio file or image of a record: a player or the picture, or a line saying it was not
+/// kept.
+fn blob_view(record: &InferenceRecord, blob: &BlobRef) -> Markup {
+    let url = blob_path(record.id, &blob.id);
+    let size = format!("{} ({} bytes)", blob.content_type, blob.bytes);
+    html! {
+        @if blob.dropped {
+            p.empty { "A file of " (size) " — not kept (too large, or past the retention period)." }
+        } @else if blob.is_audio() {
+            figure.blob {
+                audio controls preload="none" src=(url) {}
+                figcaption { a href=(url) { (size) } }
+            }
+        } @else if blob.is_image() {
+            figure.blob {
+                img src=(url) alt=(record.prompt_preview().unwrap_or_default()) loading="lazy";
+                figcaption { a href=(url) { (size) } }
+            }
+        } @else {
+            p { a href=(url) { "A file of " (size) } }
         }
     }
 }

@@ -1,6 +1,9 @@
 //! A real browser for the tests: Debian's Chromium, headless, driven through chromedriver by
 //! fantoccini. Each [`Browser`] is a fresh profile (`--user-data-dir` of its own), with
 //! background networking off, so two browsers share no cookies.
+//!
+//! Shared by the browser test binaries, each of which uses a part of it.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -109,11 +109,11 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use inference_club_core::endpoint::Endpoint;
 use inference_club_core::link::ServiceLoad;
 use inference_club_core::manifest::{
     self, AccessPolicy, Service, ServiceManifest, ServiceType, effective_access,
 };
-use inference_club_core::endpoint::Endpoint;
 use inference_club_core::openai::{ChatCompletionRequest, Model};
 use inference_club_core::provider::{
     Call, CallStream, ChunkStream, Provider, ProviderError, RequestContext,
@@ -473,23 +473,22 @@ impl Provider for Router {
             if context.cancel.is_cancelled() {
                 return Err(ProviderError::Cancelled);
             }
-            let reservation =
-                match self.reserve(
-                    Endpoint::ChatCompletions,
-                    &request.model,
-                    context.consumer.as_deref(),
-                    &tried,
-                ) {
-                    Ok(reservation) => reservation,
-                    Err(availability) => {
-                        return Err(unplaceable(
-                            &request.model,
-                            &context,
-                            availability,
-                            last_error,
-                        ));
-                    }
-                };
+            let reservation = match self.reserve(
+                Endpoint::ChatCompletions,
+                &request.model,
+                context.consumer.as_deref(),
+                &tried,
+            ) {
+                Ok(reservation) => reservation,
+                Err(availability) => {
+                    return Err(unplaceable(
+                        &request.model,
+                        &context,
+                        availability,
+                        last_error,
+                    ));
+                }
+            };
             let Reservation {
                 index,
                 route,

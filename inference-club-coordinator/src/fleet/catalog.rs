@@ -127,11 +127,8 @@ pub fn models_for(nodes: &[OnlineNode], consumer: Option<&str>) -> BTreeMap<Stri
                 let Some(id) = model.served_id() else {
                     continue;
                 };
-                let served = Endpoint::all_served_by(
-                    service.service_type,
-                    &service.features,
-                    Some(model),
-                );
+                let served =
+                    Endpoint::all_served_by(service.service_type, &service.features, Some(model));
                 if served.is_empty()
                     || (!node.takes_calls() && !served.contains(&Endpoint::ChatCompletions))
                 {

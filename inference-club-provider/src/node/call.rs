@@ -276,12 +276,15 @@ mod tests {
         let data = Bytes::from(vec![7u8; link::BINARY_CHUNK_BYTES * 2 + 1]);
         let frames = binary_answer(3, "audio/wav".into(), &data);
         assert_eq!(frames.len(), 4);
-        assert!(matches!(&frames[0], Outgoing::Message(NodeMessage::Bytes(b)) if b.body.size == data.len() as u64));
+        assert!(
+            matches!(&frames[0], Outgoing::Message(NodeMessage::Bytes(b)) if b.body.size == data.len() as u64)
+        );
     }
 
     #[test]
     fn usage_is_read_from_answers() {
-        let usage = reported_usage(&serde_json::json!({"usage": {"prompt_tokens": 3, "total_tokens": 3}}));
+        let usage =
+            reported_usage(&serde_json::json!({"usage": {"prompt_tokens": 3, "total_tokens": 3}}));
         assert_eq!(usage.unwrap().total_tokens, 3);
         assert!(reported_usage(&serde_json::json!({"data": []})).is_none());
     }

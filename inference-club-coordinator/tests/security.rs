@@ -1429,6 +1429,21 @@ async fn deletion_leaves_no_row_of_the_member(club: Club) {
     club.wait_online("bob", "bench", true).await;
     // zed's own requests, any visibility; settings and policies set.
     assert_eq!(club.chat(&key, "bob-model").await.0, StatusCode::OK);
+    // One of them with a blob (the audio or image of a record).
+    let (status, headers, _) = club
+        .call_full(
+            Method::POST,
+            "/v1/chat/completions",
+            Some(&key),
+            Some(chat("bob-model")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let with_blob = RecordId::parse(headers["x-club-request-id"].to_str().unwrap()).unwrap();
+    club.store
+        .put_blob("zed-blob", with_blob, "audio/wav", b"RIFF....WAVE")
+        .await
+        .unwrap();
     let mut private = chat("bob-model");
     private["visibility"] = json!("private");
     club.call(
@@ -1572,6 +1587,8 @@ async fn deletion_leaves_no_row_of_the_member(club: Club) {
             "{table}.{column} still names {handle}"
         );
     }
+    // The blobs of their records went with them.
+    assert!(club.store.blob("zed-blob").await.unwrap().is_none());
     // The rows of others are still there.
     assert!(club.record_count().await >= 3);
     club.finish().await;

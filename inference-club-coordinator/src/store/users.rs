@@ -210,6 +210,12 @@ impl Store {
             .pool
             .begin_with(self.inner.backend.begin_write())
             .await?;
+        sqlx::query(
+            "DELETE FROM blobs WHERE record_id IN (SELECT id FROM records WHERE consumer_id = $1)",
+        )
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("DELETE FROM records WHERE consumer_id = $1")
             .bind(&id)
             .execute(&mut *tx)

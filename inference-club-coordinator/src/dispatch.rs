@@ -515,8 +515,11 @@ pub(crate) async fn dispatch_work(
     }
 }
 
-/// When no node serves `model` at `endpoint` but some serve it at others: a 400 saying which
-/// endpoints it has (`unsupported_endpoint`), rather than "no such model".
+/// Why no node could take `model` at `endpoint` when some node serves the model: it is served at
+/// other endpoints only (400 `unsupported_endpoint`, naming them), or at this one only by nodes
+/// that cannot take calls here — linked to another replica of a cluster, which does not relay
+/// calls yet, or speaking link protocol 1 (503 `endpoint_unavailable`). `None`: nobody serves it
+/// (the caller says 404).
 fn other_endpoints(state: &Dispatcher, endpoint: Endpoint, model: &str) -> Option<ApiError> {
     let mut served: Vec<Endpoint> = Vec::new();
     for node in state.fleet.nodes_for(model).iter() {
@@ -528,8 +531,21 @@ fn other_endpoints(state: &Dispatcher, endpoint: Endpoint, model: &str) -> Optio
             }
         }
     }
-    if served.is_empty() || served.contains(&endpoint) {
+    if served.is_empty() || (served.contains(&endpoint) && endpoint == Endpoint::ChatCompletions) {
         return None;
+    }
+    if served.contains(&endpoint) {
+        return Some(ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "endpoint_unavailable",
+            format!(
+                "`{model}` is served at {} only by nodes this coordinator cannot send it to \
+                 (linked to another replica, or running an older node version); try again, or \
+                 ask their operators to update",
+                endpoint.path()
+            ),
+        ));
     }
     served.sort_by_key(|e| Endpoint::ALL.iter().position(|a| a == e));
     let names: Vec<String> = served.iter().map(|e| e.path()).collect();

@@ -115,7 +115,7 @@ async fn serve_call(
     let Admitted {
         caller, received, ..
     } = admitted;
-    let slot = serve::enter(parts, &caller)?;
+    let slot = serve::enter(parts, &caller).map_err(IntoResponse::into_response)?;
     let limits = parts.limits.limits();
     let (call, visibility) = if endpoint == Endpoint::AudioTranscriptions {
         let bytes = serve::read_body(body, limits.max_upload_bytes, "max_upload_bytes").await?;
@@ -123,11 +123,12 @@ async fn serve_call(
     } else {
         check_content_type(headers).map_err(IntoResponse::into_response)?;
         let bytes = serve::read_body(body, limits.max_body_bytes, "max_body_bytes").await?;
-        let (body, visibility) = parse_body(&bytes)?;
+        let (body, visibility) = parse_body(&bytes).map_err(IntoResponse::into_response)?;
         (Call::new(endpoint, body), visibility)
     };
     check_call(&call, limits).map_err(IntoResponse::into_response)?;
-    let visibility = serve::visibility(visibility, headers, &caller)?;
+    let visibility =
+        serve::visibility(visibility, headers, &caller).map_err(IntoResponse::into_response)?;
     let shaping = Shaping::of(&call, config.public_url.as_ref(), headers);
     dispatch_call(parts, &caller, call, visibility, received, slot, shaping).await
 }
@@ -189,17 +190,17 @@ async fn dispatch_call(
 
 /// Reads a JSON call body: an object naming a `model`, with the club's `visibility` field
 /// taken out.
-fn parse_body(bytes: &[u8]) -> Result<(Value, Option<Visibility>), Response> {
+fn parse_body(bytes: &[u8]) -> Result<(Value, Option<Visibility>), ApiError> {
     let value: Value = serde_json::from_slice(bytes).map_err(|e| {
         ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}"))
-            .into_response()
     })?;
     let Value::Object(mut body) = value else {
-        return Err(
-            ApiError::bad_request("invalid_json", "the body must be a JSON object").into_response(),
-        );
+        return Err(ApiError::bad_request(
+            "invalid_json",
+            "the body must be a JSON object",
+        ));
     };
-    let visibility = take_visibility(&mut body).map_err(IntoResponse::into_response)?;
+    let visibility = take_visibility(&mut body)?;
     Ok((Value::Object(body), visibility))
 }
 

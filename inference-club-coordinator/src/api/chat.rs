@@ -137,7 +137,7 @@ async fn limited_chat(
     let Admitted {
         caller, received, ..
     } = admitted;
-    let slot = serve::enter(parts, &caller)?;
+    let slot = serve::enter(parts, &caller).map_err(IntoResponse::into_response)?;
     check_content_type(&headers).map_err(IntoResponse::into_response)?;
     let max_body = parts.limits.limits().max_body_bytes;
     let bytes = serve::read_body(body, max_body, "max_body_bytes").await?;
@@ -146,7 +146,8 @@ async fn limited_chat(
         .limits
         .check_request(&request)
         .map_err(IntoResponse::into_response)?;
-    let visibility = serve::visibility(body_visibility, &headers, &caller)?;
+    let visibility = serve::visibility(body_visibility, &headers, &caller)
+        .map_err(IntoResponse::into_response)?;
     let record = InferenceRecord::new(
         RecordId::new(),
         Some(caller.user.handle.clone()),

@@ -101,7 +101,7 @@ async fn serve_response(
     let Admitted {
         caller, received, ..
     } = admitted;
-    let slot = serve::enter(parts, &caller)?;
+    let slot = serve::enter(parts, &caller).map_err(IntoResponse::into_response)?;
     check_content_type(headers).map_err(IntoResponse::into_response)?;
     let max_body = parts.limits.limits().max_body_bytes;
     let bytes = serve::read_body(body, max_body, "max_body_bytes").await?;
@@ -115,7 +115,8 @@ async fn serve_response(
         .limits
         .check_request(&chat)
         .map_err(IntoResponse::into_response)?;
-    let visibility = serve::visibility(visibility, headers, &caller)?;
+    let visibility =
+        serve::visibility(visibility, headers, &caller).map_err(IntoResponse::into_response)?;
     let mut record = InferenceRecord::new(
         RecordId::new(),
         Some(caller.user.handle.clone()),

@@ -18,7 +18,7 @@ use super::with_request_id;
 use crate::auth::{self, Caller};
 use crate::dispatch::{self, Answer, Dispatcher, Work};
 use crate::error::ApiError;
-use crate::limits::{InFlightSlot, Limiter, RateState};
+use crate::limits::{InFlightSlot, Limiter, RateState, Throttled};
 use crate::store::Scope;
 
 /// What serving an inference request uses.
@@ -57,11 +57,8 @@ pub(crate) async fn admit(parts: &Parts, headers: &HeaderMap) -> Result<Admitted
 }
 
 /// Takes one of the member's requests in flight (429 when they have too many).
-pub(crate) fn enter(parts: &Parts, caller: &Caller) -> Result<InFlightSlot, Response> {
-    parts
-        .limits
-        .enter(caller.user.id)
-        .map_err(IntoResponse::into_response)
+pub(crate) fn enter(parts: &Parts, caller: &Caller) -> Result<InFlightSlot, Throttled> {
+    parts.limits.enter(caller.user.id)
 }
 
 /// Reads `body` whole, refusing it with 413 when it is larger than `limit` bytes (a declared
@@ -87,8 +84,8 @@ pub(crate) fn visibility(
     from_body: Option<Visibility>,
     headers: &HeaderMap,
     caller: &Caller,
-) -> Result<Visibility, Response> {
-    let from_header = header_visibility(headers).map_err(IntoResponse::into_response)?;
+) -> Result<Visibility, ApiError> {
+    let from_header = header_visibility(headers)?;
     Ok(from_body
         .or(from_header)
         .unwrap_or(caller.user.default_visibility))

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use inference_club_core::openai::{ChatCompletionChunk, StreamPayload};
 use inference_club_core::provider::ProviderError;
+use serde_json::Value;
 
 /// Largest single event accepted from an engine, in bytes.
 pub const MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
@@ -25,6 +26,74 @@ pub fn chunks<S, E>(body: S) -> impl Stream<Item = Result<ChatCompletionChunk, P
 where
     S: Stream<Item = Result<Bytes, E>> + Send + 'static,
     E: std::fmt::Display + Send + 'static,
+{
+    decode(body, |event| match StreamPayload::parse(&event.data) {
+        Ok(StreamPayload::Done) => Step::End,
+        Ok(StreamPayload::Chunk(chunk)) => Step::Yield(*chunk),
+        Ok(StreamPayload::Error(error)) => {
+            Step::Fail(crate::error_from_engine(None, error.message, error.code))
+        }
+        Err(e) if event.event == "error" => Step::Fail(crate::error_from_engine(
+            None,
+            format!("{}: {e}", event.data),
+            None,
+        )),
+        Err(e) => Step::Fail(ProviderError::Protocol {
+            message: format!("engine sent a malformed event: {e}"),
+        }),
+    })
+}
+
+/// Parses the bytes of an SSE body into the JSON value of each event's data, by the rules of
+/// [`chunks`]: for the streamed answers of endpoints other than chat (text completions, the
+/// Responses API's events), whatever their shape. An error object
+/// (`data: {"error": …}`) or an `event: error` ends the stream with that error.
+pub fn values<S, E>(body: S) -> impl Stream<Item = Result<Value, ProviderError>>
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    decode(body, |event| {
+        let data = event.data.trim();
+        if data == "[DONE]" {
+            return Step::End;
+        }
+        match serde_json::from_str::<Value>(data) {
+            Ok(value) => match error_message(&value) {
+                Some(message) => {
+                    Step::Fail(crate::error_from_engine(None, message, error_code(&value)))
+                }
+                None if event.event == "error" => {
+                    Step::Fail(crate::error_from_engine(None, data.to_owned(), None))
+                }
+                None => Step::Yield(value),
+            },
+            Err(_) if event.event == "error" => {
+                Step::Fail(crate::error_from_engine(None, data.to_owned(), None))
+            }
+            Err(e) => Step::Fail(ProviderError::Protocol {
+                message: format!("engine sent a malformed event: {e}"),
+            }),
+        }
+    })
+}
+
+/// What one event means to the stream being read.
+enum Step<T> {
+    Yield(T),
+    End,
+    Fail(ProviderError),
+}
+
+/// Decodes an SSE body, giving each event with data to `interpret`.
+fn decode<S, E, T>(
+    body: S,
+    mut interpret: impl FnMut(&Event) -> Step<T> + Send + 'static,
+) -> impl Stream<Item = Result<T, ProviderError>>
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+    T: Send + 'static,
 {
     stream! {
         let mut body = std::pin::pin!(body);
@@ -46,21 +115,11 @@ where
                 if event.data.trim().is_empty() {
                     continue;
                 }
-                match StreamPayload::parse(&event.data) {
-                    Ok(StreamPayload::Done) => return,
-                    Ok(StreamPayload::Chunk(chunk)) => yield Ok(*chunk),
-                    Ok(StreamPayload::Error(error)) => {
-                        yield Err(crate::error_from_engine(None, error.message, error.code));
-                        return;
-                    }
-                    Err(e) if event.event == "error" => {
-                        yield Err(crate::error_from_engine(None, format!("{}: {e}", event.data), None));
-                        return;
-                    }
-                    Err(e) => {
-                        yield Err(ProviderError::Protocol {
-                            message: format!("engine sent a malformed event: {e}"),
-                        });
+                match interpret(&event) {
+                    Step::Yield(item) => yield Ok(item),
+                    Step::End => return,
+                    Step::Fail(error) => {
+                        yield Err(error);
                         return;
                     }
                 }
@@ -70,6 +129,30 @@ where
                 return;
             }
         }
+    }
+}
+
+/// The message of an error object sent as an event (`{"error": {"message": …}}` or
+/// `{"error": "…"}`).
+fn error_message(value: &Value) -> Option<String> {
+    match value.get("error")? {
+        Value::Null => None,
+        Value::String(message) => Some(message.clone()),
+        error => Some(
+            error
+                .get("message")
+                .and_then(Value::as_str)
+                .map_or_else(|| error.to_string(), str::to_owned),
+        ),
+    }
+}
+
+/// The code of an error object sent as an event, as text.
+fn error_code(value: &Value) -> Option<String> {
+    match value.get("error")?.get("code")? {
+        Value::Null => None,
+        Value::String(code) => Some(code.clone()),
+        other => Some(other.to_string()),
     }
 }
 
@@ -226,6 +309,42 @@ mod tests {
             .filter_map(|r| r.as_ref().ok())
             .filter_map(|c| c.choices.first()?.delta.content.clone())
             .collect()
+    }
+
+    #[tokio::test]
+    async fn values_are_any_json_and_end_at_done_or_an_error() {
+        let read = |pieces: Vec<&'static [u8]>| {
+            let body = futures_util::stream::iter(
+                pieces
+                    .into_iter()
+                    .map(|p| Ok::<_, std::io::Error>(Bytes::from_static(p))),
+            );
+            values(body).collect::<Vec<_>>()
+        };
+        let out = read(vec![
+            b"event: response.created\r\ndata: {\"type\":\"response.cre",
+            b"ated\"}\r\n\r\ndata: {\"choices\":[{\"text\":\"hi\"}]}\n\ndata: [DONE]\n\ndata: {}\n\n",
+        ])
+        .await;
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].as_ref().unwrap()["type"], "response.created");
+        assert_eq!(out[1].as_ref().unwrap()["choices"][0]["text"], "hi");
+        let out = read(vec![
+            b"data: {\"a\":1}\n\ndata: {\"error\":{\"message\":\"boom\",\"code\":\"x\"}}\n\ndata: {\"b\":2}\n\n",
+        ])
+        .await;
+        assert_eq!(out.len(), 2);
+        assert!(out[1].as_ref().unwrap_err().to_string().contains("boom"));
+        let out = read(vec![b"event: error\ndata: not json\n\n"]).await;
+        assert!(
+            out[0]
+                .as_ref()
+                .unwrap_err()
+                .to_string()
+                .contains("not json")
+        );
+        let out = read(vec![b"data: {oops\n\n"]).await;
+        assert!(matches!(out[0], Err(ProviderError::Protocol { .. })));
     }
 
     #[tokio::test]

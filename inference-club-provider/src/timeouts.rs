@@ -1,10 +1,14 @@
 //! The three waits of a request to an engine, and the stream guard that enforces them.
 
+use std::pin::Pin;
 use std::time::Duration;
 
 use async_stream::stream;
-use futures_util::StreamExt;
-use inference_club_core::provider::{ChunkStream, ProviderError, RequestContext, TimeoutPhase};
+use futures_util::{Stream, StreamExt};
+use inference_club_core::openai::ChatCompletionChunk;
+use inference_club_core::provider::{
+    CallOutput, CallStream, ChunkStream, ProviderError, RequestContext, TimeoutPhase,
+};
 
 /// How long to wait for an engine. One total timeout would kill long, healthy streams, so each
 /// phase has its own.
@@ -41,6 +45,37 @@ pub fn guard(
     context: &RequestContext,
     sent_at: std::time::Instant,
 ) -> ChunkStream {
+    guard_stream(
+        inner,
+        timeouts,
+        context,
+        sent_at,
+        |chunk: &ChatCompletionChunk| {
+            chunk.has_output() || chunk.choices.iter().any(|c| c.finish_reason.is_some())
+        },
+    )
+}
+
+/// [`guard`] for the answer of a [`Provider::call`](inference_club_core::provider::Provider::call):
+/// every output counts as output.
+pub fn guard_call(
+    inner: CallStream,
+    timeouts: Timeouts,
+    context: &RequestContext,
+    sent_at: std::time::Instant,
+) -> CallStream {
+    guard_stream(inner, timeouts, context, sent_at, |_: &CallOutput| true)
+}
+
+/// [`guard`] over any stream of results, `is_output` telling which items end the wait for the
+/// first output.
+fn guard_stream<T: Send + 'static>(
+    inner: Pin<Box<dyn Stream<Item = Result<T, ProviderError>> + Send + 'static>>,
+    timeouts: Timeouts,
+    context: &RequestContext,
+    sent_at: std::time::Instant,
+    is_output: fn(&T) -> bool,
+) -> Pin<Box<dyn Stream<Item = Result<T, ProviderError>> + Send + 'static>> {
     let cancel = context.cancel.clone();
     let deadline = context.deadline.map(tokio::time::Instant::from_std);
     Box::pin(stream! {
@@ -82,10 +117,9 @@ pub fn guard(
                     break;
                 }
                 Ok(None) => break,
-                Ok(Some(Ok(chunk))) => {
-                    output_started |= chunk.has_output()
-                        || chunk.choices.iter().any(|c| c.finish_reason.is_some());
-                    yield Ok(chunk);
+                Ok(Some(Ok(item))) => {
+                    output_started |= is_output(&item);
+                    yield Ok(item);
                 }
                 Ok(Some(Err(error))) => {
                     drop(inner);

@@ -20,7 +20,6 @@ use serde_json::{Map, Value, json};
 use url::Url;
 
 use super::OpenAiCompatible;
-use super::openai::guard_calls;
 use crate::{Timeouts, http};
 
 /// Ollama's own option names, which are moved from a request's extra fields into `options`.
@@ -317,7 +316,7 @@ impl Ollama {
                 .unwrap_or(false);
             let chunks = completion_chunks(response.bytes_stream(), completion, include_usage)
                 .map(|chunk| chunk.map(CallOutput::Json));
-            return Ok(guard_calls(
+            return Ok(crate::timeouts::guard_call(
                 Box::pin(chunks),
                 self.timeouts,
                 &context,

@@ -25,6 +25,16 @@ pub struct Cli {
 pub enum Command {
     /// Chat with a model; the answer streams as it arrives.
     Chat(ChatArgs),
+    /// Continue a text (legacy completions); the text streams as it arrives.
+    Complete(CompleteArgs),
+    /// The embeddings of texts: their dimensions and first values (the whole answer with --json).
+    Embed(EmbedArgs),
+    /// Transcribe an audio file; the text goes to stdout.
+    Transcribe(TranscribeArgs),
+    /// Speak a text into an audio file.
+    Speak(SpeakArgs),
+    /// Generate images from a prompt into PNG files.
+    Image(ImageArgs),
     /// The models you may use, with their capabilities.
     Models,
     /// Your requests: list, show, delete, change visibility.
@@ -91,6 +101,110 @@ pub struct ChatArgs {
     /// Seconds to wait for the first output (reasoning counts).
     #[arg(long, default_value_t = 300)]
     pub first_token_timeout: u64,
+}
+
+/// `club complete`.
+#[derive(Debug, Args)]
+pub struct CompleteArgs {
+    /// The model.
+    #[arg(short, long)]
+    pub model: String,
+    /// The text to continue (read from stdin when absent).
+    pub prompt: Vec<String>,
+    /// Who may read this request: public (default), unlisted or private.
+    #[arg(long)]
+    pub visibility: Option<String>,
+    /// Caps the tokens generated.
+    #[arg(long)]
+    pub max_tokens: Option<u32>,
+    /// Seconds to wait for the first output.
+    #[arg(long, default_value_t = 300)]
+    pub first_token_timeout: u64,
+}
+
+/// `club embed`.
+#[derive(Debug, Args)]
+pub struct EmbedArgs {
+    /// The model.
+    #[arg(short, long)]
+    pub model: String,
+    /// The texts, one embedding each (one text read from stdin when absent).
+    pub texts: Vec<String>,
+    /// Who may read this request: public (default), unlisted or private.
+    #[arg(long)]
+    pub visibility: Option<String>,
+    /// Ask for vectors of this many dimensions (models that can shorten theirs).
+    #[arg(long)]
+    pub dimensions: Option<u32>,
+}
+
+/// `club transcribe`.
+#[derive(Debug, Args)]
+pub struct TranscribeArgs {
+    /// The model.
+    #[arg(short, long)]
+    pub model: String,
+    /// The audio file.
+    pub file: std::path::PathBuf,
+    /// What to answer: json (default: the text), text, verbose_json, srt or vtt.
+    #[arg(long)]
+    pub format: Option<String>,
+    /// The language spoken (ISO-639-1, such as en).
+    #[arg(long)]
+    pub language: Option<String>,
+    /// Text to guide the transcription.
+    #[arg(long)]
+    pub prompt: Option<String>,
+    /// Who may read this request: public (default), unlisted or private.
+    #[arg(long)]
+    pub visibility: Option<String>,
+}
+
+/// `club speak`.
+#[derive(Debug, Args)]
+pub struct SpeakArgs {
+    /// The model.
+    #[arg(short, long)]
+    pub model: String,
+    /// The text to speak (read from stdin when absent).
+    pub text: Vec<String>,
+    /// Where to write the audio (`-`: stdout).
+    #[arg(short, long)]
+    pub output: std::path::PathBuf,
+    /// The voice.
+    #[arg(long)]
+    pub voice: Option<String>,
+    /// The audio format: mp3, wav, opus, flac, aac or pcm (default: the output's extension).
+    #[arg(long)]
+    pub format: Option<String>,
+    /// The speed, 0.25 to 4.
+    #[arg(long)]
+    pub speed: Option<f64>,
+    /// Who may read this request: public (default), unlisted or private.
+    #[arg(long)]
+    pub visibility: Option<String>,
+}
+
+/// `club image`.
+#[derive(Debug, Args)]
+pub struct ImageArgs {
+    /// The model.
+    #[arg(short, long)]
+    pub model: String,
+    /// What to draw (read from stdin when absent).
+    pub prompt: Vec<String>,
+    /// Where to write the image (OUT-1.png, OUT-2.png, … when there are several).
+    #[arg(short, long)]
+    pub output: std::path::PathBuf,
+    /// How many images.
+    #[arg(short, default_value_t = 1)]
+    pub n: u32,
+    /// Their size, WIDTHxHEIGHT (such as 1024x1024).
+    #[arg(long)]
+    pub size: Option<String>,
+    /// Who may read this request: public (default), unlisted or private.
+    #[arg(long)]
+    pub visibility: Option<String>,
 }
 
 /// Filters shared by listings.

@@ -1,25 +1,7 @@
 use super::*;
 
 pub(super) async fn chat(target: &Target, ui: Ui, args: ChatArgs) -> Outcome {
-    let prompt = if args.prompt.is_empty() {
-        if std::io::stdin().is_terminal() {
-            eprintln!("(type your prompt, then Ctrl-D)");
-        }
-        let mut text = String::new();
-        std::io::stdin()
-            .lock()
-            .take(MAX_STDIN_BYTES)
-            .read_to_string(&mut text)
-            .map_err(|e| format!("cannot read the prompt from stdin: {e}"))?;
-        text
-    } else {
-        args.prompt.join(" ")
-    };
-    if prompt.trim().is_empty() {
-        return Err("no prompt: give one as an argument or on stdin"
-            .to_owned()
-            .into());
-    }
+    let prompt = text_or_stdin(&args.prompt, "prompt")?;
     let mut request = ChatRequest::new(args.model.clone());
     if let Some(system) = &args.system {
         request = request.system(system.clone());
@@ -31,13 +13,7 @@ pub(super) async fn chat(target: &Target, ui: Ui, args: ChatArgs) -> Outcome {
     if let Some(max) = args.max_tokens {
         request = request.max_tokens(max);
     }
-    if config::first_notice(target.dir.as_deref()) {
-        eprintln!(
-            "Note: requests are public by default — anyone can read the prompt and the answer in \
-             the club's public feed. Use --visibility unlisted|private for one request, or \
-             `club account set --default-visibility private` for all of yours. (Shown once.)"
-        );
-    }
+    public_notice(target);
     let client = target
         .builder()
         .first_token_timeout(Duration::from_secs(args.first_token_timeout.max(1)))
@@ -136,18 +112,13 @@ pub(super) async fn chat(target: &Target, ui: Ui, args: ChatArgs) -> Outcome {
         return Err(error.into());
     }
     if let Some((record_id, usage)) = summary {
-        let visibility = args
-            .visibility
-            .as_deref()
-            .unwrap_or("your default visibility");
-        let mut line = format!("record: {} ({visibility})", record_id.unwrap_or_default());
-        if let Some(usage) = usage {
-            line.push_str(&format!(
+        let detail = usage.map_or_else(String::new, |usage| {
+            format!(
                 " · {} prompt + {} completion tokens",
                 usage.prompt_tokens, usage.completion_tokens
-            ));
-        }
-        let _ = writeln!(err, "{line}");
+            )
+        });
+        print_record(record_id.as_deref(), args.visibility.as_deref(), &detail);
     }
     Ok(())
 }

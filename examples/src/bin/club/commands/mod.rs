@@ -13,17 +13,21 @@ use inference_club_client::{
 mod account;
 mod chat;
 mod keys;
+mod media;
 mod providers;
 mod records;
+mod text;
 
 use self::account::{account, login, logout};
 use self::chat::{chat, models};
 use self::keys::keys;
+use self::media::{image, speak, transcribe};
 use self::providers::providers;
 use self::records::{feed, print_records, requests, take_records};
+use self::text::{complete, embed};
 use crate::cli::{
-    AccountCommand, ChatArgs, Cli, Command, KeysCommand, ListArgs, LoginArgs, ProvidersCommand,
-    RequestsCommand,
+    AccountCommand, ChatArgs, Cli, Command, CompleteArgs, EmbedArgs, ImageArgs, KeysCommand,
+    ListArgs, LoginArgs, ProvidersCommand, RequestsCommand, SpeakArgs, TranscribeArgs,
 };
 use crate::config::{self, SavedLogin};
 use crate::demo::{self, DemoOptions};
@@ -148,6 +152,11 @@ pub async fn run(cli: Cli, ui: Ui) -> Result<(), String> {
     let target = Target::resolve(&cli)?;
     let result = match cli.command {
         Command::Chat(args) => chat(&target, ui, args).await,
+        Command::Complete(args) => complete(&target, ui, args).await,
+        Command::Embed(args) => embed(&target, ui, args).await,
+        Command::Transcribe(args) => transcribe(&target, ui, args).await,
+        Command::Speak(args) => speak(&target, ui, args).await,
+        Command::Image(args) => image(&target, ui, args).await,
         Command::Models => models(&target, ui).await,
         Command::Requests(command) => requests(&target, ui, command).await,
         Command::Feed(args) => feed(&target, ui, args.list).await,
@@ -187,6 +196,54 @@ impl From<String> for Failure {
 }
 
 type Outcome = Result<(), Failure>;
+
+/// The words given joined by spaces, else what stdin holds (`what` names it in errors); never
+/// blank.
+fn text_or_stdin(words: &[String], what: &str) -> Result<String, String> {
+    let text = if words.is_empty() {
+        if std::io::stdin().is_terminal() {
+            eprintln!("(type your {what}, then Ctrl-D)");
+        }
+        let mut text = String::new();
+        std::io::stdin()
+            .lock()
+            .take(MAX_STDIN_BYTES)
+            .read_to_string(&mut text)
+            .map_err(|e| format!("cannot read the {what} from stdin: {e}"))?;
+        text
+    } else {
+        words.join(" ")
+    };
+    if text.trim().is_empty() {
+        return Err(format!("no {what}: give one as an argument or on stdin"));
+    }
+    Ok(text)
+}
+
+/// Once per configuration: requests are public unless one says otherwise.
+fn public_notice(target: &Target) {
+    if config::first_notice(target.dir.as_deref()) {
+        eprintln!(
+            "Note: requests are public by default — anyone can read the prompt and the answer in \
+             the club's public feed. Use --visibility unlisted|private for one request, or \
+             `club account set --default-visibility private` for all of yours. (Shown once.)"
+        );
+    }
+}
+
+/// Prints on stderr `record: ID (VISIBILITY)` and what follows it (` · 12 prompt tokens`).
+fn print_record(record_id: Option<&str>, visibility: Option<&str>, detail: &str) {
+    let visibility = visibility.unwrap_or("your default visibility");
+    eprintln!(
+        "record: {} ({visibility}){detail}",
+        record_id.unwrap_or_default()
+    );
+}
+
+/// The visibility flag, parsed.
+fn visibility_flag(flag: Option<&str>) -> Result<Option<Visibility>, String> {
+    flag.map(parse_visibility).transpose()
+}
 
 fn parse_visibility(text: &str) -> Result<Visibility, String> {
     match text {

@@ -64,6 +64,16 @@ part!(
     recorder: Arc<Recorder>,
 );
 
+impl FromRef<AppState> for crate::api::serve::Parts {
+    fn from_ref(state: &AppState) -> Self {
+        Self {
+            limits: state.limits.clone(),
+            dispatcher: state.dispatcher.clone(),
+            recorder: state.recorder.clone(),
+        }
+    }
+}
+
 impl AppState {
     /// A coordinator over `store`. Records left in flight by an earlier run become `failed`
     /// (in a cluster: those of no live replica). With `config.cluster`, joins the cluster

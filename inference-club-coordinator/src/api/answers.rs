@@ -9,8 +9,8 @@
 
 use std::convert::Infallible;
 
-use axum::body::{Body, Bytes};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::body::Bytes;
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -321,19 +321,7 @@ fn stream_completion(
             }
         }
     };
-    let response = Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "text/event-stream")
-        .header(header::CACHE_CONTROL, "no-cache")
-        .header("x-accel-buffering", "no")
-        .body(Body::from_stream(body));
-    match response {
-        Ok(response) => with_request_id(response, id),
-        Err(error) => with_request_id(
-            ApiError::internal("building a stream", error).into_response(),
-            id,
-        ),
-    }
+    super::serve::event_stream(body, id)
 }
 
 /// The event that ends a stream with `error`, then `[DONE]`.

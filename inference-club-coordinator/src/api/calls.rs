@@ -19,13 +19,12 @@ use serde_json::{Map, Value};
 
 use super::answers::{self, Shaping};
 use super::check_content_type;
-use super::recording::Recorder;
 use super::serve::{self, Admitted, Parts};
 use crate::CoordinatorConfig;
 use crate::auth::Caller;
-use crate::dispatch::{Answer, Dispatcher, Work};
+use crate::dispatch::{Answer, Work};
 use crate::error::ApiError;
-use crate::limits::{self, InFlightSlot, Limiter, Limits};
+use crate::limits::{InFlightSlot, Limits};
 
 /// The most inputs one `/v1/embeddings` request may hold (OpenAI's limit).
 pub const MAX_EMBEDDING_INPUTS: usize = 2048;
@@ -36,74 +35,48 @@ pub const MAX_IMAGES: u64 = 10;
 /// The most parts a multipart upload may have.
 const MAX_PARTS: usize = 32;
 
-/// What every handler here takes from the coordinator's state.
-type PartsState = (
-    State<Arc<Limiter>>,
-    State<Arc<Dispatcher>>,
-    State<Arc<Recorder>>,
-    State<Arc<CoordinatorConfig>>,
-);
-
-macro_rules! json_endpoint {
+macro_rules! endpoint {
     ($(#[$doc:meta])* $name:ident => $endpoint:expr) => {
         $(#[$doc])*
         pub async fn $name(
-            State(limits): State<Arc<Limiter>>,
-            State(dispatcher): State<Arc<Dispatcher>>,
-            State(recorder): State<Arc<Recorder>>,
+            State(parts): State<Parts>,
             State(config): State<Arc<CoordinatorConfig>>,
             headers: HeaderMap,
             body: Body,
         ) -> Response {
-            let state: PartsState = (State(limits), State(dispatcher), State(recorder), State(config));
-            handle(state, $endpoint, headers, body).await
+            serve::admitted(&parts, &headers, |admitted| {
+                serve_call(&parts, &config, $endpoint, admitted, &headers, body)
+            })
+            .await
         }
     };
 }
 
-json_endpoint!(
+endpoint!(
     /// `POST /v1/completions`: legacy text completions, whole or streamed (`"stream": true`).
     completions => Endpoint::Completions
 );
-json_endpoint!(
+endpoint!(
     /// `POST /v1/embeddings`: `input` a string or an array; `encoding_format` `float` or
     /// `base64`.
     embeddings => Endpoint::Embeddings
 );
-json_endpoint!(
+endpoint!(
     /// `POST /v1/audio/speech`: answers the audio bytes with their content type.
     speech => Endpoint::AudioSpeech
 );
-json_endpoint!(
+endpoint!(
     /// `POST /v1/images/generations`: `b64_json` or `url` answers (a `url` names the image as
     /// the coordinator keeps it with the record).
     images => Endpoint::ImagesGenerations
 );
-json_endpoint!(
+endpoint!(
     /// `POST /v1/audio/transcriptions`: a `multipart/form-data` upload with `file` and
     /// `model`; answers `json`, `text`, `verbose_json`, `srt` or `vtt`.
     transcriptions => Endpoint::AudioTranscriptions
 );
 
-/// Admits the caller, serves the request, and adds the key's rate headers to the answer.
-async fn handle(state: PartsState, endpoint: Endpoint, headers: HeaderMap, body: Body) -> Response {
-    let (State(limits), State(dispatcher), State(recorder), State(config)) = state;
-    let parts = Parts {
-        limits,
-        dispatcher,
-        recorder,
-    };
-    let admitted = match serve::admit(&parts, &headers).await {
-        Ok(admitted) => admitted,
-        Err(refused) => return refused,
-    };
-    let rate = admitted.rate;
-    let response = match serve_call(&parts, &config, endpoint, admitted, &headers, body).await {
-        Ok(response) | Err(response) => response,
-    };
-    limits::with_rate(response, Some(rate))
-}
-
+/// Reads, checks, records and dispatches a call; the answer is shaped for the consumer.
 async fn serve_call(
     parts: &Parts,
     config: &CoordinatorConfig,

@@ -2,12 +2,11 @@
 //! (`x-club-request-id`), and the completion id is derived from it.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use futures_util::StreamExt;
@@ -17,13 +16,13 @@ use inference_club_core::openai::{
 use inference_club_core::provider::{ChunkStream, ProviderError};
 use inference_club_core::record::{InferenceRecord, RecordId, Status, Visibility};
 
-use super::recording::{RecordKeeper, Recorder};
+use super::recording::RecordKeeper;
 use super::serve::{self, Admitted, Parts};
 use super::{check_content_type, with_request_id};
 use crate::auth::Caller;
-use crate::dispatch::{Answer, Dispatcher, Work};
+use crate::dispatch::{Answer, Work};
 use crate::error::ApiError;
-use crate::limits::{self, InFlightSlot, Limiter};
+use crate::limits::InFlightSlot;
 
 /// Reads the body of a chat request as `POST /v1/chat/completions` does: the request, and the
 /// visibility its `visibility` field asks for (taken out of the request). A body that is not a
@@ -106,39 +105,27 @@ fn check_ranges(request: &ChatCompletionRequest) -> Result<(), ApiError> {
 /// chat request, or a sampling parameter out of its documented range), then the messages, their
 /// characters and `max_tokens` (400).
 pub async fn chat_completions(
-    State(limits): State<Arc<Limiter>>,
-    State(dispatcher): State<Arc<Dispatcher>>,
-    State(recorder): State<Arc<Recorder>>,
+    State(parts): State<Parts>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let parts = Parts {
-        limits,
-        dispatcher,
-        recorder,
-    };
-    let admitted = match serve::admit(&parts, &headers).await {
-        Ok(admitted) => admitted,
-        Err(refused) => return refused,
-    };
-    let rate = admitted.rate;
-    let response = match limited_chat(&parts, admitted, headers, body).await {
-        Ok(response) | Err(response) => response,
-    };
-    limits::with_rate(response, Some(rate))
+    serve::admitted(&parts, &headers, |admitted| {
+        limited_chat(&parts, admitted, &headers, body)
+    })
+    .await
 }
 
 async fn limited_chat(
     parts: &Parts,
     admitted: Admitted,
-    headers: HeaderMap,
+    headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, Response> {
     let Admitted {
         caller, received, ..
     } = admitted;
     let slot = serve::enter(parts, &caller).map_err(IntoResponse::into_response)?;
-    check_content_type(&headers).map_err(IntoResponse::into_response)?;
+    check_content_type(headers).map_err(IntoResponse::into_response)?;
     let max_body = parts.limits.limits().max_body_bytes;
     let bytes = serve::read_body(body, max_body, "max_body_bytes").await?;
     let (request, body_visibility) = parse_request(&bytes).map_err(IntoResponse::into_response)?;
@@ -146,7 +133,7 @@ async fn limited_chat(
         .limits
         .check_request(&request)
         .map_err(IntoResponse::into_response)?;
-    let visibility = serve::visibility(body_visibility, &headers, &caller)
+    let visibility = serve::visibility(body_visibility, headers, &caller)
         .map_err(IntoResponse::into_response)?;
     let record = InferenceRecord::new(
         RecordId::new(),
@@ -282,16 +269,7 @@ fn stream_response(
             }
         }
     };
-    let response = Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "text/event-stream")
-        .header(header::CACHE_CONTROL, "no-cache")
-        .header("x-accel-buffering", "no")
-        .body(Body::from_stream(body));
-    match response {
-        Ok(response) => with_request_id(response, id),
-        Err(error) => ApiError::internal("building a stream", error).into_response(),
-    }
+    serve::event_stream(body, id)
 }
 
 async fn whole_response(
@@ -344,6 +322,6 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.error.code.as_deref(), Some("invalid_visibility"));
         let e = parse_request(b"not json").unwrap_err();
-        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST);
     }
 }

@@ -4,11 +4,10 @@
 //! answer is turned back into a Response object or its stream of events.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use futures_util::StreamExt;
@@ -19,36 +18,19 @@ use inference_club_core::record::{InferenceRecord, RecordId, Visibility};
 use serde_json::Value;
 
 use super::chat::start_chat;
-use super::recording::{RecordKeeper, Recorder};
+use super::recording::RecordKeeper;
 use super::serve::{self, Admitted, Parts};
 use super::{check_content_type, with_request_id};
-use crate::dispatch::{Answer, Dispatcher};
+use crate::dispatch::Answer;
 use crate::error::ApiError;
-use crate::limits::{self, Limiter};
 
 /// `POST /v1/responses`, whole or streamed (`"stream": true`). The limits are chat's: a body
 /// that is not a Responses request, or whose input is not text, is a 400.
-pub async fn create(
-    State(limits): State<Arc<Limiter>>,
-    State(dispatcher): State<Arc<Dispatcher>>,
-    State(recorder): State<Arc<Recorder>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let parts = Parts {
-        limits,
-        dispatcher,
-        recorder,
-    };
-    let admitted = match serve::admit(&parts, &headers).await {
-        Ok(admitted) => admitted,
-        Err(refused) => return refused,
-    };
-    let rate = admitted.rate;
-    let response = match serve_response(&parts, admitted, &headers, body).await {
-        Ok(response) | Err(response) => response,
-    };
-    limits::with_rate(response, Some(rate))
+pub async fn create(State(parts): State<Parts>, headers: HeaderMap, body: Body) -> Response {
+    serve::admitted(&parts, &headers, |admitted| {
+        serve_response(&parts, admitted, &headers, body)
+    })
+    .await
 }
 
 /// Reads a Responses body: the request (its `model` required), and the visibility its
@@ -231,16 +213,7 @@ fn stream_events(
             }
         }
     };
-    let response = Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "text/event-stream")
-        .header(header::CACHE_CONTROL, "no-cache")
-        .header("x-accel-buffering", "no")
-        .body(Body::from_stream(body));
-    match response {
-        Ok(response) => with_request_id(response, id),
-        Err(error) => serve::shape_error("building a stream", error, id),
-    }
+    serve::event_stream(body, id)
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! read the body within its limit, then record the request and dispatch it. The endpoint
 //! modules parse and check their own bodies and shape their own answers.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,7 +19,7 @@ use super::with_request_id;
 use crate::auth::{self, Caller};
 use crate::dispatch::{self, Answer, Dispatcher, Work};
 use crate::error::ApiError;
-use crate::limits::{InFlightSlot, Limiter, RateState, Throttled};
+use crate::limits::{self, InFlightSlot, Limiter, RateState, Throttled};
 use crate::store::Scope;
 
 /// What serving an inference request uses.
@@ -54,6 +55,43 @@ pub(crate) async fn admit(parts: &Parts, headers: &HeaderMap) -> Result<Admitted
         rate,
         received,
     })
+}
+
+/// Serves an inference request: admits the caller ([`admit`]; a refusal is the answer), runs
+/// `serve` (whose `Err` is an answer too, refusing the request), and adds the key's
+/// `X-RateLimit-*` headers to whatever is answered.
+pub(crate) async fn admitted<F, Fut>(parts: &Parts, headers: &HeaderMap, serve: F) -> Response
+where
+    F: FnOnce(Admitted) -> Fut,
+    Fut: Future<Output = Result<Response, Response>>,
+{
+    let admitted = match admit(parts, headers).await {
+        Ok(admitted) => admitted,
+        Err(refused) => return refused,
+    };
+    let rate = admitted.rate;
+    let response = match serve(admitted).await {
+        Ok(response) | Err(response) => response,
+    };
+    limits::with_rate(response, Some(rate))
+}
+
+/// A `200` answer streaming server-sent events from `body`, naming record `id` (an error
+/// answer if it cannot be built).
+pub(crate) fn event_stream(
+    body: impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static,
+    id: RecordId,
+) -> Response {
+    let response = Response::builder()
+        .status(axum::http::StatusCode::OK)
+        .header(axum::http::header::CONTENT_TYPE, "text/event-stream")
+        .header(axum::http::header::CACHE_CONTROL, "no-cache")
+        .header("x-accel-buffering", "no")
+        .body(Body::from_stream(body));
+    match response {
+        Ok(response) => with_request_id(response, id),
+        Err(error) => shape_error("building a stream", error, id),
+    }
 }
 
 /// Takes one of the member's requests in flight (429 when they have too many).

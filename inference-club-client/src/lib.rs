@@ -46,6 +46,11 @@
 //! # }
 //! ```
 //!
+//! The other OpenAI-compatible endpoints have typed calls of their own, each answering the
+//! record id too: [`Client::completion`] and [`Client::completion_stream`] (text completions),
+//! [`Client::embeddings`], [`Client::transcribe`] (a multipart upload), [`Client::speech`] and
+//! [`Client::generate_image`].
+//!
 //! # Errors and retries
 //!
 //! Every call returns [`Error`], which keeps the server's message and code and answers

@@ -174,17 +174,45 @@ pub struct Record {
     /// Why it failed or was cancelled.
     #[serde(default)]
     pub failure: Option<String>,
+    /// The endpoint the request was made to (`chat_completions`, `completions`,
+    /// `embeddings`, `audio_transcriptions`, `audio_speech`, `images_generations`, …).
+    #[serde(default = "chat_completions")]
+    pub endpoint: String,
+    /// The body of a request to an endpoint other than chat (an uploaded file is not in it).
+    #[serde(default)]
+    pub input: Option<Value>,
+    /// Fields this client does not know (blobs, embedding counts, …), passed through.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+fn chat_completions() -> String {
+    "chat_completions".into()
 }
 
 impl Record {
-    /// The text of the last user message of the request.
+    /// What was asked: the text of the last user message of a chat, else the `prompt` or
+    /// (first) `input` text of another endpoint's request.
     pub fn prompt(&self) -> Option<String> {
-        self.request
+        let chat = self
+            .request
             .messages
             .iter()
             .rev()
             .find(|m| m.role == inference_club_core::openai::Role::User)
-            .and_then(|m| m.text_content())
+            .and_then(|m| m.text_content());
+        chat.or_else(|| {
+            let input = self.input.as_ref()?;
+            let text = |v: &Value| match v {
+                Value::String(s) => Some(s.clone()),
+                Value::Array(items) => items.first().and_then(Value::as_str).map(str::to_owned),
+                _ => None,
+            };
+            input
+                .get("prompt")
+                .and_then(text)
+                .or_else(|| input.get("input").and_then(text))
+        })
     }
 }
 

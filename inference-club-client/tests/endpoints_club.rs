@@ -68,6 +68,8 @@ async fn completions_and_embeddings_through_a_real_coordinator() {
     assert_eq!(whole.completion.usage.as_ref().unwrap().prompt_tokens, 4);
     let record = client.record(&id).await.unwrap();
     assert_eq!(record.visibility, Visibility::Public);
+    assert_eq!(record.endpoint, "completions");
+    assert_eq!(record.prompt().as_deref(), Some("the quick brown fox"));
 
     // Streamed, one word a piece, with usage at the end; private on request.
     let mut stream = client
@@ -149,10 +151,9 @@ async fn transcription_speech_and_images_through_a_real_coordinator() {
         media_engine::transcript_of(audio.len(), Some("audio/wav"))
     );
     let id = answer.record_id.unwrap();
-    assert_eq!(
-        client.record(&id).await.unwrap().visibility,
-        Visibility::Unlisted
-    );
+    let record = client.record(&id).await.unwrap();
+    assert_eq!(record.visibility, Visibility::Unlisted);
+    assert_eq!(record.endpoint, "audio_transcriptions");
     let asked = media.last_on("/v1/audio/transcriptions").unwrap();
     assert_eq!(asked.field("language"), Some("en"));
     let file = asked.file.unwrap();

@@ -5,7 +5,7 @@
 //! user of a cluster relies on: a request succeeds whichever replica it lands on; streaming,
 //! cancel, failover and in-stream errors behave as in one process; a replica killed under load
 //! loses no record and its nodes come back through the others; a rolling restart refuses
-//! nothing.
+//! nothing; calls (embeddings, uploads, audio answers) cross replicas as chats do.
 //!
 //! It needs `CLUB_TEST_DATABASE_URL` (scripts/postgres.sh), `nats-server` and `nginx` (Debian's
 //! packages; `CLUB_TEST_NATS_SERVER` and `CLUB_TEST_NGINX` name them); without them each test
@@ -15,6 +15,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod calls;
 mod failover;
 mod limits;
 mod load;

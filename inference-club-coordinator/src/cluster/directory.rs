@@ -6,13 +6,14 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use inference_club_core::link::ServiceLoad;
 use inference_club_core::routing::Ewma;
 use tokio_util::sync::CancellationToken;
 
+use super::Cluster;
 use super::wire::{BEAT_EXPIRY, Beat, NodeDown, NodeUp};
 use crate::nodes::{NodeKey, NodeOffer, NodeSlot};
 use crate::store::ProviderPolicy;
@@ -39,6 +40,10 @@ pub struct PeerNode {
     connected_at: chrono::DateTime<chrono::Utc>,
     /// Cancelled when it leaves the directory (its link closed, or its replica is gone).
     gone: CancellationToken,
+    /// It takes calls, through its replica ([`NodeUp::takes_calls`]).
+    takes_calls: bool,
+    /// This replica's part in the cluster, through which jobs reach it.
+    cluster: Weak<Cluster>,
 }
 
 impl std::fmt::Debug for PeerNode {
@@ -52,7 +57,7 @@ impl std::fmt::Debug for PeerNode {
 }
 
 impl PeerNode {
-    fn new(up: NodeUp, gone: CancellationToken) -> Self {
+    fn new(up: NodeUp, gone: CancellationToken, cluster: Weak<Cluster>) -> Self {
         let key = up.key();
         Self {
             key,
@@ -67,7 +72,21 @@ impl PeerNode {
             heard: Mutex::new(Instant::now()),
             connected_at: up.connected_at,
             gone,
+            takes_calls: up.takes_calls,
+            cluster,
         }
+    }
+
+    /// Whether it takes calls (endpoints other than chat): it speaks link protocol 2 and its
+    /// replica relays calls.
+    pub fn takes_calls(&self) -> bool {
+        self.takes_calls
+    }
+
+    /// This replica's part in the cluster (`None` once it is gone, or in unit tests of the
+    /// directory alone).
+    pub fn cluster(&self) -> Option<Arc<Cluster>> {
+        self.cluster.upgrade()
     }
 
     /// What it offers.
@@ -230,12 +249,22 @@ pub struct Directory {
     /// Counts every change of which nodes are routable or what they offer (for
     /// [`ModelIndex`](crate::index::ModelIndex)).
     generation: AtomicU64,
+    /// The cluster it belongs to (given to its nodes, so that jobs can reach them).
+    cluster: Weak<Cluster>,
 }
 
 /// How often at most one replica asks another for its whole node list.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
 
 impl Directory {
+    /// The directory of `cluster`'s replica.
+    pub(super) fn of(cluster: Weak<Cluster>) -> Self {
+        Self {
+            cluster,
+            ..Self::default()
+        }
+    }
+
     /// Changes with every node that comes, goes or changes its offer, and every replica that
     /// starts or stops draining: equal values mean the same routable nodes and offers.
     pub fn generation(&self) -> u64 {
@@ -354,11 +383,17 @@ impl Directory {
         replica.meet(up.incarnation);
         replica.heard = Instant::now();
         match replica.nodes.get(&key) {
-            Some(node) if node.connected_at == up.connected_at => {
+            Some(node)
+                if node.connected_at == up.connected_at && node.takes_calls == up.takes_calls =>
+            {
                 node.set_offer(up.manifest, up.policy);
             }
             _ => {
-                let node = Arc::new(PeerNode::new(up, replica.gone.child_token()));
+                let node = Arc::new(PeerNode::new(
+                    up,
+                    replica.gone.child_token(),
+                    self.cluster.clone(),
+                ));
                 if let Some(old) = replica.nodes.insert(key, node) {
                     old.gone.cancel();
                 }
@@ -561,6 +596,7 @@ pub(crate) mod testing {
             .unwrap(),
             policy: ProviderPolicy::default(),
             connected_at: chrono::Utc::now(),
+            takes_calls: false,
         });
         let key = NodeKey {
             operator_id,
@@ -592,6 +628,7 @@ mod tests {
             .unwrap(),
             policy: ProviderPolicy::default(),
             connected_at: chrono::Utc::now(),
+            takes_calls: false,
         }
     }
 

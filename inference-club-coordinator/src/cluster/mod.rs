@@ -198,12 +198,12 @@ impl Cluster {
                 }
             }
         });
-        Ok(Arc::new(Self {
+        Ok(Arc::new_cyclic(|cluster| Self {
             outbox,
             client,
             replica,
             incarnation: u64::from_le_bytes(nonce).max(1),
-            directory: Directory::default(),
+            directory: Directory::of(cluster.clone()),
             draining: AtomicBool::new(false),
             running: Mutex::new(HashMap::new()),
             inboxes: Mutex::new(HashMap::new()),
@@ -465,6 +465,7 @@ fn up_of(cluster: &Cluster, node: &LiveNode) -> NodeUp {
         manifest: offer.manifest.clone(),
         policy: offer.policy.clone(),
         connected_at: node.connected_at(),
+        takes_calls: node.takes_calls(),
     }
 }
 

@@ -16,10 +16,13 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use inference_club_core::endpoint::Endpoint;
 use inference_club_core::link::{JobError, ServiceLoad};
 use inference_club_core::manifest::ServiceManifest;
 use inference_club_core::openai::{ChatCompletionChunk, ChatCompletionRequest};
+use inference_club_core::provider::{Call, Upload};
 use serde::{Deserialize, Serialize};
 
 pub use crate::limits::USAGE_REPORT;
@@ -104,6 +107,11 @@ pub struct NodeUp {
     pub policy: ProviderPolicy,
     /// When it linked.
     pub connected_at: DateTime<Utc>,
+    /// It takes calls (endpoints other than chat: it speaks link protocol 2), and its replica
+    /// relays them. Absent in the announcements of replicas older than calls across replicas:
+    /// their nodes are sent chats only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub takes_calls: bool,
 }
 
 impl NodeUp {
@@ -223,7 +231,8 @@ pub fn sync_parts(nodes: Vec<NodeUp>, limit: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Run this request on the node (sent to its [`job_subject`]).
+/// Run this request on the node (sent to its [`job_subject`]): a chat (`request`) or a call of
+/// another endpoint (`call`), exactly one of them ([`JobRequest::take_work`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobRequest {
     /// The replica asking (the consumer's).
@@ -238,8 +247,128 @@ pub struct JobRequest {
     /// How long the job may take in all, ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_ms: Option<u64>,
-    /// The request.
-    pub request: ChatCompletionRequest,
+    /// A chat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<ChatCompletionRequest>,
+    /// A call. Sent only for nodes announced with [`NodeUp::takes_calls`] (a replica that
+    /// relays calls).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call: Option<CallRequest>,
+}
+
+/// What a job asks a node to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Work {
+    /// A chat completion.
+    Chat(Box<ChatCompletionRequest>),
+    /// A call of another endpoint.
+    Call(Call),
+}
+
+impl JobRequest {
+    /// Sets what the job does.
+    pub fn with_work(mut self, work: Work) -> Self {
+        match work {
+            Work::Chat(request) => {
+                self.request = Some(*request);
+                self.call = None;
+            }
+            Work::Call(call) => {
+                self.request = None;
+                self.call = Some(CallRequest::from(call));
+            }
+        }
+        self
+    }
+
+    /// Takes what the job does out of it; an error when it carries neither a chat nor a call,
+    /// or both.
+    pub fn take_work(&mut self) -> Result<Work, String> {
+        match (self.request.take(), self.call.take()) {
+            (Some(request), None) => Ok(Work::Chat(Box::new(request))),
+            (None, Some(call)) => Ok(Work::Call(call.into())),
+            (None, None) => Err("the job carries neither a chat nor a call".into()),
+            (Some(_), Some(_)) => Err("the job carries both a chat and a call".into()),
+        }
+    }
+}
+
+/// A call as it crosses replicas: [`Call`] with its upload's bytes in base64.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallRequest {
+    /// Which endpoint.
+    pub endpoint: Endpoint,
+    /// The request body.
+    pub body: serde_json::Value,
+    /// The uploaded file, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<UploadRequest>,
+}
+
+/// A call's uploaded file as it crosses replicas.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UploadRequest {
+    /// The file's name.
+    pub file_name: String,
+    /// Its content type.
+    pub content_type: String,
+    /// Its bytes (base64 on the wire).
+    #[serde(with = "base64_bytes")]
+    pub data: Bytes,
+}
+
+impl From<Call> for CallRequest {
+    fn from(call: Call) -> Self {
+        Self {
+            endpoint: call.endpoint,
+            body: call.body,
+            upload: call.upload.map(|u| UploadRequest {
+                file_name: u.file_name,
+                content_type: u.content_type,
+                data: u.data,
+            }),
+        }
+    }
+}
+
+impl From<CallRequest> for Call {
+    fn from(call: CallRequest) -> Self {
+        Self {
+            endpoint: call.endpoint,
+            body: call.body,
+            upload: call.upload.map(|u| Upload {
+                file_name: u.file_name,
+                content_type: u.content_type,
+                data: u.data,
+            }),
+        }
+    }
+}
+
+/// Bytes as a base64 string (standard alphabet, padded) in JSON.
+mod base64_bytes {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use bytes::Bytes;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(data: &Bytes, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&STANDARD.encode(data))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Bytes, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        STANDARD
+            .decode(text.as_bytes())
+            .map(Bytes::from)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// How many bytes of a binary answer one [`RelayKind::Bytes`] of at most `limit` bytes of
+/// JSON carries (base64 makes 4 characters of 3 bytes; `overhead` is the rest of the message).
+pub fn binary_part_size(limit: usize, overhead: usize) -> usize {
+    (limit.saturating_sub(overhead) / 4 * 3).max(3)
 }
 
 /// The answer of the replica holding the node's link.
@@ -284,6 +413,25 @@ pub enum RelayKind {
     Chunks {
         /// The chunks.
         chunks: Vec<ChatCompletionChunk>,
+    },
+    /// JSON outputs of a call's answer (a whole answer, or the events of a streamed one), in
+    /// order (those ready at the same moment travel together).
+    Outputs {
+        /// The outputs.
+        outputs: Vec<serde_json::Value>,
+    },
+    /// A part of a call's binary answer (audio, text as `srt`, …): the parts of one answer
+    /// follow each other, from `offset` 0 until `size` bytes came.
+    Bytes {
+        /// The answer's content type.
+        content_type: String,
+        /// The whole answer's size in bytes.
+        size: u64,
+        /// Where in the answer this part starts.
+        offset: u64,
+        /// The part's bytes (base64 on the wire).
+        #[serde(with = "base64_bytes")]
+        data: Bytes,
     },
     /// The job ended well.
     Done,
@@ -396,6 +544,7 @@ mod tests {
                 manifest: manifest.clone(),
                 policy: ProviderPolicy::default(),
                 connected_at: Utc::now(),
+                takes_calls: i % 2 == 0,
             })
             .collect();
         let one = encode(&nodes[0]).unwrap().len();
@@ -454,5 +603,102 @@ mod tests {
         assert!(!valid_replica_id("a.b"));
         assert!(!valid_replica_id("a b"));
         assert!(!valid_replica_id(&"x".repeat(65)));
+    }
+
+    #[test]
+    fn a_job_carries_a_chat_or_a_call_with_its_upload_and_older_messages_still_read() {
+        let job = |work: Work| {
+            JobRequest {
+                replica: "r1".into(),
+                inbox: inbox("r1", 1),
+                request_id: "req".into(),
+                consumer: None,
+                deadline_ms: None,
+                request: None,
+                call: None,
+            }
+            .with_work(work)
+        };
+        let call = Call::new(
+            Endpoint::AudioTranscriptions,
+            serde_json::json!({"model": "whisper-1"}),
+        )
+        .with_upload(Upload {
+            file_name: "a.wav".into(),
+            content_type: "audio/wav".into(),
+            data: Bytes::from_static(&[0, 1, 2, 255]),
+        });
+        let payload = encode(&job(Work::Call(call.clone()))).unwrap();
+        let text = String::from_utf8(payload.clone()).unwrap();
+        assert!(text.contains("\"data\":\"AAEC/w==\""), "{text}");
+        assert!(!text.contains("\"request\""), "{text}");
+        let mut back: JobRequest = decode(&payload).unwrap();
+        assert_eq!(back.take_work().unwrap(), Work::Call(call));
+
+        // A chat job as replicas before calls wrote it.
+        let chat = ChatCompletionRequest::new("m", Vec::new());
+        let old = serde_json::json!({
+            "replica": "r1", "inbox": "i", "request_id": "req",
+            "request": serde_json::to_value(&chat).unwrap(),
+        });
+        let mut back: JobRequest = serde_json::from_value(old).unwrap();
+        assert_eq!(
+            back.take_work().unwrap(),
+            Work::Chat(Box::new(chat.clone()))
+        );
+        assert!(job(Work::Chat(Box::new(chat))).take_work().is_ok());
+
+        // Neither, or an endpoint this replica does not know: refused, not guessed.
+        let mut neither: JobRequest = serde_json::from_value(
+            serde_json::json!({"replica": "r1", "inbox": "i", "request_id": "x"}),
+        )
+        .unwrap();
+        assert!(neither.take_work().is_err());
+        let unknown = serde_json::json!({"replica": "r1", "inbox": "i", "request_id": "x",
+            "call": {"endpoint": "video_generations", "body": {}}});
+        assert!(serde_json::from_value::<JobRequest>(unknown).is_err());
+    }
+
+    #[test]
+    fn an_announcement_without_takes_calls_means_chat_only() {
+        let manifest = serde_json::json!({
+            "schema_version": 1,
+            "agent": {"name": "n"},
+            "hosts": [{"id": "h", "services": [{"name": "s", "engine": "vllm",
+                "url": "http://127.0.0.1:1", "models": [{"id": "m"}]}]}]
+        });
+        let up = serde_json::json!({
+            "replica": "r1", "operator_id": UserId::new(), "operator": "ada", "provider": "p",
+            "manifest": manifest, "policy": ProviderPolicy::default(),
+            "connected_at": Utc::now(),
+        });
+        let up: NodeUp = serde_json::from_value(up).unwrap();
+        assert!(!up.takes_calls);
+        let again: NodeUp = decode(
+            &encode(&NodeUp {
+                takes_calls: true,
+                ..up
+            })
+            .unwrap(),
+        )
+        .unwrap();
+        assert!(again.takes_calls);
+    }
+
+    #[test]
+    fn binary_parts_fit_their_message() {
+        let limit = 2_000;
+        let part = binary_part_size(limit, 256);
+        let event = RelayEvent {
+            seq: u64::MAX,
+            event: RelayKind::Bytes {
+                content_type: "audio/wav".into(),
+                size: u64::MAX,
+                offset: u64::MAX,
+                data: Bytes::from(vec![7u8; part]),
+            },
+        };
+        assert!(encode(&event).unwrap().len() <= limit);
+        assert_eq!(binary_part_size(10, 256), 3);
     }
 }

@@ -13,7 +13,8 @@ use crate::nodes::{LiveNode, NodeKey, NodeOffer, NodeSlot, RemoteNode, SendError
 
 /// A node routing may choose: linked to this coordinator, or (in a cluster) to another
 /// replica. Jobs reach the first over its link ([`RemoteNode`]) and the second through the
-/// replica holding its link ([`PeerNode::chat`]): the two hand-offs behind one interface.
+/// replica holding its link ([`PeerNode::chat`], [`PeerNode::call`]): the two hand-offs behind
+/// one interface.
 #[derive(Debug, Clone)]
 pub(crate) enum OnlineNode {
     /// Linked here.
@@ -103,26 +104,28 @@ impl OnlineNode {
         }
     }
 
-    /// Whether it takes calls (endpoints other than chat): linked here, speaking protocol 2.
-    /// Calls are not relayed between replicas yet.
+    /// Whether it takes calls (endpoints other than chat): it speaks protocol 2, and, when
+    /// linked to another replica, that replica relays calls (it said so when it announced the
+    /// node).
     pub fn takes_calls(&self) -> bool {
         match self {
             Self::Local(node) => node.takes_calls(),
-            Self::Peer(_) => false,
+            Self::Peer(node) => node.takes_calls(),
         }
     }
 
-    /// Sends it a call (linked here only: see [`OnlineNode::takes_calls`]).
+    /// Sends it a call (see [`OnlineNode::takes_calls`]): over its link, or through the replica
+    /// holding it.
     pub async fn call(&self, call: Call, context: RequestContext) -> Result<CallStream, SendError> {
         match self {
             Self::Local(node) => Ok(RemoteNode(node.clone()).call(call, context).await?),
-            Self::Peer(node) => Err(SendError::Failed(ProviderError::Unavailable {
-                status: None,
-                message: format!(
-                    "node {} is linked to another replica, which does not relay calls",
-                    node.key.provider
-                ),
-            })),
+            Self::Peer(node) => match node.cluster() {
+                Some(cluster) => node.call(&cluster, call, context).await,
+                None => Err(SendError::Failed(ProviderError::Unavailable {
+                    status: None,
+                    message: format!("node {} is linked to another replica", node.key.provider),
+                })),
+            },
         }
     }
 

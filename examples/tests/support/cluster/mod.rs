@@ -7,6 +7,7 @@
 //! the nodes and the store); replicas 2 and 3 are started the same way on the same database.
 #![allow(dead_code)]
 
+mod calls;
 mod chat;
 mod nodes;
 mod replicas;
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use super::{Club, Proc, STARTUP, loud};
 
+pub use calls::{CallAnswer, CallService, EmbeddingEngine};
 pub use chat::{Streamed, chat_for, read_streamed};
 pub use tools::{Tools, free_port, tools};
 

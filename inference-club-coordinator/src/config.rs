@@ -32,7 +32,12 @@ pub struct CoordinatorConfig {
     /// How long the audio and images of records are kept (the records keep saying what there
     /// was); checked every [`BLOB_EXPIRY_INTERVAL`].
     pub blob_retention: Duration,
+    /// How many lines of batches one coordinator runs at once (behind interactive requests).
+    pub max_batch_in_flight: usize,
 }
+
+/// Default [`CoordinatorConfig::max_batch_in_flight`].
+pub const DEFAULT_MAX_BATCH_IN_FLIGHT: usize = 16;
 
 /// How often blobs past their retention are removed.
 pub const BLOB_EXPIRY_INTERVAL: Duration = Duration::from_secs(3600);
@@ -52,6 +57,7 @@ impl Default for CoordinatorConfig {
             cluster: None,
             drain: Duration::from_secs(30),
             blob_retention: DEFAULT_BLOB_RETENTION,
+            max_batch_in_flight: DEFAULT_MAX_BATCH_IN_FLIGHT,
         }
     }
 }

@@ -84,6 +84,12 @@ impl CoordinatorBuilder {
         self
     }
 
+    /// How many lines of batches this coordinator runs at once. Default 16.
+    pub fn max_batch_in_flight(mut self, max: usize) -> Self {
+        self.config.max_batch_in_flight = max.max(1);
+        self
+    }
+
     /// How long the audio and images of records are kept. Default 30 days.
     pub fn blob_retention(mut self, retention: Duration) -> Self {
         self.config.blob_retention = retention;

@@ -394,6 +394,14 @@ async fn open(
     })
 }
 
+/// How a request is placed: the consumer's routing preference, and whether it may wait in the
+/// queue for a node with room (a batch's line may not: interactive requests go first).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Placing {
+    pub preference: RoutingPreference,
+    pub waits: bool,
+}
+
 /// Dispatches `work` for `record`'s consumer: returns the stream from the first node that
 /// produces output (or ends), with the record's attempts filled in; or the error to answer
 /// with, after every candidate was tried or the queue timed out.
@@ -402,8 +410,9 @@ pub(crate) async fn dispatch_work(
     work: Work<'_>,
     record: &mut InferenceRecord,
     context: &RequestContext,
-    preference: RoutingPreference,
+    placing: Placing,
 ) -> Result<Answer, ApiError> {
+    let Placing { preference, waits } = placing;
     let endpoint = work.endpoint();
     let model = match work {
         Work::Chat(request) => request.model.clone(),
@@ -433,6 +442,15 @@ pub(crate) async fn dispatch_work(
             )
         };
         let picked = match picked {
+            // Room now or never: the caller tries again later.
+            Pick::Wait if !waits => {
+                return Err(unplaceable(
+                    Availability::AllFull,
+                    &model,
+                    preference,
+                    last_error,
+                ));
+            }
             Pick::Wait => {
                 if !queued {
                     queued = true;

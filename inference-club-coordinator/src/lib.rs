@@ -66,6 +66,7 @@ mod coordinator;
 mod dispatch;
 mod error;
 mod fleet;
+mod jobs;
 mod limits;
 mod link;
 mod metrics;

@@ -51,6 +51,8 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 pub const DEFAULT_MAX_UPLOAD_BYTES: usize = 25 * 1024 * 1024;
 /// Default [`Limits::max_blob_bytes`]: 16 MiB.
 pub const DEFAULT_MAX_BLOB_BYTES: usize = 16 * 1024 * 1024;
+/// Default [`Limits::max_file_bytes`]: 64 MiB.
+pub const DEFAULT_MAX_FILE_BYTES: usize = 64 * 1024 * 1024;
 /// Default: the most messages in one chat request.
 pub const DEFAULT_MAX_MESSAGES: usize = 256;
 /// Default: the most characters of text over all messages of one chat request.
@@ -103,6 +105,8 @@ pub struct Limits {
     /// The largest audio or image kept with a record, in bytes: a larger one is served but not
     /// stored (the record says it was dropped).
     pub max_blob_bytes: usize,
+    /// The largest file a member may upload for a batch (`/v1/files`), in bytes; 413 beyond.
+    pub max_file_bytes: usize,
     /// The most messages in one chat request; 400 beyond.
     pub max_messages: usize,
     /// The most characters of text over all messages of a chat request; 400 beyond.
@@ -177,6 +181,7 @@ impl Default for Limits {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             max_blob_bytes: DEFAULT_MAX_BLOB_BYTES,
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
             max_messages: DEFAULT_MAX_MESSAGES,
             max_input_chars: DEFAULT_MAX_INPUT_CHARS,
             max_tokens_ceiling: DEFAULT_MAX_TOKENS_CEILING,
@@ -640,7 +645,7 @@ impl Limiter {
         }
         counts.insert(member, here + 1);
         Ok(InFlightSlot {
-            counts: self.in_flight.clone(),
+            counts: Some(self.in_flight.clone()),
             member,
         })
     }
@@ -760,13 +765,28 @@ fn address_key(address: Option<IpAddr>) -> String {
 /// One of a member's in-flight slots, given back when dropped.
 #[derive(Debug)]
 pub struct InFlightSlot {
-    counts: Arc<Mutex<HashMap<UserId, u32>>>,
+    /// The counts it is one of; `None` for a slot that counts nowhere.
+    counts: Option<Arc<Mutex<HashMap<UserId, u32>>>>,
     member: UserId,
+}
+
+impl InFlightSlot {
+    /// A slot that counts against no limit: a batch's line, which does not use up its owner's
+    /// concurrency (the batch scheduler bounds its own).
+    pub fn uncounted(member: UserId) -> Self {
+        Self {
+            counts: None,
+            member,
+        }
+    }
 }
 
 impl Drop for InFlightSlot {
     fn drop(&mut self) {
-        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(counts) = &self.counts else {
+            return;
+        };
+        let mut counts = counts.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(count) = counts.get_mut(&self.member) {
             *count = count.saturating_sub(1);
             if *count == 0 {

@@ -46,6 +46,18 @@ fn inference() -> Router<AppState> {
         .route("/v1/audio/transcriptions", post(api::calls::transcriptions))
         .route("/v1/audio/speech", post(api::calls::speech))
         .route("/v1/images/generations", post(api::calls::images))
+        .route("/v1/files", post(api::files::upload).get(api::files::list))
+        .route(
+            "/v1/files/{id}",
+            get(api::files::get_one).delete(api::files::delete),
+        )
+        .route("/v1/files/{id}/content", get(api::files::content))
+        .route(
+            "/v1/batches",
+            post(api::batches::create).get(api::batches::list),
+        )
+        .route("/v1/batches/{id}", get(api::batches::get_one))
+        .route("/v1/batches/{id}/cancel", post(api::batches::cancel))
 }
 
 /// The club's own API (`/api/v1/…`) and its OpenAPI document.

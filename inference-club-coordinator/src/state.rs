@@ -15,6 +15,7 @@ use crate::cluster::Cluster;
 use crate::dispatch::{DispatchQueues, Dispatcher};
 use crate::error::{Error, ErrorKind};
 use crate::fleet::Fleet;
+use crate::jobs::BatchRunner;
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::nodes::NodeRegistry;
@@ -39,6 +40,8 @@ pub(crate) struct AppState {
     pub sign_in: Arc<SignIn>,
     /// Saves and counts the records of inference requests.
     pub recorder: Arc<Recorder>,
+    /// Runs the batches.
+    pub batches: Arc<BatchRunner>,
 }
 
 macro_rules! part {
@@ -62,6 +65,7 @@ part!(
     config: Arc<CoordinatorConfig>,
     sign_in: Arc<SignIn>,
     recorder: Arc<Recorder>,
+    batches: Arc<BatchRunner>,
 );
 
 impl FromRef<AppState> for crate::api::serve::Parts {
@@ -143,6 +147,15 @@ impl AppState {
             config.queue_timeout,
             config.max_queued,
         ));
+        let config = Arc::new(config);
+        let parts = crate::api::serve::Parts {
+            limits: limits.clone(),
+            dispatcher: dispatcher.clone(),
+            recorder: recorder.clone(),
+        };
+        let replica = fleet.cluster().as_ref().map(|c| c.replica.clone());
+        let batches =
+            BatchRunner::start(store.clone(), parts, config.clone(), replica.as_deref()).await?;
         Ok(Self {
             store,
             fleet,
@@ -151,7 +164,8 @@ impl AppState {
             metrics,
             sign_in: Arc::new(SignIn::new(github)),
             recorder,
-            config: Arc::new(config),
+            config,
+            batches,
         })
     }
 

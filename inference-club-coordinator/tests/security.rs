@@ -1126,6 +1126,7 @@ async fn over_limit_requests_are_refused_and_nothing_is_recorded_or_routed() {
         max_body_bytes: 16 * 1024,
         max_upload_bytes: 64 * 1024,
         max_blob_bytes: 64 * 1024,
+        max_file_bytes: 64 * 1024,
         max_messages: 4,
         max_input_chars: 1000,
         max_tokens_ceiling: 100,

@@ -365,6 +365,9 @@ pub struct InferenceRecord {
     /// The audio and images of the request and its answer, stored apart from the record.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub blobs: Vec<BlobRef>,
+    /// The batch this request is a line of (`batch_…`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<String>,
 }
 
 fn is_chat(endpoint: &Endpoint) -> bool {
@@ -450,6 +453,7 @@ impl InferenceRecord {
             input: None,
             embeddings: None,
             blobs: Vec::new(),
+            batch: None,
         }
     }
 

@@ -5,7 +5,6 @@
 //! [`answers`](super::answers) shapes what goes back.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -19,12 +18,11 @@ use serde_json::{Map, Value};
 
 use super::answers::{self, Shaping};
 use super::check_content_type;
-use super::serve::{self, Admitted, Parts};
+use super::serve::{self, Admission, Parts};
 use crate::CoordinatorConfig;
-use crate::auth::Caller;
 use crate::dispatch::{Answer, Work};
 use crate::error::ApiError;
-use crate::limits::{InFlightSlot, Limits};
+use crate::limits::Limits;
 
 /// The most inputs one `/v1/embeddings` request may hold (OpenAI's limit).
 pub const MAX_EMBEDDING_INPUTS: usize = 2048;
@@ -44,8 +42,8 @@ macro_rules! endpoint {
             headers: HeaderMap,
             body: Body,
         ) -> Response {
-            serve::admitted(&parts, &headers, |admitted| {
-                serve_call(&parts, &config, $endpoint, admitted, &headers, body)
+            serve::admitted(&parts, &headers, |admission| {
+                serve_call(&parts, &config, $endpoint, admission, &headers, body)
             })
             .await
         }
@@ -77,18 +75,15 @@ endpoint!(
 );
 
 /// Reads, checks, records and dispatches a call; the answer is shaped for the consumer.
-async fn serve_call(
+pub(crate) async fn serve_call(
     parts: &Parts,
     config: &CoordinatorConfig,
     endpoint: Endpoint,
-    admitted: Admitted,
+    admission: Admission,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, Response> {
-    let Admitted {
-        caller, received, ..
-    } = admitted;
-    let slot = serve::enter(parts, &caller).map_err(IntoResponse::into_response)?;
+    let caller = &admission.caller;
     let limits = parts.limits.limits();
     let (call, visibility) = if endpoint == Endpoint::AudioTranscriptions {
         let bytes = serve::read_body(body, limits.max_upload_bytes, "max_upload_bytes").await?;
@@ -101,22 +96,21 @@ async fn serve_call(
     };
     check_call(&call, limits).map_err(IntoResponse::into_response)?;
     let visibility =
-        serve::visibility(visibility, headers, &caller).map_err(IntoResponse::into_response)?;
+        serve::visibility(visibility, headers, caller).map_err(IntoResponse::into_response)?;
     let shaping = Shaping::of(&call, config.public_url.as_ref(), headers);
-    dispatch_call(parts, &caller, call, visibility, received, slot, shaping).await
+    dispatch_call(parts, admission, call, visibility, shaping).await
 }
 
 /// Records the call and dispatches what the engine is to get; the answer goes back shaped for
 /// the consumer.
 async fn dispatch_call(
     parts: &Parts,
-    caller: &Caller,
+    admission: Admission,
     call: Call,
     visibility: Visibility,
-    received: Instant,
-    slot: InFlightSlot,
     shaping: Shaping,
 ) -> Result<Response, Response> {
+    let caller = &admission.caller;
     let id = RecordId::new();
     let mut record = InferenceRecord::for_call(
         id,
@@ -141,12 +135,10 @@ async fn dispatch_call(
     let engine_call = answers::for_engine(&call);
     let started = serve::start(
         parts,
-        caller,
+        admission,
         record,
         Work::Call(&engine_call),
         call.is_stream(),
-        received,
-        slot,
     )
     .await?;
     let outputs = match started.answer {

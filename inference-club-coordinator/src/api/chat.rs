@@ -2,7 +2,6 @@
 //! (`x-club-request-id`), and the completion id is derived from it.
 
 use std::convert::Infallible;
-use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -17,12 +16,10 @@ use inference_club_core::provider::{ChunkStream, ProviderError};
 use inference_club_core::record::{InferenceRecord, RecordId, Status, Visibility};
 
 use super::recording::RecordKeeper;
-use super::serve::{self, Admitted, Parts};
+use super::serve::{self, Admission, Parts};
 use super::{check_content_type, with_request_id};
-use crate::auth::Caller;
 use crate::dispatch::{Answer, Work};
 use crate::error::ApiError;
-use crate::limits::InFlightSlot;
 
 /// Reads the body of a chat request as `POST /v1/chat/completions` does: the request, and the
 /// visibility its `visibility` field asks for (taken out of the request). A body that is not a
@@ -109,22 +106,19 @@ pub async fn chat_completions(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    serve::admitted(&parts, &headers, |admitted| {
-        limited_chat(&parts, admitted, &headers, body)
+    serve::admitted(&parts, &headers, |admission| {
+        limited_chat(&parts, admission, &headers, body)
     })
     .await
 }
 
-async fn limited_chat(
+pub(crate) async fn limited_chat(
     parts: &Parts,
-    admitted: Admitted,
+    admission: Admission,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, Response> {
-    let Admitted {
-        caller, received, ..
-    } = admitted;
-    let slot = serve::enter(parts, &caller).map_err(IntoResponse::into_response)?;
+    let caller = &admission.caller;
     check_content_type(headers).map_err(IntoResponse::into_response)?;
     let max_body = parts.limits.limits().max_body_bytes;
     let bytes = serve::read_body(body, max_body, "max_body_bytes").await?;
@@ -133,8 +127,8 @@ async fn limited_chat(
         .limits
         .check_request(&request)
         .map_err(IntoResponse::into_response)?;
-    let visibility = serve::visibility(body_visibility, headers, &caller)
-        .map_err(IntoResponse::into_response)?;
+    let visibility =
+        serve::visibility(body_visibility, headers, caller).map_err(IntoResponse::into_response)?;
     let record = InferenceRecord::new(
         RecordId::new(),
         Some(caller.user.handle.clone()),
@@ -142,7 +136,7 @@ async fn limited_chat(
         visibility,
         Utc::now(),
     );
-    let started = start_chat(parts, &caller, record, &request, received, slot).await?;
+    let started = start_chat(parts, admission, record, &request).await?;
     let chunks = match started.answer {
         Answer::Chat(chunks) => chunks,
         Answer::Call(_) => return Err(serve::shape_error("chat", "a call's answer", started.id)),
@@ -164,11 +158,9 @@ async fn limited_chat(
 /// decided by the caller.
 pub(crate) async fn start_chat(
     parts: &Parts,
-    caller: &Caller,
+    admission: Admission,
     record: InferenceRecord,
     request: &ChatCompletionRequest,
-    received: Instant,
-    slot: InFlightSlot,
 ) -> Result<serve::Started, Response> {
     let mut engine_request = request.clone();
     engine_request.stream = Some(true);
@@ -178,12 +170,10 @@ pub(crate) async fn start_chat(
         .include_usage = Some(true);
     serve::start(
         parts,
-        caller,
+        admission,
         record,
         Work::Chat(&engine_request),
         request.is_stream(),
-        received,
-        slot,
     )
     .await
 }

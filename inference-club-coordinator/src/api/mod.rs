@@ -3,13 +3,18 @@
 //! request is accepted until it is final.
 
 pub(crate) mod answers;
+pub(crate) mod batches;
 pub(crate) mod calls;
 pub(crate) mod chat;
+pub(crate) mod files;
+pub(crate) mod idempotency;
 pub(crate) mod models;
 pub(crate) mod openapi;
 pub(crate) mod recording;
 pub(crate) mod responses;
 pub(crate) mod serve;
+
+use inference_club_core::endpoint::Endpoint;
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
@@ -74,4 +79,21 @@ pub(crate) fn header_visibility(headers: &HeaderMap) -> Result<Option<Visibility
                 })
         })
         .transpose()
+}
+
+/// Serves a request to `endpoint` whose caller was admitted otherwise (a batch's line): the
+/// path an HTTP request takes after admission, the answer as HTTP would give it.
+pub(crate) async fn serve_endpoint(
+    parts: &serve::Parts,
+    config: &crate::CoordinatorConfig,
+    endpoint: Endpoint,
+    admission: serve::Admission,
+    headers: &HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, Response> {
+    match endpoint {
+        Endpoint::ChatCompletions => chat::limited_chat(parts, admission, headers, body).await,
+        Endpoint::Responses => responses::serve_response(parts, admission, headers, body).await,
+        other => calls::serve_call(parts, config, other, admission, headers, body).await,
+    }
 }

@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use super::chat::start_chat;
 use super::recording::RecordKeeper;
-use super::serve::{self, Admitted, Parts};
+use super::serve::{self, Admission, Parts};
 use super::{check_content_type, with_request_id};
 use crate::dispatch::Answer;
 use crate::error::ApiError;
@@ -27,8 +27,8 @@ use crate::error::ApiError;
 /// `POST /v1/responses`, whole or streamed (`"stream": true`). The limits are chat's: a body
 /// that is not a Responses request, or whose input is not text, is a 400.
 pub async fn create(State(parts): State<Parts>, headers: HeaderMap, body: Body) -> Response {
-    serve::admitted(&parts, &headers, |admitted| {
-        serve_response(&parts, admitted, &headers, body)
+    serve::admitted(&parts, &headers, |admission| {
+        serve_response(&parts, admission, &headers, body)
     })
     .await
 }
@@ -74,16 +74,13 @@ fn parse(bytes: &[u8]) -> Result<(ResponsesRequest, Value, Option<Visibility>), 
     Ok((request, body, visibility))
 }
 
-async fn serve_response(
+pub(crate) async fn serve_response(
     parts: &Parts,
-    admitted: Admitted,
+    admission: Admission,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, Response> {
-    let Admitted {
-        caller, received, ..
-    } = admitted;
-    let slot = serve::enter(parts, &caller).map_err(IntoResponse::into_response)?;
+    let caller = &admission.caller;
     check_content_type(headers).map_err(IntoResponse::into_response)?;
     let max_body = parts.limits.limits().max_body_bytes;
     let bytes = serve::read_body(body, max_body, "max_body_bytes").await?;
@@ -98,7 +95,7 @@ async fn serve_response(
         .check_request(&chat)
         .map_err(IntoResponse::into_response)?;
     let visibility =
-        serve::visibility(visibility, headers, &caller).map_err(IntoResponse::into_response)?;
+        serve::visibility(visibility, headers, caller).map_err(IntoResponse::into_response)?;
     let mut record = InferenceRecord::new(
         RecordId::new(),
         Some(caller.user.handle.clone()),
@@ -108,7 +105,7 @@ async fn serve_response(
     );
     record.endpoint = Endpoint::Responses;
     record.input = Some(input);
-    let started = start_chat(parts, &caller, record, &chat, received, slot).await?;
+    let started = start_chat(parts, admission, record, &chat).await?;
     let chunks = match started.answer {
         Answer::Chat(chunks) => chunks,
         Answer::Call(_) => {

@@ -19,7 +19,7 @@ use super::with_request_id;
 use crate::auth::{self, Caller};
 use crate::dispatch::{self, Answer, Dispatcher, Work};
 use crate::error::ApiError;
-use crate::limits::{self, InFlightSlot, Limiter, RateState, Throttled};
+use crate::limits::{self, InFlightSlot, Limiter, RateState};
 use crate::store::Scope;
 
 /// What serving an inference request uses.
@@ -30,18 +30,23 @@ pub(crate) struct Parts {
     pub recorder: Arc<Recorder>,
 }
 
-/// A caller let in: their key is valid with the inference scope and within its rate.
-pub(crate) struct Admitted {
+/// A request let in: who asks, since when, and how it is to be served.
+pub(crate) struct Admission {
     pub caller: Caller,
-    /// The key's rate, for the `X-RateLimit-*` headers of the answer.
-    pub rate: RateState,
     /// When the request arrived.
     pub received: Instant,
+    /// The member's in-flight slot, held until the answer is complete (uncounted for a
+    /// batch's line: batches do not use up their owner's concurrency).
+    pub slot: InFlightSlot,
+    /// The batch whose line this is: its record names the batch, and it never waits in the
+    /// queue for a node (interactive requests go first; the batch tries again later).
+    pub batch: Option<String>,
 }
 
-/// The first step of every inference request: the caller's key (401/403) and its request rate
-/// (429), before anything is read, recorded or routed.
-pub(crate) async fn admit(parts: &Parts, headers: &HeaderMap) -> Result<Admitted, Response> {
+/// The first step of every inference request: the caller's key (401/403), its request rate
+/// (429) and the member's requests in flight (429), before anything is read, recorded or
+/// routed. Gives the admission and the key's rate.
+async fn admit(parts: &Parts, headers: &HeaderMap) -> Result<(Admission, RateState), Response> {
     let received = Instant::now();
     let caller = auth::require(parts.recorder.store(), headers, Scope::Inference)
         .await
@@ -50,11 +55,17 @@ pub(crate) async fn admit(parts: &Parts, headers: &HeaderMap) -> Result<Admitted
         .limits
         .inference(&caller.key.id.to_string())
         .map_err(IntoResponse::into_response)?;
-    Ok(Admitted {
+    let slot = parts
+        .limits
+        .enter(caller.user.id)
+        .map_err(|throttled| limits::with_rate(throttled.into_response(), Some(rate)))?;
+    let admission = Admission {
         caller,
-        rate,
         received,
-    })
+        slot,
+        batch: None,
+    };
+    Ok((admission, rate))
 }
 
 /// Serves an inference request: admits the caller ([`admit`]; a refusal is the answer), runs
@@ -62,15 +73,14 @@ pub(crate) async fn admit(parts: &Parts, headers: &HeaderMap) -> Result<Admitted
 /// `X-RateLimit-*` headers to whatever is answered.
 pub(crate) async fn admitted<F, Fut>(parts: &Parts, headers: &HeaderMap, serve: F) -> Response
 where
-    F: FnOnce(Admitted) -> Fut,
+    F: FnOnce(Admission) -> Fut,
     Fut: Future<Output = Result<Response, Response>>,
 {
-    let admitted = match admit(parts, headers).await {
+    let (admission, rate) = match admit(parts, headers).await {
         Ok(admitted) => admitted,
         Err(refused) => return refused,
     };
-    let rate = admitted.rate;
-    let response = match serve(admitted).await {
+    let response = match serve(admission).await {
         Ok(response) | Err(response) => response,
     };
     limits::with_rate(response, Some(rate))
@@ -92,11 +102,6 @@ pub(crate) fn event_stream(
         Ok(response) => with_request_id(response, id),
         Err(error) => shape_error("building a stream", error, id),
     }
-}
-
-/// Takes one of the member's requests in flight (429 when they have too many).
-pub(crate) fn enter(parts: &Parts, caller: &Caller) -> Result<InFlightSlot, Throttled> {
-    parts.limits.enter(caller.user.id)
 }
 
 /// Reads `body` whole, refusing it with 413 when it is larger than `limit` bytes (a declared
@@ -142,13 +147,19 @@ pub(crate) struct Started {
 /// is the error, naming the record.
 pub(crate) async fn start(
     parts: &Parts,
-    caller: &Caller,
-    record: InferenceRecord,
+    admission: Admission,
+    mut record: InferenceRecord,
     work: Work<'_>,
     streamed: bool,
-    received: Instant,
-    slot: InFlightSlot,
 ) -> Result<Started, Response> {
+    let Admission {
+        caller,
+        received,
+        slot,
+        batch,
+    } = admission;
+    let waits = batch.is_none();
+    record.batch = batch;
     let id = record.id;
     let inserted = match parts.recorder.store().insert_record_soon(&record).await {
         Ok(pending) => pending,
@@ -165,7 +176,8 @@ pub(crate) async fn start(
     let preference = caller.user.routing_preference;
     let dispatched = match keeper.record.as_mut() {
         Some(record) => {
-            dispatch::dispatch_work(&parts.dispatcher, work, record, &context, preference).await
+            let placing = dispatch::Placing { preference, waits };
+            dispatch::dispatch_work(&parts.dispatcher, work, record, &context, placing).await
         }
         None => Err(ApiError::internal("dispatch", "the record is gone")),
     };
@@ -186,6 +198,20 @@ pub(crate) async fn start(
                 }
             }
             Ok(Started { keeper, answer, id })
+        }
+        // A batch's line that found every node busy: nothing ran; it tries again later, and
+        // leaves no record of the try.
+        Err(error) if !waits && error.error.code.as_deref() == Some("overloaded") => {
+            keeper.record = None;
+            if let Err(error) = parts
+                .recorder
+                .store()
+                .delete_record(id, caller.user.id)
+                .await
+            {
+                tracing::warn!(%id, "cannot remove the record of a batch line that did not run: {error}");
+            }
+            Err(error.into_response())
         }
         Err(error) => {
             keeper.fail(error.error.message.clone()).await;

@@ -40,6 +40,21 @@ pub fn session_key(session: &Session) -> ApiKey {
     }
 }
 
+/// The caller a batch's lines run as: its owner, with a key standing for the batch (the
+/// `inference` scope only; it is never stored, and no limit is counted against it).
+pub fn batch_caller(user: User) -> Caller {
+    let key = ApiKey {
+        id: crate::store::KeyId::new(),
+        user_id: user.id,
+        name: "batch".to_owned(),
+        prefix: "batch".to_owned(),
+        scopes: Scopes::only(Scope::Inference),
+        created_at: user.created_at,
+        last_used_at: None,
+    };
+    Caller { user, key }
+}
+
 impl Caller {
     /// The caller, if their key has `scope`; otherwise 403.
     pub fn require(self, scope: Scope) -> Result<Self, ApiError> {

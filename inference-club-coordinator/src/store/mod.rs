@@ -44,6 +44,7 @@
 
 #![warn(missing_docs)]
 
+mod batches;
 mod blobs;
 mod deferred;
 mod error;
@@ -64,6 +65,7 @@ use std::sync::Arc;
 use sqlx::AnyPool;
 use tokio::sync::mpsc;
 
+pub use batches::{ClaimedLine, NewLine, RememberedAnswer, RequestCounts};
 pub use error::{Entity, StoreError};
 pub use ids::{KeyId, ProviderId, UserId};
 pub use keys::{ApiKey, Scope, ScopeParseError, Scopes};

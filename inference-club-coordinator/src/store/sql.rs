@@ -182,6 +182,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/0004_replicas.sql"),
     ),
     (5, "blobs", include_str!("../../migrations/0005_blobs.sql")),
+    (
+        6,
+        "batches",
+        include_str!("../../migrations/0006_batches.sql"),
+    ),
 ];
 
 impl<'s> MigrationSource<'s> for Embedded {

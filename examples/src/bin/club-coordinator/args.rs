@@ -31,6 +31,10 @@ pub struct LimitsArgs {
     #[arg(long, env = "CLUB_MAX_BLOB_BYTES", default_value_t = DEFAULT_MAX_BLOB_BYTES,
           value_parser = positive_usize)]
     pub max_blob_bytes: usize,
+    /// The largest file a member may upload for a batch (`/v1/files`), in bytes; 413 beyond.
+    #[arg(long, env = "CLUB_MAX_FILE_BYTES", default_value_t = DEFAULT_MAX_FILE_BYTES,
+          value_parser = positive_usize)]
+    pub max_file_bytes: usize,
     /// The most messages in one chat request; 400 beyond.
     #[arg(long, env = "CLUB_MAX_MESSAGES", default_value_t = DEFAULT_MAX_MESSAGES,
           value_parser = positive_usize)]
@@ -76,6 +80,7 @@ impl From<LimitsArgs> for Limits {
             max_body_bytes: args.max_body_bytes,
             max_upload_bytes: args.max_upload_bytes,
             max_blob_bytes: args.max_blob_bytes,
+            max_file_bytes: args.max_file_bytes,
             max_messages: args.max_messages,
             max_input_chars: args.max_input_chars,
             max_tokens_ceiling: args.max_tokens_ceiling,

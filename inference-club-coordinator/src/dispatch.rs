@@ -535,9 +535,8 @@ pub(crate) async fn dispatch_work(
 
 /// Why no node could take `model` at `endpoint` when some node serves the model: it is served at
 /// other endpoints only (400 `unsupported_endpoint`, naming them), or at this one only by nodes
-/// that cannot take calls here — linked to another replica of a cluster, which does not relay
-/// calls yet, or speaking link protocol 1 (503 `endpoint_unavailable`). `None`: nobody serves it
-/// (the caller says 404).
+/// that cannot take calls — speaking link protocol 1, or linked to a replica of an older
+/// version (503 `endpoint_unavailable`). `None`: nobody serves it (the caller says 404).
 fn other_endpoints(state: &Dispatcher, endpoint: Endpoint, model: &str) -> Option<ApiError> {
     let mut served: Vec<Endpoint> = Vec::new();
     for node in state.fleet.nodes_for(model).iter() {
@@ -558,9 +557,8 @@ fn other_endpoints(state: &Dispatcher, endpoint: Endpoint, model: &str) -> Optio
             "server_error",
             "endpoint_unavailable",
             format!(
-                "`{model}` is served at {} only by nodes this coordinator cannot send it to \
-                 (linked to another replica, or running an older node version); try again, or \
-                 ask their operators to update",
+                "`{model}` is served at {} only by nodes of an older version, which take chat \
+                 only; ask their operators to update",
                 endpoint.path()
             ),
         ));

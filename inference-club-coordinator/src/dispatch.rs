@@ -132,21 +132,14 @@ fn is_own(node: &OnlineNode, consumer: Option<&str>) -> bool {
 /// count: `only_own` their own nodes only; `prefer_own` their own nodes when one has room,
 /// else every node; `any` every node. A node whose operator turned the kill switch on serves
 /// nothing.
-fn pick(
-    state: &Dispatcher,
-    endpoint: Endpoint,
-    model: &str,
-    consumer: Option<&str>,
-    preference: RoutingPreference,
-    tried: &[NodeKey],
-) -> Pick {
+fn pick(state: &Dispatcher, wanted: Wanted<'_>, tried: &[NodeKey]) -> Pick {
     let queues = &state.queues;
     let _selecting = queues.select.lock().unwrap_or_else(PoisonError::into_inner);
+    let model = wanted.model;
     let nodes = state.fleet.nodes_for(model);
     let tiebreak = queues.tiebreak.fetch_add(1, Ordering::Relaxed) as u64;
-    let rank =
-        |own_only| rank_and_reserve(&nodes, endpoint, model, consumer, own_only, tried, tiebreak);
-    let picked = match preference {
+    let rank = |own_only| rank_and_reserve(&nodes, wanted, own_only, tried, tiebreak);
+    let picked = match wanted.preference {
         RoutingPreference::Any => rank(false),
         RoutingPreference::OnlyOwn => rank(true),
         RoutingPreference::PreferOwn => match rank(true) {
@@ -175,9 +168,7 @@ pub const ROUTING_SAMPLE: usize = 64;
 /// lock; `tiebreak` advances per request.
 fn rank_and_reserve(
     nodes: &[OnlineNode],
-    endpoint: Endpoint,
-    model: &str,
-    consumer: Option<&str>,
+    wanted: Wanted<'_>,
     own_only: bool,
     tried: &[NodeKey],
     tiebreak: u64,
@@ -186,23 +177,27 @@ fn rank_and_reserve(
         // Own nodes are few among many: pick them out by name (cheap) before ranking them.
         let own: Vec<OnlineNode> = nodes
             .iter()
-            .filter(|node| is_own(node, consumer))
+            .filter(|node| is_own(node, wanted.consumer))
             .cloned()
             .collect();
-        return choose_among(&own, endpoint, model, consumer, tried, tiebreak);
+        return choose_among(&own, wanted, tried, tiebreak);
     }
     if nodes.len() > ROUTING_SAMPLE {
         let start = sample_start(tiebreak, nodes.len());
         let sample: Vec<OnlineNode> = (0..ROUTING_SAMPLE)
             .filter_map(|i| nodes.get((start + i) % nodes.len()).cloned())
             .collect();
-        if let picked @ Pick::Node(..) =
-            choose_among(&sample, endpoint, model, consumer, tried, tiebreak)
-        {
+        if let picked @ Pick::Node(..) = choose_among(&sample, wanted, tried, tiebreak) {
             return picked;
         }
     }
-    choose_among(nodes, endpoint, model, consumer, tried, tiebreak)
+    choose_among(nodes, wanted, tried, tiebreak)
+}
+
+/// The slots of a node with `capacity` that background work leaves to interactive requests: a
+/// quarter, rounded up, but never all of them.
+pub fn interactive_reserve(capacity: u32) -> u32 {
+    capacity.div_ceil(4).min(capacity.saturating_sub(1))
 }
 
 /// Where a request's sample starts among `len` nodes: spread evenly over successive requests
@@ -216,16 +211,23 @@ fn sample_start(counter: u64, len: usize) -> usize {
     (z % len.max(1) as u64) as usize
 }
 
-/// Ranks exactly `nodes` for `model` at `endpoint` and reserves a slot on the best. A node
-/// serves a call (any endpoint but chat) only when it is linked here and speaks protocol 2.
+/// Ranks exactly `nodes` for what is `wanted` and reserves a slot on the best. A node serves a
+/// call (any endpoint but chat) only when it takes calls (protocol 2). Background work (a
+/// batch's line) leaves a quarter of a node's slots (at least one, when it has two or more)
+/// to interactive requests.
 fn choose_among(
     nodes: &[OnlineNode],
-    endpoint: Endpoint,
-    model: &str,
-    consumer: Option<&str>,
+    wanted: Wanted<'_>,
     tried: &[NodeKey],
     tiebreak: u64,
 ) -> Pick {
+    let Wanted {
+        endpoint,
+        model,
+        consumer,
+        background,
+        ..
+    } = wanted;
     let candidates: Vec<Candidate<usize>> = nodes
         .iter()
         .enumerate()
@@ -241,7 +243,13 @@ fn choose_among(
                 admits_consumer: found.is_some_and(|m| m.access.admits(node.operator(), consumer)),
                 online: !node.is_closed(),
                 in_flight: node.in_flight(),
-                max_concurrent: offer.capacity,
+                max_concurrent: offer.capacity.map(|c| {
+                    if background {
+                        c - interactive_reserve(c)
+                    } else {
+                        c
+                    }
+                }),
                 recent_ttft: node.recent_ttft(),
                 resting: false,
             }
@@ -428,18 +436,18 @@ pub(crate) async fn dispatch_work(
         if context.cancel.is_cancelled() {
             return Err(ApiError::from_provider(&ProviderError::Cancelled));
         }
+        let wanted = Wanted {
+            endpoint,
+            model: &model,
+            consumer: consumer.as_deref(),
+            preference,
+            background: !waits,
+        };
         // Nobody overtakes the requests already waiting for this model.
         let picked = if state.queues.has_waiters(&model) {
             Pick::Wait
         } else {
-            pick(
-                state,
-                endpoint,
-                &model,
-                consumer.as_deref(),
-                preference,
-                &tried,
-            )
+            pick(state, wanted, &tried)
         };
         let picked = match picked {
             // Room now or never: the caller tries again later.
@@ -456,12 +464,6 @@ pub(crate) async fn dispatch_work(
                     queued = true;
                     state.metrics.queued.inc();
                 }
-                let wanted = Wanted {
-                    endpoint,
-                    model: &model,
-                    consumer: consumer.as_deref(),
-                    preference,
-                };
                 wait_for_slot(state, wanted, &tried, deadline).await?
             }
             other => other,
@@ -578,13 +580,15 @@ fn other_endpoints(state: &Dispatcher, endpoint: Endpoint, model: &str) -> Optio
     )
 }
 
-/// What a waiting request wants: a node serving `model` at `endpoint` that admits `consumer`.
+/// What a request wants: a node serving `model` at `endpoint` that admits `consumer`, under
+/// their routing preference; `background` for a batch's line.
 #[derive(Debug, Clone, Copy)]
 struct Wanted<'a> {
     endpoint: Endpoint,
     model: &'a str,
     consumer: Option<&'a str>,
     preference: RoutingPreference,
+    background: bool,
 }
 
 /// How many times one request chooses again after a node was refused to it ([`SendError::Refused`])
@@ -601,12 +605,7 @@ async fn wait_for_slot(
     tried: &[NodeKey],
     deadline: Instant,
 ) -> Result<Pick, ApiError> {
-    let Wanted {
-        endpoint,
-        model,
-        consumer,
-        preference,
-    } = wanted;
+    let model = wanted.model;
     let queues = &state.queues;
     let busy = || {
         ApiError::overloaded(
@@ -625,7 +624,7 @@ async fn wait_for_slot(
         .await
         .map_err(|_| busy())?;
     loop {
-        match pick(state, endpoint, model, consumer, preference, tried) {
+        match pick(state, wanted, tried) {
             Pick::Wait => {}
             decided => return Ok(decided),
         }
@@ -644,7 +643,48 @@ mod tests {
     use crate::cluster::directory::Directory;
     use crate::cluster::directory::testing::{operated_peer, peer};
 
-    const CHAT: Endpoint = Endpoint::ChatCompletions;
+    /// A chat for `m` by `consumer`.
+    fn wanted(consumer: &str) -> Wanted<'_> {
+        Wanted {
+            endpoint: Endpoint::ChatCompletions,
+            model: "m",
+            consumer: Some(consumer),
+            preference: RoutingPreference::Any,
+            background: false,
+        }
+    }
+
+    #[test]
+    fn background_work_leaves_room_for_interactive_requests() {
+        assert_eq!(
+            [1, 2, 3, 4, 8, 9].map(interactive_reserve),
+            [0, 1, 1, 1, 2, 3]
+        );
+        let directory = Directory::default();
+        let node = nodes(&directory, 1, Some(4));
+        let background = Wanted {
+            background: true,
+            ..wanted("bob")
+        };
+        // Three of four slots for a batch; the fourth only for an interactive request.
+        let held: Vec<NodeSlot> = (0..3)
+            .map(
+                |t| match rank_and_reserve(&node, background, false, &[], t) {
+                    Pick::Node(_, slot, _) => slot,
+                    _ => panic!("a batch line found no room"),
+                },
+            )
+            .collect();
+        assert!(matches!(
+            rank_and_reserve(&node, background, false, &[], 3),
+            Pick::Wait
+        ));
+        assert!(matches!(
+            rank_and_reserve(&node, wanted("bob"), false, &[], 4),
+            Pick::Node(..)
+        ));
+        drop(held);
+    }
 
     /// `n` nodes serving `m`, each with `max_concurrent`.
     fn nodes(directory: &Directory, n: usize, max_concurrent: Option<u32>) -> Vec<OnlineNode> {
@@ -656,12 +696,12 @@ mod tests {
     /// Picks for `requests` requests in a row, holding every slot taken.
     fn pick_many(nodes: &[OnlineNode], requests: u64) -> Vec<NodeSlot> {
         (0..requests)
-            .map(|tiebreak| {
-                match rank_and_reserve(nodes, CHAT, "m", Some("bob"), false, &[], tiebreak) {
+            .map(
+                |tiebreak| match rank_and_reserve(nodes, wanted("bob"), false, &[], tiebreak) {
                     Pick::Node(_, slot, _) => slot,
                     _ => panic!("request {tiebreak} found no node"),
-                }
-            })
+                },
+            )
             .collect()
     }
 
@@ -685,12 +725,12 @@ mod tests {
             operated_peer(&directory, "Bob", "bobs-box", &[("m", None)], None),
         );
         for tiebreak in 0..5 {
-            match rank_and_reserve(&many, CHAT, "m", Some("bob"), true, &[], tiebreak) {
+            match rank_and_reserve(&many, wanted("bob"), true, &[], tiebreak) {
                 Pick::Node(node, _, _) => assert_eq!(node.key().provider, "bobs-box"),
                 _ => panic!("bob's node was not found"),
             }
             assert!(matches!(
-                rank_and_reserve(&many, CHAT, "m", Some("carol"), true, &[], tiebreak),
+                rank_and_reserve(&many, wanted("carol"), true, &[], tiebreak),
                 Pick::Fail(Availability::NotServed)
             ));
         }
@@ -703,14 +743,14 @@ mod tests {
         // Every node but the last is full.
         let _taken: Vec<NodeSlot> = many[..499].iter().map(OnlineNode::reserve).collect();
         for tiebreak in 0..20 {
-            match rank_and_reserve(&many, CHAT, "m", Some("bob"), false, &[], tiebreak) {
+            match rank_and_reserve(&many, wanted("bob"), false, &[], tiebreak) {
                 Pick::Node(node, _, _) => assert_eq!(node.key().provider, "n499"),
                 _ => panic!("the node with room was not found"),
             }
         }
         let _last = many[499].reserve();
         assert!(matches!(
-            rank_and_reserve(&many, CHAT, "m", Some("bob"), false, &[], 0),
+            rank_and_reserve(&many, wanted("bob"), false, &[], 0),
             Pick::Wait
         ));
     }

@@ -142,6 +142,17 @@ impl Cluster {
     /// `OpenAiCompatible`; returns once the coordinator lists the node's models. `label` names
     /// the temporary directory (the children's logs).
     pub async fn start(label: &str, database: Option<&str>) -> Result<Self, BoxError> {
+        Self::start_with(label, database, None, &[]).await
+    }
+
+    /// [`Cluster::start`] with the node's service running at most `max_concurrent` requests
+    /// at once, and serving `more_models` besides the bench's.
+    pub async fn start_with(
+        label: &str,
+        database: Option<&str>,
+        max_concurrent: Option<u32>,
+        more_models: &[&str],
+    ) -> Result<Self, BoxError> {
         let dir = std::env::temp_dir().join(format!("club-bench-{}-{label}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let database = match database {
@@ -172,7 +183,9 @@ impl Cluster {
             true,
         )
         .await?;
-        let manifest_arg = write_manifest(&dir, &engine.url)?.display().to_string();
+        let manifest_arg = write_manifest_with(&dir, &engine.url, max_concurrent, more_models)?
+            .display()
+            .to_string();
         let node = Process::start_self(
             "node",
             &[
@@ -225,16 +238,30 @@ pub async fn bench_key(database: &str) -> Result<String, BoxError> {
 /// Writes `dir/manifest.json`: one node with one service, the fake engine at `engine_url`
 /// (`http://HOST:PORT`), serving every bench model; returns its path.
 pub fn write_manifest(dir: &Path, engine_url: &str) -> Result<PathBuf, BoxError> {
+    write_manifest_with(dir, engine_url, None, &[])
+}
+
+/// [`write_manifest`] with a `max_concurrent` for the service and `more_models`.
+pub fn write_manifest_with(
+    dir: &Path,
+    engine_url: &str,
+    max_concurrent: Option<u32>,
+    more_models: &[&str],
+) -> Result<PathBuf, BoxError> {
+    let mut service = serde_json::json!({
+        "name": "fake-engine",
+        "type": "llm",
+        "engine": "vllm",
+        "url": format!("{engine_url}/v1"),
+        "models": MODELS.iter().chain(more_models).map(|id| serde_json::json!({"id": id})).collect::<Vec<_>>(),
+    });
+    if let Some(max) = max_concurrent {
+        service["max_concurrent"] = serde_json::json!(max);
+    }
     let manifest = serde_json::json!({
         "schema_version": 1,
         "agent": {"name": "bench-node"},
-        "hosts": [{"id": "h", "services": [{
-            "name": "fake-engine",
-            "type": "llm",
-            "engine": "vllm",
-            "url": format!("{engine_url}/v1"),
-            "models": MODELS.iter().map(|id| serde_json::json!({"id": id})).collect::<Vec<_>>(),
-        }]}]
+        "hosts": [{"id": "h", "services": [service]}]
     });
     let manifest_path = dir.join("manifest.json");
     std::fs::write(&manifest_path, manifest.to_string())?;

@@ -5,6 +5,7 @@
 //! `whole`, `stream`, `paced`, `links`, `postgres`, `peers` and `replicas` run one scenario. Each
 //! prints a table and, with `--json FILE`, writes the results as JSON. See `docs/benchmarks.md`.
 
+mod batch;
 mod cluster;
 mod engine;
 mod load;
@@ -86,6 +87,8 @@ enum Command {
     Peers,
     /// The web pages' server-side render time with 10,000 records in the store.
     Pages,
+    /// Scenario 7: interactive chat latency while a 1,000-line batch runs.
+    Batch,
     /// Scenario 6: two coordinator replicas on PostgreSQL and NATS, scenarios 1 and 2 (c=16)
     /// through the in-process hop and the cross-replica hop (needs `--postgres` and nats-server).
     Replicas,
@@ -199,6 +202,26 @@ fn main() -> ExitCode {
             init_logging();
             ExitCode::from(runtime.block_on(serve_provider(coordinator, key, manifest)))
         }
+        Command::Batch => match runtime.block_on(batch::measure(seconds.max(1.0))) {
+            Ok(outcome) => {
+                let valid = batch::print(&outcome);
+                if let Some(path) = json
+                    && let Ok(text) = serde_json::to_vec_pretty(&outcome)
+                    && let Err(error) = std::fs::write(&path, text)
+                {
+                    eprintln!("error: cannot write {}: {error}", path.display());
+                }
+                if valid {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                }
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::from(2)
+            }
+        },
         Command::Pages => match runtime.block_on(pages::measure(10_000, 50)) {
             Ok(_) => ExitCode::SUCCESS,
             Err(error) => {

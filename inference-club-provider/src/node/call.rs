@@ -2,23 +2,20 @@
 //! (and its uploaded file) to `done` or `error`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use chrono::Utc;
 use futures_util::StreamExt;
 use inference_club_core::link::{
-    self, BinaryHeader, CallJob, JobBytes, JobDone, JobError, JobFailed, JobId, JobOutput,
-    NodeMessage,
+    self, BinaryHeader, CallJob, JobBytes, JobError, JobFailed, JobId, JobOutput, NodeMessage,
 };
 use inference_club_core::openai::Usage;
-use inference_club_core::provider::{
-    Call, CallOutput, Provider, ProviderError, RequestContext, Upload,
-};
+use inference_club_core::provider::{Call, CallOutput, Provider, ProviderError, Upload};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::job_log::{JobLog, JobLogEntry};
+use super::job::{Ended, end_job, job_context, millis};
+use super::job_log::JobLog;
 
 /// The largest upload a node accepts with a call, in bytes (the coordinator's own limit is
 /// usually lower).
@@ -108,12 +105,13 @@ pub(crate) async fn serve_call(
     call.upload = upload;
     let model = call.model().to_owned();
     let request_json = log.logs_content().then(|| call.body.clone());
-    let mut context = RequestContext::new(job.request_id.clone());
-    context.consumer = job.consumer.clone();
-    context.cancel = cancel.clone();
-    context.deadline = job
-        .deadline_ms
-        .map(|ms| started + Duration::from_millis(ms));
+    let context = job_context(
+        &job.request_id,
+        job.consumer.as_ref(),
+        job.deadline_ms,
+        &cancel,
+        started,
+    );
 
     let mut first_token_ms = None;
     let mut usage: Option<Usage> = None;
@@ -155,40 +153,18 @@ pub(crate) async fn serve_call(
     }
     .await;
 
-    let total_ms = millis(started.elapsed());
-    let (status, error) = match &outcome {
-        Ok(()) => ("succeeded", None),
-        Err(ProviderError::Cancelled) => ("cancelled", Some(ProviderError::Cancelled.to_string())),
-        Err(e) => ("failed", Some(e.to_string())),
-    };
-    log.record(JobLogEntry {
-        time: Utc::now(),
+    let ended = Ended {
+        id,
         request_id: job.request_id,
         consumer: job.consumer,
         model,
-        status,
-        error,
-        prompt_tokens: usage.as_ref().map(|u| u.prompt_tokens),
-        completion_tokens: usage.as_ref().map(|u| u.completion_tokens),
+        usage,
         first_token_ms,
-        total_ms,
+        started,
         request: request_json,
         answer: None,
-    });
-    let last = match outcome {
-        Ok(()) => NodeMessage::Done(JobDone {
-            job: id,
-            usage,
-            service: None,
-            first_token_ms,
-            total_ms,
-        }),
-        Err(error) => NodeMessage::Error(JobFailed {
-            job: id,
-            error: JobError::from(&error),
-        }),
     };
-    let _ = out.send(Outgoing::Message(last)).await;
+    end_job(ended, outcome, &log, &out).await;
 }
 
 /// The refusal of a call that cannot start (its upload is too large or malformed).
@@ -227,10 +203,6 @@ fn reported_usage(value: &serde_json::Value) -> Option<Usage> {
         usage.total_tokens = usage.prompt_tokens.saturating_add(usage.completion_tokens);
     }
     Some(usage)
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use futures_util::StreamExt;
-use inference_club_core::link::{Job, JobChunk, JobDone, JobError, JobFailed, NodeMessage};
-use inference_club_core::openai::ChatCompletionAggregator;
+use inference_club_core::link::{Job, JobChunk, JobDone, JobError, JobFailed, JobId, NodeMessage};
+use inference_club_core::openai::{ChatCompletionAggregator, Usage};
 use inference_club_core::provider::{Provider, ProviderError, RequestContext};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -30,12 +30,13 @@ pub(crate) async fn serve_job(
         .logs_content()
         .then(|| serde_json::to_value(&job.request).ok())
         .flatten();
-    let mut context = RequestContext::new(job.request_id.clone());
-    context.consumer = job.consumer.clone();
-    context.cancel = cancel.clone();
-    context.deadline = job
-        .deadline_ms
-        .map(|ms| started + Duration::from_millis(ms));
+    let context = job_context(
+        &job.request_id,
+        job.consumer.as_ref(),
+        job.deadline_ms,
+        &cancel,
+        started,
+    );
 
     let mut first_token_ms = None;
     let mut aggregate = ChatCompletionAggregator::new();
@@ -67,9 +68,64 @@ pub(crate) async fn serve_job(
     }
     .await;
 
-    let total_ms = millis(started.elapsed());
     let usage = aggregate.usage().cloned();
-    let completion = aggregate.finish();
+    let answer = log
+        .logs_content()
+        .then(|| aggregate.finish().text())
+        .flatten();
+    let ended = Ended {
+        id,
+        request_id: job.request_id,
+        consumer: job.consumer,
+        model,
+        usage,
+        first_token_ms,
+        started,
+        request: request_json,
+        answer,
+    };
+    end_job(ended, outcome, &log, &out).await;
+}
+
+/// A job's context: its record id, consumer, deadline (counted from `started`) and `cancel`.
+pub(super) fn job_context(
+    request_id: &str,
+    consumer: Option<&String>,
+    deadline_ms: Option<u64>,
+    cancel: &CancellationToken,
+    started: Instant,
+) -> RequestContext {
+    let mut context = RequestContext::new(request_id.to_owned());
+    context.consumer = consumer.cloned();
+    context.cancel = cancel.clone();
+    context.deadline = deadline_ms.map(|ms| started + Duration::from_millis(ms));
+    context
+}
+
+/// What is known of a job when it ends.
+pub(super) struct Ended {
+    pub id: JobId,
+    pub request_id: String,
+    pub consumer: Option<String>,
+    pub model: String,
+    pub usage: Option<Usage>,
+    pub first_token_ms: Option<u64>,
+    pub started: Instant,
+    /// The request, when the log keeps content.
+    pub request: Option<serde_json::Value>,
+    /// The answer's text, when the log keeps content.
+    pub answer: Option<String>,
+}
+
+/// Ends a job with `outcome`: writes it to the operator's job log and tells the coordinator
+/// (`done` or `error`; the link may be gone already, and then there is nobody to tell).
+pub(super) async fn end_job(
+    ended: Ended,
+    outcome: Result<(), ProviderError>,
+    log: &JobLog,
+    out: &mpsc::Sender<Outgoing>,
+) {
+    let total_ms = millis(ended.started.elapsed());
     let (status, error) = match &outcome {
         Ok(()) => ("succeeded", None),
         Err(ProviderError::Cancelled) => ("cancelled", Some(ProviderError::Cancelled.to_string())),
@@ -77,35 +133,35 @@ pub(crate) async fn serve_job(
     };
     log.record(JobLogEntry {
         time: Utc::now(),
-        request_id: job.request_id,
-        consumer: job.consumer,
-        model,
+        request_id: ended.request_id,
+        consumer: ended.consumer,
+        model: ended.model,
         status,
         error,
-        prompt_tokens: usage.as_ref().map(|u| u.prompt_tokens),
-        completion_tokens: usage.as_ref().map(|u| u.completion_tokens),
-        first_token_ms,
+        prompt_tokens: ended.usage.as_ref().map(|u| u.prompt_tokens),
+        completion_tokens: ended.usage.as_ref().map(|u| u.completion_tokens),
+        first_token_ms: ended.first_token_ms,
         total_ms,
-        request: request_json,
-        answer: log.logs_content().then(|| completion.text()).flatten(),
+        request: ended.request,
+        answer: ended.answer,
     });
     let last = match outcome {
         Ok(()) => NodeMessage::Done(JobDone {
-            job: id,
-            usage,
+            job: ended.id,
+            usage: ended.usage,
             service: None,
-            first_token_ms,
+            first_token_ms: ended.first_token_ms,
             total_ms,
         }),
         Err(error) => NodeMessage::Error(JobFailed {
-            job: id,
+            job: ended.id,
             error: JobError::from(&error),
         }),
     };
-    // The link may be gone already; then there is nobody to tell.
     let _ = out.send(last.into()).await;
 }
 
-fn millis(d: Duration) -> u64 {
+/// `d` in whole milliseconds.
+pub(super) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

@@ -1,66 +1,56 @@
 //! Base64 as OpenAI answers it (`b64_json` images, `encoding_format: "base64"` embeddings): the
-//! standard alphabet, padding optional. Decoding only, plus the encoder the tests use.
+//! standard alphabet, padding optional, read by the `base64` crate; the errors say what is wrong
+//! in words.
 
-/// The value of one base64 character, or `None` when it is not one.
-fn value(byte: u8) -> Option<u32> {
-    match byte {
-        b'A'..=b'Z' => Some(u32::from(byte - b'A')),
-        b'a'..=b'z' => Some(u32::from(byte - b'a') + 26),
-        b'0'..=b'9' => Some(u32::from(byte - b'0') + 52),
-        b'+' => Some(62),
-        b'/' => Some(63),
-        _ => None,
-    }
-}
+use base64::Engine as _;
+use base64::alphabet;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 
-/// Decodes standard base64 (with or without `=` padding); says what is wrong otherwise.
+/// The standard alphabet, with or without `=` padding, lenient about the unused bits of the
+/// last character (as engines write them).
+const OPENAI: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true),
+);
+
+/// Decodes standard base64 (with or without `=` padding, surrounding whitespace ignored); says
+/// what is wrong otherwise.
 pub(crate) fn decode(text: &str) -> Result<Vec<u8>, String> {
     let text = text.trim();
-    let data = text.trim_end_matches('=');
-    let padding = text.len() - data.len();
-    if padding > 2 || (padding > 0 && !text.len().is_multiple_of(4)) || data.len() % 4 == 1 {
+    // Padding, when there is any, fills the last group (the crate takes a partial one).
+    if text.ends_with('=') && !text.len().is_multiple_of(4) {
         return Err(format!(
-            "not base64: a length of {} characters cannot be",
+            "not base64: a length of {} characters cannot be with that padding",
             text.len()
         ));
     }
-    let mut out = Vec::with_capacity(data.len() / 4 * 3 + 2);
-    for group in data.as_bytes().chunks(4) {
-        let mut bits = 0u32;
-        for (i, &byte) in group.iter().enumerate() {
-            let v = value(byte).ok_or_else(|| {
-                format!(
-                    "not base64: {:?} is not a base64 character",
-                    char::from(byte)
-                )
-            })?;
-            bits |= v << (18 - 6 * i);
+    OPENAI.decode(text).map_err(|error| match error {
+        base64::DecodeError::InvalidByte(_, b'=') | base64::DecodeError::InvalidPadding => {
+            format!(
+                "not base64: a length of {} characters cannot be with that padding",
+                text.len()
+            )
         }
-        let [_, a, b, c] = bits.to_be_bytes();
-        out.extend_from_slice(&[a, b, c][..group.len() - 1]);
-    }
-    Ok(out)
+        base64::DecodeError::InvalidByte(at, byte) => format!(
+            "not base64: {:?} (at {at}) is not a base64 character",
+            char::from(byte)
+        ),
+        base64::DecodeError::InvalidLength(_) => format!(
+            "not base64: a length of {} characters cannot be",
+            text.len()
+        ),
+        base64::DecodeError::InvalidLastSymbol(at, byte) => {
+            format!("not base64: {:?} (at {at}) cannot end it", char::from(byte))
+        }
+    })
 }
 
 /// Encodes bytes as standard base64 with padding.
 #[cfg(test)]
 pub(crate) fn encode(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for group in bytes.chunks(3) {
-        let mut bits = 0u32;
-        for (i, &byte) in group.iter().enumerate() {
-            bits |= u32::from(byte) << (16 - 8 * i);
-        }
-        for i in 0..4 {
-            if i <= group.len() {
-                out.push(char::from(ALPHABET[((bits >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 #[cfg(test)]
@@ -75,6 +65,7 @@ mod tests {
         assert_eq!(decode("TWE").unwrap(), b"Ma");
         assert_eq!(decode("TQ==").unwrap(), b"M");
         assert_eq!(decode("TQ").unwrap(), b"M");
+        assert_eq!(decode(" TQ==\n").unwrap(), b"M");
         assert_eq!(decode("+/+/").unwrap(), [0xfb, 0xff, 0xbf]);
         for len in 0..70 {
             let bytes: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
@@ -88,10 +79,24 @@ mod tests {
     #[test]
     fn refuses_what_is_not_base64() {
         assert!(decode("TWF").is_ok());
-        assert!(decode("T").unwrap_err().contains("length"));
-        assert!(decode("TQ=").unwrap_err().contains("length"));
-        assert!(decode("TQ===").unwrap_err().contains("length"));
+        assert!(
+            decode("T").unwrap_err().contains("length"),
+            "{:?}",
+            decode("T")
+        );
+        assert!(
+            decode("TQ=").unwrap_err().contains("length"),
+            "{:?}",
+            decode("TQ=")
+        );
+        assert!(
+            decode("TQ===").unwrap_err().contains("length"),
+            "{:?}",
+            decode("TQ===")
+        );
         assert!(decode("TW-u").unwrap_err().contains("'-'"));
         assert!(decode("TW u").is_err());
+        // URL-safe base64 is not what OpenAI sends.
+        assert!(decode("_w").unwrap_err().contains("'_'"));
     }
 }

@@ -387,6 +387,7 @@ impl Client {
                 segments,
                 query,
                 body.map(Payload::Json),
+                &[],
                 idempotence,
             )
             .await?;
@@ -397,9 +398,9 @@ impl Client {
     }
 
     /// One whole exchange, every typed call's path: sends `payload` (rebuilt for each
-    /// attempt), retried per the policy under the whole-request timeout, and reads the whole
-    /// answer with its record id and content type (no body for 204). Compiled once, here; the
-    /// typed wrappers only add serde.
+    /// attempt) with `headers`, retried per the policy under the whole-request timeout, and
+    /// reads the whole answer with its record id and content type (no body for 204). Compiled
+    /// once, here; the typed wrappers only add serde.
     #[inline(never)]
     pub(crate) fn exchange<'a>(
         &'a self,
@@ -407,6 +408,7 @@ impl Client {
         segments: &'a [&'a str],
         query: &'a [(&'a str, String)],
         payload: Option<Payload>,
+        headers: &'a [(&'static str, String)],
         idempotence: Idempotence,
     ) -> BoxFuture<'a, Result<Exchanged, Error>> {
         Box::pin(async move {
@@ -421,6 +423,9 @@ impl Client {
                         let mut builder = self.request(method.clone(), url.clone());
                         if let Some(payload) = &payload {
                             builder = payload.attach(builder)?;
+                        }
+                        for (name, value) in headers {
+                            builder = builder.header(*name, value.as_str());
                         }
                         if let Some(limit) = self.request_timeout {
                             builder = builder.timeout(limit);
@@ -462,6 +467,7 @@ impl Client {
             segments,
             &[],
             Some(Payload::Json(body)),
+            &[],
             Idempotence::Retryable,
         )
         .await

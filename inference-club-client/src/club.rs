@@ -3,6 +3,7 @@
 use futures_util::future::BoxFuture;
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -38,22 +39,26 @@ impl<T> Stream for Paginated<T> {
     }
 }
 
+/// What fetches one page of a listing: from a cursor (`None`: the first page), its items and
+/// the cursor of the next page (`None` after the last).
+pub(crate) type FetchPage<T> = Arc<
+    dyn Fn(Option<String>) -> BoxFuture<'static, Result<(Vec<T>, Option<String>), Error>>
+        + Send
+        + Sync,
+>;
+
 struct PageState<T> {
-    client: Client,
-    segments: Vec<String>,
-    filter: RecordFilter,
+    fetch: FetchPage<T>,
     buffer: VecDeque<T>,
     /// `None` once the last page was fetched.
     next: Option<Option<String>>,
 }
 
-impl<T: DeserializeOwned + Send + 'static> Paginated<T> {
-    fn new(client: &Client, segments: &[&str], filter: RecordFilter) -> Self {
-        let first = filter.cursor.clone();
+impl<T: Send + 'static> Paginated<T> {
+    /// Every item of the pages `fetch` answers, starting at `first` (a cursor, or `None`).
+    pub(crate) fn from_pages(first: Option<String>, fetch: FetchPage<T>) -> Self {
         let state = PageState {
-            client: client.clone(),
-            segments: segments.iter().map(|s| (*s).to_owned()).collect(),
-            filter,
+            fetch,
             buffer: VecDeque::new(),
             next: Some(first),
         };
@@ -64,16 +69,11 @@ impl<T: DeserializeOwned + Send + 'static> Paginated<T> {
                     return Some((Ok(item), Some(state)));
                 }
                 let cursor = state.next.take()?;
-                let mut filter = state.filter.clone();
-                filter.cursor = cursor;
-                let segments: Vec<&str> = state.segments.iter().map(String::as_str).collect();
-                match state.client.page::<T>(&segments, &filter).await {
-                    Ok(page) => {
-                        state.buffer.extend(page.data);
-                        state.next = match page.next_cursor {
-                            Some(cursor) if page.has_more => Some(Some(cursor)),
-                            _ => None,
-                        };
+                match (state.fetch)(cursor.clone()).await {
+                    Ok((items, next)) => {
+                        state.buffer.extend(items);
+                        // A cursor that does not move would fetch the same page forever.
+                        state.next = next.filter(|n| Some(n) != cursor.as_ref()).map(Some);
                     }
                     Err(error) => return Some((Err(error), None)),
                 }
@@ -82,6 +82,29 @@ impl<T: DeserializeOwned + Send + 'static> Paginated<T> {
         Self {
             inner: Box::pin(inner),
         }
+    }
+}
+
+impl<T: DeserializeOwned + Send + 'static> Paginated<T> {
+    /// The records under `segments` matching `filter`, page after page (`next_cursor`).
+    fn new(client: &Client, segments: &[&str], filter: RecordFilter) -> Self {
+        let client = client.clone();
+        let segments: Arc<[String]> = segments.iter().map(|s| (*s).to_owned()).collect();
+        let first = filter.cursor.clone();
+        Self::from_pages(
+            first,
+            Arc::new(move |cursor| {
+                let (client, segments) = (client.clone(), segments.clone());
+                let mut filter = filter.clone();
+                filter.cursor = cursor;
+                Box::pin(async move {
+                    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+                    let page = client.page::<T>(&segments, &filter).await?;
+                    let next = page.next_cursor.filter(|_| page.has_more);
+                    Ok((page.data, next))
+                })
+            }),
+        )
     }
 }
 

@@ -122,9 +122,13 @@ impl Error {
     }
 
     /// Whether trying again may succeed: transport failures, timeouts, 408, 409, 429 and 5xx
-    /// (but not 501). An error inside a stream is not: the request was served and failed.
+    /// (but not 501). An error inside a stream is not: the request was served and failed; nor
+    /// is an `Idempotency-Key` used before with another request (409 `idempotency_key_reused`).
     pub fn is_retryable(&self) -> bool {
         match self {
+            Self::Api {
+                status: 409, error, ..
+            } if error.code.as_deref() == Some("idempotency_key_reused") => false,
             Self::Api { status, .. } => {
                 matches!(status, 408 | 409 | 429) || (*status >= 500 && *status != 501)
             }
@@ -232,6 +236,16 @@ mod tests {
             retry_after: None,
         };
         assert!(!missing.is_retryable());
+        let reused = Error::Api {
+            status: 409,
+            error: ApiError::new(
+                "invalid_request_error",
+                "used",
+                Some("idempotency_key_reused"),
+            ),
+            retry_after: None,
+        };
+        assert!(!reused.is_retryable());
         let in_stream = Error::InStream(ApiError::new("server_error", "node died", None));
         assert!(!in_stream.is_retryable());
         assert_eq!(in_stream.status(), None);

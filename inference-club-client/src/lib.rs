@@ -51,6 +51,31 @@
 //! [`Client::embeddings`], [`Client::transcribe`] (a multipart upload), [`Client::speech`] and
 //! [`Client::generate_image`].
 //!
+//! # Batches
+//!
+//! Many requests at once, run behind interactive traffic (OpenAI's Batch API): upload a JSONL
+//! file of lines with [`Client::upload_file`], make a batch of it with [`Client::create_batch`],
+//! follow it with [`Client::watch_batch`] or [`Client::wait_for_batch`], and read its answers
+//! with [`Client::batch_results`]. [`Client::batches`], [`Client::cancel_batch`] and the file
+//! calls ([`Client::files`], [`Client::file_content`], [`Client::delete_file`]) do the rest.
+//!
+//! ```no_run
+//! use inference_club_client::{BatchEndpoint, Client, CreateBatch};
+//!
+//! # async fn run(client: Client) -> Result<(), inference_club_client::Error> {
+//! let lines = r#"{"custom_id": "q1", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "llama3.2", "messages": [{"role": "user", "content": "Hi"}]}}"#;
+//! let file = client.upload_file("questions.jsonl", lines.as_bytes().to_vec()).await?;
+//! let batch = client
+//!     .create_batch(CreateBatch::new(file.id, BatchEndpoint::ChatCompletions).metadata("run", "1"))
+//!     .await?;
+//! client.wait_for_batch(&batch.id, std::time::Duration::from_secs(2)).await?;
+//! for line in client.batch_results(&batch.id).await?.output {
+//!     println!("{:?}: {:?}", line.custom_id, line.response.map(|r| r.status_code));
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Errors and retries
 //!
 //! Every call returns [`Error`], which keeps the server's message and code and answers
@@ -62,6 +87,7 @@
 #![warn(missing_docs)]
 
 mod base64;
+mod batches;
 mod client;
 mod club;
 mod error;
@@ -72,6 +98,10 @@ mod stream;
 mod text;
 mod types;
 
+pub use batches::{
+    Batch, BatchEndpoint, BatchLineError, BatchLineResponse, BatchResultLine, BatchResults,
+    BatchStatus, BatchWatch, CreateBatch, FileObject, IDEMPOTENCY_KEY_HEADER, RequestCounts,
+};
 pub use client::{
     ChatResponse, Client, ClientBuilder, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_URL, REQUEST_ID_HEADER,
 };

@@ -213,6 +213,22 @@ pub(crate) struct FormSpec {
 }
 
 impl FormSpec {
+    /// A form of text `fields` and one `file` part named `file_name`, of `content_type`.
+    pub(crate) fn new(
+        fields: Vec<(String, String)>,
+        file_name: String,
+        content_type: &str,
+        file: Bytes,
+    ) -> Self {
+        Self {
+            fields,
+            file_name,
+            content_type: content_type.to_owned(),
+            file,
+            visibility: None,
+        }
+    }
+
     /// `builder` with this form as its body.
     pub(crate) fn attach(
         &self,
@@ -546,6 +562,7 @@ impl Client {
                     &["v1", "audio", "transcriptions"],
                     &[],
                     Some(Payload::Form(request.form())),
+                    &[],
                     Idempotence::Retryable,
                 )
                 .await?;

@@ -2,6 +2,7 @@
 //! 127.0.0.1 (in this process), with its own config directory.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod batch;
 mod endpoints;
 mod login;
 mod records;

@@ -2,6 +2,10 @@
 
 use clap::{Args, Parser, Subcommand};
 
+mod batch;
+
+pub use self::batch::{BatchCommand, SubmitArgs};
+
 /// Use an Inference Club coordinator — or run a whole club on this machine with `club demo`.
 #[derive(Debug, Parser)]
 #[command(name = "club", version)]
@@ -37,6 +41,10 @@ pub enum Command {
     Image(ImageArgs),
     /// The models you may use, with their capabilities.
     Models,
+    /// Batches of requests run behind interactive traffic: submit, status, results, list,
+    /// cancel.
+    #[command(subcommand)]
+    Batch(BatchCommand),
     /// Your requests: list, show, delete, change visibility.
     #[command(subcommand)]
     Requests(RequestsCommand),

@@ -11,6 +11,7 @@ use inference_club_client::{
 };
 
 mod account;
+mod batch;
 mod chat;
 mod keys;
 mod media;
@@ -19,6 +20,7 @@ mod records;
 mod text;
 
 use self::account::{account, login, logout};
+use self::batch::batch;
 use self::chat::{chat, models};
 use self::keys::keys;
 use self::media::{image, speak, transcribe};
@@ -158,6 +160,7 @@ pub async fn run(cli: Cli, ui: Ui) -> Result<(), String> {
         Command::Speak(args) => speak(&target, ui, args).await,
         Command::Image(args) => image(&target, ui, args).await,
         Command::Models => models(&target, ui).await,
+        Command::Batch(command) => batch(&target, ui, command).await,
         Command::Requests(command) => requests(&target, ui, command).await,
         Command::Feed(args) => feed(&target, ui, args.list).await,
         Command::Providers { command } => {

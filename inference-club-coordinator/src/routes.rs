@@ -159,6 +159,8 @@ fn pages() -> Router<AppState> {
             "/dashboard/requests/{id}/delete",
             get(web::dashboard::confirm_delete).post(web::dashboard::delete_request),
         )
+        .route("/dashboard/batches", get(web::batches::list))
+        .route("/dashboard/files/{id}", get(web::batches::download))
         .route(
             "/dashboard/keys",
             get(web::dashboard::keys).post(web::dashboard::create_key),

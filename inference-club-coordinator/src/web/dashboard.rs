@@ -1,5 +1,6 @@
 //! The member's dashboard: their requests (filters, visibility, deletion with confirmation),
-//! API keys (create — shown once —, revoke), nodes, settings and account deletion.
+//! batches ([`super::batches`]), API keys (create — shown once —, revoke), nodes, settings and
+//! account deletion.
 //!
 //! Every change goes through the club API's own functions and the store's owner-only queries,
 //! so the dashboard may do exactly what `/api/v1/...` lets the member do.
@@ -35,7 +36,11 @@ use crate::store::Store;
 use crate::store::{KeyId, RecordQuery, RoutingPreference, Scope};
 
 /// The signed-in member, or a page inviting them to sign in and come back to `path`.
-async fn member(store: &Store, headers: &HeaderMap, path: &str) -> Result<Viewer, WebError> {
+pub(super) async fn member(
+    store: &Store,
+    headers: &HeaderMap,
+    path: &str,
+) -> Result<Viewer, WebError> {
     viewer(store, headers)
         .await?
         .ok_or_else(|| WebError::sign_in(path))
@@ -43,9 +48,10 @@ async fn member(store: &Store, headers: &HeaderMap, path: &str) -> Result<Viewer
 
 /// The dashboard's sections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Tab {
+pub(super) enum Tab {
     Overview,
     Requests,
+    Batches,
     Keys,
     Nodes,
     Settings,
@@ -53,7 +59,13 @@ enum Tab {
 }
 
 /// A dashboard page: the frame, the dashboard's own navigation, `body`. Never cached.
-fn dashboard_page(viewer: &Viewer, tab: Tab, title: &str, path: &str, body: Markup) -> Response {
+pub(super) fn dashboard_page(
+    viewer: &Viewer,
+    tab: Tab,
+    title: &str,
+    path: &str,
+    body: Markup,
+) -> Response {
     let link = |t: Tab, href: &str, label: &str| {
         html! { li { a href=(href) aria-current=[(t == tab).then_some("page")] { (label) } } }
     };
@@ -70,6 +82,7 @@ fn dashboard_page(viewer: &Viewer, tab: Tab, title: &str, path: &str, body: Mark
                 ul {
                     (link(Tab::Overview, "/dashboard", "Overview"))
                     (link(Tab::Requests, "/dashboard/requests", "Requests"))
+                    (link(Tab::Batches, "/dashboard/batches", "Batches"))
                     (link(Tab::Keys, "/dashboard/keys", "API keys"))
                     (link(Tab::Nodes, "/dashboard/nodes", "Nodes"))
                     (link(Tab::Settings, "/dashboard/settings", "Settings"))

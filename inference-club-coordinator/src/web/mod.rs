@@ -9,7 +9,8 @@
 //! | `GET /models/{model}` | which nodes serve a model, their recent speed | anyone |
 //! | `GET /terms` | the club's terms and privacy policy | anyone |
 //! | `GET /playground` | chat with streaming (a small script over `/v1/chat/completions`) | members |
-//! | `GET /dashboard` (+ `/requests`, `/keys`, `/nodes`, `/settings`, `/account`) | the member's own | members |
+//! | `GET /dashboard` (+ `/requests`, `/batches`, `/keys`, `/nodes`, `/settings`, `/account`) | the member's own | members |
+//! | `GET /dashboard/files/{id}` | one of the member's files (a batch's output or errors), downloaded | its owner |
 //!
 //! Pages read through the same store queries and the same rules as the JSON API: the feed is
 //! [`RecordQuery::public_feed`](super::store::RecordQuery::public_feed), a request page
@@ -27,6 +28,7 @@
 //! an HTML 404; unknown `/api/` and `/v1/` routes keep the JSON envelope.
 
 pub(crate) mod assets;
+pub(crate) mod batches;
 pub(crate) mod dashboard;
 mod forms;
 pub(crate) mod layout;

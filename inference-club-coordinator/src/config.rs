@@ -34,10 +34,17 @@ pub struct CoordinatorConfig {
     pub blob_retention: Duration,
     /// How many lines of batches one coordinator runs at once (behind interactive requests).
     pub max_batch_in_flight: usize,
+    /// How long a claimed line of a batch stays held without its coordinator renewing the
+    /// lease: how long, in a cluster, the lines of a replica that died wait before another
+    /// takes them. Default [`DEFAULT_BATCH_LEASE`].
+    pub batch_lease: Duration,
 }
 
 /// Default [`CoordinatorConfig::max_batch_in_flight`].
 pub const DEFAULT_MAX_BATCH_IN_FLIGHT: usize = 16;
+
+/// Default [`CoordinatorConfig::batch_lease`]: 30 s.
+pub const DEFAULT_BATCH_LEASE: Duration = Duration::from_secs(30);
 
 /// How often blobs past their retention are removed.
 pub const BLOB_EXPIRY_INTERVAL: Duration = Duration::from_secs(3600);
@@ -58,6 +65,7 @@ impl Default for CoordinatorConfig {
             drain: Duration::from_secs(30),
             blob_retention: DEFAULT_BLOB_RETENTION,
             max_batch_in_flight: DEFAULT_MAX_BATCH_IN_FLIGHT,
+            batch_lease: DEFAULT_BATCH_LEASE,
         }
     }
 }

@@ -90,6 +90,14 @@ impl CoordinatorBuilder {
         self
     }
 
+    /// How long a claimed line of a batch stays held without its coordinator renewing the lease
+    /// (renewed every third of it): in a cluster, how long the lines of a replica that died
+    /// wait before another takes them. Default 30 s; at least 1 s.
+    pub fn batch_lease(mut self, lease: Duration) -> Self {
+        self.config.batch_lease = lease.max(Duration::from_secs(1));
+        self
+    }
+
     /// How long the audio and images of records are kept. Default 30 days.
     pub fn blob_retention(mut self, retention: Duration) -> Self {
         self.config.blob_retention = retention;

@@ -255,7 +255,8 @@ fn schemas() -> Value {
                 "embeddings": {"type": ["object", "null"], "properties": {"count": {"type": "integer"}, "dimensions": {"type": "integer"}}},
                 "blobs": {"type": "array", "items": {"type": "object", "properties": {
                     "id": {"type": "string"}, "role": {"type": "string", "enum": ["input", "output"]},
-                    "content_type": {"type": "string"}, "bytes": {"type": "integer"}, "url": nullable_string}}}
+                    "content_type": {"type": "string"}, "bytes": {"type": "integer"}, "url": nullable_string}}},
+                "batch": {"type": ["string", "null"], "description": "The batch (`batch_…`) this request was a line of"}
             }},
         "RecordPage": {"type": "object", "required": ["object", "data", "has_more", "next_cursor"], "properties": {
             "object": {"const": "list"}, "data": {"type": "array", "items": {"$ref": "#/components/schemas/Record"}},

@@ -64,6 +64,8 @@ pub struct RecordView {
     pub embeddings: Option<EmbeddingsSummary>,
     /// The audio and images of the request and its answer.
     pub blobs: Vec<BlobView>,
+    /// The batch (`batch_…`) this request was a line of, if any.
+    pub batch: Option<String>,
 }
 
 /// An audio file or image of a record.
@@ -235,6 +237,7 @@ impl From<InferenceRecord> for RecordView {
                     url: (!blob.dropped).then(|| blob_path(record.id, &blob.id)),
                 })
                 .collect(),
+            batch: record.batch,
             input: record.input,
             request: record.request,
         }

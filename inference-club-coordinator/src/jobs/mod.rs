@@ -2,7 +2,8 @@
 //!
 //! A batch is created from an uploaded JSONL file ([`BatchRunner::create`]): every line becomes
 //! a row of the store, to run or (malformed) already answered with an error. The runner of each
-//! coordinator ([`BatchRunner::start`]) then, every [`TICK`]:
+//! coordinator ([`BatchRunner::start`]) then, every [`TICK`] (and as soon as one of its lines
+//! is answered):
 //!
 //! - moves new batches from `validating` to `in_progress`;
 //! - claims lines of batches in progress, round the batches in turn (a fair share for each),
@@ -12,18 +13,25 @@
 //!   node busy goes back, uncounted, to wait for room;
 //! - retries a line that failed for a reason that may pass (a node died before answering, no
 //!   node could take it) up to [`MAX_ATTEMPTS`] times;
+//! - holds back, without a try counted, the lines of a model no online node serves, for up to
+//!   [`UNSERVED_GRACE`] (nodes link again within seconds after a coordinator restarts, or
+//!   after their replica dies): only then does such a line get its `model_not_found`;
 //! - finishes a batch whose lines are all answered (its output and error files, in line order),
 //!   cancels those asked to stop (within a tick, stopping the lines it runs), and expires those
 //!   past their completion window.
 //!
-//! Everything is in the store: a claimed line holds a lease its runner renews; a runner that
+//! Everything is in the store: a claimed line holds a lease (`batch_lease` of the
+//! configuration, 30 s by default) its runner renews while it runs the line; a runner that
 //! dies (or a coordinator killed) leaves leases that run out, and the lines are claimed again
 //! by whichever runner is next — on a single coordinator, by itself at its next start at once.
-//! A line is answered once: only its holder may write its answer.
+//! Each run of a coordinator holds lines under a name of its own, so a replica restarted under
+//! the same id does not take its dead run's lines for its own. A line is answered once: only
+//! its holder may write its answer; a batch whose finalizing runner died is finalized by
+//! another once its lease has run out.
 
 pub mod input;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
@@ -47,8 +55,14 @@ use crate::store::{ClaimedLine, NewLine, RequestCounts, Store, StoreError, UserI
 
 /// How often the runner looks at the batches.
 pub const TICK: Duration = Duration::from_millis(250);
-/// How long a claimed line is held without its runner renewing the lease.
-pub const LEASE: Duration = Duration::from_secs(30);
+/// How long the lines of a model no online node serves wait (without a try counted) for a
+/// node serving it before they are answered `model_not_found`.
+pub const UNSERVED_GRACE: Duration = Duration::from_secs(60);
+/// How long a batch whose line found its model unserved waits before the next line is tried.
+const UNSERVED_PAUSE: Duration = Duration::from_secs(1);
+/// How many times the answer of a line is written before the runner gives up on it (its
+/// lease then runs out and it is claimed again).
+const SAVE_TRIES: u32 = 5;
 /// How many times a line is tried before its last failure is its answer.
 pub const MAX_ATTEMPTS: u64 = 3;
 /// The only completion window (OpenAI's).
@@ -65,6 +79,14 @@ pub(crate) struct BatchRunner {
     holder: String,
     /// Lines running here.
     in_flight: AtomicUsize,
+    /// The lines running here (batch, line number): the leases the runner renews.
+    held: Mutex<HashSet<(String, u64)>>,
+    /// Since when each model (lower-case) a line asked for was seen served by no online node.
+    unserved: Mutex<HashMap<String, Instant>>,
+    /// Batches not to claim lines of until then (a line found its model unserved).
+    paused: Mutex<HashMap<String, Instant>>,
+    /// How long a claimed line is held without a renewal.
+    lease: Duration,
     /// The tasks running each batch's lines here, to stop them when it is cancelled.
     running: Mutex<HashMap<String, Vec<AbortHandle>>>,
     /// Where the next round of claims starts, so that every batch gets its turn.
@@ -100,26 +122,34 @@ impl BatchRunner {
         config: Arc<CoordinatorConfig>,
         replica: Option<&str>,
     ) -> Result<Arc<Self>, StoreError> {
+        // A name of this run's own: a replica restarted under the same id must not renew (and
+        // so keep forever) the leases of the lines its dead run held.
+        let run = uuid::Uuid::now_v7().simple();
         let holder = match replica {
-            Some(replica) => replica.to_owned(),
+            Some(replica) => format!("{replica}-{run}"),
             None => {
                 // Nobody else runs lines of this database: whatever is running was ours.
                 store.reclaim_all_lines().await?;
-                format!("local-{}", uuid::Uuid::now_v7().simple())
+                format!("local-{run}")
             }
         };
+        let lease = config.batch_lease.max(Duration::from_secs(1));
         let runner = Arc::new(Self {
             store,
             parts,
             config,
             holder,
             in_flight: AtomicUsize::new(0),
+            held: Mutex::new(HashSet::new()),
+            unserved: Mutex::new(HashMap::new()),
+            paused: Mutex::new(HashMap::new()),
+            lease,
             running: Mutex::new(HashMap::new()),
             rotation: AtomicUsize::new(0),
             wake: tokio::sync::Notify::new(),
         });
         let weak = Arc::downgrade(&runner);
-        tokio::spawn(run_loop(weak));
+        tokio::spawn(run_loop(weak, lease));
         Ok(runner)
     }
 
@@ -225,6 +255,9 @@ impl BatchRunner {
             self.finalize(&id, "cancelling", "cancelled", "cancelled_at")
                 .await?;
         }
+        for id in self.store.batches_in("finalizing").await? {
+            self.take_over_finalizing(&id).await?;
+        }
         let mut open = Vec::new();
         for id in self.store.batches_in("in_progress").await? {
             let Some((owner, body)) = self.store.batch(&id).await? else {
@@ -277,12 +310,21 @@ impl BatchRunner {
         }
         let share = u32::try_from((room / open.len()).max(1)).unwrap_or(1);
         let start = self.rotation.fetch_add(1, Ordering::Relaxed) % open.len();
-        let lease = Utc::now() + chrono::Duration::from_std(LEASE).unwrap_or_default();
+        let lease = self.lease_until();
+        let paused: HashSet<String> = {
+            let now = Instant::now();
+            let mut paused = self.paused.lock().unwrap_or_else(PoisonError::into_inner);
+            paused.retain(|_, until| *until > now);
+            paused.keys().cloned().collect()
+        };
         let mut left = room;
         for index in 0..open.len() {
             let Some(batch) = open.get((start + index) % open.len()) else {
                 continue;
             };
+            if paused.contains(&batch.id) {
+                continue;
+            }
             let take = share.min(u32::try_from(left).unwrap_or(u32::MAX));
             if take == 0 {
                 break;
@@ -299,16 +341,55 @@ impl BatchRunner {
         Ok(())
     }
 
+    /// When a lease taken (or renewed) now runs out.
+    fn lease_until(&self) -> chrono::DateTime<Utc> {
+        Utc::now() + chrono::Duration::from_std(self.lease).unwrap_or_default()
+    }
+
+    /// Renews the leases of the lines running here.
+    async fn renew(&self) {
+        let held: Vec<(String, u64)> = self
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect();
+        if held.is_empty() {
+            return;
+        }
+        if let Err(error) = self
+            .store
+            .renew_lines(&self.holder, self.lease_until(), &held)
+            .await
+        {
+            tracing::warn!("cannot renew the leases of batch lines: {error}");
+        }
+    }
+
     /// Runs one line in a task of its own (stopped if its batch is cancelled).
     fn spawn_line(self: &Arc<Self>, batch: &Running, line: ClaimedLine) {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let key = (line.batch_id.clone(), line.line_no);
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key.clone());
         let runner = self.clone();
         let owner = batch.owner.clone();
         let (endpoint, visibility) = (batch.endpoint, batch.visibility);
         let batch_id = batch.id.clone();
         let task = tokio::spawn(async move {
-            let _counted = Counted(&runner.in_flight);
-            runner.run_line(line, owner, endpoint, visibility).await;
+            let ran = {
+                let _counted = Counted(&runner.in_flight);
+                let _held = Held(&runner.held, key);
+                runner.run_line(line, owner, endpoint, visibility).await
+            };
+            // Room for another line now, not at the next tick (unless this one found no room
+            // or no node for its model: then the next tick is soon enough).
+            if ran {
+                runner.wake();
+            }
         });
         let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
         let tasks = running.entry(batch_id).or_default();
@@ -317,14 +398,27 @@ impl BatchRunner {
     }
 
     /// Runs `line` as its owner's request to `endpoint` and answers it (or gives it back, to
-    /// be tried again).
+    /// be tried again); whether it ran (false: it found no room, or no node for its model).
     async fn run_line(
         &self,
         line: ClaimedLine,
         owner: Caller,
         endpoint: Endpoint,
         visibility: Option<Visibility>,
-    ) {
+    ) -> bool {
+        if self.waits_for_model(&line) {
+            // No node serves its model now (they may be linking again): nothing runs, no try
+            // is counted, and the batch pauses a moment.
+            self.paused
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(line.batch_id.clone(), Instant::now() + UNSERVED_PAUSE);
+            let released = self.store.release_line(&line, &self.holder, false).await;
+            if let Err(error) = released {
+                tracing::warn!(batch = %line.batch_id, line = line.line_no, "cannot give a batch line back: {error}");
+            }
+            return false;
+        }
         let mut body = line.request.clone();
         if let Some(object) = body.as_object_mut() {
             object.insert("stream".into(), Value::Bool(false));
@@ -359,21 +453,50 @@ impl BatchRunner {
             Ok(response) | Err(response) => response,
         };
         let answer = LineAnswer::read(response).await;
-        let outcome = if answer.no_room {
-            // Nothing ran: wait for room, without counting a try.
-            self.store.release_line(&line, &self.holder, false).await
-        } else if answer.may_pass && line.attempts + 1 < MAX_ATTEMPTS {
-            self.store.release_line(&line, &self.holder, true).await
-        } else {
-            let result = answer.line(&line.custom_id);
-            self.store
-                .finish_line(&line, &self.holder, answer.ok, &result)
-                .await
-                .map(|_| ())
-        };
-        if let Err(error) = outcome {
-            tracing::warn!(batch = %line.batch_id, line = line.line_no, "cannot save a batch line: {error}");
+        let result = answer.line(&line.custom_id);
+        // The answer is written (or the line given back) even when the database hiccups: a line
+        // left running would wait for its lease to run out and run again.
+        for attempt in 1..=SAVE_TRIES {
+            let outcome = if answer.no_room {
+                // Nothing ran: wait for room, without counting a try.
+                self.store.release_line(&line, &self.holder, false).await
+            } else if answer.may_pass && line.attempts + 1 < MAX_ATTEMPTS {
+                self.store.release_line(&line, &self.holder, true).await
+            } else {
+                self.store
+                    .finish_line(&line, &self.holder, answer.ok, &result)
+                    .await
+                    .map(|_| ())
+            };
+            match outcome {
+                Ok(()) => return !answer.no_room,
+                Err(error) if attempt < SAVE_TRIES => {
+                    tracing::warn!(batch = %line.batch_id, line = line.line_no, "cannot save a batch line, trying again: {error}");
+                    tokio::time::sleep(Duration::from_millis(200) * attempt).await;
+                }
+                Err(error) => {
+                    tracing::error!(batch = %line.batch_id, line = line.line_no, "cannot save a batch line: {error}");
+                }
+            }
         }
+        false
+    }
+
+    /// Whether `line` is to wait for a node serving its model: none does now, and none has
+    /// for less than [`UNSERVED_GRACE`] as this runner saw it.
+    fn waits_for_model(&self, line: &ClaimedLine) -> bool {
+        let model = line.request["model"]
+            .as_str()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let served = !self.parts.dispatcher.fleet.nodes_for(&model).is_empty();
+        let mut unserved = self.unserved.lock().unwrap_or_else(PoisonError::into_inner);
+        if served {
+            unserved.remove(&model);
+            return false;
+        }
+        let since = *unserved.entry(model).or_insert_with(Instant::now);
+        since.elapsed() < UNSERVED_GRACE
     }
 
     /// Moves batch `id` from `from` to `to`, stamping `at`.
@@ -442,6 +565,33 @@ impl BatchRunner {
         Ok(())
     }
 
+    /// Finalizes batch `id`, found `finalizing`, when the runner that moved it there has not
+    /// finished within a lease (it died): this runner takes it over (one of several wins) and
+    /// writes its files.
+    async fn take_over_finalizing(&self, id: &str) -> Result<(), StoreError> {
+        let Some((_, body)) = self.store.batch(id).await? else {
+            return Ok(());
+        };
+        let now = Utc::now().timestamp();
+        let since = body["finalizing_at"].as_i64().unwrap_or(now);
+        let lease = i64::try_from(self.lease.as_secs()).unwrap_or(i64::MAX);
+        if now.saturating_sub(since) <= lease {
+            return Ok(());
+        }
+        let mut taken = body.clone();
+        taken["finalizing_at"] = json!(now);
+        if !self.store.replace_batch(&taken, &body).await? {
+            return Ok(());
+        }
+        let expired = body["expires_at"].as_i64().is_some_and(|at| since >= at);
+        let (to, at) = if expired {
+            ("expired", "expired_at")
+        } else {
+            ("completed", "completed_at")
+        };
+        self.finalize(id, "finalizing", to, at).await
+    }
+
     /// A batch's object with its counts as they are now.
     pub async fn current(&self, owner: UserId, id: &str) -> Result<Option<Value>, StoreError> {
         let Some((batch_owner, mut body)) = self.store.batch(id).await? else {
@@ -485,6 +635,18 @@ struct Counted<'a>(&'a AtomicUsize);
 impl Drop for Counted<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Keeps a running line's lease renewed until dropped (also when its task is stopped).
+struct Held<'a>(&'a Mutex<HashSet<(String, u64)>>, (String, u64));
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.1);
     }
 }
 
@@ -543,10 +705,10 @@ impl LineAnswer {
 }
 
 /// The runner's loop: a tick every [`TICK`] (or when woken), and the leases of the lines it
-/// runs renewed every third of [`LEASE`]; it ends with the runner.
-async fn run_loop(runner: Weak<BatchRunner>) {
+/// runs renewed every third of `lease`; it ends with the runner.
+async fn run_loop(runner: Weak<BatchRunner>, lease: Duration) {
     let mut ticks = tokio::time::interval(TICK);
-    let mut renewals = tokio::time::interval(LEASE / 3);
+    let mut renewals = tokio::time::interval(lease / 3);
     loop {
         let wake = {
             let Some(runner) = runner.upgrade() else {
@@ -556,10 +718,7 @@ async fn run_loop(runner: Weak<BatchRunner>) {
                 _ = ticks.tick() => {}
                 () = runner.wake.notified() => {}
                 _ = renewals.tick() => {
-                    let lease = Utc::now() + chrono::Duration::from_std(LEASE).unwrap_or_default();
-                    if let Err(error) = runner.store.renew_lines(&runner.holder, lease).await {
-                        tracing::warn!("cannot renew the leases of batch lines: {error}");
-                    }
+                    runner.renew().await;
                     continue;
                 }
             }

@@ -320,6 +320,22 @@ impl Store {
         Ok(updated)
     }
 
+    /// Saves a batch's object `body` when the stored one is still exactly `previous` (one of
+    /// several replicas taking it over wins); whether it was saved.
+    pub async fn replace_batch(&self, body: &Value, previous: &Value) -> Result<bool, StoreError> {
+        let id = batch_field(body, "id")?;
+        let status = batch_field(body, "status")?;
+        let done =
+            sqlx::query("UPDATE batches SET status = $1, body = $2 WHERE id = $3 AND body = $4")
+                .bind(status)
+                .bind(body.to_string())
+                .bind(id)
+                .bind(previous.to_string())
+                .execute(&self.inner.pool)
+                .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     /// The counts of a batch's lines: all, answered with a 2xx, answered otherwise; and how
     /// many are not answered yet.
     pub async fn line_counts(&self, batch: &str) -> Result<(RequestCounts, u64), StoreError> {
@@ -397,20 +413,36 @@ impl Store {
         Ok(claimed)
     }
 
-    /// Renews the lease of every line `holder` runs.
+    /// Renews until `lease_until` the leases of `lines` (batch, line number) that `holder` still
+    /// runs; answers how many it renewed. Only the lines named are renewed: one whose answer
+    /// could not be written is not kept forever, its lease runs out and it is claimed again.
     pub async fn renew_lines(
         &self,
         holder: &str,
         lease_until: DateTime<Utc>,
+        lines: &[(String, u64)],
     ) -> Result<u64, StoreError> {
-        let renewed = sqlx::query(
-            "UPDATE batch_lines SET lease_until = $1 WHERE holder = $2 AND state = 'running'",
-        )
-        .bind(micros(lease_until))
-        .bind(holder.to_owned())
-        .execute(&self.inner.pool)
-        .await?;
-        Ok(renewed.rows_affected())
+        let mut tx = self
+            .inner
+            .pool
+            .begin_with(self.inner.backend.begin_write())
+            .await?;
+        let mut renewed = 0;
+        for (batch, line_no) in lines {
+            let done = sqlx::query(
+                "UPDATE batch_lines SET lease_until = $1
+                 WHERE batch_id = $2 AND line_no = $3 AND holder = $4 AND state = 'running'",
+            )
+            .bind(micros(lease_until))
+            .bind(batch.clone())
+            .bind(i64::try_from(*line_no).unwrap_or(i64::MAX))
+            .bind(holder.to_owned())
+            .execute(&mut *tx)
+            .await?;
+            renewed += done.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(renewed)
     }
 
     /// Answers a line `holder` runs with `result` (`ok`: a 2xx); false (and nothing written)

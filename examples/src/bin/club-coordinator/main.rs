@@ -53,6 +53,12 @@ enum Command {
         /// How long a stopping coordinator (SIGTERM) lets requests in flight finish, in seconds.
         #[arg(long, env = "CLUB_DRAIN_SECS", default_value_t = 30)]
         drain_secs: u64,
+        /// How long a line of a batch a coordinator claimed stays held without it renewing
+        /// the lease, in seconds: in a cluster, how long the lines of a replica that died wait
+        /// before another replica takes them.
+        #[arg(long, env = "CLUB_BATCH_LEASE_SECS", default_value_t = 30,
+              value_parser = clap::value_parser!(u64).range(1..=3600))]
+        batch_lease_secs: u64,
         /// How long the audio and images of records are kept, in days.
         #[arg(long, env = "CLUB_BLOB_RETENTION_DAYS", default_value_t = 30,
               value_parser = clap::value_parser!(u64).range(1..=36500))]
@@ -134,6 +140,7 @@ fn main() -> ExitCode {
                 heartbeat_secs,
                 queue_timeout_secs,
                 drain_secs,
+                batch_lease_secs,
                 blob_retention_days,
                 sign_in,
                 limits,
@@ -144,6 +151,7 @@ fn main() -> ExitCode {
                     .heartbeat_interval(Duration::from_secs(heartbeat_secs))
                     .queue_timeout(Duration::from_secs(queue_timeout_secs))
                     .drain(Duration::from_secs(drain_secs))
+                    .batch_lease(Duration::from_secs(batch_lease_secs))
                     .blob_retention(Duration::from_secs(blob_retention_days * 24 * 3600))
                     .limits(limits.into());
                 if let Some(nats_url) = cluster.nats {

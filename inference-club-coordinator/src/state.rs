@@ -100,8 +100,16 @@ impl AppState {
             None => None,
         };
         let failed = match &cluster {
-            Some(_) => {
-                store
+            Some(cluster) => {
+                // Its own id's records are an earlier run's of this replica (restarted under the
+                // same id before the others retired it): nothing of this run is in flight yet.
+                let own = store
+                    .fail_in_flight_of(
+                        store::InFlight::OfReplica(&cluster.replica),
+                        "the coordinator replica handling it restarted while it was in flight",
+                    )
+                    .await?;
+                own + store
                     .fail_in_flight_of(
                         store::InFlight::Orphaned,
                         "the coordinator replica handling it stopped while it was in flight",

@@ -265,15 +265,40 @@ async fn official_openai_python_sdk_passes_on_every_endpoint_on_postgres() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_openai_node_sdk_passes() {
-    let Ok(sdk) = std::env::var("CLUB_TEST_NODE_SDK") else {
+    let Some(sdk) = node_sdk() else {
+        return;
+    };
+    node_suite(sdk, TestDatabase::sqlite()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_openai_node_sdk_passes_on_postgres() {
+    let Some(sdk) = node_sdk() else {
+        return;
+    };
+    let Some(database) = TestDatabase::postgres("the OpenAI Node SDK suite on PostgreSQL").await
+    else {
+        return;
+    };
+    node_suite(sdk, database).await;
+}
+
+/// The Node SDK's directory, or `None` having said loudly that the test skips.
+fn node_sdk() -> Option<String> {
+    let sdk = std::env::var("CLUB_TEST_NODE_SDK").ok();
+    if sdk.is_none() {
         skip(
             "CLUB_TEST_NODE_SDK",
             "the OpenAI Node SDK test needs the `openai` npm package; run scripts/node-sdk.sh",
         );
-        return;
-    };
+    }
+    sdk
+}
+
+/// `tests/node/openai_sdk.test.mjs` with `node --test` against a club on `database`.
+async fn node_suite(sdk: String, database: TestDatabase) {
     let media = MediaEngine::start().await;
-    let club = endpoint_club(TestDatabase::sqlite(), &media).await;
+    let club = endpoint_club(database, &media).await;
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/node/openai_sdk.test.mjs"

@@ -852,6 +852,15 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/audio/speech"),
     ("post", "/v1/images/generations"),
     ("get", "/api/v1/requests/{id}/blobs/{blob}"),
+    ("post", "/v1/files"),
+    ("get", "/v1/files"),
+    ("get", "/v1/files/{id}"),
+    ("delete", "/v1/files/{id}"),
+    ("get", "/v1/files/{id}/content"),
+    ("post", "/v1/batches"),
+    ("get", "/v1/batches"),
+    ("get", "/v1/batches/{id}"),
+    ("post", "/v1/batches/{id}/cancel"),
 ];
 
 #[tokio::test]

@@ -158,6 +158,33 @@ fn pick(state: &Dispatcher, wanted: Wanted<'_>, tried: &[NodeKey]) -> Pick {
     }
 }
 
+impl Dispatcher {
+    /// Whether a batch's line of `consumer`'s for `model` at `endpoint` would find a node with
+    /// room now (leaving interactive requests theirs, and behind any waiting for the model):
+    /// asked before a line is recorded and sent, so that a line with no room costs nothing. A
+    /// moment later the answer may differ; the line is then refused as busy.
+    pub fn has_room_for_background(
+        &self,
+        endpoint: Endpoint,
+        model: &str,
+        consumer: &str,
+        preference: RoutingPreference,
+    ) -> bool {
+        if self.queues.has_waiters(model) {
+            return false;
+        }
+        let wanted = Wanted {
+            endpoint,
+            model,
+            consumer: Some(consumer),
+            preference,
+            background: true,
+        };
+        // The slot taken to find out is given back at once.
+        matches!(pick(self, wanted, &[]), Pick::Node(..))
+    }
+}
+
 /// Beyond this many nodes serving a model, a request ranks a random sample of this many (the
 /// best of d choices: load stays spread while the cost per request stays bounded), and every
 /// node only when the sample has none with room.

@@ -79,6 +79,9 @@ pub(crate) struct BatchRunner {
     holder: String,
     /// Lines running here.
     in_flight: AtomicUsize,
+    /// How many lines to run at once: up to `max_batch_in_flight`, fewer while the nodes have
+    /// no room for more.
+    room: Room,
     /// The lines running here (batch, line number): the leases the runner renews.
     held: Mutex<HashSet<(String, u64)>>,
     /// Since when each model (lower-case) a line asked for was seen served by no online node.
@@ -134,7 +137,9 @@ impl BatchRunner {
             }
         };
         let lease = config.batch_lease.max(Duration::from_secs(1));
+        let room = Room::new(config.max_batch_in_flight);
         let runner = Arc::new(Self {
+            room,
             store,
             parts,
             config,
@@ -303,7 +308,7 @@ impl BatchRunner {
         if open.is_empty() || self.parts.dispatcher.queues.waiting() > 0 {
             return Ok(());
         }
-        let max = self.config.max_batch_in_flight;
+        let max = self.room.limit();
         let room = max.saturating_sub(self.in_flight.load(Ordering::Acquire));
         if room == 0 {
             return Ok(());
@@ -419,6 +424,24 @@ impl BatchRunner {
             }
             return false;
         }
+        let model = line.request["model"].as_str().unwrap_or_default();
+        if !self.parts.dispatcher.has_room_for_background(
+            endpoint,
+            model,
+            &owner.user.handle,
+            owner.user.routing_preference,
+        ) {
+            // Every node serving it is busy (or keeps its last slots for interactive
+            // requests): nothing runs, nothing is recorded, no try is counted, and this runner
+            // takes fewer lines at once until there is room again.
+            self.room.lower(self.in_flight.load(Ordering::Acquire));
+            let released = self.store.release_line(&line, &self.holder, false).await;
+            if let Err(error) = released {
+                tracing::warn!(batch = %line.batch_id, line = line.line_no, "cannot give a batch line back: {error}");
+            }
+            return false;
+        }
+        self.room.raise();
         let mut body = line.request.clone();
         if let Some(object) = body.as_object_mut() {
             object.insert("stream".into(), Value::Bool(false));
@@ -627,6 +650,44 @@ fn closed_line(custom_id: &str, code: &str) -> Value {
         "response": null,
         "error": {"code": code, "message": message},
     })
+}
+
+/// How many lines a runner takes at once: it drops to what ran when a line found no room, and
+/// climbs back by one with each line that found room (so it settles at what the nodes have for
+/// batches, instead of claiming lines only to give them back).
+#[derive(Debug)]
+struct Room {
+    limit: AtomicUsize,
+    max: usize,
+}
+
+impl Room {
+    fn new(max: usize) -> Self {
+        let max = max.max(1);
+        Self {
+            limit: AtomicUsize::new(max),
+            max,
+        }
+    }
+
+    fn limit(&self) -> usize {
+        self.limit.load(Ordering::Acquire)
+    }
+
+    /// A line found no room while `running` lines ran (itself included).
+    fn lower(&self, running: usize) {
+        self.limit
+            .store(running.saturating_sub(1).max(1), Ordering::Release);
+    }
+
+    /// A line found room.
+    fn raise(&self) {
+        let _ = self
+            .limit
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |l| {
+                Some((l + 1).min(self.max))
+            });
+    }
 }
 
 /// Counts a running line until dropped (also when its task is stopped).

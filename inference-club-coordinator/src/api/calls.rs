@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use inference_club_core::endpoint::Endpoint;
@@ -17,8 +17,8 @@ use inference_club_core::record::{BlobRole, InferenceRecord, RecordId, Visibilit
 use serde_json::{Map, Value};
 
 use super::answers::{self, Shaping};
-use super::check_content_type;
 use super::serve::{self, Admission, Parts};
+use super::{check_content_type, multipart};
 use crate::CoordinatorConfig;
 use crate::dispatch::{Answer, Work};
 use crate::error::ApiError;
@@ -194,82 +194,15 @@ async fn read_upload(
     headers: &HeaderMap,
     bytes: Bytes,
 ) -> Result<(Call, Option<Visibility>), Response> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let boundary = multer::parse_boundary(content_type).map_err(|_| {
-        ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "invalid_request_error",
-            "unsupported_media_type",
-            format!(
-                "the body must be multipart/form-data with a `file` part; got Content-Type {content_type:?}"
-            ),
-        )
-        .into_response()
-    })?;
-    let malformed = |e: multer::Error| {
-        ApiError::bad_request(
-            "invalid_multipart",
-            format!("the multipart body is malformed: {e}"),
-        )
-        .into_response()
-    };
-    let whole = futures_util::stream::once(async move { Ok::<Bytes, std::io::Error>(bytes) });
-    let mut multipart = multer::Multipart::new(whole, boundary);
-    let mut body = Map::new();
-    let mut upload: Option<Upload> = None;
-    let mut count = 0;
-    while let Some(field) = multipart.next_field().await.map_err(malformed)? {
-        count += 1;
-        if count > MAX_PARTS {
-            return Err(ApiError::bad_request(
-                "invalid_multipart",
-                format!("the upload has more than {MAX_PARTS} parts"),
-            )
-            .into_response());
-        }
-        let name = field.name().unwrap_or_default().to_owned();
-        if name == "file" {
-            let file_name = field.file_name().unwrap_or("audio").to_owned();
-            let content_type = field.content_type().map_or_else(
-                || "application/octet-stream".to_owned(),
-                ToString::to_string,
-            );
-            let data = field.bytes().await.map_err(malformed)?;
-            upload = Some(Upload {
-                file_name,
-                content_type,
-                data,
-            });
-            continue;
-        }
-        let text = field.text().await.map_err(malformed)?;
-        match body.get_mut(&name) {
-            Some(Value::Array(items)) => items.push(Value::String(text)),
-            Some(previous) => {
-                let first = previous.take();
-                *previous = Value::Array(vec![first, Value::String(text)]);
-            }
-            None => {
-                let value = if name.ends_with("[]") {
-                    Value::Array(vec![Value::String(text)])
-                } else {
-                    Value::String(text)
-                };
-                body.insert(name, value);
-            }
-        }
-    }
+    let (mut body, file) =
+        multipart::read_form(headers, bytes, MAX_PARTS, "audio", "a `file` part")
+            .await
+            .map_err(IntoResponse::into_response)?;
     let visibility = take_visibility(&mut body).map_err(IntoResponse::into_response)?;
-    let Some(upload) = upload.filter(|u| !u.data.is_empty()) else {
-        return Err(ApiError::bad_request(
-            "missing_file",
-            "the upload has no (or an empty) `file` part",
-        )
-        .with_param("file")
-        .into_response());
+    let upload = Upload {
+        file_name: file.file_name,
+        content_type: file.content_type,
+        data: file.data,
     };
     Ok((
         Call::new(Endpoint::AudioTranscriptions, Value::Object(body)).with_upload(upload),

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::idempotency::Replay;
+use super::multipart;
 use super::serve;
 use crate::CoordinatorConfig;
 use crate::auth::{self, Caller};
@@ -20,8 +21,6 @@ use crate::store::{Scope, Store};
 
 /// The most files listed at once.
 pub const MAX_LIST: u32 = 100;
-/// The longest file name kept.
-const MAX_FILENAME_CHARS: usize = 255;
 
 /// `after` and `limit` of a listing.
 #[derive(Debug, Deserialize)]
@@ -142,64 +141,20 @@ pub async fn upload(
 
 /// The `purpose`, file name and bytes of an upload.
 async fn read_form(headers: &HeaderMap, bytes: Bytes) -> Result<(String, String, Bytes), ApiError> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let boundary = multer::parse_boundary(content_type).map_err(|_| {
-        ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "invalid_request_error",
-            "unsupported_media_type",
-            "the body must be multipart/form-data with `file` and `purpose` parts",
-        )
-    })?;
-    let malformed = |e: multer::Error| {
-        ApiError::bad_request(
-            "invalid_multipart",
-            format!("the multipart body is malformed: {e}"),
-        )
-    };
-    let whole = futures_util::stream::once(async move { Ok::<Bytes, std::io::Error>(bytes) });
-    let mut multipart = multer::Multipart::new(whole, boundary);
-    let (mut purpose, mut file) = (None, None);
-    let mut parts = 0;
-    while let Some(field) = multipart.next_field().await.map_err(malformed)? {
-        parts += 1;
-        if parts > 8 {
-            return Err(ApiError::bad_request(
-                "invalid_multipart",
-                "the upload has more than 8 parts",
-            ));
-        }
-        match field.name() {
-            Some("file") => {
-                let name: String = field
-                    .file_name()
-                    .unwrap_or("input.jsonl")
-                    .chars()
-                    .filter(|c| !c.is_control())
-                    .take(MAX_FILENAME_CHARS)
-                    .collect();
-                file = Some((name, field.bytes().await.map_err(malformed)?));
-            }
-            Some("purpose") => purpose = Some(field.text().await.map_err(malformed)?),
-            _ => {}
-        }
-    }
-    let Some((filename, data)) = file.filter(|(_, data)| !data.is_empty()) else {
-        return Err(ApiError::bad_request(
-            "missing_file",
-            "the upload has no (or an empty) `file` part",
-        )
-        .with_param("file"));
-    };
-    let Some(purpose) = purpose else {
+    let (mut fields, file) = multipart::read_form(
+        headers,
+        bytes,
+        8,
+        "input.jsonl",
+        "`file` and `purpose` parts",
+    )
+    .await?;
+    let Some(Value::String(purpose)) = fields.remove("purpose") else {
         return Err(
             ApiError::bad_request("missing_field", "`purpose` is required").with_param("purpose"),
         );
     };
-    Ok((purpose, filename, data))
+    Ok((purpose, file.file_name, file.data))
 }
 
 /// `GET /v1/files`: the caller's files, newest first (`after`, `limit`, `purpose`).

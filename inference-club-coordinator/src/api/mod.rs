@@ -9,6 +9,7 @@ pub(crate) mod chat;
 pub(crate) mod files;
 pub(crate) mod idempotency;
 pub(crate) mod models;
+pub(crate) mod multipart;
 pub(crate) mod openapi;
 pub(crate) mod recording;
 pub(crate) mod responses;

@@ -92,6 +92,22 @@ async fn leases_and_answers(database: TestDatabase) {
         (counts.total, counts.completed, counts.failed, open),
         (4, 1, 0, 3)
     );
+    assert!(store.has_open_lines(&id).await.unwrap());
+    for line in &again {
+        store
+            .finish_line(line, "c", true, &json!({}))
+            .await
+            .unwrap();
+    }
+    assert!(
+        store.has_open_lines(&id).await.unwrap(),
+        "line 3 is still c's"
+    );
+    store
+        .finish_line(&c[0], "c", false, &json!({}))
+        .await
+        .unwrap();
+    assert!(!store.has_open_lines(&id).await.unwrap());
 
     // A finalizing batch is taken over by the one runner whose copy is still current.
     let finalizing =

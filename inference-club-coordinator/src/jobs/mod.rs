@@ -278,8 +278,7 @@ impl BatchRunner {
                     .await?;
                 continue;
             }
-            let (_, unanswered) = self.store.line_counts(&id).await?;
-            if unanswered == 0 {
+            if !self.store.has_open_lines(&id).await? {
                 self.finalize(&id, "in_progress", "completed", "completed_at")
                     .await?;
                 continue;

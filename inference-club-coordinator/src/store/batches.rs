@@ -336,6 +336,19 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
+    /// Whether some line of `batch` is not answered yet (pending or running): a lookup in the
+    /// index of line states, however many lines the batch has.
+    pub async fn has_open_lines(&self, batch: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query(
+            "SELECT 1 AS open FROM batch_lines
+             WHERE state IN ('pending', 'running') AND batch_id = $1 LIMIT 1",
+        )
+        .bind(batch.to_owned())
+        .fetch_optional(&self.inner.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
     /// The counts of a batch's lines: all, answered with a 2xx, answered otherwise; and how
     /// many are not answered yet.
     pub async fn line_counts(&self, batch: &str) -> Result<(RequestCounts, u64), StoreError> {

@@ -117,9 +117,18 @@ impl TestClub {
 /// One service of a [`TestClub`]'s node: an engine serving one model, with a service type
 /// (default `llm`) and service features (default none).
 ///
-/// ```ignore
-/// TestService::new("echo-embed", echo).features(["embeddings"]);
-/// TestService::new("whisper-1", media).service_type(ServiceType::Stt);
+/// ```no_run
+/// # use std::sync::Arc;
+/// # use inference_club_coordinator::testing::{TestClub, TestService};
+/// # use inference_club_core::manifest::ServiceType;
+/// # use inference_club_core::provider::Provider;
+/// # async fn club(echo: Arc<dyn Provider>, media: Arc<dyn Provider>) {
+/// let club = TestClub::start_services(vec![
+///     TestService::new("echo-embed", echo).features(["embeddings"]),
+///     TestService::new("whisper-1", media).service_type(ServiceType::Stt),
+/// ])
+/// .await;
+/// # }
 /// ```
 #[derive(Clone)]
 pub struct TestService {

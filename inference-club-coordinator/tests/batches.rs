@@ -233,6 +233,36 @@ async fn embeddings_batches_and_idempotent_creation() {
     let vector = &output[0]["response"]["body"]["data"][0]["embedding"];
     assert_eq!(vector.as_array().unwrap().len(), Echo::EMBEDDING_DIMENSIONS);
     assert!(done["error_file_id"].is_null());
+
+    // Listing by purpose: the two newest files are outputs, yet a page of one upload is found.
+    let body = json!({"input_file_id": first["id"], "endpoint": "/v1/embeddings", "completion_window": "24h"});
+    let second: Value = post(&club, "/v1/batches", body, None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    wait_for(
+        &club,
+        second["id"].as_str().unwrap(),
+        &["completed"],
+        Duration::from_secs(20),
+    )
+    .await;
+    let uploads: Value = get(&club, "/v1/files?purpose=batch&limit=1")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(uploads["data"].as_array().unwrap().len(), 1, "{uploads}");
+    assert_eq!(uploads["data"][0]["id"], first["id"]);
+    assert_eq!(uploads["has_more"], false);
+    let outputs: Value = get(&club, "/v1/files?purpose=batch_output")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(outputs["data"].as_array().unwrap().len(), 2);
+    assert_eq!(outputs["data"][1]["id"], done["output_file_id"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -166,10 +166,10 @@ pub async fn list(
     let caller = member(&store, &headers).await?;
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let (after, limit) = query.page()?;
-    let mut files = store.list_files(caller.user.id, after, limit + 1).await?;
-    if let Some(purpose) = &query.purpose {
-        files.retain(|f| &f.purpose == purpose);
-    }
+    let purpose = query.purpose.as_deref().filter(|p| !p.is_empty());
+    let mut files = store
+        .list_files(caller.user.id, purpose, after, limit + 1)
+        .await?;
     let has_more = files.len() > limit as usize;
     files.truncate(limit as usize);
     let page = list_page(files.iter().map(|f| f.object()).collect(), has_more);

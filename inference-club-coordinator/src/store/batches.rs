@@ -171,20 +171,24 @@ impl Store {
         row.map(|row| get(&row, "data")).transpose()
     }
 
-    /// `owner`'s files, newest first: at most `limit`, before the file `after` when given.
+    /// `owner`'s files (of `purpose`, when given), newest first: at most `limit`, before the
+    /// file `after` when given.
     pub async fn list_files(
         &self,
         owner: UserId,
+        purpose: Option<&str>,
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<StoredFile>, StoreError> {
         let rows = sqlx::query(&format!(
-            "SELECT {FILE_COLUMNS} FROM files WHERE owner_id = $1 AND ($2 = '' OR id < $2)
+            "SELECT {FILE_COLUMNS} FROM files
+             WHERE owner_id = $1 AND ($2 = '' OR id < $2) AND ($4 = '' OR purpose = $4)
              ORDER BY id DESC LIMIT $3"
         ))
         .bind(owner.to_string())
         .bind(after.unwrap_or_default().to_owned())
         .bind(i64::from(limit))
+        .bind(purpose.unwrap_or_default().to_owned())
         .fetch_all(&self.inner.pool)
         .await?;
         rows.iter().map(file_of).collect()

@@ -12,7 +12,7 @@ use inference_club_core::record::Visibility;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::files::{ListQuery, list_page, member};
+use super::files::{ListQuery, Owned, list_page, member};
 use super::idempotency::Replay;
 use super::{header_visibility, serve};
 use crate::error::ApiError;
@@ -39,13 +39,8 @@ struct NewBatch {
     visibility: Option<String>,
 }
 
-fn no_such_batch(id: &str) -> ApiError {
-    ApiError::not_found(
-        "batch_not_found",
-        format!("No batch with id {id:?} exists, or it is not yours."),
-    )
-    .with_param("batch_id")
-}
+/// Batches.
+const BATCH: Owned = Owned { noun: "batch" };
 
 /// `POST /v1/batches`: a batch over one of the caller's files (`purpose` batch) for one of
 /// `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`, `/v1/responses`, within `24h`.
@@ -162,14 +157,6 @@ fn check_metadata(metadata: Option<Map<String, Value>>) -> Result<Option<Value>,
     Ok(Some(Value::Object(metadata)))
 }
 
-fn batch_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    let Path(id) = path.map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))?;
-    if id.len() > 64 {
-        return Err(no_such_batch(&id));
-    }
-    Ok(id)
-}
-
 /// `GET /v1/batches/{id}`: one of the caller's batches, with its counts as they are now.
 pub async fn get_one(
     State(store): State<Store>,
@@ -178,10 +165,10 @@ pub async fn get_one(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let caller = member(&store, &headers).await?;
-    let id = batch_id(path)?;
+    let id = BATCH.id(path)?;
     match runner.current(caller.user.id, &id).await? {
         Some(batch) => Ok(axum::Json(batch).into_response()),
-        None => Err(no_such_batch(&id)),
+        None => Err(BATCH.not_found(&id)),
     }
 }
 
@@ -209,9 +196,9 @@ pub async fn cancel(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let caller = member(&store, &headers).await?;
-    let id = batch_id(path)?;
+    let id = BATCH.id(path)?;
     match runner.cancel(caller.user.id, &id).await? {
         Some(batch) => Ok(axum::Json(batch).into_response()),
-        None => Err(no_such_batch(&id)),
+        None => Err(BATCH.not_found(&id)),
     }
 }

@@ -79,13 +79,36 @@ pub(crate) async fn member(store: &Store, headers: &HeaderMap) -> Result<Caller,
     auth::require(store, headers, Scope::Inference).await
 }
 
-fn no_such_file(id: &str) -> ApiError {
-    ApiError::not_found(
-        "file_not_found",
-        format!("No file with id {id:?} exists, or it is not yours."),
-    )
-    .with_param("file_id")
+/// A kind of object a member owns and names by id in a path (a file, a batch): the same 404
+/// for one that does not exist and for another member's.
+pub(crate) struct Owned {
+    /// What it is called (`file`, `batch`).
+    pub noun: &'static str,
 }
+
+impl Owned {
+    /// The 404 for `id`.
+    pub(crate) fn not_found(&self, id: &str) -> ApiError {
+        let noun = self.noun;
+        ApiError::not_found(
+            &format!("{noun}_not_found"),
+            format!("No {noun} with id {id:?} exists, or it is not yours."),
+        )
+        .with_param(&format!("{noun}_id"))
+    }
+
+    /// The id a path names (an id longer than any this club makes is simply not found).
+    pub(crate) fn id(&self, path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+        let Path(id) = path.map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))?;
+        if id.len() > 64 {
+            return Err(self.not_found(&id));
+        }
+        Ok(id)
+    }
+}
+
+/// Files.
+pub(crate) const FILE: Owned = Owned { noun: "file" };
 
 /// `POST /v1/files`: a `multipart/form-data` upload with `file` and `purpose` (`batch`). The
 /// file is at most `max_file_bytes`; a batch file must be JSONL text (its lines are checked when
@@ -176,14 +199,6 @@ pub async fn list(
     Ok(axum::Json(page).into_response())
 }
 
-fn file_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    let Path(id) = path.map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))?;
-    if id.len() > 64 {
-        return Err(no_such_file(&id));
-    }
-    Ok(id)
-}
-
 /// `GET /v1/files/{id}`: one of the caller's files.
 pub async fn get_one(
     State(store): State<Store>,
@@ -191,10 +206,10 @@ pub async fn get_one(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let caller = member(&store, &headers).await?;
-    let id = file_id(path)?;
+    let id = FILE.id(path)?;
     match store.file(caller.user.id, &id).await? {
         Some(file) => Ok(axum::Json(file.object()).into_response()),
-        None => Err(no_such_file(&id)),
+        None => Err(FILE.not_found(&id)),
     }
 }
 
@@ -205,7 +220,7 @@ pub async fn content(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let caller = member(&store, &headers).await?;
-    let id = file_id(path)?;
+    let id = FILE.id(path)?;
     match store.file_content(caller.user.id, &id).await? {
         Some(data) => Ok((
             [(
@@ -215,7 +230,7 @@ pub async fn content(
             data,
         )
             .into_response()),
-        None => Err(no_such_file(&id)),
+        None => Err(FILE.not_found(&id)),
     }
 }
 
@@ -226,10 +241,10 @@ pub async fn delete(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let caller = member(&store, &headers).await?;
-    let id = file_id(path)?;
+    let id = FILE.id(path)?;
     if store.delete_file(caller.user.id, &id).await? {
         Ok(axum::Json(json!({"id": id, "object": "file", "deleted": true})).into_response())
     } else {
-        Err(no_such_file(&id))
+        Err(FILE.not_found(&id))
     }
 }

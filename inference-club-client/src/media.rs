@@ -374,19 +374,6 @@ impl SpeechRequest {
         self.speed = Some(speed);
         self
     }
-
-    /// Who may read the record of this request (default: the member's default).
-    pub fn visibility(mut self, visibility: Visibility) -> Self {
-        self.extra
-            .insert("visibility".into(), visibility.as_str().into());
-        self
-    }
-
-    /// Any other parameter (`instructions`, a vendor's own), sent as given.
-    pub fn param(mut self, name: impl Into<String>, value: impl Into<Value>) -> Self {
-        self.extra.insert(name.into(), value.into());
-        self
-    }
 }
 
 /// Spoken audio and the id of its record.
@@ -461,19 +448,6 @@ impl ImageRequest {
     /// How they travel.
     pub fn response_format(mut self, format: ImageFormat) -> Self {
         self.response_format = Some(format);
-        self
-    }
-
-    /// Who may read the record of this request (default: the member's default).
-    pub fn visibility(mut self, visibility: Visibility) -> Self {
-        self.extra
-            .insert("visibility".into(), visibility.as_str().into());
-        self
-    }
-
-    /// Any other parameter, sent as given.
-    pub fn param(mut self, name: impl Into<String>, value: impl Into<Value>) -> Self {
-        self.extra.insert(name.into(), value.into());
         self
     }
 }
@@ -715,3 +689,5 @@ mod tests {
         assert!(ImagesResponse::from_wire(&json!({}), None).is_err());
     }
 }
+
+crate::request::extra_params!(SpeechRequest, ImageRequest);

@@ -78,3 +78,33 @@ impl From<ChatRequest> for ChatCompletionRequest {
         request.request
     }
 }
+
+/// The two setters every request of the OpenAI endpoints has, on its `extra` map of fields sent
+/// as they are: `visibility` (the club's) and `param` (any other parameter: `top_p`, `seed`,
+/// `instructions`, a vendor's own).
+macro_rules! extra_params {
+    ($($request:ty),* $(,)?) => {
+        $(
+            impl $request {
+                /// Who may read the record of this request (default: the member's default).
+                pub fn visibility(mut self, visibility: inference_club_core::record::Visibility) -> Self {
+                    self.extra
+                        .insert("visibility".into(), visibility.as_str().into());
+                    self
+                }
+
+                /// Any other parameter (`top_p`, `seed`, `instructions`, a vendor's own), sent as
+                /// given.
+                pub fn param(
+                    mut self,
+                    name: impl Into<String>,
+                    value: impl Into<serde_json::Value>,
+                ) -> Self {
+                    self.extra.insert(name.into(), value.into());
+                    self
+                }
+            }
+        )*
+    };
+}
+pub(crate) use extra_params;

@@ -7,7 +7,6 @@ use std::task::{Context, Poll};
 use futures_util::Stream;
 use futures_util::future::BoxFuture;
 use inference_club_core::openai::{ApiError, FinishReason, StreamOptions, Usage};
-use inference_club_core::record::Visibility;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
@@ -73,19 +72,6 @@ impl CompletionRequest {
     /// Adds a stop sequence.
     pub fn stop(mut self, sequence: impl Into<String>) -> Self {
         self.stop.get_or_insert_with(Vec::new).push(sequence.into());
-        self
-    }
-
-    /// Who may read the record of this request (default: the member's default).
-    pub fn visibility(mut self, visibility: Visibility) -> Self {
-        self.extra
-            .insert("visibility".into(), visibility.as_str().into());
-        self
-    }
-
-    /// Any other parameter (`top_p`, `seed`, a vendor's own), sent as given.
-    pub fn param(mut self, name: impl Into<String>, value: impl Into<Value>) -> Self {
-        self.extra.insert(name.into(), value.into());
         self
     }
 }
@@ -417,19 +403,6 @@ impl EmbeddingsRequest {
         self.dimensions = Some(dimensions);
         self
     }
-
-    /// Who may read the record of this request (default: the member's default).
-    pub fn visibility(mut self, visibility: Visibility) -> Self {
-        self.extra
-            .insert("visibility".into(), visibility.as_str().into());
-        self
-    }
-
-    /// Any other parameter, sent as given.
-    pub fn param(mut self, name: impl Into<String>, value: impl Into<Value>) -> Self {
-        self.extra.insert(name.into(), value.into());
-        self
-    }
 }
 
 /// The answer of `/v1/embeddings` (`"object": "list"`), its vectors decoded.
@@ -627,6 +600,7 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use inference_club_core::record::Visibility;
     use serde_json::json;
 
     #[test]
@@ -709,3 +683,5 @@ mod tests {
         assert!(completion_event("{").is_err());
     }
 }
+
+crate::request::extra_params!(CompletionRequest, EmbeddingsRequest);

@@ -618,3 +618,37 @@ async fn every_endpoint_on_postgres() {
     .await;
     assert_eq!(completion.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blobs_expire_after_their_retention_and_with_their_record() {
+    let (club, _media) = club().await;
+    let speech = post_json(
+        &club,
+        "/v1/audio/speech",
+        json!({"model": "tts-1", "input": "kept a while", "voice": "alloy", "response_format": "wav"}),
+    )
+    .await;
+    assert_eq!(speech.status(), 200);
+    let kept = record(&club, record_id(&speech)).await;
+    let blob = kept["blobs"][0]["id"].as_str().unwrap().to_owned();
+    // A blob whose record is gone (it never existed here) goes at the next expiry, whatever
+    // its age; a young blob of a live record stays.
+    club.store
+        .put_blob("orphan", RecordId::new(), "audio/wav", b"RIFF")
+        .await
+        .unwrap();
+    let an_hour_ago = chrono::Utc::now() - chrono::Duration::hours(1);
+    assert_eq!(club.store.expire_blobs(an_hour_ago).await.unwrap(), 1);
+    assert!(club.store.blob("orphan").await.unwrap().is_none());
+    assert!(club.store.blob(&blob).await.unwrap().is_some());
+    // Past its retention it goes too; the record stays, and its blob's URL is a 404.
+    let later = chrono::Utc::now() + chrono::Duration::seconds(1);
+    assert_eq!(club.store.expire_blobs(later).await.unwrap(), 1);
+    assert!(club.store.blob(&blob).await.unwrap().is_none());
+    let url = format!("{}{}", club.url, kept["blobs"][0]["url"].as_str().unwrap());
+    assert_eq!(http().get(&url).send().await.unwrap().status(), 404);
+    assert_eq!(
+        record(&club, record_id(&speech)).await["status"],
+        "succeeded"
+    );
+}

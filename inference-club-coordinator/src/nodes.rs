@@ -459,6 +459,7 @@ impl Provider for RemoteNode {
                 request_id: context.request_id.clone(),
                 consumer: context.consumer.clone(),
                 deadline_ms,
+                whole: context.whole,
                 request,
             }))
         })

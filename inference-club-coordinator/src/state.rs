@@ -187,6 +187,11 @@ impl AppState {
     /// end, closes the links, and (in a cluster) leaves it.
     pub async fn finish_drain(&self, within: Duration) {
         self.fleet.finish_drain(within, &self.store).await;
+        // Records abandoned in the drain are saved, then every held record write is committed.
+        self.recorder.settle().await;
+        if let Err(error) = self.store.flush_records().await {
+            tracing::error!("cannot write the last records before stopping: {error}");
+        }
     }
 }
 

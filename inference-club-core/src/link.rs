@@ -158,6 +158,11 @@ pub struct Job {
     /// How long the node may take in all, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_ms: Option<u64>,
+    /// The consumer takes the answer whole: the node may send it as one chunk, merged from the
+    /// engine's ([`ChatCompletionChunk::absorb`]), before `done`. Nodes that do not know this
+    /// field stream as usual, which is as correct.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub whole: bool,
     /// The request; `model` is the name the consumer asked for.
     pub request: ChatCompletionRequest,
 }
@@ -469,6 +474,7 @@ mod tests {
                 request_id: "r".into(),
                 consumer: None,
                 deadline_ms: Some(1000),
+                whole: true,
                 request: ChatCompletionRequest::new("m", vec![ChatMessage::user("hi")]),
             })),
             CoordinatorMessage::Call(Box::new(CallJob {

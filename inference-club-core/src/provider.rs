@@ -145,6 +145,11 @@ pub struct RequestContext {
     pub deadline: Option<Instant>,
     /// Cancelled when the consumer goes away; providers stop work and close engine connections.
     pub cancel: CancellationToken,
+    /// The consumer takes the answer whole (not streamed): a provider may deliver it in fewer,
+    /// larger chunks (a node sends it as one, see [`ChatCompletionChunk::absorb`]).
+    ///
+    /// [`ChatCompletionChunk::absorb`]: crate::openai::ChatCompletionChunk::absorb
+    pub whole: bool,
 }
 
 impl RequestContext {

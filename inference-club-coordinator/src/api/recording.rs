@@ -24,7 +24,16 @@ pub(crate) struct Recorder {
     store: Store,
     nodes: Arc<NodeRegistry>,
     metrics: Arc<Metrics>,
-    abandoned: mpsc::UnboundedSender<Abandoned>,
+    abandoned: mpsc::UnboundedSender<ToSaver>,
+}
+
+/// What the task that saves abandoned records is handed.
+#[derive(Debug)]
+enum ToSaver {
+    /// A record to save.
+    Abandoned(Abandoned),
+    /// Answer once every record handed before is saved.
+    Settle(tokio::sync::oneshot::Sender<()>),
 }
 
 /// A record made final (cancelled) when its keeper was dropped, waiting to be saved.
@@ -39,7 +48,7 @@ impl Recorder {
     /// A recorder on `store`, and the task that saves abandoned records (it ends with the
     /// recorder). `nodes` names the operators who left while their records were in flight.
     pub fn start(store: Store, nodes: Arc<NodeRegistry>, metrics: Arc<Metrics>) -> Arc<Self> {
-        let (abandoned, mut receiver) = mpsc::unbounded_channel::<Abandoned>();
+        let (abandoned, mut receiver) = mpsc::unbounded_channel::<ToSaver>();
         let recorder = Self {
             store,
             nodes,
@@ -52,12 +61,27 @@ impl Recorder {
             metrics: recorder.metrics.clone(),
         };
         tokio::spawn(async move {
-            while let Some(mut abandoned) = receiver.recv().await {
-                saver.save(&mut abandoned.record).await;
-                saver.count(&abandoned.record, abandoned.streamed, abandoned.received);
+            while let Some(message) = receiver.recv().await {
+                match message {
+                    ToSaver::Abandoned(mut abandoned) => {
+                        saver.save(&mut abandoned.record).await;
+                        saver.count(&abandoned.record, abandoned.streamed, abandoned.received);
+                    }
+                    ToSaver::Settle(done) => {
+                        let _ = done.send(());
+                    }
+                }
             }
         });
         Arc::new(recorder)
+    }
+
+    /// Returns once every record abandoned before this call is saved (at shutdown).
+    pub async fn settle(&self) {
+        let (done, settled) = tokio::sync::oneshot::channel();
+        if self.abandoned.send(ToSaver::Settle(done)).is_ok() {
+            let _ = settled.await;
+        }
     }
 
     /// The store records are saved in.
@@ -247,10 +271,10 @@ impl Drop for RecordKeeper {
             Utc::now(),
         );
         // The saver task ends only with the recorder, which this keeper holds: it is there.
-        let _ = self.recorder.abandoned.send(Abandoned {
+        let _ = self.recorder.abandoned.send(ToSaver::Abandoned(Abandoned {
             record,
             streamed: self.streamed,
             received: self.received,
-        });
+        }));
     }
 }

@@ -20,7 +20,7 @@ use crate::auth::{self, Caller};
 use crate::dispatch::{self, Answer, Dispatcher, Work};
 use crate::error::ApiError;
 use crate::limits::{self, InFlightSlot, Limiter, RateState};
-use crate::store::Scope;
+use crate::store::{Scope, StoreError};
 
 /// What serving an inference request uses.
 #[derive(Debug, Clone)]
@@ -141,10 +141,11 @@ pub(crate) struct Started {
     pub id: RecordId,
 }
 
-/// Records `record` and dispatches `work` for it. The record's insert is committed while the
-/// request is dispatched, and awaited before anything of the answer leaves, so no consumer sees
-/// a request id without its record. On failure the record is final (`failed`) and the answer
-/// is the error, naming the record.
+/// Records `record` and dispatches `work` for it. The record's insert is queued, held for the
+/// record's next save to fold into (see the store's writer), and the final save is committed
+/// before the answer completes. While record writes are failing, a new request is refused
+/// (503) before anything is routed. On failure the record is final (`failed`) and the answer is
+/// the error, naming the record.
 pub(crate) async fn start(
     parts: &Parts,
     admission: Admission,
@@ -158,16 +159,21 @@ pub(crate) async fn start(
         slot,
         batch,
     } = admission;
+    let store = parts.recorder.store();
+    if store.record_writes_failing() {
+        return Err(ApiError::from(StoreError::WritesFailing).into_response());
+    }
     let waits = batch.is_none();
     record.batch = batch;
     let id = record.id;
-    let inserted = match parts.recorder.store().insert_record_soon(&record).await {
-        Ok(pending) => pending,
-        Err(error) => return Err(ApiError::from(error).into_response()),
-    };
+    if let Err(error) = store.insert_record_soon(&record).await {
+        return Err(ApiError::from(error).into_response());
+    }
     let cancel = CancellationToken::new();
     let mut context = RequestContext::new(id.to_string()).with_consumer(caller.user.handle.clone());
     context.cancel = cancel.clone();
+    // A whole answer may come from the node as one chunk.
+    context.whole = !streamed;
     // The keeper holds the record from here on: if the consumer goes away while the request
     // waits in the queue or for its first output, dropping it makes the record cancelled.
     let mut keeper = parts
@@ -181,11 +187,6 @@ pub(crate) async fn start(
         }
         None => Err(ApiError::internal("dispatch", "the record is gone")),
     };
-    if let Err(error) = inserted.committed().await {
-        // No record, so nothing to save: the keeper only cancels the job it started.
-        keeper.record = None;
-        return Err(ApiError::from(error).into_response());
-    }
     match dispatched {
         Ok(answer) => {
             // Saved as running, with the node serving it and the attempts so far: what a crash

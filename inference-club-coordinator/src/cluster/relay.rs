@@ -728,6 +728,7 @@ fn take_job(cluster: &Arc<Cluster>, node: &Arc<LiveNode>, mut job: JobRequest) -
             .deadline_ms
             .map(|ms| Instant::now() + Duration::from_millis(ms)),
         cancel: cancel.clone(),
+        whole: false,
     };
     let requester_gone = cluster.directory.replica_gone(&job.replica);
     let answer = JobReply::Accepted {

@@ -52,7 +52,8 @@ impl Store {
             let mut pause = FIRST_PAUSE;
             loop {
                 tokio::time::sleep(pause).await;
-                match store.save_record(&record).await {
+                // Its insert may have been folded into the save that failed: put, not save.
+                match store.put_record(&record).await {
                     Ok(()) => {
                         tracing::info!(id = %record.id, "a deferred record save landed");
                         break;

@@ -88,6 +88,10 @@ pub enum StoreError {
     /// The store's batched writer has stopped (its runtime shut down).
     #[error("the store's writer has stopped")]
     Closed,
+    /// Record writes are failing now for a reason that may pass (a full disk, the database
+    /// restarting): new requests are refused until a commit succeeds again.
+    #[error("the store cannot write records now")]
+    WritesFailing,
 }
 
 impl StoreError {
@@ -98,6 +102,7 @@ impl StoreError {
         match self {
             Self::Database(error) => is_retryable_sqlx(error),
             Self::Migrate(sqlx::migrate::MigrateError::Execute(error)) => is_retryable_sqlx(error),
+            Self::WritesFailing => true,
             _ => false,
         }
     }

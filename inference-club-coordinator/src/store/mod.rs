@@ -94,7 +94,9 @@ pub struct Store {
 struct Inner {
     pool: AnyPool,
     backend: Backend,
-    writes: mpsc::Sender<writer::Job>,
+    writes: mpsc::Sender<writer::Command>,
+    /// Whether the record writer's last commit failed for a reason that may pass.
+    write_health: Arc<writer::WriteHealth>,
     keys: key_cache::KeyCache,
     /// Final saves being tried again in the background.
     deferred: std::sync::atomic::AtomicUsize,
@@ -128,12 +130,14 @@ impl Store {
     pub async fn connect_without_migrating(url: &str) -> Result<Self, StoreError> {
         let (backend, url) = sql::resolve_url(url)?;
         let pool = sql::open_pool(backend, &url).await?;
-        let writes = writer::spawn(pool.clone(), backend);
+        let write_health = Arc::new(writer::WriteHealth::default());
+        let writes = writer::spawn(pool.clone(), backend, write_health.clone());
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
                 backend,
                 writes,
+                write_health,
                 keys: key_cache::KeyCache::default(),
                 deferred: std::sync::atomic::AtomicUsize::new(0),
                 replica: std::sync::OnceLock::new(),

@@ -241,6 +241,13 @@ impl RecordRow {
         self.replica = replica.map(str::to_owned);
         self
     }
+
+    /// Takes the replica of `earlier` (an insert this newer row is folded into).
+    pub(crate) fn keep_replica_of(&mut self, earlier: &mut RecordRow) {
+        if self.replica.is_none() {
+            self.replica = earlier.replica.take();
+        }
+    }
 }
 
 /// Which in-flight records [`Store::fail_in_flight_of`] fails.
@@ -445,6 +452,14 @@ pub(crate) async fn save(conn: &mut AnyConnection, row: &RecordRow) -> Result<()
     })
 }
 
+/// Saves a record, or inserts it when it is not there (inside the writer's transaction).
+pub(crate) async fn put(conn: &mut AnyConnection, row: &RecordRow) -> Result<(), StoreError> {
+    match save(&mut *conn, row).await {
+        Err(StoreError::NotFound(Entity::Record)) => insert(conn, row).await,
+        other => other,
+    }
+}
+
 fn record_from_row(row: &AnyRow) -> Result<InferenceRecord, StoreError> {
     let body: String = get(row, "body")?;
     let mut record: InferenceRecord =
@@ -471,15 +486,14 @@ impl Store {
         self.write(super::writer::Write::Insert(row)).await
     }
 
-    /// Queues the insert of [`Store::insert_record`] and returns at once; the insert is durable
-    /// when `PendingWrite::committed` says so. Writes queued after it (saves of the same
-    /// record) are applied after it.
-    pub async fn insert_record_soon(
-        &self,
-        record: &InferenceRecord,
-    ) -> Result<super::writer::PendingWrite, StoreError> {
+    /// Queues the insert of [`Store::insert_record`] and returns at once. The insert is held (see
+    /// the writer) so that the record's next save folds into it: a request that ends within
+    /// [`PROGRESS_DELAY`](super::PROGRESS_DELAY) costs one statement. Reads and changes of the
+    /// record by id, and listings, write it first. A crash of the coordinator before it is
+    /// written loses it: such a request was never answered whole.
+    pub async fn insert_record_soon(&self, record: &InferenceRecord) -> Result<(), StoreError> {
         let row = RecordRow::new(record)?.handled_by(self.replica());
-        self.write_pending(super::writer::Write::Insert(row)).await
+        self.write_held(super::writer::Write::Insert(row)).await
     }
 
     /// Saves everything about a record that may change (status, serving provider, response,
@@ -496,6 +510,13 @@ impl Store {
         self.write(super::writer::Write::Save(row)).await
     }
 
+    /// Saves `record`, or inserts it when its insert never landed (a deferred final save whose
+    /// insert was folded into it): durable when this returns.
+    pub(crate) async fn put_record(&self, record: &InferenceRecord) -> Result<(), StoreError> {
+        let row = RecordRow::new(record)?.handled_by(self.replica());
+        self.write(super::writer::Write::Put(row)).await
+    }
+
     /// Queues a progress save (such as `running`, with the node serving the request): written
     /// [`PROGRESS_DELAY`](super::PROGRESS_DELAY) from now unless a later save of the record
     /// comes first, so a request that ends sooner costs no write for its progress. A crash of
@@ -503,11 +524,12 @@ impl Store {
     /// `failed` all the same.
     pub async fn save_progress(&self, record: &InferenceRecord) -> Result<(), StoreError> {
         let row = RecordRow::new(record)?;
-        self.write_progress(super::writer::Write::Save(row)).await
+        self.write_held(super::writer::Write::Save(row)).await
     }
 
     /// A record and the ids the read rules need ([`StoredRecord::readable_by`]).
     pub async fn record(&self, id: RecordId) -> Result<Option<StoredRecord>, StoreError> {
+        self.flush_record(id).await?;
         let row = sqlx::query(
             "SELECT consumer_id, operator_id, visibility, body FROM records WHERE id = $1",
         )
@@ -529,6 +551,7 @@ impl Store {
         &self,
         query: &RecordQuery,
     ) -> Result<Page<InferenceRecord>, StoreError> {
+        self.flush_records().await?;
         let mut conditions: Vec<String> = Vec::new();
         let mut texts: Vec<String> = Vec::new();
         let mut numbers: Vec<i64> = Vec::new();
@@ -613,6 +636,7 @@ impl Store {
         owner: UserId,
         visibility: Visibility,
     ) -> Result<bool, StoreError> {
+        self.flush_record(id).await?;
         let updated = sqlx::query(
             "UPDATE records SET visibility = $1, updated_at = $2 WHERE id = $3 AND consumer_id = $4",
         )
@@ -628,6 +652,7 @@ impl Store {
     /// Deletes one of `owner`'s records for good. Returns `false`, changing nothing, when there
     /// is no such record or it is not theirs.
     pub async fn delete_record(&self, id: RecordId, owner: UserId) -> Result<bool, StoreError> {
+        self.flush_record(id).await?;
         let deleted = sqlx::query("DELETE FROM records WHERE id = $1 AND consumer_id = $2")
             .bind(id.to_string())
             .bind(owner.to_string())

@@ -204,6 +204,8 @@ impl Store {
     /// Returns whether there was such a member.
     pub async fn delete_user(&self, user_id: UserId) -> Result<bool, StoreError> {
         self.inner.keys.forget_user(user_id);
+        // Held record writes land first, so that the deletion sees (and removes) them.
+        self.flush_records().await?;
         let id = user_id.to_string();
         let mut tx = self
             .inner

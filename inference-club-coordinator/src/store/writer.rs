@@ -8,10 +8,19 @@
 //!
 //! Writes of one batch to the same record fold into one statement: a save that does not move
 //! the record back supersedes the write queued before it (an insert stays an insert, carrying
-//! the newer row), and every caller of the folded writes gets that statement's outcome. A
-//! request accepted, started and finished between two commits costs one statement, not three.
+//! the newer row), and every caller of the folded writes gets that statement's outcome.
+//!
+//! A *held* write (the insert at acceptance, a progress save) waits up to [`PROGRESS_DELAY`]
+//! for a later write of the same record to fold into: a request that ends sooner costs one
+//! statement, its insert carrying the final row. Reading or changing a record by id first
+//! flushes what is held of it ([`Store::flush_record`]), and a listing or an account's deletion
+//! flushes everything ([`Store::flush_records`]), so the store never answers without a write it
+//! was given. When the writer stops (its store dropped, or [`Store::flush_records`] at shutdown)
+//! it writes everything held.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use inference_club_core::record::RecordId;
@@ -36,19 +45,32 @@ pub(crate) enum Write {
     Insert(RecordRow),
     /// A record's progress.
     Save(RecordRow),
+    /// A save, or the insert when the record is not there (a deferred save whose insert never
+    /// landed).
+    Put(RecordRow),
 }
 
 impl Write {
     fn row(&self) -> &RecordRow {
         match self {
-            Self::Insert(row) | Self::Save(row) => row,
+            Self::Insert(row) | Self::Save(row) | Self::Put(row) => row,
         }
     }
 
-    /// The same kind of write, of a newer row.
-    fn replace_row(&mut self, newer: RecordRow) {
+    fn into_row(self) -> RecordRow {
         match self {
-            Self::Insert(row) | Self::Save(row) => *row = newer,
+            Self::Insert(row) | Self::Save(row) | Self::Put(row) => row,
+        }
+    }
+
+    /// The same kind of write, of a newer row (an insert keeps the replica it was accepted by).
+    fn replace_row(&mut self, mut newer: RecordRow) {
+        match self {
+            Self::Insert(row) => {
+                newer.keep_replica_of(row);
+                *row = newer;
+            }
+            Self::Save(row) | Self::Put(row) => *row = newer,
         }
     }
 }
@@ -80,9 +102,35 @@ impl Ack {
 pub(crate) struct Job {
     write: Write,
     ack: Ack,
-    /// A progress save: held back for [`PROGRESS_DELAY`], and dropped if a later save of the
-    /// same record comes first.
-    progress: bool,
+    /// Held back for [`PROGRESS_DELAY`] for a later write of the same record to fold into (an
+    /// insert then carries the later row; a progress save is dropped for it).
+    held: bool,
+}
+
+/// What the writer is asked to do.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Write this.
+    Write(Job),
+    /// Write now what is held of one record (`Some`) or of every record (`None`); answered
+    /// once that, and everything queued before this command, is committed.
+    Flush(Option<RecordId>, oneshot::Sender<()>),
+}
+
+/// Whether the writer's last commit failed for a reason that may pass (a full disk, a database
+/// restarting): while it does, new requests are refused rather than served unrecorded.
+#[derive(Debug, Default)]
+pub(crate) struct WriteHealth(AtomicBool);
+
+impl WriteHealth {
+    /// Whether the last commit failed for a reason that may pass.
+    pub(crate) fn failing(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    fn set_failing(&self, failing: bool) {
+        self.0.store(failing, Ordering::Release);
+    }
 }
 
 /// One statement to run: a write, and everyone waiting for it (several when writes folded).
@@ -118,7 +166,7 @@ fn fold(jobs: Vec<Job>) -> Vec<Folded> {
                     .get(at)
                     .is_some_and(|e| row.stage() >= e.write.row().stage())
             }),
-            Write::Insert(_) => None,
+            Write::Insert(_) | Write::Put(_) => None,
         };
         match (earlier.and_then(|at| folded.get_mut(at)), write) {
             (Some(earlier), Write::Save(row)) => {
@@ -158,39 +206,61 @@ fn replicate(outcome: &Result<(), StoreError>) -> Result<(), StoreError> {
 }
 
 /// Starts the writer; it ends when every sender is dropped.
-pub(crate) fn spawn(pool: AnyPool, backend: Backend) -> mpsc::Sender<Job> {
+pub(crate) fn spawn(
+    pool: AnyPool,
+    backend: Backend,
+    health: Arc<WriteHealth>,
+) -> mpsc::Sender<Command> {
     let (sender, receiver) = mpsc::channel(QUEUE);
-    tokio::spawn(run(pool, backend, receiver));
+    tokio::spawn(run(pool, backend, health, receiver));
     sender
 }
 
-async fn run(pool: AnyPool, backend: Backend, mut receiver: mpsc::Receiver<Job>) {
+async fn run(
+    pool: AnyPool,
+    backend: Backend,
+    health: Arc<WriteHealth>,
+    mut receiver: mpsc::Receiver<Command>,
+) {
     let mut incoming = Vec::with_capacity(MAX_BATCH);
-    let mut progress = Progress::default();
+    let mut held = Held::default();
     loop {
-        let due = progress.next_due();
+        let due = held.next_due();
         let open = tokio::select! {
             received = receiver.recv_many(&mut incoming, MAX_BATCH) => received > 0,
             () = sleep_until_due(due) => true,
         };
         let mut batch = Vec::with_capacity(incoming.len());
-        for job in incoming.drain(..) {
-            if job.progress {
-                batch.extend(progress.hold(job));
-            } else {
-                if let Some(held) = progress.superseded_by(&job) {
-                    batch.push(held);
+        let mut flushed = Vec::new();
+        for command in incoming.drain(..) {
+            match command {
+                Command::Write(job) if job.held => batch.extend(held.hold(job)),
+                Command::Write(job) => {
+                    if let Some(earlier) = held.superseded_by(&job) {
+                        batch.push(earlier);
+                    }
+                    batch.push(job);
                 }
-                batch.push(job);
+                Command::Flush(Some(id), done) => {
+                    batch.extend(held.take(id));
+                    flushed.push(done);
+                }
+                Command::Flush(None, done) => {
+                    batch.extend(held.take_all());
+                    flushed.push(done);
+                }
             }
         }
         if open {
-            batch.extend(progress.take_due(tokio::time::Instant::now()));
+            batch.extend(held.take_due(tokio::time::Instant::now()));
         } else {
-            batch.extend(progress.take_all());
+            batch.extend(held.take_all());
         }
         if !batch.is_empty() {
-            commit(&pool, backend, batch).await;
+            commit(&pool, backend, &health, batch).await;
+        }
+        for done in flushed {
+            let _ = done.send(());
         }
         if !open {
             break;
@@ -205,27 +275,35 @@ async fn sleep_until_due(due: Option<tokio::time::Instant>) {
     }
 }
 
-/// How long a progress save waits: a request that ends sooner never writes its progress.
+/// How long a held write waits: a request that ends sooner writes its record once.
 pub const PROGRESS_DELAY: Duration = Duration::from_millis(250);
-/// The most progress saves held at once; beyond, the oldest is written at once.
+/// The most writes held at once; beyond, the oldest is written at once.
 const MAX_HELD: usize = 65_536;
 
-/// Progress saves held back, by record, in the order they are due.
+/// Held writes, by record, in the order they are due.
 #[derive(Debug, Default)]
-struct Progress {
+struct Held {
     held: HashMap<RecordId, (tokio::time::Instant, Job)>,
     order: std::collections::VecDeque<(tokio::time::Instant, RecordId)>,
 }
 
-impl Progress {
-    /// Holds `job` until [`PROGRESS_DELAY`] from now; it replaces a held save of the same record.
-    /// Returns the oldest held save when too many are held, to be written at once.
+impl Held {
+    /// Holds `job` until [`PROGRESS_DELAY`] from now. A write already held for the same record
+    /// takes its newer row instead (keeping its kind and when it is due); a row that would move
+    /// the record back is dropped. Returns the oldest held write when too many are held, to be
+    /// written at once.
     fn hold(&mut self, job: Job) -> Option<Job> {
         let id = job.write.row().id();
-        let due = tokio::time::Instant::now() + PROGRESS_DELAY;
-        if let Some((_, replaced)) = self.held.insert(id, (due, job)) {
-            replaced.ack.send(Ok(()));
+        if let Some((_, earlier)) = self.held.get_mut(&id) {
+            let Job { write, ack, .. } = job;
+            if write.row().stage() >= earlier.write.row().stage() {
+                earlier.write.replace_row(write.into_row());
+            }
+            ack.send(Ok(()));
+            return None;
         }
+        let due = tokio::time::Instant::now() + PROGRESS_DELAY;
+        self.held.insert(id, (due, job));
         self.order.push_back((due, id));
         if self.held.len() <= MAX_HELD {
             return None;
@@ -235,17 +313,26 @@ impl Progress {
         self.held.remove(&oldest).map(|(_, job)| job)
     }
 
-    /// A held save that `job` (a save or insert of the same record) does not supersede, to be
-    /// written before it; a superseded one is dropped, its caller told it is done.
+    /// A held write that `job` (a write of the same record) does not supersede, to be written
+    /// before it (a held insert always is: the batch folds `job` into it); a superseded progress
+    /// save is dropped, its caller told it is done.
     fn superseded_by(&mut self, job: &Job) -> Option<Job> {
         let row = job.write.row();
         let (_, held) = self.held.remove(&row.id())?;
-        if matches!(job.write, Write::Save(_)) && row.stage() >= held.write.row().stage() {
+        if matches!(job.write, Write::Save(_))
+            && matches!(held.write, Write::Save(_))
+            && row.stage() >= held.write.row().stage()
+        {
             held.ack.send(Ok(()));
             None
         } else {
             Some(held)
         }
+    }
+
+    /// What is held of record `id`, to be written now.
+    fn take(&mut self, id: RecordId) -> Option<Job> {
+        self.held.remove(&id).map(|(_, job)| job)
     }
 
     /// When the next held save is due.
@@ -278,37 +365,42 @@ impl Progress {
         due
     }
 
-    /// Every held save (the writer is closing).
+    /// Every held write (a flush, or the writer is closing).
     fn take_all(&mut self) -> Vec<Job> {
         self.order.clear();
         self.held.drain().map(|(_, (_, job))| job).collect()
     }
 }
 
-async fn commit(pool: &AnyPool, backend: Backend, jobs: Vec<Job>) {
+async fn commit(pool: &AnyPool, backend: Backend, health: &WriteHealth, jobs: Vec<Job>) {
     let statements = fold(jobs);
     tracing::trace!(statements = statements.len(), "committing a record batch");
     let writes: Vec<&Write> = statements.iter().map(|folded| &folded.write).collect();
     match with_retries(pool, backend, &writes).await {
         Ok(outcomes) => {
+            health.set_failing(false);
             for (folded, outcome) in statements.into_iter().zip(outcomes) {
                 folded.answer(outcome);
             }
         }
         Err(error) if statements.len() == 1 => {
+            health.set_failing(error.is_retryable());
             if let Some(folded) = statements.into_iter().next() {
                 folded.answer(Err(error));
             }
         }
         Err(error) => {
             tracing::warn!(%error, statements = statements.len(), "record batch failed; writing one by one");
+            let mut failing = false;
             for folded in statements {
                 let outcome = match with_retries(pool, backend, &[&folded.write]).await {
                     Ok(mut outcomes) => outcomes.pop().unwrap_or(Err(StoreError::Closed)),
                     Err(error) => Err(error),
                 };
+                failing |= outcome.as_ref().is_err_and(StoreError::is_retryable);
                 folded.answer(outcome);
             }
+            health.set_failing(failing);
         }
     }
 }
@@ -343,6 +435,7 @@ async fn one_transaction(
         let outcome = match write {
             Write::Insert(row) => records::insert(&mut tx, row).await,
             Write::Save(row) => records::save(&mut tx, row).await,
+            Write::Put(row) => records::put(&mut tx, row).await,
         };
         match outcome {
             Err(error) if !error.is_outcome() => return Err(error),
@@ -351,17 +444,6 @@ async fn one_transaction(
     }
     tx.commit().await?;
     Ok(outcomes)
-}
-
-/// A queued write whose outcome has not been asked for yet.
-#[derive(Debug)]
-pub struct PendingWrite(oneshot::Receiver<Result<(), StoreError>>);
-
-impl PendingWrite {
-    /// Waits until the write is committed (or refused).
-    pub async fn committed(self) -> Result<(), StoreError> {
-        self.0.await.map_err(|_| StoreError::Closed)?
-    }
 }
 
 impl Store {
@@ -377,36 +459,58 @@ impl Store {
         write: Write,
     ) -> Result<oneshot::Receiver<Result<(), StoreError>>, StoreError> {
         let (ack, outcome) = oneshot::channel();
-        self.send_job(Job {
+        self.send(Command::Write(Job {
             write,
             ack: Ack::Wait(ack),
-            progress: false,
-        })
+            held: false,
+        }))
         .await?;
         Ok(outcome)
     }
 
-    async fn send_job(&self, job: Job) -> Result<(), StoreError> {
+    async fn send(&self, command: Command) -> Result<(), StoreError> {
         self.inner
             .writes
-            .send(job)
+            .send(command)
             .await
             .map_err(|_| StoreError::Closed)
     }
 
-    /// Queues `write` and returns what tells when it is committed.
-    pub(crate) async fn write_pending(&self, write: Write) -> Result<PendingWrite, StoreError> {
-        Ok(PendingWrite(self.enqueue(write).await?))
-    }
-
-    /// Queues a progress save: written after [`PROGRESS_DELAY`] unless a later save of the same
-    /// record supersedes it first. What becomes of it is logged, not returned.
-    pub(crate) async fn write_progress(&self, write: Write) -> Result<(), StoreError> {
-        self.send_job(Job {
+    /// Queues a held write: written with the record's next write, when it is read or changed by
+    /// id, or after [`PROGRESS_DELAY`], whichever comes first. What becomes of it is logged, not
+    /// returned.
+    pub(crate) async fn write_held(&self, write: Write) -> Result<(), StoreError> {
+        self.send(Command::Write(Job {
             write,
             ack: Ack::Log,
-            progress: true,
-        })
+            held: true,
+        }))
         .await
+    }
+
+    /// Writes now what is held of record `id` (its insert, its progress), and returns once that
+    /// and every write queued before is committed: what reads or changes one record calls first.
+    pub(crate) async fn flush_record(&self, id: RecordId) -> Result<(), StoreError> {
+        self.flush(Some(id)).await
+    }
+
+    /// Writes now every held record write and returns once everything queued is committed:
+    /// before a listing, an account's deletion, and at shutdown (what
+    /// [`Coordinator::serve`](crate::Coordinator::serve) does after its drain).
+    pub async fn flush_records(&self) -> Result<(), StoreError> {
+        self.flush(None).await
+    }
+
+    async fn flush(&self, which: Option<RecordId>) -> Result<(), StoreError> {
+        let (done, flushed) = oneshot::channel();
+        self.send(Command::Flush(which, done)).await?;
+        flushed.await.map_err(|_| StoreError::Closed)
+    }
+
+    /// Whether the last commit of record writes failed for a reason that may pass (a full disk,
+    /// the database restarting): new requests are then refused with 503 rather than served
+    /// unrecorded.
+    pub fn record_writes_failing(&self) -> bool {
+        self.inner.write_health.failing()
     }
 }

@@ -131,6 +131,97 @@ impl ChatCompletionChunk {
     pub fn has_output(&self) -> bool {
         self.choices.iter().any(|c| c.delta.has_output())
     }
+
+    /// Folds the chunk that follows this one into it, so that this one chunk aggregates as the
+    /// two did ([`ChatCompletionAggregator`](super::ChatCompletionAggregator)): per choice,
+    /// text concatenated and tool-call fragments merged by index; the later role, finish reason,
+    /// usage and system fingerprint win. What a whole answer's node sends as one chunk.
+    ///
+    /// ```
+    /// use inference_club_core::openai::{ChatCompletionChunk, ChunkDelta};
+    ///
+    /// let mut merged = ChatCompletionChunk::new("c1", "m", 0).with_delta(ChunkDelta::content("Hel"));
+    /// merged.absorb(ChatCompletionChunk::new("c1", "m", 0).with_delta(ChunkDelta::content("lo")));
+    /// assert_eq!(merged.choices[0].delta.content.as_deref(), Some("Hello"));
+    /// ```
+    pub fn absorb(&mut self, next: ChatCompletionChunk) {
+        if self.id.is_empty() {
+            self.id = next.id;
+        }
+        if self.model.is_empty() {
+            self.model = next.model;
+        }
+        if self.created == 0 {
+            self.created = next.created;
+        }
+        if next.system_fingerprint.is_some() {
+            self.system_fingerprint = next.system_fingerprint;
+        }
+        if next.usage.is_some() {
+            self.usage = next.usage;
+        }
+        for choice in next.choices {
+            match self.choices.iter_mut().find(|c| c.index == choice.index) {
+                Some(earlier) => earlier.absorb(choice),
+                None => self.choices.push(choice),
+            }
+        }
+    }
+}
+
+impl ChunkChoice {
+    /// Folds the same choice of a later chunk into this one (see [`ChatCompletionChunk::absorb`]).
+    fn absorb(&mut self, next: ChunkChoice) {
+        let (delta, later) = (&mut self.delta, next.delta);
+        if later.role.is_some() {
+            delta.role = later.role;
+        }
+        append_piece(&mut delta.content, later.content);
+        append_piece(&mut delta.reasoning, later.reasoning);
+        append_piece(&mut delta.refusal, later.refusal);
+        for fragment in later.tool_calls.into_iter().flatten() {
+            let calls = delta.tool_calls.get_or_insert_with(Vec::new);
+            match calls.iter_mut().find(|c| c.index == fragment.index) {
+                Some(call) => call.absorb(fragment),
+                None => calls.push(fragment),
+            }
+        }
+        if next.finish_reason.is_some() {
+            self.finish_reason = next.finish_reason;
+        }
+        if self.logprobs.is_none() {
+            self.logprobs = next.logprobs;
+        }
+    }
+}
+
+impl ToolCallDelta {
+    /// Folds a later fragment of the same call into this one.
+    fn absorb(&mut self, next: ToolCallDelta) {
+        if next.id.as_deref().is_some_and(|id| !id.is_empty()) {
+            self.id = next.id;
+        }
+        if next.kind.is_some() {
+            self.kind = next.kind;
+        }
+        let Some(later) = next.function else {
+            return;
+        };
+        let function = self.function.get_or_insert_with(FunctionCallDelta::default);
+        if later.name.as_deref().is_some_and(|name| !name.is_empty()) {
+            function.name = later.name;
+        }
+        append_piece(&mut function.arguments, later.arguments);
+    }
+}
+
+/// Appends `piece` to `target` (which becomes `Some` when it was not).
+fn append_piece(target: &mut Option<String>, piece: Option<String>) {
+    match (target.as_mut(), piece) {
+        (Some(text), Some(piece)) => text.push_str(&piece),
+        (None, Some(piece)) => *target = Some(piece),
+        (_, None) => {}
+    }
 }
 
 /// One choice of a chunk.
@@ -388,6 +479,53 @@ impl StreamPayload {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn absorbed_chunks_aggregate_as_the_chunks_did() {
+        let chunks: Vec<ChatCompletionChunk> = [
+            json!({"id": "c", "object": "chat.completion.chunk", "created": 7, "model": "m",
+                   "choices": [{"index": 0, "delta": {"role": "assistant", "reasoning_content": "hm"}}]}),
+            json!({"id": "c", "object": "chat.completion.chunk", "created": 7, "model": "m",
+                   "choices": [{"index": 0, "delta": {"content": "He"}},
+                               {"index": 1, "delta": {"content": "Other"}}]}),
+            json!({"id": "c", "object": "chat.completion.chunk", "created": 7, "model": "m",
+                   "choices": [{"index": 0, "delta": {"content": "llo", "tool_calls": [
+                       {"index": 0, "id": "call_1", "type": "function",
+                        "function": {"name": "f", "arguments": "{\"a\""}}]}}]}),
+            json!({"id": "c", "object": "chat.completion.chunk", "created": 7, "model": "m",
+                   "choices": [{"index": 0, "delta": {"tool_calls": [
+                       {"index": 0, "function": {"name": "", "arguments": ":1}"}},
+                       {"index": 1, "id": "call_2", "function": {"name": "g", "arguments": "{}"}}]},
+                       "finish_reason": "tool_calls"}]}),
+            json!({"id": "c", "object": "chat.completion.chunk", "created": 7, "model": "m",
+                   "choices": [], "system_fingerprint": "fp",
+                   "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}),
+        ]
+        .into_iter()
+        .map(|v| serde_json::from_value(v).unwrap())
+        .collect();
+        let mut one_by_one = crate::openai::ChatCompletionAggregator::new();
+        for chunk in &chunks {
+            one_by_one.push(chunk);
+        }
+        let mut merged: Option<ChatCompletionChunk> = None;
+        for chunk in chunks {
+            match merged.as_mut() {
+                Some(merged) => merged.absorb(chunk),
+                None => merged = Some(chunk),
+            }
+        }
+        let merged = merged.unwrap();
+        assert_eq!(merged.choices.len(), 2);
+        let mut at_once = crate::openai::ChatCompletionAggregator::new();
+        at_once.push(&merged);
+        let (expected, got) = (one_by_one.finish(), at_once.finish());
+        assert_eq!(got, expected);
+        assert_eq!(got.text().as_deref(), Some("Hello"));
+        let calls = got.choices[0].message.tool_calls.as_ref().unwrap();
+        assert_eq!(calls[0].function.arguments, "{\"a\":1}");
+        assert_eq!(calls[1].function.name, "g");
+    }
 
     #[test]
     fn empty_finish_reason_is_none() {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use futures_util::StreamExt;
 use inference_club_core::link::{Job, JobChunk, JobDone, JobError, JobFailed, JobId, NodeMessage};
-use inference_club_core::openai::{ChatCompletionAggregator, Usage};
+use inference_club_core::openai::{ChatCompletionAggregator, ChatCompletionChunk, Usage};
 use inference_club_core::provider::{Provider, ProviderError, RequestContext};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -14,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 use super::call::Outgoing;
 use super::job_log::{JobLog, JobLogEntry};
 
-/// Serves `job` on `provider`, sending each chunk to `out` as the engine produces it and ending
+/// Serves `job` on `provider`, sending each chunk to `out` as the engine produces it (or, for a
+/// job its consumer takes whole, the chunks merged into one when the engine is done) and ending
 /// with `done` or `error`. Cancelling `cancel` drops the engine request.
 pub(crate) async fn serve_job(
     job: Job,
@@ -40,6 +41,9 @@ pub(crate) async fn serve_job(
 
     let mut first_token_ms = None;
     let mut aggregate = ChatCompletionAggregator::new();
+    // A whole answer goes to the coordinator as one chunk: one frame to write and to read.
+    let mut merged: Option<ChatCompletionChunk> = None;
+    let whole = job.whole;
     let outcome: Result<(), ProviderError> = async {
         // Cancellation wins over an engine that is slow to answer or silent between chunks:
         // returning drops the engine request (and its stream) at once.
@@ -58,11 +62,17 @@ pub(crate) async fn serve_job(
                 first_token_ms = Some(millis(started.elapsed()));
             }
             aggregate.push(&chunk);
-            let message = NodeMessage::Chunk(JobChunk { job: id, chunk });
-            tokio::select! {
-                () = cancel.cancelled() => return Err(ProviderError::Cancelled),
-                sent = out.send(message.into()) => sent.map_err(|_| ProviderError::Cancelled)?,
+            if whole {
+                match merged.as_mut() {
+                    Some(merged) => merged.absorb(chunk),
+                    None => merged = Some(chunk),
+                }
+                continue;
             }
+            send_chunk(&out, &cancel, id, chunk).await?;
+        }
+        if let Some(chunk) = merged.take() {
+            send_chunk(&out, &cancel, id, chunk).await?;
         }
         Ok(())
     }
@@ -85,6 +95,20 @@ pub(crate) async fn serve_job(
         answer,
     };
     end_job(ended, outcome, &log, &out).await;
+}
+
+/// Sends one chunk of job `id` to the coordinator (unless the job is cancelled first).
+async fn send_chunk(
+    out: &mpsc::Sender<Outgoing>,
+    cancel: &CancellationToken,
+    id: JobId,
+    chunk: ChatCompletionChunk,
+) -> Result<(), ProviderError> {
+    let message = NodeMessage::Chunk(JobChunk { job: id, chunk });
+    tokio::select! {
+        () = cancel.cancelled() => Err(ProviderError::Cancelled),
+        sent = out.send(message.into()) => sent.map_err(|_| ProviderError::Cancelled),
+    }
 }
 
 /// A job's context: its record id, consumer, deadline (counted from `started`) and `cancel`.

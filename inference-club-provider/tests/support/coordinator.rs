@@ -433,6 +433,7 @@ impl Link {
             request_id: format!("req-{id}"),
             consumer: Some("bob".into()),
             deadline_ms: None,
+            whole: false,
             request: ChatCompletionRequest::new(model, vec![ChatMessage::user(prompt)]),
         });
     }

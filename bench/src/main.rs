@@ -134,6 +134,10 @@ enum Command {
     },
 }
 
+/// The allocator the shipped binaries use, so that the children measure what they run.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // reqwest is built without a default TLS provider; the bench only speaks plain HTTP on

@@ -159,6 +159,7 @@ impl Store {
     /// Closes the pool, waiting for connections in use to be returned. Record writes queued
     /// after this fail.
     pub async fn close(&self) {
+        self.release_writer().await;
         self.inner.pool.close().await;
     }
 }

@@ -24,7 +24,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use inference_club_core::record::RecordId;
-use sqlx::AnyPool;
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyPool, Connection};
 use tokio::sync::{mpsc, oneshot};
 
 use super::records::{self, RecordRow};
@@ -115,6 +116,8 @@ pub(crate) enum Command {
     /// Write now what is held of one record (`Some`) or of every record (`None`); answered
     /// once that, and everything queued before this command, is committed.
     Flush(Option<RecordId>, oneshot::Sender<()>),
+    /// Write everything held, give the connection back to the pool (which is closing), answer.
+    Release(oneshot::Sender<()>),
 }
 
 /// Whether the writer's last commit failed for a reason that may pass (a full disk, a database
@@ -224,6 +227,7 @@ async fn run(
 ) {
     let mut incoming = Vec::with_capacity(MAX_BATCH);
     let mut held = Held::default();
+    let mut writer = Writer { pool, conn: None };
     loop {
         let due = held.next_due();
         let open = tokio::select! {
@@ -232,6 +236,7 @@ async fn run(
         };
         let mut batch = Vec::with_capacity(incoming.len());
         let mut flushed = Vec::new();
+        let mut release = false;
         for command in incoming.drain(..) {
             match command {
                 Command::Write(job) if job.held => batch.extend(held.hold(job)),
@@ -249,6 +254,11 @@ async fn run(
                     batch.extend(held.take_all());
                     flushed.push(done);
                 }
+                Command::Release(done) => {
+                    batch.extend(held.take_all());
+                    flushed.push(done);
+                    release = true;
+                }
             }
         }
         if open {
@@ -257,7 +267,10 @@ async fn run(
             batch.extend(held.take_all());
         }
         if !batch.is_empty() {
-            commit(&pool, backend, &health, batch).await;
+            writer.commit(backend, &health, batch).await;
+        }
+        if release {
+            writer.conn = None;
         }
         for done in flushed {
             let _ = done.send(());
@@ -372,78 +385,96 @@ impl Held {
     }
 }
 
-async fn commit(pool: &AnyPool, backend: Backend, health: &WriteHealth, jobs: Vec<Job>) {
-    let statements = fold(jobs);
-    tracing::trace!(statements = statements.len(), "committing a record batch");
-    let writes: Vec<&Write> = statements.iter().map(|folded| &folded.write).collect();
-    match with_retries(pool, backend, &writes).await {
-        Ok(outcomes) => {
-            health.set_failing(false);
-            for (folded, outcome) in statements.into_iter().zip(outcomes) {
-                folded.answer(outcome);
-            }
-        }
-        Err(error) if statements.len() == 1 => {
-            health.set_failing(error.is_retryable());
-            if let Some(folded) = statements.into_iter().next() {
-                folded.answer(Err(error));
-            }
-        }
-        Err(error) => {
-            tracing::warn!(%error, statements = statements.len(), "record batch failed; writing one by one");
-            let mut failing = false;
-            for folded in statements {
-                let outcome = match with_retries(pool, backend, &[&folded.write]).await {
-                    Ok(mut outcomes) => outcomes.pop().unwrap_or(Err(StoreError::Closed)),
-                    Err(error) => Err(error),
-                };
-                failing |= outcome.as_ref().is_err_and(StoreError::is_retryable);
-                folded.answer(outcome);
-            }
-            health.set_failing(failing);
-        }
-    }
+/// The writer's database access: one connection of the pool, kept between batches (the same
+/// SQLite worker thread, no pool round trip per batch), given back when it fails.
+struct Writer {
+    pool: AnyPool,
+    conn: Option<PoolConnection<Any>>,
 }
 
-async fn with_retries(
-    pool: &AnyPool,
-    backend: Backend,
-    writes: &[&Write],
-) -> Result<Vec<Result<(), StoreError>>, StoreError> {
-    let mut tries = 1;
-    loop {
-        match one_transaction(pool, backend, writes).await {
-            Err(error) if error.is_retryable() && tries < TRIES => {
-                tokio::time::sleep(Duration::from_millis(20 * u64::from(tries))).await;
-                tries += 1;
+impl Writer {
+    async fn commit(&mut self, backend: Backend, health: &WriteHealth, jobs: Vec<Job>) {
+        let statements = fold(jobs);
+        tracing::trace!(statements = statements.len(), "committing a record batch");
+        let writes: Vec<&Write> = statements.iter().map(|folded| &folded.write).collect();
+        match self.with_retries(backend, &writes).await {
+            Ok(outcomes) => {
+                health.set_failing(false);
+                for (folded, outcome) in statements.into_iter().zip(outcomes) {
+                    folded.answer(outcome);
+                }
             }
-            result => return result,
+            Err(error) if statements.len() == 1 => {
+                health.set_failing(error.is_retryable());
+                if let Some(folded) = statements.into_iter().next() {
+                    folded.answer(Err(error));
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, statements = statements.len(), "record batch failed; writing one by one");
+                let mut failing = false;
+                for folded in statements {
+                    let outcome = match self.with_retries(backend, &[&folded.write]).await {
+                        Ok(mut outcomes) => outcomes.pop().unwrap_or(Err(StoreError::Closed)),
+                        Err(error) => Err(error),
+                    };
+                    failing |= outcome.as_ref().is_err_and(StoreError::is_retryable);
+                    folded.answer(outcome);
+                }
+                health.set_failing(failing);
+            }
         }
     }
-}
 
-/// Applies the writes in one transaction: each write's own refusal is its outcome; any other
-/// error rolls the whole transaction back.
-async fn one_transaction(
-    pool: &AnyPool,
-    backend: Backend,
-    writes: &[&Write],
-) -> Result<Vec<Result<(), StoreError>>, StoreError> {
-    let mut tx = pool.begin_with(backend.begin_write()).await?;
-    let mut outcomes = Vec::with_capacity(writes.len());
-    for write in writes {
-        let outcome = match write {
-            Write::Insert(row) => records::insert(&mut tx, row).await,
-            Write::Save(row) => records::save(&mut tx, row).await,
-            Write::Put(row) => records::put(&mut tx, row).await,
+    async fn with_retries(
+        &mut self,
+        backend: Backend,
+        writes: &[&Write],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let mut tries = 1;
+        loop {
+            let outcome = self.one_transaction(backend, writes).await;
+            if outcome.is_err() {
+                // A connection that failed is not trusted with the next batch.
+                self.conn = None;
+            }
+            match outcome {
+                Err(error) if error.is_retryable() && tries < TRIES => {
+                    tokio::time::sleep(Duration::from_millis(20 * u64::from(tries))).await;
+                    tries += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// Applies the writes in one transaction: each write's own refusal is its outcome; any other
+    /// error rolls the whole transaction back.
+    async fn one_transaction(
+        &mut self,
+        backend: Backend,
+        writes: &[&Write],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let conn = match &mut self.conn {
+            Some(conn) => conn,
+            None => self.conn.insert(self.pool.acquire().await?),
         };
-        match outcome {
-            Err(error) if !error.is_outcome() => return Err(error),
-            outcome => outcomes.push(outcome),
+        let mut tx = conn.begin_with(backend.begin_write()).await?;
+        let mut outcomes = Vec::with_capacity(writes.len());
+        for write in writes {
+            let outcome = match write {
+                Write::Insert(row) => records::insert(&mut tx, row).await,
+                Write::Save(row) => records::save(&mut tx, row).await,
+                Write::Put(row) => records::put(&mut tx, row).await,
+            };
+            match outcome {
+                Err(error) if !error.is_outcome() => return Err(error),
+                outcome => outcomes.push(outcome),
+            }
         }
+        tx.commit().await?;
+        Ok(outcomes)
     }
-    tx.commit().await?;
-    Ok(outcomes)
 }
 
 impl Store {
@@ -499,6 +530,14 @@ impl Store {
     /// [`Coordinator::serve`](crate::Coordinator::serve) does after its drain).
     pub async fn flush_records(&self) -> Result<(), StoreError> {
         self.flush(None).await
+    }
+
+    /// Has the writer write everything held and give its connection back (the pool closes).
+    pub(crate) async fn release_writer(&self) {
+        let (done, released) = oneshot::channel();
+        if self.send(Command::Release(done)).await.is_ok() {
+            let _ = released.await;
+        }
     }
 
     async fn flush(&self, which: Option<RecordId>) -> Result<(), StoreError> {

@@ -125,6 +125,11 @@ enum KeyCommand {
     },
 }
 
+/// mimalloc: glibc's malloc cost an eighth of the coordinator's CPU under load
+/// (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     common::init("info", false);

@@ -230,53 +230,89 @@ async fn run(
     let mut writer = Writer { pool, conn: None };
     loop {
         let due = held.next_due();
-        let open = tokio::select! {
+        let mut open = tokio::select! {
             received = receiver.recv_many(&mut incoming, MAX_BATCH) => received > 0,
             () = sleep_until_due(due) => true,
         };
-        let mut batch = Vec::with_capacity(incoming.len());
-        let mut flushed = Vec::new();
-        let mut release = false;
-        for command in incoming.drain(..) {
-            match command {
-                Command::Write(job) if job.held => batch.extend(held.hold(job)),
-                Command::Write(job) => {
-                    if let Some(earlier) = held.superseded_by(&job) {
-                        batch.push(earlier);
-                    }
-                    batch.push(job);
+        let mut batch = Batch::default();
+        batch.take(&mut incoming, &mut held);
+        // Other requests in flight (their inserts held) end soon: wait a moment for their
+        // final saves, so that one commit carries several (its page writes are shared).
+        if open && !batch.jobs.is_empty() && batch.flushed.is_empty() && !held.is_empty() {
+            let until = tokio::time::Instant::now() + LINGER;
+            while batch.jobs.len() < LINGER_BATCH {
+                let more =
+                    tokio::time::timeout_at(until, receiver.recv_many(&mut incoming, MAX_BATCH));
+                match more.await {
+                    Ok(0) => open = false,
+                    Ok(_) => batch.take(&mut incoming, &mut held),
+                    Err(_) => break,
                 }
-                Command::Flush(Some(id), done) => {
-                    batch.extend(held.take(id));
-                    flushed.push(done);
-                }
-                Command::Flush(None, done) => {
-                    batch.extend(held.take_all());
-                    flushed.push(done);
-                }
-                Command::Release(done) => {
-                    batch.extend(held.take_all());
-                    flushed.push(done);
-                    release = true;
+                if !open || !batch.flushed.is_empty() {
+                    break;
                 }
             }
         }
         if open {
-            batch.extend(held.take_due(tokio::time::Instant::now()));
+            batch.jobs.extend(held.take_due(tokio::time::Instant::now()));
         } else {
-            batch.extend(held.take_all());
+            batch.jobs.extend(held.take_all());
         }
-        if !batch.is_empty() {
-            writer.commit(backend, &health, batch).await;
+        if !batch.jobs.is_empty() {
+            writer.commit(backend, &health, batch.jobs).await;
         }
-        if release {
+        if batch.release {
             writer.conn = None;
         }
-        for done in flushed {
+        for done in batch.flushed {
             let _ = done.send(());
         }
         if !open {
             break;
+        }
+    }
+}
+
+/// How long the writer waits for more writes while other requests are in flight.
+const LINGER: Duration = Duration::from_millis(1);
+/// Writes enough for one commit: the writer stops waiting for more.
+const LINGER_BATCH: usize = 32;
+
+/// What one commit carries: writes, flushes to answer after it, whether to give the connection
+/// back.
+#[derive(Default)]
+struct Batch {
+    jobs: Vec<Job>,
+    flushed: Vec<oneshot::Sender<()>>,
+    release: bool,
+}
+
+impl Batch {
+    /// Takes the `incoming` commands: held writes go to `held`, others into the batch.
+    fn take(&mut self, incoming: &mut Vec<Command>, held: &mut Held) {
+        for command in incoming.drain(..) {
+            match command {
+                Command::Write(job) if job.held => self.jobs.extend(held.hold(job)),
+                Command::Write(job) => {
+                    if let Some(earlier) = held.superseded_by(&job) {
+                        self.jobs.push(earlier);
+                    }
+                    self.jobs.push(job);
+                }
+                Command::Flush(Some(id), done) => {
+                    self.jobs.extend(held.take(id));
+                    self.flushed.push(done);
+                }
+                Command::Flush(None, done) => {
+                    self.jobs.extend(held.take_all());
+                    self.flushed.push(done);
+                }
+                Command::Release(done) => {
+                    self.jobs.extend(held.take_all());
+                    self.flushed.push(done);
+                    self.release = true;
+                }
+            }
         }
     }
 }
@@ -341,6 +377,11 @@ impl Held {
         } else {
             Some(held)
         }
+    }
+
+    /// Whether nothing is held.
+    fn is_empty(&self) -> bool {
+        self.held.is_empty()
     }
 
     /// What is held of record `id`, to be written now.

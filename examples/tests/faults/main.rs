@@ -16,6 +16,7 @@ mod support;
 mod coordinator;
 mod engines;
 mod nodes;
+mod shutdown;
 mod storage;
 
 use std::time::Duration;

@@ -108,6 +108,7 @@ on_both!(
     concurrent_batched_writes_all_land,
     writes_queued_together_end_in_the_latest_state,
     progress_is_written_late_or_not_at_all,
+    held_inserts_are_written_when_asked_for_or_after_the_delay,
     migrating_again_changes_nothing,
 );
 
@@ -142,8 +143,15 @@ fn succeed(record: &mut InferenceRecord, text: &str) {
     record.succeeded(&aggregator.finish(), Utc::now()).unwrap();
 }
 
+/// The status stored in the database, read past the store (whose reads by id first write what
+/// its writer holds of the record).
 async fn stored_status(db: &TestDb, id: RecordId) -> Status {
-    db.store.record(id).await.unwrap().unwrap().record.status()
+    let row = sqlx::query("SELECT status FROM records WHERE id = $1")
+        .bind(id.to_string())
+        .fetch_one(&db.raw)
+        .await
+        .unwrap();
+    row.get::<String, _>("status").parse().unwrap()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1006,11 +1014,10 @@ async fn writes_queued_together_end_in_the_latest_state(db: &TestDb) {
         let mut done = running.clone();
         succeed(&mut done, "the answer");
 
-        let inserted = store.insert_record_soon(&queued).await.unwrap();
+        store.insert_record_soon(&queued).await.unwrap();
         store.save_progress(&running).await.unwrap();
         let (finished, stale) = tokio::join!(store.save_record(&done), store.save_record(&running));
         finished.unwrap();
-        inserted.committed().await.unwrap();
         assert!(
             matches!(
                 stale,
@@ -1024,11 +1031,64 @@ async fn writes_queued_together_end_in_the_latest_state(db: &TestDb) {
         );
         assert_eq!(store.record(done.id).await.unwrap().unwrap().record, done);
     }
-    // A queued insert of a consumer who is not a member is refused when awaited.
+    // A held insert of a consumer who is not a member is refused: nothing is stored, and the
+    // final save that folds into it says so.
     let mut stranger = record(&ada, "m", Visibility::Public);
     stranger.consumer = Some("nobody".into());
-    let pending = store.insert_record_soon(&stranger).await.unwrap();
-    assert!(pending.committed().await.unwrap_err().is_not_found());
+    store.insert_record_soon(&stranger).await.unwrap();
+    let mut stranger_done = stranger.clone();
+    succeed(&mut stranger_done, "x");
+    assert!(
+        store
+            .save_record(&stranger_done)
+            .await
+            .unwrap_err()
+            .is_not_found()
+    );
+    assert!(store.record(stranger.id).await.unwrap().is_none());
+}
+
+/// A held insert is written when its record is read by id, when records are listed, and after
+/// the delay; the final save folds into it (one statement).
+async fn held_inserts_are_written_when_asked_for_or_after_the_delay(db: &TestDb) {
+    let store = &db.store;
+    let ada = store.create_user("ada", None).await.unwrap();
+    let count = |db: &TestDb| {
+        let raw = db.raw.clone();
+        async move {
+            let row = sqlx::query("SELECT COUNT(*) AS n FROM records")
+                .fetch_one(&raw)
+                .await
+                .unwrap();
+            row.get::<i64, _>("n")
+        }
+    };
+    let read = record(&ada, "m", Visibility::Public);
+    store.insert_record_soon(&read).await.unwrap();
+    assert_eq!(count(db).await, 0, "written before anyone asked");
+    assert_eq!(store.record(read.id).await.unwrap().unwrap().record, read);
+    assert_eq!(count(db).await, 1);
+
+    let listed = record(&ada, "m", Visibility::Public);
+    store.insert_record_soon(&listed).await.unwrap();
+    let page = store.list_records(&RecordQuery::default()).await.unwrap();
+    assert!(page.items.iter().any(|r| r.id == listed.id));
+
+    let waited = record(&ada, "m", Visibility::Public);
+    store.insert_record_soon(&waited).await.unwrap();
+    let deadline = std::time::Instant::now() + PROGRESS_DELAY * 20;
+    while count(db).await < 3 {
+        assert!(std::time::Instant::now() < deadline, "never written");
+        tokio::time::sleep(PROGRESS_DELAY / 5).await;
+    }
+    assert_eq!(stored_status(db, waited.id).await, Status::Queued);
+
+    // Deleting the account removes what was held too.
+    let gone = record(&ada, "m", Visibility::Public);
+    store.insert_record_soon(&gone).await.unwrap();
+    store.delete_user(ada.id).await.unwrap();
+    tokio::time::sleep(PROGRESS_DELAY * 2).await;
+    assert_eq!(count(db).await, 0);
 }
 
 /// A progress save (`running`) is written after the delay when the request is still going, and

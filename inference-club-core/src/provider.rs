@@ -146,7 +146,7 @@ pub struct RequestContext {
     /// Cancelled when the consumer goes away; providers stop work and close engine connections.
     pub cancel: CancellationToken,
     /// The consumer takes the answer whole (not streamed): a provider may deliver it in fewer,
-    /// larger chunks (a node sends it as one, see [`ChatCompletionChunk::absorb`]).
+    /// larger chunks (a node sends two, see [`ChatCompletionChunk::absorb`]).
     ///
     /// [`ChatCompletionChunk::absorb`]: crate::openai::ChatCompletionChunk::absorb
     pub whole: bool,

@@ -41,7 +41,7 @@ async fn a_restarted_coordinator_fails_what_was_in_flight_and_nodes_come_back() 
         // so that the crash below comes after it (a crash within those few milliseconds leaves
         // a failed record that does not name the node).
         let deadline = Instant::now() + Duration::from_secs(5);
-        while club.record(in_flight).await.status() != Status::Running {
+        while club.stored_record(in_flight).await.map(|r| r.status()) != Some(Status::Running) {
             assert!(
                 Instant::now() < deadline,
                 "the running state was never saved"

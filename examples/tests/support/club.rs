@@ -199,6 +199,16 @@ impl Club {
         self.store.as_ref().unwrap()
     }
 
+    /// The record `id` as stored now, if it is (the coordinator holds a new record's insert for
+    /// a moment: this store, the test's own, does not see it before).
+    pub async fn stored_record(&self, id: RecordId) -> Option<InferenceRecord> {
+        self.store()
+            .record(id)
+            .await
+            .unwrap()
+            .map(|stored| stored.record)
+    }
+
     /// The record `id` as stored now.
     pub async fn record(&self, id: RecordId) -> InferenceRecord {
         self.store()

@@ -144,15 +144,16 @@ struct Folded {
 }
 
 impl Folded {
-    /// Sends `outcome` to everyone waiting for this statement.
+    /// Sends `outcome` to everyone waiting for this statement: the error itself to the last
+    /// write folded in (a final save, whose caller may try again), a copy to the others.
     fn answer(self, outcome: Result<(), StoreError>) {
-        let mut acks = self.acks.into_iter();
-        let first = acks.next();
+        let mut acks = self.acks;
+        let last = acks.pop();
         for ack in acks {
             ack.send(replicate(&outcome));
         }
-        if let Some(first) = first {
-            first.send(outcome);
+        if let Some(last) = last {
+            last.send(outcome);
         }
     }
 }
@@ -188,8 +189,9 @@ fn fold(jobs: Vec<Job>) -> Vec<Folded> {
     folded
 }
 
-/// The same outcome for another caller of a folded write. Only outcomes reach here (errors that
-/// end a transaction are answered one by one, unfolded).
+/// The same outcome for another caller of a folded write: a refusal as it is; an error that may
+/// pass as [`StoreError::WritesFailing`] (so that the caller tries again); any other error as
+/// its message.
 fn replicate(outcome: &Result<(), StoreError>) -> Result<(), StoreError> {
     match outcome {
         Ok(()) => Ok(()),
@@ -204,6 +206,7 @@ fn replicate(outcome: &Result<(), StoreError>) -> Result<(), StoreError> {
             stored: *stored,
             attempted: *attempted,
         }),
+        Err(error) if error.is_retryable() => Err(StoreError::WritesFailing),
         Err(other) => Err(StoreError::invalid("record", other.to_string())),
     }
 }
@@ -254,7 +257,9 @@ async fn run(
             }
         }
         if open {
-            batch.jobs.extend(held.take_due(tokio::time::Instant::now()));
+            batch
+                .jobs
+                .extend(held.take_due(tokio::time::Instant::now()));
         } else {
             batch.jobs.extend(held.take_all());
         }

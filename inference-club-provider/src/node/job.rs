@@ -15,7 +15,8 @@ use super::call::Outgoing;
 use super::job_log::{JobLog, JobLogEntry};
 
 /// Serves `job` on `provider`, sending each chunk to `out` as the engine produces it (or, for a
-/// job its consumer takes whole, the chunks merged into one when the engine is done) and ending
+/// job its consumer takes whole, the chunks up to the first output, then the rest merged into
+/// one when the engine is done) and ending
 /// with `done` or `error`. Cancelling `cancel` drops the engine request.
 pub(crate) async fn serve_job(
     job: Job,
@@ -41,7 +42,9 @@ pub(crate) async fn serve_job(
 
     let mut first_token_ms = None;
     let mut aggregate = ChatCompletionAggregator::new();
-    // A whole answer goes to the coordinator as one chunk: one frame to write and to read.
+    // A whole answer goes to the coordinator in two chunks: what came up to the first output
+    // (so that the coordinator knows when it started), then the rest merged, sent at the end or
+    // before an error. Two frames to write and to read instead of one per token.
     let mut merged: Option<ChatCompletionChunk> = None;
     let whole = job.whole;
     let outcome: Result<(), ProviderError> = async {
@@ -57,19 +60,32 @@ pub(crate) async fn serve_job(
                 item = stream.next() => item,
             };
             let Some(item) = item else { break };
-            let chunk = item?;
-            if first_token_ms.is_none() && chunk.has_output() {
+            let chunk = match item {
+                Ok(chunk) => chunk,
+                Err(error) => {
+                    // What the engine said before it failed still reaches the record.
+                    if let Some(chunk) = merged.take() {
+                        send_chunk(&out, &cancel, id, chunk).await?;
+                    }
+                    return Err(error);
+                }
+            };
+            let first_output = first_token_ms.is_none() && chunk.has_output();
+            if first_output {
                 first_token_ms = Some(millis(started.elapsed()));
             }
             aggregate.push(&chunk);
-            if whole {
-                match merged.as_mut() {
-                    Some(merged) => merged.absorb(chunk),
-                    None => merged = Some(chunk),
-                }
+            if !whole {
+                send_chunk(&out, &cancel, id, chunk).await?;
                 continue;
             }
-            send_chunk(&out, &cancel, id, chunk).await?;
+            match merged.as_mut() {
+                Some(merged) => merged.absorb(chunk),
+                None => merged = Some(chunk),
+            }
+            if first_output && let Some(chunk) = merged.take() {
+                send_chunk(&out, &cancel, id, chunk).await?;
+            }
         }
         if let Some(chunk) = merged.take() {
             send_chunk(&out, &cancel, id, chunk).await?;

@@ -95,8 +95,10 @@ impl Process {
     }
 
     /// Asks the child to stop (SIGTERM, through `kill`), waits up to `grace` for it, then stops
-    /// it as [`Process::stop`] does. For children that must clean up their own children (nginx).
-    pub async fn terminate(mut self, grace: Duration) {
+    /// it as [`Process::stop`] does. For children that must clean up their own children (nginx),
+    /// or finish their work (the coordinator saves the records it holds). Whether it exited by
+    /// itself, within `grace`.
+    pub async fn terminate(mut self, grace: Duration) -> bool {
         if let Some(pid) = self.child.id() {
             let asked = Command::new("kill")
                 .args(["-TERM", &pid.to_string()])
@@ -108,10 +110,11 @@ impl Process {
             if asked.is_ok_and(|s| s.success())
                 && tokio::time::timeout(grace, self.child.wait()).await.is_ok()
             {
-                return;
+                return true;
             }
         }
         self.stop().await;
+        false
     }
 
     /// Stops the child (SIGKILL) and waits for it.
@@ -134,6 +137,8 @@ pub struct Cluster {
     /// An inference key for the coordinator.
     pub key: String,
     dir: PathBuf,
+    /// The coordinator's SQLite file, when the cluster made it.
+    sqlite: Option<PathBuf>,
 }
 
 impl Cluster {
@@ -155,9 +160,11 @@ impl Cluster {
     ) -> Result<Self, BoxError> {
         let dir = std::env::temp_dir().join(format!("club-bench-{}-{label}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
-        let database = match database {
-            Some(url) => url.to_owned(),
-            None => format!("sqlite:{}", dir.join("club.db").display()),
+        let sqlite = database.is_none().then(|| dir.join("club.db"));
+        let database = match (database, &sqlite) {
+            (Some(url), _) => url.to_owned(),
+            (None, Some(file)) => format!("sqlite:{}", file.display()),
+            (None, None) => return Err("no database".into()),
         };
         let key = bench_key(&database).await?;
         let engine = Process::start_self(
@@ -206,6 +213,7 @@ impl Cluster {
             node,
             key,
             dir,
+            sqlite,
         };
         cluster.wait_for_models().await?;
         Ok(cluster)
@@ -222,6 +230,51 @@ impl Cluster {
         self.engine.stop().await;
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+
+    /// Stops the cluster as an operator would: the node, then the coordinator with SIGTERM
+    /// (it saves every record it holds before it exits), each given `grace`; then the engine.
+    /// Returns the records in the coordinator's SQLite file, counted once it has exited, and
+    /// removes the temporary directory.
+    pub async fn stop_counting_records(self, grace: Duration) -> Result<u64, BoxError> {
+        self.node.terminate(grace).await;
+        let exited = self.coordinator.terminate(grace).await;
+        self.engine.stop().await;
+        let counted = match &self.sqlite {
+            Some(file) => count_records(file).await,
+            None => Err("the coordinator's database is not a SQLite file of the bench".into()),
+        };
+        let _ = std::fs::remove_dir_all(&self.dir);
+        match counted {
+            Ok(count) if !exited => Err(format!(
+                "{count} records counted, but the coordinator did not exit within {grace:?} of \
+                 SIGTERM and was killed: records it held may be missing"
+            )
+            .into()),
+            other => other,
+        }
+    }
+}
+
+/// `SELECT COUNT(*) FROM records` on the SQLite file `file` of a coordinator that has exited,
+/// opened read-only. Immutable when its write-ahead log is gone (the coordinator checkpointed
+/// it and removed it with the `-shm` file as it closed, and a read-only reader of a WAL
+/// database cannot make a `-shm` file); through the log when one was left behind.
+pub async fn count_records(file: &Path) -> Result<u64, BoxError> {
+    use sqlx::ConnectOptions;
+    let mut log = file.as_os_str().to_owned();
+    log.push("-wal");
+    let mut connection = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(file)
+        .read_only(true)
+        .immutable(!Path::new(&log).exists())
+        .connect()
+        .await
+        .map_err(|e| format!("cannot open {} read-only: {e}", file.display()))?;
+    let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM records")
+        .fetch_one(&mut connection)
+        .await?;
+    let _ = sqlx::Connection::close(connection).await;
+    Ok(u64::try_from(count)?)
 }
 
 /// Creates the user `bench` in `database` (migrating it first) and returns a new key of theirs

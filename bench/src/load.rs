@@ -5,6 +5,7 @@
 //! latency; a stream also records its time to first content chunk and the gaps between content
 //! chunks as they arrive off the socket.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -52,7 +53,41 @@ struct Samples {
     chunks: u64,
     errors: u64,
     first_error: Option<String>,
+    answered_2xx: u64,
+    failures: BTreeMap<String, u64>,
 }
+
+impl Samples {
+    fn failed(&mut self, failure: Failure) {
+        self.errors += 1;
+        *self.failures.entry(failure.kind).or_default() += 1;
+        self.first_error.get_or_insert(failure.detail);
+    }
+}
+
+/// Why one request did not count: its kind (`status 429`, `connection error`, `wrong answer`…),
+/// counted per kind, and what was seen.
+#[derive(Debug)]
+struct Failure {
+    kind: String,
+    detail: String,
+}
+
+impl Failure {
+    fn new(kind: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self {
+            kind: kind.into(),
+            detail: detail.into(),
+        }
+    }
+
+    fn wrong(detail: impl Into<String>) -> Self {
+        Self::new(WRONG_ANSWER, detail)
+    }
+}
+
+/// The kind of a 2xx answer whose body was not the expected answer.
+const WRONG_ANSWER: &str = "wrong answer";
 
 /// The outcome of one run.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -63,6 +98,11 @@ pub struct Outcome {
     pub errors: u64,
     /// The first error, to say what went wrong.
     pub first_error: Option<String>,
+    /// Answers with a 2xx status, correct or not (what the server counts as served).
+    pub answered_2xx: u64,
+    /// The errors by kind: `status NNN`, `connection error`, `body error`, `stream error`,
+    /// `in-stream error`, `wrong answer`.
+    pub failures: BTreeMap<String, u64>,
     /// Wall time of the run, s.
     pub seconds: f64,
     /// Correct requests per second.
@@ -75,6 +115,27 @@ pub struct Outcome {
     pub ttfc: Summary,
     /// Gaps between content chunks (streams).
     pub gap: Summary,
+}
+
+impl Outcome {
+    /// Requests sent (answered or not).
+    pub fn sent(&self) -> u64 {
+        self.ok + self.errors
+    }
+
+    /// How the answers came back: `N sent: M 2xx (K correct), status 429: J, connection error: I`.
+    pub fn statuses(&self) -> String {
+        let mut text = format!(
+            "{} sent: {} 2xx ({} correct)",
+            self.sent(),
+            self.answered_2xx,
+            self.ok
+        );
+        for (kind, count) in &self.failures {
+            text.push_str(&format!(", {kind}: {count}"));
+        }
+        text
+    }
 }
 
 /// A client for the load: a large connection pool, no proxy, `TCP_NODELAY`.
@@ -124,9 +185,8 @@ pub async fn run(client: &reqwest::Client, target: &Target, load: Load) -> Outco
                     &mut samples,
                 )
                 .await;
-                if let Err(error) = result {
-                    samples.errors += 1;
-                    samples.first_error.get_or_insert(error);
+                if let Err(failure) = result {
+                    samples.failed(failure);
                 }
             }
             samples
@@ -141,14 +201,19 @@ pub async fn run(client: &reqwest::Client, target: &Target, load: Load) -> Outco
                 all.gaps_us.extend(samples.gaps_us);
                 all.chunks += samples.chunks;
                 all.errors += samples.errors;
+                all.answered_2xx += samples.answered_2xx;
+                for (kind, count) in samples.failures {
+                    *all.failures.entry(kind).or_default() += count;
+                }
                 if all.first_error.is_none() {
                     all.first_error = samples.first_error;
                 }
             }
             Err(error) => {
-                all.errors += 1;
-                all.first_error
-                    .get_or_insert(format!("a worker died: {error}"));
+                all.failed(Failure::new(
+                    "worker died",
+                    format!("a worker died: {error}"),
+                ));
             }
         }
     }
@@ -158,6 +223,8 @@ pub async fn run(client: &reqwest::Client, target: &Target, load: Load) -> Outco
         ok,
         errors: all.errors,
         first_error: all.first_error,
+        answered_2xx: all.answered_2xx,
+        failures: all.failures,
         seconds,
         requests_per_s: ok as f64 / seconds,
         chunks_per_s: all.chunks as f64 / seconds,
@@ -179,7 +246,7 @@ async fn one(
     body: bytes::Bytes,
     strict: bool,
     samples: &mut Samples,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     let sent = Instant::now();
     let mut request = client
         .post(url)
@@ -188,18 +255,28 @@ async fn one(
     if let Some(key) = &target.key {
         request = request.bearer_auth(key);
     }
-    let response = request.send().await.map_err(|e| format!("send: {e}"))?;
+    let response = request
+        .send()
+        .await
+        .map_err(|e| Failure::new("connection error", format!("send: {e}")))?;
     let status = response.status();
     if !status.is_success() {
         let text = response.text().await.unwrap_or_default();
-        return Err(format!(
-            "status {status}: {}",
-            text.chars().take(300).collect::<String>()
+        return Err(Failure::new(
+            format!("status {}", status.as_u16()),
+            format!(
+                "status {status}: {}",
+                text.chars().take(300).collect::<String>()
+            ),
         ));
     }
+    samples.answered_2xx += 1;
     if !target.stream {
-        let bytes = response.bytes().await.map_err(|e| format!("body: {e}"))?;
-        check_whole(&bytes, target, strict)?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| Failure::new("body error", format!("body: {e}")))?;
+        check_whole(&bytes, target, strict).map_err(Failure::wrong)?;
         samples.latency_us.push(micros(sent.elapsed()));
         return Ok(());
     }
@@ -212,7 +289,7 @@ async fn one(
     let mut ttfc = None;
     let mut gaps = Vec::with_capacity(target.expected_chunks);
     while let Some(piece) = body.next().await {
-        let piece = piece.map_err(|e| format!("stream: {e}"))?;
+        let piece = piece.map_err(|e| Failure::new("stream error", format!("stream: {e}")))?;
         let now = Instant::now();
         pending.extend_from_slice(&piece);
         // Every complete event in what has arrived.
@@ -228,10 +305,10 @@ async fn one(
                 continue;
             }
             if done {
-                return Err("data after [DONE]".into());
+                return Err(Failure::wrong("data after [DONE]"));
             }
             let has_content = if strict {
-                let text = content_of(data)?;
+                let text = content_of(data).map_err(Failure::wrong)?;
                 let has = !text.is_empty();
                 content.push_str(&text);
                 has
@@ -239,9 +316,9 @@ async fn one(
                 has_text_content(data)
             };
             if data.starts_with(b"{\"error\"") || find(data, b"\"error\":{").is_some() {
-                return Err(format!(
-                    "in-stream error: {}",
-                    String::from_utf8_lossy(data)
+                return Err(Failure::new(
+                    "in-stream error",
+                    format!("in-stream error: {}", String::from_utf8_lossy(data)),
                 ));
             }
             if has_content {
@@ -256,16 +333,16 @@ async fn one(
         pending.drain(..consumed);
     }
     if !done {
-        return Err("the stream ended without [DONE]".into());
+        return Err(Failure::wrong("the stream ended without [DONE]"));
     }
     if chunks != target.expected_chunks {
-        return Err(format!(
+        return Err(Failure::wrong(format!(
             "{chunks} content chunks, expected {}",
             target.expected_chunks
-        ));
+        )));
     }
     if strict && content != target.expected_content {
-        return Err(format!("wrong content: {content:?}"));
+        return Err(Failure::wrong(format!("wrong content: {content:?}")));
     }
     samples.latency_us.push(micros(sent.elapsed()));
     if let Some(ttfc) = ttfc {

@@ -2,8 +2,10 @@
 //! against the direct path (consumer → engine), in the same run, on the same fake engine.
 //!
 //! `club-bench all` runs every scenario; `smoke` runs each path briefly and checks every answer;
-//! `whole`, `stream`, `paced`, `links`, `postgres`, `peers` and `replicas` run one scenario. Each
-//! prints a table and, with `--json FILE`, writes the results as JSON. See `docs/benchmarks.md`.
+//! `whole`, `stream`, `paced`, `links`, `postgres`, `peers` and `replicas` run one scenario;
+//! `speed` runs scenarios 1 and 2 through direct, nginx, vllm-router and the club side by side
+//! and checks issue 18's targets. Each prints a table and, with `--json FILE`, writes the
+//! results as JSON. See `docs/benchmarks.md`.
 
 mod batch;
 mod cluster;
@@ -13,6 +15,7 @@ mod pages;
 mod peers;
 mod pg;
 mod replicas;
+mod speed;
 mod stats;
 mod swarm;
 
@@ -85,6 +88,10 @@ enum Command {
     Postgres,
     /// The peers (nginx, vllm-router, LiteLLM) in front of the same engine, scenarios 1 and 2.
     Peers,
+    /// Issue 18: whole answers at c=1, 16 and 64 and streams at c=16 through direct, nginx,
+    /// vllm-router and the club in one run, the records stored against the answers served, and
+    /// the issue's targets; fails on any answer that is not a correct 2xx.
+    Speed,
     /// The web pages' server-side render time with 10,000 records in the store.
     Pages,
     /// Scenario 7: interactive chat latency while a 1,000-line batch runs.
@@ -254,11 +261,13 @@ fn main() -> ExitCode {
             if settings.links.is_some() {
                 settings.links = Some(links);
             }
+            let speed = matches!(command, Command::Speed);
             match runtime.block_on(bench(settings, postgres, json)) {
                 Ok(report) if smoke && !report.all_correct() => {
                     eprintln!("smoke: FAILED (some answers were wrong or missing)");
                     ExitCode::from(1)
                 }
+                Ok(report) if speed && !speed::passed(&report) => ExitCode::from(1),
                 Ok(_) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("error: {error}");
@@ -414,6 +423,10 @@ impl Settings {
                 peers: true,
                 ..only("peers", vec![16], vec![16])
             },
+            Command::Speed => Self {
+                peers: true,
+                ..only(speed::COMMAND, speed::WHOLE_CONCURRENCY.to_vec(), vec![16])
+            },
             Command::Replicas => Self {
                 replicas: true,
                 ..only("replicas", vec![], vec![])
@@ -434,6 +447,26 @@ struct Row {
     #[serde(flatten)]
     outcome: Outcome,
     cpu: CpuPerRequest,
+    /// The warm-up before the measurement: not in the figures, but its answers were served
+    /// (and recorded, on the club's path).
+    warmup: Outcome,
+}
+
+impl Row {
+    /// Requests sent in the warm-up and the measurement that did not come back correct.
+    fn errors(&self) -> u64 {
+        self.outcome.errors + self.warmup.errors
+    }
+
+    /// Answers with a 2xx status, warm-up included.
+    fn answered_2xx(&self) -> u64 {
+        self.outcome.answered_2xx + self.warmup.answered_2xx
+    }
+
+    /// Requests sent, warm-up included.
+    fn sent(&self) -> u64 {
+        self.outcome.sent() + self.warmup.sent()
+    }
 }
 
 /// CPU time (user + system, from `/proc/PID/stat`) each child spent per correct request during
@@ -463,12 +496,13 @@ impl CpuPerRequest {
     }
 }
 
-/// A target from issue 8 and how this run did.
+/// A target from an issue (8, or 18 for `speed`) and how this run did.
 #[derive(Debug, Clone, serde::Serialize)]
 struct Verdict {
     target: String,
     measured: String,
-    met: bool,
+    /// `None` when this run could not judge it (a peer to compare with was not measured).
+    met: Option<bool>,
 }
 
 /// The machine the run was on.
@@ -512,6 +546,8 @@ struct Report {
     peers: Vec<peers::Found>,
     /// Scenario 6, when run.
     replicas: Option<replicas::ReplicasOutcome>,
+    /// `speed`: the records the coordinator stored against the answers the club served.
+    records: Option<speed::Records>,
     targets: Vec<Verdict>,
 }
 
@@ -564,20 +600,18 @@ async fn bench(
     );
     let mut rows = Vec::new();
     let mut found_peers = Vec::new();
+    let mut records = None;
     let runs_cluster = !(settings.whole_concurrency.is_empty()
         && settings.stream_concurrency.is_empty()
         && settings.paced_consumers.is_empty());
-    if runs_cluster {
-        let cluster = Cluster::start("sqlite", None).await?;
-        eprintln!(
-            "engine {} (pid {}), coordinator {} (pid {}), node pid {}",
-            cluster.engine.url,
-            cluster.engine.pid().unwrap_or(0),
-            cluster.coordinator.url,
-            cluster.coordinator.pid().unwrap_or(0),
-            cluster.node.pid().unwrap_or(0),
-        );
-        let measured = run_scenarios(&settings, &cluster).await;
+    if settings.command == speed::COMMAND {
+        let run = speed::run(&settings).await?;
+        rows = run.rows;
+        found_peers = run.peers;
+        records = Some(run.records);
+    } else if runs_cluster {
+        let cluster = start_cluster("sqlite").await?;
+        let measured = run_scenarios(&settings, &cluster, &[]).await;
         let measured = match measured {
             Ok(mut measured) if settings.peers => {
                 let (peer_rows, found) = run_peers(&settings, &cluster).await;
@@ -619,15 +653,35 @@ async fn bench(
         links,
         peers: found_peers,
         replicas,
+        records,
         targets: Vec::new(),
     };
-    report.targets = verdicts(&report);
+    report.targets = if report.settings.command == speed::COMMAND {
+        speed::verdicts(&report)
+    } else {
+        verdicts(&report)
+    };
     print_report(&report);
     if let Some(path) = json {
         std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
         eprintln!("wrote {}", path.display());
     }
     Ok(report)
+}
+
+/// Starts the engine, a coordinator on SQLite and a node (see [`Cluster::start`]) and says
+/// where they are.
+async fn start_cluster(label: &str) -> Result<Cluster, BoxError> {
+    let cluster = Cluster::start(label, None).await?;
+    eprintln!(
+        "engine {} (pid {}), coordinator {} (pid {}), node pid {}",
+        cluster.engine.url,
+        cluster.engine.pid().unwrap_or(0),
+        cluster.coordinator.url,
+        cluster.coordinator.pid().unwrap_or(0),
+        cluster.node.pid().unwrap_or(0),
+    );
+    Ok(cluster)
 }
 
 fn target(
@@ -700,8 +754,17 @@ async fn measure(
         max_requests: u64::MAX,
         strict,
     };
-    if warmup > 0.0 {
-        let _ = load::run(&client, target, load).await;
+    let warmup = if warmup > 0.0 {
+        load::run(&client, target, load).await
+    } else {
+        Outcome::default()
+    };
+    if warmup.errors > 0 {
+        eprintln!(
+            "{scenario:<9} {path:<24} c={concurrency:<5} warm-up: {}; first error: {}",
+            warmup.statuses(),
+            warmup.first_error.as_deref().unwrap_or("?")
+        );
     }
     load.duration = Duration::from_secs_f64(seconds);
     eprint!("{scenario:<9} {path:<24} c={concurrency:<5} … ");
@@ -724,6 +787,7 @@ async fn measure(
         skipped: None,
         outcome,
         cpu,
+        warmup,
     })
 }
 
@@ -737,10 +801,49 @@ fn skipped(scenario: &'static str, path: &'static str, concurrency: usize, why: 
         skipped: Some(why),
         outcome: Outcome::default(),
         cpu: CpuPerRequest::default(),
+        warmup: Outcome::default(),
     }
 }
 
-async fn run_scenarios(settings: &Settings, cluster: &Cluster) -> Result<Vec<Row>, BoxError> {
+/// A way to the engine that a row measures, beside direct and the club's.
+struct Route {
+    /// The row label.
+    path: &'static str,
+    /// `http://HOST:PORT` and the key it wants; or why it is not measured.
+    to: Result<(String, Option<String>), String>,
+    watched: Watched,
+}
+
+impl Route {
+    /// A peer running in front of the cluster's engine.
+    fn peer(path: &'static str, running: &peers::Running, cluster: &Cluster) -> Self {
+        Self {
+            path,
+            to: Ok((running.url.clone(), running.key.clone())),
+            watched: Watched {
+                pids: [cluster.engine.pid(), None, None, running.pid()],
+                postgres: false,
+            },
+        }
+    }
+
+    /// A path this run cannot measure, and why.
+    fn unavailable(path: &'static str, why: String) -> Self {
+        Self {
+            path,
+            to: Err(why),
+            watched: Watched::default(),
+        }
+    }
+}
+
+/// The settings' rows (whole answers, streams, paced streams at each concurrency), each through
+/// direct, then `between` (peers), then the club.
+async fn run_scenarios(
+    settings: &Settings,
+    cluster: &Cluster,
+    between: &[Route],
+) -> Result<Vec<Row>, BoxError> {
     let mut plan: Vec<(&'static str, usize, &'static str, bool)> = Vec::new();
     for &c in &settings.whole_concurrency {
         plan.push((WHOLE, c, WHOLE_MODEL, false));
@@ -752,23 +855,41 @@ async fn run_scenarios(settings: &Settings, cluster: &Cluster) -> Result<Vec<Row
         plan.push((PACED, c, PACED_MODEL, true));
     }
     let watched = Watched::cluster(cluster);
+    let direct = Route {
+        path: "direct",
+        to: Ok((cluster.engine.url.clone(), None)),
+        watched,
+    };
+    let club = Route {
+        path: CLUB,
+        to: Ok((cluster.coordinator.url.clone(), Some(cluster.key.clone()))),
+        watched,
+    };
+    let routes: Vec<&Route> = std::iter::once(&direct)
+        .chain(between)
+        .chain([&club])
+        .collect();
     let mut rows = Vec::new();
     for (scenario, concurrency, model, stream) in plan {
-        for path in ["direct", CLUB] {
-            let target = match path {
-                "direct" => target(&cluster.engine.url, None, model, stream)?,
-                _ => target(&cluster.coordinator.url, Some(&cluster.key), model, stream)?,
+        for route in &routes {
+            let (url, key) = match &route.to {
+                Ok(to) => to,
+                Err(why) => {
+                    rows.push(skipped(scenario, route.path, concurrency, why.clone()));
+                    continue;
+                }
             };
+            let target = target(url, key.as_deref(), model, stream)?;
             let timing = (settings.seconds, settings.warmup);
             rows.push(
                 measure(
                     scenario,
-                    path,
+                    route.path,
                     concurrency,
                     &target,
                     timing,
                     settings.strict,
-                    watched,
+                    route.watched,
                 )
                 .await?,
             );
@@ -786,32 +907,19 @@ async fn run_peers(settings: &Settings, cluster: &Cluster) -> (Vec<Row>, Vec<pee
     let c = PEER_CONCURRENCY;
     for kind in peers::Kind::ALL {
         let label = kind.label();
-        let Some(found) = peers::find(kind).await else {
-            for (scenario, _, _) in plan {
-                rows.push(skipped(
-                    scenario,
-                    label,
-                    c,
-                    "not installed (run bench/peers.sh)".into(),
-                ));
-            }
-            continue;
-        };
-        found_all.push(found.clone());
-        eprintln!(
-            "peer: {label} {} starting",
-            found.version.as_deref().unwrap_or("(version unknown)")
-        );
-        let running = match peers::start(&found, &cluster.engine.url, &dir).await {
+        let started = start_peer(
+            kind,
+            &cluster.engine.url,
+            &dir,
+            "not installed (run bench/peers.sh)",
+            &mut found_all,
+        )
+        .await;
+        let running = match started {
             Ok(running) => running,
-            Err(error) => {
+            Err(why) => {
                 for (scenario, _, _) in plan {
-                    rows.push(skipped(
-                        scenario,
-                        label,
-                        c,
-                        format!("did not start: {error}"),
-                    ));
+                    rows.push(skipped(scenario, label, c, why.clone()));
                 }
                 continue;
             }
@@ -821,10 +929,7 @@ async fn run_peers(settings: &Settings, cluster: &Cluster) -> (Vec<Row>, Vec<pee
         } else {
             (settings.seconds, settings.warmup)
         };
-        let watched = Watched {
-            pids: [cluster.engine.pid(), None, None, running.pid()],
-            postgres: false,
-        };
+        let watched = Route::peer(label, &running, cluster).watched;
         for (scenario, model, stream) in plan {
             let row = match target(&running.url, running.key.as_deref(), model, stream) {
                 Ok(target) => measure(scenario, label, c, &target, timing, false, watched).await,
@@ -836,6 +941,29 @@ async fn run_peers(settings: &Settings, cluster: &Cluster) -> (Vec<Row>, Vec<pee
     }
     let _ = std::fs::remove_dir_all(&dir);
     (rows, found_all)
+}
+
+/// Finds `kind` (adding it to `found`) and starts it in front of the engine at `engine`, its
+/// files in `dir`; or says why it cannot (`not_installed` when it is not found).
+async fn start_peer(
+    kind: peers::Kind,
+    engine: &str,
+    dir: &std::path::Path,
+    not_installed: &str,
+    found: &mut Vec<peers::Found>,
+) -> Result<peers::Running, String> {
+    let label = kind.label();
+    let Some(peer) = peers::find(kind).await else {
+        return Err(not_installed.to_owned());
+    };
+    found.push(peer.clone());
+    eprintln!(
+        "peer: {label} {} starting",
+        peer.version.as_deref().unwrap_or("(version unknown)")
+    );
+    peers::start(&peer, engine, dir)
+        .await
+        .map_err(|error| format!("did not start: {error}"))
 }
 
 /// Scenario 5: the club's path recording on PostgreSQL, scenarios 1 and 2 at c=16.
@@ -916,6 +1044,14 @@ fn diff(a: u64, b: u64) -> i64 {
     i64::try_from(a).unwrap_or(i64::MAX) - i64::try_from(b).unwrap_or(i64::MAX)
 }
 
+/// A row's errors, and its warm-up's when it had some.
+fn errors_cell(row: &Row) -> String {
+    match row.warmup.errors {
+        0 => row.outcome.errors.to_string(),
+        w => format!("{} (+{w} in the warm-up)", row.outcome.errors),
+    }
+}
+
 /// A table row for a row that was not measured: its reason, then dashes.
 fn skipped_line(row: &Row, columns: usize) -> Option<String> {
     let why = row.skipped.as_ref()?;
@@ -931,10 +1067,18 @@ fn print_report(report: &Report) {
     println!();
     println!("machine: {} × {} CPUs ({})", m.cpu_model, m.cpus, m.os);
     println!("club path: {}", report.club_path);
-    println!(
-        "{} s measured per row after {} s warm-up (LiteLLM: {} s)",
-        report.settings.seconds, report.settings.warmup, report.settings.litellm_seconds
-    );
+    let speed = report.settings.command == speed::COMMAND;
+    if speed {
+        println!(
+            "{} s measured per row after {} s warm-up",
+            report.settings.seconds, report.settings.warmup
+        );
+    } else {
+        println!(
+            "{} s measured per row after {} s warm-up (LiteLLM: {} s)",
+            report.settings.seconds, report.settings.warmup, report.settings.litellm_seconds
+        );
+    }
     if !report.peers.is_empty() {
         let list: Vec<String> = report
             .peers
@@ -953,7 +1097,11 @@ fn print_report(report: &Report) {
     let whole = rows_of(WHOLE);
     if !whole.is_empty() {
         println!();
-        println!("## 1. whole responses (16-token answers); scenario 5 and the peers at c=16");
+        if speed {
+            println!("## whole answers (16 tokens): direct, nginx, vllm-router and the club");
+        } else {
+            println!("## 1. whole responses (16-token answers); scenario 5 and the peers at c=16");
+        }
         println!(
             "| path | c | requests | errors | requests/s | p50 ms | p99 ms | ratio to direct | added p50 ms | CPU µs/request engine / coordinator / node (or peer) |"
         );
@@ -972,7 +1120,7 @@ fn print_report(report: &Report) {
                 row.path,
                 row.concurrency,
                 o.ok,
-                o.errors,
+                errors_cell(row),
                 o.requests_per_s,
                 ms(o.latency.p50_us),
                 ms(o.latency.p99_us),
@@ -985,7 +1133,11 @@ fn print_report(report: &Report) {
     let streams = rows_of(STREAM);
     if !streams.is_empty() {
         println!();
-        println!("## 2. streams of 100 chunks; scenario 5 and the peers at c=16");
+        if speed {
+            println!("## streams of 100 chunks: direct, nginx, vllm-router and the club");
+        } else {
+            println!("## 2. streams of 100 chunks; scenario 5 and the peers at c=16");
+        }
         println!(
             "| path | c | streams | errors | streams/s | chunks/s | first chunk p50 ms | p99 ms | added p50 / p99 ms | chunks/s ratio | CPU µs/stream engine / coordinator / node (or peer) |"
         );
@@ -1009,7 +1161,7 @@ fn print_report(report: &Report) {
                 row.path,
                 row.concurrency,
                 o.ok,
-                o.errors,
+                errors_cell(row),
                 o.requests_per_s,
                 o.chunks_per_s,
                 ms(o.ttfc.p50_us),
@@ -1062,18 +1214,22 @@ fn print_report(report: &Report) {
     if let Some(replicas) = &report.replicas {
         replicas::print(replicas);
     }
+    if let Some(records) = &report.records {
+        println!();
+        println!("{}", records.line());
+    }
     if !report.targets.is_empty() {
         println!();
-        println!("## targets (issue 8)");
+        println!("## targets (issue {})", if speed { 18 } else { 8 });
         println!("| target | measured | met |");
         println!("|---|---|---|");
         for v in &report.targets {
-            println!(
-                "| {} | {} | {} |",
-                v.target,
-                v.measured,
-                if v.met { "yes" } else { "NO" }
-            );
+            let met = match v.met {
+                Some(true) => "yes",
+                Some(false) => "NO",
+                None => "could not be judged",
+            };
+            println!("| {} | {} | {met} |", v.target, v.measured);
         }
     }
     println!();
@@ -1210,7 +1366,7 @@ fn verdicts(report: &Report) -> Vec<Verdict> {
                     v.requests_per_s,
                     c.requests_per_s / v.requests_per_s.max(1e-9)
                 ),
-                met: c.requests_per_s >= v.requests_per_s,
+                met: Some(c.requests_per_s >= v.requests_per_s),
             }),
             None => out.push(Verdict {
                 target: format!(
@@ -1220,7 +1376,7 @@ fn verdicts(report: &Report) -> Vec<Verdict> {
                     "{:.0}/s = {ratio:.3} of direct ({:.0}/s)",
                     c.requests_per_s, d.requests_per_s
                 ),
-                met: ratio >= VLLM_ROUTER_RATIO,
+                met: Some(ratio >= VLLM_ROUTER_RATIO),
             }),
         }
         match report.find(WHOLE, peers::Kind::Litellm.label(), 16) {
@@ -1232,7 +1388,7 @@ fn verdicts(report: &Report) -> Vec<Verdict> {
                     l.requests_per_s,
                     c.requests_per_s / l.requests_per_s.max(1e-9)
                 ),
-                met: c.requests_per_s >= 100.0 * l.requests_per_s,
+                met: Some(c.requests_per_s >= 100.0 * l.requests_per_s),
             }),
             None => out.push(Verdict {
                 target: format!(
@@ -1240,14 +1396,14 @@ fn verdicts(report: &Report) -> Vec<Verdict> {
                     100.0 * LITELLM_RATIO
                 ),
                 measured: format!("{:.0}× LiteLLM's ratio", ratio / LITELLM_RATIO),
-                met: ratio >= 100.0 * LITELLM_RATIO,
+                met: Some(ratio >= 100.0 * LITELLM_RATIO),
             }),
         }
         let added = diff(c.latency.p50_us, d.latency.p50_us);
         out.push(Verdict {
             target: "whole c=16: added p50 latency < 0.5 ms".into(),
             measured: format!("{} ms", signed_ms(added)),
-            met: added < 500,
+            met: Some(added < 500),
         });
     }
     if let (Some(d), Some(c)) = (
@@ -1259,12 +1415,12 @@ fn verdicts(report: &Report) -> Vec<Verdict> {
         out.push(Verdict {
             target: "streams: added time to first chunk p50 < 0.5 ms".into(),
             measured: format!("{} ms", signed_ms(a50)),
-            met: a50 < 500,
+            met: Some(a50 < 500),
         });
         out.push(Verdict {
             target: "streams: added time to first chunk p99 < 2 ms".into(),
             measured: format!("{} ms", signed_ms(a99)),
-            met: a99 < 2_000,
+            met: Some(a99 < 2_000),
         });
         let ratio = c.chunks_per_s / d.chunks_per_s.max(1e-9);
         out.push(Verdict {
@@ -1275,7 +1431,7 @@ fn verdicts(report: &Report) -> Vec<Verdict> {
                 d.chunks_per_s,
                 100.0 * ratio
             ),
-            met: ratio >= 0.8,
+            met: Some(ratio >= 0.8),
         });
     }
     for row in report
@@ -1290,7 +1446,7 @@ fn verdicts(report: &Report) -> Vec<Verdict> {
                 row.concurrency
             ),
             measured: format!("p99 gap − pace = {} ms", signed_ms(jitter)),
-            met: jitter <= 5_000 && row.outcome.errors == 0,
+            met: Some(jitter <= 5_000 && row.outcome.errors == 0),
         });
     }
     if let Some(l) = &report.links
@@ -1308,7 +1464,7 @@ fn verdicts(report: &Report) -> Vec<Verdict> {
                     ""
                 }
             ),
-            met: mb < 300.0 && l.linked_first >= 10_000,
+            met: Some(mb < 300.0 && l.linked_first >= 10_000),
         });
         out.push(Verdict {
             target: "all links back within 30 s of a coordinator restart".into(),
@@ -1318,7 +1474,7 @@ fn verdicts(report: &Report) -> Vec<Verdict> {
                 l.links,
                 seconds_cell(l.reconnect_all_s)
             ),
-            met: l.reconnect_all_s.is_some_and(|s| s < 30.0) && l.links >= 10_000,
+            met: Some(l.reconnect_all_s.is_some_and(|s| s < 30.0) && l.links >= 10_000),
         });
     }
     out

@@ -1037,6 +1037,9 @@ async fn writes_queued_together_end_in_the_latest_state(db: &TestDb) {
     stranger.consumer = Some("nobody".into());
     store.insert_record_soon(&stranger).await.unwrap();
     let mut stranger_done = stranger.clone();
+    stranger_done
+        .dispatched(served_by(&bob, "box"), Utc::now())
+        .unwrap();
     succeed(&mut stranger_done, "x");
     assert!(
         store

@@ -31,7 +31,7 @@ pub(crate) struct Recorder {
 #[derive(Debug)]
 enum ToSaver {
     /// A record to save.
-    Abandoned(Abandoned),
+    Abandoned(Box<Abandoned>),
     /// Answer once every record handed before is saved.
     Settle(tokio::sync::oneshot::Sender<()>),
 }
@@ -63,7 +63,8 @@ impl Recorder {
         tokio::spawn(async move {
             while let Some(message) = receiver.recv().await {
                 match message {
-                    ToSaver::Abandoned(mut abandoned) => {
+                    ToSaver::Abandoned(abandoned) => {
+                        let mut abandoned = *abandoned;
                         saver.save(&mut abandoned.record).await;
                         saver.count(&abandoned.record, abandoned.streamed, abandoned.received);
                     }
@@ -271,10 +272,13 @@ impl Drop for RecordKeeper {
             Utc::now(),
         );
         // The saver task ends only with the recorder, which this keeper holds: it is there.
-        let _ = self.recorder.abandoned.send(ToSaver::Abandoned(Abandoned {
-            record,
-            streamed: self.streamed,
-            received: self.received,
-        }));
+        let _ = self
+            .recorder
+            .abandoned
+            .send(ToSaver::Abandoned(Box::new(Abandoned {
+                record,
+                streamed: self.streamed,
+                received: self.received,
+            })));
     }
 }

@@ -416,6 +416,63 @@ pub(crate) async fn insert(conn: &mut AnyConnection, row: &RecordRow) -> Result<
     })
 }
 
+/// Inserts several records in one statement (atomic on its own: no transaction around it, no
+/// statement journal), and gives back the ids it inserted. A row whose id exists or whose
+/// consumer is not a member is skipped; [`insert`] tells why.
+pub(crate) async fn insert_many(
+    conn: &mut AnyConnection,
+    rows: &[&RecordRow],
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    use std::fmt::Write as _;
+    const COLUMNS: usize = 13;
+    let mut values = String::with_capacity(rows.len() * 64);
+    for n in 0..rows.len() {
+        let base = n * COLUMNS;
+        let separator = if n == 0 { "" } else { ", " };
+        let _ = write!(values, "{separator}(");
+        for column in 1..=COLUMNS {
+            let comma = if column == 1 { "" } else { ", " };
+            let _ = write!(values, "{comma}${}", base + column);
+        }
+        values.push(')');
+    }
+    // The VALUES columns, in order: id, operator, operator's handle key, provider, model, status,
+    // visibility, received_at, updated_at, body, replica, consumer's handle key, consumer.
+    let sql = format!(
+        "INSERT INTO records (id, operator_id, operator, provider, model_requested, status, \
+         visibility, received_at, updated_at, body, replica, consumer, consumer_id) \
+         SELECT v.column1, (SELECT o.id FROM users o WHERE o.handle_key = v.column3), \
+         v.column2, v.column4, v.column5, v.column6, v.column7, v.column8, v.column9, \
+         v.column10, v.column11, u.handle, u.id \
+         FROM (VALUES {values}) AS v LEFT JOIN users u ON u.handle_key = v.column12 \
+         WHERE v.column12 IS NULL OR u.id IS NOT NULL \
+         ON CONFLICT (id) DO NOTHING RETURNING id"
+    );
+    let updated_at = micros(now());
+    let mut query = sqlx::query(&sql);
+    for row in rows {
+        query = query
+            .bind(row.id.to_string())
+            .bind(row.operator.clone())
+            .bind(row.operator.as_deref().map(handle_key))
+            .bind(row.provider.clone())
+            .bind(row.model_requested.clone())
+            .bind(row.status.as_str())
+            .bind(row.visibility.as_str())
+            .bind(row.received_at)
+            .bind(updated_at)
+            .bind(row.body.clone())
+            .bind(row.replica.clone())
+            .bind(row.consumer.as_deref().map(handle_key))
+            .bind(row.consumer.clone());
+    }
+    let inserted = query.fetch_all(&mut *conn).await?;
+    inserted
+        .iter()
+        .map(|row| get::<String>(row, "id"))
+        .collect()
+}
+
 /// Saves a record's mutable fields (inside the writer's transaction), refusing to move it back.
 pub(crate) async fn save(conn: &mut AnyConnection, row: &RecordRow) -> Result<(), StoreError> {
     let sql = format!(

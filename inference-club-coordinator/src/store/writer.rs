@@ -505,6 +505,30 @@ impl Writer {
             Some(conn) => conn,
             None => self.conn.insert(self.pool.acquire().await?),
         };
+        // Only inserts (short requests, each folded into one): one statement, no transaction.
+        let inserts: Vec<&RecordRow> = writes
+            .iter()
+            .filter_map(|write| match write {
+                Write::Insert(row) => Some(row),
+                _ => None,
+            })
+            .collect();
+        if inserts.len() == writes.len() && inserts.len() > 1 {
+            let inserted = records::insert_many(conn, &inserts).await?;
+            let mut outcomes = Vec::with_capacity(inserts.len());
+            for row in inserts {
+                outcomes.push(if inserted.contains(&row.id().to_string()) {
+                    Ok(())
+                } else {
+                    // Skipped: the single insert says why (an existing id, a departed member).
+                    match records::insert(conn, row).await {
+                        Err(error) if !error.is_outcome() => return Err(error),
+                        outcome => outcome,
+                    }
+                });
+            }
+            return Ok(outcomes);
+        }
         let mut tx = conn.begin_with(backend.begin_write()).await?;
         let mut outcomes = Vec::with_capacity(writes.len());
         for write in writes {

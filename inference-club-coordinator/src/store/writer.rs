@@ -505,7 +505,7 @@ impl Writer {
             Some(conn) => conn,
             None => self.conn.insert(self.pool.acquire().await?),
         };
-        // Only inserts (short requests, each folded into one): one statement, no transaction.
+        // Only inserts (short requests, each folded into one): one statement, atomic on its own.
         let inserts: Vec<&RecordRow> = writes
             .iter()
             .filter_map(|write| match write {
@@ -513,7 +513,7 @@ impl Writer {
                 _ => None,
             })
             .collect();
-        if inserts.len() == writes.len() && inserts.len() > 1 {
+        if inserts.len() == writes.len() && !inserts.is_empty() {
             let inserted = records::insert_many(conn, &inserts).await?;
             let mut outcomes = Vec::with_capacity(inserts.len());
             for row in inserts {

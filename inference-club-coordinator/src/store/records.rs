@@ -202,7 +202,7 @@ impl RecordQuery {
     }
 }
 
-/// A record ready to be written: serialized on the caller's task, not the writer's.
+/// A record ready to be written.
 #[derive(Debug)]
 pub(crate) struct RecordRow {
     id: RecordId,
@@ -213,16 +213,44 @@ pub(crate) struct RecordRow {
     status: Status,
     visibility: Visibility,
     received_at: i64,
-    body: String,
+    body: Body,
     /// The replica handling it (cluster mode), written with the insert only.
     replica: Option<String>,
 }
 
+/// A record's body: its JSON, or the record itself when it may never be written (a held write
+/// that a later one replaces): serialized only if it is.
+#[derive(Debug)]
+enum Body {
+    Json(String),
+    Record(Box<InferenceRecord>),
+}
+
 impl RecordRow {
+    /// A row serialized now, on the caller's task (a write that will be written).
     pub(crate) fn new(record: &InferenceRecord) -> Result<Self, StoreError> {
         let body = serde_json::to_string(record)
             .map_err(|error| StoreError::invalid("record", error.to_string()))?;
-        Ok(Self {
+        Ok(Self::with_body(record, Body::Json(body)))
+    }
+
+    /// A row serialized only when written (a held write: most are replaced before).
+    pub(crate) fn held(record: &InferenceRecord) -> Self {
+        Self::with_body(record, Body::Record(Box::new(record.clone())))
+    }
+
+    /// The body's JSON.
+    fn body(&self) -> Result<std::borrow::Cow<'_, str>, StoreError> {
+        match &self.body {
+            Body::Json(json) => Ok(std::borrow::Cow::Borrowed(json)),
+            Body::Record(record) => serde_json::to_string(record)
+                .map(std::borrow::Cow::Owned)
+                .map_err(|error| StoreError::invalid("record", error.to_string())),
+        }
+    }
+
+    fn with_body(record: &InferenceRecord, body: Body) -> Self {
+        Self {
             id: record.id,
             consumer: record.consumer.clone(),
             operator: served_by(record).map(|s| s.operator.clone()),
@@ -233,7 +261,7 @@ impl RecordRow {
             received_at: micros(record.timing.received_at),
             body,
             replica: None,
-        })
+        }
     }
 
     /// The same row, marked as handled by `replica`.
@@ -397,7 +425,7 @@ pub(crate) async fn insert(conn: &mut AnyConnection, row: &RecordRow) -> Result<
         .bind(row.visibility.as_str())
         .bind(row.received_at)
         .bind(micros(now()))
-        .bind(&row.body)
+        .bind(row.body()?.into_owned())
         .bind(row.replica.clone())
         .bind(row.consumer.clone());
     if let Some(consumer) = &row.consumer {
@@ -461,7 +489,7 @@ pub(crate) async fn insert_many(
             .bind(row.visibility.as_str())
             .bind(row.received_at)
             .bind(updated_at)
-            .bind(row.body.clone())
+            .bind(row.body()?.into_owned())
             .bind(row.replica.clone())
             .bind(row.consumer.as_deref().map(handle_key))
             .bind(row.consumer.clone());
@@ -489,7 +517,7 @@ pub(crate) async fn save(conn: &mut AnyConnection, row: &RecordRow) -> Result<()
         .bind(&row.model_requested)
         .bind(row.status.as_str())
         .bind(micros(now()))
-        .bind(&row.body)
+        .bind(row.body()?.into_owned())
         .execute(&mut *conn)
         .await?;
     if updated.rows_affected() > 0 {
@@ -549,7 +577,7 @@ impl Store {
     /// record by id, and listings, write it first. A crash of the coordinator before it is
     /// written loses it: such a request was never answered whole.
     pub async fn insert_record_soon(&self, record: &InferenceRecord) -> Result<(), StoreError> {
-        let row = RecordRow::new(record)?.handled_by(self.replica());
+        let row = RecordRow::held(record).handled_by(self.replica());
         self.write_held(super::writer::Write::Insert(row)).await
     }
 
@@ -580,7 +608,7 @@ impl Store {
     /// the coordinator in that time leaves the record as it was accepted; the next start makes it
     /// `failed` all the same.
     pub async fn save_progress(&self, record: &InferenceRecord) -> Result<(), StoreError> {
-        let row = RecordRow::new(record)?;
+        let row = RecordRow::held(record);
         self.write_held(super::writer::Write::Save(row)).await
     }
 

@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use inference_club_core::openai::{
     ApiError as WireError, ChatCompletionChunk, ChatCompletionRequest,
 };
@@ -181,10 +181,24 @@ pub(crate) async fn start_chat(
 /// One SSE event `data: {json}`, or the serializer's error (a chunk that cannot be written:
 /// the stream ends with an error event instead).
 pub(crate) fn sse_event(json: &impl serde::Serialize) -> Result<Bytes, serde_json::Error> {
-    let mut line = b"data: ".to_vec();
-    serde_json::to_writer(&mut line, json)?;
-    line.extend_from_slice(b"\n\n");
+    let mut line = Vec::new();
+    write_sse_event(&mut line, json)?;
     Ok(Bytes::from(line))
+}
+
+/// Appends the SSE event `data: {json}` to `out` (nothing, on the serializer's error).
+fn write_sse_event(
+    out: &mut Vec<u8>,
+    json: &impl serde::Serialize,
+) -> Result<(), serde_json::Error> {
+    let start = out.len();
+    out.extend_from_slice(b"data: ");
+    if let Err(error) = serde_json::to_writer(&mut *out, json) {
+        out.truncate(start);
+        return Err(error);
+    }
+    out.extend_from_slice(b"\n\n");
+    Ok(())
 }
 
 /// The error event that ends a stream whose chunk could not be written.
@@ -216,46 +230,54 @@ fn stream_response(
     let completion_id = id.completion_id();
     let body = async_stream::stream! {
         loop {
-            match stream.next().await {
-                Some(Ok(chunk)) => {
-                    keeper.observe(&chunk);
-                    if let Some(chunk) = for_consumer(chunk, &completion_id, wants_usage) {
-                        match sse_event(&chunk) {
-                            Ok(event) => yield Ok::<Bytes, Infallible>(event),
-                            Err(error) => {
-                                let failure = ProviderError::Protocol {
-                                    message: format!(
-                                        "the coordinator could not write a chunk: {error}"
-                                    ),
-                                };
-                                keeper.finish(Err(&failure)).await;
-                                yield Ok(Bytes::from_static(UNWRITABLE_CHUNK));
-                                return;
-                            }
+            // What the node has sent by now goes out in one piece: one write, not one per chunk
+            // (a chunk that has not come yet is not waited for).
+            let mut out: Vec<u8> = Vec::new();
+            let mut next = stream.next().await;
+            loop {
+                match next {
+                    Some(Ok(chunk)) => {
+                        keeper.observe(&chunk);
+                        if let Some(chunk) = for_consumer(chunk, &completion_id, wants_usage)
+                            && let Err(error) = write_sse_event(&mut out, &chunk)
+                        {
+                            let failure = ProviderError::Protocol {
+                                message: format!("the coordinator could not write a chunk: {error}"),
+                            };
+                            keeper.finish(Err(&failure)).await;
+                            out.extend_from_slice(UNWRITABLE_CHUNK);
+                            yield Ok::<Bytes, Infallible>(Bytes::from(out));
+                            return;
                         }
                     }
-                }
-                Some(Err(error)) => {
-                    let record = keeper.finish(Err(&error)).await;
-                    let api = ApiError::from_provider(&error);
-                    let mut wire: WireError = api.error;
-                    if record.is_some_and(|(r, _)| r.status() == Status::Cancelled) {
-                        wire.code = Some("cancelled".into());
-                    }
-                    match sse_event(&wire.into_response()) {
-                        Ok(event) => {
-                            yield Ok(event);
-                            yield Ok(Bytes::from_static(b"data: [DONE]\n\n"));
+                    Some(Err(error)) => {
+                        let record = keeper.finish(Err(&error)).await;
+                        let api = ApiError::from_provider(&error);
+                        let mut wire: WireError = api.error;
+                        if record.is_some_and(|(r, _)| r.status() == Status::Cancelled) {
+                            wire.code = Some("cancelled".into());
                         }
-                        Err(_) => yield Ok(Bytes::from_static(UNWRITABLE_CHUNK)),
+                        match write_sse_event(&mut out, &wire.into_response()) {
+                            Ok(()) => out.extend_from_slice(b"data: [DONE]\n\n"),
+                            Err(_) => out.extend_from_slice(UNWRITABLE_CHUNK),
+                        }
+                        yield Ok(Bytes::from(out));
+                        return;
                     }
-                    return;
+                    None => {
+                        keeper.finish(Ok(())).await;
+                        out.extend_from_slice(b"data: [DONE]\n\n");
+                        yield Ok(Bytes::from(out));
+                        return;
+                    }
                 }
-                None => {
-                    keeper.finish(Ok(())).await;
-                    yield Ok(Bytes::from_static(b"data: [DONE]\n\n"));
-                    return;
+                match stream.next().now_or_never() {
+                    Some(item) => next = item,
+                    None => break,
                 }
+            }
+            if !out.is_empty() {
+                yield Ok(Bytes::from(out));
             }
         }
     };

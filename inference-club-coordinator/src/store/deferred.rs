@@ -6,7 +6,10 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use inference_club_core::record::InferenceRecord;
+use std::collections::HashMap;
+
+use inference_club_core::record::{InferenceRecord, RecordId};
+use tokio_util::sync::CancellationToken;
 
 use super::{Store, StoreError};
 
@@ -46,12 +49,21 @@ impl Store {
             tracing::error!(id = %record.id, "too many record saves waiting: this one is dropped");
             return;
         }
+        let deleted = CancellationToken::new();
+        self.deferred_records()
+            .insert(record.id, (record.consumer.clone(), deleted.clone()));
         let store = self.clone();
         tokio::spawn(async move {
             let give_up = Instant::now() + DEFERRED_FOR;
             let mut pause = FIRST_PAUSE;
             loop {
-                tokio::time::sleep(pause).await;
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    () = deleted.cancelled() => {
+                        tracing::info!(id = %record.id, "a deferred record save is dropped: its owner deleted it");
+                        break;
+                    }
+                }
                 // Its insert may have been folded into the save that failed: put, not save.
                 match store.put_record(&record).await {
                     Ok(()) => {
@@ -67,7 +79,35 @@ impl Store {
                     }
                 }
             }
+            store.deferred_records().remove(&record.id);
             store.inner.deferred.fetch_sub(1, Ordering::AcqRel);
         });
+    }
+
+    /// Stops the deferred save of record `id` when `owner` (a handle) made the request: its owner
+    /// deleted it before it could land. Returns whether there was one.
+    pub(crate) fn drop_deferred_save(&self, id: RecordId, owner: &str) -> bool {
+        let mut deferred = self.deferred_records();
+        let owned = deferred.get(&id).is_some_and(|(consumer, _)| {
+            consumer
+                .as_deref()
+                .is_some_and(|consumer| consumer.eq_ignore_ascii_case(owner))
+        });
+        if !owned {
+            return false;
+        }
+        if let Some((_, deleted)) = deferred.remove(&id) {
+            deleted.cancel();
+        }
+        true
+    }
+
+    fn deferred_records(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<RecordId, (Option<String>, CancellationToken)>> {
+        self.inner
+            .deferred_records
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }

@@ -100,6 +100,14 @@ struct Inner {
     keys: key_cache::KeyCache,
     /// Final saves being tried again in the background.
     deferred: std::sync::atomic::AtomicUsize,
+    /// The records whose final save waits to be tried again, by id: their consumer, and what
+    /// stops the retry (the owner deleted the record meanwhile).
+    deferred_records: std::sync::Mutex<
+        std::collections::HashMap<
+            inference_club_core::record::RecordId,
+            (Option<String>, tokio_util::sync::CancellationToken),
+        >,
+    >,
     /// The cluster replica whose records this store inserts ([`Store::set_replica`]).
     replica: std::sync::OnceLock<String>,
 }
@@ -140,6 +148,7 @@ impl Store {
                 write_health,
                 keys: key_cache::KeyCache::default(),
                 deferred: std::sync::atomic::AtomicUsize::new(0),
+                deferred_records: std::sync::Mutex::default(),
                 replica: std::sync::OnceLock::new(),
             }),
         })

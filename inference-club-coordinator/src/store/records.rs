@@ -744,7 +744,11 @@ impl Store {
             .execute(&self.inner.pool)
             .await?;
         if deleted.rows_affected() == 0 {
-            return Ok(false);
+            // Not stored yet: its final save may be waiting to be tried again (a full disk).
+            let Some(user) = self.user_by_id(owner).await? else {
+                return Ok(false);
+            };
+            return Ok(self.drop_deferred_save(id, &user.handle));
         }
         // Its audio and images go with it (a failure here leaves them to `expire_blobs`,
         // which removes blobs whose record is gone).

@@ -142,8 +142,9 @@ pub(crate) struct Started {
 }
 
 /// Records `record` and dispatches `work` for it. The record's insert is queued, held for the
-/// record's next save to fold into (see the store's writer), and the final save is committed
-/// before the answer completes. While record writes are failing, a new request is refused
+/// record's next save to fold into (see the store's writer): a whole answer's record is written
+/// once, by its final save, committed before the answer completes; a stream's is written before
+/// its first byte leaves. While record writes are failing, a new request is refused
 /// (503) before anything is routed. On failure the record is final (`failed`) and the answer is
 /// the error, naming the record.
 pub(crate) async fn start(
@@ -196,6 +197,18 @@ pub(crate) async fn start(
                 parts.recorder.forget_departed(record);
                 if let Err(error) = parts.recorder.store().save_progress(record).await {
                     tracing::error!(id = %record.id, "cannot save a record: {error}");
+                }
+            }
+            // A stream names its record before the answer is complete: the record is written
+            // (running, with its node) before the first byte leaves, so that a crash of the
+            // coordinator from here on leaves it, to be failed at the next start. A whole answer
+            // names it only once its final save is committed.
+            if streamed {
+                let written = store.flush_record(id).await;
+                if written.is_err() || store.record_writes_failing() {
+                    keeper.record = None;
+                    let error = written.err().unwrap_or(StoreError::WritesFailing);
+                    return Err(ApiError::from(error).into_response());
                 }
             }
             Ok(Started { keeper, answer, id })

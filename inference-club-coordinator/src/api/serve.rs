@@ -141,10 +141,9 @@ pub(crate) struct Started {
     pub id: RecordId,
 }
 
-/// Records `record` and dispatches `work` for it. The record's insert is queued, held for the
-/// record's next save to fold into (see the store's writer): a whole answer's record is written
-/// once, by its final save, committed before the answer completes; a stream's is written before
-/// its first byte leaves. While record writes are failing, a new request is refused
+/// Records `record` and dispatches `work` for it: a whole answer's record is written once, by
+/// its final save (its insert held for it to fold into, see the store's writer), committed
+/// before the answer completes; a stream's insert is committed before its first byte leaves. While record writes are failing, a new request is refused
 /// (503) before anything is routed. On failure the record is final (`failed`) and the answer is
 /// the error, naming the record.
 pub(crate) async fn start(
@@ -167,9 +166,21 @@ pub(crate) async fn start(
     let waits = batch.is_none();
     record.batch = batch;
     let id = record.id;
-    if let Err(error) = store.insert_record_soon(&record).await {
-        return Err(ApiError::from(error).into_response());
-    }
+    // A stream names its record before the answer is complete: its insert is committed while
+    // the request is dispatched, and awaited before the first byte leaves (so a crash of the
+    // coordinator from there on leaves the record, to be failed at the next start). A whole
+    // answer names it only with the answer: its insert is held for the final save to fold into.
+    let inserted = if streamed {
+        match store.insert_record_now(&record).await {
+            Ok(pending) => Some(pending),
+            Err(error) => return Err(ApiError::from(error).into_response()),
+        }
+    } else {
+        if let Err(error) = store.insert_record_soon(&record).await {
+            return Err(ApiError::from(error).into_response());
+        }
+        None
+    };
     let cancel = CancellationToken::new();
     let mut context = RequestContext::new(id.to_string()).with_consumer(caller.user.handle.clone());
     context.cancel = cancel.clone();
@@ -188,6 +199,13 @@ pub(crate) async fn start(
         }
         None => Err(ApiError::internal("dispatch", "the record is gone")),
     };
+    if let Some(inserted) = inserted
+        && let Err(error) = inserted.committed().await
+    {
+        // No record, so nothing to save: the keeper only cancels the job it started.
+        keeper.record = None;
+        return Err(ApiError::from(error).into_response());
+    }
     match dispatched {
         Ok(answer) => {
             // Saved as running, with the node serving it and the attempts so far: what a crash
@@ -197,18 +215,6 @@ pub(crate) async fn start(
                 parts.recorder.forget_departed(record);
                 if let Err(error) = parts.recorder.store().save_progress(record).await {
                     tracing::error!(id = %record.id, "cannot save a record: {error}");
-                }
-            }
-            // A stream names its record before the answer is complete: the record is written
-            // (running, with its node) before the first byte leaves, so that a crash of the
-            // coordinator from here on leaves it, to be failed at the next start. A whole answer
-            // names it only once its final save is committed.
-            if streamed {
-                let written = store.flush_record(id).await;
-                if written.is_err() || store.record_writes_failing() {
-                    keeper.record = None;
-                    let error = written.err().unwrap_or(StoreError::WritesFailing);
-                    return Err(ApiError::from(error).into_response());
                 }
             }
             Ok(Started { keeper, answer, id })

@@ -581,6 +581,17 @@ impl Store {
         self.write_held(super::writer::Write::Insert(row)).await
     }
 
+    /// Queues the insert of [`Store::insert_record`], not held (a stream's: its record is named
+    /// before the answer is complete), and returns at once; the insert is durable when
+    /// `PendingWrite::committed` says so.
+    pub async fn insert_record_now(
+        &self,
+        record: &InferenceRecord,
+    ) -> Result<super::writer::PendingWrite, StoreError> {
+        let row = RecordRow::new(record)?.handled_by(self.replica());
+        self.write_pending(super::writer::Write::Insert(row)).await
+    }
+
     /// Saves everything about a record that may change (status, serving provider, response,
     /// usage, timing, attempts), through the batched writer: durable when this returns. Its
     /// consumer, id and visibility are not touched (visibility belongs to the owner:

@@ -547,6 +547,17 @@ impl Writer {
     }
 }
 
+/// A queued write whose outcome has not been asked for yet.
+#[derive(Debug)]
+pub struct PendingWrite(oneshot::Receiver<Result<(), StoreError>>);
+
+impl PendingWrite {
+    /// Waits until the write is committed (or refused).
+    pub async fn committed(self) -> Result<(), StoreError> {
+        self.0.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
 impl Store {
     /// Hands a write to the writer and waits for its outcome.
     pub(crate) async fn write(&self, write: Write) -> Result<(), StoreError> {
@@ -575,6 +586,11 @@ impl Store {
             .send(command)
             .await
             .map_err(|_| StoreError::Closed)
+    }
+
+    /// Queues `write` (not held) and returns what tells when it is committed.
+    pub(crate) async fn write_pending(&self, write: Write) -> Result<PendingWrite, StoreError> {
+        Ok(PendingWrite(self.enqueue(write).await?))
     }
 
     /// Queues a held write: written with the record's next write, when it is read or changed by

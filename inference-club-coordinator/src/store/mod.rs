@@ -14,7 +14,9 @@
 //!   time ([`Store::authenticate`]).
 //! - **Records** ([`InferenceRecord`](inference_club_core::record::InferenceRecord)): inserted
 //!   at acceptance and saved as they progress through a group-commit writer (many writes, one
-//!   transaction; durable when the call returns); a final record is never moved back; listings
+//!   commit; durable when the call returns). The insert of a whole answer's record is held for
+//!   its final save to fold into (one statement per short request); reads by id, listings and
+//!   [`Store::flush_records`] write what is held first. A final record is never moved back; listings
 //!   are newest first with an opaque keyset [`Cursor`]; only the owner changes visibility or
 //!   deletes; [`Store::fail_in_flight`] closes what a crash left open.
 //! - **Providers** ([`Provider`]): one row per operator and name, with a new

@@ -7,8 +7,8 @@ use inference_club_core::record::Status;
 
 use crate::bounded;
 use crate::support::{
-    Club, FakeEngine, Fault, Script, ServiceSpec, SseReader, chat_body, leave_after, request_id,
-    streamed_content, wait_until,
+    Club, FakeEngine, Fault, Script, ServiceSpec, SseReader, abort_request, chat_body, leave_after,
+    request_id, streamed_content,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,18 +56,10 @@ async fn a_consumer_that_goes_away_before_the_first_chunk_cancels_the_job_and_th
         // The response has no headers yet (they come with the first output): abort the request.
         let reading = club.spawn_chat_streamed(chat_body(true));
         engine.wait_received(1, Duration::from_secs(10)).await;
-        reading.abort();
-        let left = Instant::now();
-        wait_until(
-            "the engine sees its response dropped",
-            Duration::from_secs(3),
-            || engine.dropped() == 1,
-        )
-        .await;
+        let noticed = abort_request(reading, &engine).await;
         assert!(
-            left.elapsed() < Duration::from_secs(2),
-            "the engine noticed after {:?}",
-            left.elapsed()
+            noticed < Duration::from_secs(2),
+            "the engine noticed after {noticed:?}"
         );
 
         let ada = club.store().user_by_handle("ada").await.unwrap().unwrap();

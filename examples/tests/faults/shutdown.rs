@@ -16,8 +16,8 @@ use inference_club_core::record::{InferenceRecord, RecordId, Status};
 use serde_json::{Value, json};
 
 use crate::support::{
-    ANSWER, Club, FakeEngine, Fault, Script, ServiceSpec, SseReader, chat_body, json_of, loud,
-    request_id, streamed_content, wait_until,
+    ANSWER, Club, FakeEngine, Fault, Script, ServiceSpec, SseReader, abort_request, chat_body,
+    json_of, loud, request_id, streamed_content, wait_until,
 };
 use crate::{all_records, assert_envelope, bounded};
 
@@ -113,6 +113,33 @@ fn spawn_whole(club: &Club, body: Value) -> WholeTask {
     })
 }
 
+/// Requests sent to be in flight when the coordinator stops: streams (their id once started,
+/// their events) and whole answers, each with its number.
+#[derive(Default)]
+struct InFlight {
+    streams: Vec<(usize, (Started, StreamTask))>,
+    wholes: Vec<(usize, WholeTask)>,
+}
+
+impl InFlight {
+    /// Sends request number `sent.len()`, streamed or whole, and notes it in `sent`.
+    fn send(&mut self, club: &Club, streamed: bool, sent: &mut Vec<Sent>) {
+        let n = sent.len();
+        if streamed {
+            self.streams
+                .push((n, spawn_streamed_until_hello(club, chat(n, true))));
+        } else {
+            self.wholes.push((n, spawn_whole(club, chat(n, false))));
+        }
+        sent.push(Sent {
+            n,
+            streamed,
+            expect: Expect::InFlight,
+            id: None,
+        });
+    }
+}
+
 /// Waits (polling every 2 ms) until `engine` has received `n` requests.
 async fn received(engine: &FakeEngine, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -136,24 +163,12 @@ async fn a_coordinator_stopped_with_sigterm_loses_no_record_of_requests_done_or_
         club.add_node("node-a", &[ServiceSpec::fake(&engine).max_concurrent(32)])
             .await;
         let mut sent: Vec<Sent> = Vec::new();
-        let mut streams = Vec::new();
-        let mut wholes = Vec::new();
+        let mut in_flight = InFlight::default();
 
         // 1. In flight for a while: two streams that have started and two whole answers, all
         // held by the engine after "Hello".
         for streamed in [true, true, false, false] {
-            let n = sent.len();
-            if streamed {
-                streams.push((n, spawn_streamed_until_hello(&club, chat(n, true))));
-            } else {
-                wholes.push((n, spawn_whole(&club, chat(n, false))));
-            }
-            sent.push(Sent {
-                n,
-                streamed,
-                expect: Expect::InFlight,
-                id: None,
-            });
+            in_flight.send(&club, streamed, &mut sent);
         }
         // (The engine takes its script when a request arrives.)
         received(&engine, 4).await;
@@ -196,23 +211,12 @@ async fn a_coordinator_stopped_with_sigterm_loses_no_record_of_requests_done_or_
         engine.set_script(held);
         let late = Instant::now();
         for streamed in [true, false] {
-            let n = sent.len();
-            if streamed {
-                streams.push((n, spawn_streamed_until_hello(&club, chat(n, true))));
-            } else {
-                wholes.push((n, spawn_whole(&club, chat(n, false))));
-            }
-            sent.push(Sent {
-                n,
-                streamed,
-                expect: Expect::InFlight,
-                id: None,
-            });
+            in_flight.send(&club, streamed, &mut sent);
         }
         received(&engine, sent.len()).await;
         // The streams' ids (every stream has started by now, or will in a moment).
         let mut stream_tasks = Vec::new();
-        for (n, (id, task)) in streams {
+        for (n, (id, task)) in in_flight.streams {
             let id = tokio::time::timeout(Duration::from_secs(5), id)
                 .await
                 .expect("a stream never started")
@@ -286,7 +290,7 @@ async fn a_coordinator_stopped_with_sigterm_loses_no_record_of_requests_done_or_
                 "{seen:?}"
             );
         }
-        for (n, task) in wholes {
+        for (n, task) in in_flight.wholes {
             let answer = tokio::time::timeout(Duration::from_secs(5), task)
                 .await
                 .expect("a whole answer outlived the coordinator")
@@ -410,18 +414,10 @@ async fn a_consumer_that_leaves_a_whole_answer_midway_leaves_a_cancelled_record(
         let asking = spawn_whole(&club, chat(0, false));
         engine.wait_received(1, Duration::from_secs(10)).await;
         // The engine has sent "Hello" and holds the rest: the consumer goes away.
-        asking.abort();
-        let left = Instant::now();
-        wait_until(
-            "the engine sees its response dropped",
-            Duration::from_secs(3),
-            || engine.dropped() == 1,
-        )
-        .await;
+        let noticed = abort_request(asking, &engine).await;
         assert!(
-            left.elapsed() < Duration::from_secs(2),
-            "the engine noticed after {:?}",
-            left.elapsed()
+            noticed < Duration::from_secs(2),
+            "the engine noticed after {noticed:?}"
         );
         let deadline = Instant::now() + Duration::from_secs(5);
         let record = loop {

@@ -23,7 +23,7 @@ pub use club::Club;
 pub use engine::{FakeEngine, Fault, Script};
 pub use node::{NodeProc, ServiceSpec};
 pub use process::Proc;
-pub use sse::{SseReader, leave_after, streamed_content};
+pub use sse::{SseReader, abort_request, leave_after, streamed_content};
 
 /// The model the fake engines serve.
 pub const MODEL: &str = "club-test-model";

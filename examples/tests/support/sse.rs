@@ -70,6 +70,23 @@ pub async fn leave_after(
     }
     let left = Instant::now();
     drop(events);
+    engine_drops_its_response(engine, left).await
+}
+
+/// The consumer goes away before anything of its answer came: aborts `request` (the task
+/// sending it) and waits (up to 3 s) until `engine` sees its own response dropped. Returns how
+/// long that took.
+pub async fn abort_request<T>(
+    request: tokio::task::JoinHandle<T>,
+    engine: &FakeEngine,
+) -> Duration {
+    let left = Instant::now();
+    request.abort();
+    engine_drops_its_response(engine, left).await
+}
+
+/// Waits (up to 3 s) until `engine` sees its only response dropped; how long since `left`.
+async fn engine_drops_its_response(engine: &FakeEngine, left: Instant) -> Duration {
     wait_until(
         "the engine sees its response dropped",
         Duration::from_secs(3),

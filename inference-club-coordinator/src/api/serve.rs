@@ -143,7 +143,8 @@ pub(crate) struct Started {
 
 /// Records `record` and dispatches `work` for it: a whole answer's record is written once, by
 /// its final save (its insert held for it to fold into, see the store's writer), committed
-/// before the answer completes; a stream's insert is committed before its first byte leaves. While record writes are failing, a new request is refused
+/// before the answer completes; a stream's insert is committed before its first byte leaves,
+/// and a batch line's before its answer is taken. While record writes are failing, a new request is refused
 /// (503) before anything is routed. On failure the record is final (`failed`) and the answer is
 /// the error, naming the record.
 pub(crate) async fn start(
@@ -168,9 +169,10 @@ pub(crate) async fn start(
     let id = record.id;
     // A stream names its record before the answer is complete: its insert is committed while
     // the request is dispatched, and awaited before the first byte leaves (so a crash of the
-    // coordinator from there on leaves the record, to be failed at the next start). A whole
+    // coordinator from there on leaves the record, to be failed at the next start). So is a
+    // batch line's (a line cut off by a crash is recorded as such, and run again). A whole
     // answer names it only with the answer: its insert is held for the final save to fold into.
-    let inserted = if streamed {
+    let inserted = if streamed || !waits {
         match store.insert_record_now(&record).await {
             Ok(pending) => Some(pending),
             Err(error) => return Err(ApiError::from(error).into_response()),

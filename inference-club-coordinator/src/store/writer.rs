@@ -241,7 +241,8 @@ async fn run(
         batch.take(&mut incoming, &mut held);
         // Other requests in flight (their inserts held) end soon: wait a moment for their
         // final saves, so that one commit carries several (its page writes are shared).
-        if open && !batch.jobs.is_empty() && batch.flushed.is_empty() && !held.is_empty() {
+        // Not when someone waits on this commit to go on (a flush, a stream's insert).
+        if open && !batch.jobs.is_empty() && !batch.urgent() && !held.is_empty() {
             let until = tokio::time::Instant::now() + LINGER;
             while batch.jobs.len() < LINGER_BATCH {
                 let more =
@@ -251,7 +252,7 @@ async fn run(
                     Ok(_) => batch.take(&mut incoming, &mut held),
                     Err(_) => break,
                 }
-                if !open || !batch.flushed.is_empty() {
+                if !open || batch.urgent() {
                     break;
                 }
             }
@@ -290,15 +291,24 @@ struct Batch {
     jobs: Vec<Job>,
     flushed: Vec<oneshot::Sender<()>>,
     release: bool,
+    /// It carries an insert that a request waits on before it goes on (a stream's).
+    awaited_insert: bool,
 }
 
 impl Batch {
+    /// Whether someone waits on this commit before going on: a flush, or a stream's insert (its
+    /// first byte waits for it). Final saves wait too, but they gain from sharing a commit.
+    fn urgent(&self) -> bool {
+        !self.flushed.is_empty() || self.awaited_insert
+    }
+
     /// Takes the `incoming` commands: held writes go to `held`, others into the batch.
     fn take(&mut self, incoming: &mut Vec<Command>, held: &mut Held) {
         for command in incoming.drain(..) {
             match command {
                 Command::Write(job) if job.held => self.jobs.extend(held.hold(job)),
                 Command::Write(job) => {
+                    self.awaited_insert |= matches!(job.write, Write::Insert(_));
                     if let Some(earlier) = held.superseded_by(&job) {
                         self.jobs.push(earlier);
                     }

@@ -144,9 +144,9 @@ pub(crate) struct Started {
 /// Records `record` and dispatches `work` for it: a whole answer's record is written once, by
 /// its final save (its insert held for it to fold into, see the store's writer), committed
 /// before the answer completes; a stream's insert is committed before its first byte leaves,
-/// and a batch line's before its answer is taken. While record writes are failing, a new request is refused
-/// (503) before anything is routed. On failure the record is final (`failed`) and the answer is
-/// the error, naming the record.
+/// and a batch line's before its answer is taken. While record writes are failing, a new
+/// request is refused (503) before anything is routed. On failure the record is final
+/// (`failed`) and the answer is the error, naming the record.
 pub(crate) async fn start(
     parts: &Parts,
     admission: Admission,
@@ -186,7 +186,7 @@ pub(crate) async fn start(
     let cancel = CancellationToken::new();
     let mut context = RequestContext::new(id.to_string()).with_consumer(caller.user.handle.clone());
     context.cancel = cancel.clone();
-    // A whole answer may come from the node as one chunk.
+    // A whole answer may come from the node in fewer, merged chunks.
     context.whole = !streamed;
     // The keeper holds the record from here on: if the consumer goes away while the request
     // waits in the queue or for its first output, dropping it makes the record cancelled.

@@ -9,9 +9,9 @@ use inference_club_core::record::Status;
 use inference_club_provider::backends::Echo;
 use serde_json::json;
 
+use crate::on_fresh_database;
 use crate::support::cluster::{CallService, Cluster, EmbeddingEngine, tools};
 use crate::support::loud;
-use crate::{all_records, on_fresh_database};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embeddings_transcriptions_and_speech_cross_replicas() {
@@ -109,7 +109,7 @@ async fn embeddings_transcriptions_and_speech_cross_replicas() {
         assert_eq!(record.status(), Status::Succeeded);
         assert_eq!(record.endpoint, Endpoint::Embeddings);
         assert_eq!(record.served_by.as_ref().unwrap().provider, "node-a");
-        let records = all_records(&cluster).await;
+        let records = cluster.club.all_records().await;
         assert_eq!(records.len(), 1, "{records:?}");
 
         // A transcription asked of replica 3: the upload crosses to the node whole.

@@ -22,12 +22,11 @@ mod load;
 mod restarts;
 mod routing;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use inference_club_coordinator::testing::{RecordQuery, TestDatabase};
-use inference_club_core::record::InferenceRecord;
+use inference_club_coordinator::testing::TestDatabase;
 use serde_json::Value;
-use support::cluster::{Cluster, Streamed, Tools};
+use support::cluster::{Streamed, Tools};
 use support::{FakeEngine, ServiceSpec, error_of, streamed_content};
 
 /// Every test is bounded.
@@ -58,45 +57,6 @@ fn content_of(body: &Value) -> &str {
     body["choices"][0]["message"]["content"]
         .as_str()
         .unwrap_or_default()
-}
-
-/// Every record `ada` made, as stored now.
-async fn all_records(cluster: &Cluster) -> Vec<InferenceRecord> {
-    let store = cluster.club.store();
-    let ada = store.user_by_handle("ada").await.unwrap().unwrap();
-    let mut query = RecordQuery::made_by(ada.id);
-    query.limit = inference_club_coordinator::testing::MAX_PAGE_SIZE;
-    let mut all = Vec::new();
-    loop {
-        let page = store.list_records(&query).await.unwrap();
-        all.extend(page.items);
-        match page.next {
-            Some(cursor) => query = query.after(Some(cursor)),
-            None => return all,
-        }
-    }
-}
-
-/// Waits until every record `ada` made is final; returns them, or fails after `within` naming
-/// those still in flight.
-async fn all_final(cluster: &Cluster, within: Duration) -> Vec<InferenceRecord> {
-    let deadline = Instant::now() + within;
-    loop {
-        let records = all_records(cluster).await;
-        let open: Vec<String> = records
-            .iter()
-            .filter(|r| !r.status().is_final())
-            .map(|r| format!("{} {:?}", r.id, r.status()))
-            .collect();
-        if open.is_empty() {
-            return records;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "records still in flight after {within:?}: {open:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The stream is a whole answer: no error, `content` in full, one `stop`, then `[DONE]`.

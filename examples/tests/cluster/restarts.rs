@@ -7,9 +7,9 @@ use inference_club_core::record::{InferenceRecord, RecordId, Status};
 use tokio_util::sync::CancellationToken;
 
 use crate::load::{Outcome, Sent, gather, nodes_through_nginx, start_load};
+use crate::on_fresh_database;
 use crate::support::cluster::{Cluster, REPLICAS, tools};
 use crate::support::loud;
-use crate::{all_final, on_fresh_database};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_killed_under_load_loses_no_record_and_its_nodes_come_back_through_the_others() {
@@ -112,7 +112,7 @@ async fn a_replica_killed_under_load_loses_no_record_and_its_nodes_come_back_thr
         // (the dead replica's as failed, with a reason), and each answered request's record says
         // succeeded.
         let within = (killed + Duration::from_secs(20)).saturating_duration_since(Instant::now());
-        let records = all_final(&cluster, within).await;
+        let records = cluster.club.all_final(within).await;
         let by_id: HashMap<RecordId, &InferenceRecord> =
             records.iter().map(|r| (r.id, r)).collect();
         for request in &sent {
@@ -192,7 +192,7 @@ async fn a_rolling_restart_behind_nginx_refuses_no_request() {
         ));
         assert!(failed.is_empty(), "refused or broken: {failed:?}");
         assert!(sent.len() > 20, "too little load: {}", sent.len());
-        let records = all_final(&cluster, Duration::from_secs(10)).await;
+        let records = cluster.club.all_final(Duration::from_secs(10)).await;
         for record in &records {
             assert_eq!(record.status(), Status::Succeeded, "{record:?}");
         }

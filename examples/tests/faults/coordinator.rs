@@ -8,7 +8,7 @@ use crate::support::{
     Club, FakeEngine, Fault, MODEL, Script, ServiceSpec, SseReader, chat_body, request_id,
     wait_until,
 };
-use crate::{all_records, bounded, read_rest, read_until_content};
+use crate::{bounded, read_rest, read_until_content};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coordinator_killed_with_requests_streaming_and_queued_fails_them_all_at_restart() {
@@ -37,7 +37,7 @@ async fn a_coordinator_killed_with_requests_streaming_and_queued_fails_them_all_
         };
         let deadline = Instant::now() + Duration::from_secs(5);
         let queued = loop {
-            let records = all_records(&club).await;
+            let records = club.all_records().await;
             let running = records.iter().find(|r| r.id == streaming);
             let waiting = records.iter().find(|r| r.id != streaming);
             if let (Some(running), Some(waiting)) = (running, waiting)
@@ -107,7 +107,7 @@ async fn a_coordinator_killed_with_requests_streaming_and_queued_fails_them_all_
         let record = club.final_record(id.unwrap(), Duration::from_secs(5)).await;
         assert_eq!(record.status(), Status::Succeeded);
         assert!(
-            all_records(&club)
+            club.all_records()
                 .await
                 .iter()
                 .all(|r| r.status().is_final()),

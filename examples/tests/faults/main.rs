@@ -21,7 +21,6 @@ mod storage;
 
 use std::time::Duration;
 
-use inference_club_coordinator::testing::RecordQuery;
 use inference_club_core::record::{InferenceRecord, Status};
 use serde_json::Value;
 use support::{ANSWER, Club, SseReader, chat_body, error_of, streamed_content};
@@ -81,22 +80,6 @@ fn assert_ends_with_error(events: &SseReader, seen: &[String], code: &str) {
         error["message"].as_str().is_some_and(|m| !m.is_empty()),
         "{error}"
     );
-}
-
-/// Every record of `ada`, newest first.
-async fn all_records(club: &Club) -> Vec<InferenceRecord> {
-    let ada = club.store().user_by_handle("ada").await.unwrap().unwrap();
-    let mut query = RecordQuery::made_by(ada.id);
-    query.limit = inference_club_coordinator::testing::MAX_PAGE_SIZE;
-    let mut all = Vec::new();
-    loop {
-        let page = club.store().list_records(&query).await.unwrap();
-        all.extend(page.items);
-        match page.next {
-            Some(cursor) => query = query.after(Some(cursor)),
-            None => return all,
-        }
-    }
 }
 
 /// Sends whole chats until one is served with two attempts (the first on the faulty node), and

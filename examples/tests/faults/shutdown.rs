@@ -19,7 +19,7 @@ use crate::support::{
     ANSWER, Club, FakeEngine, Fault, Script, ServiceSpec, SseReader, abort_request, chat_body,
     json_of, loud, request_id, streamed_content, wait_until,
 };
-use crate::{all_records, assert_envelope, bounded};
+use crate::{assert_envelope, bounded};
 
 /// The writer's `PROGRESS_DELAY`: how long a new record's insert may be held.
 const HOLD: Duration = Duration::from_millis(250);
@@ -227,7 +227,8 @@ async fn a_coordinator_stopped_with_sigterm_loses_no_record_of_requests_done_or_
         // What the database holds now (read directly: this does not flush the coordinator's
         // writer). Requests accepted within the last 250 ms are not there yet: only the
         // coordinator's stop can write them in time.
-        let stored: HashSet<String> = all_records(&club)
+        let stored: HashSet<String> = club
+            .all_records()
             .await
             .iter()
             .filter_map(prompt_of)
@@ -306,23 +307,7 @@ async fn a_coordinator_stopped_with_sigterm_loses_no_record_of_requests_done_or_
 
         // 5. Restarted on the same database: every request has its record, final.
         club.restart_coordinator().await;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let records = loop {
-            let records = all_records(&club).await;
-            if records.iter().all(|r| r.status().is_final()) {
-                break records;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "records left in flight after the restart: {:?}",
-                records
-                    .iter()
-                    .filter(|r| !r.status().is_final())
-                    .map(|r| (r.id, r.status()))
-                    .collect::<Vec<_>>()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let records = club.all_final(Duration::from_secs(5)).await;
         let by_prompt: HashMap<String, &InferenceRecord> = records
             .iter()
             .filter_map(|r| prompt_of(r).map(|p| (p, r)))
@@ -421,7 +406,7 @@ async fn a_consumer_that_leaves_a_whole_answer_midway_leaves_a_cancelled_record(
         );
         let deadline = Instant::now() + Duration::from_secs(5);
         let record = loop {
-            let records = all_records(&club).await;
+            let records = club.all_records().await;
             assert_eq!(records.len(), 1, "{records:?}");
             if records[0].status().is_final() {
                 break records[0].clone();
@@ -480,7 +465,7 @@ async fn the_only_node_killed_midway_through_a_whole_answer_answers_502_and_the_
                 .is_some_and(|content| content.starts_with("Hello")),
             "{record:?}"
         );
-        assert_eq!(all_records(&club).await.len(), 1);
+        assert_eq!(club.all_records().await.len(), 1);
     })
     .await;
 }

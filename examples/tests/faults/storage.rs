@@ -12,7 +12,7 @@ use crate::support::{
     ANSWER, Club, FakeEngine, Fault, MODEL, Script, ServiceSpec, SseReader, chat_body, json_of,
     loud, request_id, streamed_content, wait_until,
 };
-use crate::{all_records, assert_envelope, bounded, read_rest, read_until_content};
+use crate::{assert_envelope, bounded, read_rest, read_until_content};
 
 /// The number of pages of the SQLite database at `path`.
 async fn sqlite_pages(path: &std::path::Path) -> u64 {
@@ -139,7 +139,7 @@ async fn a_full_disk_refuses_new_requests_with_503_and_records_catch_up_when_spa
         club.final_record(id.unwrap(), Duration::from_secs(5)).await;
         assert_eq!(club.metric("record_saves_deferred").await, 0.0);
         assert!(
-            all_records(&club)
+            club.all_records()
                 .await
                 .iter()
                 .all(|r| r.status().is_final()),
@@ -303,7 +303,7 @@ async fn a_postgres_restart_under_load_loses_no_record() {
         // record, final, and the answered ones say succeeded.
         let deadline = Instant::now() + Duration::from_secs(15);
         let records = loop {
-            let records = all_records(&club).await;
+            let records = club.all_records().await;
             if records.iter().all(|r| r.status().is_final()) || Instant::now() > deadline {
                 break records;
             }

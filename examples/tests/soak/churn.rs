@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::support::{Club, FakeEngine, MODEL, STARTUP, Script, loud};
-use crate::{Outcome, all_records, ask, env_number, spawn_node, usage};
+use crate::{Outcome, ask, env_number, spawn_node, usage};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "minutes long: cargo test --release -p inference-club-examples --test soak -- --ignored --nocapture"]
@@ -208,19 +208,7 @@ async fn soak_with_churning_nodes_and_leaving_consumers() {
     }
 
     // Every record final, and exactly one per request sent.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let records = loop {
-        let records = all_records(&club).await;
-        if records.iter().all(|r| r.status().is_final()) {
-            break records;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} records still in flight 30 s after the load stopped",
-            records.iter().filter(|r| !r.status().is_final()).count()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let records = club.all_final(Duration::from_secs(30)).await;
     let recorded: Vec<String> = records
         .iter()
         .filter_map(|r| r.request.messages.first().and_then(|m| m.text_content()))

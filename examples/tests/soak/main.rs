@@ -20,8 +20,6 @@ mod support;
 
 mod churn;
 
-use inference_club_coordinator::testing::RecordQuery;
-use inference_club_core::record::InferenceRecord;
 use serde_json::json;
 use support::{Club, FakeEngine, MODEL, ServiceSpec, SseReader};
 
@@ -113,21 +111,6 @@ async fn ask(
         Outcome::Broken
     } else {
         Outcome::Answered(200)
-    }
-}
-
-async fn all_records(club: &Club) -> Vec<InferenceRecord> {
-    let ada = club.store().user_by_handle("ada").await.unwrap().unwrap();
-    let mut query = RecordQuery::made_by(ada.id);
-    query.limit = inference_club_coordinator::testing::MAX_PAGE_SIZE;
-    let mut all = Vec::new();
-    loop {
-        let page = club.store().list_records(&query).await.unwrap();
-        all.extend(page.items);
-        match page.next {
-            Some(cursor) => query = query.after(Some(cursor)),
-            None => return all,
-        }
     }
 }
 

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use inference_club_coordinator::testing::Store;
+use inference_club_coordinator::testing::{MAX_PAGE_SIZE, RecordQuery, Store};
 use inference_club_core::record::{InferenceRecord, RecordId};
 
 use super::{NodeProc, Proc, STARTUP, loud};
@@ -217,6 +217,45 @@ impl Club {
             .unwrap()
             .unwrap_or_else(|| panic!("no record {id}"))
             .record
+    }
+
+    /// Every record `ada` made, as stored now, newest first.
+    pub async fn all_records(&self) -> Vec<InferenceRecord> {
+        let store = self.store();
+        let ada = store.user_by_handle("ada").await.unwrap().unwrap();
+        let mut query = RecordQuery::made_by(ada.id);
+        query.limit = MAX_PAGE_SIZE;
+        let mut all = Vec::new();
+        loop {
+            let page = store.list_records(&query).await.unwrap();
+            all.extend(page.items);
+            match page.next {
+                Some(cursor) => query = query.after(Some(cursor)),
+                None => return all,
+            }
+        }
+    }
+
+    /// Waits until every record `ada` made is final; returns them, or fails after `within`
+    /// naming those still in flight.
+    pub async fn all_final(&self, within: Duration) -> Vec<InferenceRecord> {
+        let deadline = Instant::now() + within;
+        loop {
+            let records = self.all_records().await;
+            let open: Vec<String> = records
+                .iter()
+                .filter(|r| !r.status().is_final())
+                .map(|r| format!("{} {:?}", r.id, r.status()))
+                .collect();
+            if open.is_empty() {
+                return records;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "records still in flight after {within:?}: {open:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Waits until record `id` is final, and returns it.

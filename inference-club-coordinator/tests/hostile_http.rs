@@ -175,7 +175,10 @@ impl Club {
         });
     }
 
+    /// The records in the database, once what was answered is written (final saves are
+    /// queued for the store's writer).
     async fn record_count(&self) -> i64 {
+        self.store.flush_records().await.unwrap();
         sqlx::query("SELECT COUNT(*) AS n FROM records")
             .fetch_one(&self.raw)
             .await

@@ -258,18 +258,19 @@ impl Club {
         }
     }
 
-    /// Waits until record `id` is final, and returns it.
+    /// Waits until record `id` is stored and final, and returns it (the coordinator queues a
+    /// final save for its writer: this store, the test's own, sees it a moment later).
     pub async fn final_record(&self, id: RecordId, within: Duration) -> InferenceRecord {
         let deadline = Instant::now() + within;
         loop {
-            let record = self.record(id).await;
-            if record.status().is_final() {
-                return record;
+            let record = self.stored_record(id).await;
+            if let Some(record) = record.as_ref().filter(|r| r.status().is_final()) {
+                return record.clone();
             }
             assert!(
                 Instant::now() < deadline,
                 "record {id} still {:?} after {within:?}",
-                record.status()
+                record.map(|r| r.status())
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -42,6 +42,7 @@ struct Abandoned {
     record: InferenceRecord,
     streamed: bool,
     received: Instant,
+    durable: bool,
 }
 
 impl Recorder {
@@ -65,7 +66,7 @@ impl Recorder {
                 match message {
                     ToSaver::Abandoned(abandoned) => {
                         let mut abandoned = *abandoned;
-                        saver.save(&mut abandoned.record).await;
+                        saver.save(&mut abandoned.record, abandoned.durable).await;
                         saver.count(&abandoned.record, abandoned.streamed, abandoned.received);
                     }
                     ToSaver::Settle(done) => {
@@ -112,6 +113,7 @@ impl Recorder {
             received,
             streamed,
             cancel,
+            durable: false,
             _slot: slot,
         }
     }
@@ -133,12 +135,19 @@ struct Saver {
 }
 
 impl Saver {
-    /// Saves a final record: durable when this returns, or, when the database refuses for a
-    /// reason that may pass (full, restarting), tried again in the background until it lands.
-    /// Operators who deleted their account while it was in flight are forgotten in it first.
-    async fn save(&self, record: &mut InferenceRecord) {
+    /// Saves a final record: queued for the writer's next commit, or durable when this returns
+    /// if `durable` is asked for or the store is one that replicas share (another replica may
+    /// be asked for the record next). When the database refuses for a reason that may pass
+    /// (full, restarting), the save is tried again in the background until it lands. Operators
+    /// who deleted their account while it was in flight are forgotten in it first.
+    async fn save(&self, record: &mut InferenceRecord, durable: bool) {
         self.nodes.forget_departed(record);
-        match self.store.save_record_or_retry(record).await {
+        let saved = if durable || self.store.replica().is_some() {
+            self.store.save_record_or_retry(record).await
+        } else {
+            self.store.save_record_queued(record).await
+        };
+        match saved {
             Ok(()) => {}
             Err(error) if error.is_retryable() => {
                 tracing::warn!(id = %record.id, "cannot save a record now, trying again: {error}");
@@ -183,11 +192,22 @@ pub(crate) struct RecordKeeper {
     received: Instant,
     streamed: bool,
     cancel: CancellationToken,
+    /// The final save is committed before [`RecordKeeper::finish`] returns (a batch line's:
+    /// its answer is written after it, and must name a record that is there).
+    durable: bool,
     /// The member's in-flight slot, held until the answer is complete.
     _slot: InFlightSlot,
 }
 
 impl RecordKeeper {
+    /// The same keeper, its final save committed before [`RecordKeeper::finish`] (and
+    /// [`RecordKeeper::fail`]) return when `durable`; otherwise it is queued for the store's
+    /// writer, which commits it with its next batch.
+    pub fn durable(mut self, durable: bool) -> Self {
+        self.durable = durable;
+        self
+    }
+
     /// Folds a chunk of the answer into the record (the first output stamps the time to first
     /// token).
     pub fn observe(&mut self, chunk: &ChatCompletionChunk) {
@@ -229,7 +249,7 @@ impl RecordKeeper {
         };
         let _ = record.failed(reason, None, Utc::now());
         let saver = self.recorder.saver();
-        saver.save(&mut record).await;
+        saver.save(&mut record, self.durable).await;
         saver.count(&record, self.streamed, self.received);
     }
 
@@ -253,7 +273,7 @@ impl RecordKeeper {
             Err(error) => record.failed(error.to_string(), Some(&completion), now),
         };
         let saver = self.recorder.saver();
-        saver.save(&mut record).await;
+        saver.save(&mut record, self.durable).await;
         saver.count(&record, self.streamed, self.received);
         Some((record, completion))
     }
@@ -279,6 +299,7 @@ impl Drop for RecordKeeper {
                 record,
                 streamed: self.streamed,
                 received: self.received,
+                durable: self.durable,
             })));
     }
 }

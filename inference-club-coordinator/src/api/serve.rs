@@ -142,8 +142,9 @@ pub(crate) struct Started {
 }
 
 /// Records `record` and dispatches `work` for it: a whole answer's record is written once, by
-/// its final save (its insert held for it to fold into, see the store's writer), committed
-/// before the answer completes; a stream's insert is committed before its first byte leaves,
+/// its final save (its insert held for it to fold into, see the store's writer), queued for the
+/// writer's next commit as the answer completes (a batch line's is committed before its answer
+/// is written); a stream's insert is committed before its first byte leaves,
 /// and a batch line's before its answer is taken. While record writes are failing, a new
 /// request is refused (503) before anything is routed. On failure the record is final
 /// (`failed`) and the answer is the error, naming the record.
@@ -190,9 +191,12 @@ pub(crate) async fn start(
     context.whole = !streamed;
     // The keeper holds the record from here on: if the consumer goes away while the request
     // waits in the queue or for its first output, dropping it makes the record cancelled.
+    // A batch line's answer is written after its record, and names it: its final save is
+    // committed first. Others are queued for the writer.
     let mut keeper = parts
         .recorder
-        .keeper(record, received, streamed, cancel, slot);
+        .keeper(record, received, streamed, cancel, slot)
+        .durable(!waits);
     let preference = caller.user.routing_preference;
     let dispatched = match keeper.record.as_mut() {
         Some(record) => {

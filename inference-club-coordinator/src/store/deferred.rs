@@ -37,6 +37,29 @@ impl Store {
         }
     }
 
+    /// Tries again, in the background, the queued final saves ([`Store::save_record_queued`])
+    /// whose commit failed for a reason that may pass, as they come from the writer. The task
+    /// holds the store weakly: it ends when the store does.
+    pub(super) fn retry_failed_saves(
+        &self,
+        mut failed: tokio::sync::mpsc::UnboundedReceiver<super::records::RecordRow>,
+    ) {
+        let store = std::sync::Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            while let Some(row) = failed.recv().await {
+                let Some(inner) = store.upgrade() else {
+                    break;
+                };
+                match row.into_record() {
+                    Ok(record) => Store { inner }.retry_save(record),
+                    Err(error) => {
+                        tracing::error!("a failed record save cannot be read back: {error}")
+                    }
+                }
+            }
+        });
+    }
+
     /// Saves waiting to be tried again now.
     pub fn deferred_saves(&self) -> usize {
         self.inner.deferred.load(Ordering::Acquire)

@@ -141,8 +141,9 @@ impl Store {
         let (backend, url) = sql::resolve_url(url)?;
         let pool = sql::open_pool(backend, &url).await?;
         let write_health = Arc::new(writer::WriteHealth::default());
-        let writes = writer::spawn(pool.clone(), backend, write_health.clone());
-        Ok(Self {
+        let (retries, failed_saves) = mpsc::unbounded_channel();
+        let writes = writer::spawn(pool.clone(), backend, write_health.clone(), retries);
+        let store = Self {
             inner: Arc::new(Inner {
                 pool,
                 backend,
@@ -153,7 +154,9 @@ impl Store {
                 deferred_records: std::sync::Mutex::default(),
                 replica: std::sync::OnceLock::new(),
             }),
-        })
+        };
+        store.retry_failed_saves(failed_saves);
+        Ok(store)
     }
 
     /// Applies the migrations not yet applied (what `club-coordinator migrate` runs). Safe to

@@ -239,6 +239,15 @@ impl RecordRow {
         Self::with_body(record, Body::Record(Box::new(record.clone())))
     }
 
+    /// The record the row was made of (its JSON read back when it was serialized).
+    pub(crate) fn into_record(self) -> Result<InferenceRecord, StoreError> {
+        match self.body {
+            Body::Record(record) => Ok(*record),
+            Body::Json(json) => serde_json::from_str(&json)
+                .map_err(|error| StoreError::invalid("record", error.to_string())),
+        }
+    }
+
     /// The body's JSON.
     fn body(&self) -> Result<std::borrow::Cow<'_, str>, StoreError> {
         match &self.body {
@@ -604,6 +613,18 @@ impl Store {
     pub async fn save_record(&self, record: &InferenceRecord) -> Result<(), StoreError> {
         let row = RecordRow::new(record)?;
         self.write(super::writer::Write::Save(row)).await
+    }
+
+    /// Queues the final save of `record` ([`Store::save_record`]) and returns without waiting
+    /// for its commit: the writer commits it with its next batch (a held insert of the record
+    /// folds it in). Reads and changes of the record by id, listings and the shutdown flush it
+    /// first, so the store never answers without it. When the commit fails for a reason that
+    /// may pass, the save is tried again in the background, as
+    /// [`Store::save_record_or_retry`] does. A crash of the coordinator (not a stop) before the
+    /// commit loses it.
+    pub async fn save_record_queued(&self, record: &InferenceRecord) -> Result<(), StoreError> {
+        let row = RecordRow::new(record)?;
+        self.write_queued(super::writer::Write::Save(row)).await
     }
 
     /// Saves `record`, or inserts it when its insert never landed (a deferred final save whose

@@ -84,6 +84,9 @@ enum Ack {
     /// Nobody waits: a failure is logged (a save refused because the record moved on is not a
     /// failure).
     Log,
+    /// Nobody waits (a final save, queued): a failure that may pass hands the row to the
+    /// deferred saves, which try it again until it lands; another failure is logged.
+    Retry,
 }
 
 impl Ack {
@@ -92,8 +95,10 @@ impl Ack {
             (Self::Wait(sender), outcome) => {
                 let _ = sender.send(outcome);
             }
-            (Self::Log, Ok(()) | Err(StoreError::StatusRegression { .. })) => {}
-            (Self::Log, Err(error)) => tracing::warn!("a queued record write failed: {error}"),
+            (Self::Log | Self::Retry, Ok(()) | Err(StoreError::StatusRegression { .. })) => {}
+            (Self::Log | Self::Retry, Err(error)) => {
+                tracing::warn!("a queued record write failed: {error}");
+            }
         }
     }
 }
@@ -145,8 +150,23 @@ struct Folded {
 
 impl Folded {
     /// Sends `outcome` to everyone waiting for this statement: the error itself to the last
-    /// write folded in (a final save, whose caller may try again), a copy to the others.
-    fn answer(self, outcome: Result<(), StoreError>) {
+    /// write folded in (a final save, whose caller may try again), a copy to the others. When
+    /// it failed for a reason that may pass and a queued final save is folded in, the row goes
+    /// to `retries`.
+    fn answer(self, outcome: Result<(), StoreError>, retries: &Retries) {
+        if outcome.as_ref().is_err_and(StoreError::is_retryable)
+            && self.acks.iter().any(|ack| matches!(ack, Ack::Retry))
+        {
+            if retries.send(self.write.into_row()).is_err() {
+                tracing::error!(
+                    "a record save failed and cannot be tried again: the store is closing"
+                );
+            }
+            for ack in self.acks {
+                ack.send(replicate(&outcome));
+            }
+            return;
+        }
         let mut acks = self.acks;
         let last = acks.pop();
         for ack in acks {
@@ -211,14 +231,20 @@ fn replicate(outcome: &Result<(), StoreError>) -> Result<(), StoreError> {
     }
 }
 
-/// Starts the writer; it ends when every sender is dropped.
+/// Where the rows of queued final saves that failed for a reason that may pass go: to the
+/// store's deferred saves ([`Store::save_record_queued`]).
+pub(crate) type Retries = mpsc::UnboundedSender<RecordRow>;
+
+/// Starts the writer; it ends when every sender is dropped. Rows of queued final saves that
+/// failed for a reason that may pass are sent to `retries`.
 pub(crate) fn spawn(
     pool: AnyPool,
     backend: Backend,
     health: Arc<WriteHealth>,
+    retries: Retries,
 ) -> mpsc::Sender<Command> {
     let (sender, receiver) = mpsc::channel(QUEUE);
-    tokio::spawn(run(pool, backend, health, receiver));
+    tokio::spawn(run(pool, backend, health, retries, receiver));
     sender
 }
 
@@ -226,11 +252,16 @@ async fn run(
     pool: AnyPool,
     backend: Backend,
     health: Arc<WriteHealth>,
+    retries: Retries,
     mut receiver: mpsc::Receiver<Command>,
 ) {
     let mut incoming = Vec::with_capacity(MAX_BATCH);
     let mut held = Held::default();
-    let mut writer = Writer { pool, conn: None };
+    let mut writer = Writer {
+        pool,
+        conn: None,
+        retries,
+    };
     loop {
         let due = held.next_due();
         let mut open = tokio::select! {
@@ -446,6 +477,7 @@ impl Held {
 struct Writer {
     pool: AnyPool,
     conn: Option<PoolConnection<Any>>,
+    retries: Retries,
 }
 
 impl Writer {
@@ -457,13 +489,13 @@ impl Writer {
             Ok(outcomes) => {
                 health.set_failing(false);
                 for (folded, outcome) in statements.into_iter().zip(outcomes) {
-                    folded.answer(outcome);
+                    folded.answer(outcome, &self.retries);
                 }
             }
             Err(error) if statements.len() == 1 => {
                 health.set_failing(error.is_retryable());
                 if let Some(folded) = statements.into_iter().next() {
-                    folded.answer(Err(error));
+                    folded.answer(Err(error), &self.retries);
                 }
             }
             Err(error) => {
@@ -475,7 +507,7 @@ impl Writer {
                         Err(error) => Err(error),
                     };
                     failing |= outcome.as_ref().is_err_and(StoreError::is_retryable);
-                    folded.answer(outcome);
+                    folded.answer(outcome, &self.retries);
                 }
                 health.set_failing(failing);
             }
@@ -611,6 +643,20 @@ impl Store {
             write,
             ack: Ack::Log,
             held: true,
+        }))
+        .await
+    }
+
+    /// Queues a final save (a save, or the insert when the record's insert never landed) and
+    /// returns without waiting for its commit: the writer commits it with its next batch, and
+    /// when that fails for a reason that may pass, the save is deferred
+    /// ([`Store::save_record_or_retry`]). Reads and changes of the record flush it first, like
+    /// a held write.
+    pub(crate) async fn write_queued(&self, write: Write) -> Result<(), StoreError> {
+        self.send(Command::Write(Job {
+            write,
+            ack: Ack::Retry,
+            held: false,
         }))
         .await
     }

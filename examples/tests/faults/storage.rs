@@ -108,13 +108,18 @@ async fn a_full_disk_refuses_new_requests_with_503_and_records_catch_up_when_spa
         assert_eq!(earlier.status().as_u16(), 200);
 
         // The answer in flight completes for its consumer even though its record cannot be
-        // saved yet; the save is retried in the background.
+        // saved yet; the save (queued for the writer, whose commit fails) is retried in the
+        // background.
         engine.release(1);
         read_rest(&mut events, &mut seen, Duration::from_secs(5)).await;
         assert_eq!(seen.last().map(String::as_str), Some("[DONE]"));
         assert_eq!(streamed_content(&seen), long_answer);
+        let deferred_by = Instant::now() + Duration::from_secs(5);
+        while club.metric("record_saves_deferred").await < 1.0 {
+            assert!(Instant::now() < deferred_by, "the failed save was not deferred");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         assert_eq!(club.record(in_flight).await.status(), Status::Running);
-        assert!(club.metric("record_saves_deferred").await >= 1.0);
 
         // The owner frees space by deleting requests: the deferred save lands, and the record
         // tells the truth; new requests are served again.

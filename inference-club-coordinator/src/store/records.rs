@@ -12,7 +12,7 @@ use sqlx::AnyConnection;
 use sqlx::any::AnyRow;
 
 use super::error::Entity;
-use super::sql::{get, get_parsed, micros, now};
+use super::sql::{Backend, get, get_parsed, micros, now};
 use super::users::handle_key;
 use super::{Store, StoreError, UserId};
 
@@ -458,6 +458,7 @@ pub(crate) async fn insert(conn: &mut AnyConnection, row: &RecordRow) -> Result<
 /// consumer is not a member is skipped; [`insert`] tells why.
 pub(crate) async fn insert_many(
     conn: &mut AnyConnection,
+    backend: Backend,
     rows: &[&RecordRow],
 ) -> Result<std::collections::HashSet<String>, StoreError> {
     use std::fmt::Write as _;
@@ -469,7 +470,16 @@ pub(crate) async fn insert_many(
         let _ = write!(values, "{separator}(");
         for column in 1..=COLUMNS {
             let comma = if column == 1 { "" } else { ", " };
-            let _ = write!(values, "{comma}${}", base + column);
+            // SQLite finds a numbered parameter's name by walking the list of them, once per
+            // parameter bound: anonymous ones (bound in order) keep a batch linear.
+            match backend {
+                Backend::Sqlite => {
+                    let _ = write!(values, "{comma}?");
+                }
+                Backend::Postgres => {
+                    let _ = write!(values, "{comma}${}", base + column);
+                }
+            }
         }
         values.push(')');
     }

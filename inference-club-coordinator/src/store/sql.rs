@@ -190,6 +190,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "batches",
         include_str!("../../migrations/0006_batches.sql"),
     ),
+    (
+        7,
+        "in-flight index",
+        include_str!("../../migrations/0007_in_flight_index.sql"),
+    ),
 ];
 
 impl<'s> MigrationSource<'s> for Embedded {

@@ -90,6 +90,11 @@ enum Ack {
 }
 
 impl Ack {
+    /// Whether a caller waits for this outcome before going on.
+    fn waits(&self) -> bool {
+        matches!(self, Self::Wait(_))
+    }
+
     fn send(self, outcome: Result<(), StoreError>) {
         match (self, outcome) {
             (Self::Wait(sender), outcome) => {
@@ -270,10 +275,11 @@ async fn run(
         };
         let mut batch = Batch::default();
         batch.take(&mut incoming, &mut held);
-        // Other requests in flight (their inserts held) end soon: wait a moment for their
-        // final saves, so that one commit carries several (its page writes are shared).
-        // Not when someone waits on this commit to go on (a flush, a stream's insert).
-        if open && !batch.jobs.is_empty() && !batch.urgent() && !held.is_empty() {
+        // Wait a moment for more writes, so that one commit carries several (its page writes
+        // are shared): when nobody waits on this one (queued final saves), or when the final
+        // saves of other requests in flight (their inserts held) will come soon. Not when
+        // someone waits on it to go on (a flush, a stream's insert).
+        if open && batch.may_linger(!held.is_empty()) {
             let until = tokio::time::Instant::now() + LINGER;
             while batch.jobs.len() < LINGER_BATCH {
                 let more =
@@ -283,7 +289,7 @@ async fn run(
                     Ok(_) => batch.take(&mut incoming, &mut held),
                     Err(_) => break,
                 }
-                if !open || batch.urgent() {
+                if !open || !batch.may_linger(!held.is_empty()) {
                     break;
                 }
             }
@@ -310,10 +316,12 @@ async fn run(
     }
 }
 
-/// How long the writer waits for more writes while other requests are in flight.
-const LINGER: Duration = Duration::from_millis(1);
+/// How long the writer waits for more writes while other requests are in flight. Nobody waits
+/// on such a commit (final saves are queued), so it may be longer than a request's path: a
+/// commit writes the same leaf and index pages whether it carries one record or many.
+const LINGER: Duration = Duration::from_millis(4);
 /// Writes enough for one commit: the writer stops waiting for more.
-const LINGER_BATCH: usize = 32;
+const LINGER_BATCH: usize = 64;
 
 /// What one commit carries: writes, flushes to answer after it, whether to give the connection
 /// back.
@@ -331,6 +339,15 @@ impl Batch {
     /// first byte waits for it). Final saves wait too, but they gain from sharing a commit.
     fn urgent(&self) -> bool {
         !self.flushed.is_empty() || self.awaited_insert
+    }
+
+    /// Whether the writer may wait for more writes before committing this batch: when nobody
+    /// waits on it (queued final saves, held writes come due), or when only final saves wait on
+    /// it and `others_in_flight` (requests whose records are held) will end soon.
+    fn may_linger(&self, others_in_flight: bool) -> bool {
+        !self.jobs.is_empty()
+            && !self.urgent()
+            && (others_in_flight || self.jobs.iter().all(|job| !job.ack.waits()))
     }
 
     /// Takes the `incoming` commands: held writes go to `held`, others into the batch.
@@ -556,7 +573,7 @@ impl Writer {
             })
             .collect();
         if inserts.len() == writes.len() && !inserts.is_empty() {
-            let inserted = records::insert_many(conn, &inserts).await?;
+            let inserted = records::insert_many(conn, backend, &inserts).await?;
             let mut outcomes = Vec::with_capacity(inserts.len());
             for row in inserts {
                 outcomes.push(if inserted.contains(&row.id().to_string()) {

@@ -541,7 +541,9 @@ pub(crate) async fn dispatch_work(
         };
         match opened {
             Ok(opened) => {
-                if opened.output_started() {
+                // A whole chat answer's first output comes with the rest of it (its node may
+                // ask the engine for it whole): not a time to first token to compare nodes by.
+                if opened.output_started() && !(context.whole && matches!(work, Work::Chat(_))) {
                     node.record_ttft(started.elapsed());
                 }
                 return Ok(opened.into_answer(slot));

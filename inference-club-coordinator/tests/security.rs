@@ -143,8 +143,10 @@ impl Club {
             .collect()
     }
 
-    /// Every record in the store.
+    /// Every record in the store, once what was answered is written (final saves are queued
+    /// for the store's writer).
     async fn record_count(&self) -> i64 {
+        self.store.flush_records().await.unwrap();
         sqlx::query("SELECT COUNT(*) AS n FROM records")
             .fetch_one(&self.raw)
             .await

@@ -160,8 +160,9 @@ pub struct Job {
     pub deadline_ms: Option<u64>,
     /// The consumer takes the answer whole: the node may send it in fewer chunks, merged from
     /// the engine's ([`ChatCompletionChunk::absorb`]): the provider node sends what came up to
-    /// the first output, then the rest as one chunk before `done` (or before `error`). Nodes
-    /// that do not know this field stream as usual, which is as correct.
+    /// the first output, then the rest as one chunk before `done` (or before `error`); it asks
+    /// an OpenAI-compatible engine for the answer whole, which comes as one chunk. Nodes that
+    /// do not know this field stream as usual, which is as correct.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub whole: bool,
     /// The request; `model` is the name the consumer asked for.

@@ -85,6 +85,7 @@ async fn probe(host: &str, known: KnownEngine, wait: Duration) -> Option<FoundEn
         connect: wait,
         first_token: wait,
         idle: wait,
+        whole: wait,
     };
     let models = if known.engine == Engine::Ollama {
         Ollama::builder(url.clone())

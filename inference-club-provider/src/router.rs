@@ -505,7 +505,9 @@ impl Provider for Router {
             };
             match opened {
                 Ok(opened) => {
-                    if opened.output_started() {
+                    // A whole answer's first output is the whole of it: not a time to first
+                    // token to compare routes by.
+                    if opened.output_started() && !context.whole {
                         route.record_ttft(started.elapsed());
                     }
                     return Ok(opened.into_stream(slot));
@@ -559,7 +561,9 @@ impl Provider for Router {
             };
             match opened {
                 Ok(opened) => {
-                    if opened.output_started() {
+                    // A whole answer's first output is the whole of it: not a time to first
+                    // token to compare routes by.
+                    if opened.output_started() && !context.whole {
                         route.record_ttft(started.elapsed());
                     }
                     return Ok(opened.into_stream(slot));

@@ -20,6 +20,10 @@ pub struct Timeouts {
     pub first_token: Duration,
     /// Between two chunks once output has started.
     pub idle: Duration,
+    /// From the request to the start of a whole answer, when the engine is asked for one (a
+    /// consumer that takes the answer whole, [`RequestContext::whole`]): the engine sends
+    /// nothing until it is complete.
+    pub whole: Duration,
 }
 
 impl Default for Timeouts {
@@ -28,6 +32,7 @@ impl Default for Timeouts {
             connect: Duration::from_secs(10),
             first_token: Duration::from_secs(300),
             idle: Duration::from_secs(60),
+            whole: Duration::from_secs(600),
         }
     }
 }

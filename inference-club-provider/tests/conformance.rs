@@ -32,6 +32,7 @@ const TIMEOUTS: Timeouts = Timeouts {
     connect: Duration::from_secs(2),
     first_token: Duration::from_millis(250),
     idle: Duration::from_millis(250),
+    whole: Duration::from_millis(250),
 };
 
 /// How long the fake engine stays silent in the timeout scenarios: far beyond [`TIMEOUTS`].

@@ -58,6 +58,7 @@ fn engine(url: &str) -> OpenAiCompatible {
             connect: Duration::from_secs(5),
             first_token: Duration::from_secs(30),
             idle: Duration::from_secs(30),
+            whole: Duration::from_secs(60),
         })
         .build()
         .unwrap()

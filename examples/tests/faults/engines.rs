@@ -81,7 +81,14 @@ async fn an_engine_that_hangs_before_the_first_token_times_out_and_is_failed_ove
         let mut club = Club::start(&[]).await;
         let key = club.key.clone();
         let url = club.url.clone();
-        let timeout = ["--first-token-timeout-secs", "1"];
+        // A whole answer is waited for as long as the whole-answer timeout allows: the engine
+        // sends nothing before it is complete.
+        let timeout = [
+            "--first-token-timeout-secs",
+            "1",
+            "--whole-answer-timeout-secs",
+            "1",
+        ];
         for (name, engine) in [("node-a", &a), ("node-b", &b)] {
             let n = club.spawn_node_with(name, &[ServiceSpec::fake(engine)], &key, &url, &timeout);
             club.nodes[n]
@@ -91,8 +98,8 @@ async fn an_engine_that_hangs_before_the_first_token_times_out_and_is_failed_ove
         }
         club.wait_for_model(MODEL).await;
 
-        // The hung engine is given up after the node's first-token timeout and the request is
-        // retried on the other node.
+        // The hung engine is given up after the node's timeout and the request is retried on
+        // the other node.
         let record = chat_until_failed_over(&club).await;
         let error = record.attempts[0].error.as_ref().unwrap();
         assert_eq!(record.attempts[0].served_by.provider, "node-a");
@@ -146,7 +153,12 @@ async fn an_engine_that_stalls_mid_stream_ends_the_answer_with_a_timeout_error()
             &[ServiceSpec::fake(&engine)],
             &key,
             &url,
-            &["--idle-timeout-secs", "1"],
+            &[
+                "--idle-timeout-secs",
+                "1",
+                "--whole-answer-timeout-secs",
+                "1",
+            ],
         );
         club.nodes[n]
             .proc
@@ -184,13 +196,16 @@ async fn an_engine_that_stalls_mid_stream_ends_the_answer_with_a_timeout_error()
         )
         .await;
 
-        // Whole: 502 `upstream_timeout`, and the record keeps the part that came.
+        // Whole: the engine is asked for the answer whole, and sends nothing before it is
+        // complete: 502 `upstream_timeout` after the whole-answer timeout, nothing to keep.
+        let asked = Instant::now();
         let (status, id, body) = club.chat_whole(&chat_body(false)).await;
         assert_eq!(status, 502, "{body}");
         assert_envelope(&body, "upstream_timeout");
+        assert!(asked.elapsed() >= Duration::from_millis(900));
         let record = club.final_record(id.unwrap(), Duration::from_secs(5)).await;
         assert_eq!(record.status(), Status::Failed);
-        assert_eq!(record.response.content.as_deref(), Some("Hello, "));
+        assert_eq!(record.response.content, None);
         assert_eq!(engine.received(), 2, "nothing was retried");
         engine.release(8);
     })

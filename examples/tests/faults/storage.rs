@@ -116,7 +116,10 @@ async fn a_full_disk_refuses_new_requests_with_503_and_records_catch_up_when_spa
         assert_eq!(streamed_content(&seen), long_answer);
         let deferred_by = Instant::now() + Duration::from_secs(5);
         while club.metric("record_saves_deferred").await < 1.0 {
-            assert!(Instant::now() < deferred_by, "the failed save was not deferred");
+            assert!(
+                Instant::now() < deferred_by,
+                "the failed save was not deferred"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(club.record(in_flight).await.status(), Status::Running);

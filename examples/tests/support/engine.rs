@@ -212,6 +212,9 @@ async fn chat(State(seen): State<Arc<Seen>>, body: Bytes) -> Response {
         }});
         return (status, axum::Json(error)).into_response();
     }
+    if request["stream"] != json!(true) {
+        return whole_answer(seen, script, id, model).await;
+    }
     let seen = seen.clone();
     let body = async_stream::stream! {
         let mut watch = DropWatch { seen: seen.clone(), finished: false };
@@ -252,4 +255,54 @@ async fn chat(State(seen): State<Arc<Seen>>, body: Bytes) -> Response {
         .header(header::CONTENT_TYPE, "text/event-stream")
         .body(Body::from_stream(body))
         .unwrap()
+}
+
+/// The answer to a request that is not streamed, as a real engine gives it: one JSON object,
+/// with usage, once the script has run (its pace, holds and faults as for a stream). A fault
+/// that drops the connection does so after the headers; garbage is an HTML page.
+async fn whole_answer(seen: Arc<Seen>, script: Script, id: String, model: String) -> Response {
+    let mut watch = DropWatch {
+        seen: seen.clone(),
+        finished: false,
+    };
+    if script.fault == Fault::DropBeforeFirstChunk {
+        watch.finished = true;
+        let broken = futures_util::stream::once(async {
+            Err::<Bytes, _>(std::io::Error::other("the engine fell over"))
+        });
+        return Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from_stream(broken))
+            .unwrap();
+    }
+    if script.fault == Fault::HoldBeforeFirstChunk {
+        seen.gate.acquire().await.unwrap().forget();
+    }
+    let mut content = String::new();
+    for (n, piece) in script.pieces.iter().enumerate() {
+        if script.fault == Fault::HoldAfter(n) {
+            seen.gate.acquire().await.unwrap().forget();
+        }
+        if script.fault == Fault::GarbageAfter(n) {
+            watch.finished = true;
+            return (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "text/html")],
+                "<html><body>502 Bad Gateway</body></html>",
+            )
+                .into_response();
+        }
+        tokio::time::sleep(script.pace).await;
+        content.push_str(piece);
+    }
+    watch.finished = true;
+    let completion = script.pieces.len() as u64;
+    axum::Json(json!({
+        "id": id, "object": "chat.completion", "created": 1_764_227_000, "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                     "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 7, "completion_tokens": completion, "total_tokens": 7 + completion},
+    }))
+    .into_response()
 }

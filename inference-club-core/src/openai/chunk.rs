@@ -127,6 +127,72 @@ impl ChatCompletionChunk {
         self
     }
 
+    /// A whole answer as one chunk, in the form a stream carries it: each choice's message as
+    /// its delta (tool calls numbered in order), with its finish reason and log probabilities,
+    /// and the answer's usage. Aggregating the chunk
+    /// ([`ChatCompletionAggregator`](super::ChatCompletionAggregator)) gives the answer back.
+    /// What a provider asked for a whole answer hands on.
+    ///
+    /// ```
+    /// use inference_club_core::openai::{ChatCompletionAggregator, ChatCompletionChunk, ChunkDelta};
+    ///
+    /// let mut aggregate = ChatCompletionAggregator::new();
+    /// aggregate.push(&ChatCompletionChunk::new("c1", "m", 7).with_delta(ChunkDelta::content("Hi")));
+    /// let answer = aggregate.finish();
+    /// let chunk = ChatCompletionChunk::from_completion(answer.clone());
+    /// assert_eq!(chunk.object, "chat.completion.chunk");
+    /// let mut again = ChatCompletionAggregator::new();
+    /// again.push(&chunk);
+    /// assert_eq!(again.finish(), answer);
+    /// ```
+    pub fn from_completion(completion: super::ChatCompletion) -> Self {
+        let choices = completion
+            .choices
+            .into_iter()
+            .map(|choice| {
+                let message = choice.message;
+                let tool_calls = message.tool_calls.map(|calls| {
+                    calls
+                        .into_iter()
+                        .zip(0..)
+                        .map(|(call, index)| ToolCallDelta {
+                            index,
+                            id: Some(call.id),
+                            kind: Some(call.kind),
+                            function: Some(FunctionCallDelta {
+                                name: Some(call.function.name),
+                                arguments: Some(call.function.arguments),
+                            }),
+                        })
+                        .collect()
+                });
+                ChunkChoice {
+                    index: choice.index,
+                    delta: ChunkDelta {
+                        role: Some(message.role),
+                        content: message.content,
+                        reasoning: message.reasoning,
+                        refusal: message.refusal,
+                        tool_calls,
+                        extra: message.extra,
+                    },
+                    finish_reason: choice.finish_reason,
+                    logprobs: choice.logprobs,
+                }
+            })
+            .collect();
+        Self {
+            id: completion.id,
+            object: chunk_object(),
+            created: completion.created,
+            model: completion.model,
+            choices,
+            usage: completion.usage,
+            system_fingerprint: completion.system_fingerprint,
+            extra: completion.extra,
+        }
+    }
+
     /// Whether the chunk carries any output: content, reasoning, a refusal or a tool call.
     pub fn has_output(&self) -> bool {
         self.choices.iter().any(|c| c.delta.has_output())
@@ -479,6 +545,39 @@ impl StreamPayload {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_whole_answer_becomes_one_chunk_that_aggregates_back_to_it() {
+        let answer: super::super::ChatCompletion = serde_json::from_value(json!({
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 5, "model": "m",
+            "choices": [{
+                "index": 0,
+                "message": {
+                    "role": "assistant", "content": "Let me look.", "reasoning_content": "hmm",
+                    "tool_calls": [
+                        {"id": "call_a", "type": "function",
+                         "function": {"name": "weather", "arguments": "{\"city\":\"Oslo\"}"}},
+                        {"id": "call_b", "type": "function",
+                         "function": {"name": "time", "arguments": "{}"}}
+                    ]
+                },
+                "finish_reason": "tool_calls"
+            }],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+        }))
+        .unwrap();
+        let chunk = ChatCompletionChunk::from_completion(answer.clone());
+        assert!(chunk.has_output());
+        let wire = serde_json::to_value(&chunk).unwrap();
+        assert_eq!(wire["object"], "chat.completion.chunk");
+        assert_eq!(wire["choices"][0]["delta"]["tool_calls"][1]["index"], 1);
+        assert_eq!(wire["choices"][0]["delta"]["reasoning_content"], "hmm");
+        assert_eq!(wire["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(wire["usage"]["total_tokens"], 7);
+        let mut aggregate = super::super::ChatCompletionAggregator::new();
+        aggregate.push(&chunk);
+        assert_eq!(aggregate.finish(), answer);
+    }
 
     #[test]
     fn absorbed_chunks_aggregate_as_the_chunks_did() {

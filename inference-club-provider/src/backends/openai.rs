@@ -2,7 +2,9 @@
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use inference_club_core::openai::{ChatCompletionRequest, Model, ModelList, StreamOptions};
+use inference_club_core::openai::{
+    ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Model, ModelList, StreamOptions,
+};
 use inference_club_core::provider::{
     Call, CallOutput, CallStream, ChunkStream, Provider, ProviderError, RequestContext,
     TimeoutPhase, Upload,
@@ -15,8 +17,10 @@ use crate::{EngineQuirks, Timeouts, http, normalize, sse};
 /// An engine that speaks the OpenAI chat completions API: vLLM, SGLang, llama.cpp server, LM
 /// Studio, TGI, Ollama's `/v1`, or any compatible server.
 ///
-/// It always streams from the engine (asking for usage in the stream where the engine supports
-/// it), so time to first token is measured and a whole response is the collected stream. The
+/// It streams from the engine (asking for usage in the stream where the engine supports it), so
+/// time to first token is measured, unless the consumer takes the answer whole
+/// ([`RequestContext::whole`]): then the engine is asked for a whole answer too, which becomes
+/// one chunk (its time to first token is the time to the answer). The
 /// request's `model` is sent as it is: it must be the engine's served id (the
 /// [`Router`](crate::Router) maps public names to served ids).
 ///
@@ -136,6 +140,69 @@ impl OpenAiCompatible {
         request
     }
 
+    /// A chat whose consumer takes the answer whole ([`RequestContext::whole`]): the engine is
+    /// asked for it whole too (one answer to write and to read, not an event per token), and it
+    /// becomes one chunk ([`ChatCompletionChunk::from_completion`]). [`Timeouts::whole`] bounds
+    /// the wait for the answer to begin (the engine sends nothing before it is complete), the
+    /// idle timeout each piece of it. An engine that streams anyway is read as a stream.
+    ///
+    /// [`ChatCompletionChunk::from_completion`]: inference_club_core::openai::ChatCompletionChunk::from_completion
+    async fn whole_chat(
+        &self,
+        mut request: ChatCompletionRequest,
+        context: RequestContext,
+    ) -> Result<ChunkStream, ProviderError> {
+        let model = request.model.clone();
+        request.stream = Some(false);
+        request.stream_options = None;
+        if self.quirks.needs_max_tokens && request.max_tokens.is_none() {
+            request.max_tokens = request.max_completion_tokens;
+        }
+        let body = serde_json::to_vec(&request).map_err(|e| ProviderError::Protocol {
+            message: format!("cannot encode the request: {e}"),
+        })?;
+        let send = self
+            .authorized(self.http.post(self.chat_url.clone()))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        // The wait for the first output is the wait for the answer.
+        let timeouts = Timeouts {
+            first_token: self.timeouts.whole,
+            ..self.timeouts
+        };
+        let sent_at = std::time::Instant::now();
+        let response = http::send_for_output(send, timeouts, &context).await?;
+        if !response.status().is_success() {
+            return Err(http::status_error(response, &model).await);
+        }
+        let content_type = http::content_type(&response);
+        let mut chunks: ChunkStream = if http::is_json(&content_type) {
+            let data = http::read_body(
+                response,
+                self.max_answer_bytes,
+                self.timeouts.idle,
+                &context,
+            )
+            .await?;
+            let answer: ChatCompletion =
+                serde_json::from_slice(&data).map_err(|e| ProviderError::Protocol {
+                    message: format!("engine's answer is not a chat completion: {e}"),
+                })?;
+            let chunk = ChatCompletionChunk::from_completion(answer);
+            Box::pin(futures_util::stream::once(async move { Ok(chunk) }))
+        } else if is_event_stream(&content_type) {
+            Box::pin(sse::chunks(response.bytes_stream()))
+        } else {
+            return Err(ProviderError::Protocol {
+                message: format!("engine answered a chat request with {content_type}"),
+            });
+        };
+        if self.quirks.think_tags {
+            chunks = normalize::split_think_tags(chunks);
+        }
+        Ok(crate::timeouts::guard(chunks, timeouts, &context, sent_at))
+    }
+
     fn authorized(&self, builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         http::authorized(builder, self.api_key.as_deref())
     }
@@ -174,6 +241,9 @@ impl Provider for OpenAiCompatible {
         request: ChatCompletionRequest,
         context: RequestContext,
     ) -> Result<ChunkStream, ProviderError> {
+        if context.whole {
+            return self.whole_chat(request, context).await;
+        }
         let model = request.model.clone();
         let body = serde_json::to_vec(&self.engine_body(request)).map_err(|e| {
             ProviderError::Protocol {
@@ -267,6 +337,12 @@ impl Provider for OpenAiCompatible {
             async move { Ok(output) },
         )))
     }
+}
+
+/// Whether `content_type` is `text/event-stream` (parameters aside).
+fn is_event_stream(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    essence.eq_ignore_ascii_case("text/event-stream")
 }
 
 /// The `multipart/form-data` body of an upload: each top-level field of `body` as a text part

@@ -32,13 +32,15 @@ pub(crate) async fn serve_job(
         .logs_content()
         .then(|| serde_json::to_value(&job.request).ok())
         .flatten();
-    let context = job_context(
+    let mut context = job_context(
         &job.request_id,
         job.consumer.as_ref(),
         job.deadline_ms,
         &cancel,
         started,
     );
+    // The engine may be asked for a whole answer too.
+    context.whole = job.whole;
 
     let mut first_token_ms = None;
     let mut aggregate = ChatCompletionAggregator::new();

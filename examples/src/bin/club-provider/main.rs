@@ -61,6 +61,10 @@ enum Command {
         /// Seconds an engine may stay silent between two chunks once output has started.
         #[arg(long, env = "CLUB_IDLE_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
         idle_timeout_secs: u64,
+        /// Seconds to wait for a whole answer (a consumer that does not stream: the engine is
+        /// asked for the answer whole, and sends nothing until it is complete).
+        #[arg(long, env = "CLUB_WHOLE_ANSWER_TIMEOUT_SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86400))]
+        whole_answer_timeout_secs: u64,
     },
     /// Check the manifest, every service and model, and the key; one ✓/✗ line per check.
     Doctor {
@@ -125,6 +129,7 @@ fn main() -> ExitCode {
                         engine_connect_timeout_secs,
                         first_token_timeout_secs,
                         idle_timeout_secs,
+                        whole_answer_timeout_secs,
                     } => {
                         run::run(run::RunOptions {
                             coordinator,
@@ -136,6 +141,7 @@ fn main() -> ExitCode {
                                 connect: Duration::from_secs(engine_connect_timeout_secs),
                                 first_token: Duration::from_secs(first_token_timeout_secs),
                                 idle: Duration::from_secs(idle_timeout_secs),
+                                whole: Duration::from_secs(whole_answer_timeout_secs),
                             },
                         })
                         .await

@@ -96,7 +96,7 @@ pub struct Store {
 struct Inner {
     pool: AnyPool,
     backend: Backend,
-    writes: mpsc::Sender<writer::Command>,
+    writes: writer::Writes,
     /// Whether the record writer's last commit failed for a reason that may pass.
     write_health: Arc<writer::WriteHealth>,
     keys: key_cache::KeyCache,

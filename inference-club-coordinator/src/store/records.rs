@@ -597,7 +597,7 @@ impl Store {
     /// written loses it: such a request was never answered whole.
     pub async fn insert_record_soon(&self, record: &InferenceRecord) -> Result<(), StoreError> {
         let row = RecordRow::held(record).handled_by(self.replica());
-        self.write_held(super::writer::Write::Insert(row)).await
+        self.write_held(super::writer::Write::Insert(row))
     }
 
     /// Queues the insert of [`Store::insert_record`], not held (a stream's: its record is named
@@ -651,7 +651,7 @@ impl Store {
     /// `failed` all the same.
     pub async fn save_progress(&self, record: &InferenceRecord) -> Result<(), StoreError> {
         let row = RecordRow::held(record);
-        self.write_held(super::writer::Write::Save(row)).await
+        self.write_held(super::writer::Write::Save(row))
     }
 
     /// A record and the ids the read rules need ([`StoredRecord::readable_by`]).

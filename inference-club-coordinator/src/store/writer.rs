@@ -12,7 +12,9 @@
 //!
 //! A *held* write (the insert at acceptance, a progress save) waits up to [`PROGRESS_DELAY`]
 //! for a later write of the same record to fold into: a request that ends sooner costs one
-//! statement, its insert carrying the final row. Reading or changing a record by id first
+//! statement, its insert carrying the final row. Held writes are left where the writer takes
+//! them when it next runs, without waking it ([`Writes`]). A *queued* write (a final save) is
+//! not waited for; the writer waits a moment for more before committing it ([`LINGER`]). Reading or changing a record by id first
 //! flushes what is held of it ([`Store::flush_record`]), and a listing or an account's deletion
 //! flushes everything ([`Store::flush_records`]), so the store never answers without a write it
 //! was given. When the writer stops (its store dropped, or [`Store::flush_records`] at shutdown)
@@ -108,14 +110,13 @@ impl Ack {
     }
 }
 
-/// A write and where its outcome goes.
+/// A write and where its outcome goes. A held one ([`Store::write_held`]) waits up to
+/// [`PROGRESS_DELAY`] for a later write of the same record to fold into (an insert then carries
+/// the later row; a progress save is dropped for it).
 #[derive(Debug)]
 pub(crate) struct Job {
     write: Write,
     ack: Ack,
-    /// Held back for [`PROGRESS_DELAY`] for a later write of the same record to fold into (an
-    /// insert then carries the later row; a progress save is dropped for it).
-    held: bool,
 }
 
 /// What the writer is asked to do.
@@ -240,6 +241,34 @@ fn replicate(outcome: &Result<(), StoreError>) -> Result<(), StoreError> {
 /// store's deferred saves ([`Store::save_record_queued`]).
 pub(crate) type Retries = mpsc::UnboundedSender<RecordRow>;
 
+/// The way to the writer: commands, which wake it, and held writes, which it takes when it next
+/// runs (at the latest [`HELD_PICKUP`] later) without being woken for them: a request's insert
+/// and progress cost no thread wake-up, only its final save does.
+#[derive(Debug)]
+pub(crate) struct Writes {
+    commands: mpsc::Sender<Command>,
+    held: Arc<HeldDrop>,
+}
+
+/// Held writes left for the writer, in the order they were given.
+type HeldDrop = std::sync::Mutex<Vec<Job>>;
+
+/// How often the writer looks for held writes left for it while nothing wakes it.
+const HELD_PICKUP: Duration = Duration::from_millis(50);
+
+/// Takes the held writes left for the writer, in order, into `held` (the oldest overflowing
+/// ones into `batch`).
+fn pick_up(drop: &HeldDrop, held: &mut Held, batch: &mut Vec<Job>) {
+    let left = std::mem::take(
+        &mut *drop
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    for job in left {
+        batch.extend(held.hold(job));
+    }
+}
+
 /// Starts the writer; it ends when every sender is dropped. Rows of queued final saves that
 /// failed for a reason that may pass are sent to `retries`.
 pub(crate) fn spawn(
@@ -247,10 +276,11 @@ pub(crate) fn spawn(
     backend: Backend,
     health: Arc<WriteHealth>,
     retries: Retries,
-) -> mpsc::Sender<Command> {
-    let (sender, receiver) = mpsc::channel(QUEUE);
-    tokio::spawn(run(pool, backend, health, retries, receiver));
-    sender
+) -> Writes {
+    let (commands, receiver) = mpsc::channel(QUEUE);
+    let held = Arc::new(HeldDrop::default());
+    tokio::spawn(run(pool, backend, health, retries, receiver, held.clone()));
+    Writes { commands, held }
 }
 
 async fn run(
@@ -259,9 +289,12 @@ async fn run(
     health: Arc<WriteHealth>,
     retries: Retries,
     mut receiver: mpsc::Receiver<Command>,
+    left: Arc<HeldDrop>,
 ) {
     let mut incoming = Vec::with_capacity(MAX_BATCH);
     let mut held = Held::default();
+    let mut pickup = tokio::time::interval(HELD_PICKUP);
+    pickup.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut writer = Writer {
         pool,
         conn: None,
@@ -272,8 +305,12 @@ async fn run(
         let mut open = tokio::select! {
             received = receiver.recv_many(&mut incoming, MAX_BATCH) => received > 0,
             () = sleep_until_due(due) => true,
+            _ = pickup.tick() => true,
         };
         let mut batch = Batch::default();
+        // Held writes were left before the commands received since (a request's insert before
+        // its final save): they are taken first.
+        pick_up(&left, &mut held, &mut batch.jobs);
         batch.take(&mut incoming, &mut held);
         // Wait a moment for more writes, so that one commit carries several (its page writes
         // are shared): when nobody waits on this one (queued final saves), or when the final
@@ -286,7 +323,10 @@ async fn run(
                     tokio::time::timeout_at(until, receiver.recv_many(&mut incoming, MAX_BATCH));
                 match more.await {
                     Ok(0) => open = false,
-                    Ok(_) => batch.take(&mut incoming, &mut held),
+                    Ok(_) => {
+                        pick_up(&left, &mut held, &mut batch.jobs);
+                        batch.take(&mut incoming, &mut held);
+                    }
                     Err(_) => break,
                 }
                 if !open || !batch.may_linger(!held.is_empty()) {
@@ -299,6 +339,7 @@ async fn run(
                 .jobs
                 .extend(held.take_due(tokio::time::Instant::now()));
         } else {
+            pick_up(&left, &mut held, &mut batch.jobs);
             batch.jobs.extend(held.take_all());
         }
         if !batch.jobs.is_empty() {
@@ -350,11 +391,11 @@ impl Batch {
             && (others_in_flight || self.jobs.iter().all(|job| !job.ack.waits()))
     }
 
-    /// Takes the `incoming` commands: held writes go to `held`, others into the batch.
+    /// Takes the `incoming` commands into the batch (a write supersedes what is held of its
+    /// record, or folds into it).
     fn take(&mut self, incoming: &mut Vec<Command>, held: &mut Held) {
         for command in incoming.drain(..) {
             match command {
-                Command::Write(job) if job.held => self.jobs.extend(held.hold(job)),
                 Command::Write(job) => {
                     self.awaited_insert |= matches!(job.write, Write::Insert(_));
                     if let Some(earlier) = held.superseded_by(&job) {
@@ -633,7 +674,6 @@ impl Store {
         self.send(Command::Write(Job {
             write,
             ack: Ack::Wait(ack),
-            held: false,
         }))
         .await?;
         Ok(outcome)
@@ -642,6 +682,7 @@ impl Store {
     async fn send(&self, command: Command) -> Result<(), StoreError> {
         self.inner
             .writes
+            .commands
             .send(command)
             .await
             .map_err(|_| StoreError::Closed)
@@ -654,14 +695,21 @@ impl Store {
 
     /// Queues a held write: written with the record's next write, when it is read or changed by
     /// id, or after [`PROGRESS_DELAY`], whichever comes first. What becomes of it is logged, not
-    /// returned.
-    pub(crate) async fn write_held(&self, write: Write) -> Result<(), StoreError> {
-        self.send(Command::Write(Job {
-            write,
-            ack: Ack::Log,
-            held: true,
-        }))
-        .await
+    /// returned. It is left for the writer, which is not woken for it.
+    pub(crate) fn write_held(&self, write: Write) -> Result<(), StoreError> {
+        let writes = &self.inner.writes;
+        if writes.commands.is_closed() {
+            return Err(StoreError::Closed);
+        }
+        writes
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Job {
+                write,
+                ack: Ack::Log,
+            });
+        Ok(())
     }
 
     /// Queues a final save (a save, or the insert when the record's insert never landed) and
@@ -673,7 +721,6 @@ impl Store {
         self.send(Command::Write(Job {
             write,
             ack: Ack::Retry,
-            held: false,
         }))
         .await
     }

@@ -28,6 +28,8 @@ pub(crate) enum Outgoing {
     Message(NodeMessage),
     /// A binary frame ([`link::binary_frame`]).
     Binary(Vec<u8>),
+    /// A job's last chunk and its end (`done` or `error`), written together.
+    Last(Box<(NodeMessage, NodeMessage)>),
 }
 
 impl From<NodeMessage> for Outgoing {
@@ -154,6 +156,7 @@ pub(crate) async fn serve_call(
     .await;
 
     let ended = Ended {
+        last_chunk: None,
         id,
         request_id: job.request_id,
         consumer: job.consumer,

@@ -1,10 +1,11 @@
 //! Running one job: from the coordinator's `job` message to `done` or `error`.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use inference_club_core::link::{Job, JobChunk, JobDone, JobError, JobFailed, JobId, NodeMessage};
 use inference_club_core::openai::{ChatCompletionAggregator, ChatCompletionChunk, Usage};
 use inference_club_core::provider::{Provider, ProviderError, RequestContext};
@@ -55,7 +56,8 @@ pub(crate) async fn serve_job(
         let mut stream = tokio::select! {
             () = cancel.cancelled() => return Err(ProviderError::Cancelled),
             opened = provider.chat(job.request, context) => opened?,
-        };
+        }
+        .peekable();
         loop {
             let item = tokio::select! {
                 () = cancel.cancelled() => return Err(ProviderError::Cancelled),
@@ -64,13 +66,9 @@ pub(crate) async fn serve_job(
             let Some(item) = item else { break };
             let chunk = match item {
                 Ok(chunk) => chunk,
-                Err(error) => {
-                    // What the engine said before it failed still reaches the record.
-                    if let Some(chunk) = merged.take() {
-                        send_chunk(&out, &cancel, id, chunk).await?;
-                    }
-                    return Err(error);
-                }
+                // What the engine said before it failed still reaches the record (`merged` goes
+                // with the error).
+                Err(error) => return Err(error),
             };
             let first_output = first_token_ms.is_none() && chunk.has_output();
             if first_output {
@@ -85,12 +83,14 @@ pub(crate) async fn serve_job(
                 Some(merged) => merged.absorb(chunk),
                 None => merged = Some(chunk),
             }
-            if first_output && let Some(chunk) = merged.take() {
+            // What came up to the first output goes at once, unless the answer ends with it
+            // (the engine gave it whole): then it goes with `done`, in one write.
+            if first_output
+                && !matches!(Pin::new(&mut stream).peek().now_or_never(), Some(None))
+                && let Some(chunk) = merged.take()
+            {
                 send_chunk(&out, &cancel, id, chunk).await?;
             }
-        }
-        if let Some(chunk) = merged.take() {
-            send_chunk(&out, &cancel, id, chunk).await?;
         }
         Ok(())
     }
@@ -103,6 +103,7 @@ pub(crate) async fn serve_job(
         .flatten();
     let ended = Ended {
         id,
+        last_chunk: merged,
         request_id: job.request_id,
         consumer: job.consumer,
         model,
@@ -147,6 +148,8 @@ pub(super) fn job_context(
 /// What is known of a job when it ends.
 pub(super) struct Ended {
     pub id: JobId,
+    /// A chunk not sent yet (a whole answer's merged rest): it goes right before the end.
+    pub last_chunk: Option<ChatCompletionChunk>,
     pub request_id: String,
     pub consumer: Option<String>,
     pub model: String,
@@ -200,7 +203,17 @@ pub(super) async fn end_job(
             error: JobError::from(&error),
         }),
     };
-    let _ = out.send(last.into()).await;
+    let outgoing = match ended.last_chunk {
+        Some(chunk) => {
+            let chunk = NodeMessage::Chunk(JobChunk {
+                job: ended.id,
+                chunk,
+            });
+            Outgoing::Last(Box::new((chunk, last)))
+        }
+        None => last.into(),
+    };
+    let _ = out.send(outgoing).await;
 }
 
 /// `d` in whole milliseconds.

@@ -128,11 +128,17 @@ fn text(message: &NodeMessage) -> Result<Message, String> {
         .map_err(|e| format!("cannot encode a message: {e}"))
 }
 
-fn frame(outgoing: Outgoing) -> Result<Message, String> {
-    match outgoing {
-        Outgoing::Message(message) => text(&message),
-        Outgoing::Binary(bytes) => Ok(Message::Binary(bytes.into())),
-    }
+/// The frames of an outgoing message, in order (one, or two for a job's last chunk and end).
+fn frames_of(outgoing: Outgoing) -> impl Iterator<Item = Result<Message, String>> {
+    let (first, second) = match outgoing {
+        Outgoing::Message(message) => (text(&message), None),
+        Outgoing::Binary(bytes) => (Ok(Message::Binary(bytes.into())), None),
+        Outgoing::Last(pair) => {
+            let (chunk, end) = *pair;
+            (text(&chunk), Some(text(&end)))
+        }
+    };
+    std::iter::once(first).chain(second)
 }
 
 /// Runs one session until it ends.
@@ -242,9 +248,14 @@ pub(crate) async fn run(
                 let mut next = Some(message);
                 let mut sent = Ok(());
                 while let Some(message) = next.take() {
-                    match frame(message) {
-                        Ok(frame) => sent = sink.feed(frame).await,
-                        Err(why) => tracing::warn!("{why}"),
+                    for frame in frames_of(message) {
+                        match frame {
+                            Ok(frame) => sent = sink.feed(frame).await,
+                            Err(why) => tracing::warn!("{why}"),
+                        }
+                        if sent.is_err() {
+                            break;
+                        }
                     }
                     batch += 1;
                     if sent.is_err() || batch == MAX_FRAMES_PER_WRITE {
@@ -426,7 +437,7 @@ pub(crate) async fn run(
     if matches!(end, SessionEnd::Shutdown) {
         drop(out);
         while let Some(message) = outgoing.recv().await {
-            if let Ok(frame) = frame(message) {
+            for frame in frames_of(message).flatten() {
                 let _ = sink.feed(frame).await;
             }
         }

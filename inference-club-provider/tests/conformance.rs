@@ -1041,3 +1041,118 @@ async fn openai_quirks_shape_the_engine_request() {
         assert_eq!(body["max_completion_tokens"], json!(64));
     }
 }
+
+/// A chat whose consumer takes the answer whole asks an OpenAI-compatible engine for it whole
+/// (no `stream`, no `stream_options`), and the answer comes as one chunk that aggregates back
+/// to it. An engine that streams anyway is read as a stream; one that answers anything else is
+/// a protocol error; one that does not answer within the whole-answer timeout times out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_chats_ask_the_engine_for_a_whole_answer() {
+    let answer = json!({
+        "id": "chatcmpl-w", "object": "chat.completion", "created": 9, "model": MODEL,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": null, "tool_calls": [{
+                "id": "call_1", "type": "function",
+                "function": {"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}
+            }]},
+            "finish_reason": "tool_calls"
+        }],
+        "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+    });
+    let whole = |request_id: &str| {
+        let mut context = RequestContext::new(request_id);
+        context.whole = true;
+        context
+    };
+    let collect = |stream: ChunkStream| async move {
+        stream
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<Vec<ChatCompletionChunk>, ProviderError>>()
+    };
+
+    // A whole answer: one chunk, the same answer once aggregated.
+    let body = answer.to_string();
+    let engine = FakeEngine::start(Wire::OpenAi, move |_| {
+        Plan::whole(200, "application/json", body.clone())
+    })
+    .await;
+    let provider = OpenAiCompatible::builder(engine.base_url())
+        .quirks(EngineQuirks::LLAMACPP)
+        .timeouts(TIMEOUTS)
+        .build()
+        .unwrap();
+    let stream = provider.chat(request(MODEL), whole("w1")).await.unwrap();
+    let chunks = collect(stream).await.unwrap();
+    assert_eq!(chunks.len(), 1, "{chunks:?}");
+    let mut aggregate = ChatCompletionAggregator::new();
+    aggregate.push(&chunks[0]);
+    let expected: ChatCompletion = serde_json::from_value(answer.clone()).unwrap();
+    assert_eq!(aggregate.finish(), expected);
+    let sent = &engine.requests()[0];
+    assert_eq!(sent["stream"], json!(false));
+    assert!(sent.get("stream_options").is_none(), "{sent}");
+    assert_eq!(sent["max_tokens"], json!(64), "the quirk still applies");
+
+    // An engine that streams anyway.
+    let engine = FakeEngine::start(Wire::OpenAi, |body| {
+        plan(Wire::OpenAi, Scenario::PlainText, body)
+    })
+    .await;
+    let provider = OpenAiCompatible::builder(engine.base_url())
+        .timeouts(TIMEOUTS)
+        .build()
+        .unwrap();
+    let stream = provider.chat(request(MODEL), whole("w2")).await.unwrap();
+    let chunks = collect(stream).await.unwrap();
+    let mut aggregate = ChatCompletionAggregator::new();
+    for chunk in &chunks {
+        aggregate.push(chunk);
+    }
+    assert!(chunks.len() > 1);
+    assert!(aggregate.finish().text().is_some_and(|t| !t.is_empty()));
+
+    // An HTML page is not an answer: a protocol error, which may be tried elsewhere.
+    let engine = FakeEngine::start(Wire::OpenAi, |_| {
+        Plan::whole(
+            200,
+            "text/html",
+            "<html><body>502 Bad Gateway</body></html>",
+        )
+    })
+    .await;
+    let provider = OpenAiCompatible::builder(engine.base_url())
+        .timeouts(TIMEOUTS)
+        .build()
+        .unwrap();
+    let error = match provider.chat(request(MODEL), whole("w3")).await {
+        Ok(stream) => collect(stream).await.unwrap_err(),
+        Err(error) => error,
+    };
+    assert!(matches!(error, ProviderError::Protocol { .. }), "{error:?}");
+    assert!(error.is_retryable());
+
+    // No answer within the whole-answer timeout.
+    let engine = FakeEngine::start(Wire::OpenAi, |_| Plan {
+        headers_after: Duration::from_secs(5),
+        ..Plan::whole(200, "application/json", "{}")
+    })
+    .await;
+    let provider = OpenAiCompatible::builder(engine.base_url())
+        .timeouts(TIMEOUTS)
+        .build()
+        .unwrap();
+    let asked = Instant::now();
+    let error = match provider.chat(request(MODEL), whole("w4")).await {
+        Ok(stream) => collect(stream).await.unwrap_err(),
+        Err(error) => error,
+    };
+    assert!(error.is_timeout(), "{error:?}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        asked.elapsed()
+    );
+}

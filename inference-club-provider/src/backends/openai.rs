@@ -177,13 +177,7 @@ impl OpenAiCompatible {
         }
         let content_type = http::content_type(&response);
         let mut chunks: ChunkStream = if http::is_json(&content_type) {
-            let data = http::read_body(
-                response,
-                self.max_answer_bytes,
-                self.timeouts.idle,
-                &context,
-            )
-            .await?;
+            let data = self.read_answer(response, &context).await?;
             let answer: ChatCompletion =
                 serde_json::from_slice(&data).map_err(|e| ProviderError::Protocol {
                     message: format!("engine's answer is not a chat completion: {e}"),
@@ -201,6 +195,16 @@ impl OpenAiCompatible {
             chunks = normalize::split_think_tags(chunks);
         }
         Ok(crate::timeouts::guard(chunks, timeouts, &context, sent_at))
+    }
+
+    /// Reads a whole answer of the engine, up to [`OpenAiCompatibleBuilder::max_answer_bytes`],
+    /// waiting at most the idle timeout for each piece.
+    async fn read_answer(
+        &self,
+        response: reqwest::Response,
+        context: &RequestContext,
+    ) -> Result<bytes::Bytes, ProviderError> {
+        http::read_body(response, self.max_answer_bytes, self.timeouts.idle, context).await
     }
 
     fn authorized(&self, builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
@@ -317,13 +321,7 @@ impl Provider for OpenAiCompatible {
                 sent_at,
             ));
         }
-        let data = http::read_body(
-            response,
-            self.max_answer_bytes,
-            self.timeouts.idle,
-            &context,
-        )
-        .await?;
+        let data = self.read_answer(response, &context).await?;
         let output = if http::is_json(&content_type) {
             CallOutput::Json(serde_json::from_slice(&data).map_err(|e| {
                 ProviderError::Protocol {

@@ -14,10 +14,10 @@
 //! for a later write of the same record to fold into: a request that ends sooner costs one
 //! statement, its insert carrying the final row. Held writes are left where the writer takes
 //! them when it next runs, without waking it ([`Writes`]). A *queued* write (a final save) is
-//! not waited for; the writer waits a moment for more before committing it ([`LINGER`]). Reading or changing a record by id first
-//! flushes what is held of it ([`Store::flush_record`]), and a listing or an account's deletion
-//! flushes everything ([`Store::flush_records`]), so the store never answers without a write it
-//! was given. When the writer stops (its store dropped, or [`Store::flush_records`] at shutdown)
+//! not waited for; the writer waits a moment for more before committing it ([`LINGER`]).
+//! Reading or changing a record by id first flushes what is held of it
+//! ([`Store::flush_record`]), and a listing or an account's deletion flushes everything
+//! ([`Store::flush_records`]), so the store never answers without a write it was given. When the writer stops (its store dropped, or [`Store::flush_records`] at shutdown)
 //! it writes everything held.
 
 use std::collections::HashMap;
@@ -243,7 +243,9 @@ pub(crate) type Retries = mpsc::UnboundedSender<RecordRow>;
 
 /// The way to the writer: commands, which wake it, and held writes, which it takes when it next
 /// runs (at the latest [`HELD_PICKUP`] later) without being woken for them: a request's insert
-/// and progress cost no thread wake-up, only its final save does.
+/// and progress cost no thread wake-up, only its final save does. The held writes left at once
+/// are bounded by the requests in flight (an insert and a progress save each); the commands
+/// by the queue, whose senders wait for room.
 #[derive(Debug)]
 pub(crate) struct Writes {
     commands: mpsc::Sender<Command>,
@@ -712,11 +714,10 @@ impl Store {
         Ok(())
     }
 
-    /// Queues a final save (a save, or the insert when the record's insert never landed) and
-    /// returns without waiting for its commit: the writer commits it with its next batch, and
-    /// when that fails for a reason that may pass, the save is deferred
-    /// ([`Store::save_record_or_retry`]). Reads and changes of the record flush it first, like
-    /// a held write.
+    /// Queues a final save and returns without waiting for its commit (only for room in the
+    /// queue): the writer commits it with its next batch, and when that fails for a reason that
+    /// may pass, the save is deferred ([`Store::save_record_or_retry`]). Reads and changes of
+    /// the record flush it first, like a held write.
     pub(crate) async fn write_queued(&self, write: Write) -> Result<(), StoreError> {
         self.send(Command::Write(Job {
             write,

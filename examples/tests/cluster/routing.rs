@@ -54,6 +54,12 @@ async fn every_request_succeeds_whichever_replica_it_lands_on() {
                 assert_eq!(content_of(&body), ANSWER, "{model} at {door}: {body}");
                 let id = id.expect("no x-club-request-id");
                 assert_eq!(body["id"], id.completion_id());
+                // Asked whole through any door (relayed too): the engine is asked for it whole.
+                assert_eq!(
+                    engine.requests().last().unwrap()["stream"],
+                    false,
+                    "{model} at {door}"
+                );
                 served.push((id, node));
 
                 let streamed = cluster.chat_streamed(&door, &chat_for(model, true)).await;

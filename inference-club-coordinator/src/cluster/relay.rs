@@ -495,6 +495,7 @@ impl PeerNode {
                 u64::try_from(d.saturating_duration_since(Instant::now()).as_millis())
                     .unwrap_or(u64::MAX)
             }),
+            whole: context.whole,
             request: None,
             call: None,
         }
@@ -728,7 +729,7 @@ fn take_job(cluster: &Arc<Cluster>, node: &Arc<LiveNode>, mut job: JobRequest) -
             .deadline_ms
             .map(|ms| Instant::now() + Duration::from_millis(ms)),
         cancel: cancel.clone(),
-        whole: false,
+        whole: job.whole,
     };
     let requester_gone = cluster.directory.replica_gone(&job.replica);
     let answer = JobReply::Accepted {

@@ -247,6 +247,13 @@ pub struct JobRequest {
     /// How long the job may take in all, ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_ms: Option<u64>,
+    /// The consumer takes the answer whole ([`RequestContext::whole`]): the node may send it
+    /// in fewer chunks and ask its engine for it whole. A replica that does not know the field
+    /// reads it as false, and the answer is streamed, which is as correct.
+    ///
+    /// [`RequestContext::whole`]: inference_club_core::provider::RequestContext::whole
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub whole: bool,
     /// A chat.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<ChatCompletionRequest>,
@@ -614,6 +621,7 @@ mod tests {
                 request_id: "req".into(),
                 consumer: None,
                 deadline_ms: None,
+                whole: true,
                 request: None,
                 call: None,
             }
@@ -633,6 +641,7 @@ mod tests {
         assert!(text.contains("\"data\":\"AAEC/w==\""), "{text}");
         assert!(!text.contains("\"request\""), "{text}");
         let mut back: JobRequest = decode(&payload).unwrap();
+        assert!(back.whole, "whole is carried across");
         assert_eq!(back.take_work().unwrap(), Work::Call(call));
 
         // A chat job as replicas before calls wrote it.
@@ -642,6 +651,7 @@ mod tests {
             "request": serde_json::to_value(&chat).unwrap(),
         });
         let mut back: JobRequest = serde_json::from_value(old).unwrap();
+        assert!(!back.whole, "an older replica's job is streamed");
         assert_eq!(
             back.take_work().unwrap(),
             Work::Chat(Box::new(chat.clone()))

@@ -109,6 +109,7 @@ on_both!(
     writes_queued_together_end_in_the_latest_state,
     progress_is_written_late_or_not_at_all,
     held_inserts_are_written_when_asked_for_or_after_the_delay,
+    queued_final_saves_fold_into_the_held_insert_and_are_written_unasked,
     migrating_again_changes_nothing,
 );
 
@@ -1014,8 +1015,8 @@ async fn writes_queued_together_end_in_the_latest_state(db: &TestDb) {
         let mut done = running.clone();
         succeed(&mut done, "the answer");
 
-        store.insert_record_soon(&queued).await.unwrap();
-        store.save_progress(&running).await.unwrap();
+        store.insert_record_soon(&queued).unwrap();
+        store.save_progress(&running).unwrap();
         let (finished, stale) = tokio::join!(store.save_record(&done), store.save_record(&running));
         finished.unwrap();
         assert!(
@@ -1035,7 +1036,7 @@ async fn writes_queued_together_end_in_the_latest_state(db: &TestDb) {
     // final save that folds into it says so.
     let mut stranger = record(&ada, "m", Visibility::Public);
     stranger.consumer = Some("nobody".into());
-    store.insert_record_soon(&stranger).await.unwrap();
+    store.insert_record_soon(&stranger).unwrap();
     let mut stranger_done = stranger.clone();
     stranger_done
         .dispatched(served_by(&bob, "box"), Utc::now())
@@ -1067,18 +1068,18 @@ async fn held_inserts_are_written_when_asked_for_or_after_the_delay(db: &TestDb)
         }
     };
     let read = record(&ada, "m", Visibility::Public);
-    store.insert_record_soon(&read).await.unwrap();
+    store.insert_record_soon(&read).unwrap();
     assert_eq!(count(db).await, 0, "written before anyone asked");
     assert_eq!(store.record(read.id).await.unwrap().unwrap().record, read);
     assert_eq!(count(db).await, 1);
 
     let listed = record(&ada, "m", Visibility::Public);
-    store.insert_record_soon(&listed).await.unwrap();
+    store.insert_record_soon(&listed).unwrap();
     let page = store.list_records(&RecordQuery::default()).await.unwrap();
     assert!(page.items.iter().any(|r| r.id == listed.id));
 
     let waited = record(&ada, "m", Visibility::Public);
-    store.insert_record_soon(&waited).await.unwrap();
+    store.insert_record_soon(&waited).unwrap();
     let deadline = std::time::Instant::now() + PROGRESS_DELAY * 20;
     while count(db).await < 3 {
         assert!(std::time::Instant::now() < deadline, "never written");
@@ -1088,10 +1089,53 @@ async fn held_inserts_are_written_when_asked_for_or_after_the_delay(db: &TestDb)
 
     // Deleting the account removes what was held too.
     let gone = record(&ada, "m", Visibility::Public);
-    store.insert_record_soon(&gone).await.unwrap();
+    store.insert_record_soon(&gone).unwrap();
     store.delete_user(ada.id).await.unwrap();
     tokio::time::sleep(PROGRESS_DELAY * 2).await;
     assert_eq!(count(db).await, 0);
+}
+
+/// A queued final save (not waited for) folds into the record's held insert, one row carrying
+/// the final state; a read by id sees it at once, and without any read it is written soon.
+async fn queued_final_saves_fold_into_the_held_insert_and_are_written_unasked(db: &TestDb) {
+    let store = &db.store;
+    let ada = store.create_user("ada", None).await.unwrap();
+    let bob = store.create_user("bob", None).await.unwrap();
+    let answered = |db: &TestDb, id: RecordId| {
+        let raw = db.raw.clone();
+        async move {
+            sqlx::query("SELECT status FROM records WHERE id = $1")
+                .bind(id.to_string())
+                .fetch_optional(&raw)
+                .await
+                .unwrap()
+                .map(|row| row.get::<String, _>("status"))
+        }
+    };
+    let finished = |queued: &InferenceRecord| {
+        let mut done = queued.clone();
+        done.dispatched(served_by(&bob, "box"), Utc::now()).unwrap();
+        succeed(&mut done, "the answer");
+        done
+    };
+
+    // Read at once: the read writes it first.
+    let read = record(&ada, "m", Visibility::Public);
+    store.insert_record_soon(&read).unwrap();
+    let done = finished(&read);
+    store.save_record_queued(&done).await.unwrap();
+    assert_eq!(store.record(read.id).await.unwrap().unwrap().record, done);
+
+    // Not read: written soon all the same, as the final row (well before the insert's delay).
+    let unread = record(&ada, "m", Visibility::Public);
+    store.insert_record_soon(&unread).unwrap();
+    store.save_record_queued(&finished(&unread)).await.unwrap();
+    let deadline = std::time::Instant::now() + PROGRESS_DELAY;
+    while answered(db, unread.id).await.is_none() {
+        assert!(std::time::Instant::now() < deadline, "not written unasked");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(answered(db, unread.id).await.as_deref(), Some("succeeded"));
 }
 
 /// A progress save (`running`) is written after the delay when the request is still going, and
@@ -1108,7 +1152,7 @@ async fn progress_is_written_late_or_not_at_all(db: &TestDb) {
     running
         .dispatched(served_by(&bob, "box"), Utc::now())
         .unwrap();
-    store.save_progress(&running).await.unwrap();
+    store.save_progress(&running).unwrap();
     assert_eq!(stored_status(db, queued.id).await, Status::Queued);
     let deadline = std::time::Instant::now() + PROGRESS_DELAY * 20;
     while stored_status(db, queued.id).await != Status::Running {
@@ -1130,7 +1174,7 @@ async fn progress_is_written_late_or_not_at_all(db: &TestDb) {
     quick_running
         .dispatched(served_by(&bob, "box"), Utc::now())
         .unwrap();
-    store.save_progress(&quick_running).await.unwrap();
+    store.save_progress(&quick_running).unwrap();
     let mut done = quick_running.clone();
     succeed(&mut done, "fast");
     store.save_record(&done).await.unwrap();

@@ -135,14 +135,13 @@ struct Saver {
 }
 
 impl Saver {
-    /// Saves a final record: queued for the writer's next commit, or durable when this returns
-    /// if `durable` is asked for or the store is one that replicas share (another replica may
-    /// be asked for the record next). When the database refuses for a reason that may pass
-    /// (full, restarting), the save is tried again in the background until it lands. Operators
-    /// who deleted their account while it was in flight are forgotten in it first.
+    /// Saves a final record: durable when this returns if `durable`, otherwise queued for the
+    /// writer's next commit. When the database refuses for a reason that may pass (full,
+    /// restarting), the save is tried again in the background until it lands. Operators who
+    /// deleted their account while it was in flight are forgotten in it first.
     async fn save(&self, record: &mut InferenceRecord, durable: bool) {
         self.nodes.forget_departed(record);
-        let saved = if durable || self.store.replica().is_some() {
+        let saved = if durable {
             self.store.save_record_or_retry(record).await
         } else {
             self.store.save_record_queued(record).await
@@ -192,8 +191,7 @@ pub(crate) struct RecordKeeper {
     received: Instant,
     streamed: bool,
     cancel: CancellationToken,
-    /// The final save is committed before [`RecordKeeper::finish`] returns (a batch line's:
-    /// its answer is written after it, and must name a record that is there).
+    /// The final save is committed before [`RecordKeeper::finish`] returns.
     durable: bool,
     /// The member's in-flight slot, held until the answer is complete.
     _slot: InFlightSlot,

@@ -141,13 +141,12 @@ pub(crate) struct Started {
     pub id: RecordId,
 }
 
-/// Records `record` and dispatches `work` for it: a whole answer's record is written once, by
-/// its final save (its insert held for it to fold into, see the store's writer), queued for the
-/// writer's next commit as the answer completes (a batch line's is committed before its answer
-/// is written); a stream's insert is committed before its first byte leaves,
-/// and a batch line's before its answer is taken. While record writes are failing, a new
-/// request is refused (503) before anything is routed. On failure the record is final
-/// (`failed`) and the answer is the error, naming the record.
+/// Records `record` and dispatches `work` for it. A whole answer's insert is held for its final
+/// save to fold into (see the store's writer); a stream's is committed before its first byte
+/// leaves, and a batch line's before its answer is taken. The final save is queued for the
+/// writer's next commit, except where it must be committed first (see below). While record
+/// writes are failing, a new request is refused (503) before anything is routed. On failure
+/// the record is final (`failed`) and the answer is the error, naming the record.
 pub(crate) async fn start(
     parts: &Parts,
     admission: Admission,
@@ -179,7 +178,7 @@ pub(crate) async fn start(
             Err(error) => return Err(ApiError::from(error).into_response()),
         }
     } else {
-        if let Err(error) = store.insert_record_soon(&record).await {
+        if let Err(error) = store.insert_record_soon(&record) {
             return Err(ApiError::from(error).into_response());
         }
         None
@@ -191,12 +190,14 @@ pub(crate) async fn start(
     context.whole = !streamed;
     // The keeper holds the record from here on: if the consumer goes away while the request
     // waits in the queue or for its first output, dropping it makes the record cancelled.
-    // A batch line's answer is written after its record, and names it: its final save is
-    // committed first. Others are queued for the writer.
+    // The final save is committed before the answer goes on where a reader may ask for the
+    // record past this store: a batch line's output names it, and on a store that replicas
+    // share another replica may be asked for it next. Others are queued for the writer.
+    let durable = !waits || store.replica().is_some();
     let mut keeper = parts
         .recorder
         .keeper(record, received, streamed, cancel, slot)
-        .durable(!waits);
+        .durable(durable);
     let preference = caller.user.routing_preference;
     let dispatched = match keeper.record.as_mut() {
         Some(record) => {
@@ -219,7 +220,7 @@ pub(crate) async fn start(
             // save: not awaited, and not written at all if the request ends first.
             if let Some(record) = keeper.record.as_mut() {
                 parts.recorder.forget_departed(record);
-                if let Err(error) = parts.recorder.store().save_progress(record).await {
+                if let Err(error) = parts.recorder.store().save_progress(record) {
                     tracing::error!(id = %record.id, "cannot save a record: {error}");
                 }
             }

@@ -594,8 +594,8 @@ impl Store {
     /// the writer) so that the record's next save folds into it: a request that ends within
     /// [`PROGRESS_DELAY`](super::PROGRESS_DELAY) costs one statement. Reads and changes of the
     /// record by id, and listings, write it first. A crash of the coordinator before it is
-    /// written loses it: such a request was never answered whole.
-    pub async fn insert_record_soon(&self, record: &InferenceRecord) -> Result<(), StoreError> {
+    /// written loses it, with a final save queued after it ([`Store::save_record_queued`]).
+    pub fn insert_record_soon(&self, record: &InferenceRecord) -> Result<(), StoreError> {
         let row = RecordRow::held(record).handled_by(self.replica());
         self.write_held(super::writer::Write::Insert(row))
     }
@@ -649,7 +649,7 @@ impl Store {
     /// comes first, so a request that ends sooner costs no write for its progress. A crash of
     /// the coordinator in that time leaves the record as it was accepted; the next start makes it
     /// `failed` all the same.
-    pub async fn save_progress(&self, record: &InferenceRecord) -> Result<(), StoreError> {
+    pub fn save_progress(&self, record: &InferenceRecord) -> Result<(), StoreError> {
         let row = RecordRow::held(record);
         self.write_held(super::writer::Write::Save(row))
     }

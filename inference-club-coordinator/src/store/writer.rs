@@ -255,18 +255,19 @@ pub(crate) struct Writes {
 /// Held writes left for the writer, in the order they were given.
 type HeldDrop = std::sync::Mutex<Vec<Job>>;
 
-/// How often the writer looks for held writes left for it while nothing wakes it.
+/// How often the writer looks for held writes left for it while nothing wakes it (an idle
+/// store's writer wakes this often, and does nothing).
 const HELD_PICKUP: Duration = Duration::from_millis(50);
 
 /// Takes the held writes left for the writer, in order, into `held` (the oldest overflowing
 /// ones into `batch`).
-fn pick_up(drop: &HeldDrop, held: &mut Held, batch: &mut Vec<Job>) {
-    let left = std::mem::take(
-        &mut *drop
+fn pick_up(left: &HeldDrop, held: &mut Held, batch: &mut Vec<Job>) {
+    let jobs = std::mem::take(
+        &mut *left
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner),
     );
-    for job in left {
+    for job in jobs {
         batch.extend(held.hold(job));
     }
 }
@@ -379,7 +380,8 @@ struct Batch {
 
 impl Batch {
     /// Whether someone waits on this commit before going on: a flush, or a stream's insert (its
-    /// first byte waits for it). Final saves wait too, but they gain from sharing a commit.
+    /// first byte waits for it). A final save that is waited for (a batch line's, a cluster's)
+    /// is not urgent: it gains from sharing a commit.
     fn urgent(&self) -> bool {
         !self.flushed.is_empty() || self.awaited_insert
     }

@@ -238,23 +238,7 @@ async fn wait_in_flight(store: &Store, id: &str) {
 /// Waits until every record linked to batch `id` is final (a killed replica's are failed by
 /// the others once they see it gone); returns them.
 async fn final_batch_records(store: &Store, id: &str, within: Duration) -> Vec<InferenceRecord> {
-    let deadline = Instant::now() + within;
-    loop {
-        let records = batch_records(store, id).await;
-        let open: Vec<String> = records
-            .iter()
-            .filter(|r| !r.status().is_final())
-            .map(|r| format!("{} {:?}", r.id, r.status()))
-            .collect();
-        if open.is_empty() {
-            return records;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "records of the batch still in flight after {within:?}: {open:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    support::until_all_final("records of the batch", within, || batch_records(store, id)).await
 }
 
 /// What a batch's run left: its output lines and the records linked to it.

@@ -239,23 +239,7 @@ impl Club {
     /// Waits until every record `ada` made is final; returns them, or fails after `within`
     /// naming those still in flight.
     pub async fn all_final(&self, within: Duration) -> Vec<InferenceRecord> {
-        let deadline = Instant::now() + within;
-        loop {
-            let records = self.all_records().await;
-            let open: Vec<String> = records
-                .iter()
-                .filter(|r| !r.status().is_final())
-                .map(|r| format!("{} {:?}", r.id, r.status()))
-                .collect();
-            if open.is_empty() {
-                return records;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "records still in flight after {within:?}: {open:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        super::until_all_final("records", within, || self.all_records()).await
     }
 
     /// Waits until record `id` is stored and final, and returns it (the coordinator queues a

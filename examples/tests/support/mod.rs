@@ -46,6 +46,36 @@ pub async fn wait_until(what: &str, within: Duration, mut condition: impl FnMut(
     }
 }
 
+/// Reads `records` every 50 ms until all it gives are final, and returns them; fails the test
+/// after `within`, naming `what` and the records still in flight.
+pub async fn until_all_final<F, Fut>(
+    what: &str,
+    within: Duration,
+    mut records: F,
+) -> Vec<inference_club_core::record::InferenceRecord>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Vec<inference_club_core::record::InferenceRecord>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        let records = records().await;
+        let open: Vec<String> = records
+            .iter()
+            .filter(|r| !r.status().is_final())
+            .map(|r| format!("{} {:?}", r.id, r.status()))
+            .collect();
+        if open.is_empty() {
+            return records;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} still in flight after {within:?}: {open:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The answer the scripted engines give by default in the end-to-end and fault suites.
 pub const ANSWER: &str = "Hello, world!";
 

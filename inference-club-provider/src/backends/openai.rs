@@ -122,11 +122,16 @@ impl OpenAiCompatible {
         }
     }
 
-    /// The body sent to the engine: the consumer's request, streamed, with usage asked for and the
-    /// token limit copied where the engine needs it.
-    fn engine_body(&self, mut request: ChatCompletionRequest) -> ChatCompletionRequest {
-        request.stream = Some(true);
-        if self.quirks.stream_usage {
+    /// The body sent to the engine: the consumer's request, streamed with usage asked for (where
+    /// the engine supports it) or, when the consumer takes it `whole`, not streamed; the token
+    /// limit copied where the engine needs it.
+    fn engine_body(
+        &self,
+        mut request: ChatCompletionRequest,
+        whole: bool,
+    ) -> Result<Vec<u8>, ProviderError> {
+        request.stream = Some(!whole);
+        if self.quirks.stream_usage && !whole {
             request
                 .stream_options
                 .get_or_insert_with(StreamOptions::default)
@@ -137,64 +142,9 @@ impl OpenAiCompatible {
         if self.quirks.needs_max_tokens && request.max_tokens.is_none() {
             request.max_tokens = request.max_completion_tokens;
         }
-        request
-    }
-
-    /// A chat whose consumer takes the answer whole ([`RequestContext::whole`]): the engine is
-    /// asked for it whole too (one answer to write and to read, not an event per token), and it
-    /// becomes one chunk ([`ChatCompletionChunk::from_completion`]). [`Timeouts::whole`] bounds
-    /// the wait for the answer to begin (the engine sends nothing before it is complete), the
-    /// idle timeout each piece of it. An engine that streams anyway is read as a stream.
-    ///
-    /// [`ChatCompletionChunk::from_completion`]: inference_club_core::openai::ChatCompletionChunk::from_completion
-    async fn whole_chat(
-        &self,
-        mut request: ChatCompletionRequest,
-        context: RequestContext,
-    ) -> Result<ChunkStream, ProviderError> {
-        let model = request.model.clone();
-        request.stream = Some(false);
-        request.stream_options = None;
-        if self.quirks.needs_max_tokens && request.max_tokens.is_none() {
-            request.max_tokens = request.max_completion_tokens;
-        }
-        let body = serde_json::to_vec(&request).map_err(|e| ProviderError::Protocol {
+        serde_json::to_vec(&request).map_err(|e| ProviderError::Protocol {
             message: format!("cannot encode the request: {e}"),
-        })?;
-        let send = self
-            .authorized(self.http.post(self.chat_url.clone()))
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body);
-        // The wait for the first output is the wait for the answer.
-        let timeouts = Timeouts {
-            first_token: self.timeouts.whole,
-            ..self.timeouts
-        };
-        let sent_at = std::time::Instant::now();
-        let response = http::send_for_output(send, timeouts, &context).await?;
-        if !response.status().is_success() {
-            return Err(http::status_error(response, &model).await);
-        }
-        let content_type = http::content_type(&response);
-        let mut chunks: ChunkStream = if http::is_json(&content_type) {
-            let data = self.read_answer(response, &context).await?;
-            let answer: ChatCompletion =
-                serde_json::from_slice(&data).map_err(|e| ProviderError::Protocol {
-                    message: format!("engine's answer is not a chat completion: {e}"),
-                })?;
-            let chunk = ChatCompletionChunk::from_completion(answer);
-            Box::pin(futures_util::stream::once(async move { Ok(chunk) }))
-        } else if is_event_stream(&content_type) {
-            Box::pin(sse::chunks(response.bytes_stream()))
-        } else {
-            return Err(ProviderError::Protocol {
-                message: format!("engine answered a chat request with {content_type}"),
-            });
-        };
-        if self.quirks.think_tags {
-            chunks = normalize::split_think_tags(chunks);
-        }
-        Ok(crate::timeouts::guard(chunks, timeouts, &context, sent_at))
+        })
     }
 
     /// Reads a whole answer of the engine, up to [`OpenAiCompatibleBuilder::max_answer_bytes`],
@@ -240,50 +190,62 @@ impl Provider for OpenAiCompatible {
         Ok(list.data)
     }
 
+    /// Streams from the engine; when the consumer takes the answer whole
+    /// ([`RequestContext::whole`]), asks the engine for it whole too (one answer to write and to
+    /// read, not an event per token), which becomes one chunk
+    /// ([`ChatCompletionChunk::from_completion`]). [`Timeouts::whole`] then bounds the wait for
+    /// the answer to begin (the engine sends nothing before it is complete); an engine that
+    /// streams anyway is read as a stream, and any other answer is a protocol error.
+    ///
+    /// [`ChatCompletionChunk::from_completion`]: inference_club_core::openai::ChatCompletionChunk::from_completion
     async fn chat(
         &self,
         request: ChatCompletionRequest,
         context: RequestContext,
     ) -> Result<ChunkStream, ProviderError> {
-        if context.whole {
-            return self.whole_chat(request, context).await;
-        }
         let model = request.model.clone();
-        let body = serde_json::to_vec(&self.engine_body(request)).map_err(|e| {
-            ProviderError::Protocol {
-                message: format!("cannot encode the request: {e}"),
-            }
-        })?;
-        let send = self
+        let whole = context.whole;
+        let body = self.engine_body(request, whole)?;
+        let mut send = self
             .authorized(self.http.post(self.chat_url.clone()))
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header(reqwest::header::ACCEPT, "text/event-stream")
-            .body(body)
-            .send();
-        // Some engines send headers only once the first token is ready.
+            .body(body);
+        // Some engines send headers only once the first token is ready; a whole answer's come
+        // with the answer.
+        let timeouts = if whole {
+            Timeouts {
+                first_token: self.timeouts.whole,
+                ..self.timeouts
+            }
+        } else {
+            send = send.header(reqwest::header::ACCEPT, "text/event-stream");
+            self.timeouts
+        };
         let sent_at = std::time::Instant::now();
-        let response = tokio::select! {
-            () = context.cancel.cancelled() => return Err(ProviderError::Cancelled),
-            sent = tokio::time::timeout(self.timeouts.first_token, send) => sent,
-        }
-        .map_err(|_| ProviderError::Timeout {
-            phase: TimeoutPhase::FirstToken,
-            after: self.timeouts.first_token,
-        })?
-        .map_err(|e| http::send_error(&e, self.timeouts.connect))?;
+        let response = http::send_for_output(send, timeouts, &context).await?;
         if !response.status().is_success() {
             return Err(http::status_error(response, &model).await);
         }
-        let mut chunks: ChunkStream = Box::pin(sse::chunks(response.bytes_stream()));
+        let content_type = http::content_type(&response);
+        let mut chunks: ChunkStream = if !whole || is_event_stream(&content_type) {
+            Box::pin(sse::chunks(response.bytes_stream()))
+        } else if http::is_json(&content_type) {
+            let data = self.read_answer(response, &context).await?;
+            let answer: ChatCompletion =
+                serde_json::from_slice(&data).map_err(|e| ProviderError::Protocol {
+                    message: format!("engine's answer is not a chat completion: {e}"),
+                })?;
+            let chunk = ChatCompletionChunk::from_completion(answer);
+            Box::pin(futures_util::stream::once(async move { Ok(chunk) }))
+        } else {
+            return Err(ProviderError::Protocol {
+                message: format!("engine answered a chat request with {content_type}"),
+            });
+        };
         if self.quirks.think_tags {
             chunks = normalize::split_think_tags(chunks);
         }
-        Ok(crate::timeouts::guard(
-            chunks.boxed(),
-            self.timeouts,
-            &context,
-            sent_at,
-        ))
+        Ok(crate::timeouts::guard(chunks, timeouts, &context, sent_at))
     }
 
     async fn call(&self, call: Call, context: RequestContext) -> Result<CallStream, ProviderError> {

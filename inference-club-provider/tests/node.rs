@@ -949,3 +949,103 @@ async fn the_job_log_records_each_job_without_content_unless_asked() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// whole jobs
+
+/// A job whose consumer takes the answer whole (`whole`): an OpenAI-compatible engine is asked
+/// for it whole and it comes as one chunk, ahead of `done`; an engine that streams has its
+/// chunks merged into two (up to the first output, then the rest); one that fails midway still
+/// hands on what it said, ahead of the error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_jobs_come_in_few_chunks_ahead_of_their_end() {
+    bounded(async {
+        fn sse(value: Value) -> String {
+            format!("data: {value}\n\n")
+        }
+        fn chunk(delta: Value) -> String {
+            sse(
+                json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": MODEL,
+                       "choices": [{"index": 0, "delta": delta, "finish_reason": null}]}),
+            )
+        }
+        let engine = FakeEngine::start(Wire::OpenAi, move |body| {
+            let prompt = body["messages"][0]["content"].as_str().unwrap_or_default();
+            match (body["stream"].as_bool(), prompt) {
+                (Some(false), "whole") => Plan::whole(
+                    200,
+                    "application/json",
+                    json!({"id": "c", "object": "chat.completion", "created": 1, "model": MODEL,
+                           "choices": [{"index": 0, "message": {"role": "assistant",
+                                        "content": "Hello!"}, "finish_reason": "stop"}],
+                           "usage": {"prompt_tokens": 3, "completion_tokens": 2,
+                                     "total_tokens": 5}})
+                    .to_string(),
+                ),
+                // An engine that streams whatever it is asked, and fails after some output.
+                (_, "fails") => Plan::stream(
+                    Wire::OpenAi,
+                    support::sends([
+                        chunk(json!({"role": "assistant", "content": "Hel"})),
+                        chunk(json!({"content": "lo"})),
+                        chunk(json!({"content": "!"})),
+                        sse(json!({"error": {"message": "out of memory", "code": null}})),
+                    ]),
+                ),
+                _ => Plan::stream(
+                    Wire::OpenAi,
+                    support::sends([
+                        chunk(json!({"role": "assistant", "content": "Hel"})),
+                        chunk(json!({"content": "lo"})),
+                        chunk(json!({"content": "!"})),
+                        "data: [DONE]\n\n".to_owned(),
+                    ]),
+                ),
+            }
+        })
+        .await;
+        let dir = temp_dir("whole");
+        let path = dir.join("agent.yaml");
+        std::fs::write(&path, manifest_yaml(&engine.base_url(), &[MODEL])).unwrap();
+        let mut coordinator = FakeCoordinator::start().await;
+        let node = Node::from_manifest(config(&coordinator.url), &path)
+            .await
+            .unwrap();
+        let _node = Running::start(node);
+        let (mut link, _) = coordinator.linked(HEARTBEAT_MS).await;
+        let whole_job = |id, prompt: &str| link::Job {
+            job: id,
+            request_id: format!("req-{id}"),
+            consumer: None,
+            deadline_ms: None,
+            whole: true,
+            request: ChatCompletionRequest::new(
+                MODEL,
+                vec![inference_club_core::openai::ChatMessage::user(prompt)],
+            ),
+        };
+
+        // Asked whole: one chunk, then done with the engine's usage.
+        link.send_job(whole_job(1, "whole"));
+        let trace = link.run_jobs(&[1], WAIT).await.remove(&1).unwrap();
+        assert_eq!(trace.chunks.len(), 1, "{trace:?}");
+        assert_eq!(trace.text(), "Hello!");
+        assert_eq!(trace.done().usage.as_ref().unwrap().total_tokens, 5);
+        assert_eq!(engine.requests()[0]["stream"], json!(false));
+
+        // Streamed anyway: the first output, then the rest merged.
+        link.send_job(whole_job(2, "streams"));
+        let trace = link.run_jobs(&[2], WAIT).await.remove(&2).unwrap();
+        assert_eq!(trace.chunks.len(), 2, "{trace:?}");
+        assert_eq!(trace.text(), "Hello!");
+        trace.done();
+
+        // Failing midway: what came reaches the coordinator before the error.
+        link.send_job(whole_job(3, "fails"));
+        let trace = link.run_jobs(&[3], WAIT).await.remove(&3).unwrap();
+        assert_eq!(trace.text(), "Hello!");
+        assert!(trace.error().message.contains("out of memory"), "{trace:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await;
+}

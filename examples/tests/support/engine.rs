@@ -266,7 +266,6 @@ async fn whole_answer(seen: Arc<Seen>, script: Script, id: String, model: String
         finished: false,
     };
     if script.fault == Fault::DropBeforeFirstChunk {
-        watch.finished = true;
         let broken = futures_util::stream::once(async {
             Err::<Bytes, _>(std::io::Error::other("the engine fell over"))
         });

@@ -174,6 +174,20 @@ hosts:
     )
 }
 
+/// A fresh directory `name` holding `agent.yaml`, a manifest serving [`MODEL`] from `engine`;
+/// gives the directory and the file.
+fn write_manifest(name: &str, engine: &FakeEngine) -> (PathBuf, PathBuf) {
+    let dir = temp_dir(name);
+    let path = dir.join("agent.yaml");
+    std::fs::write(&path, manifest_yaml(&engine.base_url(), &[MODEL])).unwrap();
+    (dir, path)
+}
+
+/// A node on the manifest at `path`, running in the background.
+async fn run_manifest(config: NodeConfig, path: &Path) -> Running {
+    Running::start(Node::from_manifest(config, path).await.unwrap())
+}
+
 /// The served ids listed in an announced manifest, over all services.
 fn announced_models(manifest: &Value) -> Vec<String> {
     let parsed: ServiceManifest = serde_json::from_value(manifest.clone()).unwrap();
@@ -693,14 +707,9 @@ async fn a_refused_hello_is_retried_with_backoff() {
 async fn an_edited_manifest_is_announced_and_an_invalid_edit_keeps_the_old_one() {
     bounded(async {
         let engine = fake_engine().await;
-        let dir = temp_dir("reload");
-        let path = dir.join("agent.yaml");
-        std::fs::write(&path, manifest_yaml(&engine.base_url(), &[MODEL])).unwrap();
+        let (dir, path) = write_manifest("reload", &engine);
         let mut coordinator = FakeCoordinator::start().await;
-        let node = Node::from_manifest(config(&coordinator.url), &path)
-            .await
-            .unwrap();
-        let _node = Running::start(node);
+        let _node = run_manifest(config(&coordinator.url), &path).await;
         let (mut link, hello) = coordinator.linked(HEARTBEAT_MS).await;
         assert_eq!(announced_models(&hello.manifest), [MODEL]);
 
@@ -740,14 +749,11 @@ async fn an_edited_manifest_is_announced_and_an_invalid_edit_keeps_the_old_one()
 async fn reload_rereads_the_manifest_when_asked() {
     bounded(async {
         let engine = fake_engine().await;
-        let dir = temp_dir("sighup");
-        let path = dir.join("agent.yaml");
-        std::fs::write(&path, manifest_yaml(&engine.base_url(), &[MODEL])).unwrap();
+        let (dir, path) = write_manifest("sighup", &engine);
         let mut coordinator = FakeCoordinator::start().await;
         let mut config = config(&coordinator.url);
         config.watch_interval = None;
-        let node = Node::from_manifest(config, &path).await.unwrap();
-        let running = Running::start(node);
+        let running = run_manifest(config, &path).await;
         let (mut link, _) = coordinator.linked(HEARTBEAT_MS).await;
 
         // Not watched: an edit alone changes nothing...
@@ -1004,14 +1010,9 @@ async fn whole_jobs_come_in_few_chunks_ahead_of_their_end() {
             }
         })
         .await;
-        let dir = temp_dir("whole");
-        let path = dir.join("agent.yaml");
-        std::fs::write(&path, manifest_yaml(&engine.base_url(), &[MODEL])).unwrap();
+        let (dir, path) = write_manifest("whole", &engine);
         let mut coordinator = FakeCoordinator::start().await;
-        let node = Node::from_manifest(config(&coordinator.url), &path)
-            .await
-            .unwrap();
-        let _node = Running::start(node);
+        let _node = run_manifest(config(&coordinator.url), &path).await;
         let (mut link, _) = coordinator.linked(HEARTBEAT_MS).await;
         let whole_job = |id, prompt: &str| link::Job {
             job: id,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use inference_club_core::endpoint::Endpoint;
-use inference_club_core::openai::ChatCompletionRequest;
+use inference_club_core::openai::{ChatCompletionRequest, ConsumerEvents};
 use inference_club_core::provider::{Call, CallStream, ChunkStream, ProviderError, RequestContext};
 use inference_club_core::record::{InferenceRecord, ServedBy};
 use inference_club_core::routing::failover;
@@ -20,6 +20,7 @@ use crate::fleet::{Fleet, OnlineNode};
 use crate::metrics::Metrics;
 use crate::nodes::{NodeKey, NodeSlot, SendError};
 use crate::store::RoutingPreference;
+use crate::streamed::{Streamed, StreamedAnswer};
 
 /// Where requests go: the fleet of online nodes, the queues of requests waiting for room, and
 /// how long and how many may wait.
@@ -362,6 +363,8 @@ fn unplaceable(
 pub(crate) enum Work<'a> {
     /// `POST /v1/chat/completions` (and the Responses API, mapped onto chat).
     Chat(&'a ChatCompletionRequest),
+    /// A streamed chat whose consumer gets its events as they say.
+    Streamed(&'a ChatCompletionRequest, &'a ConsumerEvents),
     /// Any other endpoint.
     Call(&'a Call),
 }
@@ -370,7 +373,7 @@ impl Work<'_> {
     /// The endpoint whose nodes may serve it.
     fn endpoint(self) -> Endpoint {
         match self {
-            Self::Chat(_) => Endpoint::ChatCompletions,
+            Self::Chat(_) | Self::Streamed(..) => Endpoint::ChatCompletions,
             Self::Call(call) => call.endpoint,
         }
     }
@@ -379,6 +382,7 @@ impl Work<'_> {
 /// A node's answer, read up to its first output.
 enum Opening {
     Chat(failover::Opened),
+    Streamed(failover::Opened<Streamed>),
     Call(failover::OpenedCall),
 }
 
@@ -386,6 +390,7 @@ impl Opening {
     fn output_started(&self) -> bool {
         match self {
             Self::Chat(opened) => opened.output_started(),
+            Self::Streamed(opened) => opened.output_started(),
             Self::Call(opened) => opened.output_started(),
         }
     }
@@ -393,6 +398,7 @@ impl Opening {
     fn into_answer(self, slot: NodeSlot) -> Answer {
         match self {
             Self::Chat(opened) => Answer::Chat(opened.into_stream(slot)),
+            Self::Streamed(opened) => Answer::Streamed(opened.into_stream(slot)),
             Self::Call(opened) => Answer::Call(opened.into_stream(slot)),
         }
     }
@@ -402,6 +408,8 @@ impl Opening {
 pub(crate) enum Answer {
     /// Chat chunks.
     Chat(ChunkStream),
+    /// A streamed chat's events.
+    Streamed(StreamedAnswer),
     /// A call's outputs.
     Call(CallStream),
 }
@@ -419,6 +427,19 @@ async fn open(
                 .chat(state.fleet.cluster(), request.clone(), context.clone())
                 .await?;
             failover::read_until_output(chunks).await.map(Opening::Chat)
+        }
+        Work::Streamed(request, events) => {
+            let pieces = node
+                .chat_events(
+                    state.fleet.cluster(),
+                    request.clone(),
+                    context.clone(),
+                    events.clone(),
+                )
+                .await?;
+            failover::read_until_output(pieces)
+                .await
+                .map(Opening::Streamed)
         }
         Work::Call(call) => {
             let outputs = node.call(call.clone(), context.clone()).await?;
@@ -450,7 +471,7 @@ pub(crate) async fn dispatch_work(
     let Placing { preference, waits } = placing;
     let endpoint = work.endpoint();
     let model = match work {
-        Work::Chat(request) => request.model.clone(),
+        Work::Chat(request) | Work::Streamed(request, _) => request.model.clone(),
         Work::Call(call) => call.model().to_owned(),
     };
     let consumer = record.consumer.clone();

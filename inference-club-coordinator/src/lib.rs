@@ -75,6 +75,7 @@ mod routes;
 mod server;
 mod state;
 mod store;
+mod streamed;
 mod web;
 
 #[cfg(feature = "testing")]

@@ -276,7 +276,8 @@ async fn serve(state: Parts, caller: Caller, mut socket: WebSocket) {
                 node.heard_from();
                 match link::split_binary_frame(&bytes) {
                     Ok((job, piece)) => {
-                        node.deliver(job, JobEvent::Piece(bytes::Bytes::copy_from_slice(piece)));
+                        let start = bytes.len() - piece.len();
+                        node.deliver(job, JobEvent::Piece(bytes.slice(start..)));
                     }
                     Err(error) => {
                         tracing::warn!(provider = %name, "ignoring a bad binary frame: {error}");
@@ -296,6 +297,9 @@ async fn serve(state: Parts, caller: Caller, mut socket: WebSocket) {
         match link::decode_node(&frame) {
             Ok(NodeMessage::Heartbeat(heartbeat)) => node.set_load(heartbeat.load),
             Ok(NodeMessage::Chunk(chunk)) => node.deliver(chunk.job, JobEvent::Chunk(chunk.chunk)),
+            Ok(NodeMessage::Answer(answer)) => {
+                node.deliver(answer.job, JobEvent::Answer(Box::new(answer.answer)));
+            }
             Ok(NodeMessage::Output(output)) => {
                 node.deliver(output.job, JobEvent::Output(output.output));
             }

@@ -17,7 +17,9 @@ use inference_club_core::link::{
     self, BinaryHeader, CallJob, Cancel, CoordinatorMessage, Job, JobError, JobId, ServiceLoad,
 };
 use inference_club_core::manifest::{AccessPolicy, Service, ServiceManifest, effective_access};
-use inference_club_core::openai::{ChatCompletionChunk, ChatCompletionRequest, Model};
+use inference_club_core::openai::{
+    ChatCompletionChunk, ChatCompletionRequest, ConsumerEvents, Model,
+};
 use inference_club_core::provider::{
     Call, CallOutput, CallStream, ChunkStream, Provider, ProviderError, RequestContext,
 };
@@ -26,6 +28,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::store::{ProviderPolicy, UserId};
+use crate::streamed::{self, Streamed, StreamedAnswer};
 
 /// How many events of one job may wait for a slow consumer before the job is cancelled (so that
 /// one slow consumer never holds up the link).
@@ -44,6 +47,8 @@ pub struct NodeKey {
 #[derive(Debug)]
 pub(crate) enum JobEvent {
     Chunk(ChatCompletionChunk),
+    /// What an events job's events added up to.
+    Answer(Box<ChatCompletionChunk>),
     /// A JSON answer of a call, or one event of it.
     Output(serde_json::Value),
     /// A binary answer of a call starts; its pieces follow.
@@ -453,17 +458,7 @@ impl Provider for RemoteNode {
         request: ChatCompletionRequest,
         context: RequestContext,
     ) -> Result<ChunkStream, ProviderError> {
-        let (mut events, mut guard) = open_job(&self.0, &context, None, |job, deadline_ms| {
-            CoordinatorMessage::Job(Box::new(Job {
-                job,
-                request_id: context.request_id.clone(),
-                consumer: context.consumer.clone(),
-                deadline_ms,
-                whole: context.whole,
-                request,
-            }))
-        })
-        .await?;
+        let (mut events, mut guard) = open_chat(&self.0, request, &context, None).await?;
         let closed = self.0.closed.clone();
         let cancel = context.cancel.clone();
         Ok(Box::pin(stream! {
@@ -587,6 +582,69 @@ impl Provider for RemoteNode {
             }
         }))
     }
+}
+
+impl RemoteNode {
+    /// Sends a streamed chat job whose node may write the consumer's events itself, as
+    /// `written` says ([`Job::events`]): they are handed on as they are (checked to be whole
+    /// events), chunks from a node that sends chunks are written here, and the node's answer
+    /// goes to the record.
+    pub(crate) async fn chat_events(
+        &self,
+        request: ChatCompletionRequest,
+        context: RequestContext,
+        written: ConsumerEvents,
+    ) -> Result<StreamedAnswer, ProviderError> {
+        let (mut events, mut guard) =
+            open_chat(&self.0, request, &context, Some(written.clone())).await?;
+        let closed = self.0.closed.clone();
+        let cancel = context.cancel.clone();
+        Ok(Box::pin(stream! {
+            loop {
+                let piece = match next_event(&mut events, &cancel, &closed, &mut guard).await {
+                    Ok(Some(JobEvent::Piece(piece))) => match link::split_events(&piece) {
+                        Ok((output, _)) => Ok(Streamed::Events { sse: piece.slice(1..), output }),
+                        Err(error) => Err(ProviderError::Protocol {
+                            message: format!("the node sent bad events: {error}"),
+                        }),
+                    },
+                    Ok(Some(JobEvent::Chunk(chunk))) => streamed::written(&written, chunk),
+                    Ok(Some(JobEvent::Answer(answer))) => Ok(Streamed::Answer(answer)),
+                    Ok(Some(_)) => Err(ProviderError::Protocol {
+                        message: "the node answered a chat job with a call's output".into(),
+                    }),
+                    Ok(None) => break,
+                    Err(error) => Err(error),
+                };
+                let failed = piece.is_err();
+                yield piece;
+                if failed {
+                    break;
+                }
+            }
+        }))
+    }
+}
+
+/// Registers a chat job on `node` and sends it, asking for the consumer's `events` when given.
+async fn open_chat(
+    node: &Arc<LiveNode>,
+    request: ChatCompletionRequest,
+    context: &RequestContext,
+    events: Option<ConsumerEvents>,
+) -> Result<(mpsc::Receiver<JobEvent>, CancelOnDrop), ProviderError> {
+    open_job(node, context, None, |job, deadline_ms| {
+        CoordinatorMessage::Job(Box::new(Job {
+            job,
+            request_id: context.request_id.clone(),
+            consumer: context.consumer.clone(),
+            deadline_ms,
+            whole: context.whole,
+            events,
+            request,
+        }))
+    })
+    .await
 }
 
 /// Registers a job on `node` and sends it the message `make` builds (and the `upload`, in

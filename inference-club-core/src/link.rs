@@ -22,7 +22,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::endpoint::Endpoint;
-use crate::openai::{ChatCompletionChunk, ChatCompletionRequest, Usage};
+use crate::openai::{ChatCompletionChunk, ChatCompletionRequest, ConsumerEvents, Usage};
 use crate::provider::{ProviderError, TimeoutPhase};
 
 /// The protocol version this crate speaks.
@@ -65,6 +65,9 @@ pub enum NodeMessage {
     Output(JobOutput),
     /// A binary answer of a call follows in binary frames.
     Bytes(JobBytes),
+    /// What the events of an events job ([`Job::events`]) added up to, right before its
+    /// `done` or `error`.
+    Answer(JobAnswer),
     /// A job ended well.
     Done(JobDone),
     /// A job ended with an error.
@@ -165,6 +168,14 @@ pub struct Job {
     /// do not know this field stream as usual, which is as correct.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub whole: bool,
+    /// The consumer streams the answer: the node may send it as the consumer's own events,
+    /// written as this says ([`ConsumerEvents::write`]), in binary frames ([`events_frame`]),
+    /// and then, before `done` or `error`, what they added up to ([`JobAnswer`]). The
+    /// coordinator forwards the events as they are. Nodes that do not know this field send
+    /// chunks, which the coordinator writes itself; a node may send an event too large for a
+    /// binary frame as a chunk too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<ConsumerEvents>,
     /// The request; `model` is the name the consumer asked for.
     pub request: ChatCompletionRequest,
 }
@@ -240,6 +251,40 @@ pub fn split_binary_frame(frame: &[u8]) -> Result<(JobId, &[u8]), LinkError> {
     Ok((JobId::from_be_bytes(id), piece))
 }
 
+/// The start of a binary frame of events for job `job`'s consumer ([`Job::events`]): the job
+/// id, then one byte that says whether the events hold output (see [`mark_output`]). The events
+/// ([`ConsumerEvents::write`]) are appended after it, up to [`BINARY_CHUNK_BYTES`] in all.
+pub fn events_frame(job: JobId) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(4096);
+    frame.extend_from_slice(&job.to_be_bytes());
+    frame.push(0);
+    frame
+}
+
+/// Marks an events frame ([`events_frame`]) as holding output: content, reasoning, a refusal,
+/// a tool call or a finish reason. Until a frame with output, the coordinator may still send
+/// the request to another node.
+pub fn mark_output(frame: &mut [u8]) {
+    if let Some(flag) = frame.get_mut(8) {
+        *flag = 1;
+    }
+}
+
+/// Whether the piece of an events frame ([`split_binary_frame`]) holds output, and its events.
+/// A piece whose flag is not 0 or 1, or that is not whole events
+/// ([`ConsumerEvents::are_whole_events`]), is refused: it would reach the consumer as it is.
+pub fn split_events(piece: &[u8]) -> Result<(bool, &[u8]), LinkError> {
+    let (output, events) = match piece.split_first() {
+        Some((0, events)) => (false, events),
+        Some((1, events)) => (true, events),
+        _ => return Err(LinkError::BadEvents),
+    };
+    if !ConsumerEvents::are_whole_events(events) {
+        return Err(LinkError::BadEvents);
+    }
+    Ok((output, events))
+}
+
 /// `cancel`: stop a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cancel {
@@ -254,6 +299,17 @@ pub struct JobChunk {
     pub job: JobId,
     /// The chunk, as the engine produced it (model named by its served id).
     pub chunk: ChatCompletionChunk,
+}
+
+/// `answer`: what the events of an events job added up to ([`Job::events`]), sent right before
+/// its `done` or `error`: every chunk the node sent for the job, events or chunks, merged
+/// ([`ChatCompletionChunk::absorb`]), usage included. The coordinator keeps this in the record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobAnswer {
+    /// The job.
+    pub job: JobId,
+    /// The answer as one chunk.
+    pub answer: ChatCompletionChunk,
 }
 
 /// `done`: a job ended well.
@@ -366,6 +422,9 @@ pub enum LinkError {
     /// A binary frame too short to name its job.
     #[error("a binary frame shorter than its 8-byte job id")]
     ShortBinary,
+    /// An events frame that is not a flag and whole events.
+    #[error("an events frame that is not whole `data: {{…}}` events")]
+    BadEvents,
 }
 
 impl LinkError {
@@ -429,6 +488,10 @@ mod tests {
                 job: 7,
                 chunk: ChatCompletionChunk::new("c", "m", 1).with_delta(ChunkDelta::content("x")),
             }),
+            NodeMessage::Answer(JobAnswer {
+                job: 7,
+                answer: ChatCompletionChunk::new("c", "m", 1).with_delta(ChunkDelta::content("xy")),
+            }),
             NodeMessage::Done(JobDone {
                 job: 7,
                 usage: Some(Usage::new(1, 2)),
@@ -477,6 +540,10 @@ mod tests {
                 consumer: None,
                 deadline_ms: Some(1000),
                 whole: true,
+                events: Some(ConsumerEvents {
+                    completion_id: "chatcmpl-r".into(),
+                    include_usage: true,
+                }),
                 request: ChatCompletionRequest::new("m", vec![ChatMessage::user("hi")]),
             })),
             CoordinatorMessage::Call(Box::new(CallJob {
@@ -527,6 +594,21 @@ mod tests {
             split_binary_frame(&big),
             Err(LinkError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn events_frames_carry_their_output_flag_and_only_whole_events() {
+        let mut frame = events_frame(9);
+        frame.extend_from_slice(b"data: {\"a\":1}\n\n");
+        let (job, piece) = split_binary_frame(&frame).unwrap();
+        assert_eq!(job, 9);
+        assert_eq!(split_events(piece).unwrap(), (false, &b"data: {\"a\":1}\n\n"[..]));
+        mark_output(&mut frame);
+        let (_, piece) = split_binary_frame(&frame).unwrap();
+        assert!(split_events(piece).unwrap().0);
+        for bad in [&b""[..], b"\x02data: {}\n\n", b"\x00data: [DONE]\n\n", b"\x01data: {}"] {
+            assert!(matches!(split_events(bad), Err(LinkError::BadEvents)), "{bad:?}");
+        }
     }
 
     #[test]

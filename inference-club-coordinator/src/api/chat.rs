@@ -9,10 +9,8 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use futures_util::{FutureExt, StreamExt};
-use inference_club_core::openai::{
-    ApiError as WireError, ChatCompletionChunk, ChatCompletionRequest,
-};
-use inference_club_core::provider::{ChunkStream, ProviderError};
+use inference_club_core::openai::{ApiError as WireError, ChatCompletionRequest, ConsumerEvents};
+use inference_club_core::provider::ChunkStream;
 use inference_club_core::record::{InferenceRecord, RecordId, Status, Visibility};
 
 use super::recording::RecordKeeper;
@@ -20,6 +18,7 @@ use super::serve::{self, Admission, Parts};
 use super::{check_content_type, with_request_id};
 use crate::dispatch::{Answer, Work};
 use crate::error::ApiError;
+use crate::streamed::{Streamed, StreamedAnswer};
 
 /// Reads the body of a chat request as `POST /v1/chat/completions` does: the request, and the
 /// visibility its `visibility` field asks for (taken out of the request). A body that is not a
@@ -136,31 +135,34 @@ pub(crate) async fn limited_chat(
         visibility,
         Utc::now(),
     );
-    let started = start_chat(parts, admission, record, &request).await?;
-    let chunks = match started.answer {
-        Answer::Chat(chunks) => chunks,
-        Answer::Call(_) => return Err(serve::shape_error("chat", "a call's answer", started.id)),
-    };
-    Ok(if request.is_stream() {
-        stream_response(
-            started.keeper,
-            chunks,
-            request.wants_stream_usage(),
+    let events = request.is_stream().then(|| ConsumerEvents {
+        completion_id: record.id.completion_id(),
+        include_usage: request.wants_stream_usage(),
+    });
+    let started = start_chat(parts, admission, record, &request, events.as_ref()).await?;
+    match started.answer {
+        Answer::Streamed(pieces) => Ok(stream_response(started.keeper, pieces, started.id)),
+        Answer::Chat(chunks) if events.is_none() => {
+            Ok(whole_response(started.keeper, chunks, started.id).await)
+        }
+        Answer::Chat(_) | Answer::Call(_) => Err(serve::shape_error(
+            "chat",
+            "an answer of the wrong kind",
             started.id,
-        )
-    } else {
-        whole_response(started.keeper, chunks, started.id).await
-    })
+        )),
+    }
 }
 
 /// Records and dispatches a chat `request` (also the translation of a Responses request): the
-/// node always streams, with usage (usage is always recorded); what the consumer gets is
-/// decided by the caller.
+/// node always streams, with usage (usage is always recorded). The answer is the consumer's
+/// events, written as `events` says, when given; otherwise chunks, and what the consumer gets
+/// is decided by the caller.
 pub(crate) async fn start_chat(
     parts: &Parts,
     admission: Admission,
     record: InferenceRecord,
     request: &ChatCompletionRequest,
+    events: Option<&ConsumerEvents>,
 ) -> Result<serve::Started, Response> {
     let mut engine_request = request.clone();
     engine_request.stream = Some(true);
@@ -172,7 +174,10 @@ pub(crate) async fn start_chat(
         parts,
         admission,
         record,
-        Work::Chat(&engine_request),
+        match events {
+            Some(events) => Work::Streamed(&engine_request, events),
+            None => Work::Chat(&engine_request),
+        },
         request.is_stream(),
     )
     .await
@@ -204,52 +209,67 @@ fn write_sse_event(
 /// The error event that ends a stream whose chunk could not be written.
 const UNWRITABLE_CHUNK: &[u8] = b"data: {\"error\":{\"message\":\"the coordinator could not write a chunk of the answer\",\"type\":\"server_error\",\"param\":null,\"code\":\"unwritable_chunk\"}}\n\ndata: [DONE]\n\n";
 
-/// Rewrites an engine's chunk for the consumer: the record's completion id, and usage only when
-/// asked for.
-fn for_consumer(
-    mut chunk: ChatCompletionChunk,
-    completion_id: &str,
-    wants_usage: bool,
-) -> Option<ChatCompletionChunk> {
-    chunk.id = completion_id.to_owned();
-    if !wants_usage {
-        chunk.usage = None;
-        if chunk.choices.is_empty() {
-            return None;
-        }
-    }
-    Some(chunk)
+/// What goes to the consumer in one write: the events that came by then, copied together only
+/// when there is more than one piece.
+#[derive(Default)]
+struct Batch {
+    first: Option<Bytes>,
+    more: Vec<u8>,
 }
 
-fn stream_response(
-    mut keeper: RecordKeeper,
-    mut stream: ChunkStream,
-    wants_usage: bool,
-    id: RecordId,
-) -> Response {
-    let completion_id = id.completion_id();
+impl Batch {
+    fn push(&mut self, sse: Bytes) {
+        if sse.is_empty() {
+            return;
+        }
+        match self.first.take() {
+            None if self.more.is_empty() => self.first = Some(sse),
+            first => {
+                if let Some(first) = first {
+                    self.more.extend_from_slice(&first);
+                }
+                self.more.extend_from_slice(&sse);
+            }
+        }
+    }
+
+    fn extend(&mut self, bytes: &[u8]) {
+        if let Some(first) = self.first.take() {
+            self.more.extend_from_slice(&first);
+        }
+        self.more.extend_from_slice(bytes);
+    }
+
+    /// The batch in one piece (`None` when it is empty); the batch is empty after.
+    fn take(&mut self) -> Option<Bytes> {
+        match self.first.take() {
+            Some(first) => Some(first),
+            None if self.more.is_empty() => None,
+            None => Some(Bytes::from(std::mem::take(&mut self.more))),
+        }
+    }
+}
+
+/// A streamed chat: the events as they come (several in one write when they came together),
+/// then `[DONE]`; an error ends the stream with an error event.
+fn stream_response(mut keeper: RecordKeeper, mut stream: StreamedAnswer, id: RecordId) -> Response {
     let body = async_stream::stream! {
         loop {
-            // What the node has sent by now goes out in one piece: one write, not one per chunk
-            // (a chunk that has not come yet is not waited for).
-            let mut out: Vec<u8> = Vec::new();
+            // What has come by now goes out in one piece: one write, not one per event (what
+            // has not come yet is not waited for).
+            let mut batch = Batch::default();
             let mut next = stream.next().await;
             loop {
                 match next {
-                    Some(Ok(chunk)) => {
-                        keeper.observe(&chunk);
-                        if let Some(chunk) = for_consumer(chunk, &completion_id, wants_usage)
-                            && let Err(error) = write_sse_event(&mut out, &chunk)
-                        {
-                            let failure = ProviderError::Protocol {
-                                message: format!("the coordinator could not write a chunk: {error}"),
-                            };
-                            keeper.finish(Err(&failure)).await;
-                            out.extend_from_slice(UNWRITABLE_CHUNK);
-                            yield Ok::<Bytes, Infallible>(Bytes::from(out));
-                            return;
-                        }
+                    Some(Ok(Streamed::Events { sse, output })) => {
+                        keeper.observe_events(&sse, output);
+                        batch.push(sse);
                     }
+                    Some(Ok(Streamed::Chunk { chunk, sse })) => {
+                        keeper.observe(&chunk);
+                        batch.push(sse);
+                    }
+                    Some(Ok(Streamed::Answer(answer))) => keeper.observe_answer(&answer),
                     Some(Err(error)) => {
                         let record = keeper.finish(Err(&error)).await;
                         let api = ApiError::from_provider(&error);
@@ -257,17 +277,23 @@ fn stream_response(
                         if record.is_some_and(|(r, _)| r.status() == Status::Cancelled) {
                             wire.code = Some("cancelled".into());
                         }
-                        match write_sse_event(&mut out, &wire.into_response()) {
-                            Ok(()) => out.extend_from_slice(b"data: [DONE]\n\n"),
-                            Err(_) => out.extend_from_slice(UNWRITABLE_CHUNK),
+                        let mut end = Vec::new();
+                        match write_sse_event(&mut end, &wire.into_response()) {
+                            Ok(()) => end.extend_from_slice(b"data: [DONE]\n\n"),
+                            Err(_) => end.extend_from_slice(UNWRITABLE_CHUNK),
                         }
-                        yield Ok(Bytes::from(out));
+                        batch.extend(&end);
+                        if let Some(bytes) = batch.take() {
+                            yield Ok::<Bytes, Infallible>(bytes);
+                        }
                         return;
                     }
                     None => {
                         keeper.finish(Ok(())).await;
-                        out.extend_from_slice(b"data: [DONE]\n\n");
-                        yield Ok(Bytes::from(out));
+                        batch.extend(b"data: [DONE]\n\n");
+                        if let Some(bytes) = batch.take() {
+                            yield Ok(bytes);
+                        }
                         return;
                     }
                 }
@@ -276,8 +302,8 @@ fn stream_response(
                     None => break,
                 }
             }
-            if !out.is_empty() {
-                yield Ok(Bytes::from(out));
+            if let Some(bytes) = batch.take() {
+                yield Ok(bytes);
             }
         }
     };

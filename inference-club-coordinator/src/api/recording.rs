@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::Utc;
-use inference_club_core::openai::{ChatCompletion, ChatCompletionAggregator, ChatCompletionChunk};
+use axum::body::Bytes;
+use inference_club_core::openai::{
+    ChatCompletion, ChatCompletionAggregator, ChatCompletionChunk, ConsumerEvents,
+};
 use inference_club_core::provider::ProviderError;
 use inference_club_core::record::InferenceRecord;
 use tokio::sync::mpsc;
@@ -110,6 +113,7 @@ impl Recorder {
             recorder: self.clone(),
             record: Some(record),
             aggregate: ChatCompletionAggregator::new(),
+            unread: Unread::default(),
             received,
             streamed,
             cancel,
@@ -188,6 +192,9 @@ pub(crate) struct RecordKeeper {
     /// The record, until it is final; `None` once it is (or when there is none to keep).
     pub record: Option<InferenceRecord>,
     aggregate: ChatCompletionAggregator,
+    /// Events forwarded as they are, not read yet: the node's answer stands for them, unless
+    /// the stream ends without one.
+    unread: Unread,
     received: Instant,
     streamed: bool,
     cancel: CancellationToken,
@@ -209,22 +216,48 @@ impl RecordKeeper {
     /// Folds a chunk of the answer into the record (the first output stamps the time to first
     /// token).
     pub fn observe(&mut self, chunk: &ChatCompletionChunk) {
-        if let Some(record) = &mut self.record
-            && record.timing.first_token_at.is_none()
+        if self
+            .record
+            .as_ref()
+            .is_some_and(|r| r.timing.first_token_at.is_none())
             && inference_club_core::routing::failover::is_output(chunk)
         {
-            record.first_token(Utc::now());
-            self.recorder
-                .metrics
-                .time_to_first_token
-                .observe(self.received.elapsed().as_secs_f64());
+            self.first_output();
         }
         self.aggregate.push(chunk);
+    }
+
+    /// Notes events forwarded to the consumer as the node wrote them (`output`: they hold
+    /// output, and the first such stamps the time to first token). They are read only if no
+    /// answer ([`RecordKeeper::observe_answer`]) comes to stand for them, or once many are
+    /// kept.
+    pub fn observe_events(&mut self, sse: &Bytes, output: bool) {
+        if output {
+            self.first_output();
+        }
+        if self.unread.keep(sse) {
+            self.unread.fold_into(&mut self.aggregate);
+        }
+    }
+
+    /// Takes what the node says its answer added up to: it replaces whatever was observed.
+    pub fn observe_answer(&mut self, answer: &ChatCompletionChunk) {
+        self.unread = Unread::default();
+        self.aggregate = ChatCompletionAggregator::new();
+        self.aggregate.push(answer);
     }
 
     /// Notes an output of a call (whatever it holds, it counts as the first token) and folds
     /// `chunk` into the record: the output's text, finish reason and usage as a chat chunk.
     pub fn observe_output(&mut self, chunk: Option<&ChatCompletionChunk>) {
+        self.first_output();
+        if let Some(chunk) = chunk {
+            self.aggregate.push(chunk);
+        }
+    }
+
+    /// Stamps the time to first token, if this is the first output.
+    fn first_output(&mut self) {
         if let Some(record) = &mut self.record
             && record.timing.first_token_at.is_none()
         {
@@ -233,9 +266,6 @@ impl RecordKeeper {
                 .metrics
                 .time_to_first_token
                 .observe(self.received.elapsed().as_secs_f64());
-        }
-        if let Some(chunk) = chunk {
-            self.aggregate.push(chunk);
         }
     }
 
@@ -253,6 +283,7 @@ impl RecordKeeper {
 
     /// The answer assembled so far, taking it out of the keeper (no copy).
     fn take_completion(&mut self) -> ChatCompletion {
+        std::mem::take(&mut self.unread).fold_into(&mut self.aggregate);
         std::mem::take(&mut self.aggregate).finish()
     }
 
@@ -274,6 +305,36 @@ impl RecordKeeper {
         saver.save(&mut record, self.durable).await;
         saver.count(&record, self.streamed, self.received);
         Some((record, completion))
+    }
+}
+
+/// Events kept unread ([`RecordKeeper::observe_events`]).
+#[derive(Debug, Default)]
+struct Unread {
+    events: Vec<Bytes>,
+    bytes: usize,
+}
+
+/// How many bytes of events a keeper keeps unread before it reads them: a long answer is
+/// folded into its record as it goes, so that what is kept stays small.
+const MAX_UNREAD_BYTES: usize = 1024 * 1024;
+
+impl Unread {
+    /// Keeps `sse` (no copy); `true` when what is kept should be read now.
+    fn keep(&mut self, sse: &Bytes) -> bool {
+        self.bytes += sse.len();
+        self.events.push(sse.clone());
+        self.bytes > MAX_UNREAD_BYTES
+    }
+
+    /// Reads what is kept into `aggregate`, and forgets it.
+    fn fold_into(&mut self, aggregate: &mut ChatCompletionAggregator) {
+        for sse in self.events.drain(..) {
+            for chunk in ConsumerEvents::chunks_of(&sse) {
+                aggregate.push(&chunk);
+            }
+        }
+        self.bytes = 0;
     }
 }
 

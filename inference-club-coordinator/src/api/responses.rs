@@ -105,10 +105,10 @@ pub(crate) async fn serve_response(
     );
     record.endpoint = Endpoint::Responses;
     record.input = Some(input);
-    let started = start_chat(parts, admission, record, &chat).await?;
+    let started = start_chat(parts, admission, record, &chat, None).await?;
     let chunks = match started.answer {
         Answer::Chat(chunks) => chunks,
-        Answer::Call(_) => {
+        Answer::Call(_) | Answer::Streamed(_) => {
             return Err(serve::shape_error(
                 "responses",
                 "a call's answer",

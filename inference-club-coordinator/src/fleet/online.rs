@@ -3,13 +3,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use inference_club_core::openai::ChatCompletionRequest;
+use inference_club_core::openai::{ChatCompletionRequest, ConsumerEvents};
 use inference_club_core::provider::{
     Call, CallStream, ChunkStream, Provider, ProviderError, RequestContext,
 };
 
 use crate::cluster::{Cluster, PeerNode};
 use crate::nodes::{LiveNode, NodeKey, NodeOffer, NodeSlot, RemoteNode, SendError};
+use crate::streamed::{self, StreamedAnswer};
 
 /// A node routing may choose: linked to this coordinator, or (in a cluster) to another
 /// replica. Jobs reach the first over its link ([`RemoteNode`]) and the second through the
@@ -143,6 +144,26 @@ impl OnlineNode {
                 status: None,
                 message: format!("node {} is linked to another replica", node.key.provider),
             })),
+        }
+    }
+
+    /// Sends it a streamed chat job, its consumer's events written as `events` says: by the
+    /// node over its own link, here for one linked to another replica (which relays chunks).
+    pub async fn chat_events(
+        &self,
+        cluster: Option<&Arc<Cluster>>,
+        request: ChatCompletionRequest,
+        context: RequestContext,
+        events: ConsumerEvents,
+    ) -> Result<StreamedAnswer, SendError> {
+        match self {
+            Self::Local(node) => Ok(RemoteNode(node.clone())
+                .chat_events(request, context, events)
+                .await?),
+            Self::Peer(_) => {
+                let chunks = self.chat(cluster, request, context).await?;
+                Ok(streamed::from_chunks(chunks, events))
+            }
         }
     }
 }

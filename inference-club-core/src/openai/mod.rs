@@ -15,6 +15,7 @@ mod aggregate;
 mod chat;
 mod chunk;
 mod error;
+mod events;
 mod models;
 pub mod responses;
 mod think;
@@ -30,6 +31,7 @@ pub use chunk::{
     ToolCallDelta,
 };
 pub use error::{ApiError, ErrorResponse};
+pub use events::ConsumerEvents;
 pub use models::{Model, ModelList};
 pub use think::ThinkSplitter;
 

@@ -4,10 +4,28 @@
 //! Used by the node's `Router` (in `inference-club-provider`) across backends and by the coordinator across
 //! nodes: the rule is written once.
 
+use std::pin::Pin;
+
 use crate::openai::ChatCompletionChunk;
-use crate::provider::{CallOutput, CallStream, ChunkStream, ProviderError};
+use crate::provider::{CallOutput, CallStream, ProviderError};
 use async_stream::stream;
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
+
+/// A provider's stream of `T`: chat chunks ([`ChunkStream`](crate::provider::ChunkStream)),
+/// or what else a caller reads ahead for failover.
+pub type ItemStream<T> = Pin<Box<dyn Stream<Item = Result<T, ProviderError>> + Send + 'static>>;
+
+/// What a stream read ahead for failover carries: whether an item counts as output.
+pub trait Output {
+    /// Whether failover is over once this item is read (see [`is_output`] for chunks).
+    fn is_output(&self) -> bool;
+}
+
+impl Output for ChatCompletionChunk {
+    fn is_output(&self) -> bool {
+        is_output(self)
+    }
+}
 
 /// The most chunks without output (role-only or usage-only chunks) read ahead while waiting for
 /// the first output. Failover is only possible before output; beyond this many chunks the
@@ -15,15 +33,15 @@ use futures_util::StreamExt;
 pub const MAX_CHUNKS_BEFORE_OUTPUT: usize = 16;
 
 /// A provider's stream read up to its first output.
-pub struct Opened {
-    /// The chunks read so far; the last one is the first output, if `output_started`.
-    read: Vec<ChatCompletionChunk>,
+pub struct Opened<T = ChatCompletionChunk> {
+    /// The items read so far; the last one is the first output, if `output_started`.
+    read: Vec<T>,
     /// The rest of the stream; `None` when it already ended.
-    rest: Option<ChunkStream>,
+    rest: Option<ItemStream<T>>,
     output_started: bool,
 }
 
-impl Opened {
+impl<T: Send + 'static> Opened<T> {
     /// Whether output has started (otherwise the stream ended, or sent many chunks without
     /// output).
     pub fn output_started(&self) -> bool {
@@ -35,7 +53,7 @@ impl Opened {
     ///
     /// The rest of the stream is always dropped before `guard`, whether the stream was read or
     /// dropped unpolled, so a slot is never free while the engine still runs its request.
-    pub fn into_stream<G: Send + 'static>(self, guard: G) -> ChunkStream {
+    pub fn into_stream<G: Send + 'static>(self, guard: G) -> ItemStream<T> {
         let Self { read, rest, .. } = self;
         let held = Guarded {
             rest,
@@ -59,8 +77,8 @@ impl Opened {
 /// A stream and the guard that must outlive it: fields drop in declaration order, so `rest`
 /// goes first. (Captured separately, an unpolled stream's captures would drop in the order
 /// they are first named, the guard first.)
-struct Guarded<G> {
-    rest: Option<ChunkStream>,
+struct Guarded<T, G> {
+    rest: Option<ItemStream<T>>,
     _guard: G,
 }
 
@@ -69,9 +87,11 @@ pub fn is_output(chunk: &ChatCompletionChunk) -> bool {
     chunk.has_output() || chunk.choices.iter().any(|c| c.finish_reason.is_some())
 }
 
-/// Reads `chunks` until the first output, its end, or [`MAX_CHUNKS_BEFORE_OUTPUT`] chunks
+/// Reads `chunks` until the first output, its end, or [`MAX_CHUNKS_BEFORE_OUTPUT`] items
 /// without output. An error before any output is returned as `Err`, so the caller may fail over.
-pub async fn read_until_output(mut chunks: ChunkStream) -> Result<Opened, ProviderError> {
+pub async fn read_until_output<T: Output>(
+    mut chunks: ItemStream<T>,
+) -> Result<Opened<T>, ProviderError> {
     let mut read = Vec::new();
     loop {
         match chunks.next().await {
@@ -84,7 +104,7 @@ pub async fn read_until_output(mut chunks: ChunkStream) -> Result<Opened, Provid
             }
             Some(Err(error)) => return Err(error),
             Some(Ok(chunk)) => {
-                let output_started = is_output(&chunk);
+                let output_started = chunk.is_output();
                 read.push(chunk);
                 if output_started || read.len() >= MAX_CHUNKS_BEFORE_OUTPUT {
                     return Ok(Opened {
@@ -152,6 +172,7 @@ pub async fn call_until_output(mut outputs: CallStream) -> Result<OpenedCall, Pr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::provider::ChunkStream;
     use std::sync::{Arc, Mutex};
 
     /// Notes its name in a shared list when dropped.

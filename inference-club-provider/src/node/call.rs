@@ -28,8 +28,9 @@ pub(crate) enum Outgoing {
     Message(NodeMessage),
     /// A binary frame ([`link::binary_frame`]).
     Binary(Vec<u8>),
-    /// A job's last chunk and its end (`done` or `error`), written together.
-    Last(Box<(NodeMessage, NodeMessage)>),
+    /// Frames written together, in order: a job's last chunk or events, its answer and its
+    /// end (`done` or `error`).
+    Together(Vec<Outgoing>),
 }
 
 impl From<NodeMessage> for Outgoing {
@@ -156,7 +157,7 @@ pub(crate) async fn serve_call(
     .await;
 
     let ended = Ended {
-        last_chunk: None,
+        before_end: Vec::new(),
         id,
         request_id: job.request_id,
         consumer: job.consumer,

@@ -6,19 +6,28 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use futures_util::{FutureExt, StreamExt};
-use inference_club_core::link::{Job, JobChunk, JobDone, JobError, JobFailed, JobId, NodeMessage};
-use inference_club_core::openai::{ChatCompletionAggregator, ChatCompletionChunk, Usage};
+use inference_club_core::link::{
+    self, Job, JobAnswer, JobChunk, JobDone, JobError, JobFailed, JobId, NodeMessage,
+};
+use inference_club_core::openai::{
+    ChatCompletionAggregator, ChatCompletionChunk, ConsumerEvents, Usage,
+};
 use inference_club_core::provider::{Provider, ProviderError, RequestContext};
+use inference_club_core::routing::failover;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::call::Outgoing;
 use super::job_log::{JobLog, JobLogEntry};
 
-/// Serves `job` on `provider`, sending each chunk to `out` as the engine produces it (or, for a
-/// job its consumer takes whole, the chunks up to the first output, then the rest merged into
-/// one when the engine is done) and ending
+/// Serves `job` on `provider`, sending each chunk to `out` as the engine produces it, and ending
 /// with `done` or `error`. Cancelling `cancel` drops the engine request.
+///
+/// - A job its consumer takes whole: the chunks up to the first output, then the rest merged
+///   into one when the engine is done.
+/// - A job its consumer streams, when the coordinator asks for events ([`Job::events`]): the
+///   consumer's own events, as many in one frame as the engine has produced by then, and their
+///   answer before the end.
 pub(crate) async fn serve_job(
     job: Job,
     provider: Arc<dyn Provider>,
@@ -50,6 +59,10 @@ pub(crate) async fn serve_job(
     // before an error. Two frames to write and to read instead of one per token.
     let mut merged: Option<ChatCompletionChunk> = None;
     let whole = job.whole;
+    let mut events = job
+        .events
+        .filter(|_| !whole)
+        .map(|events| EventsOut::new(id, events));
     let outcome: Result<(), ProviderError> = async {
         // Cancellation wins over an engine that is slow to answer or silent between chunks:
         // returning drops the engine request (and its stream) at once.
@@ -75,6 +88,23 @@ pub(crate) async fn serve_job(
                 first_token_ms = Some(millis(started.elapsed()));
             }
             aggregate.push(&chunk);
+            if let Some(events) = events.as_mut() {
+                if let Some(alone) = events.push(chunk)? {
+                    send(&out, &cancel, alone).await?;
+                }
+                match Pin::new(&mut stream).peek().now_or_never() {
+                    // The engine is done: the last events go with the end, in one write.
+                    Some(None) => {}
+                    // More is there already: it goes in the same frame, up to a limit.
+                    Some(Some(_)) if !events.is_full() => {}
+                    _ => {
+                        if let Some(frame) = events.take() {
+                            send(&out, &cancel, Outgoing::Binary(frame)).await?;
+                        }
+                    }
+                }
+                continue;
+            }
             if !whole {
                 send_chunk(&out, &cancel, id, chunk).await?;
                 continue;
@@ -96,14 +126,21 @@ pub(crate) async fn serve_job(
     }
     .await;
 
-    let usage = aggregate.usage().cloned();
-    let answer = log
-        .logs_content()
-        .then(|| aggregate.finish().text())
-        .flatten();
+    let completion = aggregate.finish();
+    let usage = completion.usage.clone();
+    let answer = log.logs_content().then(|| completion.text()).flatten();
+    let mut before_end: Vec<Outgoing> = Vec::new();
+    if let Some(chunk) = merged {
+        before_end.push(NodeMessage::Chunk(JobChunk { job: id, chunk }).into());
+    }
+    if let Some(mut events) = events {
+        before_end.extend(events.take().map(Outgoing::Binary));
+        let answer = ChatCompletionChunk::from_completion(completion);
+        before_end.push(NodeMessage::Answer(JobAnswer { job: id, answer }).into());
+    }
     let ended = Ended {
         id,
-        last_chunk: merged,
+        before_end,
         request_id: job.request_id,
         consumer: job.consumer,
         model,
@@ -123,10 +160,81 @@ async fn send_chunk(
     id: JobId,
     chunk: ChatCompletionChunk,
 ) -> Result<(), ProviderError> {
-    let message = NodeMessage::Chunk(JobChunk { job: id, chunk });
+    send(out, cancel, NodeMessage::Chunk(JobChunk { job: id, chunk }).into()).await
+}
+
+/// Sends `outgoing` to the coordinator (unless the job is cancelled first).
+async fn send(
+    out: &mpsc::Sender<Outgoing>,
+    cancel: &CancellationToken,
+    outgoing: Outgoing,
+) -> Result<(), ProviderError> {
     tokio::select! {
         () = cancel.cancelled() => Err(ProviderError::Cancelled),
-        sent = out.send(message.into()) => sent.map_err(|_| ProviderError::Cancelled),
+        sent = out.send(outgoing) => sent.map_err(|_| ProviderError::Cancelled),
+    }
+}
+
+/// The events frame a streamed job fills ([`Job::events`]): the consumer's events of the chunks
+/// pushed since it was last taken.
+struct EventsOut {
+    job: JobId,
+    events: ConsumerEvents,
+    frame: Vec<u8>,
+}
+
+/// How full an events frame gets before it is sent even though more is ready (well below
+/// [`link::BINARY_CHUNK_BYTES`], which one event may take alone).
+const EVENTS_FRAME_BYTES: usize = 64 * 1024;
+
+impl EventsOut {
+    fn new(job: JobId, events: ConsumerEvents) -> Self {
+        Self {
+            job,
+            events,
+            frame: link::events_frame(job),
+        }
+    }
+
+    /// Writes `chunk`'s event into the frame. An event too large for any frame comes back as a
+    /// chunk message to send at once (the frame's earlier events first, with it).
+    fn push(&mut self, mut chunk: ChatCompletionChunk) -> Result<Option<Outgoing>, ProviderError> {
+        let start = self.frame.len();
+        let written = self
+            .events
+            .write(&mut chunk, &mut self.frame)
+            .map_err(|e| ProviderError::Protocol {
+                message: format!("the node could not write an event: {e}"),
+            })?;
+        if !written {
+            return Ok(None);
+        }
+        if self.frame.len() - 8 <= link::BINARY_CHUNK_BYTES {
+            if failover::is_output(&chunk) {
+                link::mark_output(&mut self.frame);
+            }
+            return Ok(None);
+        }
+        self.frame.truncate(start);
+        let message = NodeMessage::Chunk(JobChunk {
+            job: self.job,
+            chunk,
+        });
+        Ok(Some(match self.take() {
+            Some(frame) => Outgoing::Together(vec![Outgoing::Binary(frame), message.into()]),
+            None => message.into(),
+        }))
+    }
+
+    /// Whether the frame is full enough to send.
+    fn is_full(&self) -> bool {
+        self.frame.len() >= EVENTS_FRAME_BYTES
+    }
+
+    /// The frame, if it holds events; a fresh one takes its place.
+    fn take(&mut self) -> Option<Vec<u8>> {
+        (self.frame.len() > 9)
+            .then(|| std::mem::replace(&mut self.frame, link::events_frame(self.job)))
     }
 }
 
@@ -148,8 +256,9 @@ pub(super) fn job_context(
 /// What is known of a job when it ends.
 pub(super) struct Ended {
     pub id: JobId,
-    /// A chunk not sent yet (a whole answer's merged rest): it goes right before the end.
-    pub last_chunk: Option<ChatCompletionChunk>,
+    /// What is not sent yet (a whole answer's merged rest; a stream's last events and its
+    /// answer): it goes right before the end, in the same write.
+    pub before_end: Vec<Outgoing>,
     pub request_id: String,
     pub consumer: Option<String>,
     pub model: String,
@@ -203,15 +312,12 @@ pub(super) async fn end_job(
             error: JobError::from(&error),
         }),
     };
-    let outgoing = match ended.last_chunk {
-        Some(chunk) => {
-            let chunk = NodeMessage::Chunk(JobChunk {
-                job: ended.id,
-                chunk,
-            });
-            Outgoing::Last(Box::new((chunk, last)))
-        }
-        None => last.into(),
+    let outgoing = if ended.before_end.is_empty() {
+        last.into()
+    } else {
+        let mut all = ended.before_end;
+        all.push(last.into());
+        Outgoing::Together(all)
     };
     let _ = out.send(outgoing).await;
 }

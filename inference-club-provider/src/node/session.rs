@@ -128,17 +128,13 @@ fn text(message: &NodeMessage) -> Result<Message, String> {
         .map_err(|e| format!("cannot encode a message: {e}"))
 }
 
-/// The frames of an outgoing message, in order (one, or two for a job's last chunk and end).
-fn frames_of(outgoing: Outgoing) -> impl Iterator<Item = Result<Message, String>> {
-    let (first, second) = match outgoing {
-        Outgoing::Message(message) => (text(&message), None),
-        Outgoing::Binary(bytes) => (Ok(Message::Binary(bytes.into())), None),
-        Outgoing::Last(pair) => {
-            let (chunk, end) = *pair;
-            (text(&chunk), Some(text(&end)))
-        }
-    };
-    std::iter::once(first).chain(second)
+/// The frames of an outgoing message, in order.
+fn frames_of(outgoing: Outgoing) -> Vec<Result<Message, String>> {
+    match outgoing {
+        Outgoing::Message(message) => vec![text(&message)],
+        Outgoing::Binary(bytes) => vec![Ok(Message::Binary(bytes.into()))],
+        Outgoing::Together(all) => all.into_iter().flat_map(frames_of).collect(),
+    }
 }
 
 /// Runs one session until it ends.
@@ -437,7 +433,7 @@ pub(crate) async fn run(
     if matches!(end, SessionEnd::Shutdown) {
         drop(out);
         while let Some(message) = outgoing.recv().await {
-            for frame in frames_of(message).flatten() {
+            for frame in frames_of(message).into_iter().flatten() {
                 let _ = sink.feed(frame).await;
             }
         }

@@ -211,7 +211,7 @@ impl EventDecoder {
                     continue;
                 }
             }
-            match bytes.iter().position(|b| *b == b'\n' || *b == b'\r') {
+            match memchr::memchr2(b'\n', b'\r', bytes) {
                 Some(end) => {
                     self.extend_line(&bytes[..end])?;
                     self.after_cr = bytes[end] == b'\r';

@@ -87,22 +87,40 @@ fn guard_stream<T: Send + 'static>(
         let mut inner = inner;
         let started = tokio::time::Instant::from_std(sent_at);
         let first_token_by = started + timeouts.first_token;
-        let mut output_started = false;
-        loop {
-            let (phase, mut wait_until) = if output_started {
-                (TimeoutPhase::Idle, tokio::time::Instant::now() + timeouts.idle)
+        // When the wait for the next item ends, and which wait it is: the deadline, if sooner.
+        let wait = |output_started: bool, last_item: tokio::time::Instant| {
+            let (phase, until) = if output_started {
+                (TimeoutPhase::Idle, last_item + timeouts.idle)
             } else {
                 (TimeoutPhase::FirstToken, first_token_by)
             };
-            let mut phase = phase;
-            if let Some(deadline) = deadline.filter(|d| *d < wait_until) {
-                wait_until = deadline;
-                phase = TimeoutPhase::Total;
+            match deadline.filter(|d| *d < until) {
+                Some(deadline) => (TimeoutPhase::Total, deadline),
+                None => (phase, until),
             }
+        };
+        let mut output_started = false;
+        let mut last_item = started;
+        // One timer and one cancellation wait for the whole stream, not one per item: the timer
+        // is moved only when it fires before the wait has really ended (items keep coming), or
+        // when the wait gets shorter (output starts: the idle wait replaces the first-token one).
+        let cancelled = cancel.cancelled_owned();
+        let mut cancelled = std::pin::pin!(cancelled);
+        let timer = tokio::time::sleep_until(wait(false, started).1);
+        let mut timer = std::pin::pin!(timer);
+        loop {
             let next = tokio::select! {
                 biased;
-                () = cancel.cancelled() => None,
-                next = tokio::time::timeout_at(wait_until, inner.next()) => Some(next),
+                () = &mut cancelled => None,
+                next = inner.next() => Some(Ok(next)),
+                () = &mut timer => {
+                    let (phase, until) = wait(output_started, last_item);
+                    if tokio::time::Instant::now() < until {
+                        timer.as_mut().reset(until);
+                        continue;
+                    }
+                    Some(Err(phase))
+                }
             };
             // On every way out, the inner stream (and with it the engine connection) is dropped
             // before the last item is yielded: the consumer may hold this stream a while longer.
@@ -112,7 +130,7 @@ fn guard_stream<T: Send + 'static>(
                 break;
             };
             match next {
-                Err(_) => {
+                Err(phase) => {
                     drop(inner);
                     let after = match phase {
                         TimeoutPhase::Idle => timeouts.idle,
@@ -123,8 +141,15 @@ fn guard_stream<T: Send + 'static>(
                 }
                 Ok(None) => break,
                 Ok(Some(Ok(item))) => {
-                    output_started |= is_output(&item);
+                    if !output_started && is_output(&item) {
+                        output_started = true;
+                        last_item = tokio::time::Instant::now();
+                        timer.as_mut().reset(wait(true, last_item).1);
+                    }
                     yield Ok(item);
+                    if output_started {
+                        last_item = tokio::time::Instant::now();
+                    }
                 }
                 Ok(Some(Err(error))) => {
                     drop(inner);

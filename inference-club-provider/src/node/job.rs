@@ -71,9 +71,12 @@ pub(crate) async fn serve_job(
             opened = provider.chat(job.request, context) => opened?,
         }
         .peekable();
+        // One wait for the cancellation for the whole stream, not one per chunk.
+        let cancelled = cancel.cancelled();
+        let mut cancelled = std::pin::pin!(cancelled);
         loop {
             let item = tokio::select! {
-                () = cancel.cancelled() => return Err(ProviderError::Cancelled),
+                () = &mut cancelled => return Err(ProviderError::Cancelled),
                 item = stream.next() => item,
             };
             let Some(item) = item else { break };

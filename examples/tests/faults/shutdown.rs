@@ -387,17 +387,22 @@ async fn a_coordinator_stopped_with_sigterm_loses_no_record_of_requests_done_or_
     .await;
 }
 
+/// A club of one node whose engine answers "Hello" and holds the rest, and a whole request
+/// (prompt 0) the engine has received.
+async fn whole_answer_held_midway() -> (Club, FakeEngine, WholeTask) {
+    let engine = FakeEngine::start("a", Script::default().with_fault(Fault::HoldAfter(1))).await;
+    let mut club = Club::start(&[]).await;
+    club.add_node("node-a", &[ServiceSpec::fake(&engine)]).await;
+    let asking = spawn_whole(&club, chat(0, false));
+    engine.wait_received(1, Duration::from_secs(10)).await;
+    (club, engine, asking)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_that_leaves_a_whole_answer_midway_leaves_a_cancelled_record() {
     bounded(async {
-        let engine =
-            FakeEngine::start("a", Script::default().with_fault(Fault::HoldAfter(1))).await;
-        let mut club = Club::start(&[]).await;
-        club.add_node("node-a", &[ServiceSpec::fake(&engine)]).await;
-
         // A whole answer has no headers (nor id) before it is complete: find it by listing.
-        let asking = spawn_whole(&club, chat(0, false));
-        engine.wait_received(1, Duration::from_secs(10)).await;
+        let (club, engine, asking) = whole_answer_held_midway().await;
         // The engine has sent "Hello" and holds the rest: the consumer goes away.
         let noticed = abort_request(asking, &engine).await;
         assert!(
@@ -431,13 +436,7 @@ async fn a_consumer_that_leaves_a_whole_answer_midway_leaves_a_cancelled_record(
 async fn the_only_node_killed_midway_through_a_whole_answer_answers_502_and_the_record_says_failed()
 {
     bounded(async {
-        let engine =
-            FakeEngine::start("a", Script::default().with_fault(Fault::HoldAfter(1))).await;
-        let mut club = Club::start(&[]).await;
-        club.add_node("node-a", &[ServiceSpec::fake(&engine)]).await;
-
-        let asking = spawn_whole(&club, chat(0, false));
-        engine.wait_received(1, Duration::from_secs(10)).await;
+        let (mut club, _engine, asking) = whole_answer_held_midway().await;
         // The engine, asked for the whole answer, is midway through it: the node dies.
         tokio::time::sleep(Duration::from_millis(50)).await;
         club.node("node-a").proc.kill();

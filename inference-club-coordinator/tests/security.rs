@@ -15,10 +15,10 @@ use futures_util::{SinkExt, StreamExt};
 use inference_club_coordinator::testing::{RecordQuery, Store, TestDatabase, TestServer, User};
 use inference_club_coordinator::{CoordinatorBuilder, Limits};
 use inference_club_core::link::{
-    self, CoordinatorMessage, Heartbeat, Hello, JobChunk, JobDone, NodeMessage,
+    self, CoordinatorMessage, Heartbeat, Hello, Job, JobChunk, JobDone, NodeMessage,
 };
 use inference_club_core::openai::{
-    ChatCompletionChunk, ChatCompletionRequest, ChatMessage, ChunkDelta,
+    ChatCompletionChunk, ChatCompletionRequest, ChatMessage, ChunkDelta, ConsumerEvents, Usage,
 };
 use inference_club_core::record::{InferenceRecord, RecordId, ServedBy, Visibility};
 use reqwest::header::HeaderMap;
@@ -202,12 +202,22 @@ enum Answer {
     Hold,
 }
 
+/// What a test node sends on its link.
+enum ToLink {
+    /// A message, as a text frame.
+    Message(NodeMessage),
+    /// A binary frame, exactly these bytes.
+    Binary(Vec<u8>),
+    /// A close frame: the link ends.
+    Close,
+}
+
 /// A node that is a bare WebSocket client of the link: counts the jobs it receives, answers as
 /// told, and can send any frame the test wants.
 struct TestNode {
     name: String,
-    jobs: Arc<Mutex<Vec<(u64, String)>>>,
-    out: mpsc::UnboundedSender<NodeMessage>,
+    jobs: Arc<Mutex<Vec<Job>>>,
+    out: mpsc::UnboundedSender<ToLink>,
     closed: Arc<AtomicBool>,
     job_arrived: Arc<Notify>,
     received: Arc<AtomicUsize>,
@@ -253,7 +263,7 @@ impl TestNode {
         let closed = Arc::new(AtomicBool::new(false));
         let job_arrived = Arc::new(Notify::new());
         let received = Arc::new(AtomicUsize::new(0));
-        let (out, mut outgoing) = mpsc::unbounded_channel::<NodeMessage>();
+        let (out, mut outgoing) = mpsc::unbounded_channel::<ToLink>();
         let node = TestNode {
             name: name.clone(),
             jobs: jobs.clone(),
@@ -269,12 +279,14 @@ impl TestNode {
                     frame = socket.next() => match frame {
                         Some(Ok(Message::Text(text))) => {
                             if let Ok(CoordinatorMessage::Job(job)) = link::decode_coordinator(&text) {
-                                jobs.lock().unwrap().push((job.job, job.request.model.clone()));
+                                let (id, model) = (job.job, job.request.model.clone());
+                                jobs.lock().unwrap().push(*job);
                                 received.fetch_add(1, Ordering::SeqCst);
                                 job_arrived.notify_waiters();
                                 if answer == Answer::Now {
-                                    let _ = out.send(chunk(job.job, &job.request.model, &format!("answer from {name}")));
-                                    let _ = out.send(done(job.job));
+                                    let answer = chunk(id, &model, &format!("answer from {name}"));
+                                    let _ = out.send(ToLink::Message(answer));
+                                    let _ = out.send(ToLink::Message(done(id)));
                                 }
                             }
                         }
@@ -282,11 +294,20 @@ impl TestNode {
                         _ => break,
                     },
                     message = outgoing.recv() => match message {
-                        Some(message) => {
+                        Some(ToLink::Message(message)) => {
                             let text = link::encode(&message).unwrap();
                             if socket.send(Message::Text(text.into())).await.is_err() {
                                 break;
                             }
+                        }
+                        Some(ToLink::Binary(frame)) => {
+                            if socket.send(Message::Binary(frame.into())).await.is_err() {
+                                break;
+                            }
+                        }
+                        Some(ToLink::Close) => {
+                            let _ = socket.close(None).await;
+                            break;
                         }
                         None => break,
                     },
@@ -310,10 +331,15 @@ impl TestNode {
 
     /// Waits for the `n`th job; returns its id.
     async fn wait_job(&self, n: usize) -> u64 {
+        self.wait_job_message(n).await.job
+    }
+
+    /// Waits for the `n`th job; returns it as the coordinator sent it.
+    async fn wait_job_message(&self, n: usize) -> Job {
         for _ in 0..400 {
             let notified = self.job_arrived.notified();
-            if let Some((id, _)) = self.jobs.lock().unwrap().get(n - 1) {
-                return *id;
+            if let Some(job) = self.jobs.lock().unwrap().get(n - 1) {
+                return job.clone();
             }
             let _ = tokio::time::timeout(Duration::from_millis(25), notified).await;
         }
@@ -321,7 +347,17 @@ impl TestNode {
     }
 
     fn send(&self, message: NodeMessage) {
-        self.out.send(message).unwrap();
+        self.out.send(ToLink::Message(message)).unwrap();
+    }
+
+    /// Sends a binary frame of exactly these bytes.
+    fn send_binary(&self, frame: Vec<u8>) {
+        self.out.send(ToLink::Binary(frame)).unwrap();
+    }
+
+    /// Closes the link (a close frame), whatever jobs it holds.
+    fn close(&self) {
+        self.out.send(ToLink::Close).unwrap();
     }
 
     async fn wait_closed(&self) {
@@ -1114,6 +1150,379 @@ async fn a_node_cannot_send_chunks_for_a_job_it_was_not_given() {
     assert_eq!(record["provider"]["operator"], "bob");
     assert!(!record.to_string().contains("INJECTED"));
     assert_eq!(hostile.job_count(), 0);
+    club.finish().await;
+}
+
+/// Starts a streamed chat of `body` for the consumer with `key`; the response comes once its
+/// headers do (after the node's first output).
+fn stream_chat(
+    club: &Club,
+    key: &str,
+    mut body: Value,
+) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
+    body["stream"] = json!(true);
+    let request = club
+        .http
+        .post(format!("{}/v1/chat/completions", club.url))
+        .bearer_auth(key)
+        .json(&body);
+    tokio::spawn(request.send())
+}
+
+/// The record id a response names (`x-club-request-id`).
+fn record_id(response: &reqwest::Response) -> RecordId {
+    let header = response.headers()["x-club-request-id"].to_str().unwrap();
+    RecordId::parse(header).unwrap_or_else(|| panic!("not a record id: {header}"))
+}
+
+/// An events frame of job `job`, flagged as holding output when `output`, carrying `events`.
+fn events_frame(job: u64, output: bool, events: &[u8]) -> Vec<u8> {
+    let mut frame = link::events_frame(job);
+    if output {
+        link::mark_output(&mut frame);
+    }
+    frame.extend_from_slice(events);
+    frame
+}
+
+/// The consumer's event of a chunk with content `text`, written as `events` says (as a node
+/// writes it).
+fn content_event(events: &ConsumerEvents, text: &str) -> Vec<u8> {
+    let mut chunk = ChatCompletionChunk::new("c", "m", 0).with_delta(ChunkDelta::content(text));
+    let mut out = Vec::new();
+    assert!(events.write(&mut chunk, &mut out).unwrap());
+    out
+}
+
+/// A consumer's SSE body read as events: each `data:` event up to `[DONE]` parsed, and whether
+/// `[DONE]` ended it (and came once). Fails the test on anything that is not a `data:` event.
+fn consumer_events(text: &str) -> (Vec<Value>, bool) {
+    let blocks: Vec<&str> = text.split("\n\n").collect();
+    assert_eq!(
+        blocks.last(),
+        Some(&""),
+        "the body ends mid-event: {text:?}"
+    );
+    let mut events = Vec::new();
+    for (n, block) in blocks[..blocks.len() - 1].iter().enumerate() {
+        let data = block
+            .strip_prefix("data: ")
+            .unwrap_or_else(|| panic!("not a data event: {block:?} in {text:?}"));
+        assert!(!data.contains('\n'), "an event of several lines: {text:?}");
+        if data == "[DONE]" {
+            assert_eq!(n, blocks.len() - 2, "events after [DONE]: {text:?}");
+            return (events, true);
+        }
+        events.push(serde_json::from_str(data).unwrap());
+    }
+    (events, false)
+}
+
+/// The content of the chunk events, concatenated.
+fn events_content(events: &[Value]) -> String {
+    events
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+        .collect()
+}
+
+/// Reads `response` until what came holds `wanted` (or fails the test); gives what came.
+async fn read_until(response: &mut reqwest::Response, read: &mut String, wanted: &str) {
+    while !read.contains(wanted) {
+        let piece = tokio::time::timeout(Duration::from_secs(5), response.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("{wanted:?} never came; came: {read:?}"))
+            .unwrap()
+            .unwrap_or_else(|| panic!("the stream ended before {wanted:?}; came: {read:?}"));
+        read.push_str(std::str::from_utf8(&piece).unwrap());
+    }
+}
+
+/// A node's events reach the consumer as they are, so they are checked first: a binary frame
+/// that is not a flag and whole `data: {…}` events (a `[DONE]` of its own, another kind of
+/// event, a comment, an event cut short, a bad flag, no flag) ends the stream with an error
+/// event and `[DONE]`, and none of its bytes reach the consumer or the record; what came
+/// before it stays, in the stream and in the failed record.
+#[tokio::test]
+async fn a_node_cannot_send_the_consumer_anything_but_whole_events() {
+    let club = Club::start().await;
+    let (_, ada) = club.member("ada", "inference").await;
+    let (_, bob) = club.member("bob", "provider").await;
+    let node = TestNode::link(
+        &club,
+        &bob,
+        manifest("box", &[service("s", &["m-box"], None)]),
+        Answer::Hold,
+    )
+    .await
+    .unwrap();
+    club.wait_online("bob", "box", true).await;
+
+    let bad_pieces: [&[u8]; 8] = [
+        b"\x01data: [DONE]\n\n",
+        b"\x01event: INJECTED\ndata: {\"INJECTED\":1}\n\n",
+        b"\x01: INJECTED\n\n",
+        b"\x01data: {\"INJECTED\":1}\n",
+        b"\x01data: {\"INJECTED\":1}\n\ndata: {\"INJECTED\":2}",
+        b"\x01data: {\"INJECTED\":1}\nretry: 1\n\n",
+        b"\x07data: {\"INJECTED\":1}\n\n",
+        b"",
+    ];
+    for (n, bad) in bad_pieces.into_iter().enumerate() {
+        let consumer = stream_chat(&club, &ada, chat("m-box"));
+        let job = node.wait_job_message(n + 1).await;
+        let events = job.events.clone().expect("a streamed chat asks for events");
+        assert!(!events.include_usage);
+        node.send_binary(events_frame(
+            job.job,
+            true,
+            &content_event(&events, "safe "),
+        ));
+        let mut frame = job.job.to_be_bytes().to_vec();
+        frame.extend_from_slice(bad);
+        node.send_binary(frame);
+
+        let response = consumer.await.unwrap().unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let id = record_id(&response);
+        assert_eq!(events.completion_id, id.completion_id());
+        let text = response.text().await.unwrap();
+        let shown = String::from_utf8_lossy(bad);
+        assert!(
+            !text.contains("INJECTED"),
+            "{shown:?} reached the consumer: {text}"
+        );
+        assert_eq!(text.matches("[DONE]").count(), 1, "{shown:?}: {text}");
+        let (events, done) = consumer_events(&text);
+        assert!(done, "{shown:?}: {text}");
+        assert_eq!(events_content(&events), "safe ", "{shown:?}: {text}");
+        assert_eq!(events[0]["id"], id.completion_id(), "{text}");
+        let last = events.last().unwrap();
+        assert!(last["error"]["message"].is_string(), "{shown:?}: {text}");
+        assert_eq!(events.len(), 2, "{shown:?}: {text}");
+
+        let (_, record) = club.get(&format!("/api/v1/requests/{id}"), None).await;
+        assert_eq!(record["status"], "failed", "{shown:?}: {record}");
+        assert_eq!(record["response"]["content"], "safe ", "{record}");
+        assert!(!record.to_string().contains("INJECTED"), "{record}");
+    }
+    club.finish().await;
+}
+
+/// A node that does not know events (an older node) answers a streamed chat's events job with
+/// chunks: the consumer still gets events carrying the record's completion id, usage only when
+/// asked for, and the record the text and usage. A whole chat asks for no events.
+#[tokio::test]
+async fn a_node_that_sends_chunks_for_events_still_gives_the_consumer_its_events() {
+    let club = Club::start().await;
+    let (_, ada) = club.member("ada", "inference").await;
+    let (_, bob) = club.member("bob", "provider").await;
+    let node = TestNode::link(
+        &club,
+        &bob,
+        manifest("old", &[service("s", &["m-old"], None)]),
+        Answer::Hold,
+    )
+    .await
+    .unwrap();
+    club.wait_online("bob", "old", true).await;
+    /// A usage-only chunk of `job`, as engines end a stream.
+    fn usage_chunk(job: u64) -> NodeMessage {
+        let mut chunk = ChatCompletionChunk::new("c", "m-old", 0);
+        chunk.usage = Some(Usage::new(3, 2));
+        NodeMessage::Chunk(JobChunk { job, chunk })
+    }
+
+    // Whole: no events asked for; the completion id is the record's all the same.
+    let http = club.http.clone();
+    let request = http
+        .post(format!("{}/v1/chat/completions", club.url))
+        .bearer_auth(&ada)
+        .json(&chat("m-old"));
+    let consumer = tokio::spawn(request.send());
+    let job = node.wait_job_message(1).await;
+    assert_eq!(job.events, None, "{job:?}");
+    node.send(chunk(job.job, "m-old", "whole"));
+    node.send(done(job.job));
+    let response = consumer.await.unwrap().unwrap();
+    let id = record_id(&response);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["id"], id.completion_id(), "{body}");
+    assert_eq!(body["choices"][0]["message"]["content"], "whole", "{body}");
+
+    for (n, include_usage) in [(2, false), (3, true)] {
+        let mut body = chat("m-old");
+        if include_usage {
+            body["stream_options"] = json!({"include_usage": true});
+        }
+        let consumer = stream_chat(&club, &ada, body);
+        let job = node.wait_job_message(n).await;
+        let asked = job.events.clone().expect("a streamed chat asks for events");
+        assert_eq!(asked.include_usage, include_usage);
+        node.send(chunk(job.job, "m-old", "Hel"));
+        node.send(chunk(job.job, "m-old", "lo"));
+        node.send(usage_chunk(job.job));
+        node.send(done(job.job));
+
+        let response = consumer.await.unwrap().unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let id = record_id(&response);
+        assert_eq!(asked.completion_id, id.completion_id());
+        let text = response.text().await.unwrap();
+        let (events, done) = consumer_events(&text);
+        assert!(done, "{text}");
+        assert!(events.iter().all(|e| e.get("error").is_none()), "{text}");
+        assert!(
+            events.iter().all(|e| e["id"] == id.completion_id()),
+            "events without the record's completion id: {text}"
+        );
+        assert_eq!(events_content(&events), "Hello", "{text}");
+        let usage: Vec<&Value> = events
+            .iter()
+            .filter_map(|e| e.get("usage").filter(|u| !u.is_null()))
+            .collect();
+        if include_usage {
+            assert_eq!(usage.len(), 1, "{text}");
+            assert_eq!(usage[0]["total_tokens"], 5, "{text}");
+        } else {
+            assert!(
+                usage.is_empty(),
+                "usage the consumer did not ask for: {text}"
+            );
+        }
+
+        let (_, record) = club.get(&format!("/api/v1/requests/{id}"), None).await;
+        assert_eq!(record["status"], "succeeded", "{record}");
+        assert_eq!(record["response"]["content"], "Hello", "{record}");
+        assert_eq!(record["usage"]["total_tokens"], 5, "{record}");
+    }
+    club.finish().await;
+}
+
+/// A stream of events cut short before the node's answer: when the node goes away, the consumer
+/// gets what came and an error, and the record keeps the text of the events sent, read back
+/// from them; when the consumer goes away, the record is cancelled and keeps what it was sent.
+#[tokio::test]
+async fn a_stream_cut_short_before_its_answer_leaves_the_record_the_text_of_its_events() {
+    let club = Club::start().await;
+    let (_, ada) = club.member("ada", "inference").await;
+    let (_, bob) = club.member("bob", "provider").await;
+    let node = TestNode::link(
+        &club,
+        &bob,
+        manifest("flaky", &[service("s", &["m-flaky"], None)]),
+        Answer::Hold,
+    )
+    .await
+    .unwrap();
+    club.wait_online("bob", "flaky", true).await;
+
+    let consumer = stream_chat(&club, &ada, chat("m-flaky"));
+    let job = node.wait_job_message(1).await;
+    let events = job.events.clone().expect("a streamed chat asks for events");
+    node.send_binary(events_frame(job.job, true, &content_event(&events, "Hel")));
+    let mut response = consumer.await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let id = record_id(&response);
+    let mut read = String::new();
+    read_until(&mut response, &mut read, "Hel").await;
+    // Two events in one frame.
+    let mut two = content_event(&events, "lo");
+    two.extend(content_event(&events, " there"));
+    node.send_binary(events_frame(job.job, true, &two));
+    read_until(&mut response, &mut read, " there").await;
+    node.close();
+    node.wait_closed().await;
+    read.push_str(&response.text().await.unwrap());
+
+    let (sent, done) = consumer_events(&read);
+    assert!(done, "{read}");
+    assert_eq!(events_content(&sent), "Hello there", "{read}");
+    assert!(
+        sent.last().unwrap()["error"]["message"].is_string(),
+        "{read}"
+    );
+    let (_, record) = club.get(&format!("/api/v1/requests/{id}"), None).await;
+    assert_eq!(record["status"], "failed", "{record}");
+    assert_eq!(record["response"]["content"], "Hello there", "{record}");
+
+    // The consumer goes away after the first events; the node is not heard from again.
+    let node = TestNode::link(
+        &club,
+        &bob,
+        manifest("steady", &[service("s", &["m-steady"], None)]),
+        Answer::Hold,
+    )
+    .await
+    .unwrap();
+    club.wait_online("bob", "steady", true).await;
+    let consumer = stream_chat(&club, &ada, chat("m-steady"));
+    let job = node.wait_job_message(1).await;
+    let events = job.events.clone().expect("a streamed chat asks for events");
+    let mut two = content_event(&events, "Good");
+    two.extend(content_event(&events, "bye"));
+    node.send_binary(events_frame(job.job, true, &two));
+    let mut response = consumer.await.unwrap().unwrap();
+    let id = record_id(&response);
+    read_until(&mut response, &mut String::new(), "bye").await;
+    drop(response);
+    let path = format!("/api/v1/requests/{id}");
+    let mut record = Value::Null;
+    for _ in 0..200 {
+        record = club.get(&path, None).await.1;
+        if record["status"] == "cancelled" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(record["status"], "cancelled", "{record}");
+    assert_eq!(record["response"]["content"], "Goodbye", "{record}");
+    club.finish().await;
+}
+
+/// A node that sends its events and closes its link at once, before its answer: what it sent
+/// is not lost, to the consumer nor to the record.
+///
+/// Fails today: the coordinator's `next_event` (`src/nodes.rs`) selects, biased, the link's
+/// `closed` token before the job's events, so events already delivered to the job are dropped
+/// when the link closes right after them: the consumer gets a 502 "the node's link closed
+/// during the job" though the node sent output, and the record is failed with no content.
+/// (Closing the link drops the job's sender, so reading the events first, and `closed` after,
+/// reads what was delivered and then ends: with that order this test passes.)
+#[tokio::test]
+#[ignore = "fails: events delivered just before a link closes are dropped (see the doc comment)"]
+async fn a_node_gone_right_after_its_events_leaves_them_to_the_consumer_and_the_record() {
+    let club = Club::start().await;
+    let (_, ada) = club.member("ada", "inference").await;
+    let (_, bob) = club.member("bob", "provider").await;
+    let node = TestNode::link(
+        &club,
+        &bob,
+        manifest("flaky", &[service("s", &["m-flaky"], None)]),
+        Answer::Hold,
+    )
+    .await
+    .unwrap();
+    club.wait_online("bob", "flaky", true).await;
+
+    let consumer = stream_chat(&club, &ada, chat("m-flaky"));
+    let job = node.wait_job_message(1).await;
+    let events = job.events.clone().expect("a streamed chat asks for events");
+    for piece in ["Hel", "lo", " there"] {
+        node.send_binary(events_frame(job.job, true, &content_event(&events, piece)));
+    }
+    node.close();
+    let response = consumer.await.unwrap().unwrap();
+    let id = record_id(&response);
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let (sent, done) = consumer_events(&text);
+    assert!(done, "{text}");
+    assert_eq!(events_content(&sent), "Hello there", "{text}");
+    let (_, record) = club.get(&format!("/api/v1/requests/{id}"), None).await;
+    assert_eq!(record["status"], "failed", "{record}");
+    assert_eq!(record["response"]["content"], "Hello there", "{record}");
     club.finish().await;
 }
 

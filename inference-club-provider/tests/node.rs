@@ -19,15 +19,18 @@ use std::time::Duration;
 use async_trait::async_trait;
 use inference_club_core::link::{self, NodeMessage};
 use inference_club_core::manifest::ServiceManifest;
-use inference_club_core::openai::{ChatCompletionChunk, ChatCompletionRequest, ChunkDelta, Model};
+use inference_club_core::openai::{
+    ChatCompletionChunk, ChatCompletionRequest, ChunkDelta, ConsumerEvents, Model, Usage,
+};
 use inference_club_core::provider::{ChunkStream, Provider, ProviderError, RequestContext};
+use inference_club_core::routing::failover;
 use inference_club_provider::backends::Echo;
 use inference_club_provider::node::{
     Backoff, JobLog, JobLogConfig, NODE_VERSION, Node, NodeConfig, NodeHandle, Offer,
 };
 use inference_club_provider::router::{Route, Router};
 use serde_json::{Value, json};
-use support::coordinator::{FakeCoordinator, JobEnd, KEY, WAIT};
+use support::coordinator::{FakeCoordinator, JobEnd, KEY, Sent, WAIT};
 use support::{FakeEngine, MODEL, Plan, Wire};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -1020,6 +1023,7 @@ async fn whole_jobs_come_in_few_chunks_ahead_of_their_end() {
             consumer: None,
             deadline_ms: None,
             whole: true,
+            events: None,
             request: ChatCompletionRequest::new(
                 MODEL,
                 vec![inference_club_core::openai::ChatMessage::user(prompt)],
@@ -1045,6 +1049,180 @@ async fn whole_jobs_come_in_few_chunks_ahead_of_their_end() {
         link.send_job(whole_job(3, "fails"));
         let trace = link.run_jobs(&[3], WAIT).await.remove(&3).unwrap();
         assert_eq!(trace.text(), "Hello!");
+        assert!(trace.error().message.contains("out of memory"), "{trace:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// events jobs
+
+/// A job whose consumer streams, asked for the consumer's events (`events`): the node sends
+/// them in binary events frames and no chunks, each event carrying the completion id, flagged
+/// from the frame with the first output on, usage only when the consumer asked for it; and the
+/// `answer` they add up to right before `done`. An engine that fails midway still hands on
+/// what it said, as events and in the answer, ahead of the error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_jobs_with_events_get_the_consumers_events_and_their_answer() {
+    bounded(async {
+        fn sse(value: Value) -> String {
+            format!("data: {value}\n\n")
+        }
+        fn chunk(delta: Value, finish: Value) -> String {
+            sse(
+                json!({"id": "engine-id", "object": "chat.completion.chunk", "created": 1,
+                       "model": MODEL,
+                       "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}),
+            )
+        }
+        let pause = || support::Step::Sleep(Duration::from_millis(150));
+        let engine = FakeEngine::start(Wire::OpenAi, move |body| {
+            let prompt = body["messages"][0]["content"].as_str().unwrap_or_default();
+            // The role and empty content, a pause, the first content, a pause, then the rest
+            // at once. (The node's router holds what comes before the first output, up to
+            // `MAX_CHUNKS_BEFORE_OUTPUT` chunks: so many that it hands them on first.)
+            let mut steps = support::sends([chunk(json!({"role": "assistant"}), Value::Null)]);
+            steps.extend(support::sends(
+                (1..failover::MAX_CHUNKS_BEFORE_OUTPUT)
+                    .map(|_| chunk(json!({"content": ""}), Value::Null)),
+            ));
+            steps.push(pause());
+            steps.extend(support::sends([chunk(
+                json!({"content": "Hel"}),
+                Value::Null,
+            )]));
+            steps.push(pause());
+            let rest = if prompt == "fails" {
+                vec![
+                    chunk(json!({"content": "lo"}), Value::Null),
+                    sse(json!({"error": {"message": "out of memory", "code": null}})),
+                ]
+            } else {
+                vec![
+                    chunk(json!({"content": "lo"}), Value::Null),
+                    chunk(json!({"content": "!"}), Value::Null),
+                    chunk(json!({}), json!("stop")),
+                    sse(json!({"id": "engine-id", "object": "chat.completion.chunk",
+                               "created": 1, "model": MODEL, "choices": [],
+                               "usage": {"prompt_tokens": 3, "completion_tokens": 2,
+                                         "total_tokens": 5}})),
+                    "data: [DONE]\n\n".to_owned(),
+                ]
+            };
+            steps.extend(support::sends(rest));
+            Plan::stream(Wire::OpenAi, steps)
+        })
+        .await;
+        let (dir, path) = write_manifest("events", &engine);
+        let mut coordinator = FakeCoordinator::start().await;
+        let _node = run_manifest(config(&coordinator.url), &path).await;
+        let (mut link, _) = coordinator.linked(HEARTBEAT_MS).await;
+        let completion_id = |id: u64| format!("chatcmpl-record{id}");
+        // As the coordinator sends a streamed chat: streamed, usage asked of the engine.
+        let events_job = |id: u64, prompt: &str, include_usage: bool| {
+            let mut request = ChatCompletionRequest::new(
+                MODEL,
+                vec![inference_club_core::openai::ChatMessage::user(prompt)],
+            );
+            request.stream = Some(true);
+            request
+                .stream_options
+                .get_or_insert_with(Default::default)
+                .include_usage = Some(true);
+            link::Job {
+                job: id,
+                request_id: format!("record{id}"),
+                consumer: Some("bob".into()),
+                deadline_ms: None,
+                whole: false,
+                events: Some(ConsumerEvents {
+                    completion_id: completion_id(id),
+                    include_usage,
+                }),
+                request,
+            }
+        };
+        let engine_usage = Usage::new(3, 2);
+
+        for (id, include_usage) in [(1, false), (2, true)] {
+            link.send_job(events_job(id, "streams", include_usage));
+            let trace = link.run_jobs(&[id], WAIT).await.remove(&id).unwrap();
+            let frames = trace.events_frames();
+            assert!(trace.chunks.is_empty(), "chunk messages: {trace:?}");
+            assert!(frames.len() >= 2, "{frames:?}");
+            let events: Vec<&ChatCompletionChunk> =
+                frames.iter().flat_map(|(_, chunks)| chunks).collect();
+            assert!(
+                events.iter().all(|c| c.id == completion_id(id)),
+                "events without the completion id: {events:?}"
+            );
+            // What came before any output, alone: its frame is not flagged. The first
+            // content's frame is, and so is every frame with output after it.
+            let (flag, first) = &frames[0];
+            assert!(!flag, "{frames:?}");
+            assert!(first.iter().all(|c| !failover::is_output(c)), "{first:?}");
+            // Events that are ready together share a frame.
+            assert_eq!(
+                first.len(),
+                failover::MAX_CHUNKS_BEFORE_OUTPUT,
+                "{frames:?}"
+            );
+            let (flag, second) = &frames[1];
+            assert!(flag, "{frames:?}");
+            assert_eq!(
+                second[0].choices[0].delta.content.as_deref(),
+                Some("Hel"),
+                "{frames:?}"
+            );
+            for (flag, chunks) in &frames {
+                assert_eq!(*flag, chunks.iter().any(failover::is_output), "{frames:?}");
+            }
+            assert_eq!(trace.events_text(), "Hello!");
+            // Usage only when the consumer asked for it; never a usage-only event otherwise.
+            let usage: Vec<_> = events.iter().filter_map(|c| c.usage.clone()).collect();
+            if include_usage {
+                assert_eq!(usage, std::slice::from_ref(&engine_usage), "{events:?}");
+            } else {
+                assert!(usage.is_empty(), "{events:?}");
+                assert!(events.iter().all(|c| !c.choices.is_empty()), "{events:?}");
+            }
+            // The answer, with the usage the consumer may not have seen, right before done.
+            assert_eq!(
+                &trace.sequence[trace.sequence.len() - 2..],
+                [Sent::Answer, Sent::End],
+                "{trace:?}"
+            );
+            assert!(
+                trace.sequence[..trace.sequence.len() - 2]
+                    .iter()
+                    .all(|s| *s == Sent::Binary)
+            );
+            let answer = trace.answer();
+            assert_eq!(answer.choices.len(), 1, "{answer:?}");
+            assert_eq!(answer.choices[0].delta.content.as_deref(), Some("Hello!"));
+            assert_eq!(
+                answer.choices[0].finish_reason.as_ref().map(|r| r.as_str()),
+                Some("stop")
+            );
+            assert_eq!(answer.usage.as_ref(), Some(&engine_usage));
+            assert_eq!(trace.done().usage.as_ref(), Some(&engine_usage));
+        }
+
+        // Failing midway: what came arrives as events, and in the answer, before the error.
+        link.send_job(events_job(3, "fails", false));
+        let trace = link.run_jobs(&[3], WAIT).await.remove(&3).unwrap();
+        assert!(trace.chunks.is_empty(), "chunk messages: {trace:?}");
+        assert_eq!(trace.events_text(), "Hello");
+        assert_eq!(
+            &trace.sequence[trace.sequence.len() - 2..],
+            [Sent::Answer, Sent::End],
+            "{trace:?}"
+        );
+        assert_eq!(
+            trace.answer().choices[0].delta.content.as_deref(),
+            Some("Hello")
+        );
         assert!(trace.error().message.contains("out of memory"), "{trace:?}");
         let _ = std::fs::remove_dir_all(&dir);
     })

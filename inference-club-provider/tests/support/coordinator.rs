@@ -2,9 +2,9 @@
 //! coordinator's side of the link (`docs/protocol.md`), driven step by step by the test.
 //!
 //! Each connection that passes the `Authorization: Bearer` check becomes a [`Link`] handed to
-//! the test, which reads the node's messages from it (with their arrival times), answers
-//! `welcome` or `refused`, sends jobs and cancels, pings, and drops the connection or goes silent
-//! at will. Every upgrade attempt is recorded with its time and outcome, for the backoff tests.
+//! the test, which reads the node's messages and binary frames from it (with their arrival
+//! times), answers `welcome` or `refused`, sends jobs and cancels, pings, and drops the
+//! connection or goes silent at will. Every upgrade attempt is recorded with its time and outcome, for the backoff tests.
 
 #![allow(dead_code, clippy::result_large_err)]
 
@@ -17,7 +17,9 @@ use inference_club_core::link::{
     self, Cancel, CoordinatorMessage, Heartbeat, Hello, Job, JobDone, JobError, JobId, NodeMessage,
     Refused, Welcome,
 };
-use inference_club_core::openai::{ChatCompletionChunk, ChatCompletionRequest, ChatMessage};
+use inference_club_core::openai::{
+    ChatCompletionChunk, ChatCompletionRequest, ChatMessage, ConsumerEvents,
+};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -179,7 +181,7 @@ async fn serve(
     }
 }
 
-/// A frame the node sent, as received.
+/// A message the node sent, as received.
 #[derive(Debug, Clone)]
 pub struct Received {
     /// When it arrived.
@@ -188,6 +190,24 @@ pub struct Received {
     pub raw: String,
     /// The decoded message.
     pub message: NodeMessage,
+}
+
+/// A binary frame the node sent (an events frame of an events job), as received.
+#[derive(Debug, Clone)]
+pub struct BinaryReceived {
+    /// When it arrived.
+    pub at: Instant,
+    /// The job its first 8 bytes name.
+    pub job: JobId,
+    /// What follows the job id, exactly as sent.
+    pub piece: Vec<u8>,
+}
+
+/// Any frame the node sent: a message, or a binary frame.
+#[derive(Debug, Clone)]
+enum Frame {
+    Message(Box<Received>),
+    Binary(BinaryReceived),
 }
 
 enum Command {
@@ -204,7 +224,7 @@ type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 /// node.
 async fn drive(
     mut ws: Ws,
-    incoming: mpsc::UnboundedSender<Received>,
+    incoming: mpsc::UnboundedSender<Frame>,
     mut commands: mpsc::UnboundedReceiver<Command>,
 ) {
     let mut ping_every: Option<tokio::time::Interval> = None;
@@ -254,11 +274,20 @@ async fn drive(
                 Some(Ok(Message::Text(text))) => {
                     let message = link::decode_node(&text)
                         .unwrap_or_else(|e| panic!("the node sent a bad frame {text}: {e}"));
-                    let _ = incoming.send(Received {
+                    let _ = incoming.send(Frame::Message(Box::new(Received {
                         at: Instant::now(),
                         raw: text.to_string(),
                         message,
-                    });
+                    })));
+                }
+                Some(Ok(Message::Binary(bytes))) => {
+                    let (job, piece) = link::split_binary_frame(&bytes)
+                        .unwrap_or_else(|e| panic!("the node sent a bad binary frame: {e}"));
+                    let _ = incoming.send(Frame::Binary(BinaryReceived {
+                        at: Instant::now(),
+                        job,
+                        piece: piece.to_vec(),
+                    }));
                 }
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
                 Some(Ok(_)) => {}
@@ -276,16 +305,71 @@ pub enum JobEnd {
     Error(JobError),
 }
 
+/// What one job sent, by kind, for [`JobTrace::sequence`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// A `chunk` message.
+    Chunk,
+    /// A binary frame (an events frame).
+    Binary,
+    /// An `answer` message.
+    Answer,
+    /// `done` or `error`.
+    End,
+}
+
 /// Everything one job sent.
 #[derive(Debug, Clone, Default)]
 pub struct JobTrace {
     /// Its chunks, with arrival times.
     pub chunks: Vec<(Instant, ChatCompletionChunk)>,
+    /// Its binary frames (events frames of an events job): what follows the job id, with
+    /// arrival times.
+    pub binary: Vec<(Instant, Vec<u8>)>,
+    /// Its `answer`, with arrival time.
+    pub answer: Option<(Instant, ChatCompletionChunk)>,
     /// Its end, with arrival time.
     pub end: Option<(Instant, JobEnd)>,
+    /// The kind of everything it sent, in the order it arrived.
+    pub sequence: Vec<Sent>,
 }
 
 impl JobTrace {
+    /// Its binary frames read as events frames: each frame's output flag and its events, as
+    /// [`link::split_events`] reads them. Fails the test on a frame that is not one.
+    pub fn events_frames(&self) -> Vec<(bool, Vec<ChatCompletionChunk>)> {
+        self.binary
+            .iter()
+            .map(|(_, piece)| {
+                let (output, events) = link::split_events(piece).unwrap_or_else(|e| {
+                    panic!("{e}: {:?}", String::from_utf8_lossy(piece));
+                });
+                let chunks: Vec<_> = ConsumerEvents::chunks_of(events).collect();
+                let count = events.windows(2).filter(|w| w == b"\n\n").count();
+                assert_eq!(
+                    chunks.len(),
+                    count,
+                    "an event that is not a chunk in {events:?}"
+                );
+                (output, chunks)
+            })
+            .collect()
+    }
+
+    /// The answer text its events carry, in order.
+    pub fn events_text(&self) -> String {
+        self.events_frames()
+            .iter()
+            .flat_map(|(_, chunks)| chunks)
+            .filter_map(|c| c.choices.first().and_then(|c| c.delta.content.clone()))
+            .collect()
+    }
+
+    /// The `answer` body; fails the test if the job sent none.
+    pub fn answer(&self) -> &ChatCompletionChunk {
+        &self.answer.as_ref().expect("the job sent an answer").1
+    }
+
     /// The answer text the chunks carry.
     pub fn text(&self) -> String {
         self.chunks
@@ -328,31 +412,54 @@ impl JobTrace {
 pub struct Link {
     /// The `Authorization` header of the upgrade request.
     pub authorization: Option<String>,
-    incoming: mpsc::UnboundedReceiver<Received>,
+    incoming: mpsc::UnboundedReceiver<Frame>,
     commands: mpsc::UnboundedSender<Command>,
     /// Every heartbeat received so far, with its arrival time.
     pub heartbeats: Vec<(Instant, Heartbeat)>,
-    /// Messages read while looking for something else, returned by [`Link::next`] first.
-    pending: Vec<Received>,
+    /// Frames read while looking for something else (no heartbeats), in their order: returned
+    /// by [`Link::next`] (messages) and [`Link::run_jobs`] (any) first.
+    pending: Vec<Frame>,
 }
 
 impl Link {
-    /// The next frame of any kind, within `within`; `None` on timeout or when the link closed.
-    pub async fn next_any_within(&mut self, within: Duration) -> Option<Received> {
-        let received = tokio::time::timeout(within, self.incoming.recv())
+    /// The next frame off the connection, within `within`, heartbeats noted; `None` on timeout
+    /// or when the link closed.
+    async fn next_frame_off_the_wire(&mut self, within: Duration) -> Option<Frame> {
+        let frame = tokio::time::timeout(within, self.incoming.recv())
             .await
             .ok()
             .flatten()?;
-        if let NodeMessage::Heartbeat(heartbeat) = &received.message {
+        if let Frame::Message(received) = &frame
+            && let NodeMessage::Heartbeat(heartbeat) = &received.message
+        {
             self.heartbeats.push((received.at, heartbeat.clone()));
         }
-        Some(received)
+        Some(frame)
     }
 
-    /// The next message that is not a heartbeat, within `within`.
+    /// The next message of any kind, within `within`; `None` on timeout or when the link
+    /// closed. Binary frames met meanwhile are kept for [`Link::run_jobs`].
+    pub async fn next_any_within(&mut self, within: Duration) -> Option<Received> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_frame_off_the_wire(left).await? {
+                Frame::Message(received) => return Some(*received),
+                binary @ Frame::Binary(_) => self.pending.push(binary),
+            }
+        }
+    }
+
+    /// The next message that is not a heartbeat, within `within`. Binary frames met meanwhile
+    /// are kept for [`Link::run_jobs`].
     pub async fn next_within(&mut self, within: Duration) -> Option<Received> {
-        if !self.pending.is_empty() {
-            return Some(self.pending.remove(0));
+        if let Some(at) = self
+            .pending
+            .iter()
+            .position(|f| matches!(f, Frame::Message(_)))
+            && let Frame::Message(received) = self.pending.remove(at)
+        {
+            return Some(*received);
         }
         let deadline = Instant::now() + within;
         loop {
@@ -360,6 +467,22 @@ impl Link {
             let received = self.next_any_within(left).await?;
             if !matches!(received.message, NodeMessage::Heartbeat(_)) {
                 return Some(received);
+            }
+        }
+    }
+
+    /// The next frame that is not a heartbeat, message or binary, within `within`.
+    async fn next_frame_within(&mut self, within: Duration) -> Option<Frame> {
+        if !self.pending.is_empty() {
+            return Some(self.pending.remove(0));
+        }
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let frame = self.next_frame_off_the_wire(left).await?;
+            if !matches!(&frame, Frame::Message(r) if matches!(r.message, NodeMessage::Heartbeat(_)))
+            {
+                return Some(frame);
             }
         }
     }
@@ -383,7 +506,7 @@ impl Link {
                 .expect("no heartbeat from the node");
             match received.message {
                 NodeMessage::Heartbeat(heartbeat) => return (received.at, heartbeat),
-                _ => self.pending.push(received),
+                _ => self.pending.push(Frame::Message(Box::new(received))),
             }
         }
     }
@@ -434,6 +557,7 @@ impl Link {
             consumer: Some("bob".into()),
             deadline_ms: None,
             whole: false,
+            events: None,
             request: ChatCompletionRequest::new(model, vec![ChatMessage::user(prompt)]),
         });
     }
@@ -478,19 +602,20 @@ impl Link {
             match tokio::time::timeout(left, self.incoming.recv()).await {
                 Err(_) => return false,
                 Ok(None) => return true,
-                Ok(Some(received)) => {
+                Ok(Some(Frame::Message(received))) => {
                     if let NodeMessage::Heartbeat(heartbeat) = &received.message {
                         self.heartbeats.push((received.at, heartbeat.clone()));
                     } else {
-                        self.pending.push(received);
+                        self.pending.push(Frame::Message(received));
                     }
                 }
+                Ok(Some(binary @ Frame::Binary(_))) => self.pending.push(binary),
             }
         }
     }
 
     /// Reads until every job in `ids` has ended (or fails the test after `within`), and returns
-    /// what each sent. Messages of other jobs are kept for later reads.
+    /// what each sent. Frames of other jobs are kept for later reads.
     pub async fn run_jobs(&mut self, ids: &[JobId], within: Duration) -> HashMap<JobId, JobTrace> {
         let mut traces: HashMap<JobId, JobTrace> =
             ids.iter().map(|id| (*id, JobTrace::default())).collect();
@@ -498,7 +623,7 @@ impl Link {
         let deadline = Instant::now() + within;
         while traces.values().any(|t| t.end.is_none()) {
             let left = deadline.saturating_duration_since(Instant::now());
-            let Some(received) = self.next_within(left).await else {
+            let Some(frame) = self.next_frame_within(left).await else {
                 let open: Vec<_> = traces
                     .iter()
                     .filter(|(_, t)| t.end.is_none())
@@ -506,25 +631,54 @@ impl Link {
                     .collect();
                 panic!("jobs {open:?} did not end within {within:?}");
             };
-            let at = received.at;
-            let (id, event) = match &received.message {
-                NodeMessage::Chunk(c) => (c.job, Err(c.chunk.clone())),
-                NodeMessage::Done(d) => (d.job, Ok(JobEnd::Done(d.clone()))),
-                NodeMessage::Error(e) => (e.job, Ok(JobEnd::Error(e.error.clone()))),
-                _ => {
-                    kept.push(received);
-                    continue;
-                }
+            let id = match &frame {
+                Frame::Binary(binary) => binary.job,
+                Frame::Message(received) => match &received.message {
+                    NodeMessage::Chunk(c) => c.job,
+                    NodeMessage::Answer(a) => a.job,
+                    NodeMessage::Done(d) => d.job,
+                    NodeMessage::Error(e) => e.job,
+                    _ => {
+                        kept.push(frame);
+                        continue;
+                    }
+                },
             };
             let Some(trace) = traces.get_mut(&id) else {
-                kept.push(received);
+                kept.push(frame);
                 continue;
             };
-            assert!(trace.end.is_none(), "job {id} sent {event:?} after its end");
-            match event {
-                Err(chunk) => trace.chunks.push((at, chunk)),
-                Ok(end) => trace.end = Some((at, end)),
-            }
+            assert!(trace.end.is_none(), "job {id} sent {frame:?} after its end");
+            let sent = match frame {
+                Frame::Binary(binary) => {
+                    trace.binary.push((binary.at, binary.piece));
+                    Sent::Binary
+                }
+                Frame::Message(received) => {
+                    let at = received.at;
+                    match received.message {
+                        NodeMessage::Chunk(c) => {
+                            trace.chunks.push((at, c.chunk));
+                            Sent::Chunk
+                        }
+                        NodeMessage::Answer(a) => {
+                            assert!(trace.answer.is_none(), "job {id} sent a second answer");
+                            trace.answer = Some((at, a.answer));
+                            Sent::Answer
+                        }
+                        NodeMessage::Done(d) => {
+                            trace.end = Some((at, JobEnd::Done(d)));
+                            Sent::End
+                        }
+                        NodeMessage::Error(e) => {
+                            trace.end = Some((at, JobEnd::Error(e.error)));
+                            Sent::End
+                        }
+                        other => unreachable!("kept above: {other:?}"),
+                    }
+                }
+            };
+            trace.sequence.push(sent);
         }
         self.pending.extend(kept);
         traces

@@ -714,8 +714,8 @@ async fn next_event(
     let event = tokio::select! {
         biased;
         () = cancel.cancelled() => return Err(ProviderError::Cancelled),
-        () = closed.cancelled() => None,
         event = events.recv() => event,
+        () = closed.cancelled() => None,
     };
     match event {
         Some(JobEvent::Done) => {

@@ -1481,16 +1481,9 @@ async fn a_stream_cut_short_before_its_answer_leaves_the_record_the_text_of_its_
 }
 
 /// A node that sends its events and closes its link at once, before its answer: what it sent
-/// is not lost, to the consumer nor to the record.
-///
-/// Fails today: the coordinator's `next_event` (`src/nodes.rs`) selects, biased, the link's
-/// `closed` token before the job's events, so events already delivered to the job are dropped
-/// when the link closes right after them: the consumer gets a 502 "the node's link closed
-/// during the job" though the node sent output, and the record is failed with no content.
-/// (Closing the link drops the job's sender, so reading the events first, and `closed` after,
-/// reads what was delivered and then ends: with that order this test passes.)
+/// is not lost, to the consumer nor to the record. (The events already delivered to the job are
+/// read before the link's closing is noticed.)
 #[tokio::test]
-#[ignore = "fails: events delivered just before a link closes are dropped (see the doc comment)"]
 async fn a_node_gone_right_after_its_events_leaves_them_to_the_consumer_and_the_record() {
     let club = Club::start().await;
     let (_, ada) = club.member("ada", "inference").await;

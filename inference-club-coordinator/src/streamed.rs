@@ -82,7 +82,10 @@ mod tests {
         ]));
         let pieces: Vec<_> = from_chunks(chunks, events).collect().await;
         match &pieces[..] {
-            [Ok(first @ Streamed::Chunk { sse, .. }), Ok(Streamed::Chunk { chunk, sse: none })] => {
+            [
+                Ok(first @ Streamed::Chunk { sse, .. }),
+                Ok(Streamed::Chunk { chunk, sse: none }),
+            ] => {
                 assert!(first.is_output());
                 assert!(sse.starts_with(b"data: {\"id\":\"chatcmpl-r\""));
                 assert!(none.is_empty(), "usage the consumer did not ask for");

@@ -602,12 +602,23 @@ mod tests {
         frame.extend_from_slice(b"data: {\"a\":1}\n\n");
         let (job, piece) = split_binary_frame(&frame).unwrap();
         assert_eq!(job, 9);
-        assert_eq!(split_events(piece).unwrap(), (false, &b"data: {\"a\":1}\n\n"[..]));
+        assert_eq!(
+            split_events(piece).unwrap(),
+            (false, &b"data: {\"a\":1}\n\n"[..])
+        );
         mark_output(&mut frame);
         let (_, piece) = split_binary_frame(&frame).unwrap();
         assert!(split_events(piece).unwrap().0);
-        for bad in [&b""[..], b"\x02data: {}\n\n", b"\x00data: [DONE]\n\n", b"\x01data: {}"] {
-            assert!(matches!(split_events(bad), Err(LinkError::BadEvents)), "{bad:?}");
+        for bad in [
+            &b""[..],
+            b"\x02data: {}\n\n",
+            b"\x00data: [DONE]\n\n",
+            b"\x01data: {}",
+        ] {
+            assert!(
+                matches!(split_events(bad), Err(LinkError::BadEvents)),
+                "{bad:?}"
+            );
         }
     }
 

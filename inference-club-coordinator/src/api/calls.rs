@@ -143,7 +143,9 @@ async fn dispatch_call(
     .await?;
     let outputs = match started.answer {
         Answer::Call(outputs) => outputs,
-        Answer::Chat(_) | Answer::Streamed(_) => return Err(serve::shape_error("call", "a chat answer", started.id)),
+        Answer::Chat(_) | Answer::Streamed(_) => {
+            return Err(serve::shape_error("call", "a chat answer", started.id));
+        }
     };
     let context = answers::Context {
         store: parts.recorder.store().clone(),

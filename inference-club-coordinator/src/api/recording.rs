@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use chrono::Utc;
 use axum::body::Bytes;
+use chrono::Utc;
 use inference_club_core::openai::{
     ChatCompletion, ChatCompletionAggregator, ChatCompletionChunk, ConsumerEvents,
 };

@@ -130,7 +130,10 @@ mod tests {
         assert!(events(false).write(&mut last, &mut out).unwrap());
         assert!(!events(false).write(&mut usage_only, &mut out).unwrap());
         assert!(!String::from_utf8_lossy(&out).contains("usage"));
-        assert!(last.usage.is_some(), "the chunk keeps its usage for the record");
+        assert!(
+            last.usage.is_some(),
+            "the chunk keeps its usage for the record"
+        );
 
         let mut out = Vec::new();
         assert!(events(true).write(&mut usage_only, &mut out).unwrap());

@@ -98,8 +98,9 @@ pub(crate) async fn serve_job(
                 match Pin::new(&mut stream).peek().now_or_never() {
                     // The engine is done: the last events go with the end, in one write.
                     Some(None) => {}
-                    // More is there already: it goes in the same frame, up to a limit.
-                    Some(Some(_)) if !events.is_full() => {}
+                    // More is there already: it goes in the same frame, up to a limit. The
+                    // first output goes at once, though: it is what the consumer waits for.
+                    Some(Some(_)) if !events.is_full() && !first_output => {}
                     _ => {
                         if let Some(frame) = events.take() {
                             send(&out, &cancel, Outgoing::Binary(frame)).await?;
@@ -163,7 +164,12 @@ async fn send_chunk(
     id: JobId,
     chunk: ChatCompletionChunk,
 ) -> Result<(), ProviderError> {
-    send(out, cancel, NodeMessage::Chunk(JobChunk { job: id, chunk }).into()).await
+    send(
+        out,
+        cancel,
+        NodeMessage::Chunk(JobChunk { job: id, chunk }).into(),
+    )
+    .await
 }
 
 /// Sends `outgoing` to the coordinator (unless the job is cancelled first).

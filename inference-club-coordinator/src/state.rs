@@ -21,9 +21,22 @@ use crate::metrics::Metrics;
 use crate::nodes::NodeRegistry;
 use crate::store::{self, Store};
 
-/// A running coordinator's parts. Cheap to clone: every part is shared.
+/// A running coordinator's parts. Cheap to clone: one shared pointer (the HTTP layers clone
+/// it for every request).
 #[derive(Debug, Clone)]
-pub(crate) struct AppState {
+pub(crate) struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
     /// Everything persisted.
     pub store: Store,
     /// The online nodes, wherever linked.
@@ -164,7 +177,7 @@ impl AppState {
         let replica = fleet.cluster().as_ref().map(|c| c.replica.clone());
         let batches =
             BatchRunner::start(store.clone(), parts, config.clone(), replica.as_deref()).await?;
-        Ok(Self {
+        Ok(Self(Arc::new(Shared {
             store,
             fleet,
             dispatcher,
@@ -174,7 +187,7 @@ impl AppState {
             recorder,
             config,
             batches,
-        })
+        })))
     }
 
     /// The first half of a graceful stop: no new links, and (in a cluster) the other replicas

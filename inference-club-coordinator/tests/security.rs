@@ -1248,15 +1248,7 @@ async fn a_node_cannot_send_the_consumer_anything_but_whole_events() {
     let club = Club::start().await;
     let (_, ada) = club.member("ada", "inference").await;
     let (_, bob) = club.member("bob", "provider").await;
-    let node = TestNode::link(
-        &club,
-        &bob,
-        manifest("box", &[service("s", &["m-box"], None)]),
-        Answer::Hold,
-    )
-    .await
-    .unwrap();
-    club.wait_online("bob", "box", true).await;
+    let node = held_node(&club, &bob, "box").await;
 
     let bad_pieces: [&[u8]; 8] = [
         b"\x01data: [DONE]\n\n",
@@ -1317,15 +1309,7 @@ async fn a_node_that_sends_chunks_for_events_still_gives_the_consumer_its_events
     let club = Club::start().await;
     let (_, ada) = club.member("ada", "inference").await;
     let (_, bob) = club.member("bob", "provider").await;
-    let node = TestNode::link(
-        &club,
-        &bob,
-        manifest("old", &[service("s", &["m-old"], None)]),
-        Answer::Hold,
-    )
-    .await
-    .unwrap();
-    club.wait_online("bob", "old", true).await;
+    let node = held_node(&club, &bob, "old").await;
     /// A usage-only chunk of `job`, as engines end a stream.
     fn usage_chunk(job: u64) -> NodeMessage {
         let mut chunk = ChatCompletionChunk::new("c", "m-old", 0);
@@ -1399,6 +1383,44 @@ async fn a_node_that_sends_chunks_for_events_still_gives_the_consumer_its_events
     club.finish().await;
 }
 
+/// Links the node `name` of bob (`node_key`, a member called `bob`), serving `m-<name>` and
+/// holding its answers, once it is online.
+async fn held_node(club: &Club, node_key: &str, name: &str) -> TestNode {
+    let model = format!("m-{name}");
+    let node = TestNode::link(
+        club,
+        node_key,
+        manifest(name, &[service("s", &[model.as_str()], None)]),
+        Answer::Hold,
+    )
+    .await
+    .unwrap();
+    club.wait_online("bob", name, true).await;
+    node
+}
+
+/// Links the node `name` of bob (`node_key`, a member called `bob`), serving `m-<name>` and
+/// holding its answers, and starts a streamed chat for it with `consumer_key`: the node, the
+/// consumer's response to come, the job the node got and the events it asks for.
+async fn stream_to_a_held_node(
+    club: &Club,
+    consumer_key: &str,
+    node_key: &str,
+    name: &str,
+) -> (
+    TestNode,
+    tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
+    Job,
+    ConsumerEvents,
+) {
+    let node = held_node(club, node_key, name).await;
+    let model = format!("m-{name}");
+    let consumer = stream_chat(club, consumer_key, chat(&model));
+    let job = node.wait_job_message(1).await;
+    let events = job.events.clone().expect("a streamed chat asks for events");
+    (node, consumer, job, events)
+}
+
 /// A stream of events cut short before the node's answer: when the node goes away, the consumer
 /// gets what came and an error, and the record keeps the text of the events sent, read back
 /// from them; when the consumer goes away, the record is cancelled and keeps what it was sent.
@@ -1407,19 +1429,7 @@ async fn a_stream_cut_short_before_its_answer_leaves_the_record_the_text_of_its_
     let club = Club::start().await;
     let (_, ada) = club.member("ada", "inference").await;
     let (_, bob) = club.member("bob", "provider").await;
-    let node = TestNode::link(
-        &club,
-        &bob,
-        manifest("flaky", &[service("s", &["m-flaky"], None)]),
-        Answer::Hold,
-    )
-    .await
-    .unwrap();
-    club.wait_online("bob", "flaky", true).await;
-
-    let consumer = stream_chat(&club, &ada, chat("m-flaky"));
-    let job = node.wait_job_message(1).await;
-    let events = job.events.clone().expect("a streamed chat asks for events");
+    let (node, consumer, job, events) = stream_to_a_held_node(&club, &ada, &bob, "flaky").await;
     node.send_binary(events_frame(job.job, true, &content_event(&events, "Hel")));
     let mut response = consumer.await.unwrap().unwrap();
     assert_eq!(response.status(), StatusCode::OK);
@@ -1447,18 +1457,7 @@ async fn a_stream_cut_short_before_its_answer_leaves_the_record_the_text_of_its_
     assert_eq!(record["response"]["content"], "Hello there", "{record}");
 
     // The consumer goes away after the first events; the node is not heard from again.
-    let node = TestNode::link(
-        &club,
-        &bob,
-        manifest("steady", &[service("s", &["m-steady"], None)]),
-        Answer::Hold,
-    )
-    .await
-    .unwrap();
-    club.wait_online("bob", "steady", true).await;
-    let consumer = stream_chat(&club, &ada, chat("m-steady"));
-    let job = node.wait_job_message(1).await;
-    let events = job.events.clone().expect("a streamed chat asks for events");
+    let (node, consumer, job, events) = stream_to_a_held_node(&club, &ada, &bob, "steady").await;
     let mut two = content_event(&events, "Good");
     two.extend(content_event(&events, "bye"));
     node.send_binary(events_frame(job.job, true, &two));
@@ -1488,19 +1487,7 @@ async fn a_node_gone_right_after_its_events_leaves_them_to_the_consumer_and_the_
     let club = Club::start().await;
     let (_, ada) = club.member("ada", "inference").await;
     let (_, bob) = club.member("bob", "provider").await;
-    let node = TestNode::link(
-        &club,
-        &bob,
-        manifest("flaky", &[service("s", &["m-flaky"], None)]),
-        Answer::Hold,
-    )
-    .await
-    .unwrap();
-    club.wait_online("bob", "flaky", true).await;
-
-    let consumer = stream_chat(&club, &ada, chat("m-flaky"));
-    let job = node.wait_job_message(1).await;
-    let events = job.events.clone().expect("a streamed chat asks for events");
+    let (node, consumer, job, events) = stream_to_a_held_node(&club, &ada, &bob, "flaky").await;
     for piece in ["Hel", "lo", " there"] {
         node.send_binary(events_frame(job.job, true, &content_event(&events, piece)));
     }

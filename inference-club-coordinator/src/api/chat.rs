@@ -9,7 +9,9 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use futures_util::{FutureExt, StreamExt};
-use inference_club_core::openai::{ApiError as WireError, ChatCompletionRequest, ConsumerEvents};
+use inference_club_core::openai::{
+    ApiError as WireError, ChatCompletionRequest, ConsumerEvents, write_data_event,
+};
 use inference_club_core::provider::ChunkStream;
 use inference_club_core::record::{InferenceRecord, RecordId, Status, Visibility};
 
@@ -187,23 +189,8 @@ pub(crate) async fn start_chat(
 /// the stream ends with an error event instead).
 pub(crate) fn sse_event(json: &impl serde::Serialize) -> Result<Bytes, serde_json::Error> {
     let mut line = Vec::new();
-    write_sse_event(&mut line, json)?;
+    write_data_event(&mut line, json)?;
     Ok(Bytes::from(line))
-}
-
-/// Appends the SSE event `data: {json}` to `out` (nothing, on the serializer's error).
-fn write_sse_event(
-    out: &mut Vec<u8>,
-    json: &impl serde::Serialize,
-) -> Result<(), serde_json::Error> {
-    let start = out.len();
-    out.extend_from_slice(b"data: ");
-    if let Err(error) = serde_json::to_writer(&mut *out, json) {
-        out.truncate(start);
-        return Err(error);
-    }
-    out.extend_from_slice(b"\n\n");
-    Ok(())
 }
 
 /// The error event that ends a stream whose chunk could not be written.
@@ -278,7 +265,7 @@ fn stream_response(mut keeper: RecordKeeper, mut stream: StreamedAnswer, id: Rec
                             wire.code = Some("cancelled".into());
                         }
                         let mut end = Vec::new();
-                        match write_sse_event(&mut end, &wire.into_response()) {
+                        match write_data_event(&mut end, &wire.into_response()) {
                             Ok(()) => end.extend_from_slice(b"data: [DONE]\n\n"),
                             Err(_) => end.extend_from_slice(UNWRITABLE_CHUNK),
                         }

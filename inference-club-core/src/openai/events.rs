@@ -45,13 +45,13 @@ impl ConsumerEvents {
             chunk.id.clone_from(&self.completion_id);
         }
         if self.include_usage {
-            return write_event(out, chunk).map(|()| true);
+            return write_data_event(out, chunk).map(|()| true);
         }
         if chunk.choices.is_empty() {
             return Ok(false);
         }
         let usage = chunk.usage.take();
-        let written = write_event(out, chunk);
+        let written = write_data_event(out, chunk);
         chunk.usage = usage;
         written.map(|()| true)
     }
@@ -95,11 +95,15 @@ fn lines(text: &[u8]) -> impl Iterator<Item = &[u8]> {
         })
 }
 
-/// Appends the event `data: {json}\n\n` (nothing on the serializer's error).
-fn write_event(out: &mut Vec<u8>, chunk: &ChatCompletionChunk) -> Result<(), serde_json::Error> {
+/// Appends the server-sent event `data: {json}` and its empty line to `out` (nothing, on the
+/// serializer's error): how every event the club streams is written.
+pub fn write_data_event<T: Serialize + ?Sized>(
+    out: &mut Vec<u8>,
+    json: &T,
+) -> Result<(), serde_json::Error> {
     let start = out.len();
     out.extend_from_slice(b"data: ");
-    if let Err(error) = serde_json::to_writer(&mut *out, chunk) {
+    if let Err(error) = serde_json::to_writer(&mut *out, json) {
         out.truncate(start);
         return Err(error);
     }

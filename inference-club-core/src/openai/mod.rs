@@ -31,7 +31,7 @@ pub use chunk::{
     ToolCallDelta,
 };
 pub use error::{ApiError, ErrorResponse};
-pub use events::ConsumerEvents;
+pub use events::{ConsumerEvents, write_data_event};
 pub use models::{Model, ModelList};
 pub use think::ThinkSplitter;
 

@@ -276,8 +276,9 @@ async fn serve(state: Parts, caller: Caller, mut socket: WebSocket) {
                 node.heard_from();
                 match link::split_binary_frame(&bytes) {
                     Ok((job, piece)) => {
-                        let start = bytes.len() - piece.len();
-                        node.deliver(job, JobEvent::Piece(bytes.slice(start..)));
+                        // Copied: a slice would keep the link's whole read buffer while the
+                        // piece waits for a slow consumer.
+                        node.deliver(job, JobEvent::Piece(bytes::Bytes::copy_from_slice(piece)));
                     }
                     Err(error) => {
                         tracing::warn!(provider = %name, "ignoring a bad binary frame: {error}");

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::body::Bytes;
 use chrono::Utc;
 use inference_club_core::openai::{
     ChatCompletion, ChatCompletionAggregator, ChatCompletionChunk, ConsumerEvents,
@@ -231,7 +230,7 @@ impl RecordKeeper {
     /// output, and the first such stamps the time to first token). They are read only if no
     /// answer ([`RecordKeeper::observe_answer`]) comes to stand for them, or once many are
     /// kept.
-    pub fn observe_events(&mut self, sse: &Bytes, output: bool) {
+    pub fn observe_events(&mut self, sse: &[u8], output: bool) {
         if output {
             self.first_output();
         }
@@ -308,11 +307,10 @@ impl RecordKeeper {
     }
 }
 
-/// Events kept unread ([`RecordKeeper::observe_events`]).
+/// Events kept unread ([`RecordKeeper::observe_events`]), copied into one buffer.
 #[derive(Debug, Default)]
 struct Unread {
-    events: Vec<Bytes>,
-    bytes: usize,
+    events: Vec<u8>,
 }
 
 /// How many bytes of events a keeper keeps unread before it reads them: a long answer is
@@ -320,21 +318,18 @@ struct Unread {
 const MAX_UNREAD_BYTES: usize = 1024 * 1024;
 
 impl Unread {
-    /// Keeps `sse` (no copy); `true` when what is kept should be read now.
-    fn keep(&mut self, sse: &Bytes) -> bool {
-        self.bytes += sse.len();
-        self.events.push(sse.clone());
-        self.bytes > MAX_UNREAD_BYTES
+    /// Keeps `sse`; `true` when what is kept should be read now.
+    fn keep(&mut self, sse: &[u8]) -> bool {
+        self.events.extend_from_slice(sse);
+        self.events.len() > MAX_UNREAD_BYTES
     }
 
     /// Reads what is kept into `aggregate`, and forgets it.
     fn fold_into(&mut self, aggregate: &mut ChatCompletionAggregator) {
-        for sse in self.events.drain(..) {
-            for chunk in ConsumerEvents::chunks_of(&sse) {
-                aggregate.push(&chunk);
-            }
+        for chunk in ConsumerEvents::chunks_of(&self.events) {
+            aggregate.push(&chunk);
         }
-        self.bytes = 0;
+        self.events.clear();
     }
 }
 

@@ -478,10 +478,12 @@ struct CpuPerRequest {
     node_us: f64,
     /// The peer's process and its children (peer rows).
     peer_us: f64,
+    /// The bench's own process: the load generator.
+    load_us: f64,
 }
 
 impl CpuPerRequest {
-    fn between(before: [u64; 4], after: [u64; 4], requests: u64) -> Self {
+    fn between(before: [u64; 5], after: [u64; 5], requests: u64) -> Self {
         // Clock ticks are 10 ms on Linux (USER_HZ = 100).
         let per = |i: usize| {
             let ticks = after[i].saturating_sub(before[i]) as f64;
@@ -492,6 +494,7 @@ impl CpuPerRequest {
             coordinator_us: per(1),
             node_us: per(2),
             peer_us: per(3),
+            load_us: per(4),
         }
     }
 }
@@ -722,7 +725,7 @@ impl Watched {
         }
     }
 
-    fn ticks(&self) -> [u64; 4] {
+    fn ticks(&self) -> [u64; 5] {
         let [engine, coordinator, node, peer] = self.pids;
         [
             engine.map_or(0, cluster::ticks_of),
@@ -733,6 +736,7 @@ impl Watched {
             } else {
                 peer.map_or(0, cluster::tree_ticks)
             },
+            cluster::ticks_of(std::process::id()),
         ]
     }
 }
@@ -1014,6 +1018,11 @@ async fn run_postgres(settings: &Settings, server: Option<&str>) -> Vec<Row> {
 }
 
 fn cpu_cell(row: &Row) -> String {
+    format!("{}; load {:.0}", processes_cpu_cell(row), row.cpu.load_us)
+}
+
+/// The CPU of the processes on the row's path (the engine, and the club's or the peer's).
+fn processes_cpu_cell(row: &Row) -> String {
     let c = &row.cpu;
     if row.path == "direct" {
         format!("{:.0} / – / –", c.engine_us)
@@ -1103,7 +1112,7 @@ fn print_report(report: &Report) {
             println!("## 1. whole responses (16-token answers); scenario 5 and the peers at c=16");
         }
         println!(
-            "| path | c | requests | errors | requests/s | p50 ms | p99 ms | ratio to direct | added p50 ms | CPU µs/request engine / coordinator / node (or peer) |"
+            "| path | c | requests | errors | requests/s | p50 ms | p99 ms | ratio to direct | added p50 ms | CPU µs/request engine / coordinator / node (or peer); load generator |"
         );
         println!("|---|---|---|---|---|---|---|---|---|---|");
         for row in whole {
@@ -1139,7 +1148,7 @@ fn print_report(report: &Report) {
             println!("## 2. streams of 100 chunks; scenario 5 and the peers at c=16");
         }
         println!(
-            "| path | c | streams | errors | streams/s | chunks/s | first chunk p50 ms | p99 ms | added p50 / p99 ms | chunks/s ratio | CPU µs/stream engine / coordinator / node (or peer) |"
+            "| path | c | streams | errors | streams/s | chunks/s | first chunk p50 ms | p99 ms | added p50 / p99 ms | chunks/s ratio | CPU µs/stream engine / coordinator / node (or peer); load generator |"
         );
         println!("|---|---|---|---|---|---|---|---|---|---|---|");
         for row in streams {
@@ -1230,6 +1239,16 @@ fn print_report(report: &Report) {
                 None => "could not be judged",
             };
             println!("| {} | {} | {met} |", v.target, v.measured);
+        }
+    }
+    if speed {
+        let budget = speed::budget(report);
+        if !budget.is_empty() {
+            println!();
+            println!("## what the targets leave the coordinator and the node");
+            for line in budget {
+                println!("- {line}");
+            }
         }
     }
     println!();

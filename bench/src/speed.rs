@@ -244,6 +244,52 @@ pub fn verdicts(report: &Report) -> Vec<Verdict> {
     out
 }
 
+/// What the whole-answer and stream targets leave the coordinator and the node, per request,
+/// on this machine: its cores' time at the target's rate, less what the engine and the load
+/// generator spent per request on the club's row (every process shares the cores).
+pub fn budget(report: &Report) -> Vec<String> {
+    let cores = report.machine.cpus as f64;
+    let row = |scenario: &str, path: &str| {
+        report.rows.iter().find(|r| {
+            r.scenario == scenario && r.path == path && r.concurrency == 16 && r.skipped.is_none()
+        })
+    };
+    let line = |what: String, per_second: f64, club: &Row, unit: &str| {
+        let total = cores * 1e6 / per_second.max(1e-9);
+        let room = total - club.cpu.engine_us - club.cpu.load_us;
+        let spent = club.cpu.coordinator_us + club.cpu.node_us;
+        format!(
+            "{what}: {cores:.0} cores give {total:.0} µs per {unit}; the engine ({:.0}) and the \
+             load generator ({:.0}) leave {room:.0} µs for the coordinator and the node, which \
+             spent {spent:.0}",
+            club.cpu.engine_us, club.cpu.load_us
+        )
+    };
+    let mut out = Vec::new();
+    if let (Some(club), Some(peer)) = (
+        row(WHOLE, CLUB),
+        row(WHOLE, peers::Kind::VllmRouter.label()),
+    ) {
+        let rate = peer.outcome.requests_per_s;
+        out.push(line(
+            format!("whole c=16 at vllm-router's {rate:.0} requests/s"),
+            rate,
+            club,
+            "request",
+        ));
+    }
+    if let (Some(club), Some(direct)) = (row(STREAM, CLUB), row(STREAM, "direct")) {
+        let rate = 0.75 * direct.outcome.requests_per_s;
+        out.push(line(
+            format!("streams c=16 at 0.75× direct ({rate:.0} streams/s)"),
+            rate,
+            club,
+            "stream",
+        ));
+    }
+    out
+}
+
 /// A target judged on `rows`' figures: not met when any of those rows had errors (its figures
 /// then describe failures, not the path).
 fn judged(target: &str, rows: &[&Row], measured: String, met: Option<bool>) -> Verdict {

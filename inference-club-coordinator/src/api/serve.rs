@@ -141,12 +141,12 @@ pub(crate) struct Started {
     pub id: RecordId,
 }
 
-/// Records `record` and dispatches `work` for it. The insert is held for the final save to fold
-/// into (see the store's writer), except a batch line's, which is committed before its answer
-/// is taken. The final save is queued for the writer's next commit, except where it must be
-/// committed first (see below). While record writes are failing, a new request is refused
-/// (503) before anything is routed. On failure the record is final (`failed`) and the answer
-/// is the error, naming the record.
+/// Records `record` and dispatches `work` for it. A whole answer's insert is held for its final
+/// save to fold into (see the store's writer); a stream's is committed before its first byte
+/// leaves, and a batch line's before its answer is taken. The final save is queued for the
+/// writer's next commit, except where it must be committed first (see below). While record
+/// writes are failing, a new request is refused (503) before anything is routed. On failure
+/// the record is final (`failed`) and the answer is the error, naming the record.
 pub(crate) async fn start(
     parts: &Parts,
     admission: Admission,
@@ -167,12 +167,12 @@ pub(crate) async fn start(
     let waits = batch.is_none();
     record.batch = batch;
     let id = record.id;
-    // A batch line's insert is committed while the request is dispatched, and awaited before
-    // its answer is taken (a line cut off by a crash is recorded as such, and run again).
-    // Others are held for the final save to fold into: a request that ends within the hold
-    // costs one statement, and a stream's first byte does not wait for a commit. Reads through
-    // the store see a held record; a crash of the coordinator loses what was not written yet.
-    let inserted = if !waits {
+    // A stream names its record before the answer is complete: its insert is committed while
+    // the request is dispatched, and awaited before the first byte leaves (so a crash of the
+    // coordinator from there on leaves the record, to be failed at the next start). So is a
+    // batch line's (a line cut off by a crash is recorded as such, and run again). A whole
+    // answer names it only with the answer: its insert is held for the final save to fold into.
+    let inserted = if streamed || !waits {
         match store.insert_record_now(&record).await {
             Ok(pending) => Some(pending),
             Err(error) => return Err(ApiError::from(error).into_response()),

@@ -600,8 +600,8 @@ impl Store {
         self.write_held(super::writer::Write::Insert(row))
     }
 
-    /// Queues the insert of [`Store::insert_record`], not held (a batch line's: it is committed before
-    /// its answer is taken), and returns at once; the insert is durable when
+    /// Queues the insert of [`Store::insert_record`], not held (a stream's: its record is named
+    /// before the answer is complete), and returns at once; the insert is durable when
     /// `PendingWrite::committed` says so.
     pub async fn insert_record_now(
         &self,

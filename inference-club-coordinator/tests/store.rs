@@ -9,8 +9,8 @@ use std::io::Write as _;
 
 use chrono::{Duration, Utc};
 use inference_club_coordinator::testing::{
-    Backend, InFlight, MAX_PAGE_SIZE, PROGRESS_DELAY, RecordQuery, Scope, ScopeParseError, Scopes,
-    Store, StoreError, TestDatabase, User, unique_name,
+    Backend, CHECKPOINT_EVERY, InFlight, MAX_PAGE_SIZE, PROGRESS_DELAY, RecordQuery, Scope,
+    ScopeParseError, Scopes, Store, StoreError, TestDatabase, User, unique_name,
 };
 use inference_club_core::openai::{
     ChatCompletionAggregator, ChatCompletionChunk, ChatCompletionRequest, ChatMessage, ChunkDelta,
@@ -1187,6 +1187,39 @@ async fn migrating_again_changes_nothing(db: &TestDb) {
     db.store.migrate().await.unwrap();
     db.store.migrate().await.unwrap();
     assert_eq!(db.store.user_by_handle("ada").await.unwrap(), Some(ada));
+}
+
+/// No connection checkpoints inside a commit (it would hold up whoever waits on the commit):
+/// the store copies the write-ahead log into the database file in the background, so the file
+/// grows with what was written within a few checkpoint intervals, and the log stays bounded.
+#[tokio::test]
+async fn sqlite_checkpoints_run_in_the_background() {
+    let dir = std::env::temp_dir().join(unique_name("club_test"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("checkpointed.db");
+    let store = Store::connect(&format!("sqlite:{}", path.display()))
+        .await
+        .unwrap();
+    let file_size = || std::fs::metadata(&path).map_or(0, |m| m.len());
+    // Migrations may still be in the log: wait for the first checkpoint to settle the file.
+    tokio::time::sleep(2 * CHECKPOINT_EVERY).await;
+    let before = file_size();
+    let ada = store.create_user("ada", None).await.unwrap();
+    for _ in 0..300 {
+        let mut r = record(&ada, "m", Visibility::Public);
+        r.request.messages[0] = ChatMessage::user("a prompt long enough ".repeat(20));
+        store.insert_record(&r).await.unwrap();
+    }
+    let written = tokio::time::Instant::now();
+    while file_size() <= before {
+        assert!(
+            written.elapsed() < 5 * CHECKPOINT_EVERY,
+            "the database file did not grow from {before} bytes: no checkpoint ran"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    store.close().await;
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test]

@@ -122,6 +122,9 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// How often a SQLite store copies its write-ahead log into the database file (a checkpoint).
+pub const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Store {
     /// Opens the database at `url` and applies any migration not yet applied.
     ///
@@ -156,7 +159,36 @@ impl Store {
             }),
         };
         store.retry_failed_saves(failed_saves);
+        if backend == Backend::Sqlite {
+            store.checkpoint_in_background();
+        }
         Ok(store)
+    }
+
+    /// Copies SQLite's write-ahead log into the database file every [`CHECKPOINT_EVERY`], on a
+    /// connection of its own: a `PASSIVE` checkpoint neither waits for the record writer nor
+    /// makes it wait. The task holds the store weakly: it ends when the store does.
+    fn checkpoint_in_background(&self) {
+        let store = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(CHECKPOINT_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let Some(pool) = store.upgrade().map(|inner| inner.pool.clone()) else {
+                    break;
+                };
+                if pool.is_closed() {
+                    break;
+                }
+                if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                    .execute(&pool)
+                    .await
+                {
+                    tracing::warn!("cannot checkpoint the database's write-ahead log: {error}");
+                }
+            }
+        });
     }
 
     /// Applies the migrations not yet applied (what `club-coordinator migrate` runs). Safe to

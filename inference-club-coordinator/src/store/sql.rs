@@ -17,12 +17,13 @@ use super::StoreError;
 
 /// How each SQLite connection is set up: wait up to 10 s for a lock, write-ahead log (readers
 /// never block the writer; commits durable against a crash of the process, synced at
-/// checkpoints, which run every 8,000 pages (32 MiB) of log rather than SQLite's 1,000: the
-/// record pages written many times between two checkpoints are copied once), foreign keys
-/// enforced.
+/// checkpoints), foreign keys enforced. No connection checkpoints by itself: SQLite would do it
+/// inside a commit, and every request waiting on that commit (a stream's first byte) would wait
+/// for the checkpoint too. The store runs them beside the writer
+/// ([`CHECKPOINT_EVERY`](super::CHECKPOINT_EVERY)).
 const SQLITE_PRAGMAS: &str = "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
                               PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
-                              PRAGMA wal_autocheckpoint = 8000;";
+                              PRAGMA wal_autocheckpoint = 0;";
 
 /// The database behind a store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -962,6 +962,20 @@ async fn the_job_log_records_each_job_without_content_unless_asked() {
 // ---------------------------------------------------------------------------------------------
 // whole jobs
 
+/// One server-sent event of an OpenAI-style engine, `data: {value}`.
+fn sse(value: Value) -> String {
+    format!("data: {value}\n\n")
+}
+
+/// An engine's chat chunk event (id `engine-id`) with one choice: `delta` and `finish`.
+fn engine_chunk(delta: Value, finish: Value) -> String {
+    sse(
+        json!({"id": "engine-id", "object": "chat.completion.chunk", "created": 1,
+               "model": MODEL,
+               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}),
+    )
+}
+
 /// A job whose consumer takes the answer whole (`whole`): an OpenAI-compatible engine is asked
 /// for it whole and it comes as one chunk, ahead of `done`; an engine that streams has its
 /// chunks merged into two (up to the first output, then the rest); one that fails midway still
@@ -969,15 +983,7 @@ async fn the_job_log_records_each_job_without_content_unless_asked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whole_jobs_come_in_few_chunks_ahead_of_their_end() {
     bounded(async {
-        fn sse(value: Value) -> String {
-            format!("data: {value}\n\n")
-        }
-        fn chunk(delta: Value) -> String {
-            sse(
-                json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": MODEL,
-                       "choices": [{"index": 0, "delta": delta, "finish_reason": null}]}),
-            )
-        }
+        let chunk = |delta| engine_chunk(delta, Value::Null);
         let engine = FakeEngine::start(Wire::OpenAi, move |body| {
             let prompt = body["messages"][0]["content"].as_str().unwrap_or_default();
             match (body["stream"].as_bool(), prompt) {
@@ -1066,43 +1072,34 @@ async fn whole_jobs_come_in_few_chunks_ahead_of_their_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streamed_jobs_with_events_get_the_consumers_events_and_their_answer() {
     bounded(async {
-        fn sse(value: Value) -> String {
-            format!("data: {value}\n\n")
-        }
-        fn chunk(delta: Value, finish: Value) -> String {
-            sse(
-                json!({"id": "engine-id", "object": "chat.completion.chunk", "created": 1,
-                       "model": MODEL,
-                       "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}),
-            )
-        }
         let pause = || support::Step::Sleep(Duration::from_millis(150));
         let engine = FakeEngine::start(Wire::OpenAi, move |body| {
             let prompt = body["messages"][0]["content"].as_str().unwrap_or_default();
             // The role and empty content, a pause, the first content, a pause, then the rest
             // at once. (The node's router holds what comes before the first output, up to
             // `MAX_CHUNKS_BEFORE_OUTPUT` chunks: so many that it hands them on first.)
-            let mut steps = support::sends([chunk(json!({"role": "assistant"}), Value::Null)]);
+            let mut steps =
+                support::sends([engine_chunk(json!({"role": "assistant"}), Value::Null)]);
             steps.extend(support::sends(
                 (1..failover::MAX_CHUNKS_BEFORE_OUTPUT)
-                    .map(|_| chunk(json!({"content": ""}), Value::Null)),
+                    .map(|_| engine_chunk(json!({"content": ""}), Value::Null)),
             ));
             steps.push(pause());
-            steps.extend(support::sends([chunk(
+            steps.extend(support::sends([engine_chunk(
                 json!({"content": "Hel"}),
                 Value::Null,
             )]));
             steps.push(pause());
             let rest = if prompt == "fails" {
                 vec![
-                    chunk(json!({"content": "lo"}), Value::Null),
+                    engine_chunk(json!({"content": "lo"}), Value::Null),
                     sse(json!({"error": {"message": "out of memory", "code": null}})),
                 ]
             } else {
                 vec![
-                    chunk(json!({"content": "lo"}), Value::Null),
-                    chunk(json!({"content": "!"}), Value::Null),
-                    chunk(json!({}), json!("stop")),
+                    engine_chunk(json!({"content": "lo"}), Value::Null),
+                    engine_chunk(json!({"content": "!"}), Value::Null),
+                    engine_chunk(json!({}), json!("stop")),
                     sse(json!({"id": "engine-id", "object": "chat.completion.chunk",
                                "created": 1, "model": MODEL, "choices": [],
                                "usage": {"prompt_tokens": 3, "completion_tokens": 2,

@@ -1056,10 +1056,15 @@ async fn whole_jobs_come_in_few_chunks_ahead_of_their_end() {
         let trace = link.run_jobs(&[3], WAIT).await.remove(&3).unwrap();
         assert_eq!(trace.text(), "Hello!");
         assert!(trace.error().message.contains("out of memory"), "{trace:?}");
+
         let _ = std::fs::remove_dir_all(&dir);
     })
     .await;
 }
+
+/// Content larger than one events frame may carry ([`link::BINARY_CHUNK_BYTES`]).
+static HUGE: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| "x".repeat(link::BINARY_CHUNK_BYTES + 1024));
 
 // ---------------------------------------------------------------------------------------------
 // events jobs
@@ -1075,6 +1080,18 @@ async fn streamed_jobs_with_events_get_the_consumers_events_and_their_answer() {
         let pause = || support::Step::Sleep(Duration::from_millis(150));
         let engine = FakeEngine::start(Wire::OpenAi, move |body| {
             let prompt = body["messages"][0]["content"].as_str().unwrap_or_default();
+            if prompt == "huge" {
+                // One event too large for any events frame, between two small ones.
+                return Plan::stream(
+                    Wire::OpenAi,
+                    support::sends([
+                        engine_chunk(json!({"role": "assistant", "content": "Hel"}), Value::Null),
+                        engine_chunk(json!({"content": *HUGE}), Value::Null),
+                        engine_chunk(json!({"content": "!"}), json!("stop")),
+                        "data: [DONE]\n\n".to_owned(),
+                    ]),
+                );
+            }
             // The role and empty content, a pause, the first content, a pause, then the rest
             // at once. (The node's router holds what comes before the first output, up to
             // `MAX_CHUNKS_BEFORE_OUTPUT` chunks: so many that it hands them on first.)
@@ -1221,6 +1238,37 @@ async fn streamed_jobs_with_events_get_the_consumers_events_and_their_answer() {
             Some("Hello")
         );
         assert!(trace.error().message.contains("out of memory"), "{trace:?}");
+
+        // An event too large for an events frame goes as a chunk message, in its place; the
+        // frames stay within their limit and the answer holds it all.
+        link.send_job(events_job(4, "huge", false));
+        let trace = link.run_jobs(&[4], WAIT).await.remove(&4).unwrap();
+        assert_eq!(trace.chunks.len(), 1, "{:?}", trace.sequence);
+        let alone = &trace.chunks[0].1;
+        assert_eq!(alone.id, completion_id(4));
+        assert_eq!(
+            alone.choices[0].delta.content.as_deref(),
+            Some(HUGE.as_str())
+        );
+        assert!(
+            trace
+                .binary
+                .iter()
+                .all(|(_, piece)| piece.len() <= link::BINARY_CHUNK_BYTES),
+            "an events frame over the limit"
+        );
+        assert_eq!(trace.events_text(), "Hel!");
+        let position = |kind: Sent| trace.sequence.iter().position(|s| *s == kind);
+        assert!(
+            position(Sent::Binary) < position(Sent::Chunk),
+            "{:?}",
+            trace.sequence
+        );
+        assert_eq!(
+            trace.answer().choices[0].delta.content.as_deref(),
+            Some(format!("Hel{}!", *HUGE).as_str())
+        );
+        trace.done();
         let _ = std::fs::remove_dir_all(&dir);
     })
     .await;

@@ -302,8 +302,9 @@ pub struct JobChunk {
 }
 
 /// `answer`: what the events of an events job added up to ([`Job::events`]), sent right before
-/// its `done` or `error`: every chunk the node sent for the job, events or chunks, merged
-/// ([`ChatCompletionChunk::absorb`]), usage included. The coordinator keeps this in the record.
+/// its `done` or `error`: every chunk the node sent for the job, events or chunks, aggregated
+/// and written as one chunk ([`ChatCompletionChunk::from_completion`]), usage included. The
+/// coordinator keeps this in the record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobAnswer {
     /// The job.

@@ -357,3 +357,35 @@ impl Drop for RecordKeeper {
             })));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use inference_club_core::openai::ChunkDelta;
+
+    /// Forwarded events are kept as they came until there are more than [`MAX_UNREAD_BYTES`]:
+    /// then they are read into the answer, and what is kept starts again.
+    #[test]
+    fn unread_events_are_read_once_past_the_limit() {
+        let events = ConsumerEvents {
+            completion_id: "chatcmpl-r".into(),
+            include_usage: false,
+        };
+        let mut frame = Vec::new();
+        let mut chunk = ChatCompletionChunk::new("e", "m", 1)
+            .with_delta(ChunkDelta::content("x".repeat(64 * 1024)));
+        events.write(&mut chunk, &mut frame).unwrap();
+        let mut unread = Unread::default();
+        let mut aggregate = ChatCompletionAggregator::new();
+        let mut kept = 0;
+        while !unread.keep(&frame) {
+            kept += 1;
+            assert!(kept < 100, "never read");
+        }
+        assert_eq!(kept, MAX_UNREAD_BYTES / frame.len());
+        unread.fold_into(&mut aggregate);
+        assert!(unread.events.is_empty());
+        let text = aggregate.finish().text().unwrap_or_default();
+        assert_eq!(text.len(), (kept + 1) * 64 * 1024);
+    }
+}

@@ -17,8 +17,9 @@
 //! not waited for; the writer waits a moment for more before committing it ([`LINGER`]).
 //! Reading or changing a record by id first flushes what is held of it
 //! ([`Store::flush_record`]), and a listing or an account's deletion flushes everything
-//! ([`Store::flush_records`]), so the store never answers without a write it was given. When the writer stops (its store dropped, or [`Store::flush_records`] at shutdown)
-//! it writes everything held.
+//! ([`Store::flush_records`]), so the store never answers without a write it was given. When
+//! the writer stops (its store dropped, or [`Store::flush_records`] at shutdown) it writes
+//! everything held.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -24,6 +24,7 @@ use inference_club_core::link::ServiceLoad;
 use inference_club_core::provider::Provider;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use url::Url;
 
 pub use backoff::Backoff;
@@ -256,9 +257,20 @@ impl Node {
 
     /// Runs until shutdown: links to the coordinator, serves jobs, reconnects when the link is
     /// lost.
+    ///
+    /// The node runs as a task of the current runtime, so that a `block_on(node.run())` does not
+    /// keep its link on the calling thread, where every frame between the link and a job would
+    /// cross threads. Dropping the returned future stops the node.
     #[inline(never)]
     pub fn run(self) -> BoxFuture<'static, ()> {
-        Box::pin(self.serve())
+        Box::pin(async move {
+            let task = AbortOnDropHandle::new(tokio::spawn(self.serve()));
+            if let Err(error) = task.await
+                && error.is_panic()
+            {
+                std::panic::resume_unwind(error.into_panic());
+            }
+        })
     }
 
     async fn serve(self) {

@@ -240,6 +240,10 @@ pub(crate) async fn run(
             }
             Some(message) = outgoing.recv() => {
                 // Whatever else is ready goes out with it: one write for a burst of chunks.
+                // The jobs that are ready to run first get their turn to add to it.
+                if outgoing.is_empty() {
+                    tokio::task::yield_now().await;
+                }
                 let mut batch = 0;
                 let mut next = Some(message);
                 let mut sent = Ok(());

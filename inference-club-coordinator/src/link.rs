@@ -8,6 +8,7 @@ use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use inference_club_core::link::{
     self, CoordinatorMessage, Hello, NodeMessage, PROTOCOL_VERSION, Refused, Welcome,
@@ -142,6 +143,41 @@ async fn send(socket: &mut WebSocket, message: &CoordinatorMessage) -> bool {
     }
 }
 
+/// The most messages written to a node's link before it is flushed: a burst of jobs shares a
+/// write, and a long burst still lets the writer notice a ping or a closed link.
+const MAX_MESSAGES_PER_WRITE: usize = 64;
+
+/// Writes `first` and whatever else is already queued for the node (up to
+/// [`MAX_MESSAGES_PER_WRITE`]), then flushes them in one write. A message that cannot be
+/// encoded is logged and skipped.
+async fn write_ready(
+    sink: &mut SplitSink<WebSocket, Message>,
+    queued: &mut mpsc::Receiver<Outbound>,
+    first: Outbound,
+) -> Result<(), axum::Error> {
+    let mut next = Some(first);
+    let mut written = 0;
+    while let Some(message) = next.take() {
+        let frame = match message {
+            Outbound::Binary(bytes) => Message::Binary(bytes.into()),
+            Outbound::Message(message) => match link::encode(&message) {
+                Ok(text) => Message::Text(text.into()),
+                Err(error) => {
+                    tracing::warn!("cannot encode a message for a node: {error}");
+                    next = queued.try_recv().ok();
+                    continue;
+                }
+            },
+        };
+        sink.feed(frame).await?;
+        written += 1;
+        if written < MAX_MESSAGES_PER_WRITE {
+            next = queued.try_recv().ok();
+        }
+    }
+    sink.flush().await
+}
+
 async fn read_hello(socket: &mut WebSocket) -> Option<Hello> {
     let frame = tokio::time::timeout(HELLO_TIMEOUT, socket.next())
         .await
@@ -240,22 +276,15 @@ async fn serve(state: Parts, caller: Caller, mut socket: WebSocket) {
     let writer = tokio::spawn(async move {
         let mut ping = tokio::time::interval(interval);
         loop {
-            let message = tokio::select! {
+            let sent = tokio::select! {
                 message = to_node.recv() => match message {
-                    Some(Outbound::Binary(bytes)) => Message::Binary(bytes.into()),
-                    Some(Outbound::Message(message)) => match link::encode(&message) {
-                        Ok(text) => Message::Text(text.into()),
-                        Err(error) => {
-                            tracing::warn!("cannot encode a message for a node: {error}");
-                            continue;
-                        }
-                    },
+                    Some(message) => write_ready(&mut sink, &mut to_node, message).await,
                     None => break,
                 },
-                _ = ping.tick() => Message::Ping(Vec::new().into()),
+                _ = ping.tick() => sink.send(Message::Ping(Vec::new().into())).await,
                 () = writer_node.closed() => break,
             };
-            if sink.send(message).await.is_err() {
+            if sent.is_err() {
                 break;
             }
         }

@@ -364,9 +364,9 @@ async fn run(
 /// How long the writer waits for more writes while other requests are in flight. Nobody waits
 /// on such a commit (final saves are queued), so it may be longer than a request's path: a
 /// commit writes the same leaf and index pages whether it carries one record or many.
-const LINGER: Duration = Duration::from_millis(4);
+const LINGER: Duration = Duration::from_millis(10);
 /// Writes enough for one commit: the writer stops waiting for more.
-const LINGER_BATCH: usize = 64;
+const LINGER_BATCH: usize = 128;
 
 /// What one commit carries: writes, flushes to answer after it, whether to give the connection
 /// back.

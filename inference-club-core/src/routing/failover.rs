@@ -41,7 +41,7 @@ pub struct Opened<T = ChatCompletionChunk> {
     output_started: bool,
 }
 
-impl<T: Send + 'static> Opened<T> {
+impl<T: Send + Unpin + 'static> Opened<T> {
     /// Whether output has started (otherwise the stream ended, or sent many chunks without
     /// output).
     pub fn output_started(&self) -> bool {
@@ -52,34 +52,55 @@ impl<T: Send + 'static> Opened<T> {
     /// (a capacity slot, say) until the stream ends or is dropped.
     ///
     /// The rest of the stream is always dropped before `guard`, whether the stream was read or
-    /// dropped unpolled, so a slot is never free while the engine still runs its request.
+    /// dropped unpolled, so a slot is never free while the engine still runs its request. Each
+    /// item of the rest is handed on as it is polled, with no task or generator in between.
     pub fn into_stream<G: Send + 'static>(self, guard: G) -> ItemStream<T> {
         let Self { read, rest, .. } = self;
-        let held = Guarded {
-            rest,
-            _guard: guard,
-        };
-        Box::pin(stream! {
-            // Moved in whole: naming only `held.rest` would capture just that field.
-            let mut held = held;
-            for chunk in read {
-                yield Ok(chunk);
-            }
-            if let Some(rest) = held.rest.as_mut() {
-                while let Some(item) = rest.next().await {
-                    yield item;
-                }
-            }
+        Box::pin(Handed {
+            read: read.into_iter(),
+            held: Some(Guarded {
+                rest,
+                _guard: Box::new(guard),
+            }),
         })
     }
 }
 
+/// The stream [`Opened::into_stream`] gives: the items read ahead, then the rest, with its
+/// guard until the end.
+struct Handed<T, G> {
+    read: std::vec::IntoIter<T>,
+    /// `None` once the stream has ended: the rest and the guard are dropped then.
+    held: Option<Guarded<T, G>>,
+}
+
+impl<T: Unpin, G> Stream for Handed<T, G> {
+    type Item = Result<T, ProviderError>;
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if let Some(item) = this.read.next() {
+            return std::task::Poll::Ready(Some(Ok(item)));
+        }
+        let polled = match this.held.as_mut().and_then(|held| held.rest.as_mut()) {
+            Some(rest) => rest.as_mut().poll_next(cx),
+            None => std::task::Poll::Ready(None),
+        };
+        if let std::task::Poll::Ready(None) = polled {
+            this.held = None;
+        }
+        polled
+    }
+}
+
 /// A stream and the guard that must outlive it: fields drop in declaration order, so `rest`
-/// goes first. (Captured separately, an unpolled stream's captures would drop in the order
-/// they are first named, the guard first.)
+/// goes first. (The guard is boxed so that the stream is `Unpin` whatever the guard is.)
 struct Guarded<T, G> {
     rest: Option<ItemStream<T>>,
-    _guard: G,
+    _guard: Box<G>,
 }
 
 /// Whether a chunk counts as output: content, reasoning, refusal, a tool call, or a finish reason.
@@ -223,5 +244,34 @@ mod tests {
                 "polled first: {poll_first}"
             );
         }
+    }
+
+    /// A stream read to its end lets go of the engine's stream and then the slot at once, not
+    /// when the caller drops it; the items read ahead come first.
+    #[tokio::test]
+    async fn a_stream_read_to_its_end_releases_the_rest_and_then_the_guard() {
+        let dropped = Arc::new(Mutex::new(Vec::new()));
+        let noted = Noted("engine stream", dropped.clone());
+        let rest: ChunkStream = Box::pin(stream! {
+            let _noted = noted;
+            yield Ok(ChatCompletionChunk::new("rest", "m", 0));
+        });
+        let ahead = ChatCompletionChunk::new("read ahead", "m", 0);
+        let opened = Opened {
+            read: vec![ahead],
+            rest: Some(rest),
+            output_started: true,
+        };
+        let mut stream = opened.into_stream(Noted("guard", dropped.clone()));
+        let first = stream.next().await.unwrap().unwrap();
+        assert_eq!(first.id, "read ahead");
+        assert!(stream.next().await.unwrap().is_ok());
+        assert!(
+            dropped.lock().unwrap().is_empty(),
+            "the stream has not ended yet"
+        );
+        assert!(stream.next().await.is_none());
+        assert_eq!(*dropped.lock().unwrap(), ["engine stream", "guard"]);
+        assert!(stream.next().await.is_none(), "an ended stream stays ended");
     }
 }

@@ -307,7 +307,11 @@ async fn serve(state: Parts, caller: Caller, mut socket: WebSocket) {
                     Ok((job, piece)) => {
                         // Copied: a slice would keep the link's whole read buffer while the
                         // piece waits for a slow consumer.
-                        node.deliver(job, JobEvent::Piece(bytes::Bytes::copy_from_slice(piece)));
+                        node.deliver(
+                            job,
+                            JobEvent::Piece(bytes::Bytes::copy_from_slice(piece)),
+                            bytes.len(),
+                        );
                     }
                     Err(error) => {
                         tracing::warn!(provider = %name, "ignoring a bad binary frame: {error}");
@@ -324,22 +328,27 @@ async fn serve(state: Parts, caller: Caller, mut socket: WebSocket) {
         if node.is_closed() {
             break; // replaced by a newer link
         }
+        let size = frame.len();
         match link::decode_node(&frame) {
             Ok(NodeMessage::Heartbeat(heartbeat)) => node.set_load(heartbeat.load),
-            Ok(NodeMessage::Chunk(chunk)) => node.deliver(chunk.job, JobEvent::Chunk(chunk.chunk)),
+            Ok(NodeMessage::Chunk(chunk)) => {
+                node.deliver(chunk.job, JobEvent::Chunk(chunk.chunk), size);
+            }
             Ok(NodeMessage::Answer(answer)) => {
-                node.deliver(answer.job, JobEvent::Answer(Box::new(answer.answer)));
+                node.deliver(answer.job, JobEvent::Answer(Box::new(answer.answer)), size);
             }
             Ok(NodeMessage::Output(output)) => {
-                node.deliver(output.job, JobEvent::Output(output.output));
+                node.deliver(output.job, JobEvent::Output(output.output), size);
             }
-            Ok(NodeMessage::Bytes(bytes)) => node.deliver(bytes.job, JobEvent::Bytes(bytes.body)),
+            Ok(NodeMessage::Bytes(bytes)) => {
+                node.deliver(bytes.job, JobEvent::Bytes(bytes.body), size);
+            }
             Ok(NodeMessage::Done(done)) => {
-                node.deliver(done.job, JobEvent::Done);
+                node.deliver(done.job, JobEvent::Done, size);
                 state.fleet.nodes.notify_changed();
             }
             Ok(NodeMessage::Error(failed)) => {
-                node.deliver(failed.job, JobEvent::Failed(failed.error));
+                node.deliver(failed.job, JobEvent::Failed(failed.error), size);
                 state.fleet.nodes.notify_changed();
             }
             Ok(NodeMessage::Hello(again)) => match accept_manifest(&state.limits, &again) {

@@ -5,7 +5,7 @@
 //! reconnect.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,64 @@ use crate::streamed::{self, Streamed, StreamedAnswer};
 /// How many events of one job may wait for a slow consumer before the job is cancelled (so that
 /// one slow consumer never holds up the link).
 pub const JOB_BUFFER: usize = 1024;
+
+/// How many bytes of one job's events (as the node's frames carried them) may wait for a slow
+/// consumer before the job is cancelled: whatever a node sends, the coordinator holds at most
+/// this (and one message more) for one job. Room for a large binary answer (speech, images)
+/// to a consumer on a slow line.
+pub const JOB_BUFFER_BYTES: usize = 64 * 1024 * 1024;
+
+/// The link's end of one job's events, with the bytes waiting in it.
+#[derive(Debug)]
+struct JobSender {
+    events: mpsc::Sender<(JobEvent, usize)>,
+    waiting: Arc<JobBuffer>,
+}
+
+/// What one job's events hold: the bytes waiting, and whether the job was cancelled for
+/// holding too much.
+#[derive(Debug, Default)]
+struct JobBuffer {
+    bytes: AtomicUsize,
+    overflowed: AtomicBool,
+}
+
+/// The consumer's end of one job's events.
+#[derive(Debug)]
+pub(crate) struct JobEvents {
+    events: mpsc::Receiver<(JobEvent, usize)>,
+    waiting: Arc<JobBuffer>,
+}
+
+impl JobEvents {
+    /// A job's event channel: the link's end and the consumer's.
+    fn channel() -> (JobSender, JobEvents) {
+        let (sender, receiver) = mpsc::channel(JOB_BUFFER);
+        let waiting = Arc::new(JobBuffer::default());
+        (
+            JobSender {
+                events: sender,
+                waiting: waiting.clone(),
+            },
+            JobEvents {
+                events: receiver,
+                waiting,
+            },
+        )
+    }
+
+    /// The next event; `None` once the link's end is gone and every event is read.
+    async fn recv(&mut self) -> Option<JobEvent> {
+        let (event, size) = self.events.recv().await?;
+        self.waiting.bytes.fetch_sub(size, Ordering::Relaxed);
+        Some(event)
+    }
+
+    /// Whether the job was cancelled because its consumer did not keep up with its node.
+    fn overflowed(&self) -> bool {
+        self.waiting.overflowed.load(Ordering::Relaxed)
+    }
+}
 
 /// Identifies a provider: its operator and its `agent.name`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -160,7 +218,7 @@ pub struct LiveNode {
     pub operator: String,
     offer: RwLock<Arc<NodeOffer>>,
     outgoing: mpsc::Sender<Outbound>,
-    jobs: Mutex<HashMap<JobId, mpsc::Sender<JobEvent>>>,
+    jobs: Mutex<HashMap<JobId, JobSender>>,
     next_job: AtomicU64,
     /// It speaks protocol version 2 or later: it takes calls (endpoints other than chat).
     takes_calls: bool,
@@ -292,19 +350,32 @@ impl LiveNode {
             .clear();
     }
 
-    /// Hands an event from the link to its job. A job whose consumer cannot keep up is cancelled.
-    pub(crate) fn deliver(&self, job: JobId, event: JobEvent) {
+    /// Hands an event from the link to its job; `size` is the bytes of the frame that carried
+    /// it. A job whose consumer cannot keep up ([`JOB_BUFFER`] events or [`JOB_BUFFER_BYTES`]
+    /// waiting) is cancelled.
+    pub(crate) fn deliver(&self, job: JobId, event: JobEvent, size: usize) {
         let finished = matches!(event, JobEvent::Done | JobEvent::Failed(_));
         let mut jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(sender) = jobs.get(&job) else {
             return;
         };
-        match sender.try_send(event) {
+        // Counted before it is sent, so that the consumer never takes off what was not added.
+        let waiting = sender.waiting.bytes.fetch_add(size, Ordering::Relaxed);
+        let sent = if waiting > 0 && waiting.saturating_add(size) > JOB_BUFFER_BYTES {
+            Err(mpsc::error::TrySendError::Full((event, size)))
+        } else {
+            sender.events.try_send((event, size))
+        };
+        if sent.is_err() {
+            sender.waiting.bytes.fetch_sub(size, Ordering::Relaxed);
+        }
+        match sent {
             Ok(()) if finished => {
                 jobs.remove(&job);
             }
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
+                sender.waiting.overflowed.store(true, Ordering::Relaxed);
                 jobs.remove(&job);
                 let _ = self
                     .outgoing
@@ -632,7 +703,7 @@ async fn open_chat(
     request: ChatCompletionRequest,
     context: &RequestContext,
     events: Option<ConsumerEvents>,
-) -> Result<(mpsc::Receiver<JobEvent>, CancelOnDrop), ProviderError> {
+) -> Result<(JobEvents, CancelOnDrop), ProviderError> {
     open_job(node, context, None, |job, deadline_ms| {
         CoordinatorMessage::Job(Box::new(Job {
             job,
@@ -654,7 +725,7 @@ async fn open_job(
     context: &RequestContext,
     upload: Option<&Bytes>,
     make: impl FnOnce(JobId, Option<u64>) -> CoordinatorMessage,
-) -> Result<(mpsc::Receiver<JobEvent>, CancelOnDrop), ProviderError> {
+) -> Result<(JobEvents, CancelOnDrop), ProviderError> {
     if node.is_closed() {
         return Err(ProviderError::Unavailable {
             status: None,
@@ -662,7 +733,7 @@ async fn open_job(
         });
     }
     let job = node.next_job.fetch_add(1, Ordering::Relaxed);
-    let (events_tx, events) = mpsc::channel(JOB_BUFFER);
+    let (events_tx, events) = JobEvents::channel();
     node.jobs
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -706,7 +777,7 @@ async fn open_job(
 /// its link closed. Biased: events already delivered are read before the link's closing is
 /// noticed (closing drops the job's sender, so `recv` ends after them).
 async fn next_event(
-    events: &mut mpsc::Receiver<JobEvent>,
+    events: &mut JobEvents,
     cancel: &CancellationToken,
     closed: &CancellationToken,
     guard: &mut CancelOnDrop,
@@ -727,6 +798,15 @@ async fn next_event(
             Err(ProviderError::from(error))
         }
         Some(event) => Ok(Some(event)),
+        None if events.overflowed() => {
+            guard.armed = false;
+            Err(ProviderError::Unavailable {
+                status: None,
+                message: "the consumer did not keep up with the node's answer: the job was \
+                          cancelled"
+                    .into(),
+            })
+        }
         None => {
             guard.armed = false;
             Err(ProviderError::Unavailable {

@@ -221,6 +221,8 @@ struct TestNode {
     closed: Arc<AtomicBool>,
     job_arrived: Arc<Notify>,
     received: Arc<AtomicUsize>,
+    /// The jobs the coordinator cancelled.
+    cancelled: Arc<Mutex<Vec<u64>>>,
 }
 
 impl TestNode {
@@ -263,6 +265,7 @@ impl TestNode {
         let closed = Arc::new(AtomicBool::new(false));
         let job_arrived = Arc::new(Notify::new());
         let received = Arc::new(AtomicUsize::new(0));
+        let cancelled = Arc::new(Mutex::new(Vec::new()));
         let (out, mut outgoing) = mpsc::unbounded_channel::<ToLink>();
         let node = TestNode {
             name: name.clone(),
@@ -271,6 +274,7 @@ impl TestNode {
             closed: closed.clone(),
             job_arrived: job_arrived.clone(),
             received: received.clone(),
+            cancelled: cancelled.clone(),
         };
         tokio::spawn(async move {
             let mut beat = tokio::time::interval(Duration::from_millis(500));
@@ -278,6 +282,9 @@ impl TestNode {
                 tokio::select! {
                     frame = socket.next() => match frame {
                         Some(Ok(Message::Text(text))) => {
+                            if let Ok(CoordinatorMessage::Cancel(cancel)) = link::decode_coordinator(&text) {
+                                cancelled.lock().unwrap().push(cancel.job);
+                            }
                             if let Ok(CoordinatorMessage::Job(job)) = link::decode_coordinator(&text) {
                                 let (id, model) = (job.job, job.request.model.clone());
                                 jobs.lock().unwrap().push(*job);
@@ -344,6 +351,18 @@ impl TestNode {
             let _ = tokio::time::timeout(Duration::from_millis(25), notified).await;
         }
         panic!("node {} never got job {n}", self.name);
+    }
+
+    /// Waits up to `limit` for the coordinator to cancel `job`; whether it did.
+    async fn wait_cancelled(&self, job: u64, limit: Duration) -> bool {
+        let until = tokio::time::Instant::now() + limit;
+        while tokio::time::Instant::now() < until {
+            if self.cancelled.lock().unwrap().contains(&job) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        false
     }
 
     fn send(&self, message: NodeMessage) {
@@ -1380,6 +1399,51 @@ async fn a_node_that_sends_chunks_for_events_still_gives_the_consumer_its_events
         assert_eq!(record["response"]["content"], "Hello", "{record}");
         assert_eq!(record["usage"]["total_tokens"], 5, "{record}");
     }
+    club.finish().await;
+}
+
+/// A node cannot make the coordinator hold its answer without bound for a consumer that does
+/// not read: once a job's waiting events pass their limit in bytes (64 MiB), far fewer events
+/// than their limit in number, the job is cancelled at the node, and the consumer's stream
+/// ends, after what was held, with an error that says why.
+#[tokio::test]
+async fn a_node_cannot_make_the_coordinator_hold_an_answer_without_bound() {
+    let club = Club::start().await;
+    let (_, ada) = club.member("ada", "inference").await;
+    let (_, bob) = club.member("bob", "provider").await;
+    let (node, consumer, job, events) = stream_to_a_held_node(&club, &ada, &bob, "flood").await;
+    node.send_binary(events_frame(job.job, true, &content_event(&events, "Hi")));
+    let mut response = consumer.await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    read_until(&mut response, &mut String::new(), "Hi").await;
+
+    // The consumer reads no more. The node sends 96 MiB in 384 frames of about 250 KiB: far
+    // fewer than the 1,024 events a job may hold, far more bytes than it may hold.
+    let text = "x".repeat(250 * 1024);
+    let frame = events_frame(job.job, true, &content_event(&events, &text));
+    for _ in 0..384 {
+        node.send_binary(frame.clone());
+    }
+    assert!(
+        node.wait_cancelled(job.job, Duration::from_secs(60)).await,
+        "the coordinator never cancelled a job whose consumer held up 96 MiB"
+    );
+
+    // What was held still reaches the consumer, then the reason.
+    let mut held = 0usize;
+    let mut tail = String::new();
+    while let Some(piece) = response.chunk().await.unwrap() {
+        held += piece.len();
+        tail.push_str(&String::from_utf8_lossy(&piece));
+        let keep = tail.len().saturating_sub(4096);
+        tail = tail.split_off(tail.floor_char_boundary(keep));
+    }
+    assert!(
+        held < 96 * 1024 * 1024,
+        "the consumer got all {held} bytes: nothing was held back"
+    );
+    assert!(tail.contains("did not keep up"), "{tail}");
+    assert!(tail.ends_with("data: [DONE]\n\n"), "{tail}");
     club.finish().await;
 }
 

@@ -17,10 +17,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use inference_club_core::link::{self, NodeMessage};
+use inference_club_core::link::{self, Cancel, CoordinatorMessage, Job, NodeMessage};
 use inference_club_core::manifest::ServiceManifest;
 use inference_club_core::openai::{
-    ChatCompletionChunk, ChatCompletionRequest, ChunkDelta, ConsumerEvents, Model, Usage,
+    ChatCompletionChunk, ChatCompletionRequest, ChatMessage, ChunkDelta, ConsumerEvents, Model,
+    Usage,
 };
 use inference_club_core::provider::{ChunkStream, Provider, ProviderError, RequestContext};
 use inference_club_core::routing::failover;
@@ -542,6 +543,48 @@ async fn a_job_beyond_max_concurrent_is_refused_as_busy() {
         // A model nobody serves is not busy but not found.
         let unknown = link.run_job(4, "nope", "x").await;
         assert_eq!(unknown.error().kind, "model_not_found");
+    })
+    .await;
+}
+
+/// A consumer that cancels and asks again at once: the coordinator sends the `cancel` and the
+/// next job in one write. The next job gets the slot the cancelled one frees, not `busy`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_sent_with_the_cancel_of_the_last_gets_the_slot_it_frees() {
+    bounded(async {
+        let mut coordinator = FakeCoordinator::start().await;
+        let _node = Running::echo(&coordinator, vec![echo("echo", 20).max_concurrent(1)]);
+        let (mut link, _) = coordinator.linked(HEARTBEAT_MS).await;
+        for round in 0..10 {
+            let (first, next) = (2 * round + 1, 2 * round + 2);
+            link.job(first, "echo", "a b c d e f g h i j k l m n o p");
+            let chunk = link.next().await;
+            assert!(
+                matches!(chunk.message, NodeMessage::Chunk(ref c) if c.job == first),
+                "{chunk:?}"
+            );
+            let again = Job {
+                job: next,
+                request_id: format!("req-{next}"),
+                consumer: Some("bob".into()),
+                deadline_ms: None,
+                whole: false,
+                events: None,
+                request: ChatCompletionRequest::new("echo", vec![ChatMessage::user("again")]),
+            };
+            link.send_together(vec![
+                CoordinatorMessage::Cancel(Cancel { job: first }),
+                CoordinatorMessage::Job(Box::new(again)),
+            ]);
+            let traces = link.run_jobs(&[first, next], WAIT).await;
+            assert_eq!(traces[&first].error().kind, "cancelled", "round {round}");
+            assert!(
+                matches!(traces[&next].end, Some((_, JobEnd::Done(_)))),
+                "round {round}: {:?}",
+                traces[&next].end
+            );
+            assert_eq!(traces[&next].text(), "echo: again", "round {round}");
+        }
     })
     .await;
 }

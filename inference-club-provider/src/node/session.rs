@@ -2,6 +2,8 @@
 //! ends.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,6 +56,77 @@ impl std::fmt::Display for ConnectError {
 /// The most frames written to the link before it is flushed: bursts of chunks share a write,
 /// and a long burst still leaves room for the other branches of the session loop.
 const MAX_FRAMES_PER_WRITE: usize = 64;
+
+/// How long after a job is cancelled new jobs wait for the cancelled ones still running to end.
+const HOLD_AFTER_CANCEL: Duration = Duration::from_millis(250);
+
+/// A job's task, ready to run: it gives its id when it ends.
+type JobTask = Pin<Box<dyn Future<Output = JobId> + Send>>;
+
+/// Starts the jobs' tasks. A job cancelled on this link frees its engine slot only when its
+/// task next runs, and the coordinator may send the next job in the same write as the
+/// `cancel` (a consumer that cancels and asks again at once): a new job is therefore held
+/// while a job cancelled in the last [`HOLD_AFTER_CANCEL`] is still running, so that it finds
+/// the slot free instead of being refused as busy. A cancelled job normally ends at once; one
+/// that does not holds new jobs no longer than that.
+#[derive(Default)]
+struct Starts {
+    held: Vec<JobTask>,
+    cancelled_at: Option<tokio::time::Instant>,
+}
+
+impl Starts {
+    /// A job was cancelled just now.
+    fn cancelled(&mut self) {
+        self.cancelled_at = Some(tokio::time::Instant::now());
+    }
+
+    /// Whether new jobs wait: a job cancelled lately is still running.
+    fn must_wait(&self, jobs: &HashMap<JobId, CancellationToken>) -> bool {
+        self.cancelled_at
+            .is_some_and(|at| at.elapsed() < HOLD_AFTER_CANCEL)
+            && jobs.values().any(CancellationToken::is_cancelled)
+    }
+
+    /// Starts `task` now, or holds it while cancelled jobs end.
+    fn start(
+        &mut self,
+        running: &mut JoinSet<JobId>,
+        jobs: &HashMap<JobId, CancellationToken>,
+        task: JobTask,
+    ) {
+        if self.must_wait(jobs) {
+            self.held.push(task);
+        } else {
+            running.spawn(task);
+        }
+    }
+
+    /// Starts the held jobs once no cancelled job is running or the wait is over.
+    fn release(&mut self, running: &mut JoinSet<JobId>, jobs: &HashMap<JobId, CancellationToken>) {
+        if !self.held.is_empty() && !self.must_wait(jobs) {
+            for task in self.held.drain(..) {
+                running.spawn(task);
+            }
+        }
+    }
+
+    /// When the held jobs start at the latest, if any are held.
+    fn held_until(&self) -> Option<tokio::time::Instant> {
+        if self.held.is_empty() {
+            return None;
+        }
+        self.cancelled_at.map(|at| at + HOLD_AFTER_CANCEL)
+    }
+}
+
+/// Sleeps until `at`, or forever when there is none.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
 
 /// The node software and version, as sent in `hello`.
 pub const NODE_VERSION: &str = concat!("inference-club-provider/", env!("CARGO_PKG_VERSION"));
@@ -206,6 +279,7 @@ pub(crate) async fn run(
     let mut uploads: HashMap<JobId, PendingUpload> = HashMap::new();
     let mut jobs: HashMap<JobId, CancellationToken> = HashMap::new();
     let mut running: JoinSet<JobId> = JoinSet::new();
+    let mut starts = Starts::default();
     let mut heartbeat = tokio::time::interval(interval);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut draining: Option<tokio::time::Instant> = None;
@@ -226,6 +300,7 @@ pub(crate) async fn run(
                     break SessionEnd::Shutdown;
                 }
             }
+            () = sleep_until_some(starts.held_until()) => starts.release(&mut running, &jobs),
             () = grace_over => {
                 if cancelled_all {
                     break SessionEnd::Shutdown;
@@ -274,6 +349,7 @@ pub(crate) async fn run(
                 if let Ok(job) = done {
                     jobs.remove(&job);
                 }
+                starts.release(&mut running, &jobs);
                 if draining.is_some() && jobs.is_empty() {
                     break SessionEnd::Shutdown;
                 }
@@ -328,10 +404,10 @@ pub(crate) async fn run(
                                     jobs.insert(id, token.clone());
                                     let provider = offers.borrow().provider();
                                     let (out, log) = (out.clone(), log.clone());
-                                    running.spawn(async move {
+                                    starts.start(&mut running, &jobs, Box::pin(async move {
                                         serve_call(call, Some(upload), provider, out, token, log).await;
                                         id
-                                    });
+                                    }));
                                 }
                             }
                             Err(error) => {
@@ -370,10 +446,10 @@ pub(crate) async fn run(
                         let provider = offers.borrow().provider();
                         let out = out.clone();
                         let log = log.clone();
-                        running.spawn(async move {
+                        starts.start(&mut running, &jobs, Box::pin(async move {
                             serve_job(*job, provider, out, token, log).await;
                             id
-                        });
+                        }));
                     }
                     Ok(CoordinatorMessage::Call(call)) => {
                         let id = call.job;
@@ -392,10 +468,10 @@ pub(crate) async fn run(
                             jobs.insert(id, token.clone());
                             let provider = offers.borrow().provider();
                             let (out, log) = (out.clone(), log.clone());
-                            running.spawn(async move {
+                            starts.start(&mut running, &jobs, Box::pin(async move {
                                 serve_call(*call, None, provider, out, token, log).await;
                                 id
-                            });
+                            }));
                             Ok(())
                         };
                         if let Err(error) = accepted
@@ -409,6 +485,7 @@ pub(crate) async fn run(
                         uploads.remove(&cancel.job);
                         if let Some(token) = jobs.get(&cancel.job) {
                             token.cancel();
+                            starts.cancelled();
                         }
                     }
                     Ok(CoordinatorMessage::Welcome(_)) => {}

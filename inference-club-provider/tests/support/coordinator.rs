@@ -212,6 +212,7 @@ enum Frame {
 
 enum Command {
     Send(CoordinatorMessage),
+    SendTogether(Vec<CoordinatorMessage>),
     Ping,
     PingEvery(Duration),
     Drop,
@@ -243,6 +244,17 @@ async fn drive(
                 Some(Command::Send(message)) => {
                     let frame = link::encode(&message).unwrap();
                     if ws.send(Message::Text(frame.into())).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Command::SendTogether(messages)) => {
+                    for message in messages {
+                        let frame = link::encode(&message).unwrap();
+                        if ws.feed(Message::Text(frame.into())).await.is_err() {
+                            return;
+                        }
+                    }
+                    if ws.flush().await.is_err() {
                         return;
                     }
                 }
@@ -528,6 +540,11 @@ impl Link {
     /// Sends a message.
     pub fn send(&self, message: CoordinatorMessage) {
         let _ = self.commands.send(Command::Send(message));
+    }
+
+    /// Sends messages in one write, as a coordinator sends what it has queued for a node.
+    pub fn send_together(&self, messages: Vec<CoordinatorMessage>) {
+        let _ = self.commands.send(Command::SendTogether(messages));
     }
 
     /// Answers `welcome`.

@@ -1,14 +1,18 @@
 //! The three waits of a request to an engine, and the stream guard that enforces them.
 
+use std::future::Future;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use async_stream::stream;
-use futures_util::{Stream, StreamExt};
+use futures_util::Stream;
 use inference_club_core::openai::ChatCompletionChunk;
 use inference_club_core::provider::{
     CallOutput, CallStream, ChunkStream, ProviderError, RequestContext, TimeoutPhase,
 };
+use inference_club_core::routing::failover::ItemStream;
+use tokio::time::Instant;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 /// How long to wait for an engine. One total timeout would kill long, healthy streams, so each
 /// phase has its own.
@@ -75,88 +79,122 @@ pub fn guard_call(
 /// [`guard`] over any stream of results, `is_output` telling which items end the wait for the
 /// first output.
 fn guard_stream<T: Send + 'static>(
-    inner: Pin<Box<dyn Stream<Item = Result<T, ProviderError>> + Send + 'static>>,
+    inner: ItemStream<T>,
     timeouts: Timeouts,
     context: &RequestContext,
     sent_at: std::time::Instant,
     is_output: fn(&T) -> bool,
-) -> Pin<Box<dyn Stream<Item = Result<T, ProviderError>> + Send + 'static>> {
-    let cancel = context.cancel.clone();
-    let deadline = context.deadline.map(tokio::time::Instant::from_std);
-    Box::pin(stream! {
-        let mut inner = inner;
-        let started = tokio::time::Instant::from_std(sent_at);
-        let first_token_by = started + timeouts.first_token;
-        // When the wait for the next item ends, and which wait it is: the deadline, if sooner.
-        let wait = |output_started: bool, last_item: tokio::time::Instant| {
-            let (phase, until) = if output_started {
-                (TimeoutPhase::Idle, last_item + timeouts.idle)
-            } else {
-                (TimeoutPhase::FirstToken, first_token_by)
-            };
-            match deadline.filter(|d| *d < until) {
-                Some(deadline) => (TimeoutPhase::Total, deadline),
-                None => (phase, until),
-            }
+) -> ItemStream<T> {
+    let started = Instant::from_std(sent_at);
+    let mut guard = Guard {
+        inner: Some(inner),
+        cancelled: Box::pin(context.cancel.clone().cancelled_owned()),
+        timer: Box::pin(tokio::time::sleep_until(started)),
+        timeouts,
+        deadline: context.deadline.map(Instant::from_std),
+        started,
+        output_started: false,
+        last_item: started,
+        handed_out: false,
+        is_output,
+    };
+    let (_, until) = guard.wait();
+    guard.timer.as_mut().reset(until);
+    Box::pin(guard)
+}
+
+/// The stream [`guard_stream`] gives: the inner stream's items, polled directly, with one timer
+/// and one cancellation wait for the whole stream (not one per item). The timer is moved only
+/// when it fires before the wait has really ended (items keep coming), or when the wait gets
+/// shorter (output starts: the idle wait replaces the first-token one).
+struct Guard<T> {
+    /// `None` once the stream has ended: on every way out, the inner stream (and with it the
+    /// engine connection) is dropped before the last item is handed out, since the consumer
+    /// may hold this stream a while longer.
+    inner: Option<ItemStream<T>>,
+    cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    timeouts: Timeouts,
+    deadline: Option<Instant>,
+    /// When the request went to the engine: the first-token wait counts from then.
+    started: Instant,
+    output_started: bool,
+    /// When the last item was asked for, once output has started: the idle wait counts from
+    /// then (not from when it was handed out, so that a slow consumer is not an idle engine).
+    last_item: Instant,
+    /// An item was handed out and the next has not been asked for yet.
+    handed_out: bool,
+    is_output: fn(&T) -> bool,
+}
+
+impl<T> Guard<T> {
+    /// Which wait runs now, and when it ends: the deadline, if sooner.
+    fn wait(&self) -> (TimeoutPhase, Instant) {
+        let (phase, until) = if self.output_started {
+            (TimeoutPhase::Idle, self.last_item + self.timeouts.idle)
+        } else {
+            (
+                TimeoutPhase::FirstToken,
+                self.started + self.timeouts.first_token,
+            )
         };
-        let mut output_started = false;
-        let mut last_item = started;
-        // One timer and one cancellation wait for the whole stream, not one per item: the timer
-        // is moved only when it fires before the wait has really ended (items keep coming), or
-        // when the wait gets shorter (output starts: the idle wait replaces the first-token one).
-        let cancelled = cancel.cancelled_owned();
-        let mut cancelled = std::pin::pin!(cancelled);
-        let timer = tokio::time::sleep_until(wait(false, started).1);
-        let mut timer = std::pin::pin!(timer);
-        loop {
-            let next = tokio::select! {
-                biased;
-                () = &mut cancelled => None,
-                next = inner.next() => Some(Ok(next)),
-                () = &mut timer => {
-                    let (phase, until) = wait(output_started, last_item);
-                    if tokio::time::Instant::now() < until {
-                        timer.as_mut().reset(until);
-                        continue;
-                    }
-                    Some(Err(phase))
-                }
-            };
-            // On every way out, the inner stream (and with it the engine connection) is dropped
-            // before the last item is yielded: the consumer may hold this stream a while longer.
-            let Some(next) = next else {
-                drop(inner);
-                yield Err(ProviderError::Cancelled);
-                break;
-            };
-            match next {
-                Err(phase) => {
-                    drop(inner);
-                    let after = match phase {
-                        TimeoutPhase::Idle => timeouts.idle,
-                        _ => started.elapsed(),
-                    };
-                    yield Err(ProviderError::Timeout { phase, after });
-                    break;
-                }
-                Ok(None) => break,
-                Ok(Some(Ok(item))) => {
-                    if !output_started && is_output(&item) {
-                        output_started = true;
-                        last_item = tokio::time::Instant::now();
-                        timer.as_mut().reset(wait(true, last_item).1);
-                    }
-                    yield Ok(item);
-                    if output_started {
-                        last_item = tokio::time::Instant::now();
-                    }
-                }
-                Ok(Some(Err(error))) => {
-                    drop(inner);
-                    yield Err(error);
-                    break;
-                }
-            }
+        match self.deadline.filter(|d| *d < until) {
+            Some(deadline) => (TimeoutPhase::Total, deadline),
+            None => (phase, until),
         }
-    })
+    }
+}
+
+impl<T> Stream for Guard<T> {
+    type Item = Result<T, ProviderError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if std::mem::take(&mut this.handed_out) && this.output_started {
+            this.last_item = Instant::now();
+        }
+        // Cancellation first, then the engine, then the timer.
+        if this.cancelled.as_mut().poll(cx).is_ready() {
+            this.inner = None;
+            return Poll::Ready(Some(Err(ProviderError::Cancelled)));
+        }
+        match inner.as_mut().poll_next(cx) {
+            Poll::Ready(Some(Ok(item))) => {
+                if !this.output_started && (this.is_output)(&item) {
+                    this.output_started = true;
+                    this.last_item = Instant::now();
+                    let (_, until) = this.wait();
+                    this.timer.as_mut().reset(until);
+                }
+                this.handed_out = true;
+                return Poll::Ready(Some(Ok(item)));
+            }
+            Poll::Ready(Some(Err(error))) => {
+                this.inner = None;
+                return Poll::Ready(Some(Err(error)));
+            }
+            Poll::Ready(None) => {
+                this.inner = None;
+                return Poll::Ready(None);
+            }
+            Poll::Pending => {}
+        }
+        while this.timer.as_mut().poll(cx).is_ready() {
+            let (phase, until) = this.wait();
+            if Instant::now() < until {
+                this.timer.as_mut().reset(until);
+                continue;
+            }
+            this.inner = None;
+            let after = match phase {
+                TimeoutPhase::Idle => this.timeouts.idle,
+                _ => this.started.elapsed(),
+            };
+            return Poll::Ready(Some(Err(ProviderError::Timeout { phase, after })));
+        }
+        Poll::Pending
+    }
 }

@@ -6,9 +6,11 @@
 //! arrives in many small reads: 74 s of CPU for a 60 KB event read a byte at a time, and it
 //! buffers a line without end with no limit).
 
-use async_stream::stream;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
+use futures_util::Stream;
 use inference_club_core::openai::{ChatCompletionChunk, StreamPayload};
 use inference_club_core::provider::ProviderError;
 use serde_json::Value;
@@ -88,45 +90,93 @@ enum Step<T> {
 /// Decodes an SSE body, giving each event with data to `interpret`.
 fn decode<S, E, T>(
     body: S,
-    mut interpret: impl FnMut(&Event) -> Step<T> + Send + 'static,
+    interpret: impl FnMut(&Event) -> Step<T> + Send + Unpin + 'static,
 ) -> impl Stream<Item = Result<T, ProviderError>>
 where
     S: Stream<Item = Result<Bytes, E>> + Send + 'static,
     E: std::fmt::Display + Send + 'static,
     T: Send + 'static,
 {
-    stream! {
-        let mut body = std::pin::pin!(body);
-        let mut decoder = EventDecoder::default();
-        let mut events = Vec::new();
-        while let Some(piece) = body.next().await {
-            let piece = match piece {
-                Ok(piece) => piece,
-                Err(e) => {
-                    yield Err(ProviderError::Unavailable {
-                        status: None,
-                        message: format!("engine stream broke: {e}"),
-                    });
-                    return;
-                }
-            };
-            let decoded = decoder.push(&piece, &mut events);
-            for event in events.drain(..) {
+    Decode {
+        body: Some(Box::pin(body)),
+        decoder: EventDecoder::default(),
+        events: Vec::new(),
+        next: 0,
+        broken: None,
+        interpret,
+    }
+}
+
+/// The stream [`decode`] gives, polled directly: the events of each piece of the body are
+/// interpreted one by one as they are asked for.
+struct Decode<S, F> {
+    /// `None` once the stream has ended (the body, and with it the engine's connection, is
+    /// dropped then).
+    body: Option<Pin<Box<S>>>,
+    decoder: EventDecoder,
+    /// The events decoded from the last piece; those from `next` on are still to be read.
+    events: Vec<Event>,
+    next: usize,
+    /// The decoder's error on the last piece, given after the events before it.
+    broken: Option<ProviderError>,
+    interpret: F,
+}
+
+impl<S, F> Decode<S, F> {
+    /// Ends the stream, giving `last` as its last item.
+    fn end<T>(&mut self, last: Option<T>) -> Poll<Option<T>> {
+        self.body = None;
+        self.events.clear();
+        self.next = 0;
+        Poll::Ready(last)
+    }
+}
+
+impl<S, E, F, T> Stream for Decode<S, F>
+where
+    S: Stream<Item = Result<Bytes, E>>,
+    E: std::fmt::Display,
+    F: FnMut(&Event) -> Step<T> + Unpin,
+{
+    type Item = Result<T, ProviderError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if this.body.is_none() {
+                return Poll::Ready(None);
+            }
+            while let Some(event) = this.events.get(this.next) {
+                this.next += 1;
                 if event.data.trim().is_empty() {
                     continue;
                 }
-                match interpret(&event) {
-                    Step::Yield(item) => yield Ok(item),
-                    Step::End => return,
-                    Step::Fail(error) => {
-                        yield Err(error);
-                        return;
-                    }
+                match (this.interpret)(event) {
+                    Step::Yield(item) => return Poll::Ready(Some(Ok(item))),
+                    Step::End => return this.end(None),
+                    Step::Fail(error) => return this.end(Some(Err(error))),
                 }
             }
-            if let Err(error) = decoded {
-                yield Err(error);
-                return;
+            this.events.clear();
+            this.next = 0;
+            if let Some(error) = this.broken.take() {
+                return this.end(Some(Err(error)));
+            }
+            let Some(body) = this.body.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match body.as_mut().poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => return this.end(None),
+                Poll::Ready(Some(Err(e))) => {
+                    return this.end(Some(Err(ProviderError::Unavailable {
+                        status: None,
+                        message: format!("engine stream broke: {e}"),
+                    })));
+                }
+                Poll::Ready(Some(Ok(piece))) => {
+                    this.broken = this.decoder.push(&piece, &mut this.events).err();
+                }
             }
         }
     }
@@ -293,6 +343,7 @@ fn too_large() -> ProviderError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::StreamExt;
 
     async fn parse(pieces: Vec<&'static [u8]>) -> Vec<Result<ChatCompletionChunk, ProviderError>> {
         let body = futures_util::stream::iter(

@@ -17,11 +17,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use inference_club_core::link::{self, Cancel, CoordinatorMessage, Job, NodeMessage};
+use inference_club_core::link::{self, Cancel, CoordinatorMessage, NodeMessage};
 use inference_club_core::manifest::ServiceManifest;
 use inference_club_core::openai::{
-    ChatCompletionChunk, ChatCompletionRequest, ChatMessage, ChunkDelta, ConsumerEvents, Model,
-    Usage,
+    ChatCompletionChunk, ChatCompletionRequest, ChunkDelta, ConsumerEvents, Model, Usage,
 };
 use inference_club_core::provider::{ChunkStream, Provider, ProviderError, RequestContext};
 use inference_club_core::routing::failover;
@@ -31,7 +30,7 @@ use inference_club_provider::node::{
 };
 use inference_club_provider::router::{Route, Router};
 use serde_json::{Value, json};
-use support::coordinator::{FakeCoordinator, JobEnd, KEY, Sent, WAIT};
+use support::coordinator::{FakeCoordinator, JobEnd, KEY, Sent, WAIT, chat_job};
 use support::{FakeEngine, MODEL, Plan, Wire};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -563,18 +562,9 @@ async fn a_job_sent_with_the_cancel_of_the_last_gets_the_slot_it_frees() {
                 matches!(chunk.message, NodeMessage::Chunk(ref c) if c.job == first),
                 "{chunk:?}"
             );
-            let again = Job {
-                job: next,
-                request_id: format!("req-{next}"),
-                consumer: Some("bob".into()),
-                deadline_ms: None,
-                whole: false,
-                events: None,
-                request: ChatCompletionRequest::new("echo", vec![ChatMessage::user("again")]),
-            };
             link.send_together(vec![
                 CoordinatorMessage::Cancel(Cancel { job: first }),
-                CoordinatorMessage::Job(Box::new(again)),
+                CoordinatorMessage::Job(Box::new(chat_job(next, "echo", "again"))),
             ]);
             let traces = link.run_jobs(&[first, next], WAIT).await;
             assert_eq!(traces[&first].error().kind, "cancelled", "round {round}");

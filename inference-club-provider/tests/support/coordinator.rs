@@ -181,6 +181,19 @@ async fn serve(
     }
 }
 
+/// Job `id`: the prompt `prompt` for `model`, from consumer `bob`, streamed as chunks.
+pub fn chat_job(id: JobId, model: &str, prompt: &str) -> Job {
+    Job {
+        job: id,
+        request_id: format!("req-{id}"),
+        consumer: Some("bob".into()),
+        deadline_ms: None,
+        whole: false,
+        events: None,
+        request: ChatCompletionRequest::new(model, vec![ChatMessage::user(prompt)]),
+    }
+}
+
 /// A message the node sent, as received.
 #[derive(Debug, Clone)]
 pub struct Received {
@@ -568,15 +581,7 @@ impl Link {
 
     /// Sends job `id`: the prompt `prompt` for `model`, from consumer `bob`.
     pub fn job(&self, id: JobId, model: &str, prompt: &str) {
-        self.send_job(Job {
-            job: id,
-            request_id: format!("req-{id}"),
-            consumer: Some("bob".into()),
-            deadline_ms: None,
-            whole: false,
-            events: None,
-            request: ChatCompletionRequest::new(model, vec![ChatMessage::user(prompt)]),
-        });
+        self.send_job(chat_job(id, model, prompt));
     }
 
     /// Sends a job as given.

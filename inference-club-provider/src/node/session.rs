@@ -505,10 +505,12 @@ pub(crate) async fn run(
     };
 
     // Whatever happens, no job outlives its link. A job that ignored its cancellation is
-    // aborted, so that every sender of `outgoing` is gone before it is drained below.
+    // aborted, and a held one never starts, so that every sender of `outgoing` is gone before
+    // it is drained below.
     for token in jobs.values() {
         token.cancel();
     }
+    drop(starts);
     running.abort_all();
     while running.join_next().await.is_some() {}
     if matches!(end, SessionEnd::Shutdown) {

@@ -331,6 +331,21 @@ impl TestNode {
         Ok(node)
     }
 
+    /// Links with `key`, announcing `manifest`, and waits until the club lists the node online
+    /// under `operator`.
+    async fn link_online(
+        club: &Club,
+        key: &str,
+        operator: &str,
+        manifest: Value,
+        answer: Answer,
+    ) -> TestNode {
+        let name = manifest["agent"]["name"].as_str().unwrap().to_owned();
+        let node = TestNode::link(club, key, manifest, answer).await.unwrap();
+        club.wait_online(operator, &name, true).await;
+        node
+    }
+
     /// Jobs received so far.
     fn job_count(&self) -> usize {
         self.received.load(Ordering::SeqCst)
@@ -640,15 +655,14 @@ async fn no_response_contains_a_key_secret_or_a_node_api_key() {
     secrets.push(bob.clone());
     let node_secret = "sk-node-secret-never-leaves-0123456789";
 
-    let _box = TestNode::link(
+    let _box = TestNode::link_online(
         &club,
         node,
+        "ada",
         manifest("box", &[service("echo", &["echo"], None)]),
         Answer::Now,
     )
-    .await
-    .unwrap();
-    club.wait_online("ada", "box", true).await;
+    .await;
     let (status, answer) = club.chat(app, "echo").await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     let (status, _) = club.chat(&bob, "echo").await;
@@ -733,15 +747,14 @@ async fn a_stranger_cannot_read_change_or_delete_another_members_private_record(
     let (_, ada) = club.member("ada", "inference,account").await;
     let (_, eve) = club.member("eve", "inference,account,provider").await;
     let (_, bob_node) = club.member("bob", "provider").await;
-    let _node = TestNode::link(
+    let _node = TestNode::link_online(
         &club,
         &bob_node,
+        "bob",
         manifest("box", &[service("echo", &["echo"], None)]),
         Answer::Now,
     )
-    .await
-    .unwrap();
-    club.wait_online("bob", "box", true).await;
+    .await;
     let mut private = chat("echo");
     private["visibility"] = json!("private");
     let (status, headers, _) = club
@@ -847,10 +860,7 @@ async fn a_member_outside_a_nodes_policy_never_reaches_it_nor_sees_its_models() 
             service("open", &["open-model"], None),
         ],
     );
-    let node = TestNode::link(&club, &bob, box_manifest.clone(), Answer::Now)
-        .await
-        .unwrap();
-    club.wait_online("bob", "box", true).await;
+    let node = TestNode::link_online(&club, &bob, "bob", box_manifest.clone(), Answer::Now).await;
 
     assert_eq!(club.models(&ada).await, vec!["open-model"]);
     assert_eq!(club.models(&carol).await, vec!["open-model", "team-model"]);
@@ -892,10 +902,7 @@ async fn a_member_outside_a_nodes_policy_never_reaches_it_nor_sees_its_models() 
         "bob",
     );
     club.wait_online("bob", "box", false).await;
-    let node = TestNode::link(&club, &bob, box_manifest, Answer::Now)
-        .await
-        .unwrap();
-    club.wait_online("bob", "box", true).await;
+    let node = TestNode::link_online(&club, &bob, "bob", box_manifest, Answer::Now).await;
     assert_eq!(club.models(&carol).await, Vec::<String>::new());
     assert_eq!(
         club.chat(&carol, "team-model").await.0,
@@ -945,10 +952,7 @@ async fn the_kill_switch_stops_all_routing_to_a_node() {
     let (_, bob) = club.member("bob", "provider,account,inference").await;
     let (_, ada) = club.member("ada", "inference").await;
     let box_manifest = manifest("box", &[service("echo", &["echo"], None)]);
-    let node = TestNode::link(&club, &bob, box_manifest.clone(), Answer::Now)
-        .await
-        .unwrap();
-    club.wait_online("bob", "box", true).await;
+    let node = TestNode::link_online(&club, &bob, "bob", box_manifest.clone(), Answer::Now).await;
     assert_eq!(club.chat(&ada, "echo").await.0, StatusCode::OK);
     assert_eq!(node.job_count(), 1);
 
@@ -978,10 +982,7 @@ async fn the_kill_switch_stops_all_routing_to_a_node() {
     let bob_id = club.store.user_by_handle("bob").await.unwrap().unwrap().id;
     club.server.close_operator_links(bob_id, "bob");
     club.wait_online("bob", "box", false).await;
-    let node = TestNode::link(&club, &bob, box_manifest, Answer::Now)
-        .await
-        .unwrap();
-    club.wait_online("bob", "box", true).await;
+    let node = TestNode::link_online(&club, &bob, "bob", box_manifest, Answer::Now).await;
     assert_eq!(club.chat(&ada, "echo").await.0, StatusCode::NOT_FOUND);
     assert_eq!(node.job_count(), 0);
 
@@ -1008,24 +1009,22 @@ async fn only_own_and_prefer_own_hold() {
     let club = Club::start().await;
     let (_, ada) = club.member("ada", "inference,provider,account").await;
     let (_, bob) = club.member("bob", "provider").await;
-    let mine = TestNode::link(
+    let mine = TestNode::link_online(
         &club,
         &ada,
+        "ada",
         manifest("mine", &[service("s", &["shared"], None)]),
         Answer::Now,
     )
-    .await
-    .unwrap();
-    let theirs = TestNode::link(
+    .await;
+    let theirs = TestNode::link_online(
         &club,
         &bob,
+        "bob",
         manifest("theirs", &[service("s", &["shared", "bob-model"], None)]),
         Answer::Now,
     )
-    .await
-    .unwrap();
-    club.wait_online("ada", "mine", true).await;
-    club.wait_online("bob", "theirs", true).await;
+    .await;
 
     let set = |preference: &'static str| {
         club.call(
@@ -1106,24 +1105,22 @@ async fn a_node_cannot_send_chunks_for_a_job_it_was_not_given() {
     let (_, ada) = club.member("ada", "inference").await;
     let (_, bob) = club.member("bob", "provider").await;
     let (_, mallory) = club.member("mallory", "provider").await;
-    let honest = TestNode::link(
+    let honest = TestNode::link_online(
         &club,
         &bob,
+        "bob",
         manifest("honest", &[service("s", &["m-honest"], None)]),
         Answer::Hold,
     )
-    .await
-    .unwrap();
-    let hostile = TestNode::link(
+    .await;
+    let hostile = TestNode::link_online(
         &club,
         &mallory,
+        "mallory",
         manifest("hostile", &[service("s", &["m-hostile"], None)]),
         Answer::Hold,
     )
-    .await
-    .unwrap();
-    club.wait_online("bob", "honest", true).await;
-    club.wait_online("mallory", "hostile", true).await;
+    .await;
 
     let mut body = chat("m-honest");
     body["stream"] = json!(true);
@@ -1451,16 +1448,14 @@ async fn a_node_cannot_make_the_coordinator_hold_an_answer_without_bound() {
 /// holding its answers, once it is online.
 async fn held_node(club: &Club, node_key: &str, name: &str) -> TestNode {
     let model = format!("m-{name}");
-    let node = TestNode::link(
+    TestNode::link_online(
         club,
         node_key,
+        "bob",
         manifest(name, &[service("s", &[model.as_str()], None)]),
         Answer::Hold,
     )
     .await
-    .unwrap();
-    club.wait_online("bob", name, true).await;
-    node
 }
 
 /// Links the node `name` of bob (`node_key`, a member called `bob`), serving `m-<name>` and
@@ -1593,29 +1588,12 @@ async fn over_limit_requests_are_refused_and_nothing_is_recorded_or_routed() {
     .await;
     let (ada_user, ada) = club.member("ada", "inference,account").await;
     let (_, bob) = club.member("bob", "provider").await;
-    let node = TestNode::link(
-        &club,
-        &bob,
-        manifest("box", &[service("s", &["echo"], None)]),
-        Answer::Now,
-    )
-    .await
-    .unwrap();
-    let slow = TestNode::link(
-        &club,
-        &club
-            .key(
-                &club.store.user_by_handle("bob").await.unwrap().unwrap(),
-                "provider",
-            )
-            .await,
-        manifest("slow", &[service("s", &["slow"], None)]),
-        Answer::Hold,
-    )
-    .await
-    .unwrap();
-    club.wait_online("bob", "box", true).await;
-    club.wait_online("bob", "slow", true).await;
+    let box_manifest = manifest("box", &[service("s", &["echo"], None)]);
+    let node = TestNode::link_online(&club, &bob, "bob", box_manifest, Answer::Now).await;
+    let bob_user = club.store.user_by_handle("bob").await.unwrap().unwrap();
+    let second_key = club.key(&bob_user, "provider").await;
+    let slow_manifest = manifest("slow", &[service("s", &["slow"], None)]);
+    let slow = TestNode::link_online(&club, &second_key, "bob", slow_manifest, Answer::Hold).await;
 
     // The rate: 3 a minute per key, counted down in the headers; the 4th is refused.
     let records = club.record_count().await;
@@ -1865,24 +1843,22 @@ async fn deletion_leaves_no_row_of_the_member(club: Club) {
     let handle = "zed-gone";
     let (zed, key) = club.member(handle, "inference,provider,account").await;
     let (_, bob) = club.member("bob", "inference,provider,account").await;
-    let workshop = TestNode::link(
+    let workshop = TestNode::link_online(
         &club,
         &key,
+        handle,
         manifest("workshop", &[service("s", &["zed-model"], None)]),
         Answer::Now,
     )
-    .await
-    .unwrap();
-    let bench = TestNode::link(
+    .await;
+    let bench = TestNode::link_online(
         &club,
         &bob,
+        "bob",
         manifest("bench", &[service("s", &["bob-model"], None)]),
         Answer::Now,
     )
-    .await
-    .unwrap();
-    club.wait_online(handle, "workshop", true).await;
-    club.wait_online("bob", "bench", true).await;
+    .await;
     // zed's own requests, any visibility; settings and policies set.
     assert_eq!(club.chat(&key, "bob-model").await.0, StatusCode::OK);
     // One of them with a blob (the audio or image of a record).
@@ -1957,15 +1933,14 @@ async fn deletion_leaves_no_row_of_the_member(club: Club) {
     tried.dispatched(by("bob", "bench"), Utc::now()).unwrap();
     club.store.save_record(&tried).await.unwrap();
     // A request of bob's in flight on zed's node when zed leaves: the node holds it.
-    let held = TestNode::link(
+    let held = TestNode::link_online(
         &club,
         &key,
+        handle,
         manifest("held", &[service("s", &["held-model"], None)]),
         Answer::Hold,
     )
-    .await
-    .unwrap();
-    club.wait_online(handle, "held", true).await;
+    .await;
     let in_flight = tokio::spawn(
         club.http
             .post(format!("{}/v1/chat/completions", club.url))

@@ -128,6 +128,7 @@ impl<S, F> Decode<S, F> {
         self.body = None;
         self.events.clear();
         self.next = 0;
+        self.broken = None;
         Poll::Ready(last)
     }
 }
@@ -143,9 +144,7 @@ where
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         loop {
-            if this.body.is_none() {
-                return Poll::Ready(None);
-            }
+            // Once ended, nothing is left to read and there is no body: `None` below.
             while let Some(event) = this.events.get(this.next) {
                 this.next += 1;
                 if event.data.trim().is_empty() {
@@ -421,6 +420,20 @@ mod tests {
         assert_eq!(out.len(), 2);
         let err = out[1].as_ref().unwrap_err();
         assert!(err.to_string().contains("out of memory"), "{err}");
+    }
+
+    /// An error ends the stream for good, even when the same read also broke the decoder: one
+    /// error, then nothing more however often it is polled.
+    #[tokio::test]
+    async fn a_stream_ended_by_an_error_gives_nothing_after_it() {
+        let body = futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(
+            b"data: {\"error\":{\"message\":\"boom\"}}\n\ndata: \xff\n",
+        ))]);
+        let mut stream = std::pin::pin!(chunks(body));
+        let first = stream.next().await.unwrap().unwrap_err();
+        assert!(first.to_string().contains("boom"), "{first}");
+        assert!(stream.next().await.is_none());
+        assert!(stream.next().await.is_none());
     }
 
     #[tokio::test]

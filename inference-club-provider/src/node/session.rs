@@ -71,7 +71,8 @@ type JobTask = Pin<Box<dyn Future<Output = JobId> + Send>>;
 /// that does not holds new jobs no longer than that.
 #[derive(Default)]
 struct Starts {
-    held: Vec<JobTask>,
+    /// The held jobs, in the order they came.
+    held: Vec<(JobId, JobTask)>,
     cancelled_at: Option<tokio::time::Instant>,
 }
 
@@ -81,22 +82,26 @@ impl Starts {
         self.cancelled_at = Some(tokio::time::Instant::now());
     }
 
-    /// Whether new jobs wait: a job cancelled lately is still running.
+    /// Whether new jobs wait: a job cancelled lately is still running (a held job cancelled
+    /// before it started holds no slot, and does not count).
     fn must_wait(&self, jobs: &HashMap<JobId, CancellationToken>) -> bool {
         self.cancelled_at
             .is_some_and(|at| at.elapsed() < HOLD_AFTER_CANCEL)
-            && jobs.values().any(CancellationToken::is_cancelled)
+            && jobs.iter().any(|(id, token)| {
+                token.is_cancelled() && !self.held.iter().any(|(held, _)| held == id)
+            })
     }
 
-    /// Starts `task` now, or holds it while cancelled jobs end.
+    /// Starts job `id`'s `task` now, or holds it while cancelled jobs end.
     fn start(
         &mut self,
         running: &mut JoinSet<JobId>,
         jobs: &HashMap<JobId, CancellationToken>,
+        id: JobId,
         task: JobTask,
     ) {
         if self.must_wait(jobs) {
-            self.held.push(task);
+            self.held.push((id, task));
         } else {
             running.spawn(task);
         }
@@ -105,7 +110,7 @@ impl Starts {
     /// Starts the held jobs once no cancelled job is running or the wait is over.
     fn release(&mut self, running: &mut JoinSet<JobId>, jobs: &HashMap<JobId, CancellationToken>) {
         if !self.held.is_empty() && !self.must_wait(jobs) {
-            for task in self.held.drain(..) {
+            for (_, task) in self.held.drain(..) {
                 running.spawn(task);
             }
         }
@@ -404,7 +409,7 @@ pub(crate) async fn run(
                                     jobs.insert(id, token.clone());
                                     let provider = offers.borrow().provider();
                                     let (out, log) = (out.clone(), log.clone());
-                                    starts.start(&mut running, &jobs, Box::pin(async move {
+                                    starts.start(&mut running, &jobs, id, Box::pin(async move {
                                         serve_call(call, Some(upload), provider, out, token, log).await;
                                         id
                                     }));
@@ -446,7 +451,7 @@ pub(crate) async fn run(
                         let provider = offers.borrow().provider();
                         let out = out.clone();
                         let log = log.clone();
-                        starts.start(&mut running, &jobs, Box::pin(async move {
+                        starts.start(&mut running, &jobs, id, Box::pin(async move {
                             serve_job(*job, provider, out, token, log).await;
                             id
                         }));
@@ -468,7 +473,7 @@ pub(crate) async fn run(
                             jobs.insert(id, token.clone());
                             let provider = offers.borrow().provider();
                             let (out, log) = (out.clone(), log.clone());
-                            starts.start(&mut running, &jobs, Box::pin(async move {
+                            starts.start(&mut running, &jobs, id, Box::pin(async move {
                                 serve_call(*call, None, provider, out, token, log).await;
                                 id
                             }));
@@ -529,4 +534,76 @@ pub(crate) async fn run(
         let _ = sink.close().await;
     }
     end
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(id: JobId) -> JobTask {
+        Box::pin(async move { id })
+    }
+
+    /// Jobs 1 (running) and 2, 3 (to start); `cancelled` are cancelled.
+    fn jobs(cancelled: &[JobId]) -> HashMap<JobId, CancellationToken> {
+        (1..=3)
+            .map(|id| {
+                let token = CancellationToken::new();
+                if cancelled.contains(&id) {
+                    token.cancel();
+                }
+                (id, token)
+            })
+            .collect()
+    }
+
+    /// A new job waits for a job cancelled just now, and starts as soon as that one has ended.
+    #[tokio::test]
+    async fn a_new_job_starts_once_the_cancelled_job_has_ended() {
+        let mut running = JoinSet::new();
+        let mut starts = Starts::default();
+        let mut jobs = jobs(&[1]);
+        starts.cancelled();
+        starts.start(&mut running, &jobs, 2, task(2));
+        assert!(running.is_empty(), "started while the cancelled job runs");
+        starts.release(&mut running, &jobs);
+        assert!(running.is_empty());
+        jobs.remove(&1);
+        starts.release(&mut running, &jobs);
+        assert_eq!(running.join_next().await.unwrap().unwrap(), 2);
+    }
+
+    /// A held job cancelled before it starts holds no slot: it does not keep the others waiting.
+    #[tokio::test]
+    async fn a_held_job_cancelled_before_it_starts_holds_no_one_up() {
+        let mut running = JoinSet::new();
+        let mut starts = Starts::default();
+        let mut jobs = jobs(&[1]);
+        starts.cancelled();
+        starts.start(&mut running, &jobs, 2, task(2));
+        jobs[&2].cancel();
+        starts.cancelled();
+        starts.start(&mut running, &jobs, 3, task(3));
+        jobs.remove(&1);
+        starts.release(&mut running, &jobs);
+        assert_eq!(running.len(), 2, "the held jobs did not start");
+    }
+
+    /// A cancelled job that does not end holds new jobs no longer than [`HOLD_AFTER_CANCEL`].
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_job_that_does_not_end_holds_new_ones_only_a_while() {
+        let mut running = JoinSet::new();
+        let mut starts = Starts::default();
+        let jobs = jobs(&[1]);
+        starts.cancelled();
+        starts.start(&mut running, &jobs, 2, task(2));
+        let until = starts.held_until().unwrap();
+        assert!(until <= tokio::time::Instant::now() + HOLD_AFTER_CANCEL);
+        tokio::time::sleep_until(until).await;
+        starts.release(&mut running, &jobs);
+        assert_eq!(running.len(), 1);
+        assert_eq!(starts.held_until(), None);
+        starts.start(&mut running, &jobs, 3, task(3));
+        assert_eq!(running.len(), 2, "the wait is over: new jobs start at once");
+    }
 }

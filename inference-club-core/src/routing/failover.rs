@@ -8,7 +8,6 @@ use std::pin::Pin;
 
 use crate::openai::ChatCompletionChunk;
 use crate::provider::{CallOutput, CallStream, ProviderError};
-use async_stream::stream;
 use futures_util::{Stream, StreamExt};
 
 /// A provider's stream of `T`: chat chunks ([`ChunkStream`](crate::provider::ChunkStream)),
@@ -156,26 +155,14 @@ impl OpenedCall {
     /// [`Opened::into_stream`]).
     pub fn into_stream<G: Send + 'static>(self, guard: G) -> CallStream {
         let Self { first, rest } = self;
-        let held = GuardedCall {
-            rest,
-            _guard: guard,
-        };
-        Box::pin(stream! {
-            let mut held = held;
-            if let Some(first) = first {
-                yield Ok(first);
-                while let Some(item) = held.rest.next().await {
-                    yield item;
-                }
-            }
-        })
+        let output_started = first.is_some();
+        Opened {
+            read: first.into_iter().collect(),
+            rest: output_started.then_some(rest),
+            output_started,
+        }
+        .into_stream(guard)
     }
-}
-
-/// [`Guarded`] for a call's stream.
-struct GuardedCall<G> {
-    rest: CallStream,
-    _guard: G,
 }
 
 /// Reads a call's stream up to its first output (every output of a call counts). An error
@@ -194,6 +181,7 @@ pub async fn call_until_output(mut outputs: CallStream) -> Result<OpenedCall, Pr
 mod tests {
     use super::*;
     use crate::provider::ChunkStream;
+    use async_stream::stream;
     use std::sync::{Arc, Mutex};
 
     /// Notes its name in a shared list when dropped.

@@ -557,14 +557,21 @@ mod tests {
             .collect()
     }
 
+    /// Job 2 came just after job 1 was cancelled, while job 1 still runs: it is held.
+    fn held_behind_a_cancelled_job() -> (JoinSet<JobId>, Starts, HashMap<JobId, CancellationToken>)
+    {
+        let mut running = JoinSet::new();
+        let mut starts = Starts::default();
+        let jobs = jobs(&[1]);
+        starts.cancelled();
+        starts.start(&mut running, &jobs, 2, task(2));
+        (running, starts, jobs)
+    }
+
     /// A new job waits for a job cancelled just now, and starts as soon as that one has ended.
     #[tokio::test]
     async fn a_new_job_starts_once_the_cancelled_job_has_ended() {
-        let mut running = JoinSet::new();
-        let mut starts = Starts::default();
-        let mut jobs = jobs(&[1]);
-        starts.cancelled();
-        starts.start(&mut running, &jobs, 2, task(2));
+        let (mut running, mut starts, mut jobs) = held_behind_a_cancelled_job();
         assert!(running.is_empty(), "started while the cancelled job runs");
         starts.release(&mut running, &jobs);
         assert!(running.is_empty());
@@ -576,11 +583,7 @@ mod tests {
     /// A held job cancelled before it starts holds no slot: it does not keep the others waiting.
     #[tokio::test]
     async fn a_held_job_cancelled_before_it_starts_holds_no_one_up() {
-        let mut running = JoinSet::new();
-        let mut starts = Starts::default();
-        let mut jobs = jobs(&[1]);
-        starts.cancelled();
-        starts.start(&mut running, &jobs, 2, task(2));
+        let (mut running, mut starts, mut jobs) = held_behind_a_cancelled_job();
         jobs[&2].cancel();
         starts.cancelled();
         starts.start(&mut running, &jobs, 3, task(3));
@@ -592,11 +595,7 @@ mod tests {
     /// A cancelled job that does not end holds new jobs no longer than [`HOLD_AFTER_CANCEL`].
     #[tokio::test(start_paused = true)]
     async fn a_cancelled_job_that_does_not_end_holds_new_ones_only_a_while() {
-        let mut running = JoinSet::new();
-        let mut starts = Starts::default();
-        let jobs = jobs(&[1]);
-        starts.cancelled();
-        starts.start(&mut running, &jobs, 2, task(2));
+        let (mut running, mut starts, jobs) = held_behind_a_cancelled_job();
         let until = starts.held_until().unwrap();
         assert!(until <= tokio::time::Instant::now() + HOLD_AFTER_CANCEL);
         tokio::time::sleep_until(until).await;

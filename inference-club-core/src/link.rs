@@ -261,11 +261,28 @@ pub fn events_frame(job: JobId) -> Vec<u8> {
     frame
 }
 
+/// The length of an events frame ([`events_frame`]) before its events: the job id and the flag.
+const EVENTS_START: usize = size_of::<JobId>() + 1;
+
+/// Whether an events frame ([`events_frame`]) holds any events.
+pub fn has_events(frame: &[u8]) -> bool {
+    frame.len() > EVENTS_START
+}
+
+/// Empties an events frame ([`events_frame`]) for the next events of its job: the events go, and
+/// the flag says no output again. The buffer is kept.
+pub fn clear_events(frame: &mut Vec<u8>) {
+    frame.truncate(EVENTS_START);
+    if let Some(flag) = frame.get_mut(EVENTS_START - 1) {
+        *flag = 0;
+    }
+}
+
 /// Marks an events frame ([`events_frame`]) as holding output: content, reasoning, a refusal,
 /// a tool call or a finish reason. Until a frame with output, the coordinator may still send
 /// the request to another node.
 pub fn mark_output(frame: &mut [u8]) {
-    if let Some(flag) = frame.get_mut(8) {
+    if let Some(flag) = frame.get_mut(EVENTS_START - 1) {
         *flag = 1;
     }
 }
@@ -621,6 +638,25 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_cleared_events_frame_starts_again_without_events_or_output() {
+        let mut frame = events_frame(9);
+        assert!(!has_events(&frame));
+        frame.extend_from_slice(b"data: {\"a\":1}\n\n");
+        mark_output(&mut frame);
+        assert!(has_events(&frame));
+        clear_events(&mut frame);
+        assert!(!has_events(&frame));
+        assert_eq!(frame, events_frame(9));
+        frame.extend_from_slice(b"data: {\"b\":2}\n\n");
+        let (job, piece) = split_binary_frame(&frame).unwrap();
+        assert_eq!(job, 9);
+        assert_eq!(
+            split_events(piece).unwrap(),
+            (false, &b"data: {\"b\":2}\n\n"[..])
+        );
     }
 
     #[test]

@@ -35,7 +35,7 @@ where
         Ok(StreamPayload::Error(error)) => {
             Step::Fail(crate::error_from_engine(None, error.message, error.code))
         }
-        Err(e) if event.event == "error" => Step::Fail(crate::error_from_engine(
+        Err(e) if event.error => Step::Fail(crate::error_from_engine(
             None,
             format!("{}: {e}", event.data),
             None,
@@ -65,12 +65,12 @@ where
                 Some(message) => {
                     Step::Fail(crate::error_from_engine(None, message, error_code(&value)))
                 }
-                None if event.event == "error" => {
+                None if event.error => {
                     Step::Fail(crate::error_from_engine(None, data.to_owned(), None))
                 }
                 None => Step::Yield(value),
             },
-            Err(_) if event.event == "error" => {
+            Err(_) if event.error => {
                 Step::Fail(crate::error_from_engine(None, data.to_owned(), None))
             }
             Err(e) => Step::Fail(ProviderError::Protocol {
@@ -90,7 +90,7 @@ enum Step<T> {
 /// Decodes an SSE body, giving each event with data to `interpret`.
 fn decode<S, E, T>(
     body: S,
-    interpret: impl FnMut(&Event) -> Step<T> + Send + Unpin + 'static,
+    interpret: impl FnMut(&Event<'_>) -> Step<T> + Send + Unpin + 'static,
 ) -> impl Stream<Item = Result<T, ProviderError>>
 where
     S: Stream<Item = Result<Bytes, E>> + Send + 'static,
@@ -100,7 +100,7 @@ where
     Decode {
         body: Some(Box::pin(body)),
         decoder: EventDecoder::default(),
-        events: Vec::new(),
+        events: Events::default(),
         next: 0,
         broken: None,
         interpret,
@@ -115,7 +115,7 @@ struct Decode<S, F> {
     body: Option<Pin<Box<S>>>,
     decoder: EventDecoder,
     /// The events decoded from the last piece; those from `next` on are still to be read.
-    events: Vec<Event>,
+    events: Events,
     next: usize,
     /// The decoder's error on the last piece, given after the events before it.
     broken: Option<ProviderError>,
@@ -137,7 +137,7 @@ impl<S, E, F, T> Stream for Decode<S, F>
 where
     S: Stream<Item = Result<Bytes, E>>,
     E: std::fmt::Display,
-    F: FnMut(&Event) -> Step<T> + Unpin,
+    F: FnMut(&Event<'_>) -> Step<T> + Unpin,
 {
     type Item = Result<T, ProviderError>;
 
@@ -150,7 +150,7 @@ where
                 if event.data.trim().is_empty() {
                     continue;
                 }
-                match (this.interpret)(event) {
+                match (this.interpret)(&event) {
                     Step::Yield(item) => return Poll::Ready(Some(Ok(item))),
                     Step::End => return this.end(None),
                     Step::Fail(error) => return this.end(Some(Err(error))),
@@ -205,12 +205,44 @@ fn error_code(value: &Value) -> Option<String> {
     }
 }
 
-/// One dispatched event: its type (`message` unless an `event:` line said otherwise) and its
-/// `data:` lines joined with `\n`.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct Event {
-    event: String,
-    data: String,
+/// One dispatched event, as the stream's reader sees it: its data (the `data:` lines joined with
+/// `\n`) and whether its type is `error` (`message` unless an `event:` line said otherwise; no
+/// other type means anything here).
+#[derive(Debug, PartialEq, Eq)]
+struct Event<'a> {
+    error: bool,
+    data: &'a str,
+}
+
+/// The events decoded from one piece of the body: their data side by side in one buffer, so that
+/// an event costs no allocation of its own. Cleared for the next piece, the buffers kept.
+#[derive(Debug, Default)]
+struct Events {
+    text: String,
+    /// Each event: whether its type is `error`, and where its data lies in `text`.
+    spans: Vec<(bool, std::ops::Range<usize>)>,
+}
+
+impl Events {
+    fn push(&mut self, error: bool, data: &str) {
+        let start = self.text.len();
+        self.text.push_str(data);
+        self.spans.push((error, start..self.text.len()));
+    }
+
+    /// Event `index`, if there is one.
+    fn get(&self, index: usize) -> Option<Event<'_>> {
+        let (error, range) = self.spans.get(index)?;
+        Some(Event {
+            error: *error,
+            data: self.text.get(range.clone())?,
+        })
+    }
+
+    fn clear(&mut self) {
+        self.text.clear();
+        self.spans.clear();
+    }
 }
 
 /// The SSE decoder: bytes in, events out, following the HTML standard's rules (lines end in
@@ -219,7 +251,8 @@ struct Event {
 /// dispatched). Each byte is looked at once, and at most [`MAX_EVENT_BYTES`] are held.
 #[derive(Debug, Default)]
 struct EventDecoder {
-    /// The current line, not yet ended.
+    /// The current line, not yet ended (a line that ends in the piece it starts in is read where
+    /// it is, not copied).
     line: Vec<u8>,
     /// The last line ended with CR: a LF right after it belongs to the same line end.
     after_cr: bool,
@@ -227,15 +260,17 @@ struct EventDecoder {
     started: bool,
     /// The first bytes, held until there are enough to tell a BOM.
     start: Vec<u8>,
-    /// The event being built.
-    event: Event,
+    /// The data of the event being built, each `data:` line followed by `\n`.
+    data: String,
+    /// Whether the event being built is of type `error`.
+    error: bool,
     /// Whether it has a `data:` line.
     has_data: bool,
 }
 
 impl EventDecoder {
     /// Decodes `bytes`, appending every event they complete to `out`.
-    fn push(&mut self, bytes: &[u8], out: &mut Vec<Event>) -> Result<(), ProviderError> {
+    fn push(&mut self, bytes: &[u8], out: &mut Events) -> Result<(), ProviderError> {
         const BOM: &[u8] = b"\xEF\xBB\xBF";
         if self.started {
             return self.feed(bytes, out);
@@ -251,7 +286,7 @@ impl EventDecoder {
         self.feed(start.strip_prefix(BOM).unwrap_or(&start), out)
     }
 
-    fn feed(&mut self, mut bytes: &[u8], out: &mut Vec<Event>) -> Result<(), ProviderError> {
+    fn feed(&mut self, mut bytes: &[u8], out: &mut Events) -> Result<(), ProviderError> {
         while !bytes.is_empty() {
             if self.after_cr {
                 self.after_cr = false;
@@ -260,23 +295,26 @@ impl EventDecoder {
                     continue;
                 }
             }
-            match memchr::memchr2(b'\n', b'\r', bytes) {
-                Some(end) => {
-                    self.extend_line(&bytes[..end])?;
-                    self.after_cr = bytes[end] == b'\r';
-                    bytes = &bytes[end + 1..];
-                    let line = std::mem::take(&mut self.line);
-                    if let Some(event) = self.line_ended(&line)? {
-                        out.push(event);
-                    }
-                    // Keep the line's allocation for the next one.
-                    self.line = line;
-                    self.line.clear();
+            let Some(end) = memchr::memchr2(b'\n', b'\r', bytes) else {
+                self.extend_line(bytes)?;
+                break;
+            };
+            let line = &bytes[..end];
+            self.after_cr = bytes[end] == b'\r';
+            bytes = &bytes[end + 1..];
+            if self.line.is_empty() {
+                if line.len() > MAX_EVENT_BYTES {
+                    return Err(too_large());
                 }
-                None => {
-                    self.extend_line(bytes)?;
-                    bytes = &[];
-                }
+                self.line_ended(line, out)?;
+            } else {
+                self.extend_line(line)?;
+                let held = std::mem::take(&mut self.line);
+                let ended = self.line_ended(&held, out);
+                // Keep the line's allocation for the next one.
+                self.line = held;
+                self.line.clear();
+                ended?;
             }
         }
         Ok(())
@@ -290,25 +328,19 @@ impl EventDecoder {
         Ok(())
     }
 
-    /// Takes in one whole line; the event it completes, if any.
-    fn line_ended(&mut self, line: &[u8]) -> Result<Option<Event>, ProviderError> {
+    /// Takes in one whole line, appending the event it completes, if any, to `out`.
+    fn line_ended(&mut self, line: &[u8], out: &mut Events) -> Result<(), ProviderError> {
         if line.is_empty() {
-            let event = std::mem::take(&mut self.event);
-            let had_data = std::mem::take(&mut self.has_data);
-            if !had_data {
-                return Ok(None);
+            if std::mem::take(&mut self.has_data) {
+                let data = self.data.strip_suffix('\n').unwrap_or(&self.data);
+                out.push(self.error, data);
             }
-            let mut event = event;
-            if event.data.ends_with('\n') {
-                event.data.pop();
-            }
-            if event.event.is_empty() {
-                event.event = "message".into();
-            }
-            return Ok(Some(event));
+            self.data.clear();
+            self.error = false;
+            return Ok(());
         }
         if line[0] == b':' {
-            return Ok(None);
+            return Ok(());
         }
         let line = std::str::from_utf8(line).map_err(|e| ProviderError::Protocol {
             message: format!("engine sent an event that is not UTF-8: {e}"),
@@ -319,17 +351,17 @@ impl EventDecoder {
         };
         match field {
             "data" => {
-                if self.event.data.len() + value.len() + 1 > MAX_EVENT_BYTES {
+                if self.data.len() + value.len() + 1 > MAX_EVENT_BYTES {
                     return Err(too_large());
                 }
-                self.event.data.push_str(value);
-                self.event.data.push('\n');
+                self.data.push_str(value);
+                self.data.push('\n');
                 self.has_data = true;
             }
-            "event" => value.clone_into(&mut self.event.event),
+            "event" => self.error = value == "error",
             _ => {}
         }
-        Ok(None)
+        Ok(())
     }
 }
 

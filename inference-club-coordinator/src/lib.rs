@@ -59,6 +59,7 @@ mod accounts;
 mod admin;
 mod api;
 mod auth;
+mod bounded;
 mod club_api;
 mod cluster;
 mod config;

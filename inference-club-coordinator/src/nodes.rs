@@ -5,7 +5,7 @@
 //! reconnect.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::store::{ProviderPolicy, UserId};
+use crate::bounded;
 use crate::streamed::{self, Streamed, StreamedAnswer};
 
 /// How many events of one job may wait for a slow consumer before the job is cancelled (so that
@@ -40,56 +41,15 @@ pub const JOB_BUFFER: usize = 1024;
 /// to a consumer on a slow line.
 pub const JOB_BUFFER_BYTES: usize = 64 * 1024 * 1024;
 
-/// The link's end of one job's events, with the bytes waiting in it.
-#[derive(Debug)]
-struct JobSender {
-    events: mpsc::Sender<(JobEvent, usize)>,
-    waiting: Arc<JobBuffer>,
-}
-
-/// What one job's events hold: the bytes waiting, and whether the job was cancelled for
-/// holding too much.
-#[derive(Debug, Default)]
-struct JobBuffer {
-    bytes: AtomicUsize,
-    overflowed: AtomicBool,
-}
+/// The link's end of one job's events; each carries the bytes of the frame it came in.
+type JobSender = bounded::Sender<JobEvent>;
 
 /// The consumer's end of one job's events.
-#[derive(Debug)]
-pub(crate) struct JobEvents {
-    events: mpsc::Receiver<(JobEvent, usize)>,
-    waiting: Arc<JobBuffer>,
-}
+pub(crate) type JobEvents = bounded::Receiver<JobEvent>;
 
-impl JobEvents {
-    /// A job's event channel: the link's end and the consumer's.
-    fn channel() -> (JobSender, JobEvents) {
-        let (sender, receiver) = mpsc::channel(JOB_BUFFER);
-        let waiting = Arc::new(JobBuffer::default());
-        (
-            JobSender {
-                events: sender,
-                waiting: waiting.clone(),
-            },
-            JobEvents {
-                events: receiver,
-                waiting,
-            },
-        )
-    }
-
-    /// The next event; `None` once the link's end is gone and every event is read.
-    async fn recv(&mut self) -> Option<JobEvent> {
-        let (event, size) = self.events.recv().await?;
-        self.waiting.bytes.fetch_sub(size, Ordering::Relaxed);
-        Some(event)
-    }
-
-    /// Whether the job was cancelled because its consumer did not keep up with its node.
-    fn overflowed(&self) -> bool {
-        self.waiting.overflowed.load(Ordering::Relaxed)
-    }
+/// A job's event channel: the link's end and the consumer's.
+fn job_channel() -> (JobSender, JobEvents) {
+    bounded::channel(JOB_BUFFER, JOB_BUFFER_BYTES)
 }
 
 /// Identifies a provider: its operator and its `agent.name`.
@@ -359,29 +319,18 @@ impl LiveNode {
         let Some(sender) = jobs.get(&job) else {
             return;
         };
-        // Counted before it is sent, so that the consumer never takes off what was not added.
-        let waiting = sender.waiting.bytes.fetch_add(size, Ordering::Relaxed);
-        let sent = if waiting > 0 && waiting.saturating_add(size) > JOB_BUFFER_BYTES {
-            Err(mpsc::error::TrySendError::Full((event, size)))
-        } else {
-            sender.events.try_send((event, size))
-        };
-        if sent.is_err() {
-            sender.waiting.bytes.fetch_sub(size, Ordering::Relaxed);
-        }
-        match sent {
+        match sender.try_send(event, size) {
             Ok(()) if finished => {
                 jobs.remove(&job);
             }
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                sender.waiting.overflowed.store(true, Ordering::Relaxed);
+            Err(bounded::TrySendError::Full(_)) => {
                 jobs.remove(&job);
                 let _ = self
                     .outgoing
                     .try_send(CoordinatorMessage::Cancel(Cancel { job }).into());
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
+            Err(bounded::TrySendError::Closed(_)) => {
                 jobs.remove(&job);
             }
         }
@@ -733,7 +682,7 @@ async fn open_job(
         });
     }
     let job = node.next_job.fetch_add(1, Ordering::Relaxed);
-    let (events_tx, events) = JobEvents::channel();
+    let (events_tx, events) = job_channel();
     node.jobs
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -798,7 +747,7 @@ async fn next_event(
             Err(ProviderError::from(error))
         }
         Some(event) => Ok(Some(event)),
-        None if events.overflowed() => {
+        None if events.fell_behind() => {
             guard.armed = false;
             Err(ProviderError::Unavailable {
                 status: None,

@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 pub use self::directory::{Directory, PeerNode};
 use self::wire::{Beat, Control, NodeDown, NodeLoad, NodeUp, SyncReply};
 use super::nodes::LiveNode;
+use crate::bounded;
 use crate::limits::Limiter;
 use crate::nodes::NodeRegistry;
 use crate::store::Store;
@@ -131,7 +132,7 @@ pub struct Cluster {
     /// Jobs from other replicas running on nodes linked here, by inbox.
     running: Mutex<HashMap<String, CancellationToken>>,
     /// This replica's jobs on other replicas' nodes: where their events go, by job id.
-    inboxes: Mutex<HashMap<u64, mpsc::Sender<async_nats::Message>>>,
+    inboxes: Mutex<HashMap<u64, bounded::Sender<async_nats::Message>>>,
     next_inbox: AtomicU64,
     /// The dispatcher's selection lock (so that local and remote jobs never both take a node's
     /// last slot).
@@ -284,7 +285,8 @@ impl Cluster {
     /// subscription); closed when dropped.
     fn open_inbox(self: &Arc<Self>) -> Inbox {
         let id = self.next_inbox.fetch_add(1, Ordering::Relaxed);
-        let (sender, receiver) = mpsc::channel(super::nodes::JOB_BUFFER);
+        let (sender, receiver) =
+            bounded::channel(super::nodes::JOB_BUFFER, super::nodes::JOB_BUFFER_BYTES);
         self.inboxes
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -666,8 +668,13 @@ struct Inbox {
     id: u64,
     /// Where the replica running the job publishes them.
     subject: String,
-    /// The events, in the order they came. Ends if the reader fell too far behind.
-    receiver: mpsc::Receiver<async_nats::Message>,
+    /// The events, in the order they came. Ends if the reader fell too far behind (as many
+    /// events or bytes waiting as a job may hold on the link: [`JOB_BUFFER`] and
+    /// [`JOB_BUFFER_BYTES`]).
+    ///
+    /// [`JOB_BUFFER`]: super::nodes::JOB_BUFFER
+    /// [`JOB_BUFFER_BYTES`]: super::nodes::JOB_BUFFER_BYTES
+    receiver: bounded::Receiver<async_nats::Message>,
 }
 
 impl Drop for Inbox {
@@ -691,8 +698,9 @@ async fn deliver_events(cluster: Arc<Cluster>, mut events: async_nats::Subscribe
             .inboxes
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        let size = message.payload.len();
         if let Some(sender) = inboxes.get(&id)
-            && sender.try_send(message).is_err()
+            && sender.try_send(message, size).is_err()
         {
             inboxes.remove(&id);
         }

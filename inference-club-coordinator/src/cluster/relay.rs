@@ -841,10 +841,18 @@ async fn forward(
 mod tests {
     use super::*;
     use inference_club_core::openai::ChunkDelta;
+    use std::sync::PoisonError;
 
     /// Debian's `nats-server` (or `CLUB_TEST_NATS_SERVER`) on 127.0.0.1, killed when its
     /// process handle is dropped, and a client of it; `None` (said loudly) where there is none.
     async fn nats(test: &str) -> Option<(tokio::process::Child, async_nats::Client)> {
+        nats_at(test)
+            .await
+            .map(|(server, client, _)| (server, client))
+    }
+
+    /// [`nats`], with the server's URL.
+    async fn nats_at(test: &str) -> Option<(tokio::process::Child, async_nats::Client, String)> {
         let program = std::env::var("CLUB_TEST_NATS_SERVER").ok().or_else(|| {
             ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
                 .into_iter()
@@ -873,7 +881,7 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(client) = async_nats::connect(url.as_str()).await {
-                return Some((child, client));
+                return Some((child, client, url));
             }
             assert!(Instant::now() < deadline, "nats-server did not start");
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1098,5 +1106,65 @@ mod tests {
             matches!(&events[0].1.event, RelayKind::Outputs { outputs } if outputs == &[first])
         );
         assert!(matches!(&events[1].1.event, RelayKind::Failed { .. }));
+    }
+
+    /// A replica holds at most [`JOB_BUFFER_BYTES`](crate::nodes::JOB_BUFFER_BYTES) of one job's
+    /// events (and one message more) for a consumer that reads none, however many messages that
+    /// takes: then the job's inbox closes, and its stream ends with an error after what came.
+    #[tokio::test]
+    async fn an_inbox_holds_a_jobs_events_up_to_a_bound_in_bytes() {
+        let Some((_server, client, url)) =
+            nats_at("an_inbox_holds_a_jobs_events_up_to_a_bound").await
+        else {
+            return;
+        };
+        let config = crate::cluster::ClusterConfig::new(url);
+        let cluster = Cluster::connect(&config, Arc::default()).await.unwrap();
+        let events = cluster
+            .client
+            .subscribe(wire::inboxes(&cluster.replica))
+            .await
+            .unwrap();
+        cluster.client.flush().await.unwrap();
+        tokio::spawn(super::super::deliver_events(cluster.clone(), events));
+        let mut inbox = cluster.open_inbox();
+        // 96 messages of almost 1 MiB (the server's largest by default): far fewer than the
+        // messages an inbox may hold, half as many bytes again as it may.
+        let payload = Bytes::from(vec![b'x'; 1_000_000]);
+        for _ in 0..96 {
+            client
+                .publish(inbox.subject.clone(), payload.clone())
+                .await
+                .unwrap();
+        }
+        client.flush().await.unwrap();
+        let open = || {
+            cluster
+                .inboxes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains_key(&inbox.id)
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while open() {
+            assert!(
+                Instant::now() < deadline,
+                "the inbox still takes events after 96 MB that nobody read"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut held = 0;
+        while let Some(message) = inbox.receiver.recv().await {
+            held += message.payload.len();
+        }
+        assert!(
+            held <= crate::nodes::JOB_BUFFER_BYTES + payload.len(),
+            "{held} bytes held"
+        );
+        assert!(
+            held >= crate::nodes::JOB_BUFFER_BYTES - payload.len(),
+            "{held} bytes held"
+        );
+        assert!(inbox.receiver.fell_behind());
     }
 }

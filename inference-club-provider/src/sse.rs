@@ -29,7 +29,7 @@ where
     S: Stream<Item = Result<Bytes, E>> + Send + 'static,
     E: std::fmt::Display + Send + 'static,
 {
-    decode(body, |event| match StreamPayload::parse(&event.data) {
+    decode(body, |event| match StreamPayload::parse(event.data) {
         Ok(StreamPayload::Done) => Step::End,
         Ok(StreamPayload::Chunk(chunk)) => Step::Yield(*chunk),
         Ok(StreamPayload::Error(error)) => {

@@ -113,6 +113,26 @@ on_both!(
     migrating_again_changes_nothing,
 );
 
+/// On one thread, writes given in one poll are all queued before the writer runs, so that they
+/// share one commit.
+mod one_commit {
+    #[tokio::test]
+    async fn sqlite_inserts_and_saves_of_many_records_get_their_own_answers() {
+        let db = super::TestDb::sqlite().await;
+        super::inserts_and_saves_of_many_records_in_one_commit_get_their_own_answers(&db).await;
+        db.finish().await;
+    }
+
+    #[tokio::test]
+    async fn postgres_inserts_and_saves_of_many_records_get_their_own_answers() {
+        let Some(db) = super::TestDb::postgres().await else {
+            return;
+        };
+        super::inserts_and_saves_of_many_records_in_one_commit_get_their_own_answers(&db).await;
+        db.finish().await;
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 
 fn record(consumer: &User, model: &str, visibility: Visibility) -> InferenceRecord {
@@ -1050,6 +1070,89 @@ async fn writes_queued_together_end_in_the_latest_state(db: &TestDb) {
             .is_not_found()
     );
     assert!(store.record(stranger.id).await.unwrap().is_none());
+}
+
+/// Streams' inserts and final saves, many records at once (as the writer commits them together,
+/// a statement for the inserts and one per status saved): each write gets the answer it would
+/// get alone, and each record ends as its own writes left it.
+async fn inserts_and_saves_of_many_records_in_one_commit_get_their_own_answers(db: &TestDb) {
+    let store = &db.store;
+    let ada = store.create_user("ada", None).await.unwrap();
+    let bob = store.create_user("bob", None).await.unwrap();
+    for round in 0..10 {
+        // Running records, each to be saved final: most succeed, one fails, one is cancelled.
+        let mut running = Vec::new();
+        for _ in 0..6 {
+            let mut r = record(&ada, "m", Visibility::Public);
+            r.dispatched(served_by(&bob, "box"), Utc::now()).unwrap();
+            store.insert_record(&r).await.unwrap();
+            running.push(r);
+        }
+        let mut finals = running.clone();
+        for (n, r) in finals.iter_mut().enumerate() {
+            match n {
+                4 => r.failed("engine down", None, Utc::now()).unwrap(),
+                5 => r.cancelled("consumer left", None, Utc::now()).unwrap(),
+                _ => succeed(r, &format!("answer {round}.{n}")),
+            }
+        }
+        // A record already final, saved back to running; one never inserted.
+        let mut done = record(&ada, "m", Visibility::Public);
+        done.dispatched(served_by(&bob, "box"), Utc::now()).unwrap();
+        let stale = done.clone();
+        succeed(&mut done, "kept");
+        store.insert_record(&done).await.unwrap();
+        let mut missing = record(&ada, "m", Visibility::Public);
+        missing
+            .dispatched(served_by(&bob, "box"), Utc::now())
+            .unwrap();
+        succeed(&mut missing, "lost");
+        // New streams' inserts: one new, one of an id already stored, one of a stranger.
+        let fresh = record(&ada, "m", Visibility::Private);
+        let again = record(&ada, "m", Visibility::Public);
+        store.insert_record(&again).await.unwrap();
+        let mut stranger = record(&ada, "m", Visibility::Public);
+        stranger.consumer = Some("nobody".into());
+
+        let saves = futures_util::future::join_all(finals.iter().map(|r| store.save_record(r)));
+        let (saved, regressed, unknown, inserted, duplicate, refused) = tokio::join!(
+            saves,
+            store.save_record(&stale),
+            store.save_record(&missing),
+            store.insert_record(&fresh),
+            store.insert_record(&again),
+            store.insert_record(&stranger),
+        );
+        for outcome in saved {
+            outcome.unwrap();
+        }
+        assert!(
+            matches!(
+                regressed,
+                Err(StoreError::StatusRegression {
+                    stored: Status::Succeeded,
+                    attempted: Status::Running,
+                    ..
+                })
+            ),
+            "{regressed:?}"
+        );
+        assert!(unknown.unwrap_err().is_not_found());
+        inserted.unwrap();
+        assert!(
+            matches!(duplicate, Err(StoreError::RecordExists(id)) if id == again.id),
+            "{duplicate:?}"
+        );
+        assert!(refused.unwrap_err().is_not_found());
+
+        for r in finals.iter().chain([&done, &fresh]) {
+            assert_eq!(&store.record(r.id).await.unwrap().unwrap().record, r);
+        }
+        assert_eq!(stored_status(db, finals[4].id).await, Status::Failed);
+        assert_eq!(stored_status(db, finals[5].id).await, Status::Cancelled);
+        assert!(store.record(missing.id).await.unwrap().is_none());
+        assert!(store.record(stranger.id).await.unwrap().is_none());
+    }
 }
 
 /// A held insert is written when its record is read by id, when records are listed, and after

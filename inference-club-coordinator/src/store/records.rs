@@ -461,28 +461,8 @@ pub(crate) async fn insert_many(
     backend: Backend,
     rows: &[&RecordRow],
 ) -> Result<std::collections::HashSet<String>, StoreError> {
-    use std::fmt::Write as _;
     const COLUMNS: usize = 13;
-    let mut values = String::with_capacity(rows.len() * 64);
-    for n in 0..rows.len() {
-        let base = n * COLUMNS;
-        let separator = if n == 0 { "" } else { ", " };
-        let _ = write!(values, "{separator}(");
-        for column in 1..=COLUMNS {
-            let comma = if column == 1 { "" } else { ", " };
-            // SQLite finds a numbered parameter's name by walking the list of them, once per
-            // parameter bound: anonymous ones (bound in order) keep a batch linear.
-            match backend {
-                Backend::Sqlite => {
-                    let _ = write!(values, "{comma}?");
-                }
-                Backend::Postgres => {
-                    let _ = write!(values, "{comma}${}", base + column);
-                }
-            }
-        }
-        values.push(')');
-    }
+    let values = values_list(backend, rows.len(), COLUMNS);
     // The VALUES columns, in order: id, operator, operator's handle key, provider, model, status,
     // visibility, received_at, updated_at, body, replica, consumer's handle key, consumer.
     let sql = format!(
@@ -518,6 +498,76 @@ pub(crate) async fn insert_many(
         .iter()
         .map(|row| get::<String>(row, "id"))
         .collect()
+}
+
+/// The rows of a `VALUES` list of `rows` rows of `columns` parameters each, bound in order.
+/// SQLite finds a numbered parameter's name by walking the list of them, once per parameter
+/// bound: anonymous ones keep a batch linear. PostgreSQL numbers them.
+fn values_list(backend: Backend, rows: usize, columns: usize) -> String {
+    use std::fmt::Write as _;
+    let mut values = String::with_capacity(rows * columns * 5);
+    for n in 0..rows {
+        values.push_str(if n == 0 { "(" } else { ", (" });
+        for column in 1..=columns {
+            let comma = if column == 1 { "" } else { ", " };
+            match backend {
+                Backend::Sqlite => {
+                    let _ = write!(values, "{comma}?");
+                }
+                Backend::Postgres => {
+                    let _ = write!(values, "{comma}${}", n * columns + column);
+                }
+            }
+        }
+        values.push(')');
+    }
+    values
+}
+
+/// Saves several records as [`save`] does, each once, with one statement per status saved (a
+/// batch's final saves: usually one), and gives back the ids it saved. A row whose save would
+/// move its record back, or whose record is not there, is skipped; [`save`] tells why.
+pub(crate) async fn save_many(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    rows: &[&RecordRow],
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    const COLUMNS: usize = 8;
+    let mut saved = std::collections::HashSet::with_capacity(rows.len());
+    let mut statuses: Vec<Status> = rows.iter().map(|row| row.status).collect();
+    statuses.sort_by_key(|status| status.as_str());
+    statuses.dedup();
+    for status in statuses {
+        let group: Vec<&&RecordRow> = rows.iter().filter(|row| row.status == status).collect();
+        // The VALUES columns, in order: id, operator, operator's handle key, provider, model,
+        // status, updated_at, body.
+        let sql = format!(
+            "UPDATE records SET operator_id = (SELECT o.id FROM users o WHERE o.handle_key = \
+             v.column3), operator = v.column2, provider = v.column4, model_requested = v.column5, \
+             status = v.column6, updated_at = v.column7, body = v.column8 \
+             FROM (VALUES {}) AS v WHERE records.id = v.column1 AND records.status IN ({}) \
+             RETURNING id",
+            values_list(backend, group.len(), COLUMNS),
+            may_precede(status)
+        );
+        let updated_at = micros(now());
+        let mut query = sqlx::query(&sql);
+        for row in group {
+            query = query
+                .bind(row.id.to_string())
+                .bind(row.operator.clone())
+                .bind(row.operator.as_deref().map(handle_key))
+                .bind(row.provider.clone())
+                .bind(row.model_requested.clone())
+                .bind(row.status.as_str())
+                .bind(updated_at)
+                .bind(row.body()?.into_owned());
+        }
+        for row in query.fetch_all(&mut *conn).await? {
+            saved.insert(get::<String>(&row, "id")?);
+        }
+    }
+    Ok(saved)
 }
 
 /// Saves a record's mutable fields (inside the writer's transaction), refusing to move it back.

@@ -8,8 +8,10 @@
 use chrono::{DateTime, Utc};
 use inference_club_core::record::{InferenceRecord, RecordId, Status, Visibility};
 use serde::Serialize;
-use sqlx::AnyConnection;
+use sqlx::any::AnyArguments;
 use sqlx::any::AnyRow;
+use sqlx::query::Query;
+use sqlx::{Any, AnyConnection};
 
 use super::error::Entity;
 use super::sql::{Backend, get, get_parsed, micros, now};
@@ -408,6 +410,22 @@ fn may_precede(next: Status) -> String {
     .join(", ")
 }
 
+/// Binds what every write of a record starts with, in this order: its id, operator, the
+/// operator's handle key (to look up their id: [`OPERATOR_ID`]), provider, requested model and
+/// status.
+fn bind_leading<'q>(
+    query: Query<'q, Any, AnyArguments<'q>>,
+    row: &RecordRow,
+) -> Query<'q, Any, AnyArguments<'q>> {
+    query
+        .bind(row.id.to_string())
+        .bind(row.operator.clone())
+        .bind(row.operator.as_deref().map(handle_key))
+        .bind(row.provider.clone())
+        .bind(row.model_requested.clone())
+        .bind(row.status.as_str())
+}
+
 /// The serving operator's user id, looked up by handle in the same statement.
 const OPERATOR_ID: &str = "(SELECT o.id FROM users o WHERE o.handle_key = $3)";
 
@@ -424,13 +442,7 @@ pub(crate) async fn insert(conn: &mut AnyConnection, row: &RecordRow) -> Result<
     } else {
         format!("{columns} VALUES ({values}, NULL) ON CONFLICT (id) DO NOTHING")
     };
-    let mut query = sqlx::query(&sql)
-        .bind(row.id.to_string())
-        .bind(row.operator.clone())
-        .bind(row.operator.as_deref().map(handle_key))
-        .bind(row.provider.clone())
-        .bind(&row.model_requested)
-        .bind(row.status.as_str())
+    let mut query = bind_leading(sqlx::query(&sql), row)
         .bind(row.visibility.as_str())
         .bind(row.received_at)
         .bind(micros(now()))
@@ -478,13 +490,7 @@ pub(crate) async fn insert_many(
     let updated_at = micros(now());
     let mut query = sqlx::query(&sql);
     for row in rows {
-        query = query
-            .bind(row.id.to_string())
-            .bind(row.operator.clone())
-            .bind(row.operator.as_deref().map(handle_key))
-            .bind(row.provider.clone())
-            .bind(row.model_requested.clone())
-            .bind(row.status.as_str())
+        query = bind_leading(query, row)
             .bind(row.visibility.as_str())
             .bind(row.received_at)
             .bind(updated_at)
@@ -553,13 +559,7 @@ pub(crate) async fn save_many(
         let updated_at = micros(now());
         let mut query = sqlx::query(&sql);
         for row in group {
-            query = query
-                .bind(row.id.to_string())
-                .bind(row.operator.clone())
-                .bind(row.operator.as_deref().map(handle_key))
-                .bind(row.provider.clone())
-                .bind(row.model_requested.clone())
-                .bind(row.status.as_str())
+            query = bind_leading(query, row)
                 .bind(updated_at)
                 .bind(row.body()?.into_owned());
         }
@@ -578,13 +578,7 @@ pub(crate) async fn save(conn: &mut AnyConnection, row: &RecordRow) -> Result<()
          WHERE id = $1 AND status IN ({})",
         may_precede(row.status)
     );
-    let updated = sqlx::query(&sql)
-        .bind(row.id.to_string())
-        .bind(row.operator.clone())
-        .bind(row.operator.as_deref().map(handle_key))
-        .bind(row.provider.clone())
-        .bind(&row.model_requested)
-        .bind(row.status.as_str())
+    let updated = bind_leading(sqlx::query(&sql), row)
         .bind(micros(now()))
         .bind(row.body()?.into_owned())
         .execute(&mut *conn)

@@ -657,8 +657,8 @@ impl Writer {
 }
 
 /// Applies `writes` with a statement for all the inserts and one per status saved, not one per
-/// write (a stream's insert and final saves share a commit: a round trip to the database each
-/// was about a third of what they cost). Each write's refusal is its outcome, as a write alone
+/// write: each statement is a round trip to the database (to sqlx's SQLite thread), and streams'
+/// inserts and final saves share commits. Each write's refusal is its outcome, as a write alone
 /// would have it. `None`, with nothing done, when the writes are not only inserts and saves of
 /// distinct records (then their order matters, and they go one by one).
 async fn inserts_and_saves(

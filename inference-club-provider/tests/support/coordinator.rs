@@ -224,8 +224,8 @@ enum Frame {
 }
 
 enum Command {
-    Send(CoordinatorMessage),
-    SendTogether(Vec<CoordinatorMessage>),
+    /// Messages to send in one write.
+    Send(Vec<CoordinatorMessage>),
     Ping,
     PingEvery(Duration),
     Drop,
@@ -254,13 +254,7 @@ async fn drive(
         tokio::select! {
             command = commands.recv() => match command {
                 None | Some(Command::Drop) => return,
-                Some(Command::Send(message)) => {
-                    let frame = link::encode(&message).unwrap();
-                    if ws.send(Message::Text(frame.into())).await.is_err() {
-                        return;
-                    }
-                }
-                Some(Command::SendTogether(messages)) => {
+                Some(Command::Send(messages)) => {
                     for message in messages {
                         let frame = link::encode(&message).unwrap();
                         if ws.feed(Message::Text(frame.into())).await.is_err() {
@@ -552,12 +546,12 @@ impl Link {
 
     /// Sends a message.
     pub fn send(&self, message: CoordinatorMessage) {
-        let _ = self.commands.send(Command::Send(message));
+        self.send_together(vec![message]);
     }
 
     /// Sends messages in one write, as a coordinator sends what it has queued for a node.
     pub fn send_together(&self, messages: Vec<CoordinatorMessage>) {
-        let _ = self.commands.send(Command::SendTogether(messages));
+        let _ = self.commands.send(Command::Send(messages));
     }
 
     /// Answers `welcome`.

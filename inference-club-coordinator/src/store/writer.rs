@@ -610,35 +610,21 @@ impl Writer {
             Some(conn) => conn,
             None => self.conn.insert(self.pool.acquire().await?),
         };
-        // Only inserts (short requests, each folded into one): one statement, atomic on its own.
-        let inserts: Vec<&RecordRow> = writes
-            .iter()
-            .filter_map(|write| match write {
-                Write::Insert(row) => Some(row),
-                _ => None,
-            })
-            .collect();
-        if inserts.len() == writes.len() && !inserts.is_empty() {
-            let inserted = records::insert_many(conn, backend, &inserts).await?;
-            let mut outcomes = Vec::with_capacity(inserts.len());
-            for row in inserts {
-                outcomes.push(if inserted.contains(&row.id().to_string()) {
-                    Ok(())
-                } else {
-                    // Skipped: the single insert says why (an existing id, a departed member).
-                    match records::insert(conn, row).await {
-                        Err(error) if !error.is_outcome() => return Err(error),
-                        outcome => outcome,
-                    }
-                });
+        match Statements::of(writes) {
+            // Only inserts (short requests, each folded into one): one statement, atomic on its
+            // own, with no transaction around it.
+            Some(statements) if statements.saves.is_empty() => {
+                return statements.apply(conn, backend).await;
             }
-            return Ok(outcomes);
+            Some(statements) => {
+                let mut tx = conn.begin_with(backend.begin_write()).await?;
+                let outcomes = statements.apply(&mut tx, backend).await?;
+                tx.commit().await?;
+                return Ok(outcomes);
+            }
+            None => {}
         }
         let mut tx = conn.begin_with(backend.begin_write()).await?;
-        if let Some(outcomes) = inserts_and_saves(&mut tx, backend, writes).await? {
-            tx.commit().await?;
-            return Ok(outcomes);
-        }
         let mut outcomes = Vec::with_capacity(writes.len());
         for write in writes {
             let outcome = match write {
@@ -656,55 +642,73 @@ impl Writer {
     }
 }
 
-/// Applies `writes` with a statement for all the inserts and one per status saved, not one per
+/// A batch's writes as a statement for all the inserts and one per status saved, not one per
 /// write: each statement is a round trip to the database (to sqlx's SQLite thread), and streams'
-/// inserts and final saves share commits. Each write's refusal is its outcome, as a write alone
-/// would have it. `None`, with nothing done, when the writes are not only inserts and saves of
-/// distinct records (then their order matters, and they go one by one).
-async fn inserts_and_saves(
-    conn: &mut AnyConnection,
-    backend: Backend,
-    writes: &[&Write],
-) -> Result<Option<Vec<Result<(), StoreError>>>, StoreError> {
-    let mut ids = HashSet::with_capacity(writes.len());
-    let mut inserts = Vec::new();
-    let mut saves = Vec::new();
-    for write in writes {
-        if !ids.insert(write.row().id()) {
-            return Ok(None);
-        }
-        match write {
-            Write::Insert(row) => inserts.push(row),
-            Write::Save(row) => saves.push(row),
-            Write::Put(_) => return Ok(None),
-        }
-    }
-    let inserted = if inserts.is_empty() {
-        HashSet::new()
-    } else {
-        records::insert_many(conn, backend, &inserts).await?
-    };
-    let saved = if saves.is_empty() {
-        HashSet::new()
-    } else {
-        records::save_many(conn, backend, &saves).await?
-    };
-    let mut outcomes = Vec::with_capacity(writes.len());
-    for write in writes {
-        let id = write.row().id().to_string();
-        // A write skipped by its batch statement is tried alone, which says why.
-        let outcome = match write {
-            Write::Insert(_) if inserted.contains(&id) => Ok(()),
-            Write::Save(_) if saved.contains(&id) => Ok(()),
-            Write::Insert(row) => records::insert(conn, row).await,
-            Write::Save(row) | Write::Put(row) => records::save(conn, row).await,
+/// inserts and final saves share commits.
+struct Statements<'a> {
+    /// The writes, in the order their outcomes are given.
+    writes: &'a [&'a Write],
+    inserts: Vec<&'a RecordRow>,
+    saves: Vec<&'a RecordRow>,
+}
+
+impl<'a> Statements<'a> {
+    /// The statements for `writes`; `None` unless they are only inserts and saves of distinct
+    /// records (otherwise their order matters, and they go one by one).
+    fn of(writes: &'a [&'a Write]) -> Option<Self> {
+        let mut ids = HashSet::with_capacity(writes.len());
+        let mut statements = Self {
+            writes,
+            inserts: Vec::new(),
+            saves: Vec::new(),
         };
-        match outcome {
-            Err(error) if !error.is_outcome() => return Err(error),
-            outcome => outcomes.push(outcome),
+        for write in writes {
+            if !ids.insert(write.row().id()) {
+                return None;
+            }
+            match write {
+                Write::Insert(row) => statements.inserts.push(row),
+                Write::Save(row) => statements.saves.push(row),
+                Write::Put(_) => return None,
+            }
         }
+        Some(statements)
     }
-    Ok(Some(outcomes))
+
+    /// Applies them, giving each write its outcome: its refusal as it would have it alone.
+    async fn apply(
+        self,
+        conn: &mut AnyConnection,
+        backend: Backend,
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let inserted = if self.inserts.is_empty() {
+            HashSet::new()
+        } else {
+            records::insert_many(conn, backend, &self.inserts).await?
+        };
+        let saved = if self.saves.is_empty() {
+            HashSet::new()
+        } else {
+            records::save_many(conn, backend, &self.saves).await?
+        };
+        let mut outcomes = Vec::with_capacity(self.writes.len());
+        for write in self.writes {
+            let id = write.row().id().to_string();
+            // A write skipped by its statement is tried alone, which says why (an existing id,
+            // a departed member; a save that would move its record back, a record not there).
+            let outcome = match write {
+                Write::Insert(_) if inserted.contains(&id) => Ok(()),
+                Write::Save(_) if saved.contains(&id) => Ok(()),
+                Write::Insert(row) => records::insert(conn, row).await,
+                Write::Save(row) | Write::Put(row) => records::save(conn, row).await,
+            };
+            match outcome {
+                Err(error) if !error.is_outcome() => return Err(error),
+                outcome => outcomes.push(outcome),
+            }
+        }
+        Ok(outcomes)
+    }
 }
 
 /// A queued write whose outcome has not been asked for yet.

@@ -131,6 +131,22 @@ mod one_commit {
         super::inserts_and_saves_of_many_records_in_one_commit_get_their_own_answers(&db).await;
         db.finish().await;
     }
+
+    #[tokio::test]
+    async fn sqlite_a_record_inserted_twice_in_one_commit_is_inserted_once() {
+        let db = super::TestDb::sqlite().await;
+        super::a_record_inserted_twice_in_one_commit_is_inserted_once(&db).await;
+        db.finish().await;
+    }
+
+    #[tokio::test]
+    async fn postgres_a_record_inserted_twice_in_one_commit_is_inserted_once() {
+        let Some(db) = super::TestDb::postgres().await else {
+            return;
+        };
+        super::a_record_inserted_twice_in_one_commit_is_inserted_once(&db).await;
+        db.finish().await;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1153,6 +1169,27 @@ async fn inserts_and_saves_of_many_records_in_one_commit_get_their_own_answers(d
         assert!(store.record(missing.id).await.unwrap().is_none());
         assert!(store.record(stranger.id).await.unwrap().is_none());
     }
+}
+
+/// Two inserts of one record in one commit (with another record's): one is done, the other is
+/// refused as an existing id, as they would be one after the other.
+async fn a_record_inserted_twice_in_one_commit_is_inserted_once(db: &TestDb) {
+    let store = &db.store;
+    let ada = store.create_user("ada", None).await.unwrap();
+    let twice = record(&ada, "m", Visibility::Public);
+    let other = record(&ada, "m", Visibility::Public);
+    let (first, second, third) = tokio::join!(
+        store.insert_record(&twice),
+        store.insert_record(&other),
+        store.insert_record(&twice),
+    );
+    first.unwrap();
+    second.unwrap();
+    assert!(
+        matches!(third, Err(StoreError::RecordExists(id)) if id == twice.id),
+        "{third:?}"
+    );
+    assert_eq!(db.count("SELECT COUNT(*) FROM records").await, 2);
 }
 
 /// A held insert is written when its record is read by id, when records are listed, and after

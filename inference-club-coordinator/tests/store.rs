@@ -63,12 +63,19 @@ impl TestDb {
     }
 }
 
-/// Each scenario runs once on SQLite and once on PostgreSQL.
+/// Each scenario runs once on SQLite and once on PostgreSQL, on two threads, or on one thread
+/// (`one thread:`).
 macro_rules! on_both {
+    (one thread: $($name:ident),* $(,)?) => {
+        on_both!(@tests [tokio::test] $($name),*);
+    };
     ($($name:ident),* $(,)?) => {
+        on_both!(@tests [tokio::test(flavor = "multi_thread", worker_threads = 2)] $($name),*);
+    };
+    (@tests [$test:meta] $($name:ident),*) => {
         mod sqlite {
             $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[$test]
                 async fn $name() {
                     let db = super::TestDb::sqlite().await;
                     super::$name(&db).await;
@@ -78,7 +85,7 @@ macro_rules! on_both {
         }
         mod postgres {
             $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[$test]
                 async fn $name() {
                     let Some(db) = super::TestDb::postgres().await else { return };
                     super::$name(&db).await;
@@ -116,37 +123,13 @@ on_both!(
 /// On one thread, writes given in one poll are all queued before the writer runs, so that they
 /// share one commit.
 mod one_commit {
-    #[tokio::test]
-    async fn sqlite_inserts_and_saves_of_many_records_get_their_own_answers() {
-        let db = super::TestDb::sqlite().await;
-        super::inserts_and_saves_of_many_records_in_one_commit_get_their_own_answers(&db).await;
-        db.finish().await;
-    }
+    use super::*;
 
-    #[tokio::test]
-    async fn postgres_inserts_and_saves_of_many_records_get_their_own_answers() {
-        let Some(db) = super::TestDb::postgres().await else {
-            return;
-        };
-        super::inserts_and_saves_of_many_records_in_one_commit_get_their_own_answers(&db).await;
-        db.finish().await;
-    }
-
-    #[tokio::test]
-    async fn sqlite_a_record_inserted_twice_in_one_commit_is_inserted_once() {
-        let db = super::TestDb::sqlite().await;
-        super::a_record_inserted_twice_in_one_commit_is_inserted_once(&db).await;
-        db.finish().await;
-    }
-
-    #[tokio::test]
-    async fn postgres_a_record_inserted_twice_in_one_commit_is_inserted_once() {
-        let Some(db) = super::TestDb::postgres().await else {
-            return;
-        };
-        super::a_record_inserted_twice_in_one_commit_is_inserted_once(&db).await;
-        db.finish().await;
-    }
+    on_both!(
+        one thread:
+        inserts_and_saves_of_many_records_in_one_commit_get_their_own_answers,
+        a_record_inserted_twice_in_one_commit_is_inserted_once,
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

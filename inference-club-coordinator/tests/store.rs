@@ -129,6 +129,7 @@ mod one_commit {
         one thread:
         inserts_and_saves_of_many_records_in_one_commit_get_their_own_answers,
         a_record_inserted_twice_in_one_commit_is_inserted_once,
+        a_failure_telling_why_an_insert_was_skipped_is_its_own,
     );
 }
 
@@ -1173,6 +1174,58 @@ async fn a_record_inserted_twice_in_one_commit_is_inserted_once(db: &TestDb) {
         "{third:?}"
     );
     assert_eq!(db.count("SELECT COUNT(*) FROM records").await, 2);
+}
+
+/// Inserts share one statement outside a transaction. When telling why it skipped one of them
+/// fails, the error is that insert's: the others landed and are answered so (not tried again and
+/// refused as existing ids).
+async fn a_failure_telling_why_an_insert_was_skipped_is_its_own(db: &TestDb) {
+    let store = &db.store;
+    let ada = store.create_user("ada", None).await.unwrap();
+    let existing = record(&ada, "m", Visibility::Public);
+    store.insert_record(&existing).await.unwrap();
+    fail_every_insert_but_the_next_of(db, existing.id).await;
+    let new = record(&ada, "m", Visibility::Public);
+    let (new_outcome, existing_outcome) =
+        tokio::join!(store.insert_record(&new), store.insert_record(&existing));
+    new_outcome.unwrap();
+    assert!(
+        matches!(existing_outcome, Err(StoreError::Database(_))),
+        "{existing_outcome:?}"
+    );
+    assert_eq!(db.count("SELECT COUNT(*) FROM records").await, 2);
+    assert_eq!(store.record(new.id).await.unwrap().unwrap().record, new);
+}
+
+/// Makes every try to insert the record `id` fail with a database error, but for the next one
+/// (a trigger, which counts the tries; a failed try's count is rolled back with it).
+async fn fail_every_insert_but_the_next_of(db: &TestDb, id: RecordId) {
+    let statements = match db.database.is_postgres() {
+        false => vec![
+            "CREATE TABLE injected (n INTEGER NOT NULL)".to_owned(),
+            "INSERT INTO injected VALUES (0)".to_owned(),
+            format!(
+                "CREATE TRIGGER inject BEFORE INSERT ON records WHEN NEW.id = '{id}' BEGIN \
+                 UPDATE injected SET n = n + 1; \
+                 SELECT RAISE(ABORT, 'injected') WHERE (SELECT n FROM injected) >= 2; END"
+            ),
+        ],
+        true => vec![
+            "CREATE TABLE injected (n INTEGER NOT NULL)".to_owned(),
+            "INSERT INTO injected VALUES (0)".to_owned(),
+            format!(
+                "CREATE FUNCTION inject() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+                 IF NEW.id = '{id}' THEN UPDATE injected SET n = n + 1; \
+                 IF (SELECT n FROM injected) >= 2 THEN RAISE EXCEPTION 'injected'; END IF; \
+                 END IF; RETURN NEW; END $$"
+            ),
+            "CREATE TRIGGER inject BEFORE INSERT ON records FOR EACH ROW EXECUTE FUNCTION inject()"
+                .to_owned(),
+        ],
+    };
+    for statement in statements {
+        sqlx::query(&statement).execute(&db.raw).await.unwrap();
+    }
 }
 
 /// A held insert is written when its record is read by id, when records are listed, and after

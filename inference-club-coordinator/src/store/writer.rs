@@ -550,10 +550,21 @@ impl Writer {
         let writes: Vec<&Write> = statements.iter().map(|folded| &folded.write).collect();
         match self.with_retries(backend, &writes).await {
             Ok(outcomes) => {
-                health.set_failing(false);
+                let mut failing = false;
                 for (folded, outcome) in statements.into_iter().zip(outcomes) {
+                    // An error that is not the write's refusal (from telling why a batch
+                    // statement outside a transaction skipped it) is the write's own: it alone
+                    // is tried again.
+                    let outcome = match outcome {
+                        Err(error) if !error.is_outcome() => {
+                            self.alone(backend, &folded.write).await
+                        }
+                        outcome => outcome,
+                    };
+                    failing |= outcome.as_ref().is_err_and(StoreError::is_retryable);
                     folded.answer(outcome, &self.retries);
                 }
+                health.set_failing(failing);
             }
             Err(error) if statements.len() == 1 => {
                 health.set_failing(error.is_retryable());
@@ -565,15 +576,20 @@ impl Writer {
                 tracing::warn!(%error, statements = statements.len(), "record batch failed; writing one by one");
                 let mut failing = false;
                 for folded in statements {
-                    let outcome = match self.with_retries(backend, &[&folded.write]).await {
-                        Ok(mut outcomes) => outcomes.pop().unwrap_or(Err(StoreError::Closed)),
-                        Err(error) => Err(error),
-                    };
+                    let outcome = self.alone(backend, &folded.write).await;
                     failing |= outcome.as_ref().is_err_and(StoreError::is_retryable);
                     folded.answer(outcome, &self.retries);
                 }
                 health.set_failing(failing);
             }
+        }
+    }
+
+    /// Applies one write in a commit of its own (with retries), and gives its outcome.
+    async fn alone(&mut self, backend: Backend, write: &Write) -> Result<(), StoreError> {
+        match self.with_retries(backend, &[write]).await {
+            Ok(mut outcomes) => outcomes.pop().unwrap_or(Err(StoreError::Closed)),
+            Err(error) => Err(error),
         }
     }
 
@@ -612,13 +628,22 @@ impl Writer {
         };
         match Statements::of(writes) {
             // Only inserts (short requests, each folded into one): one statement, atomic on its
-            // own, with no transaction around it.
+            // own, with no transaction around it. What it inserted stays inserted, so an error
+            // after it is the outcome of the write it was about, not of the batch.
             Some(statements) if statements.saves.is_empty() => {
-                return statements.apply(conn, backend).await;
+                let outcomes = statements.apply(conn, backend, false).await?;
+                if outcomes
+                    .iter()
+                    .any(|o| o.as_ref().is_err_and(|e| !e.is_outcome()))
+                {
+                    // A connection that failed is not trusted with the next statement.
+                    self.conn = None;
+                }
+                return Ok(outcomes);
             }
             Some(statements) => {
                 let mut tx = conn.begin_with(backend.begin_write()).await?;
-                let outcomes = statements.apply(&mut tx, backend).await?;
+                let outcomes = statements.apply(&mut tx, backend, true).await?;
                 tx.commit().await?;
                 return Ok(outcomes);
             }
@@ -676,10 +701,14 @@ impl<'a> Statements<'a> {
     }
 
     /// Applies them, giving each write its outcome: its refusal as it would have it alone.
+    /// In a transaction (`in_transaction`), any other error is the batch's, as it rolls
+    /// everything back; outside one, an error while telling why a write was skipped is that
+    /// write's outcome.
     async fn apply(
         self,
         conn: &mut AnyConnection,
         backend: Backend,
+        in_transaction: bool,
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
         let inserted = if self.inserts.is_empty() {
             HashSet::new()
@@ -703,7 +732,7 @@ impl<'a> Statements<'a> {
                 Write::Save(row) | Write::Put(row) => records::save(conn, row).await,
             };
             match outcome {
-                Err(error) if !error.is_outcome() => return Err(error),
+                Err(error) if in_transaction && !error.is_outcome() => return Err(error),
                 outcome => outcomes.push(outcome),
             }
         }

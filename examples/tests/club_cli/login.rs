@@ -201,4 +201,5 @@ async fn login_through_github_creates_the_account_and_saves_its_key() {
     let list = run_club(&dir, &["requests", "list", "--json"], "").await;
     assert!(list.ok, "{}", list.stderr);
     assert_eq!(list.json()["data"][0]["consumer"], "grace");
+    let _ = std::fs::remove_dir_all(dir);
 }

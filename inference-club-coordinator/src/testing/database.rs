@@ -10,7 +10,8 @@ use sqlx::AnyPool;
 /// The variable naming the PostgreSQL server the tests may create databases on.
 pub const POSTGRES_ENV: &str = "CLUB_TEST_DATABASE_URL";
 
-/// A database of a test's own. [`TestDatabase::remove`] deletes it.
+/// A database of a test's own. [`TestDatabase::remove`] deletes it; a SQLite one is deleted
+/// when dropped too.
 #[derive(Debug)]
 pub struct TestDatabase {
     /// Its URL, for [`Store::connect`](super::Store::connect) or a coordinator.
@@ -99,18 +100,25 @@ impl TestDatabase {
         }
     }
 
-    /// Deletes the database (close what uses it first).
+    /// Deletes the database (close what uses it first). A SQLite database is also deleted when
+    /// dropped.
     pub async fn remove(self) {
-        match self.kind {
-            Kind::Sqlite(_) => self.remove_sqlite_files(),
-            Kind::Postgres { server_url, name } => {
-                let server = AnyPool::connect(&server_url).await.unwrap();
-                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .execute(&server)
-                    .await
-                    .unwrap();
-                server.close().await;
-            }
+        if let Kind::Postgres { server_url, name } = &self.kind {
+            let server = AnyPool::connect(server_url).await.unwrap();
+            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&server)
+                .await
+                .unwrap();
+            server.close().await;
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    /// Deletes a SQLite database's files, but for a failed test's: they stay, to be looked at.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.remove_sqlite_files();
         }
     }
 }

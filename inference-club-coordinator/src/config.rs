@@ -38,6 +38,11 @@ pub struct CoordinatorConfig {
     /// lease: how long, in a cluster, the lines of a replica that died wait before another
     /// takes them. Default [`DEFAULT_BATCH_LEASE`].
     pub batch_lease: Duration,
+    /// How long the lines of a batch that no online node can take (none serves the model at
+    /// the batch's endpoint, or admits its owner) wait, without a try counted, for one before
+    /// they run and get their refusal (`model_not_found`, …) as their answer. Default
+    /// [`DEFAULT_BATCH_UNSERVED_GRACE`].
+    pub batch_unserved_grace: Duration,
 }
 
 /// Default [`CoordinatorConfig::max_batch_in_flight`].
@@ -45,6 +50,10 @@ pub const DEFAULT_MAX_BATCH_IN_FLIGHT: usize = 16;
 
 /// Default [`CoordinatorConfig::batch_lease`]: 30 s.
 pub const DEFAULT_BATCH_LEASE: Duration = Duration::from_secs(30);
+
+/// Default [`CoordinatorConfig::batch_unserved_grace`]: 60 s (nodes link again within seconds
+/// after a coordinator restarts, or after their replica dies).
+pub const DEFAULT_BATCH_UNSERVED_GRACE: Duration = Duration::from_secs(60);
 
 /// How often blobs past their retention are removed.
 pub const BLOB_EXPIRY_INTERVAL: Duration = Duration::from_secs(3600);
@@ -66,6 +75,7 @@ impl Default for CoordinatorConfig {
             blob_retention: DEFAULT_BLOB_RETENTION,
             max_batch_in_flight: DEFAULT_MAX_BATCH_IN_FLIGHT,
             batch_lease: DEFAULT_BATCH_LEASE,
+            batch_unserved_grace: DEFAULT_BATCH_UNSERVED_GRACE,
         }
     }
 }

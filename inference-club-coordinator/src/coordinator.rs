@@ -98,6 +98,13 @@ impl CoordinatorBuilder {
         self
     }
 
+    /// How long the lines of a batch that no online node can take wait for one before they run
+    /// and get their refusal (`model_not_found`, …) as their answer. Default 60 s.
+    pub fn batch_unserved_grace(mut self, grace: Duration) -> Self {
+        self.config.batch_unserved_grace = grace;
+        self
+    }
+
     /// How long the audio and images of records are kept. Default 30 days.
     pub fn blob_retention(mut self, retention: Duration) -> Self {
         self.config.blob_retention = retention;

@@ -159,20 +159,34 @@ fn pick(state: &Dispatcher, wanted: Wanted<'_>, tried: &[NodeKey]) -> Pick {
     }
 }
 
+/// Whether a batch's line could be sent to a node now ([`Dispatcher::room_for_background`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackgroundRoom {
+    /// A node has room for it.
+    Free,
+    /// The nodes that could take it are busy (or keep their last slots for interactive
+    /// requests), interactive requests wait for its model, or a node serving it is linking
+    /// again: room comes.
+    Busy,
+    /// No node can take it: none online serves its model at its endpoint, or admits its
+    /// consumer. Sent anyway, it gets the refusal an interactive request would.
+    NoNode,
+}
+
 impl Dispatcher {
     /// Whether a batch's line of `consumer`'s for `model` at `endpoint` would find a node with
     /// room now (leaving interactive requests theirs, and behind any waiting for the model):
     /// asked before a line is recorded and sent, so that a line with no room costs nothing. A
     /// moment later the answer may differ; the line is then refused as busy.
-    pub fn has_room_for_background(
+    pub fn room_for_background(
         &self,
         endpoint: Endpoint,
         model: &str,
         consumer: &str,
         preference: RoutingPreference,
-    ) -> bool {
+    ) -> BackgroundRoom {
         if self.queues.has_waiters(model) {
-            return false;
+            return BackgroundRoom::Busy;
         }
         let wanted = Wanted {
             endpoint,
@@ -182,7 +196,11 @@ impl Dispatcher {
             background: true,
         };
         // The slot taken to find out is given back at once.
-        matches!(pick(self, wanted, &[]), Pick::Node(..))
+        match pick(self, wanted, &[]) {
+            Pick::Node(..) => BackgroundRoom::Free,
+            Pick::Wait | Pick::Fail(Availability::AllFull) => BackgroundRoom::Busy,
+            Pick::Fail(_) => BackgroundRoom::NoNode,
+        }
     }
 }
 

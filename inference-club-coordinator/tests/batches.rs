@@ -187,6 +187,92 @@ async fn a_batch_runs_every_line_once_and_writes_openai_files() {
     assert_eq!(list["data"][0]["id"], id.as_str());
 }
 
+/// Lines no node can take (a model nobody serves; a model served, but not at the batch's
+/// endpoint) wait for one for the grace, then get the refusal an interactive request would, and
+/// the batch completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_no_node_can_take_are_refused_after_the_grace() {
+    const GRACE: Duration = Duration::from_secs(2);
+    let echo: Arc<dyn Provider> = Arc::new(Echo::new().models(["echo", "echo-embed"]));
+    let club = TestClub::start_services_with(
+        TestDatabase::sqlite(),
+        vec![
+            TestService::new("echo", echo.clone()),
+            TestService::new("echo-embed", echo).features(["embeddings"]),
+        ],
+        |builder| builder.batch_unserved_grace(GRACE),
+    )
+    .await;
+    let line = |id: &str, model: &str| {
+        json!({"custom_id": id, "method": "POST", "url": "/v1/embeddings",
+               "body": {"model": model, "input": "text"}})
+        .to_string()
+    };
+    let jsonl = [
+        line("unknown", "nope"),
+        line("chat-only", "echo"),
+        line("served", "echo-embed"),
+    ];
+    let file: Value = upload(&club, &club.key, jsonl.join("\n"), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let created = Instant::now();
+    let batch: Value = post(
+        &club,
+        "/v1/batches",
+        json!({"input_file_id": file["id"], "endpoint": "/v1/embeddings", "completion_window": "24h"}),
+        None,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let id = batch["id"].as_str().unwrap();
+    // While the others wait, the served line is answered, and the listing counts it too.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now: Value = get(&club, &format!("/v1/batches/{id}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        if now["request_counts"]["completed"] == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the served line is not answered: {now}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let list: Value = get(&club, "/v1/batches").await.json().await.unwrap();
+    assert_eq!(list["data"][0]["id"], id);
+    assert_eq!(list["data"][0]["request_counts"]["completed"], 1, "{list}");
+    let done = wait_for(&club, id, &["completed"], Duration::from_secs(30)).await;
+    assert!(
+        created.elapsed() >= GRACE,
+        "answered before the grace ran out"
+    );
+    assert_eq!(
+        done["request_counts"],
+        json!({"total": 3, "completed": 1, "failed": 2})
+    );
+    let mut lines = file_lines(&club, &done["output_file_id"]).await;
+    lines.extend(file_lines(&club, &done["error_file_id"]).await);
+    let answer = |id: &str| {
+        let line = lines.iter().find(|l| l["custom_id"] == id).unwrap();
+        (
+            line["response"]["status_code"].as_u64().unwrap(),
+            line["response"]["body"]["error"]["code"].clone(),
+        )
+    };
+    assert_eq!(answer("unknown"), (404, json!("model_not_found")));
+    assert_eq!(answer("chat-only"), (400, json!("unsupported_endpoint")));
+    assert_eq!(answer("served"), (200, Value::Null));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embeddings_batches_and_idempotent_creation() {
     let club = club_on(TestDatabase::sqlite(), Echo::new()).await;

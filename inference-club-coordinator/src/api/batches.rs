@@ -172,9 +172,11 @@ pub async fn get_one(
     }
 }
 
-/// `GET /v1/batches`: the caller's batches, newest first (`after`, `limit`).
+/// `GET /v1/batches`: the caller's batches, newest first (`after`, `limit`), with their counts
+/// as they are now.
 pub async fn list(
     State(store): State<Store>,
+    State(runner): State<Arc<BatchRunner>>,
     headers: HeaderMap,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -184,6 +186,7 @@ pub async fn list(
     let mut batches = store.list_batches(caller.user.id, after, limit + 1).await?;
     let has_more = batches.len() > limit as usize;
     batches.truncate(limit as usize);
+    let batches = runner.current_all(batches).await?;
     Ok(axum::Json(list_page(batches, has_more)).into_response())
 }
 

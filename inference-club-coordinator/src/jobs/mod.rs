@@ -13,9 +13,11 @@
 //!   node busy goes back, uncounted, to wait for room;
 //! - retries a line that failed for a reason that may pass (a node died before answering, no
 //!   node could take it) up to [`MAX_ATTEMPTS`] times;
-//! - holds back, without a try counted, the lines of a model no online node serves, for up to
-//!   [`UNSERVED_GRACE`] (nodes link again within seconds after a coordinator restarts, or
-//!   after their replica dies): only then does such a line get its `model_not_found`;
+//! - holds back, without a try counted, the lines no online node can take (none serves the
+//!   model at the batch's endpoint, or admits its owner), for up to `batch_unserved_grace` of
+//!   the configuration, 60 s by default (nodes link again within seconds after a coordinator
+//!   restarts, or after their replica dies): only then does such a line run, and get its
+//!   refusal (`model_not_found`, `unsupported_endpoint`, …) as its answer;
 //! - finishes a batch whose lines are all answered (its output and error files, in line order),
 //!   cancels those asked to stop (within a tick, stopping the lines it runs), and expires those
 //!   past their completion window.
@@ -49,16 +51,14 @@ use crate::CoordinatorConfig;
 use crate::api::serve::{Admission, Parts};
 use crate::api::{REQUEST_ID_HEADER, VISIBILITY_HEADER};
 use crate::auth::{self, Caller};
+use crate::dispatch::BackgroundRoom;
 use crate::error::ApiError;
 use crate::limits::InFlightSlot;
 use crate::store::{ClaimedLine, NewLine, RequestCounts, Store, StoreError, UserId};
 
 /// How often the runner looks at the batches.
 pub const TICK: Duration = Duration::from_millis(250);
-/// How long the lines of a model no online node serves wait (without a try counted) for a
-/// node serving it before they are answered `model_not_found`.
-pub const UNSERVED_GRACE: Duration = Duration::from_secs(60);
-/// How long a batch whose line found its model unserved waits before the next line is tried.
+/// How long a batch whose line found no node for it waits before the next line is tried.
 const UNSERVED_PAUSE: Duration = Duration::from_secs(1);
 /// How many times the answer of a line is written before the runner gives up on it (its
 /// lease then runs out and it is claimed again).
@@ -84,9 +84,9 @@ pub(crate) struct BatchRunner {
     room: Room,
     /// The lines running here (batch, line number): the leases the runner renews.
     held: Mutex<HashSet<(String, u64)>>,
-    /// Since when each model (lower-case) a line asked for was seen served by no online node.
-    unserved: Mutex<HashMap<String, Instant>>,
-    /// Batches not to claim lines of until then (a line found its model unserved).
+    /// Since when no online node could take the lines of each endpoint and model (lower-case).
+    unserved: Mutex<HashMap<(Endpoint, String), Instant>>,
+    /// Batches not to claim lines of until then (a line found no node for it).
     paused: Mutex<HashMap<String, Instant>>,
     /// How long a claimed line is held without a renewal.
     lease: Duration,
@@ -410,37 +410,40 @@ impl BatchRunner {
         endpoint: Endpoint,
         visibility: Option<Visibility>,
     ) -> bool {
-        if self.waits_for_model(&line) {
-            // No node serves its model now (they may be linking again): nothing runs, no try
-            // is counted, and the batch pauses a moment.
-            self.paused
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(line.batch_id.clone(), Instant::now() + UNSERVED_PAUSE);
-            let released = self.store.release_line(&line, &self.holder, false).await;
-            if let Err(error) = released {
-                tracing::warn!(batch = %line.batch_id, line = line.line_no, "cannot give a batch line back: {error}");
-            }
-            return false;
-        }
         let model = line.request["model"].as_str().unwrap_or_default();
-        if !self.parts.dispatcher.has_room_for_background(
+        let room = self.parts.dispatcher.room_for_background(
             endpoint,
             model,
             &owner.user.handle,
             owner.user.routing_preference,
-        ) {
-            // Every node serving it is busy (or keeps its last slots for interactive
-            // requests): nothing runs, nothing is recorded, no try is counted, and this runner
-            // takes fewer lines at once until there is room again.
-            self.room.lower(self.in_flight.load(Ordering::Acquire));
-            let released = self.store.release_line(&line, &self.holder, false).await;
-            if let Err(error) = released {
-                tracing::warn!(batch = %line.batch_id, line = line.line_no, "cannot give a batch line back: {error}");
+        );
+        match room {
+            BackgroundRoom::Free => {
+                self.found_a_node(endpoint, model);
+                self.room.raise();
             }
-            return false;
+            BackgroundRoom::Busy => {
+                // Every node serving it is busy (or keeps its last slots for interactive
+                // requests): nothing runs, nothing is recorded, no try is counted, and this
+                // runner takes fewer lines at once until there is room again.
+                self.room.lower(self.in_flight.load(Ordering::Acquire));
+                self.give_back(&line).await;
+                return false;
+            }
+            BackgroundRoom::NoNode if self.waits_for_a_node(endpoint, model) => {
+                // No node can take it now (they may be linking again): nothing runs, no try
+                // is counted, and the batch pauses a moment.
+                self.paused
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(line.batch_id.clone(), Instant::now() + UNSERVED_PAUSE);
+                self.give_back(&line).await;
+                return false;
+            }
+            // No node could take it for the grace: it runs, and the refusal it gets (the model
+            // not found, not served at this endpoint, not to this member) is its answer.
+            BackgroundRoom::NoNode => {}
         }
-        self.room.raise();
         let mut body = line.request.clone();
         if let Some(object) = body.as_object_mut() {
             object.insert("stream".into(), Value::Bool(false));
@@ -504,21 +507,32 @@ impl BatchRunner {
         false
     }
 
-    /// Whether `line` is to wait for a node serving its model: none does now, and none has
-    /// for less than [`UNSERVED_GRACE`] as this runner saw it.
-    fn waits_for_model(&self, line: &ClaimedLine) -> bool {
-        let model = line.request["model"]
-            .as_str()
-            .unwrap_or_default()
-            .to_ascii_lowercase();
-        let served = !self.parts.dispatcher.fleet.nodes_for(&model).is_empty();
-        let mut unserved = self.unserved.lock().unwrap_or_else(PoisonError::into_inner);
-        if served {
-            unserved.remove(&model);
-            return false;
+    /// Gives `line` back, uncounted, to be claimed again.
+    async fn give_back(&self, line: &ClaimedLine) {
+        let released = self.store.release_line(line, &self.holder, false).await;
+        if let Err(error) = released {
+            tracing::warn!(batch = %line.batch_id, line = line.line_no, "cannot give a batch line back: {error}");
         }
-        let since = *unserved.entry(model).or_insert_with(Instant::now);
-        since.elapsed() < UNSERVED_GRACE
+    }
+
+    /// Whether a line for `model` at `endpoint`, which no node can take now, is to wait for
+    /// one: none could for less than the grace (`batch_unserved_grace` of the configuration)
+    /// as this runner saw it.
+    fn waits_for_a_node(&self, endpoint: Endpoint, model: &str) -> bool {
+        let mut unserved = self.unserved.lock().unwrap_or_else(PoisonError::into_inner);
+        let since = *unserved
+            .entry((endpoint, model.to_ascii_lowercase()))
+            .or_insert_with(Instant::now);
+        since.elapsed() < self.config.batch_unserved_grace
+    }
+
+    /// A node could take a line for `model` at `endpoint`: the grace starts again the next time
+    /// none can.
+    fn found_a_node(&self, endpoint: Endpoint, model: &str) {
+        let mut unserved = self.unserved.lock().unwrap_or_else(PoisonError::into_inner);
+        if !unserved.is_empty() {
+            unserved.remove(&(endpoint, model.to_ascii_lowercase()));
+        }
     }
 
     /// Moves batch `id` from `from` to `to`, stamping `at`.
@@ -622,6 +636,24 @@ impl BatchRunner {
         if batch_owner != owner {
             return Ok(None);
         }
+        self.count_now(id, &mut body).await?;
+        Ok(Some(body))
+    }
+
+    /// The caller's batches as stored (`batches`, from [`Store::list_batches`]), with the
+    /// counts of those still running as they are now.
+    pub async fn current_all(&self, mut batches: Vec<Value>) -> Result<Vec<Value>, StoreError> {
+        for body in &mut batches {
+            if let Some(id) = body["id"].as_str().map(str::to_owned) {
+                self.count_now(&id, body).await?;
+            }
+        }
+        Ok(batches)
+    }
+
+    /// Sets the `request_counts` of batch `id` (`body`) as they are now, when it is still
+    /// running (the stored counts are those of its last change of status).
+    async fn count_now(&self, id: &str, body: &mut Value) -> Result<(), StoreError> {
         if matches!(
             body["status"].as_str(),
             Some("validating" | "in_progress" | "cancelling" | "finalizing")
@@ -629,7 +661,7 @@ impl BatchRunner {
             let (counts, _) = self.store.line_counts(id).await?;
             body["request_counts"] = counts_json(counts);
         }
-        Ok(Some(body))
+        Ok(())
     }
 }
 

@@ -1,8 +1,9 @@
-//! My request history and the public feed, page after page; then make one request private and
-//! delete another.
+//! My request history and the public feed, page after page. With `--change` (it changes your
+//! records), it then makes the newest request private and deletes the oldest one listed.
 //!
 //! ```text
 //! CLUB_API_KEY=icl_… cargo run -p inference-club-client --example history
+//! CLUB_API_KEY=icl_… cargo run -p inference-club-client --example history -- --change
 //! ```
 
 use futures_util::StreamExt;
@@ -46,6 +47,10 @@ async fn main() -> Result<(), Error> {
         );
     }
 
+    if !std::env::args().any(|arg| arg == "--change") {
+        println!("(run with --change to make the newest private and delete the oldest listed)");
+        return Ok(());
+    }
     if let Some(newest) = ids.first() {
         let record = client.set_visibility(newest, Visibility::Private).await?;
         println!("{} is now {}", record.id, record.visibility.as_str());

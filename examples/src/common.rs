@@ -3,14 +3,19 @@
 
 /// Installs the process's TLS crypto provider (ring) for every HTTPS and WSS client in it,
 /// then logs to stderr, filtered by `CLUB_LOG` (e.g. `info`, `inference_club_provider=debug`),
-/// at `default_level` when it is unset; as JSON lines when `json`.
+/// at `default_level` when it is unset; as JSON lines when `json`. Colours only on a terminal,
+/// and never with `NO_COLOR` set.
 pub fn init(default_level: &str, json: bool) {
+    use std::io::IsTerminal as _;
     // A binary owns its process: it picks the provider once, libraries never do.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let filter = tracing_subscriber::EnvFilter::try_from_env("CLUB_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let colour = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        && std::io::stderr().is_terminal();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();

@@ -5,7 +5,7 @@
 //! CLUB_API_KEY=icl_… cargo run -p inference-club-client --example streaming -- echo "Tell me a story"
 //! ```
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -29,10 +29,15 @@ async fn main() -> Result<(), Error> {
         .visibility(Visibility::Unlisted);
     let mut events = client.chat_stream(request).await?.events();
     let mut out = std::io::stdout();
+    // The reasoning is shown dim on a terminal.
+    let styled = out.is_terminal();
     while let Some(event) = events.next().await {
         match event? {
-            ChatEvent::Reasoning(text) => {
+            ChatEvent::Reasoning(text) if styled => {
                 let _ = write!(out, "\x1b[2m{text}\x1b[0m");
+            }
+            ChatEvent::Reasoning(text) => {
+                let _ = write!(out, "{text}");
             }
             ChatEvent::Content(text) => {
                 let _ = write!(out, "{text}");

@@ -29,6 +29,8 @@ pub struct DemoOptions {
     pub prompt: String,
     /// Exit after the demo chat instead of serving until Ctrl-C.
     pub once: bool,
+    /// Whether `out` takes ANSI styles (the reasoning is shown dim).
+    pub styled: bool,
 }
 
 /// What the demo node serves.
@@ -181,20 +183,25 @@ pub async fn run(options: DemoOptions, out: &mut (dyn Write + Send)) -> Result<(
         )
         .await
         .map_err(|e| e.to_string())?;
+    let (dim, plain) = if options.styled {
+        ("\x1b[2m", "\x1b[0m")
+    } else {
+        ("", "")
+    };
     let mut in_reasoning = false;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| e.to_string())?;
         for choice in &chunk.choices {
             if let Some(reasoning) = &choice.delta.reasoning {
                 if !in_reasoning {
-                    let _ = write!(out, "\x1b[2m(thinking) ");
+                    let _ = write!(out, "{dim}(thinking) ");
                     in_reasoning = true;
                 }
                 let _ = write!(out, "{reasoning}");
             }
             if let Some(content) = &choice.delta.content {
                 if in_reasoning {
-                    let _ = writeln!(out, "\x1b[0m");
+                    let _ = writeln!(out, "{plain}");
                     in_reasoning = false;
                 }
                 let _ = write!(out, "{content}");
@@ -203,7 +210,7 @@ pub async fn run(options: DemoOptions, out: &mut (dyn Write + Send)) -> Result<(
         let _ = out.flush();
     }
     if in_reasoning {
-        let _ = write!(out, "\x1b[0m");
+        let _ = write!(out, "{plain}");
     }
     let _ = writeln!(out, "\n");
 

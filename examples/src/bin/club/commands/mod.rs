@@ -146,6 +146,7 @@ pub async fn run(cli: Cli, ui: Ui) -> Result<(), String> {
                 database,
                 prompt,
                 once,
+                styled: ui.styled_stdout,
             },
             &mut out,
         )

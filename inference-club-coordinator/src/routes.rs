@@ -39,6 +39,8 @@ pub(crate) fn app(state: &AppState) -> Router {
 fn inference() -> Router<AppState> {
     Router::new()
         .route("/v1/models", get(api::models::models))
+        // Model ids may hold `/` (`Qwen/Qwen3-8B`): the rest of the path names the model.
+        .route("/v1/models/{*model}", get(api::models::model))
         .route("/v1/chat/completions", post(api::chat::chat_completions))
         .route("/v1/completions", post(api::calls::completions))
         .route("/v1/responses", post(api::responses::create))

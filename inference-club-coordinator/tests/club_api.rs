@@ -505,6 +505,7 @@ async fn scopes_are_enforced() {
         (Method::GET, "/api/v1/me"),
         (Method::GET, "/api/v1/keys"),
         (Method::GET, "/v1/models"),
+        (Method::GET, "/v1/models/echo"),
     ] {
         let (status, body) = club
             .call(method.clone(), path, Some(&provider_only), None)
@@ -844,6 +845,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/auth/device/token"),
     ("get", "/openapi.json"),
     ("get", "/v1/models"),
+    ("get", "/v1/models/{model}"),
     ("post", "/v1/chat/completions"),
     ("post", "/v1/completions"),
     ("post", "/v1/responses"),
@@ -1073,6 +1075,113 @@ async fn models_show_capabilities_and_respect_access() {
     let (_, list) = club.get("/v1/models", Some(&ada)).await;
     assert_eq!(list["data"][0]["nodes"], 1);
     assert_eq!(list["data"][0]["owned_by"], "carol");
+}
+
+/// `GET /v1/models/{model}` answers the entry `/v1/models` lists, found as a request names the
+/// model (served id or Hugging Face id, any case, ids holding `/` raw or `%2F`-encoded), under
+/// the list's rules; any other id is a 404 `model_not_found`.
+#[tokio::test]
+async fn a_model_is_retrieved_as_the_list_shows_it() {
+    let mut club = Club::start().await;
+    let (_, bob) = club.member("bob", "provider").await;
+    let (carol_user, carol_link) = club.member("carol", "provider").await;
+    let carol = club.key(&carol_user, "inference").await;
+    let (_, ada) = club.member("ada", "inference").await;
+
+    let mut echo = model("echo", 8192);
+    echo["hf"] = json!("club/echo");
+    club.link_node(
+        &bob,
+        manifest(
+            "box",
+            &[service(
+                "echo",
+                None,
+                &[echo, model("Qwen/Qwen3-8B", 32768)],
+            )],
+        ),
+        &["echo", "Qwen/Qwen3-8B"],
+    );
+    club.link_node(
+        &carol_link,
+        manifest(
+            "den",
+            &[service("mine", Some("owner"), &[model("carol-only", 2048)])],
+        ),
+        &["carol-only"],
+    );
+    for path in ["/api/v1/providers/bob/box", "/api/v1/providers/carol/den"] {
+        wait_for(&club, path, |p| p["online"] == true).await;
+    }
+
+    // Every entry of the list, by its id as it is and %2F-encoded: the same object.
+    let (status, list) = club.get("/v1/models", Some(&ada)).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let data = list["data"].as_array().unwrap();
+    let ids: Vec<&str> = data.iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, vec!["echo", "Qwen/Qwen3-8B"], "{list}");
+    for entry in data {
+        let id = entry["id"].as_str().unwrap();
+        for path in [
+            format!("/v1/models/{id}"),
+            format!("/v1/models/{}", id.replace('/', "%2F")),
+        ] {
+            let answer = club.server.call(Method::GET, &path, Some(&ada), None).await;
+            assert_eq!(answer.status, StatusCode::OK, "{path}: {}", answer.text);
+            assert_eq!(&answer.json(), entry, "{path}");
+            // Counted against the key's rate, as the list is.
+            assert!(
+                answer.headers.contains_key("x-ratelimit-remaining"),
+                "{path}"
+            );
+        }
+    }
+    // As a request would route: any case, or the Hugging Face id.
+    let echo_entry = data.iter().find(|m| m["id"] == "echo").unwrap();
+    for path in [
+        "/v1/models/ECHO",
+        "/v1/models/club/echo",
+        "/v1/models/Club%2FEcho",
+    ] {
+        let (status, body) = club.get(path, Some(&ada)).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        assert_eq!(&body, echo_entry, "{path}");
+    }
+    let (_, qwen) = club.get("/v1/models/qwen/qwen3-8b", Some(&ada)).await;
+    assert_eq!(qwen["id"], "Qwen/Qwen3-8B");
+    assert_eq!(qwen["context_length"], 32768);
+
+    // Not listed: unknown, someone else's owner-only model, or anonymous (no policy admits
+    // anonymous consumers): 404 model_not_found.
+    for (path, key) in [
+        ("/v1/models/no-such-model", Some(ada.as_str())),
+        ("/v1/models/no/such/model", Some(ada.as_str())),
+        ("/v1/models/carol-only", Some(ada.as_str())),
+        ("/v1/models/echo", None),
+    ] {
+        let (status, body) = club.get(path, key).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
+        assert_envelope(&body, "model_not_found");
+        assert_eq!(body["error"]["param"], "model", "{body}");
+    }
+    // The owner sees their owner-only model, as their list does.
+    let (_, list) = club.get("/v1/models", Some(&carol)).await;
+    let listed = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "carol-only")
+        .unwrap()
+        .clone();
+    let (status, body) = club.get("/v1/models/carol-only", Some(&carol)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, listed);
+    // A wrong key is a 401, as for the list.
+    let (status, body) = club
+        .get("/v1/models/echo", Some("icl_not-a-real-key"))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_envelope(&body, "invalid_api_key");
 }
 
 /// Bad chat requests get a clear error in the OpenAI envelope and change nothing: no record is

@@ -237,6 +237,22 @@ pub fn paths() -> Value {
                 "401": errors(&[])["401"], "403": errors(&[])["403"], "429": errors(&[])["429"]
             }
         }},
+        "/v1/models/{model}": {"get": {
+            "operationId": "retrieveModel",
+            "summary": "One model of `/v1/models`: the one a request naming it is routed to (its served id or a Hugging Face id, any case)",
+            "security": [{}, {"bearer": ["inference"]}],
+            "parameters": [
+                {"name": "model", "in": "path", "required": true, "description": "The model's id; it may hold `/` (sent as `%2F` or as it is)", "schema": {"type": "string", "minLength": 1}}
+            ],
+            "responses": {
+                "200": {"description": "The model, as `/v1/models` lists it", "content": {"application/json": schema("Model")}},
+                "400": {"description": "The path is not valid UTF-8 once decoded", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+                "401": errors(&[])["401"],
+                "403": {"description": "The key lacks the inference scope", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+                "404": {"description": "The caller may use no model by that id (`model_not_found`)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+                "429": errors(&[])["429"]
+            }
+        }},
         "/v1/chat/completions": inference("createChatCompletion", "A chat completion, whole or streamed", "application/json", "ChatRequest", json_or_events.clone()),
         "/v1/completions": inference("createCompletion", "A text completion, whole or streamed", "application/json", "CompletionRequest", json_or_events.clone()),
         "/v1/responses": inference("createResponse", "A response (the Responses API, text in and out), whole or streamed as events; served by chat engines", "application/json", "ResponseRequest", json_or_events),
@@ -277,9 +293,10 @@ pub fn schemas() -> Value {
     let mut schemas = json!({
         "ModelList": {"type": "object", "required": ["object", "data"], "properties": {
             "object": {"const": "list"},
-            "data": {"type": "array", "items": {"type": "object", "required": ["id", "object", "owned_by"], "properties": {
-                "id": {"type": "string"}, "object": {"const": "model"}, "owned_by": {"type": "string"},
-                "endpoints": {"type": "array", "items": {"type": "string"}}}}}}},
+            "data": {"type": "array", "items": {"$ref": "#/components/schemas/Model"}}}},
+        "Model": {"type": "object", "required": ["id", "object", "owned_by"], "properties": {
+            "id": {"type": "string"}, "object": {"const": "model"}, "owned_by": {"type": "string"},
+            "endpoints": {"type": "array", "items": {"type": "string"}}}},
         "ChatRequest": {"type": "object", "required": ["model", "messages"], "properties": {
             "model": model, "visibility": visibility,
             "messages": {"type": "array", "minItems": 1, "items": {"type": "object", "required": ["role"], "properties": {

@@ -21,6 +21,8 @@ pub const SHARED_OWNER: &str = "inference-club";
 struct Entry {
     id: String,
     hf: Option<String>,
+    /// Every offering's Hugging Face id, lower-case: a request names the model by any of them.
+    hf_ids: BTreeSet<String>,
     name: Option<String>,
     /// The first offering's operator.
     operator: String,
@@ -109,6 +111,27 @@ fn declares(given: &[String], default: &[&str], modality: &str) -> bool {
 /// overrides) admits `consumer`: anonymous callers are admitted by no policy, so they see
 /// none.
 pub fn models_for(nodes: &[OnlineNode], consumer: Option<&str>) -> BTreeMap<String, Model> {
+    entries(nodes, consumer)
+        .into_iter()
+        .map(|(key, entry)| (key, entry.into_model()))
+        .collect()
+}
+
+/// The entry of [`models_for`] that a request naming `requested` is routed to (as routing
+/// matches names): the model whose served id is `requested` in any case, else the first (by
+/// id) that some node serves under the Hugging Face id `requested`. `None` when the caller may
+/// use no such model.
+pub fn model_for(nodes: &[OnlineNode], consumer: Option<&str>, requested: &str) -> Option<Model> {
+    let mut entries = entries(nodes, consumer);
+    let key = requested.to_ascii_lowercase();
+    entries
+        .remove(&key)
+        .or_else(|| entries.into_values().find(|e| e.hf_ids.contains(&key)))
+        .map(Entry::into_model)
+}
+
+/// The entries behind [`models_for`], keyed by lower-case served id.
+fn entries(nodes: &[OnlineNode], consumer: Option<&str>) -> BTreeMap<String, Entry> {
     let mut nodes: Vec<&OnlineNode> = nodes.iter().collect();
     nodes.sort_by_cached_key(|n| (n.operator().to_ascii_lowercase(), n.key().provider.clone()));
     let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
@@ -140,12 +163,18 @@ pub fn models_for(nodes: &[OnlineNode], consumer: Option<&str>) -> BTreeMap<Stri
                     .filter_map(|e| Endpoint::ALL.iter().position(|a| a == e));
                 let features = || model.features.iter().chain(&service.features);
                 let key = id.to_ascii_lowercase();
+                let hf_id = model
+                    .hf
+                    .as_deref()
+                    .filter(|h| !h.is_empty())
+                    .map(str::to_ascii_lowercase);
                 let Some(entry) = entries.get_mut(&key) else {
                     entries.insert(
                         key,
                         Entry {
                             id: id.to_owned(),
                             hf: model.hf.clone().filter(|h| !h.is_empty()),
+                            hf_ids: hf_id.into_iter().collect(),
                             name: model.name.clone().filter(|n| !n.is_empty()),
                             operator: node.operator().to_owned(),
                             shared: false,
@@ -164,6 +193,7 @@ pub fn models_for(nodes: &[OnlineNode], consumer: Option<&str>) -> BTreeMap<Stri
                 if entry.hf.is_none() {
                     entry.hf = model.hf.clone().filter(|h| !h.is_empty());
                 }
+                entry.hf_ids.extend(hf_id);
                 if entry.name.is_none() {
                     entry.name = model.name.clone().filter(|n| !n.is_empty());
                 }
@@ -189,7 +219,4 @@ pub fn models_for(nodes: &[OnlineNode], consumer: Option<&str>) -> BTreeMap<Stri
         }
     }
     entries
-        .into_iter()
-        .map(|(key, entry)| (key, entry.into_model()))
-        .collect()
 }

@@ -106,6 +106,21 @@ function assertErrorShape(error) {
   }
 }
 
+test('models, listed and retrieved', async () => {
+  const models = await client.models.list();
+  const listed = models.data.find((m) => m.id === CHAT_MODEL);
+  assert.ok(listed, `${CHAT_MODEL} is listed`);
+  assert.deepEqual(await client.models.retrieve(CHAT_MODEL), listed);
+  // The SDK sends a `/` in an id as %2F; an id the list does not hold is model_not_found.
+  for (const missing of ['no-such-model', 'no/such-model']) {
+    await assert.rejects(client.models.retrieve(missing), (error) => {
+      assert.ok(error instanceof OpenAI.NotFoundError, `${error}`);
+      assert.equal(error.code, 'model_not_found');
+      return true;
+    });
+  }
+});
+
 test('chat, whole and streamed', async () => {
   const { data, response } = await client.chat.completions
     .create({ model: CHAT_MODEL, messages: [{ role: 'user', content: 'hello node' }] })

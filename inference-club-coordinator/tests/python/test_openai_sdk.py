@@ -29,6 +29,17 @@ def test_list_models(client):
     assert model.owned_by
 
 
+def test_retrieve_model(client):
+    listed = next(m for m in client.models.list().data if m.id == MODEL)
+    model = client.models.retrieve(MODEL)
+    assert model.model_dump() == listed.model_dump()
+    # The SDK sends a `/` in an id as %2F; an id the list does not hold is model_not_found.
+    for missing in ["no-such-model", "no/such-model"]:
+        with pytest.raises(openai.NotFoundError) as error:
+            client.models.retrieve(missing)
+        assert error.value.code == "model_not_found"
+
+
 def test_whole_chat(client):
     response = client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "hello there"}]

@@ -126,6 +126,18 @@ fn run_logs_json_lines_on_request_and_stops_on_sigterm() {
         seen.iter().any(|l| l.contains("reconnecting in")),
         "{seen:#?}"
     );
+    // It never linked: it cannot link, rather than lost a link.
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("cannot link to the coordinator")),
+        "{seen:#?}"
+    );
+    assert!(
+        !seen
+            .iter()
+            .any(|l| l.contains("link to the coordinator lost")),
+        "{seen:#?}"
+    );
     assert_eq!(status.code(), Some(0), "SIGTERM is a clean stop");
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -41,8 +41,8 @@ use crate::{Router, Timeouts};
 /// How a node reaches its coordinator and behaves on the link.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
-    /// The coordinator: `http(s)://HOST[:PORT]` or `ws(s)://…`; the link path `/v1/link` is added
-    /// when the URL has no path.
+    /// The coordinator: `http(s)://HOST[:PORT]` or `ws(s)://…`, with or without `/v1`; the link
+    /// path is completed as [`link_url`] tells.
     pub coordinator: String,
     /// An API key with the `provider` scope.
     pub api_key: String,
@@ -77,18 +77,49 @@ impl NodeConfig {
     }
 }
 
-/// The link URL for a coordinator URL given by the operator.
-pub fn link_url(coordinator: &str) -> Result<Url, url::ParseError> {
-    let mut url = Url::parse(coordinator)?;
+/// Why a coordinator URL given by the operator cannot be linked to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LinkUrlError {
+    /// The URL has no scheme (`127.0.0.1:8080`, `club.example`).
+    #[error("the URL has no scheme: include http:// or https://, as in http://HOST:8080")]
+    NoScheme,
+    /// The URL's scheme is not one the link speaks (`localhost:8080` reads as scheme
+    /// `localhost`).
+    #[error(
+        "unsupported scheme {0:?}: include http:// or https:// (or ws://, wss://), as in \
+         http://HOST:8080"
+    )]
+    UnsupportedScheme(String),
+    /// The URL does not parse.
+    #[error("{0}")]
+    Invalid(url::ParseError),
+}
+
+/// The link URL for a coordinator URL given by the operator: the coordinator's base URL
+/// (`https://HOST`), the same with `/v1` (the consumers' base URL), or the link URL itself
+/// (`…/v1/link`). `http` becomes `ws` and `https` becomes `wss`; `/v1/link` is added to a URL
+/// with no path, and `/link` to one whose path ends in `/v1` (a coordinator behind a path
+/// prefix, too); any other path is kept as given.
+pub fn link_url(coordinator: &str) -> Result<Url, LinkUrlError> {
+    let mut url = Url::parse(coordinator).map_err(|e| match e {
+        url::ParseError::RelativeUrlWithoutBase => LinkUrlError::NoScheme,
+        other => LinkUrlError::Invalid(other),
+    })?;
     let scheme = match url.scheme() {
         "http" | "ws" => "ws",
         "https" | "wss" => "wss",
-        _ => return Err(url::ParseError::RelativeUrlWithoutBase),
+        other => return Err(LinkUrlError::UnsupportedScheme(other.to_owned())),
     };
+    // Between these special schemes the change cannot fail.
     url.set_scheme(scheme)
-        .map_err(|()| url::ParseError::RelativeUrlWithoutBase)?;
-    if url.path().is_empty() || url.path() == "/" {
+        .map_err(|()| LinkUrlError::UnsupportedScheme(url.scheme().to_owned()))?;
+    let path = url.path().trim_end_matches('/');
+    if path.is_empty() {
         url.set_path("/v1/link");
+    } else if path.ends_with("/v1") {
+        let path = format!("{path}/link");
+        url.set_path(&path);
     }
     Ok(url)
 }
@@ -294,16 +325,23 @@ impl Node {
         ));
         let mut backoff = config.backoff.clone();
         loop {
+            // Whether this session got as far as welcome: a session that did not never linked.
+            let mut linked = false;
             let end = session::run(&config, &mut offers, &handle.shutdown, &log, || {
-                backoff.reset()
+                linked = true;
+                backoff.reset();
             })
             .await;
             // A session that got as far as welcome resets the backoff; a refused key waits the
             // longest delay, since only the operator can fix it.
             let delay = match end {
                 session::SessionEnd::Shutdown => break,
-                session::SessionEnd::Lost(why) => {
+                session::SessionEnd::Lost(why) if linked => {
                     tracing::warn!("link to the coordinator lost: {why}");
+                    backoff.next_delay()
+                }
+                session::SessionEnd::Lost(why) => {
+                    tracing::warn!("cannot link to the coordinator: {why}");
                     backoff.next_delay()
                 }
                 session::SessionEnd::Refused(refused) => {
@@ -392,4 +430,81 @@ pub fn check_link(config: &NodeConfig) -> BoxFuture<'_, Result<(), String>> {
         let _ = ws.close(None).await;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(coordinator: &str) -> String {
+        link_url(coordinator)
+            .unwrap_or_else(|e| panic!("{coordinator}: {e}"))
+            .to_string()
+    }
+
+    /// The coordinator's base URL, the consumers' base URL (`…/v1`) and the link URL itself all
+    /// give the link URL.
+    #[test]
+    fn the_link_url_is_completed_from_a_base_url_with_or_without_v1() {
+        for given in [
+            "http://127.0.0.1:18090",
+            "http://127.0.0.1:18090/",
+            "http://127.0.0.1:18090/v1",
+            "http://127.0.0.1:18090/v1/",
+            "http://127.0.0.1:18090/v1/link",
+            "ws://127.0.0.1:18090/v1",
+        ] {
+            assert_eq!(link(given), "ws://127.0.0.1:18090/v1/link", "{given}");
+        }
+        assert_eq!(link("https://club.example"), "wss://club.example/v1/link");
+        assert_eq!(link("wss://club.example/v1/"), "wss://club.example/v1/link");
+        // Behind a path prefix.
+        assert_eq!(
+            link("https://example.com/club/v1"),
+            "wss://example.com/club/v1/link"
+        );
+        assert_eq!(
+            link("https://example.com/club/v1/link"),
+            "wss://example.com/club/v1/link"
+        );
+        // Any other path is taken as the link URL, as given.
+        assert_eq!(
+            link("https://example.com/custom/link"),
+            "wss://example.com/custom/link"
+        );
+    }
+
+    /// A URL without a scheme says to add one, instead of "relative URL without a base".
+    #[test]
+    fn a_url_without_a_scheme_says_to_include_one() {
+        for given in ["127.0.0.1:18090", "club.example", "club.example/v1"] {
+            let error = link_url(given).unwrap_err();
+            assert_eq!(error, LinkUrlError::NoScheme, "{given}");
+            assert!(error.to_string().contains("include http:// or https://"));
+        }
+        // `localhost:18090` reads as the scheme `localhost`.
+        for given in ["localhost:18090", "ftp://club.example"] {
+            let error = link_url(given).unwrap_err();
+            assert!(
+                matches!(error, LinkUrlError::UnsupportedScheme(_)),
+                "{given}: {error:?}"
+            );
+            assert!(error.to_string().contains("include http:// or https://"));
+        }
+        assert!(matches!(
+            link_url("http://[::1"),
+            Err(LinkUrlError::Invalid(_))
+        ));
+        let node = Node::from_offer(
+            NodeConfig::new("127.0.0.1:18090", "icl_test"),
+            Offer::new(Router::builder().build(), serde_json::json!({})),
+        );
+        let Err(error) = node else {
+            panic!("a URL without a scheme was taken");
+        };
+        assert!(
+            error.to_string().contains("include http:// or https://"),
+            "{error}"
+        );
+    }
 }

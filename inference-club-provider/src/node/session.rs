@@ -186,7 +186,17 @@ pub(crate) async fn connect(config: &NodeConfig) -> Result<WsStream, ConnectErro
                 .map(String::from_utf8_lossy)
                 .unwrap_or_default()
                 .into_owned();
-            let why = format!("coordinator answered {status}: {body}");
+            let mut why = if body.trim().is_empty() {
+                format!("coordinator answered {status}")
+            } else {
+                format!("coordinator answered {status}: {body}")
+            };
+            if status == 404 {
+                why.push_str(&format!(
+                    " (no link endpoint at {url}: the coordinator URL should be the \
+                     coordinator's base URL, such as http://HOST:8080)"
+                ));
+            }
             if status == 401 || status == 403 {
                 Err(ConnectError::KeyRejected(why))
             } else {

@@ -72,6 +72,54 @@ async fn an_engine_that_answers_500_is_failed_over_and_an_engine_error_reaches_t
     .await;
 }
 
+/// An engine that is down: the consumers get 502, and the node says so in its own log, naming
+/// the model and the error but not the prompt — one line per model every 10 s, however many
+/// jobs fail meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_that_is_down_is_warned_about_in_the_nodes_log_without_flooding_it() {
+    bounded(async {
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let down = ServiceSpec {
+            url: format!("http://127.0.0.1:{dead}/v1"),
+            engine: "vllm".into(),
+            max_concurrent: None,
+            model: MODEL.into(),
+        };
+        let mut club = Club::start(&[]).await;
+        club.add_node("node-a", &[down]).await;
+        for _ in 0..3 {
+            let (status, id, body) = club.chat_whole(&chat_body(false)).await;
+            assert_eq!(status, 502, "{body}");
+            assert_envelope(&body, "upstream_error");
+            let record = club.final_record(id.unwrap(), Duration::from_secs(5)).await;
+            assert_eq!(record.status(), Status::Failed);
+        }
+
+        let node = &club.node("node-a").proc;
+        let line = node
+            .wait_for_line("a job failed", Duration::from_secs(5))
+            .await;
+        assert!(line.contains("WARN"), "{line}");
+        assert!(line.contains(MODEL), "{line}");
+        assert!(line.contains("cannot reach the engine"), "{line}");
+        let output = node.output();
+        assert!(
+            !output.contains("Say hello"),
+            "the prompt was logged:\n{output}"
+        );
+        assert_eq!(
+            node.count_lines_with("a job failed"),
+            1,
+            "the later failures are only counted:\n{output}"
+        );
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_engine_that_hangs_before_the_first_token_times_out_and_is_failed_over() {
     bounded(async {

@@ -14,6 +14,7 @@ use inference_club_core::provider::{Call, CallOutput, Provider, ProviderError, U
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::failures::FailureWarnings;
 use super::job::{Ended, end_job, job_context, millis};
 use super::job_log::JobLog;
 
@@ -101,6 +102,7 @@ pub(crate) async fn serve_call(
     out: mpsc::Sender<Outgoing>,
     cancel: CancellationToken,
     log: JobLog,
+    failures: FailureWarnings,
 ) {
     let started = Instant::now();
     let id = job.job;
@@ -168,7 +170,7 @@ pub(crate) async fn serve_call(
         request: request_json,
         answer: None,
     };
-    end_job(ended, outcome, &log, &out).await;
+    end_job(ended, outcome, &log, &failures, &out).await;
 }
 
 /// The refusal of a call that cannot start (its upload is too large or malformed).

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::call::Outgoing;
+use super::failures::FailureWarnings;
 use super::job_log::{JobLog, JobLogEntry};
 
 /// Serves `job` on `provider`, sending each chunk to `out` as the engine produces it, and ending
@@ -34,6 +35,7 @@ pub(crate) async fn serve_job(
     out: mpsc::Sender<Outgoing>,
     cancel: CancellationToken,
     log: JobLog,
+    failures: FailureWarnings,
 ) {
     let started = Instant::now();
     let id = job.job;
@@ -154,7 +156,7 @@ pub(crate) async fn serve_job(
         request: request_json,
         answer,
     };
-    end_job(ended, outcome, &log, &out).await;
+    end_job(ended, outcome, &log, &failures, &out).await;
 }
 
 /// Sends one chunk of job `id` to the coordinator (unless the job is cancelled first).
@@ -287,15 +289,20 @@ pub(super) struct Ended {
     pub answer: Option<String>,
 }
 
-/// Ends a job with `outcome`: writes it to the operator's job log and tells the coordinator
-/// (`done` or `error`; the link may be gone already, and then there is nobody to tell).
+/// Ends a job with `outcome`: writes it to the operator's job log, warns of a failure in the
+/// node's log (rate-limited, see [`FailureWarnings`]) and tells the coordinator (`done` or
+/// `error`; the link may be gone already, and then there is nobody to tell).
 pub(super) async fn end_job(
     ended: Ended,
     outcome: Result<(), ProviderError>,
     log: &JobLog,
+    failures: &FailureWarnings,
     out: &mpsc::Sender<Outgoing>,
 ) {
     let total_ms = millis(ended.started.elapsed());
+    if let Err(error) = &outcome {
+        failures.failed(&ended.model, error);
+    }
     let (status, error) = match &outcome {
         Ok(()) => ("succeeded", None),
         Err(ProviderError::Cancelled) => ("cancelled", Some(ProviderError::Cancelled.to_string())),

@@ -9,6 +9,7 @@
 
 mod backoff;
 mod call;
+mod failures;
 mod job;
 pub mod job_log;
 mod services;
@@ -324,13 +325,21 @@ impl Node {
             offers_tx,
         ));
         let mut backoff = config.backoff.clone();
+        let failures = failures::FailureWarnings::default();
         loop {
             // Whether this session got as far as welcome: a session that did not never linked.
             let mut linked = false;
-            let end = session::run(&config, &mut offers, &handle.shutdown, &log, || {
-                linked = true;
-                backoff.reset();
-            })
+            let end = session::run(
+                &config,
+                &mut offers,
+                &handle.shutdown,
+                &log,
+                &failures,
+                || {
+                    linked = true;
+                    backoff.reset();
+                },
+            )
             .await;
             // A session that got as far as welcome resets the backoff; a refused key waits the
             // longest delay, since only the operator can fix it.

@@ -19,6 +19,7 @@ use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest};
 use tokio_util::sync::CancellationToken;
 
 use super::call::{Outgoing, PendingUpload, refusal, serve_call};
+use super::failures::FailureWarnings;
 use super::job::serve_job;
 use super::job_log::JobLog;
 use super::{NodeConfig, Offer};
@@ -231,6 +232,7 @@ pub(crate) async fn run(
     offers: &mut watch::Receiver<Arc<Offer>>,
     shutdown: &CancellationToken,
     log: &JobLog,
+    failures: &FailureWarnings,
     on_welcome: impl FnOnce(),
 ) -> SessionEnd {
     let ws = tokio::select! {
@@ -418,9 +420,9 @@ pub(crate) async fn run(
                                     let token = CancellationToken::new();
                                     jobs.insert(id, token.clone());
                                     let provider = offers.borrow().provider();
-                                    let (out, log) = (out.clone(), log.clone());
+                                    let (out, log, failures) = (out.clone(), log.clone(), failures.clone());
                                     starts.start(&mut running, &jobs, id, Box::pin(async move {
-                                        serve_call(call, Some(upload), provider, out, token, log).await;
+                                        serve_call(call, Some(upload), provider, out, token, log, failures).await;
                                         id
                                     }));
                                 }
@@ -461,8 +463,9 @@ pub(crate) async fn run(
                         let provider = offers.borrow().provider();
                         let out = out.clone();
                         let log = log.clone();
+                        let failures = failures.clone();
                         starts.start(&mut running, &jobs, id, Box::pin(async move {
-                            serve_job(*job, provider, out, token, log).await;
+                            serve_job(*job, provider, out, token, log, failures).await;
                             id
                         }));
                     }
@@ -482,9 +485,9 @@ pub(crate) async fn run(
                             let token = CancellationToken::new();
                             jobs.insert(id, token.clone());
                             let provider = offers.borrow().provider();
-                            let (out, log) = (out.clone(), log.clone());
+                            let (out, log, failures) = (out.clone(), log.clone(), failures.clone());
                             starts.start(&mut running, &jobs, id, Box::pin(async move {
-                                serve_call(*call, None, provider, out, token, log).await;
+                                serve_call(*call, None, provider, out, token, log, failures).await;
                                 id
                             }));
                             Ok(())

@@ -204,7 +204,8 @@ impl std::fmt::Display for TimeoutPhase {
 #[non_exhaustive]
 pub enum ProviderError {
     /// The engine or node could not be reached or failed on its side (refused connection, reset,
-    /// 5xx, 429). Another provider may succeed.
+    /// 5xx, 429), or the engine refused the node itself (401, 403, 404, 405). Another provider
+    /// may succeed.
     #[error("unavailable{}: {message}", status.map(|s| format!(" ({s})")).unwrap_or_default())]
     Unavailable {
         /// The HTTP status, when there was one.
@@ -226,8 +227,8 @@ pub enum ProviderError {
         /// How long it waited.
         after: Duration,
     },
-    /// The engine refused the request itself (a 4xx other than 429): the same request would be
-    /// refused anywhere.
+    /// The engine refused the request itself (a 4xx other than 401, 403, 404, 405 and 429): the
+    /// same request would be refused anywhere.
     #[error("rejected by the engine ({status}): {message}")]
     Rejected {
         /// The engine's HTTP status.
@@ -304,14 +305,21 @@ impl ProviderError {
     }
 
     /// The error from an engine's HTTP status and message: 429 and 5xx are `Unavailable`
-    /// (retryable), other 4xx are `Rejected`, a 404 naming a model is `ModelNotFound` only when
-    /// the caller knows so (see the backends).
+    /// (retryable); so are 401, 403, 404 and 405, the engine refusing the node itself (its
+    /// credentials, a route or model it lacks), which another node may not; other 4xx are
+    /// `Rejected`. A 404 naming a model is `ModelNotFound` only when the caller knows so (see
+    /// the backends).
     pub fn from_status(status: u16, message: impl Into<String>, code: Option<String>) -> Self {
         let message = message.into();
         if status == 429 || status >= 500 {
             Self::Unavailable {
                 status: Some(status),
                 message,
+            }
+        } else if matches!(status, 401 | 403 | 404 | 405) {
+            Self::Unavailable {
+                status: Some(status),
+                message: format!("the node's engine refused it: {message}"),
             }
         } else {
             Self::Rejected {
@@ -335,6 +343,17 @@ mod tests {
         assert!(!rejected.is_retryable());
         assert_eq!(rejected.status(), Some(400));
         assert!(!ProviderError::Cancelled.is_retryable());
+        // The engine refusing the node (its key, a route or model it lacks): another may not.
+        for status in [401, 403, 404, 405] {
+            let refused = ProviderError::from_status(status, "nf", None);
+            assert!(refused.is_retryable(), "{status}");
+            assert_eq!(refused.status(), Some(status));
+            assert_eq!(
+                refused.to_string(),
+                format!("unavailable ({status}): the node's engine refused it: nf")
+            );
+        }
+        assert!(!ProviderError::from_status(422, "bad", None).is_retryable());
     }
 
     #[test]

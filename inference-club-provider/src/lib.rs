@@ -40,8 +40,8 @@ pub use timeouts::Timeouts;
 
 use inference_club_core::provider::ProviderError;
 
-/// The error for an engine's failure: from its HTTP status when it answered with one (429 and 5xx
-/// retryable, other 4xx a rejection), or unavailable when the error came inside a stream.
+/// The error for an engine's failure: from its HTTP status when it answered with one
+/// ([`ProviderError::from_status`]), or unavailable when the error came inside a stream.
 pub(crate) fn error_from_engine(
     status: Option<u16>,
     message: String,

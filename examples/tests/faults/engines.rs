@@ -63,6 +63,22 @@ async fn an_engine_that_answers_500_is_failed_over_and_an_engine_error_reaches_t
         assert_eq!(record.status(), Status::Failed);
         assert_eq!(record.attempts.len(), 1);
 
+        // A 404 or 401 is the engine refusing its node (a route or model it lacks, the node's
+        // key to it): failed over, and with every engine refusing, 502 naming the engine.
+        a.set_script(Script::default().with_fault(Fault::Status(404)));
+        b.set_script(Script::default());
+        let record = chat_until_failed_over(&club).await;
+        assert_eq!(record.attempts[0].served_by.provider, "node-a");
+        let error = record.attempts[0].error.as_ref().unwrap();
+        assert_eq!(error.kind, "unavailable", "{error:?}");
+        assert_eq!(record.served_by.unwrap().provider, "node-b");
+        b.set_script(Script::default().with_fault(Fault::Status(401)));
+        let (status, _, body) = club.chat_whole(&chat_body(false)).await;
+        assert_eq!(status, 502, "{body}");
+        assert_envelope(&body, "upstream_error");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("the node's engine refused it"), "{body}");
+
         // Engines healthy again: served at once.
         a.set_script(Script::default());
         b.set_script(Script::default());

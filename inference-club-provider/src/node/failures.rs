@@ -27,9 +27,13 @@ pub(crate) struct FailureWarnings {
 impl FailureWarnings {
     /// A job for `model` failed with `error`: warns, unless a warning about `model` went out
     /// less than [`WARN_EVERY`] ago (the failure is then counted, and the count goes with the
-    /// next warning). A cancellation is no failure and is not warned about.
+    /// next warning). A cancellation is no failure, and a request the engine refused is the
+    /// consumer's to mend (its answer says why): neither is warned about.
     pub(crate) fn failed(&self, model: &str, error: &ProviderError) {
-        if matches!(error, ProviderError::Cancelled) {
+        if matches!(
+            error,
+            ProviderError::Cancelled | ProviderError::Rejected { .. }
+        ) {
             return;
         }
         let warn = self

@@ -801,6 +801,16 @@ async fn errors_use_the_openai_envelope() {
         .await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     assert_envelope(&body, "method_not_allowed");
+    // The OpenAI routes too.
+    for (method, path) in [
+        (Method::GET, "/v1/chat/completions"),
+        (Method::DELETE, "/v1/models"),
+        (Method::PUT, "/v1/batches"),
+    ] {
+        let (status, body) = club.call(method, path, Some(&ada), None).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{path}");
+        assert_envelope(&body, "method_not_allowed");
+    }
     let (status, body) = club.get("/api/v1/providers/nobody/nothing", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_envelope(&body, "provider_not_found");

@@ -130,3 +130,8 @@ pub use types::{
     ProviderProfile, ProviderRef, ProviderSettings, Record, RecordAttempt, RecordFilter,
     RecordResponse, RecordTiming, RecordUsage, RoutingPreference,
 };
+
+/// The README's example, compiled as a test (`cargo test --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

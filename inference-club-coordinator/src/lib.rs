@@ -106,3 +106,8 @@ pub mod defaults {
         DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_REQUESTS_PER_MINUTE, DEFAULT_SIGN_IN_PER_MINUTE,
     };
 }
+
+/// The README's example, compiled as a test (`cargo test --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

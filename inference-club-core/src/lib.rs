@@ -50,3 +50,8 @@ pub mod record;
 pub mod routing;
 #[cfg(feature = "tls")]
 pub mod tls;
+
+/// The README's example, compiled as a test (`cargo test --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

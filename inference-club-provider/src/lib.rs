@@ -59,3 +59,8 @@ pub(crate) fn error_from_engine(
 /// How to write a backend: the guide in `docs/backends.md` of this crate, whose examples are compiled as tests.
 #[doc = include_str!("../docs/backends.md")]
 pub mod guide {}
+
+/// The README's example, compiled as a test (`cargo test --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

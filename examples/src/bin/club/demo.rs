@@ -162,6 +162,17 @@ pub async fn run(options: DemoOptions, out: &mut (dyn Write + Send)) -> Result<(
         .api_key(key.clone())
         .build()
         .map_err(|e| e.to_string())?;
+    // Every demo makes a key: those that earlier demos on this database made are revoked.
+    let keys = client.keys().await.map_err(|e| e.to_string())?;
+    for earlier in keys
+        .iter()
+        .filter(|k| k.name == "demo" && !key.starts_with(&k.prefix))
+    {
+        client
+            .revoke_key(&earlier.id)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let models = client.models().await.map_err(|e| e.to_string())?;

@@ -37,7 +37,7 @@ enum LogFormat {
 enum Command {
     /// Link to the coordinator and serve the models of the manifest until stopped.
     Run {
-        /// The coordinator's base URL: http(s)://HOST[:PORT], with or without /v1.
+        /// The coordinator's base URL, as http(s)://HOST or http(s)://HOST:PORT, with or without /v1.
         #[arg(long, env = "CLUB_COORDINATOR")]
         coordinator: String,
         /// An API key with the `provider` scope.

@@ -10,8 +10,9 @@ use prometheus_client::registry::Registry;
 /// The labels of a finished request.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    /// The model served (as the node's engine names it), or `none` when no node served it. The
-    /// model as requested is not used: it comes from consumers and would be unbounded.
+    /// The model as routed (lower-case; a name, or Hugging Face id, that a node's manifest
+    /// declares), or `none` when no node was tried. Neither the name a consumer gave a model no
+    /// node serves nor the engine's name for the model is used: either would be unbounded.
     pub model: String,
     /// `succeeded`, `failed` or `cancelled`.
     pub status: String,

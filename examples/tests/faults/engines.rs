@@ -320,3 +320,37 @@ async fn an_engine_that_sends_garbage_is_failed_over_before_output_and_ends_the_
     })
     .await;
 }
+
+/// The name an engine gives the model in its answers does not become a label of `/metrics`
+/// (an engine naming a new model in every answer would grow it without bound); the model as
+/// routed does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engines_name_for_the_model_is_no_metrics_label() {
+    bounded(async {
+        let engine = FakeEngine::start(
+            "a",
+            Script::default().with_model_name("Engine-Says-Something-Else"),
+        )
+        .await;
+        let mut club = Club::start(&[]).await;
+        club.add_node("node-a", &[ServiceSpec::fake(&engine)]).await;
+        for streamed in [false, true] {
+            let (status, _, body) = club.chat_whole(&chat_body(streamed)).await;
+            assert_eq!(status, 200, "{body}");
+        }
+        let text = reqwest::get(format!("{}/metrics", club.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(!text.to_ascii_lowercase().contains("engine-says"), "{text}");
+        let routed = format!("model=\"{}\"", MODEL.to_ascii_lowercase());
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("club_requests_total") && l.contains(&routed)),
+            "{text}"
+        );
+    })
+    .await;
+}

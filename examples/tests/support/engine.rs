@@ -25,6 +25,8 @@ pub struct Script {
     pub pace: Duration,
     /// Misbehaviour.
     pub fault: Fault,
+    /// The model its answers name (the requested model when `None`).
+    pub model_name: Option<String>,
 }
 
 /// How the engine misbehaves.
@@ -51,12 +53,19 @@ impl Script {
             pieces: pieces.iter().map(|p| (*p).to_owned()).collect(),
             pace,
             fault: Fault::None,
+            model_name: None,
         }
     }
 
     /// The same with a fault.
     pub fn with_fault(mut self, fault: Fault) -> Self {
         self.fault = fault;
+        self
+    }
+
+    /// The same, its answers naming the model `name`.
+    pub fn with_model_name(mut self, name: &str) -> Self {
+        self.model_name = Some(name.to_owned());
         self
     }
 }
@@ -200,7 +209,10 @@ async fn chat(State(seen): State<Arc<Seen>>, body: Bytes) -> Response {
     };
     seen.requests.lock().unwrap().push(request.clone());
     let script = seen.script.lock().unwrap().clone();
-    let model = request["model"].as_str().unwrap_or("unknown").to_owned();
+    let model = match &script.model_name {
+        Some(name) => name.clone(),
+        None => request["model"].as_str().unwrap_or("unknown").to_owned(),
+    };
     let wants_usage = request["stream_options"]["include_usage"] == json!(true);
     let id = format!("chatcmpl-{}", seen.name);
     if let Fault::Status(status) = script.fault {

@@ -163,16 +163,12 @@ impl Saver {
         self.metrics
             .requests
             .get_or_create(&RequestLabels {
-                model: record
-                    .model_served
-                    .clone()
-                    .or_else(|| {
-                        record
-                            .served_by
-                            .as_ref()
-                            .map(|_| record.model_requested.to_ascii_lowercase())
-                    })
-                    .unwrap_or_else(|| "none".into()),
+                // The model as routed (a name some node's manifest declares), not as the engine
+                // names it: an engine could name a new model in every answer.
+                model: match record.served_by {
+                    Some(_) => record.model_requested.to_ascii_lowercase(),
+                    None => "none".into(),
+                },
                 status: record.status().as_str().to_owned(),
                 mode: if streamed { "stream" } else { "whole" }.to_owned(),
             })

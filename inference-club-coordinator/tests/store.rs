@@ -761,6 +761,18 @@ async fn listings_filter_by_operator_model_status_and_time(db: &TestDb) {
         .await
         .unwrap();
     assert_eq!(ids(on_box_only), vec![on_box.id]);
+    // Counted from the index, up to a bound.
+    let mut on_box_too = record(&ada, "qwen", Visibility::Public);
+    store.insert_record(&on_box_too).await.unwrap();
+    on_box_too
+        .dispatched(served_by(&bob, "box"), Utc::now())
+        .unwrap();
+    store.save_record(&on_box_too).await.unwrap();
+    assert_eq!(store.count_served(bob.id, "box", 10).await.unwrap(), 2);
+    assert_eq!(store.count_served(bob.id, "box", 1).await.unwrap(), 1);
+    assert_eq!(store.count_served(bob.id, "rig", 10).await.unwrap(), 1);
+    assert_eq!(store.count_served(ada.id, "box", 10).await.unwrap(), 0);
+    assert!(store.delete_record(on_box_too.id, ada.id).await.unwrap());
     assert!(
         store
             .list_records(&RecordQuery::served_by(ada.id))

@@ -204,19 +204,10 @@ pub(crate) fn profile(fleet: &Fleet, provider: Provider) -> ProviderProfile {
 
 /// Counts what a provider served, up to [`MAX_COUNTED`]; whether the count is exact.
 async fn count_served(store: &Store, provider: &Provider) -> Result<(u64, bool), ApiError> {
-    let mut query = RecordQuery::served_by(provider.operator_id)
-        .with_provider(provider.name.clone())
-        .with_limit(crate::store::MAX_PAGE_SIZE);
-    let mut counted = 0u64;
-    loop {
-        let page = store.list_records(&query).await?;
-        counted += page.items.len() as u64;
-        match page.next {
-            None => return Ok((counted, true)),
-            Some(_) if counted >= MAX_COUNTED => return Ok((counted, false)),
-            next => query.after = next,
-        }
-    }
+    let counted = store
+        .count_served(provider.operator_id, &provider.name, MAX_COUNTED + 1)
+        .await?;
+    Ok((counted.min(MAX_COUNTED), counted <= MAX_COUNTED))
 }
 
 /// Finds a provider by the path's operator and name (404 for anything else).

@@ -717,6 +717,27 @@ impl Store {
         .transpose()
     }
 
+    /// How many records the provider named `provider` of `operator` served (any visibility and
+    /// status), counted up to `most`: from the index alone, without reading a record.
+    pub async fn count_served(
+        &self,
+        operator: UserId,
+        provider: &str,
+        most: u64,
+    ) -> Result<u64, StoreError> {
+        self.flush_records().await?;
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM (SELECT 1 FROM records \
+             WHERE operator_id = $1 AND provider = $2 LIMIT $3) AS served",
+        )
+        .bind(operator.to_string())
+        .bind(provider.to_owned())
+        .bind(i64::try_from(most).unwrap_or(i64::MAX))
+        .fetch_one(&self.inner.pool)
+        .await?;
+        Ok(u64::try_from(get::<i64>(&row, "n")?).unwrap_or(0))
+    }
+
     /// Records matching `query`, newest first, one page at a time.
     pub async fn list_records(
         &self,

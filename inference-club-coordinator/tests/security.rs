@@ -1643,6 +1643,28 @@ async fn over_limit_requests_are_refused_and_nothing_is_recorded_or_routed() {
         "a throttled request left a record"
     );
     assert_eq!(node.job_count(), 3, "a throttled request reached a node");
+    // Uploads and batches make work and take storage: they count against the same rate.
+    let form = "--b\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--b\r\n\
+                Content-Disposition: form-data; name=\"file\"; filename=\"a.jsonl\"\r\n\r\n\
+                {}\r\n--b--\r\n";
+    let upload = club
+        .http
+        .post(format!("{}/v1/files", club.url))
+        .bearer_auth(&ada)
+        .header("content-type", "multipart/form-data; boundary=b")
+        .body(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(upload.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_error(&upload.json().await.unwrap(), "rate_limit_exceeded");
+    let batch = json!({"input_file_id": "file-x", "endpoint": "/v1/chat/completions",
+                       "completion_window": "24h"});
+    let (status, _, body) = club
+        .call_full(Method::POST, "/v1/batches", Some(&ada), Some(batch))
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_error(&body, "rate_limit_exceeded");
 
     // Sizes: each over-limit request on a fresh key (the rate comes first).
     let big = "x".repeat(20 * 1024);
@@ -2084,4 +2106,206 @@ async fn behind_a_trusted_proxy_sign_in_limits_count_per_forwarded_client() {
         sign_in(&open, "203.0.113.9").await,
         StatusCode::TOO_MANY_REQUESTS
     );
+}
+
+/// The id of the key whose secret is `secret`, as `account` (a key of the same member) lists it.
+async fn key_id(club: &Club, account: &str, secret: &str) -> String {
+    let (_, keys) = club.get("/api/v1/keys", Some(account)).await;
+    keys["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| secret.starts_with(k["prefix"].as_str().unwrap()))
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// A node's link lives no longer than its key: revoked through the API, the link of that key
+/// closes at once (the revoking coordinator checks it without waiting for a heartbeat), the
+/// node is offline, its model is gone, and no request reaches it; it cannot link again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_provider_key_ends_the_link_it_opened() {
+    let club = Club::start().await;
+    let (ada, account) = club.member("ada", "account").await;
+    let provider = club.key(&ada, "provider").await;
+    let (_, bob) = club.member("bob", "inference").await;
+    let node = TestNode::link_online(
+        &club,
+        &provider,
+        "ada",
+        manifest("box", &[service("s", &["private-model"], None)]),
+        Answer::Now,
+    )
+    .await;
+    let (status, answer) = club.chat(&bob, "private-model").await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(node.job_count(), 1);
+
+    let id = key_id(&club, &account, &provider).await;
+    let started = std::time::Instant::now();
+    let (status, _) = club
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/keys/{id}"),
+            Some(&account),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    node.wait_closed().await;
+    club.wait_online("ada", "box", false).await;
+    // Well within one heartbeat interval (2 s here): the revocation itself triggered the check.
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        !club
+            .models(&bob)
+            .await
+            .contains(&"private-model".to_owned())
+    );
+    let (status, answer) = club.chat(&bob, "private-model").await;
+    assert!(
+        matches!(
+            status,
+            StatusCode::NOT_FOUND | StatusCode::SERVICE_UNAVAILABLE
+        ),
+        "{status} {answer}"
+    );
+    assert_eq!(node.job_count(), 1, "a revoked key's node got a job");
+    let again = TestNode::link(
+        &club,
+        &provider,
+        manifest("box", &[service("s", &["private-model"], None)]),
+        Answer::Now,
+    )
+    .await;
+    assert!(
+        again.as_ref().is_err_and(|e| e.contains("401")),
+        "{:?}",
+        again.err()
+    );
+    club.finish().await;
+}
+
+/// A revocation this coordinator did not make (another replica on the same database, which
+/// tells it nothing here; the key still sits in its memory of recent keys) ends the link at the
+/// next heartbeat check, which reads the database: likewise a key whose member is gone (here,
+/// its row deleted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_ends_within_a_heartbeat_when_its_key_is_revoked_elsewhere() {
+    let club = Club::start().await;
+    let (ada, revoked) = club.member("ada", "provider").await;
+    let deleted = club.key(&ada, "provider").await;
+    let (_, bob) = club.member("bob", "inference").await;
+    let first = TestNode::link_online(
+        &club,
+        &revoked,
+        "ada",
+        manifest("first", &[service("s", &["first-model"], None)]),
+        Answer::Now,
+    )
+    .await;
+    let second = TestNode::link_online(
+        &club,
+        &deleted,
+        "ada",
+        manifest("second", &[service("s", &["second-model"], None)]),
+        Answer::Now,
+    )
+    .await;
+    let started = std::time::Instant::now();
+    sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE prefix = $2")
+        .bind(Utc::now().timestamp_micros())
+        .bind(&revoked[..12])
+        .execute(&club.raw)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM api_keys WHERE prefix = $1")
+        .bind(&deleted[..12])
+        .execute(&club.raw)
+        .await
+        .unwrap();
+    first.wait_closed().await;
+    second.wait_closed().await;
+    club.wait_online("ada", "first", false).await;
+    club.wait_online("ada", "second", false).await;
+    // One check per heartbeat interval (2 s here), plus slack.
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    let models = club.models(&bob).await;
+    assert!(!models.contains(&"first-model".to_owned()), "{models:?}");
+    assert!(!models.contains(&"second-model".to_owned()), "{models:?}");
+    assert_eq!(first.job_count() + second.job_count(), 0);
+    club.finish().await;
+}
+
+/// A node whose key was revoked cannot announce a new manifest: the `hello` is refused with the
+/// reason, and the link closes with it (code 1008).
+#[tokio::test]
+async fn a_new_hello_on_a_link_whose_key_was_revoked_is_refused_and_closes_it() {
+    let club = Club::start().await;
+    let (_, provider) = club.member("ada", "provider").await;
+    let mut request = club.link_url().into_client_request().unwrap();
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {provider}").parse().unwrap(),
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let hello = || {
+        let hello = NodeMessage::Hello(Hello {
+            protocol_version: link::PROTOCOL_VERSION,
+            node_version: "security-test/1".into(),
+            manifest: manifest("box", &[service("s", &["m"], None)]),
+        });
+        Message::Text(link::encode(&hello).unwrap().into())
+    };
+    socket.send(hello()).await.unwrap();
+    match socket.next().await {
+        Some(Ok(Message::Text(text))) => assert!(matches!(
+            link::decode_coordinator(&text).unwrap(),
+            CoordinatorMessage::Welcome(_)
+        )),
+        other => panic!("expected welcome, got {other:?}"),
+    }
+    // Revoked behind this coordinator's back (as by another replica): the hello is the first to
+    // notice, long before the heartbeat check (2 s).
+    sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE prefix = $2")
+        .bind(Utc::now().timestamp_micros())
+        .bind(&provider[..12])
+        .execute(&club.raw)
+        .await
+        .unwrap();
+    socket.send(hello()).await.unwrap();
+    let mut refused = None;
+    let close = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Text(text))) => {
+                    if let Ok(CoordinatorMessage::Refused(r)) = link::decode_coordinator(&text) {
+                        refused = Some(r.reason);
+                    }
+                }
+                Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(_)) => {}
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the link stayed open")
+    .expect("a close frame with a reason");
+    let reason = "the key this node linked with was revoked, or its member deleted";
+    assert_eq!(refused.as_deref(), Some(reason));
+    assert_eq!(u16::from(close.code), 1008);
+    assert_eq!(close.reason.as_str(), reason);
+    club.wait_online("ada", "box", false).await;
+    club.finish().await;
 }

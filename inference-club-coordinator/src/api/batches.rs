@@ -12,12 +12,13 @@ use inference_club_core::record::Visibility;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::files::{ListQuery, Owned, list_page, member};
+use super::files::{ListQuery, Owned, counted_member, list_page, member};
 use super::idempotency::Replay;
 use super::{header_visibility, serve};
 use crate::error::ApiError;
 use crate::jobs::input::{self, BATCH_ENDPOINTS};
 use crate::jobs::{BatchRunner, COMPLETION_WINDOW};
+use crate::limits::{self, Limiter};
 use crate::store::Store;
 
 /// The largest body of `POST /v1/batches`.
@@ -49,10 +50,11 @@ const BATCH: Owned = Owned { noun: "batch" };
 pub async fn create(
     State(store): State<Store>,
     State(runner): State<Arc<BatchRunner>>,
+    State(limits): State<Arc<Limiter>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let caller = member(&store, &headers).await?;
+    let (caller, rate) = counted_member(&store, &limits, &headers).await?;
     super::check_content_type(&headers)?;
     let bytes = match serve::read_body(body, MAX_BODY_BYTES, "64 KiB").await {
         Ok(bytes) => bytes,
@@ -133,7 +135,8 @@ pub async fn create(
         )
         .await?;
     let answer = axum::Json(batch).into_response();
-    replay.remember(&store, &caller, answer).await
+    let answer = replay.remember(&store, &caller, answer).await?;
+    Ok(limits::with_rate(answer, Some(rate)))
 }
 
 /// At most [`MAX_METADATA`] pairs, keys of at most 64 characters, string values of at most 512.

@@ -17,6 +17,7 @@ use super::serve;
 use crate::CoordinatorConfig;
 use crate::auth::{self, Caller};
 use crate::error::ApiError;
+use crate::limits::{self, Limiter, RateState};
 use crate::store::{Scope, Store};
 
 /// The most files listed at once.
@@ -79,6 +80,18 @@ pub(crate) async fn member(store: &Store, headers: &HeaderMap) -> Result<Caller,
     auth::require(store, headers, Scope::Inference).await
 }
 
+/// The caller of a route that makes work and takes storage (an upload, a batch): a member, as
+/// [`member`], counted against the key's request rate as an inference request is.
+pub(crate) async fn counted_member(
+    store: &Store,
+    limits: &Limiter,
+    headers: &HeaderMap,
+) -> Result<(Caller, RateState), ApiError> {
+    let caller = member(store, headers).await?;
+    let rate = limits.inference(&caller.key.id.to_string())?;
+    Ok((caller, rate))
+}
+
 /// A kind of object a member owns and names by id in a path (a file, a batch): the same 404
 /// for one that does not exist and for another member's.
 pub(crate) struct Owned {
@@ -117,10 +130,11 @@ pub(crate) const FILE: Owned = Owned { noun: "file" };
 pub async fn upload(
     State(store): State<Store>,
     State(config): State<Arc<CoordinatorConfig>>,
+    State(limits): State<Arc<Limiter>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let caller = member(&store, &headers).await?;
+    let (caller, rate) = counted_member(&store, &limits, &headers).await?;
     let limit = config.limits.max_file_bytes;
     let bytes =
         match serve::read_body(body, limit.saturating_add(64 * 1024), "max_file_bytes").await {
@@ -159,7 +173,8 @@ pub async fn upload(
         .put_file(caller.user.id, &purpose, &filename, &data)
         .await?;
     let answer = (StatusCode::OK, axum::Json(file.object())).into_response();
-    replay.remember(&store, &caller, answer).await
+    let answer = replay.remember(&store, &caller, answer).await?;
+    Ok(limits::with_rate(answer, Some(rate)))
 }
 
 /// The `purpose`, file name and bytes of an upload.

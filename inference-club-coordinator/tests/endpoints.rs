@@ -10,8 +10,12 @@ use std::sync::Arc;
 use base64::Engine as _;
 use inference_club_coordinator::testing::media_engine::{self, MediaEngine};
 use inference_club_coordinator::testing::{TestClub, TestDatabase, TestService};
+use inference_club_core::endpoint::Endpoint;
 use inference_club_core::manifest::ServiceType;
-use inference_club_core::provider::Provider;
+use inference_club_core::openai::{ChatCompletionRequest, Model};
+use inference_club_core::provider::{
+    Call, CallOutput, CallStream, ChunkStream, Provider, ProviderError, RequestContext,
+};
 use inference_club_core::record::RecordId;
 use inference_club_provider::backends::{Echo, OpenAiCompatible};
 use serde_json::{Value, json};
@@ -264,6 +268,7 @@ async fn speech_is_answered_and_kept_until_its_record_is_deleted() {
     .await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "audio/wav");
+    assert_sandboxed(response.headers());
     let id = record_id(&response);
     let audio = response.bytes().await.unwrap();
     assert_eq!(&audio[..], &media_engine::speech_wav("Hello club")[..]);
@@ -282,6 +287,10 @@ async fn speech_is_answered_and_kept_until_its_record_is_deleted() {
     let fetched = http().get(&url).send().await.unwrap();
     // Public by default: anyone may fetch it.
     assert_eq!(fetched.status(), 200);
+    // Audio keeps its type, sandboxed all the same; it plays inline (no attachment).
+    assert_eq!(fetched.headers()["content-type"], "audio/wav");
+    assert_sandboxed(fetched.headers());
+    assert!(fetched.headers().get("content-disposition").is_none());
     assert_eq!(fetched.bytes().await.unwrap(), audio);
 
     let deleted = http()
@@ -294,6 +303,141 @@ async fn speech_is_answered_and_kept_until_its_record_is_deleted() {
     assert_eq!(http().get(&url).send().await.unwrap().status(), 404);
     let blob_id = blob["id"].as_str().unwrap();
     assert!(club.store.blob(blob_id).await.unwrap().is_none());
+}
+
+/// Raw bytes from the coordinator's origin are never sniffed nor run as a page.
+fn assert_sandboxed(headers: &reqwest::header::HeaderMap) {
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert_eq!(
+        headers["content-security-policy"],
+        "default-src 'none'; sandbox"
+    );
+}
+
+/// Headers of a blob served as a download: never `text/html`, never sniffed, never run.
+fn assert_downloaded(headers: &reqwest::header::HeaderMap) {
+    assert_eq!(headers["content-type"], "application/octet-stream");
+    assert_eq!(headers["content-disposition"], "attachment");
+    assert_sandboxed(headers);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_html_upload_is_kept_and_served_as_a_download_not_a_page() {
+    let (club, media) = club().await;
+    let page = b"<html><script>fetch('/api/v1/session')</script></html>".to_vec();
+    let form = reqwest::multipart::Form::new()
+        .text("model", "whisper-1")
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(page.clone())
+                .file_name("clip.html")
+                .mime_str("text/html")
+                .unwrap(),
+        );
+    let response = http()
+        .post(format!("{}/v1/audio/transcriptions", club.url))
+        .bearer_auth(&club.key)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let id = record_id(&response);
+    // The engine still gets the part as it was sent.
+    let asked = media.last_on("/v1/audio/transcriptions").unwrap();
+    assert_eq!(
+        asked.file.unwrap().content_type.as_deref(),
+        Some("text/html")
+    );
+
+    let kept = record(&club, id).await;
+    let blob = &kept["blobs"][0];
+    assert_eq!(blob["role"], "input");
+    assert_eq!(blob["content_type"], "application/octet-stream");
+    let blob_id = blob["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        club.store
+            .blob(&blob_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .content_type,
+        "application/octet-stream"
+    );
+    // Public by default: an anonymous reader gets it, as a download.
+    let url = format!("{}{}", club.url, blob["url"].as_str().unwrap());
+    let fetched = http().get(&url).send().await.unwrap();
+    assert_eq!(fetched.status(), 200);
+    assert_downloaded(fetched.headers());
+    assert_eq!(fetched.bytes().await.unwrap(), page);
+
+    // A blob kept before types were checked on the way in is made safe when served.
+    let later = chrono::Utc::now() + chrono::Duration::seconds(1);
+    assert_eq!(club.store.expire_blobs(later).await.unwrap(), 1);
+    club.store
+        .put_blob(&blob_id, id, "text/html; charset=utf-8", &page)
+        .await
+        .unwrap();
+    let fetched = http().get(&url).send().await.unwrap();
+    assert_eq!(fetched.status(), 200);
+    assert_downloaded(fetched.headers());
+    assert_eq!(fetched.bytes().await.unwrap(), page);
+}
+
+/// A speech engine that answers with an HTML page.
+struct HtmlSpeech;
+
+#[async_trait::async_trait]
+impl Provider for HtmlSpeech {
+    async fn models(&self) -> Result<Vec<Model>, ProviderError> {
+        Ok(vec![Model::new("tts-html", "test")])
+    }
+
+    async fn chat(
+        &self,
+        _request: ChatCompletionRequest,
+        _context: RequestContext,
+    ) -> Result<ChunkStream, ProviderError> {
+        Err(ProviderError::unsupported(Endpoint::ChatCompletions))
+    }
+
+    async fn call(
+        &self,
+        call: Call,
+        _context: RequestContext,
+    ) -> Result<CallStream, ProviderError> {
+        if call.endpoint != Endpoint::AudioSpeech {
+            return Err(ProviderError::unsupported(call.endpoint));
+        }
+        let output = CallOutput::Bytes {
+            content_type: "text/html".into(),
+            data: bytes::Bytes::from_static(b"<script>alert(document.domain)</script>"),
+        };
+        Ok(Box::pin(futures_util::stream::iter([Ok(output)])))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn speech_an_engine_sends_as_html_is_answered_and_kept_as_a_download() {
+    let services =
+        vec![TestService::new("tts-html", Arc::new(HtmlSpeech)).service_type(ServiceType::Tts)];
+    let club = TestClub::start_services(services).await;
+    let response = post_json(
+        &club,
+        "/v1/audio/speech",
+        json!({"model": "tts-html", "input": "hi", "voice": "alloy"}),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_downloaded(response.headers());
+    let id = record_id(&response);
+    let kept = record(&club, id).await;
+    let blob = &kept["blobs"][0];
+    assert_eq!(blob["content_type"], "application/octet-stream");
+    let url = format!("{}{}", club.url, blob["url"].as_str().unwrap());
+    let fetched = http().get(&url).send().await.unwrap();
+    assert_eq!(fetched.status(), 200);
+    assert_downloaded(fetched.headers());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -331,6 +475,7 @@ async fn images_inline_or_as_urls_under_the_records_rules() {
         .unwrap();
     assert_eq!(mine.status(), 200);
     assert_eq!(mine.headers()["content-type"], "image/png");
+    assert_sandboxed(mine.headers());
     assert_eq!(
         mine.bytes().await.unwrap(),
         media_engine::png_for("a blue owl", 0)
@@ -403,6 +548,7 @@ async fn transcriptions_take_an_upload_and_keep_it() {
             .unwrap()
             .starts_with("text/plain")
     );
+    assert_sandboxed(response.headers());
     assert!(!response.text().await.unwrap().is_empty());
 }
 

@@ -9,7 +9,7 @@
 
 use std::convert::Infallible;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -96,8 +96,102 @@ pub(crate) struct Context {
     pub id: RecordId,
 }
 
+/// What raw bytes of unknown or unsafe kind are served as.
+const OCTET_STREAM: &str = "application/octet-stream";
+
+/// The policy of every raw-bytes answer served from the coordinator's origin (blobs, speech,
+/// text transcripts): no script, no subresource, a unique origin even if a browser renders it.
+const RAW_BYTES_CSP: &str = "default-src 'none'; sandbox";
+
+/// The longest content type kept with its parameters (longer ones lose them).
+const MAX_CONTENT_TYPE_CHARS: usize = 200;
+
+/// The only images kept under their own type (never `image/svg+xml`, which can carry script).
+const SAFE_IMAGE_TYPES: [&str; 4] = ["image/png", "image/jpeg", "image/webp", "image/gif"];
+
+/// Splits a content type into its lowercased essence (`type/subtype`) and its parameters
+/// (what follows the first `;`, trimmed; empty when it has none).
+fn media_type_parts(raw: &str) -> (String, &str) {
+    let (essence, parameters) = raw.split_once(';').unwrap_or((raw, ""));
+    (essence.trim().to_ascii_lowercase(), parameters.trim())
+}
+
+/// `parameters` when they are short printable ASCII and may follow `essence` in a header.
+fn with_parameters(essence: &str, parameters: &str) -> String {
+    let printable = parameters.chars().all(|c| c == ' ' || c.is_ascii_graphic());
+    if parameters.is_empty()
+        || !printable
+        || essence.len() + parameters.len() + 2 > MAX_CONTENT_TYPE_CHARS
+    {
+        essence.to_owned()
+    } else {
+        format!("{essence}; {parameters}")
+    }
+}
+
+/// The content type a blob (an upload, speech, an image) is kept and served under, and a speech
+/// answer is sent under: `audio/*` (with its parameters, such as `audio/L16; rate=24000`) or a
+/// PNG, JPEG, WebP or GIF image (without parameters) as given; anything else — `text/html`,
+/// `image/svg+xml`, garbage — as `application/octet-stream`. The coordinator serves blobs from
+/// its own origin, so a type a browser could run as a document is never kept.
+pub(crate) fn safe_media_type(raw: &str) -> String {
+    let (essence, parameters) = media_type_parts(raw);
+    let audio = essence.strip_prefix("audio/").is_some_and(|subtype| {
+        !subtype.is_empty()
+            && subtype
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '+' | '-' | '_'))
+    });
+    if audio {
+        with_parameters(&essence, parameters)
+    } else if SAFE_IMAGE_TYPES.contains(&essence.as_str()) {
+        essence
+    } else {
+        OCTET_STREAM.to_owned()
+    }
+}
+
+/// The content type a text transcript (`text`, `srt`, `vtt`) is sent under: plain text, WebVTT
+/// or SubRip as the engine said (with its charset), anything else as `text/plain;
+/// charset=utf-8`.
+fn transcript_media_type(raw: &str) -> String {
+    let (essence, parameters) = media_type_parts(raw);
+    match essence.as_str() {
+        "text/plain" | "text/vtt" | "application/x-subrip" => with_parameters(&essence, parameters),
+        _ => "text/plain; charset=utf-8".to_owned(),
+    }
+}
+
+/// Raw bytes served from the coordinator's origin under `content_type` (a type already made
+/// safe, e.g. by [`safe_media_type`]), with `X-Content-Type-Options: nosniff` and a sandboxing
+/// `Content-Security-Policy`; `application/octet-stream` is also sent as an attachment.
+pub(crate) fn raw_bytes_response(content_type: &str, data: impl Into<Body>) -> Response {
+    let value =
+        HeaderValue::from_str(content_type).unwrap_or(HeaderValue::from_static(OCTET_STREAM));
+    let attachment = media_type_parts(value.to_str().unwrap_or(OCTET_STREAM)).0 == OCTET_STREAM;
+    let mut response = Response::new(data.into());
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, value);
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(RAW_BYTES_CSP),
+    );
+    if attachment {
+        headers.insert(
+            header::CONTENT_DISPOSITION,
+            HeaderValue::from_static("attachment"),
+        );
+    }
+    response
+}
+
 /// Stores `data` as a blob of record `id` when it is within `cap`, and says what was kept. A
-/// blob over the cap, or one the database refused, is named in the record as dropped.
+/// blob over the cap, or one the database refused, is named in the record as dropped. Its
+/// content type is kept only when it is safe to serve ([`safe_media_type`]).
 pub(crate) async fn keep_blob(
     store: &Store,
     id: RecordId,
@@ -106,6 +200,8 @@ pub(crate) async fn keep_blob(
     data: &[u8],
     cap: usize,
 ) -> BlobRef {
+    let content_type = safe_media_type(content_type);
+    let content_type = content_type.as_str();
     let blob_id = uuid::Uuid::now_v7().simple().to_string();
     let mut dropped = data.len() > cap;
     if !dropped && let Err(error) = store.put_blob(&blob_id, id, content_type, data).await {
@@ -396,7 +492,7 @@ fn transcription(mut keeper: RecordKeeper, output: CallOutput) -> (RecordKeeper,
         ),
         CallOutput::Bytes { content_type, data } => (
             String::from_utf8_lossy(&data).into_owned(),
-            bytes_response(&content_type, data),
+            raw_bytes_response(&transcript_media_type(&content_type), data),
         ),
     };
     let mut chunk = ChatCompletionChunk::new("", "", 0).with_delta(ChunkDelta::content(text));
@@ -407,7 +503,8 @@ fn transcription(mut keeper: RecordKeeper, output: CallOutput) -> (RecordKeeper,
     (keeper, response)
 }
 
-/// Speech: the audio goes to the consumer as the engine sent it, and is kept with the record.
+/// Speech: the audio goes to the consumer as the engine sent it (under a safe content type,
+/// [`safe_media_type`]), and is kept with the record.
 async fn speech(
     context: &Context,
     mut keeper: RecordKeeper,
@@ -426,13 +523,10 @@ async fn speech(
     if let Some(record) = keeper.record.as_mut() {
         record.blobs.push(blob);
     }
-    (keeper, bytes_response(&content_type, data))
-}
-
-fn bytes_response(content_type: &str, data: Bytes) -> Response {
-    let content_type = HeaderValue::from_str(content_type)
-        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
-    ([(header::CONTENT_TYPE, content_type)], data).into_response()
+    (
+        keeper,
+        raw_bytes_response(&safe_media_type(&content_type), data),
+    )
 }
 
 /// Images: each `b64_json` image is kept with the record; the consumer gets them inline, or as
@@ -551,6 +645,90 @@ mod tests {
         assert_eq!(chunk.choices[0].delta.content.as_deref(), Some("hi"));
         assert_eq!(chunk.choices[0].finish_reason, Some(FinishReason::Length));
         assert_eq!(chunk.usage.map(|u| u.total_tokens), Some(3));
+    }
+
+    #[test]
+    fn only_audio_and_plain_images_keep_their_content_type() {
+        for kept in [
+            "audio/mpeg",
+            "audio/wav",
+            "audio/ogg",
+            "audio/flac",
+            "audio/webm",
+            "audio/aac",
+            "audio/opus",
+            "audio/pcm",
+            "audio/x-wav",
+            "image/png",
+            "image/jpeg",
+            "image/webp",
+            "image/gif",
+        ] {
+            assert_eq!(safe_media_type(kept), kept);
+        }
+        assert_eq!(
+            safe_media_type("audio/L16; rate=24000; channels=1"),
+            "audio/l16; rate=24000; channels=1"
+        );
+        assert_eq!(safe_media_type(" Audio/MPEG "), "audio/mpeg");
+        assert_eq!(safe_media_type("image/png; charset=utf-8"), "image/png");
+        for refused in [
+            "text/html",
+            "text/html; charset=utf-8",
+            "TEXT/HTML",
+            "image/svg+xml",
+            "application/xhtml+xml",
+            "text/xml",
+            "application/javascript",
+            "text/plain",
+            "audio/",
+            "audio/*",
+            "audio/<script>",
+            "",
+            "nonsense",
+        ] {
+            assert_eq!(safe_media_type(refused), OCTET_STREAM, "{refused}");
+        }
+        let long = format!("audio/wav; x={}", "a".repeat(300));
+        assert_eq!(safe_media_type(&long), "audio/wav");
+    }
+
+    #[test]
+    fn transcripts_are_sent_as_text_only() {
+        assert_eq!(
+            transcript_media_type("text/plain; charset=utf-8"),
+            "text/plain; charset=utf-8"
+        );
+        assert_eq!(transcript_media_type("text/vtt"), "text/vtt");
+        assert_eq!(
+            transcript_media_type("text/html"),
+            "text/plain; charset=utf-8"
+        );
+    }
+
+    #[test]
+    fn raw_bytes_are_sandboxed_and_unknown_ones_downloaded() {
+        let audio = raw_bytes_response("audio/wav", Bytes::from_static(b"RIFF"));
+        assert_eq!(audio.headers()[header::CONTENT_TYPE], "audio/wav");
+        assert_eq!(audio.headers()[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        assert_eq!(
+            audio.headers()[header::CONTENT_SECURITY_POLICY],
+            "default-src 'none'; sandbox"
+        );
+        assert!(audio.headers().get(header::CONTENT_DISPOSITION).is_none());
+        let unknown = raw_bytes_response(
+            &safe_media_type("text/html"),
+            Bytes::from_static(b"<script>"),
+        );
+        assert_eq!(
+            unknown.headers()[header::CONTENT_TYPE],
+            "application/octet-stream"
+        );
+        assert_eq!(unknown.headers()[header::CONTENT_DISPOSITION], "attachment");
+        assert_eq!(
+            unknown.headers()[header::CONTENT_SECURITY_POLICY],
+            "default-src 'none'; sandbox"
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ use inference_club_core::record::{
 use serde::{Deserialize, Serialize};
 
 use super::{ListPage, ListParams, bad_path, bad_query, json_body, record_member, record_reader};
+use crate::api::answers::{raw_bytes_response, safe_media_type};
 use crate::error::ApiError;
 use crate::store::RecordQuery;
 use crate::store::Store;
@@ -75,7 +76,8 @@ pub struct BlobView {
     pub id: String,
     /// `input` (uploaded) or `output` (produced).
     pub role: BlobRole,
-    /// Its content type.
+    /// Its content type, as it is served: an audio type, a PNG, JPEG, WebP or GIF image, or
+    /// `application/octet-stream`.
     pub content_type: String,
     /// Its size in bytes.
     pub bytes: u64,
@@ -232,7 +234,7 @@ impl From<InferenceRecord> for RecordView {
                 .map(|blob| BlobView {
                     id: blob.id.clone(),
                     role: blob.role,
-                    content_type: blob.content_type.clone(),
+                    content_type: safe_media_type(&blob.content_type),
                     bytes: blob.bytes,
                     url: (!blob.dropped).then(|| blob_path(record.id, &blob.id)),
                 })
@@ -279,20 +281,14 @@ pub async fn get_blob(
     };
     match blob {
         Some(blob) if blob.record_id == id.to_string() => {
-            let content_type = axum::http::HeaderValue::from_str(&blob.content_type).unwrap_or(
-                axum::http::HeaderValue::from_static("application/octet-stream"),
+            // Made safe again here: a blob kept before types were checked on the way in may
+            // still name one a browser would run.
+            let mut response = raw_bytes_response(&safe_media_type(&blob.content_type), blob.data);
+            response.headers_mut().insert(
+                axum::http::header::CACHE_CONTROL,
+                axum::http::HeaderValue::from_static("private, max-age=300"),
             );
-            Ok((
-                [
-                    (axum::http::header::CONTENT_TYPE, content_type),
-                    (
-                        axum::http::header::CACHE_CONTROL,
-                        axum::http::HeaderValue::from_static("private, max-age=300"),
-                    ),
-                ],
-                blob.data,
-            )
-                .into_response())
+            Ok(response)
         }
         _ => Err(ApiError::not_found(
             "blob_not_found",

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::SplitSink;
@@ -14,7 +14,9 @@ use inference_club_core::link::{
     self, CoordinatorMessage, Hello, NodeMessage, PROTOCOL_VERSION, Refused, Welcome,
 };
 use inference_club_core::manifest::ServiceManifest;
-use tokio::sync::mpsc;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::MissedTickBehavior;
 
 use crate::CoordinatorConfig;
 use crate::auth::{self, Caller};
@@ -27,6 +29,56 @@ use crate::store::{Scope, Store};
 
 /// How long a node has to send `hello` after connecting.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a link ends when the key it was made with no longer is live: in the close frame (code
+/// 1008, policy) and in the coordinator's log.
+const KEY_ENDED: &str = "the key this node linked with was revoked, or its member deleted";
+
+/// How long the last words of a link the coordinator ends itself (a close frame, and before it
+/// maybe a `refused`) may take to be written before the link is dropped.
+const LAST_WORDS_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Resolves once the key (or browser session) `caller` linked with is no longer live
+/// ([`auth::still_live`]): checked against the database every `every` (the heartbeat interval,
+/// so the check is as fresh across the replicas of a cluster, whose database is shared), and at
+/// once when this coordinator forgets the member's remembered keys (one of their keys revoked,
+/// their settings changed, their account deleted). A check that fails keeps the link (logged).
+async fn key_ended(store: &Store, caller: &Caller, every: Duration) {
+    let every = every.max(Duration::from_millis(100));
+    let mut forgotten = store.forgotten_members();
+    let mut listening = true;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            heard = forgotten.recv(), if listening => match heard {
+                Ok(member) if member != caller.user.id => continue,
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => {
+                    listening = false;
+                    continue;
+                }
+            },
+        }
+        match auth::still_live(store, caller).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(error) => tracing::warn!(
+                operator = %caller.user.handle,
+                "cannot check that a node's key is still live: {error}"
+            ),
+        }
+    }
+}
+
+/// The close frame of a link whose key ended.
+fn key_ended_close() -> Message {
+    Message::Close(Some(CloseFrame {
+        code: close_code::POLICY,
+        reason: KEY_ENDED.into(),
+    }))
+}
 
 /// `GET /v1/link`: upgrades to the node link for a key with the `provider` scope.
 pub async fn upgrade(
@@ -271,21 +323,38 @@ async fn serve(state: Parts, caller: Caller, mut socket: WebSocket) {
     tracing::info!(operator = %caller.user.handle, provider = %name, "node linked");
 
     let (mut sink, mut frames) = socket.split();
+    // The frames the reader has the writer send last, when the coordinator ends the link.
+    let (last_words, mut last_words_to_send) = oneshot::channel::<Vec<Message>>();
     // Writer: messages for the node, and a ping every interval so it knows we are alive.
     let writer_node = node.clone();
-    let writer = tokio::spawn(async move {
+    let mut writer = tokio::spawn(async move {
         let mut ping = tokio::time::interval(interval);
+        let mut last = None;
         loop {
             let sent = tokio::select! {
                 message = to_node.recv() => match message {
+                    // Nothing more reaches a node whose link is gone (its key may be revoked).
+                    Some(_) if writer_node.is_closed() => break,
                     Some(message) => write_ready(&mut sink, &mut to_node, message).await,
                     None => break,
                 },
                 _ = ping.tick() => sink.send(Message::Ping(Vec::new().into())).await,
                 () = writer_node.closed() => break,
+                words = &mut last_words_to_send => {
+                    last = words.ok();
+                    break;
+                }
             };
             if sent.is_err() {
                 break;
+            }
+        }
+        // The reader hands the last words over before it closes the node, so they are here.
+        if let Some(frames) = last.or_else(|| last_words_to_send.try_recv().ok()) {
+            for frame in frames {
+                if sink.send(frame).await.is_err() {
+                    break;
+                }
             }
         }
         let _ = sink.close().await;
@@ -293,8 +362,27 @@ async fn serve(state: Parts, caller: Caller, mut socket: WebSocket) {
 
     // Reader: everything the node says. Silence for two intervals means it is gone.
     let silence = interval * 2 + Duration::from_millis(500);
+    // Alongside, the key the link was made with is checked: once it is no longer live, the
+    // link ends (so do the jobs on it, as for a lost link).
+    let ended = key_ended(&state.store, &caller, interval);
+    tokio::pin!(ended);
+    // What the writer sends last when the coordinator ends the link itself.
+    let mut ending: Option<Vec<Message>> = None;
     loop {
-        let frame = match tokio::time::timeout(silence, frames.next()).await {
+        let next = tokio::select! {
+            biased;
+            () = &mut ended => {
+                tracing::info!(
+                    operator = %caller.user.handle,
+                    provider = %name,
+                    "closing the link: {KEY_ENDED}"
+                );
+                ending = Some(vec![key_ended_close()]);
+                break;
+            }
+            next = tokio::time::timeout(silence, frames.next()) => next,
+        };
+        let frame = match next {
             Err(_) => {
                 tracing::info!(provider = %name, "node missed two heartbeats");
                 break;
@@ -352,6 +440,25 @@ async fn serve(state: Parts, caller: Caller, mut socket: WebSocket) {
                 state.fleet.nodes.notify_changed();
             }
             Ok(NodeMessage::Hello(again)) => match accept_manifest(&state.limits, &again) {
+                // A new manifest is only taken from a node whose key is still live.
+                Ok(_) if matches!(auth::still_live(&state.store, &caller).await, Ok(false)) => {
+                    tracing::info!(
+                        operator = %caller.user.handle,
+                        provider = %name,
+                        "refused a new hello and closing the link: {KEY_ENDED}"
+                    );
+                    let refused = CoordinatorMessage::Refused(Refused {
+                        reason: KEY_ENDED.into(),
+                        errors: Vec::new(),
+                    });
+                    let mut words = Vec::new();
+                    if let Ok(text) = link::encode(&refused) {
+                        words.push(Message::Text(text.into()));
+                    }
+                    words.push(key_ended_close());
+                    ending = Some(words);
+                    break;
+                }
                 Ok((manifest, json)) if provider_name(&manifest) == name => {
                     if let Err(error) = state
                         .store
@@ -388,12 +495,17 @@ async fn serve(state: Parts, caller: Caller, mut socket: WebSocket) {
             Err(error) => tracing::warn!(provider = %name, "ignoring a bad frame: {error}"),
         }
     }
+    // Handed over before the node is closed below: the writer, seeing it closed, sends them.
+    let say_last_words = ending.is_some_and(|words| last_words.send(words).is_ok());
     state.fleet.nodes.remove(&node);
     state.metrics.nodes_online.dec();
     if let Some(cluster) = state.fleet.cluster()
         && state.fleet.nodes.get(&node.key).is_none()
     {
         cluster.node_unlinked(&node);
+    }
+    if say_last_words {
+        let _ = tokio::time::timeout(LAST_WORDS_TIMEOUT, &mut writer).await;
     }
     writer.abort();
     if let Err(error) = state

@@ -369,6 +369,20 @@ impl Store {
         Ok(Some((user, key)))
     }
 
+    /// Whether the key `key_id` is still live: not revoked, and its member not deleted. Reads
+    /// the database, never the memory of recent keys, so that a revocation made through any
+    /// coordinator on the same database counts at once.
+    pub async fn key_is_live(&self, key_id: KeyId) -> Result<bool, StoreError> {
+        let row = sqlx::query(
+            "SELECT k.id FROM api_keys k JOIN users u ON u.id = k.user_id
+             WHERE k.id = $1 AND k.revoked_at IS NULL",
+        )
+        .bind(key_id.to_string())
+        .fetch_optional(&self.inner.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
     /// A member's live keys, newest first (revoked keys are not listed).
     pub async fn list_keys(&self, user_id: UserId) -> Result<Vec<ApiKey>, StoreError> {
         let rows = sqlx::query(&format!(

@@ -100,12 +100,18 @@ async fn wait_for(club: &TestClub, id: &str, statuses: &[&str], within: Duration
     }
 }
 
+/// A file's lines, as `/v1/files/{id}/content` gives them: JSONL that a browser never runs
+/// as a page.
 async fn file_lines(club: &TestClub, id: &Value) -> Vec<Value> {
-    let text = get(club, &format!("/v1/files/{}/content", id.as_str().unwrap()))
-        .await
-        .text()
-        .await
-        .unwrap();
+    let response = get(club, &format!("/v1/files/{}/content", id.as_str().unwrap())).await;
+    let headers = response.headers();
+    assert_eq!(headers["content-type"], "application/jsonl");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert_eq!(
+        headers["content-security-policy"],
+        "default-src 'none'; sandbox"
+    );
+    let text = response.text().await.unwrap();
     text.lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -237,14 +237,11 @@ pub async fn content(
     let caller = member(&store, &headers).await?;
     let id = FILE.id(path)?;
     match store.file_content(caller.user.id, &id).await? {
-        Some(data) => Ok((
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/jsonl"),
-            )],
+        // A member's own bytes, from the coordinator's origin: never run as a page.
+        Some(data) => Ok(super::answers::raw_bytes_response(
+            "application/jsonl",
             data,
-        )
-            .into_response()),
+        )),
         None => Err(FILE.not_found(&id)),
     }
 }

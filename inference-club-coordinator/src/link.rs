@@ -97,6 +97,15 @@ pub async fn upgrade(
         )
         .into_response();
     }
+    // A node links with an API key; a browser's session (every scope) never links one: a page
+    // on the club's site could otherwise link a node as its visitor.
+    if auth::bearer(&headers).is_none() {
+        return ApiError::unauthorized(
+            "A node links with an API key that has the provider scope, sent as \
+             `Authorization: Bearer <key>`.",
+        )
+        .into_response();
+    }
     let caller = match auth::require(&store, &headers, Scope::Provider).await {
         Ok(caller) => caller,
         Err(error) => return error.into_response(),

@@ -2122,6 +2122,34 @@ async fn key_id(club: &Club, account: &str, secret: &str) -> String {
         .to_owned()
 }
 
+/// A node links with an API key only: a browser's session cookie (which holds every scope)
+/// is refused, so a page on the club's own site cannot link a node as its visitor.
+#[tokio::test]
+async fn a_session_cookie_cannot_link_a_node() {
+    let club = Club::start().await;
+    let (ada, _) = club.member("ada", "account").await;
+    let (_, token) = club.store.create_session(ada.id).await.unwrap();
+    let mut request = club.link_url().into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("cookie", format!("club_session={token}").parse().unwrap());
+    let refused = tokio_tungstenite::connect_async(request)
+        .await
+        .err()
+        .expect("the upgrade is refused")
+        .to_string();
+    assert!(refused.contains("401"), "{refused}");
+    // The session itself is good: it reads the member's account.
+    let me = club
+        .http
+        .get(format!("{}/api/v1/me", club.url))
+        .header("cookie", format!("club_session={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), StatusCode::OK);
+}
+
 /// A node's link lives no longer than its key: revoked through the API, the link of that key
 /// closes at once (the revoking coordinator checks it without waiting for a heartbeat), the
 /// node is offline, its model is gone, and no request reaches it; it cannot link again.

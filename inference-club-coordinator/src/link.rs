@@ -38,8 +38,8 @@ const KEY_ENDED: &str = "the key this node linked with was revoked, or its membe
 /// maybe a `refused`) may take to be written before the link is dropped.
 const LAST_WORDS_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Resolves once the key (or browser session) `caller` linked with is no longer live
-/// ([`auth::still_live`]): checked against the database every `every` (the heartbeat interval,
+/// Resolves once the key `caller` linked with is no longer live
+/// ([`Store::key_is_live`]): checked against the database every `every` (the heartbeat interval,
 /// so the check is as fresh across the replicas of a cluster, whose database is shared), and at
 /// once when this coordinator forgets the member's remembered keys (one of their keys revoked,
 /// their settings changed, their account deleted). A check that fails keeps the link (logged).
@@ -61,7 +61,7 @@ async fn key_ended(store: &Store, caller: &Caller, every: Duration) {
                 }
             },
         }
-        match auth::still_live(store, caller).await {
+        match store.key_is_live(caller.key.id).await {
             Ok(true) => {}
             Ok(false) => return,
             Err(error) => tracing::warn!(
@@ -450,7 +450,7 @@ async fn serve(state: Parts, caller: Caller, mut socket: WebSocket) {
             }
             Ok(NodeMessage::Hello(again)) => match accept_manifest(&state.limits, &again) {
                 // A new manifest is only taken from a node whose key is still live.
-                Ok(_) if matches!(auth::still_live(&state.store, &caller).await, Ok(false)) => {
+                Ok(_) if matches!(state.store.key_is_live(caller.key.id).await, Ok(false)) => {
                     tracing::info!(
                         operator = %caller.user.handle,
                         provider = %name,

@@ -10,7 +10,7 @@ use axum::http::HeaderMap;
 
 use self::cookies::{SESSION_COOKIE, cookie};
 use super::error::ApiError;
-use super::store::{ApiKey, Scope, Scopes, Session, Store, StoreError, User};
+use super::store::{ApiKey, Scope, Scopes, Session, Store, User};
 
 /// A caller authenticated by an API key or a browser session.
 #[derive(Debug, Clone)]
@@ -103,18 +103,6 @@ pub async fn caller(store: &Store, headers: &HeaderMap) -> Result<Option<Caller>
         None => Err(ApiError::unauthorized(
             "Incorrect API key provided. Create one with `club keys create` or on the dashboard.",
         )),
-    }
-}
-
-/// Whether the caller's key (or browser session) is still live: not revoked, ended or expired,
-/// and its member not deleted. Reads the database, never the memory of recent keys, so that a
-/// revocation made through any coordinator on the same database counts at once (for a long-lived
-/// connection, such as a node's link, that authenticated once).
-pub async fn still_live(store: &Store, caller: &Caller) -> Result<bool, StoreError> {
-    if caller.key.prefix == SESSION_KEY_PREFIX {
-        store.session_is_live(caller.key.id.as_uuid()).await
-    } else {
-        store.key_is_live(caller.key.id).await
     }
 }
 

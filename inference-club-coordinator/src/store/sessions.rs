@@ -265,19 +265,6 @@ impl Store {
         Ok(deleted.rows_affected() > 0)
     }
 
-    /// Whether the session `id` is still live: not ended, not expired, its member not deleted.
-    pub async fn session_is_live(&self, id: uuid::Uuid) -> Result<bool, StoreError> {
-        let row = sqlx::query(
-            "SELECT s.id FROM sessions s JOIN users u ON u.id = s.user_id
-             WHERE s.id = $1 AND s.expires_at > $2",
-        )
-        .bind(id.to_string())
-        .bind(micros(now()))
-        .fetch_optional(&self.inner.pool)
-        .await?;
-        Ok(row.is_some())
-    }
-
     /// Ends every session of a member (sign out everywhere). Returns how many there were.
     pub async fn end_sessions_of(&self, user_id: UserId) -> Result<u64, StoreError> {
         let deleted = sqlx::query("DELETE FROM sessions WHERE user_id = $1")

@@ -51,6 +51,17 @@ fn http() -> reqwest::Client {
     reqwest::Client::new()
 }
 
+/// Posts `form` to `/v1/audio/transcriptions` with the club's key.
+async fn transcribe(club: &TestClub, form: reqwest::multipart::Form) -> reqwest::Response {
+    http()
+        .post(format!("{}/v1/audio/transcriptions", club.url))
+        .bearer_auth(&club.key)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn post_json(club: &TestClub, path: &str, body: Value) -> reqwest::Response {
     http()
         .post(format!("{}{path}", club.url))
@@ -334,13 +345,7 @@ async fn an_html_upload_is_kept_and_served_as_a_download_not_a_page() {
                 .mime_str("text/html")
                 .unwrap(),
         );
-    let response = http()
-        .post(format!("{}/v1/audio/transcriptions", club.url))
-        .bearer_auth(&club.key)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
+    let response = transcribe(&club, form).await;
     assert_eq!(response.status(), 200);
     let id = record_id(&response);
     // The engine still gets the part as it was sent.
@@ -504,13 +509,7 @@ async fn transcriptions_take_an_upload_and_keep_it() {
                 .mime_str("audio/wav")
                 .unwrap(),
         );
-    let response = http()
-        .post(format!("{}/v1/audio/transcriptions", club.url))
-        .bearer_auth(&club.key)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
+    let response = transcribe(&club, form).await;
     assert_eq!(response.status(), 200);
     let id = record_id(&response);
     let answer: Value = response.json().await.unwrap();
@@ -534,13 +533,7 @@ async fn transcriptions_take_an_upload_and_keep_it() {
             "file",
             reqwest::multipart::Part::bytes(audio.clone()).file_name("a.wav"),
         );
-    let response = http()
-        .post(format!("{}/v1/audio/transcriptions", club.url))
-        .bearer_auth(&club.key)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
+    let response = transcribe(&club, form).await;
     assert_eq!(response.status(), 200);
     assert!(
         response.headers()["content-type"]
@@ -615,13 +608,7 @@ async fn bad_input_is_refused_clearly_and_leaves_nothing_half_done() {
     assert_eq!(error_code(response).await.0, 415);
     // An upload without a file.
     let form = reqwest::multipart::Form::new().text("model", "whisper-1");
-    let response = http()
-        .post(format!("{}/v1/audio/transcriptions", club.url))
-        .bearer_auth(&club.key)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
+    let response = transcribe(&club, form).await;
     assert_eq!(error_code(response).await, (400, "missing_file".to_owned()));
     assert_eq!(count_records(&club).await, before);
 
@@ -672,13 +659,7 @@ async fn an_upload_over_its_limit_is_413() {
             "file",
             reqwest::multipart::Part::bytes(vec![0u8; 100 * 1024]).file_name("big.wav"),
         );
-    let response = http()
-        .post(format!("{}/v1/audio/transcriptions", club.url))
-        .bearer_auth(&club.key)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
+    let response = transcribe(&club, form).await;
     assert_eq!(error_code(response).await.0, 413);
     assert_eq!(count_records(&club).await, 0);
     assert!(media.asked_on("/v1/audio/transcriptions").is_empty());

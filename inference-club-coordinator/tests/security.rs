@@ -168,8 +168,27 @@ impl Club {
         panic!("{operator}/{name} never became online={want}");
     }
 
-    fn link_url(&self) -> String {
-        format!("{}/v1/link", self.url.replacen("http", "ws", 1))
+    /// The upgrade request of a node's link, sending `header` with `value`.
+    fn link_request(
+        &self,
+        header: &'static str,
+        value: &str,
+    ) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+        let url = format!("{}/v1/link", self.url.replacen("http", "ws", 1));
+        let mut request = url.into_client_request().unwrap();
+        request.headers_mut().insert(header, value.parse().unwrap());
+        request
+    }
+
+    /// Revokes `key` in the database behind this coordinator's back (as another replica would,
+    /// telling it nothing; the key still sits in its memory of recent keys).
+    async fn revoke_behind_its_back(&self, key: &str) {
+        sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE prefix = $2")
+            .bind(Utc::now().timestamp_micros())
+            .bind(&key[..12])
+            .execute(&self.raw)
+            .await
+            .unwrap();
     }
 }
 
@@ -234,10 +253,7 @@ impl TestNode {
         answer: Answer,
     ) -> Result<TestNode, String> {
         let name = manifest["agent"]["name"].as_str().unwrap().to_owned();
-        let mut request = club.link_url().into_client_request().unwrap();
-        request
-            .headers_mut()
-            .insert("authorization", format!("Bearer {key}").parse().unwrap());
+        let request = club.link_request("authorization", &format!("Bearer {key}"));
         let (mut socket, _) = tokio_tungstenite::connect_async(request)
             .await
             .map_err(|e| format!("handshake: {e}"))?;
@@ -2129,10 +2145,7 @@ async fn a_session_cookie_cannot_link_a_node() {
     let club = Club::start().await;
     let (ada, _) = club.member("ada", "account").await;
     let (_, token) = club.store.create_session(ada.id).await.unwrap();
-    let mut request = club.link_url().into_client_request().unwrap();
-    request
-        .headers_mut()
-        .insert("cookie", format!("club_session={token}").parse().unwrap());
+    let request = club.link_request("cookie", &format!("club_session={token}"));
     let refused = match tokio_tungstenite::connect_async(request).await {
         Ok(_) => panic!("a session cookie linked a node"),
         Err(error) => error.to_string(),
@@ -2246,12 +2259,7 @@ async fn a_link_ends_within_a_heartbeat_when_its_key_is_revoked_elsewhere() {
     )
     .await;
     let started = std::time::Instant::now();
-    sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE prefix = $2")
-        .bind(Utc::now().timestamp_micros())
-        .bind(&revoked[..12])
-        .execute(&club.raw)
-        .await
-        .unwrap();
+    club.revoke_behind_its_back(&revoked).await;
     sqlx::query("DELETE FROM api_keys WHERE prefix = $1")
         .bind(&deleted[..12])
         .execute(&club.raw)
@@ -2280,11 +2288,7 @@ async fn a_link_ends_within_a_heartbeat_when_its_key_is_revoked_elsewhere() {
 async fn a_new_hello_on_a_link_whose_key_was_revoked_is_refused_and_closes_it() {
     let club = Club::start().await;
     let (_, provider) = club.member("ada", "provider").await;
-    let mut request = club.link_url().into_client_request().unwrap();
-    request.headers_mut().insert(
-        "authorization",
-        format!("Bearer {provider}").parse().unwrap(),
-    );
+    let request = club.link_request("authorization", &format!("Bearer {provider}"));
     let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
     let hello = || {
         let hello = NodeMessage::Hello(Hello {
@@ -2304,12 +2308,7 @@ async fn a_new_hello_on_a_link_whose_key_was_revoked_is_refused_and_closes_it() 
     }
     // Revoked behind this coordinator's back (as by another replica): the hello is the first to
     // notice, long before the heartbeat check (2 s).
-    sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE prefix = $2")
-        .bind(Utc::now().timestamp_micros())
-        .bind(&provider[..12])
-        .execute(&club.raw)
-        .await
-        .unwrap();
+    club.revoke_behind_its_back(&provider).await;
     socket.send(hello()).await.unwrap();
     let mut refused = None;
     let close = tokio::time::timeout(Duration::from_secs(5), async {

@@ -140,3 +140,57 @@ async fn lines_are_leased_answered_once_and_taken_over_on_postgres() {
     };
     leases_and_answers(database).await;
 }
+
+/// Closing a batch answers every open line, over several commits (500 lines each), and leaves
+/// the lines already answered as they were.
+async fn closing_answers_every_open_line(database: TestDatabase) {
+    let (store, owner) = store_on(&database).await;
+    let id = format!("batch_{}", uuid::Uuid::now_v7().simple());
+    store
+        .insert_batch(owner, &batch_body(&id), &lines(1201))
+        .await
+        .unwrap();
+    let lease = Utc::now() + Duration::seconds(30);
+    let claimed = store.claim_lines(&id, "a", lease, 1).await.unwrap();
+    assert!(
+        store
+            .finish_line(
+                &claimed[0],
+                "a",
+                true,
+                &json!({"custom_id": "c1", "answered": true})
+            )
+            .await
+            .unwrap()
+    );
+    let closed = store
+        .close_open_lines(
+            &id,
+            |custom_id| json!({"custom_id": custom_id, "closed": true}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(closed, 1200);
+    let results = store.line_results(&id).await.unwrap();
+    assert_eq!(results.len(), 1201);
+    assert!(results[0].0, "the answered line kept its answer");
+    assert!(
+        results[1..]
+            .iter()
+            .all(|(ok, line)| !ok && line.contains("\"closed\":true"))
+    );
+    database.remove().await;
+}
+
+#[tokio::test]
+async fn closing_answers_every_open_line_on_sqlite() {
+    closing_answers_every_open_line(TestDatabase::sqlite()).await;
+}
+
+#[tokio::test]
+async fn closing_answers_every_open_line_on_postgres() {
+    let Some(database) = TestDatabase::postgres("the batch store tests on PostgreSQL").await else {
+        return;
+    };
+    closing_answers_every_open_line(database).await;
+}
